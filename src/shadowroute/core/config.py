@@ -1,0 +1,408 @@
+"""The typed configuration: one object built at start-up and passed down.
+
+``load_config(path)`` reads YAML, applies environment overrides and validates. Every error
+names the field path (``routes[0].candidates[1].fraction``) and what is wrong; unknown keys
+are errors. The reference is ``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+Protocol = Literal["openinference", "kserve-v1", "tfserving", "openai", "jsonpath"]
+Task = Literal["classification", "probability", "regression", "text"]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+Name = Annotated[str, Field(pattern=_NAME)]
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+ALWAYS_SENSITIVE = ("authorization", "cookie", "set-cookie", "proxy-authorization")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` lists each as ``path: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class Admin(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+    token: SecretStr | None = None
+    """Bearer token required by write endpoints (``POST /v1/labels``) when set."""
+
+
+class KafkaSecurity(_Strict):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSecurity:
+        if self.protocol.startswith("SASL_"):
+            missing = [
+                f
+                for f in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, f) is None
+            ]
+            if missing:
+                raise ValueError(f"{self.protocol} needs {', '.join(missing)}")
+        return self
+
+
+class Topics(_Strict):
+    partitions: int = Field(6, ge=1, le=10_000)
+    replication: int = Field(1, ge=1, le=16)
+    retention_hours: float = Field(168, gt=0)
+
+
+class Spool(_Strict):
+    path: str = "./shadowroute-spool"
+    max_bytes: int = Field(1 << 30, ge=1 << 20)
+    segment_bytes: int = Field(16 << 20, ge=1 << 16)
+    fsync: Literal["never", "segment", "always"] = "segment"
+    when_full: Literal["drop_newest", "drop_oldest"] = "drop_newest"
+
+
+class Transport(_Strict):
+    kind: Literal["embedded", "kafka"] = "embedded"
+    bootstrap: str | None = None
+    topic_prefix: Name = "shadowroute"
+    acks: Literal["all", "1", "0"] = "all"
+    linger_ms: int = Field(5, ge=0, le=60_000)
+    batch_bytes: int = Field(256 << 10, ge=1024)
+    compression: Literal["none", "lz4", "zstd", "gzip"] = "lz4"
+    security: KafkaSecurity = KafkaSecurity()
+    topics: Topics = Topics()
+    spool: Spool = Spool()
+    consumer_group: Name = "shadowroute-comparator"
+
+    @model_validator(mode="after")
+    def _bootstrap_for_kafka(self) -> Transport:
+        if self.kind == "kafka" and not self.bootstrap:
+            raise ValueError("kind 'kafka' needs 'bootstrap' (host:port[,host:port])")
+        return self
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"has no host: {url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"must not carry a query or fragment: {url!r}")
+    return url
+
+
+class Lineage(_Strict):
+    trained_through: str | None = None
+    """ISO date of the newest training data, e.g. ``2026-10-31``."""
+    training_data: str | None = None
+    offline_metrics: dict[str, float] = {}
+    notes: str | None = None
+
+
+class Model(_Strict):
+    name: Name
+    url: str
+    timeout_s: float = Field(2.0, gt=0, le=600)
+    version: str | None = None
+    headers: dict[str, str] = {}
+    """Extra headers sent to this upstream (e.g. an API key for the model server)."""
+    lineage: Lineage | None = None
+
+    @model_validator(mode="after")
+    def _url(self) -> Model:
+        _check_url(self.url)
+        bad = [h for h in self.headers if h.lower() in HOP_BY_HOP or not h.isascii()]
+        if bad:
+            raise ValueError(f"headers: cannot set hop-by-hop or non-ASCII header(s) {bad}")
+        return self
+
+
+class Candidate(Model):
+    fraction: float = Field(1.0, ge=0.0, le=1.0)
+    max_in_flight: int = Field(128, ge=1, le=100_000)
+
+
+class Capture(_Strict):
+    input: bool = False
+    """Capture the request body's JSON into the record's ``input`` (after drop/hash)."""
+    drop_fields: list[str] = []
+    hash_fields: list[str] = []
+    sensitive_headers: list[str] = []
+    """Headers never captured or logged, on top of Authorization, Cookie, Set-Cookie."""
+
+
+class Drift(_Strict):
+    fields: list[str] = []
+    """JSON paths into the request body (e.g. ``$.instances[*].amount``) to monitor for drift."""
+    categorical: list[str] = []
+    reference_file: str | None = None
+    psi_warn: float = Field(0.1, gt=0)
+    psi_alert: float = Field(0.25, gt=0)
+
+
+class Guardrails(_Strict):
+    error_rate_delta: float | None = Field(0.01, ge=0, le=1)
+    timeout_rate_delta: float | None = Field(0.01, ge=0, le=1)
+    latency_p99_ratio: float | None = Field(None, gt=0)
+    agreement_floor: float | None = Field(None, ge=0, le=1)
+
+
+class Policy(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    min_pairs: int = Field(200, ge=1)
+    min_labelled: int = Field(100, ge=1)
+    primary_metric: str | None = None
+    """Defaults by task: accuracy, log_loss, mae or exact_match."""
+    mode: Literal["superiority", "non_inferiority"] = "superiority"
+    margin: float = Field(0.0, ge=0)
+    guardrails: Guardrails = Guardrails()
+
+    @model_validator(mode="after")
+    def _margin(self) -> Policy:
+        if self.mode == "non_inferiority" and self.margin <= 0:
+            raise ValueError("mode 'non_inferiority' needs margin > 0")
+        return self
+
+
+class Route(_Strict):
+    name: Name
+    path_prefix: str = "/"
+    host: str | None = None
+    protocol: Protocol = "jsonpath"
+    task: Task = "classification"
+    output: str | None = None
+    """Open Inference Protocol: the output tensor's name (default: the first output)."""
+    jsonpath: str | None = None
+    """For protocol ``jsonpath``: where the prediction lives, e.g. ``$.result.score``."""
+    classes: list[str] | None = None
+    production: Model
+    candidates: list[Candidate] = []
+    mirror_methods: list[str] = ["POST"]
+    capture: Capture = Capture()
+    drift: Drift = Drift()
+    policy: Policy = Policy()
+    label_ttl_s: float = Field(3 * 86400, gt=0)
+
+    @model_validator(mode="after")
+    def _route(self) -> Route:
+        if not self.path_prefix.startswith("/"):
+            raise ValueError(f"path_prefix must start with '/', got {self.path_prefix!r}")
+        if self.protocol == "jsonpath" and not self.jsonpath:
+            raise ValueError("protocol 'jsonpath' needs 'jsonpath' (e.g. '$.prediction')")
+        names = [self.production.name, *(c.name for c in self.candidates)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique within a route, repeated: {dupes}")
+        return self
+
+    @property
+    def sensitive_headers(self) -> frozenset[str]:
+        extra = (h.lower() for h in self.capture.sensitive_headers)
+        return frozenset((*ALWAYS_SENSITIVE, *extra))
+
+
+class Breaker(_Strict):
+    failures: int = Field(5, ge=1)
+    """Consecutive failures (connect, timeout, 5xx) that open a candidate's circuit."""
+    open_s: float = Field(10.0, gt=0)
+    """Seconds before a half-open probe is let through."""
+
+
+class Mirror(_Strict):
+    enabled: bool = True
+    control_header: str = "x-shadow-mirror"
+    """A request header: ``force`` mirrors regardless of sampling, ``skip`` never mirrors."""
+    marker_header: str = "x-shadow-request"
+    """Sent to candidates (value ``1``) so they can avoid side effects."""
+    capture_limit_bytes: int = Field(1 << 20, ge=0)
+    breaker: Breaker = Breaker()
+
+
+class ProxySettings(_Strict):
+    request_id_header: str = "x-request-id"
+    max_header_bytes: int = Field(64 << 10, ge=1024)
+    max_headers: int = Field(100, ge=8)
+    upgrade: Literal["refuse", "pass"] = "refuse"
+    connect_timeout_s: float = Field(2.0, gt=0)
+    idle_timeout_s: float = Field(60.0, gt=0)
+    pool_size: int = Field(256, ge=1)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    mirror_drain_s: float = Field(2.0, ge=0)
+    forwarded_proto: Literal["http", "https"] = "http"
+
+
+class Records(_Strict):
+    queue_size: int = Field(65_536, ge=16)
+    jsonl_path: str | None = None
+    """Also write every pair record to rotating JSONL files under this path."""
+    jsonl_max_bytes: int = Field(64 << 20, ge=1024)
+    jsonl_keep: int = Field(10, ge=1)
+
+
+class Comparator(_Strict):
+    state_path: str = "./shadowroute-state.sqlite"
+    windows: list[Literal["hour", "day"]] = ["hour", "day"]
+
+
+class Config(_Strict):
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    transport: Transport = Transport()
+    proxy: ProxySettings = ProxySettings()
+    mirror: Mirror = Mirror()
+    records: Records = Records()
+    comparator: Comparator = Comparator()
+    routes: list[Route] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_routes(self) -> Config:
+        names = [r.name for r in self.routes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"route names must be unique, repeated: {dupes}")
+        return self
+
+    def route(self, name: str) -> Route | None:
+        return next((r for r in self.routes if r.name == name), None)
+
+
+# --- environment overrides -------------------------------------------------------------------
+
+_ENV_SCALARS: dict[str, tuple[str, ...]] = {
+    "SHADOWROUTE_LISTEN_HOST": ("listen", "host"),
+    "SHADOWROUTE_LISTEN_PORT": ("listen", "port"),
+    "SHADOWROUTE_ADMIN_HOST": ("admin", "host"),
+    "SHADOWROUTE_ADMIN_PORT": ("admin", "port"),
+    "SHADOWROUTE_API_TOKEN": ("admin", "token"),
+    "SHADOWROUTE_KAFKA_BOOTSTRAP": ("transport", "bootstrap"),
+    "SHADOWROUTE_KAFKA_SASL_USERNAME": ("transport", "security", "sasl_username"),
+    "SHADOWROUTE_KAFKA_SASL_PASSWORD": ("transport", "security", "sasl_password"),
+}
+
+
+def _env_key(*parts: str) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9]", "_", p).upper() for p in parts)
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Override addresses and secrets from the environment (documented in docs/config.md).
+
+    ``SHADOWROUTE_ROUTE_<ROUTE>_PRODUCTION_URL`` and ``SHADOWROUTE_ROUTE_<ROUTE>_<MODEL>_URL``
+    set upstream URLs (names upper-cased, non-alphanumerics as ``_``).
+    """
+    for var, path in _ENV_SCALARS.items():
+        if var in environ:
+            node = raw
+            for key in path[:-1]:
+                child = node.get(key)
+                if not isinstance(child, dict):
+                    child = {}
+                    node[key] = child
+                node = child
+            node[path[-1]] = environ[var]
+    routes = raw.get("routes")
+    if isinstance(routes, list):
+        for route in routes:
+            if not isinstance(route, dict) or not isinstance(route.get("name"), str):
+                continue
+            prod = route.get("production")
+            var = _env_key("SHADOWROUTE_ROUTE", route["name"], "PRODUCTION_URL")
+            if isinstance(prod, dict) and var in environ:
+                prod["url"] = environ[var]
+            for cand in route.get("candidates") or []:
+                if isinstance(cand, dict) and isinstance(cand.get("name"), str):
+                    var = _env_key("SHADOWROUTE_ROUTE", route["name"], cand["name"], "URL")
+                    if var in environ:
+                        cand["url"] = environ[var]
+    return raw
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if kind != "missing" and "input" in err and not isinstance(err["input"], dict | list):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def _strip_model_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # pydantic appends validator/union tags in some cases; keep only data keys.
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed document (a dict) into a Config."""
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): must be a mapping of keys to values"])
+    raw = apply_env(raw, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{_loc(_strip_model_loc(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError(problems) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate a YAML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}:{where}: invalid YAML: {problem}"]) from None
+    return parse_config(raw if raw is not None else {}, environ)
