@@ -264,6 +264,9 @@ class ProxySettings(_Strict):
     connect_timeout_s: float = Field(2.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0)
     pool_size: int = Field(256, ge=1)
+    upstream_keepalive_s: float = Field(4.0, gt=0)
+    """Idle pooled upstream connections older than this are not reused (keep it below the
+    model server's own keep-alive timeout)."""
     shutdown_timeout_s: float = Field(10.0, gt=0)
     mirror_drain_s: float = Field(2.0, ge=0)
     forwarded_proto: Literal["http", "https"] = "http"

@@ -1,0 +1,5 @@
+import sys
+
+from shadowroute.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""The control plane on aiohttp: health, metrics, the versioned API and the scorecard.
+
+It reads the rest of the system through the narrow ``ControlContext`` below and nothing else.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from shadowroute.core.config import Config
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ControlContext:
+    config: Config
+    registry: CollectorRegistry
+    ready: Callable[[], bool]
+    get_mirroring: Callable[[], bool] | None = None
+    set_mirroring: Callable[[bool], None] | None = None
+    extra_routes: list[web.RouteDef] = field(default_factory=list)
+
+
+CONTEXT = web.AppKey("context", ControlContext)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": message, **extra}, status=status)
+
+
+def check_token(request: web.Request) -> web.Response | None:
+    """None when the request may write; otherwise the 401 to send."""
+    token = request.app[CONTEXT].config.admin.token
+    if token is None:
+        return None
+    got = request.headers.get("Authorization", "")
+    expected = "Bearer " + token.get_secret_value()
+    if hmac.compare_digest(got.encode(), expected.encode()):
+        return None
+    return web.Response(
+        body=orjson.dumps({"error": "missing or wrong bearer token"}),
+        status=401,
+        content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="shadowroute"'},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ok = request.app[CONTEXT].ready()
+    return json_response({"ready": ok}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[CONTEXT].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def routes(request: web.Request) -> web.Response:
+    cfg = request.app[CONTEXT].config
+    out = []
+    for r in cfg.routes:
+        out.append(
+            {
+                "name": r.name,
+                "path_prefix": r.path_prefix,
+                "protocol": r.protocol,
+                "task": r.task,
+                "production": {"name": r.production.name, "version": r.production.version},
+                "candidates": [
+                    {"name": c.name, "version": c.version, "fraction": c.fraction}
+                    for c in r.candidates
+                ],
+            }
+        )
+    return json_response({"routes": out})
+
+
+async def get_mirroring(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    if ctx.get_mirroring is None:
+        return error(404, "this process has no data plane")
+    return json_response({"enabled": ctx.get_mirroring()})
+
+
+async def put_mirroring(request: web.Request) -> web.Response:
+    denied = check_token(request)
+    if denied is not None:
+        return denied
+    ctx = request.app[CONTEXT]
+    if ctx.set_mirroring is None or ctx.get_mirroring is None:
+        return error(404, "this process has no data plane")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return error(400, 'body must be JSON: {"enabled": true|false}')
+    if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+        return error(400, 'body must be {"enabled": true|false}')
+    ctx.set_mirroring(body["enabled"])
+    return json_response({"enabled": ctx.get_mirroring()})
+
+
+def create_app(ctx: ControlContext) -> web.Application:
+    app = web.Application(client_max_size=64 << 20)
+    app[CONTEXT] = ctx
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+            web.get("/v1/routes", routes),
+            web.get("/v1/mirroring", get_mirroring),
+            web.put("/v1/mirroring", put_mirroring),
+            *ctx.extra_routes,
+        ]
+    )
+    return app

@@ -1,0 +1,142 @@
+"""Prometheus exposition: data-plane counters turned into metric families at scrape time.
+
+All names carry units (``_seconds``, ``_total``) and labels come from closed sets (route,
+model, candidate, role, outcome, class) — never a request id. ``METRIC_NAMES`` lists every
+family this process can export; the Grafana dashboard and alert rules are checked against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from shadowroute.dataplane.stats import LATENCY_BUCKETS, DataPlaneStats
+from shadowroute.stream.sink import RecordQueue
+
+DATAPLANE_METRICS = (
+    "shadowroute_requests_total",
+    "shadowroute_upstream_latency_seconds",
+    "shadowroute_mirror_requests_total",
+    "shadowroute_mirror_in_flight",
+    "shadowroute_requests_rejected_total",
+    "shadowroute_records_built_total",
+    "shadowroute_extract_failed_total",
+    "shadowroute_client_connections",
+    "shadowroute_record_queue_depth",
+    "shadowroute_records_dropped_total",
+    "shadowroute_mirroring_enabled",
+    "shadowroute_circuit_open",
+)
+
+
+class DataPlaneCollector(Collector):
+    def __init__(
+        self,
+        stats: Callable[[], DataPlaneStats],
+        queue: RecordQueue | None,
+        mirroring: Callable[[], bool],
+        open_circuits: Callable[[], Iterable[tuple[str, str, bool]]],
+    ) -> None:
+        self._stats = stats
+        self._queue = queue
+        self._mirroring = mirroring
+        self._circuits = open_circuits
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        req = CounterMetricFamily(
+            "shadowroute_requests",
+            "Client requests by route and response class (502_proxy/504_proxy: the proxy's own).",
+            labels=["route", "class"],
+        )
+        for (route, cls), v in sorted(s.requests.items()):
+            req.add_metric([route, cls], v)
+        yield req
+
+        lat = HistogramMetricFamily(
+            "shadowroute_upstream_latency_seconds",
+            "Upstream response time by route, model and role (production or candidate).",
+            labels=["route", "model", "role"],
+        )
+        for (route, model, role), h in sorted(s.latency.items()):
+            cum, buckets = 0, []
+            for bound, c in zip((*LATENCY_BUCKETS, float("inf")), h.counts, strict=True):
+                cum += c
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cum))
+            lat.add_metric([route, model, role], buckets, h.total)
+        yield lat
+
+        mir = CounterMetricFamily(
+            "shadowroute_mirror_requests",
+            "Mirror decisions and outcomes per candidate.",
+            labels=["route", "candidate", "outcome"],
+        )
+        for (route, cand, outcome), v in sorted(s.mirrors.items()):
+            mir.add_metric([route, cand, outcome], v)
+        yield mir
+
+        inflight = GaugeMetricFamily(
+            "shadowroute_mirror_in_flight",
+            "Mirrors awaiting a response.",
+            labels=["route", "candidate"],
+        )
+        for (route, cand), v in sorted(s.mirrors_in_flight.items()):
+            inflight.add_metric([route, cand], v)
+        yield inflight
+
+        rej = CounterMetricFamily(
+            "shadowroute_requests_rejected",
+            "Client requests refused by the proxy itself, by HTTP status.",
+            labels=["status"],
+        )
+        for status, v in sorted(s.rejected.items()):
+            rej.add_metric([status], v)
+        yield rej
+
+        yield CounterMetricFamily(
+            "shadowroute_records_built", "Pair records built.", value=s.records_built
+        )
+        yield CounterMetricFamily(
+            "shadowroute_extract_failed",
+            "Responses whose prediction could not be extracted.",
+            value=s.extract_failed,
+        )
+        yield GaugeMetricFamily(
+            "shadowroute_client_connections", "Open client connections.", value=s.open_connections
+        )
+        q = self._queue
+        yield GaugeMetricFamily(
+            "shadowroute_record_queue_depth",
+            "Records waiting for the sink.",
+            value=len(q) if q else 0,
+        )
+        yield CounterMetricFamily(
+            "shadowroute_records_dropped",
+            "Records dropped because the record queue was full or the sink failed.",
+            value=q.dropped_total if q else 0,
+        )
+        yield GaugeMetricFamily(
+            "shadowroute_mirroring_enabled",
+            "1 when mirroring is switched on.",
+            value=1 if self._mirroring() else 0,
+        )
+        circ = GaugeMetricFamily(
+            "shadowroute_circuit_open",
+            "1 when a candidate's circuit breaker is open.",
+            labels=["route", "candidate"],
+        )
+        for route, cand, is_open in self._circuits():
+            circ.add_metric([route, cand], 1 if is_open else 0)
+        yield circ
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry of our own (never the global default one)."""
+    return CollectorRegistry(auto_describe=True)

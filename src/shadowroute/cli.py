@@ -1,0 +1,98 @@
+"""The ``shadowroute`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from shadowroute import __version__
+from shadowroute.core.config import ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    n_cand = sum(len(r.candidates) for r in cfg.routes)
+    print(
+        f"{args.file}: OK ({len(cfg.routes)} route(s), {n_cand} candidate(s), "
+        f"transport {cfg.transport.kind})"
+    )
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    from shadowroute import runtime
+
+    if args.workers > 1:
+        from shadowroute import workers
+
+        return workers.serve_workers(cfg, args.workers)
+    _run(runtime.serve(cfg))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="shadowroute",
+        description="Shadow-deploy ML models: mirror traffic to candidates and get verdicts.",
+    )
+    p.add_argument("--version", action="version", version=f"shadowroute {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the proxy (and, embedded, the comparator and API)")
+    s.add_argument("-c", "--config", required=True, help="YAML config file")
+    s.add_argument("--workers", type=int, default=1, help="proxy processes sharing the port")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    chk = csub.add_parser("check", help="validate a config file")
+    chk.add_argument("file")
+    chk.set_defaults(func=cmd_config_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The verdict: promote, hold or reject, from a declarative policy and anytime-valid evidence.
+
+- **promote** when there are enough pairs and labels, the primary metric's lower bound clears
+  its threshold (``+margin`` for superiority, ``−margin`` for non-inferiority) and every active
+  guardrail passes;
+- **reject** when a guardrail's upper bound is below its threshold or the primary metric's
+  upper bound is below its threshold: shown worse, so it must not hold forever;
+- **hold** otherwise, with the reasons (shortfalls, intervals that still straddle a threshold).
+
+Alpha is split evenly (Bonferroni) between the primary metric and the CS-backed guardrails, so
+``P(ever promote while some metric is worse than its threshold) ≤ alpha`` however often the
+verdict is read. States must be created with their share: see ``metric_alpha``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shadowroute.core.config import Policy
+from shadowroute.core.stats.paired import METRICS, PairedMetric, metric_spec
+from shadowroute.core.stats.sketch import Sketch
+
+Verdict = Literal["promote", "hold", "reject"]
+Status = Literal["pass", "fail", "inconclusive"]
+
+DEFAULT_PRIMARY: dict[str, str] = {
+    "classification": "accuracy",
+    "probability": "log_loss",
+    "regression": "mae",
+    "text": "exact_match",
+}
+LATENCY = "latency_p99_ratio"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reasons: list[str]
+    metrics: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "metrics": {k: dict(v) for k, v in self.metrics.items()},
+        }
+
+
+def primary_metric(policy: Policy, task: str) -> str:
+    name = policy.primary_metric or DEFAULT_PRIMARY.get(task)
+    if name is None:
+        raise ValueError(f"no default primary metric for task {task!r}")
+    if name not in METRICS:
+        raise ValueError(f"unknown primary metric {name!r}; known: {sorted(METRICS)}")
+    return name
+
+
+def guardrail_thresholds(policy: Policy) -> dict[str, float]:
+    """Active CS-backed guardrails and their thresholds (on the paired difference, or the
+    agreement rate's floor)."""
+    g = policy.guardrails
+    out: dict[str, float] = {}
+    if g.error_rate_delta is not None:
+        out["error_rate"] = -g.error_rate_delta
+    if g.timeout_rate_delta is not None:
+        out["timeout_rate"] = -g.timeout_rate_delta
+    if g.agreement_floor is not None:
+        out["agreement"] = g.agreement_floor
+    return out
+
+
+def metric_alpha(policy: Policy, task: str) -> dict[str, float]:
+    """Each CS-backed metric's share of ``policy.alpha``; create the states with it."""
+    names = [primary_metric(policy, task)]
+    names += [n for n in guardrail_thresholds(policy) if n not in names]
+    return {n: policy.alpha / len(names) for n in names}
+
+
+def _primary_threshold(policy: Policy) -> float:
+    return policy.margin if policy.mode == "superiority" else -policy.margin
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.4g}"
+
+
+def _status(lower: float, upper: float, threshold: float) -> Status:
+    if lower > threshold:
+        return "pass"
+    if upper < threshold:
+        return "fail"
+    return "inconclusive"
+
+
+def _previous_interval(previous: Decision | None, name: str) -> tuple[float | None, float | None]:
+    if previous is None or name not in previous.metrics:
+        return None, None
+    ev = previous.metrics[name]
+    return ev.get("lower"), ev.get("upper")
+
+
+def _cs_evidence(
+    name: str,
+    metric: PairedMetric | None,
+    threshold: float,
+    min_n: int,
+    previous: Decision | None,
+) -> tuple[dict[str, Any], str]:
+    """Evidence for one CS-backed metric and a one-line explanation of its status."""
+    if metric is None or metric.n == 0:
+        ev: dict[str, Any] = {"estimate": None, "lower": None, "upper": None, "n": 0}
+        ev |= {"threshold": threshold, "status": "inconclusive"}
+        return ev, f"{name}: no observations yet"
+    lower, upper = metric.interval()
+    prev_lo, prev_up = _previous_interval(previous, name)
+    if prev_lo is not None and prev_up is not None:
+        lo, up = max(lower, prev_lo), min(upper, prev_up)
+        if lo <= up:
+            lower, upper = lo, up
+    estimate = metric.diff_sum / metric.n
+    status: Status = _status(lower, upper, threshold)
+    why = f"interval [{_fmt(_finite(lower))}, {_fmt(_finite(upper))}]"
+    if not metric.bounded and metric.n < min_n:
+        status = "inconclusive"
+        why += f", burn-in: {metric.n} of {min_n} observations"
+    elif status == "pass":
+        why += f" lies above the threshold {threshold:+.4g}"
+    elif status == "fail":
+        why += f" lies below the threshold {threshold:+.4g}"
+    else:
+        why += f" still contains the threshold {threshold:+.4g}"
+    ev = {
+        "estimate": _finite(estimate),
+        "lower": _finite(lower),
+        "upper": _finite(upper),
+        "n": metric.n,
+        "threshold": threshold,
+        "status": status,
+    }
+    return ev, f"{name}: estimate {_fmt(_finite(estimate))}, {why} (n={metric.n})"
+
+
+def _latency_evidence(
+    ratio_max: float, latency: tuple[Sketch, Sketch] | None, min_pairs: int
+) -> tuple[dict[str, Any], str]:
+    """p99(candidate)/p99(production) from the sketches: a point estimate, no interval."""
+    ev: dict[str, Any] = {"estimate": None, "lower": None, "upper": None, "n": 0}
+    ev["threshold"] = ratio_max
+    if latency is None or min(latency[0].count, latency[1].count) == 0:
+        ev["status"] = "inconclusive"
+        return ev, f"{LATENCY}: no latency observations yet"
+    prod, cand = latency
+    n = min(prod.count, cand.count)
+    p99_prod, p99_cand = prod.quantile(0.99), cand.quantile(0.99)
+    ratio = p99_cand / p99_prod if p99_prod > 0 else (math.inf if p99_cand > 0 else 1.0)
+    status: Status = "pass" if ratio <= ratio_max else "fail"
+    if n < min_pairs:
+        status = "inconclusive"
+    ev |= {"estimate": _finite(ratio), "n": n, "status": status}
+    text = f"{LATENCY}: p99 candidate/production = {ratio:.3g} (limit {ratio_max:.3g}, n={n})"
+    return ev, text
+
+
+def decide(
+    policy: Policy,
+    task: str,
+    metrics: Mapping[str, PairedMetric],
+    latency: tuple[Sketch, Sketch] | None,
+    pairs: int,
+    labelled: int,
+    previous: Decision | None = None,
+) -> Decision:
+    """The verdict now. ``latency`` is ``(production, candidate)``; ``previous`` (the last
+    decision from the same states) lets intervals be intersected over time."""
+    primary = primary_metric(policy, task)
+    thresholds = {primary: _primary_threshold(policy), **guardrail_thresholds(policy)}
+    evidence: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {}
+    for name, threshold in thresholds.items():
+        min_n = policy.min_labelled if metric_spec(name).needs_label else policy.min_pairs
+        evidence[name], notes[name] = _cs_evidence(
+            name, metrics.get(name), threshold, min_n, previous
+        )
+    if policy.guardrails.latency_p99_ratio is not None:
+        evidence[LATENCY], notes[LATENCY] = _latency_evidence(
+            policy.guardrails.latency_p99_ratio, latency, policy.min_pairs
+        )
+    failed = [n for n, ev in evidence.items() if ev["status"] == "fail"]
+    if failed:
+        return Decision("reject", [f"shown worse: {notes[n]}" for n in failed], evidence)
+    shortfalls = _shortfalls(policy, primary, pairs, labelled)
+    open_metrics = [n for n, ev in evidence.items() if ev["status"] != "pass"]
+    if shortfalls or open_metrics:
+        return Decision("hold", shortfalls + [notes[n] for n in open_metrics], evidence)
+    mode = "better than" if policy.mode == "superiority" else "not worse than"
+    head = f"candidate is {mode} production on {primary} and passes every guardrail"
+    return Decision("promote", [head, *(notes[n] for n in evidence)], evidence)
+
+
+def _shortfalls(policy: Policy, primary: str, pairs: int, labelled: int) -> list[str]:
+    out = []
+    if pairs < policy.min_pairs:
+        short = policy.min_pairs - pairs
+        out.append(f"needs {policy.min_pairs} pairs, has {pairs} ({short} more)")
+    if metric_spec(primary).needs_label and labelled < policy.min_labelled:
+        short = policy.min_labelled - labelled
+        out.append(f"needs {policy.min_labelled} labelled pairs, has {labelled} ({short} more)")
+    return out

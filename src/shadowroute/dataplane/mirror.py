@@ -1,0 +1,225 @@
+"""Sending a mirrored copy of a request to one candidate, off the client's path.
+
+Per candidate: a bounded number of mirrors in flight (beyond it the mirror is dropped and
+counted), a timeout, a circuit breaker, and no retries. The outcome goes to a callback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shadowroute.core.config import Breaker, Candidate
+from shadowroute.dataplane.stats import DataPlaneStats
+from shadowroute.dataplane.upstream import Exchange, UpstreamConnection, UpstreamPool
+
+MAX_MIRROR_RESPONSE = 16 << 20
+
+
+class CircuitBreaker:
+    """Closed → open after ``failures`` consecutive failures; after ``open_s`` one probe is let
+    through (half-open): success closes the circuit, failure opens it again."""
+
+    __slots__ = ("failures", "open_s", "opened_at", "probing", "streak")
+
+    def __init__(self, cfg: Breaker) -> None:
+        self.failures = cfg.failures
+        self.open_s = cfg.open_s
+        self.streak = 0
+        self.opened_at: float | None = None
+        self.probing = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self.probing else "open"
+
+    def allow(self, now: float) -> bool:
+        if self.opened_at is None:
+            return True
+        if not self.probing and now - self.opened_at >= self.open_s:
+            self.probing = True
+            return True
+        return False
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self.streak = 0
+            self.opened_at = None
+            self.probing = False
+            return
+        self.streak += 1
+        if self.probing or self.streak >= self.failures:
+            self.opened_at = now
+            self.probing = False
+
+
+@dataclass(slots=True)
+class MirrorResult:
+    status: int | None
+    latency_ms: float | None
+    body: bytes | None
+    content_encoding: bytes | None
+    content_type: bytes | None
+    error: str | None
+
+
+MirrorDone = Callable[[MirrorResult], None]
+
+
+class MirrorTarget:
+    """One candidate of one route: its pool, breaker and in-flight bound."""
+
+    def __init__(
+        self,
+        route: str,
+        cfg: Candidate,
+        pool: UpstreamPool,
+        breaker: Breaker,
+        stats: DataPlaneStats,
+    ) -> None:
+        self.route = route
+        self.cfg = cfg
+        self.name = cfg.name
+        self.pool = pool
+        self.breaker = CircuitBreaker(breaker)
+        self.stats = stats
+        self.in_flight = 0
+        self.active: set[MirrorExchange] = set()
+        self._key = (route, cfg.name)
+        self.stats.mirrors_in_flight[self._key] = 0
+
+    def count(self, outcome: str) -> None:
+        self.stats.mirrors[(self.route, self.name, outcome)] += 1
+
+    def send(self, request: bytes, done: MirrorDone) -> bool:
+        """Start a mirror; False (already counted) when it is not sent."""
+        if self.in_flight >= self.cfg.max_in_flight:
+            self.count("dropped_full")
+            return False
+        now = time.monotonic()
+        if not self.breaker.allow(now):
+            self.count("circuit_open")
+            return False
+        self.in_flight += 1
+        self.stats.mirrors_in_flight[self._key] = self.in_flight
+        self.count("sent")
+        ex = MirrorExchange(self, request, done)
+        self.active.add(ex)
+        ex.start()
+        return True
+
+    def finished(self, result: MirrorResult) -> None:
+        self.in_flight -= 1
+        self.stats.mirrors_in_flight[self._key] = self.in_flight
+        ok = result.error is None or result.error in ("http_4xx",)
+        self.breaker.record(ok, time.monotonic())
+        if result.error is None:
+            self.count("ok")
+        elif result.error == "timeout":
+            self.count("timeout")
+        else:
+            self.count("error")
+        if result.latency_ms is not None:
+            self.stats.latency_of(self.route, self.name, "candidate").observe(
+                result.latency_ms / 1000.0
+            )
+
+
+class MirrorExchange(Exchange):
+    wants_body = True
+
+    __slots__ = (
+        "_body",
+        "_ce",
+        "_conn",
+        "_ct",
+        "_done",
+        "_size",
+        "_status",
+        "_t0",
+        "request",
+        "target",
+    )
+
+    def __init__(self, target: MirrorTarget, request: bytes, done: MirrorDone) -> None:
+        self.target = target
+        self.request = request
+        self._done: MirrorDone | None = done
+        self._conn: UpstreamConnection | None = None
+        self._body: list[bytes] = []
+        self._size = 0
+        self._status: int | None = None
+        self._ce: bytes | None = None
+        self._ct: bytes | None = None
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self.target.pool.acquire(self._acquired)
+
+    def _acquired(self, conn: UpstreamConnection | None, err: str | None) -> None:
+        if conn is None:
+            self._finish(None, err or "connect")
+            return
+        self._conn = conn
+        remaining = self.target.cfg.timeout_s - (time.perf_counter() - self._t0)
+        conn.start(self, max(remaining, 0.001))
+        conn.write(self.request)
+
+    def on_head(self, status: int, head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._status = status
+        for name, value in headers:
+            low = name.lower()
+            if low == b"content-encoding":
+                self._ce = value
+            elif low == b"content-type":
+                self._ct = value
+
+    def on_body(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._size > MAX_MIRROR_RESPONSE:
+            if self._conn is not None:
+                self._conn.abandon()
+            self._finish(self._status, "too_large")
+            return
+        self._body.append(piece)
+
+    def on_complete(self) -> None:
+        status = self._status
+        error = None
+        if status is not None and status >= 500:
+            error = "http_5xx"
+        elif status is not None and status >= 400:
+            error = "http_4xx"
+        self._finish(status, error)
+
+    def on_fail(self, reason: str) -> None:
+        self._finish(self._status, reason)
+
+    def _finish(self, status: int | None, error: str | None) -> None:
+        done = self._done
+        if done is None:
+            return
+        self._done = None
+        latency = (time.perf_counter() - self._t0) * 1000.0
+        body = b"".join(self._body) if error in (None, "http_4xx", "http_5xx") else None
+        result = MirrorResult(
+            status=status,
+            latency_ms=latency if error not in ("connect", "circuit_open") else None,
+            body=body,
+            content_encoding=self._ce,
+            content_type=self._ct,
+            error=error,
+        )
+        self.target.active.discard(self)
+        self.target.finished(result)
+        done(result)
+
+    def cancel(self) -> None:
+        """Give up on the mirror at shutdown: counted as a timeout."""
+        if self._conn is not None:
+            self._conn.abandon()
+        self._finish(self._status, "timeout")

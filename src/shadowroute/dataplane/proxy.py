@@ -1,0 +1,651 @@
+"""The client-facing data plane: one asyncio protocol per client connection.
+
+Requests are parsed with llhttp (httptools). The request head is rebuilt once (hop-by-hop
+headers out, forwarding headers and the request id in) and the body bytes are streamed to
+production as they arrive; production's response goes back as production framed it. Sampled
+requests are mirrored to candidates after the body is complete, and the pairing of both
+outcomes into a record happens after the client's response has been written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+import httptools
+
+from shadowroute.core import request_id as rid
+from shadowroute.core.config import Config, Route
+from shadowroute.core.sampling import sample_point
+from shadowroute.dataplane import http1
+from shadowroute.dataplane.mirror import MirrorResult, MirrorTarget
+from shadowroute.dataplane.recorder import Outcome, Pairing, Recorder
+from shadowroute.dataplane.stats import LatencyHistogram
+from shadowroute.dataplane.upstream import Exchange, UpstreamConnection, UpstreamPool
+
+log = logging.getLogger("shadowroute.proxy")
+
+STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+MAX_PIPELINED = 32
+MAX_BUFFERED = 1 << 20
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+class CandidateRuntime:
+    __slots__ = ("base_path", "static", "target", "version")
+
+    def __init__(self, target: MirrorTarget, static: bytes, base_path: bytes) -> None:
+        self.target = target
+        self.static = static
+        self.base_path = base_path
+        self.version = target.cfg.version
+
+
+class RouteRuntime:
+    """A configured route with its upstream pools and precomputed header bytes."""
+
+    def __init__(self, cfg: Route, proxy: Proxy) -> None:
+        loop, pcfg = proxy.loop, proxy.config.proxy
+        self.cfg = cfg
+        self.name = cfg.name
+        self.prefix = cfg.path_prefix.encode()
+        self.host = cfg.host.lower().encode() if cfg.host else None
+        self.methods = frozenset(m.upper().encode() for m in cfg.mirror_methods)
+
+        def pool(url: str) -> UpstreamPool:
+            return UpstreamPool(
+                loop,
+                url,
+                max_idle=pcfg.pool_size,
+                keepalive_s=pcfg.upstream_keepalive_s,
+                connect_timeout_s=pcfg.connect_timeout_s,
+            )
+
+        def static(p: UpstreamPool, headers: dict[str, str]) -> bytes:
+            extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+            return b"host: " + p.host_header.encode() + b"\r\n" + extra
+
+        self.prod_pool = pool(cfg.production.url)
+        self.prod_static = static(self.prod_pool, cfg.production.headers)
+        self.prod_base = self.prod_pool.base_path.encode()
+        self.prod_timeout = cfg.production.timeout_s
+        self.prod_latency: LatencyHistogram = proxy.stats.latency_of(
+            cfg.name, cfg.production.name, "production"
+        )
+        marker = proxy.config.mirror.marker_header.encode() + b": 1\r\n"
+        self.candidates: list[CandidateRuntime] = []
+        for c in cfg.candidates:
+            p = pool(c.url)
+            target = MirrorTarget(cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats)
+            self.candidates.append(
+                CandidateRuntime(target, static(p, c.headers) + marker, p.base_path.encode())
+            )
+
+    def matches(self, host: bytes | None, path: bytes) -> bool:
+        if self.host is not None and (host is None or host.split(b":", 1)[0].lower() != self.host):
+            return False
+        return path.startswith(self.prefix)
+
+    def pools(self) -> list[UpstreamPool]:
+        return [self.prod_pool, *(c.target.pool for c in self.candidates)]
+
+
+class Proxy:
+    """Shared state of one data-plane process: routes, pools, counters, the recorder."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, recorder: Recorder) -> None:
+        self.config = config
+        self.loop = loop
+        self.recorder = recorder
+        self.stats = recorder.stats
+        pcfg = config.proxy
+        self.rid_header = pcfg.request_id_header.lower().encode()
+        self.control_header = config.mirror.control_header.lower().encode()
+        self.capture_limit = config.mirror.capture_limit_bytes
+        self.max_header_bytes = pcfg.max_header_bytes
+        self.max_headers = pcfg.max_headers
+        self.proto = pcfg.forwarded_proto.encode()
+        self.mirroring = config.mirror.enabled
+        self.routes = sorted(
+            (RouteRuntime(r, self) for r in config.routes), key=lambda r: -len(r.prefix)
+        )
+        self.drop_extra = frozenset({self.rid_header, self.control_header})
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+
+    def route_for(self, host: bytes | None, path: bytes) -> RouteRuntime | None:
+        for r in self.routes:
+            if r.matches(host, path):
+                return r
+        return None
+
+    def targets(self) -> list[MirrorTarget]:
+        return [c.target for r in self.routes for c in r.candidates]
+
+    def close_pools(self) -> None:
+        for r in self.routes:
+            for p in r.pools():
+                p.close()
+
+
+class Request(Exchange):
+    """One client request, from its head to the end of production's response."""
+
+    def __init__(self, conn: ClientConnection, route: RouteRuntime, method: bytes) -> None:
+        self.conn = conn
+        self.route = route
+        self.method = method
+        self.head_only = method == b"HEAD"
+        self.request_id = b""
+        self.upstream_head = b""
+        self.mirror_common = b""
+        self.url = b""
+        self.chunked_in = False
+        self.body_done = False
+        self.expect_continue = False
+        self.keep_alive = True
+        self.http10 = False
+        self.out_buf: list[bytes] = []
+        self.out_size = 0
+        self.prod: UpstreamConnection | None = None
+        self.mirror_to: list[CandidateRuntime] = []
+        self.mirror_buf: list[bytes] | None = None
+        self.mirror_size = 0
+        self.pairing: Pairing | None = None
+        self.head_sent = False
+        self.dechunk = False
+        self.close_after = False
+        self.done = False
+        self.status: int | None = None
+        self.ce: bytes | None = None
+        self.ct: bytes | None = None
+        self.prod_body: list[bytes] | None = None
+        self.t0 = 0.0
+
+    # --- request side ----------------------------------------------------------------
+
+    def begin(self) -> None:
+        """This request is now the one being answered on its connection."""
+        if self.expect_continue and not self.http10:
+            self.conn.write(http1.CONTINUE_100)
+        self.t0 = time.perf_counter()
+        self.route.prod_pool.acquire(self._acquired)
+
+    def _acquired(self, up: UpstreamConnection | None, err: str | None) -> None:
+        if self.done:
+            if up is not None:
+                up.pool.release(up)
+            return
+        if up is None:
+            self.on_fail(err or "connect")
+            return
+        self.prod = up
+        remaining = self.route.prod_timeout - (time.perf_counter() - self.t0)
+        up.start(self, max(remaining, 0.001))
+        if self.out_buf:
+            up.write(self.upstream_head + b"".join(self.out_buf))
+            self.out_buf = []
+        else:
+            up.write(self.upstream_head)
+        if self.body_done and self.chunked_in:
+            up.write(http1.LAST_CHUNK)
+
+    def add_body(self, piece: bytes) -> None:
+        if self.mirror_buf is not None:
+            self.mirror_size += len(piece)
+            if self.mirror_size > self.conn.proxy.capture_limit:
+                self._skip_mirrors("too_large")
+            else:
+                self.mirror_buf.append(piece)
+        data = http1.chunk(piece) if self.chunked_in else piece
+        if self.prod is not None:
+            self.prod.write(data)
+        else:
+            self.out_buf.append(data)
+            self.out_size += len(data)
+            if self.out_size > MAX_BUFFERED:
+                self.conn.pause_reading()
+
+    def body_complete(self) -> None:
+        self.body_done = True
+        if self.prod is not None and self.chunked_in:
+            self.prod.write(http1.LAST_CHUNK)
+        if self.mirror_to and self.mirror_buf is not None:
+            self._send_mirrors(b"".join(self.mirror_buf))
+        self.mirror_buf = None
+
+    def _skip_mirrors(self, outcome: str) -> None:
+        for c in self.mirror_to:
+            c.target.count(outcome)
+        self.mirror_to = []
+        self.mirror_buf = None
+
+    def _send_mirrors(self, body: bytes) -> None:
+        proxy = self.conn.proxy
+        route = self.route
+        pairing = Pairing(proxy.recorder, route.cfg, self.request_id, int(time.time() * 1000), body)
+        self.pairing = pairing
+        length = b"content-length: %d\r\n\r\n" % len(body)
+        for c in self.mirror_to:
+            head = b"".join(
+                (self.method, b" ", c.base_path, self.url, b" HTTP/1.1\r\n", self.mirror_common,
+                 c.static, length)
+            )  # fmt: skip
+            name, version = c.target.name, c.version
+
+            def done(r: MirrorResult, name: str = name, version: str | None = version) -> None:
+                pairing.candidate_done(Outcome.of_mirror(name, version, r))
+
+            if not c.target.send(head + body, done) and c.target.breaker.state == "open":
+                pairing.candidate_done(
+                    Outcome(name, version, None, None, None, None, None, "circuit_open")
+                )
+
+    # --- response side (Exchange) ------------------------------------------------------
+
+    def on_interim(self, head: bytes) -> None:
+        if not self.http10 and not head.startswith(b"HTTP/1.1 100"):
+            self.conn.write(head)
+
+    def on_head(self, status: int, head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        until_close = True
+        chunked = False
+        for name, value in headers:
+            low = name.lower()
+            if low == b"content-length":
+                until_close = False
+            elif low == b"transfer-encoding":
+                until_close = False
+                chunked = b"chunked" in value.lower()
+            elif low == b"content-encoding":
+                self.ce = value
+            elif low == b"content-type":
+                self.ct = value
+        bodiless = self.head_only or status in (204, 304)
+        self.dechunk = chunked and self.http10 and not bodiless
+        self.close_after = (
+            self.close_after
+            or not self.keep_alive
+            or self.conn.proxy.draining
+            or (until_close and not bodiless)
+            or self.dechunk
+        )
+        self.wants_body = self.dechunk or self.pairing is not None
+        if self.pairing is not None:
+            self.prod_body = []
+        self.head_sent = True
+        self.conn.write(
+            http1.client_response_head(
+                head,
+                headers,
+                dechunk=self.dechunk,
+                close=self.close_after,
+                keep_alive_header=self.http10 and not self.close_after,
+                rid_header=self.conn.proxy.rid_header,
+                request_id=self.request_id,
+            )
+        )
+
+    def on_raw(self, data: bytes) -> None:
+        if not self.dechunk:
+            self.conn.write(data)
+
+    def on_body(self, piece: bytes) -> None:
+        if self.dechunk:
+            self.conn.write(piece)
+        if self.prod_body is not None:
+            self.prod_body.append(piece)
+
+    def on_complete(self) -> None:
+        self.prod = None
+        elapsed = time.perf_counter() - self.t0
+        self.route.prod_latency.observe(elapsed)
+        status = self.status or 0
+        self.conn.proxy.stats.requests[
+            (self.route.name, STATUS_CLASS.get(status // 100, "xxx"))
+        ] += 1
+        self._finish()
+        if self.pairing is not None:
+            cfg = self.route.cfg.production
+            error = "http_5xx" if status >= 500 else ("http_4xx" if status >= 400 else None)
+            body = b"".join(self.prod_body) if self.prod_body is not None else None
+            self.pairing.production_done(
+                Outcome(
+                    cfg.name, cfg.version, status, elapsed * 1000.0, body, self.ce, self.ct, error
+                )
+            )
+
+    def on_fail(self, reason: str) -> None:
+        self.prod = None
+        proxy = self.conn.proxy
+        if not self.head_sent:
+            status = 504 if reason == "timeout" else 502
+            message = {
+                "timeout": "production did not answer in time",
+                "connect": "production is unreachable",
+                "reset": "production closed the connection",
+                "bad_response": "production sent an invalid response",
+            }.get(reason, "production failed")
+            self.close_after = True
+            self.head_sent = True
+            self.conn.write(
+                http1.error_response(status, message, proxy.rid_header, self.request_id, close=True)
+            )
+            proxy.stats.requests[(self.route.name, f"{status}_proxy")] += 1
+        else:
+            self.close_after = True
+            proxy.stats.requests[(self.route.name, "aborted")] += 1
+        self._finish()
+        if self.pairing is not None:
+            cfg = self.route.cfg.production
+            elapsed = (time.perf_counter() - self.t0) * 1000.0
+            self.pairing.production_done(
+                Outcome(cfg.name, cfg.version, None, elapsed, None, None, None, reason)
+            )
+
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.conn.request_done(self)
+
+    def abandon(self) -> None:
+        """The client went away before production answered."""
+        self.done = True
+        if self.prod is not None:
+            self.prod.abandon()
+            self.prod = None
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b""
+        self.current: Request | None = None  # being parsed
+        self.active: Request | None = None  # being answered
+        self.queue: deque[Request] = deque()
+        self.closing = False
+        self.paused = False
+        self.last_active = 0.0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._header_bytes = 0
+        self._in_head = False
+        self._reject: _Reject | None = None
+
+    # --- asyncio ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if peer else b"unknown"
+        self.proxy.connections.add(self)
+        self.proxy.stats.open_connections += 1
+        self.last_active = self.proxy.loop.time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.connections.discard(self)
+        self.proxy.stats.open_connections -= 1
+        self.closing = True
+        if self.active is not None and not self.active.done:
+            self.active.abandon()
+        for req in self.queue:
+            req.done = True
+        self.queue.clear()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_active = self.proxy.loop.time()
+        try:
+            self.parser.feed_data(data)
+            if self._in_head:
+                # Still inside a head after this chunk: bound what llhttp may buffer.
+                self._head_bytes += len(data)
+                if self._head_bytes > 2 * self.proxy.max_header_bytes:
+                    self._refuse(_Reject(431, "request head too large"))
+        except httptools.HttpParserUpgrade:
+            self._refuse(_Reject(501, "connection upgrades are not supported by this proxy"))
+        except httptools.HttpParserCallbackError:
+            self._refuse(self._reject or _Reject(400, "bad request"))
+        except httptools.HttpParserError as exc:
+            self._refuse(_Reject(400, f"malformed HTTP request: {exc}"))
+
+    def pause_writing(self) -> None:
+        up = self.active.prod if self.active is not None else None
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.active.prod if self.active is not None else None
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    # --- httptools callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._header_bytes += len(name) + len(value) + 4
+        if len(self._headers) > self.proxy.max_headers:
+            self._reject = _Reject(431, "too many request headers")
+            raise self._reject
+        if self._header_bytes > self.proxy.max_header_bytes:
+            self._reject = _Reject(431, "request head too large")
+            raise self._reject
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        try:
+            req = self._new_request()
+        except _Reject as rej:
+            self._reject = rej
+            raise
+        self.current = req
+        self.queue.append(req)
+        if self.active is None:
+            self._activate()
+        elif len(self.queue) > MAX_PIPELINED:
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self.current is not None:
+            self.current.add_body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_head = False
+        req = self.current
+        self.current = None
+        if req is not None:
+            req.body_complete()
+
+    # --- requests ----------------------------------------------------------------------
+
+    def _new_request(self) -> Request:
+        proxy = self.proxy
+        parser = self.parser
+        method = parser.get_method()
+        url = self._url
+        if method == b"CONNECT":
+            raise _Reject(405, "CONNECT is not supported")
+        if parser.should_upgrade():
+            raise _Reject(501, "connection upgrades are not supported by this proxy")
+        if not url.startswith(b"/"):
+            if url == b"*" and method == b"OPTIONS":
+                url = b"/"
+            else:
+                raise _Reject(400, "only origin-form request targets (/path) are accepted")
+        headers = self._headers
+        common, host, xff = http1.forwarded_headers(headers, proxy.drop_extra)
+        request_id = None
+        control = None
+        chunked = False
+        expect = False
+        length: int | None = None
+        for name, value in headers:
+            low = name.lower()
+            if low == proxy.rid_header:
+                request_id = value
+            elif low == proxy.control_header:
+                control = value.strip().lower()
+            elif low == b"transfer-encoding":
+                chunked = True
+            elif low == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise _Reject(400, "invalid content-length") from None
+            elif low == b"expect":
+                expect = value.strip().lower() == b"100-continue"
+        if request_id is None:
+            request_id = rid.generate()
+        elif not rid.is_valid(request_id):
+            raise _Reject(400, f"invalid {proxy.rid_header.decode()} header")
+        path = url.split(b"?", 1)[0]
+        route = proxy.route_for(host, path)
+        if route is None:
+            raise _Reject(404, "no route matches this request")
+        req = Request(self, route, method)
+        req.request_id = request_id
+        req.url = url
+        req.chunked_in = chunked
+        req.expect_continue = expect
+        req.keep_alive = parser.should_keep_alive()
+        req.http10 = parser.get_http_version() == "1.0"
+        fwd = b"x-forwarded-for: " + (xff + b", " + self.peer if xff else self.peer) + b"\r\n"
+        fwd += b"x-forwarded-proto: " + proxy.proto + b"\r\n"
+        if host is not None:
+            fwd += b"x-forwarded-host: " + host + b"\r\n"
+        fwd += proxy.rid_header + b": " + request_id + b"\r\n"
+        common += fwd
+        if chunked:
+            framing = b"transfer-encoding: chunked\r\n"
+        elif length is not None:
+            framing = b"content-length: %d\r\n" % length
+        else:
+            framing = b""
+        req.upstream_head = b"".join(
+            (method, b" ", route.prod_base, url, b" HTTP/1.1\r\n", common, framing,
+             route.prod_static, b"\r\n")
+        )  # fmt: skip
+        if route.candidates:
+            self._plan_mirrors(req, route, method, control, length)
+            req.mirror_common = common
+        return req
+
+    def _plan_mirrors(
+        self,
+        req: Request,
+        route: RouteRuntime,
+        method: bytes,
+        control: bytes | None,
+        length: int | None,
+    ) -> None:
+        proxy = self.proxy
+        if control == b"skip":
+            return
+        forced = control == b"force"
+        if not proxy.mirroring:
+            for c in route.candidates:
+                c.target.count("disabled")
+            return
+        if method not in route.methods:
+            for c in route.candidates:
+                c.target.count("method_skipped")
+            return
+        u = sample_point(req.request_id)
+        chosen = []
+        for c in route.candidates:
+            if forced or u < c.target.cfg.fraction:
+                chosen.append(c)
+            else:
+                c.target.count("sampled_out")
+        if not chosen:
+            return
+        req.mirror_to = chosen
+        if length is not None and length > proxy.capture_limit:
+            req._skip_mirrors("too_large")
+        else:
+            req.mirror_buf = []
+
+    def _activate(self) -> None:
+        if not self.queue:
+            return
+        req = self.queue[0]
+        self.active = req
+        req.begin()
+
+    def request_done(self, req: Request) -> None:
+        if self.queue and self.queue[0] is req:
+            self.queue.popleft()
+        self.active = None
+        if req.close_after or (self.proxy.draining and not self.queue):
+            self.close()
+            return
+        if self.paused and len(self.queue) <= MAX_PIPELINED // 2:
+            self.resume_reading()
+        if self.queue:
+            self._activate()
+
+    # --- transport helpers -------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _refuse(self, rej: _Reject) -> None:
+        """Answer a request we will not forward, then close (the stream may be out of sync)."""
+        self.proxy.stats.rejected[str(rej.status)] += 1
+        log.info("refused a request from %s: %d %s", self.peer.decode(), rej.status, rej.message)
+        self.queue = deque(r for r in self.queue if r is self.active)
+        if self.active is None:
+            self.write(
+                http1.error_response(
+                    rej.status, rej.message, self.proxy.rid_header, None, close=True
+                )
+            )
+            self.close()
+        else:
+            self.active.close_after = True
+            self.pause_reading()
+            self.closing = True
+
+    @property
+    def idle(self) -> bool:
+        return self.active is None and not self.queue

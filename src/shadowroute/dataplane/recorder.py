@@ -1,0 +1,168 @@
+"""Pairing production and candidate outcomes into records, after the client has its answer.
+
+A ``Pairing`` is made for each mirrored request. Whichever side finishes last completes the
+pair; the pair is queued and a single callback scheduled with ``call_soon`` extracts the
+predictions, encodes the records and puts them on the record queue in a batch. Nothing here runs
+before the client's response has been written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shadowroute.core.config import Route
+from shadowroute.core.extraction import ExtractError, extract
+from shadowroute.core.records import Side, encode_pair, redact_input
+from shadowroute.dataplane.mirror import MirrorResult
+from shadowroute.dataplane.stats import DataPlaneStats
+from shadowroute.stream.sink import RecordQueue
+
+log = logging.getLogger("shadowroute.recorder")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one upstream did with the request."""
+
+    model: str
+    version: str | None
+    status: int | None
+    latency_ms: float | None
+    body: bytes | None
+    content_encoding: bytes | None
+    content_type: bytes | None
+    error: str | None
+
+    @classmethod
+    def of_mirror(cls, model: str, version: str | None, r: MirrorResult) -> Outcome:
+        return cls(
+            model, version, r.status, r.latency_ms, r.body, r.content_encoding, r.content_type,
+            r.error,
+        )  # fmt: skip
+
+
+class Pairing:
+    __slots__ = (
+        "_side",
+        "input",
+        "production",
+        "recorder",
+        "request_id",
+        "route",
+        "ts_ms",
+        "waiting",
+    )
+
+    def __init__(
+        self, recorder: Recorder, route: Route, request_id: bytes, ts_ms: int, body: bytes | None
+    ) -> None:
+        self.recorder = recorder
+        self.route = route
+        self.request_id = request_id
+        self.ts_ms = ts_ms
+        self.input = body
+        self.production: Outcome | None = None
+        self.waiting: list[Outcome] = []
+        self._side: Side | None = None
+
+    def production_done(self, outcome: Outcome) -> None:
+        self.production = outcome
+        for cand in self.waiting:
+            self.recorder.submit(self, cand)
+        self.waiting.clear()
+
+    def candidate_done(self, outcome: Outcome) -> None:
+        if self.production is None:
+            self.waiting.append(outcome)
+        else:
+            self.recorder.submit(self, outcome)
+
+    def production_side(self) -> Side:
+        if self._side is None:
+            assert self.production is not None
+            self._side = self.recorder.side(self.route, self.production)
+        return self._side
+
+
+class Recorder:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: RecordQueue,
+        stats: DataPlaneStats,
+        hash_salt: bytes = b"shadowroute",
+    ) -> None:
+        self.loop = loop
+        self.queue = queue
+        self.stats = stats
+        self.salt = hash_salt
+        self._pending: deque[tuple[Pairing, Outcome]] = deque()
+        self._scheduled = False
+
+    def submit(self, pairing: Pairing, candidate: Outcome) -> None:
+        self._pending.append((pairing, candidate))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending = self._pending
+        while pending:
+            pairing, cand = pending.popleft()
+            try:
+                self._emit(pairing, cand)
+            except Exception:  # a record bug must never reach the data plane
+                log.exception("could not build a pair record for route %s", pairing.route.name)
+
+    def _emit(self, pairing: Pairing, cand: Outcome) -> None:
+        route = pairing.route
+        record = encode_pair(
+            request_id=pairing.request_id.decode("ascii"),
+            route=route.name,
+            ts_ms=pairing.ts_ms,
+            production=pairing.production_side(),
+            candidate=self.side(route, cand),
+            input=self._input(route, pairing.input),
+        )
+        self.stats.records_built += 1
+        self.queue.put(pairing.request_id, record)
+
+    def side(self, route: Route, o: Outcome) -> Side:
+        output = None
+        error = o.error
+        if error is None and o.body is not None:
+            try:
+                output = extract(
+                    route,
+                    o.body,
+                    o.content_encoding.decode("latin-1") if o.content_encoding else None,
+                    o.content_type.decode("latin-1") if o.content_type else None,
+                )
+            except ExtractError as exc:
+                error = "extract_failed"
+                self.stats.extract_failed += 1
+                log.debug("extraction failed for %s/%s: %s", route.name, o.model, exc.reason)
+        return Side(
+            model=o.model,
+            version=o.version,
+            status=o.status,
+            latency_ms=None if o.latency_ms is None else round(o.latency_ms, 3),
+            output=output,
+            error=error,
+        )
+
+    def _input(self, route: Route, body: bytes | None) -> Any:
+        if body is None or not route.capture.input:
+            return None
+        try:
+            obj: object = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        return redact_input(obj, route.capture.drop_fields, route.capture.hash_fields, self.salt)

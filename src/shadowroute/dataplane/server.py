@@ -1,0 +1,133 @@
+"""The data plane's lifecycle: listen, serve, and shut down gracefully.
+
+``DataPlane`` owns the listening socket, the proxy state, the record queue and its pump. Stop
+order: readiness off → stop accepting → let in-flight client requests finish (idle keep-alive
+connections are closed) → give in-flight mirrors a deadline → build the last records → flush
+the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from shadowroute.core.config import Config
+from shadowroute.dataplane.proxy import ClientConnection, Proxy
+from shadowroute.dataplane.recorder import Recorder
+from shadowroute.dataplane.stats import DataPlaneStats
+from shadowroute.stream.sink import RecordQueue, Sink
+
+log = logging.getLogger("shadowroute.dataplane")
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class DataPlane:
+    def __init__(
+        self,
+        config: Config,
+        sink: Sink,
+        *,
+        sock: socket.socket | None = None,
+        stats: DataPlaneStats | None = None,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.stats = stats or DataPlaneStats()
+        self.queue = RecordQueue(config.records.queue_size)
+        self._sock = sock
+        self._server: asyncio.Server | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.proxy: Proxy | None = None
+        self.ready = False
+        self._stopped = False
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        recorder = Recorder(loop, self.queue, self.stats)
+        self.proxy = proxy = Proxy(self.config, loop, recorder)
+        await self.sink.start()
+        self._pump = loop.create_task(self.queue.pump(self.sink), name="record-pump")
+        sock = self._sock or listen_socket(
+            self.config.listen.host, self.config.listen.port, reuse_port=False
+        )
+        self._server = await loop.create_server(
+            lambda: ClientConnection(proxy), sock=sock, backlog=1024
+        )
+        self._sweeper = loop.create_task(self._sweep_idle(), name="idle-sweeper")
+        self.ready = True
+        log.info("proxy listening on %s:%d", self.config.listen.host, self.port)
+
+    async def _sweep_idle(self) -> None:
+        assert self.proxy is not None
+        idle_s = self.config.proxy.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, idle_s / 2))
+            now = asyncio.get_running_loop().time()
+            for conn in list(self.proxy.connections):
+                if conn.idle and now - conn.last_active > idle_s:
+                    conn.close()
+
+    def set_mirroring(self, enabled: bool) -> None:
+        if self.proxy is not None:
+            self.proxy.mirroring = enabled
+
+    async def stop(self) -> None:
+        """Graceful shutdown; a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.ready = False
+        proxy = self.proxy
+        assert proxy is not None and self._server is not None
+        proxy.draining = True
+        self._server.close()
+        cfg = self.config.proxy
+        loop = asyncio.get_running_loop()
+        for conn in list(proxy.connections):
+            if conn.idle:
+                conn.close()
+        deadline = loop.time() + cfg.shutdown_timeout_s
+        while proxy.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(proxy.connections):
+            log.warning("closing a client connection still busy at the shutdown deadline")
+            conn.close()
+        targets = proxy.targets()
+        deadline = loop.time() + cfg.mirror_drain_s
+        while any(t.in_flight for t in targets) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for t in targets:
+            for ex in list(t.active):
+                ex.cancel()
+        proxy.recorder.flush()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self.queue.close()
+        if self._pump is not None:
+            await self._pump
+        await self.sink.close()
+        proxy.close_pools()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        log.info("proxy stopped")

@@ -1,0 +1,99 @@
+"""Data-plane counters kept as plain numbers on the hot path.
+
+Incrementing a Prometheus client metric takes a lock per call; the data plane instead bumps
+integers and bucket arrays here, and the control plane turns them into Prometheus families at
+scrape time (``shadowroute.api.metrics``). Snapshots are plain dicts, so worker processes can
+ship them to the supervisor and they add up.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+# Upstream latency buckets in seconds (Prometheus histogram ``le`` bounds).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+MIRROR_OUTCOMES = (
+    "sent",
+    "ok",
+    "sampled_out",
+    "dropped_full",
+    "timeout",
+    "error",
+    "circuit_open",
+    "too_large",
+    "method_skipped",
+    "disabled",
+)
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def add(self, counts: list[int], total: float) -> None:
+        for i, c in enumerate(counts):
+            self.counts[i] += c
+        self.total += total
+
+
+@dataclass(slots=True)
+class DataPlaneStats:
+    # (route, status class "2xx".."5xx" or "502_proxy"/"504_proxy") -> count
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (route, model, role) -> histogram
+    latency: dict[tuple[str, str, str], LatencyHistogram] = field(default_factory=dict)
+    # (route, candidate, outcome) -> count
+    mirrors: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # (route, candidate) -> in flight now (gauge)
+    mirrors_in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
+    # reason -> count of malformed / refused client requests
+    rejected: Counter[str] = field(default_factory=Counter)
+    records_built: int = 0
+    extract_failed: int = 0
+    open_connections: int = 0
+
+    def latency_of(self, route: str, model: str, role: str) -> LatencyHistogram:
+        key = (route, model, role)
+        h = self.latency.get(key)
+        if h is None:
+            h = self.latency[key] = LatencyHistogram()
+        return h
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "latency": [[*k, list(h.counts), h.total] for k, h in self.latency.items()],
+            "mirrors": [[*k, v] for k, v in self.mirrors.items()],
+            "mirrors_in_flight": [[*k, v] for k, v in self.mirrors_in_flight.items()],
+            "rejected": [[k, v] for k, v in self.rejected.items()],
+            "records_built": self.records_built,
+            "extract_failed": self.extract_failed,
+            "open_connections": self.open_connections,
+        }
+
+    def add_snapshot(self, snap: dict[str, Any]) -> None:
+        for route, cls, v in snap["requests"]:
+            self.requests[(route, cls)] += v
+        for route, model, role, counts, total in snap["latency"]:
+            self.latency_of(route, model, role).add(counts, total)
+        for route, cand, outcome, v in snap["mirrors"]:
+            self.mirrors[(route, cand, outcome)] += v
+        for route, cand, v in snap["mirrors_in_flight"]:
+            key = (route, cand)
+            self.mirrors_in_flight[key] = self.mirrors_in_flight.get(key, 0) + v
+        for reason, v in snap["rejected"]:
+            self.rejected[reason] += v
+        self.records_built += snap["records_built"]
+        self.extract_failed += snap["extract_failed"]
+        self.open_connections += snap["open_connections"]

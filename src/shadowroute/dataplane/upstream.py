@@ -1,0 +1,343 @@
+"""Pooled keep-alive HTTP/1.1 connections to one upstream, as asyncio protocols.
+
+An ``Exchange`` is whoever waits for one response (the client's production request, or a
+mirror). A pooled ``UpstreamConnection`` feeds it the response as it arrives: the raw head, the
+raw body bytes (for byte-exact forwarding) and, when asked, the de-chunked body pieces. No task
+and no client object is created per request; a task runs only to open a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+MAX_RESPONSE_HEAD = 64 << 10
+
+
+class Exchange:
+    """Receives one upstream response. Subclasses override what they need."""
+
+    head_only = False  # a response to HEAD: no body whatever the headers say
+    wants_body = False  # call on_body with de-chunked pieces
+
+    def on_interim(self, head: bytes) -> None:
+        """A 1xx response other than 101."""
+
+    def on_head(self, status: int, head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def on_raw(self, data: bytes) -> None:
+        """Raw body bytes exactly as the upstream framed them."""
+
+    def on_body(self, piece: bytes) -> None:
+        """A de-chunked body piece (only when ``wants_body``)."""
+
+    def on_complete(self) -> None:
+        raise NotImplementedError
+
+    def on_fail(self, reason: str) -> None:
+        """The exchange failed: ``connect``, ``reset``, ``timeout`` or ``bad_response``."""
+        raise NotImplementedError
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_buf",
+        "_closed",
+        "_complete",
+        "_headers",
+        "_in_body",
+        "_keep_alive",
+        "_parser",
+        "_until_close",
+        "exchange",
+        "idle_since",
+        "pool",
+        "timer",
+        "transport",
+        "written",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
+        self.written = False
+        self._closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._buf = b""
+        self._in_body = False
+        self._complete = False
+        self._until_close = False
+        self._keep_alive = False
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    # --- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.pool.discard(self)
+        ex = self.exchange
+        if ex is None:
+            return
+        if self._in_body and self._until_close:
+            self._finish()
+            return
+        self._fail("reset")
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:
+            # Bytes with no request outstanding: the connection is unusable.
+            self.close()
+            return
+        try:
+            self._received(data)
+        except httptools.HttpParserError:
+            self._fail("bad_response")
+
+    # --- httptools callbacks -------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # llhttp forgets the flag once the message is complete: read it now.
+        self._keep_alive = self._parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # --- response handling ---------------------------------------------------------------
+
+    def _received(self, data: bytes) -> None:
+        if self._in_body:
+            self._body(data)
+            return
+        buf = self._buf + data if self._buf else data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_RESPONSE_HEAD:
+                self._fail("bad_response")
+            else:
+                self._buf = buf
+            return
+        self._buf = b""
+        head, rest = buf[: end + 4], buf[end + 4 :]
+        self._headers = []
+        self._complete = False
+        self._parser.feed_data(head)
+        status = self._parser.get_status_code()
+        ex = self.exchange
+        assert ex is not None
+        if 100 <= status < 200 and status != 101:
+            ex.on_interim(head)
+            if rest:
+                self._received(rest)
+            return
+        if status == 101:
+            # Upgrades are refused before they reach an upstream; a stray 101 is an error.
+            self._fail("bad_response")
+            return
+        ex.on_head(status, head, self._headers)
+        if self.exchange is not ex:  # the exchange gave up (client gone)
+            return
+        if ex.head_only or status in (204, 304) or self._complete:
+            if ex.head_only:
+                self._parser = httptools.HttpResponseParser(self)
+            self._finish()
+            return
+        self._until_close = not any(
+            n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self._headers
+        )
+        self._in_body = True
+        if rest:
+            self._body(rest)
+
+    def _body(self, data: bytes) -> None:
+        ex = self.exchange
+        assert ex is not None
+        self._parser.feed_data(data)
+        ex.on_raw(data)
+        if self._complete and self.exchange is ex:
+            self._finish()
+
+    def on_body(self, piece: bytes) -> None:
+        ex = self.exchange
+        if ex is not None and ex.wants_body:
+            ex.on_body(piece)
+
+    def _reset_state(self) -> None:
+        self._in_body = False
+        self._complete = False
+        self._until_close = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _finish(self) -> None:
+        ex = self.exchange
+        keep = not self._until_close and self._keep_alive and not self._closed
+        self._reset_state()
+        self.exchange = None
+        if keep:
+            self.pool.release(self)
+        else:
+            self.close()
+        if ex is not None:
+            ex.on_complete()
+
+    def _fail(self, reason: str) -> None:
+        ex = self.exchange
+        self._reset_state()
+        self.exchange = None
+        self.close()
+        if ex is not None:
+            ex.on_fail(reason)
+
+    # --- used by the owner of the exchange -----------------------------------------------
+
+    def start(self, exchange: Exchange, timeout_s: float) -> None:
+        self.exchange = exchange
+        self.written = False
+        self.timer = self.pool.loop.call_later(timeout_s, self.on_timeout)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.written = True
+        self.transport.write(data)
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        self._fail("timeout")
+
+    def abandon(self) -> None:
+        """The exchange's owner no longer wants the response: drop the connection."""
+        self.exchange = None
+        self._reset_state()
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and self.transport is not None and not self.transport.is_closing()
+
+
+Acquired = Callable[[UpstreamConnection | None, str | None], None]
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream (scheme, host, port)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        url: str,
+        *,
+        max_idle: int = 256,
+        keepalive_s: float = 4.0,
+        connect_timeout_s: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        self.loop = loop
+        self.scheme = parts.scheme
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        default_port = self.port == (443 if parts.scheme == "https" else 80)
+        self.host_header = self.host if default_port else f"{self.host}:{self.port}"
+        self.base_path = parts.path.rstrip("/")
+        self.max_idle = max_idle
+        self.keepalive_s = keepalive_s
+        self.connect_timeout_s = connect_timeout_s
+        self.ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self.ssl = ssl_context or ssl.create_default_context()
+        self._idle: deque[UpstreamConnection] = deque()
+        self._all: set[UpstreamConnection] = set()
+        self._connecting: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    def acquire(self, on_ready: Acquired) -> None:
+        """Call ``on_ready(conn, None)`` with a live connection (at once when one is idle) or
+        ``on_ready(None, reason)`` when none can be had."""
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable and now - conn.idle_since < self.keepalive_s:
+                on_ready(conn, None)
+                return
+            conn.close()
+        if self.closed:
+            on_ready(None, "connect")
+            return
+        task = self.loop.create_task(self._connect())
+        self._connecting.add(task)
+        task.add_done_callback(lambda t: self._connected(t, on_ready))
+
+    async def _connect(self) -> UpstreamConnection:
+        async with asyncio.timeout(self.connect_timeout_s):
+            _, proto = await self.loop.create_connection(
+                lambda: UpstreamConnection(self),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl else None,
+            )
+        return proto
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection], on_ready: Acquired) -> None:
+        self._connecting.discard(task)
+        if task.cancelled():
+            on_ready(None, "connect")
+            return
+        exc = task.exception()
+        if exc is not None:
+            on_ready(None, "timeout" if isinstance(exc, TimeoutError) else "connect")
+            return
+        conn = task.result()
+        self._all.add(conn)
+        on_ready(conn, None)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self.closed or len(self._idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        self.closed = True
+        for task in list(self._connecting):
+            task.cancel()
+        for conn in list(self._all):
+            if conn.exchange is None:
+                conn.close()
+        self._idle.clear()

@@ -1,0 +1,495 @@
+"""The Kafka sink: records to one topic, through an on-disk spool when the broker is away.
+
+``KafkaSink.write`` partitions a batch with the Java client's murmur2 (``stream.murmur2``) and
+hands one ``BatchBuilder`` per partition to aiokafka's idempotent producer, so a label produced
+by any Kafka client with the default partitioner lands in the same partition as its pair.
+
+Outage behaviour (see docs/kafka.md): ``write`` never raises and waits at most
+``enqueue_timeout_s``. Records the producer cannot take (not connected, queue not draining) or
+that it fails to deliver go to the ``Spool``; while the spool holds anything, new records are
+appended to it too, so order is kept. A background task connects, and drains the spool in
+order, advancing the spool's cursor only after the broker acknowledged a chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from shadowroute.core.config import KafkaSecurity, Transport
+from shadowroute.stream.murmur2 import partitions_for
+from shadowroute.stream.spool import Spool
+
+log = logging.getLogger("shadowroute.stream.kafka")
+
+KeyValue = tuple[bytes, bytes]
+PAIR_SCHEMA = b"pair.v1"
+LABEL_SCHEMA = b"label.v1"
+TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter")
+
+
+def topic_name(prefix: str, kind: str) -> str:
+    """``<prefix>.<kind>`` for kind in pairs, labels, scores, deadletter."""
+    if kind not in TOPIC_KINDS:
+        raise ValueError(f"unknown topic kind {kind!r}")
+    return f"{prefix}.{kind}"
+
+
+def security_kwargs(security: KafkaSecurity) -> dict[str, Any]:
+    """aiokafka client arguments for TLS and SASL (PLAIN / SCRAM)."""
+    kw: dict[str, Any] = {"security_protocol": security.protocol}
+    if security.protocol in ("SSL", "SASL_SSL"):
+        kw["ssl_context"] = create_ssl_context(
+            cafile=security.ssl_cafile,
+            certfile=security.ssl_certfile,
+            keyfile=security.ssl_keyfile,
+        )
+    if security.protocol.startswith("SASL_"):
+        password = security.sasl_password
+        kw["sasl_mechanism"] = security.sasl_mechanism
+        kw["sasl_plain_username"] = security.sasl_username
+        kw["sasl_plain_password"] = password.get_secret_value() if password else None
+    return kw
+
+
+class KafkaSink:
+    """A ``Sink`` for one topic. Counters are plain ints (exported by the caller):
+
+    - ``records_sent``: acknowledged records sent directly;
+    - ``records_spooled``: records written to the spool;
+    - ``records_drained``: spooled records acknowledged by the broker;
+    - ``records_dropped``: records lost (spool full);
+    - ``producer_errors``: failed connects, enqueues and deliveries.
+
+    ``send_latencies`` keeps the latest write-to-ack latencies (seconds) of direct sends;
+    ``latency_hook`` (if given) is called with each one, e.g. a Prometheus histogram's observe.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        topic: str,
+        schema: bytes,
+        *,
+        spool: Spool | None = None,
+        enqueue_timeout_s: float = 0.5,
+        connect_timeout_s: float = 10.0,
+        retry_interval_s: float = 1.0,
+        close_timeout_s: float = 10.0,
+        request_timeout_ms: int = 30_000,
+        drain_records: int = 4096,
+        latency_hook: Callable[[float], None] | None = None,
+    ) -> None:
+        if not transport.bootstrap:
+            raise ValueError("the Kafka sink needs transport.bootstrap")
+        self.transport = transport
+        self.topic = topic
+        self.headers = [("schema", schema)]
+        self.spool = spool if spool is not None else Spool.from_config(transport.spool, topic)
+        self.enqueue_timeout_s = enqueue_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.retry_interval_s = retry_interval_s
+        self.close_timeout_s = close_timeout_s
+        self.request_timeout_ms = request_timeout_ms
+        self.drain_records = drain_records
+        self.latency_hook = latency_hook
+        self.send_latencies: deque[float] = deque(maxlen=4096)
+        self.records_sent = 0
+        self.records_spooled = 0
+        self.records_drained = 0
+        self.producer_errors = 0
+        self._dropped_outside_spool = 0
+        self._producer: AIOKafkaProducer | None = None
+        self._num_partitions = 0
+        self._inflight: dict[asyncio.Future[Any], list[KeyValue]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+
+    @classmethod
+    def for_pairs(cls, transport: Transport, **kw: Any) -> KafkaSink:
+        return cls(transport, topic_name(transport.topic_prefix, "pairs"), PAIR_SCHEMA, **kw)
+
+    @classmethod
+    def for_labels(cls, transport: Transport, **kw: Any) -> KafkaSink:
+        return cls(transport, topic_name(transport.topic_prefix, "labels"), LABEL_SCHEMA, **kw)
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def records_dropped(self) -> int:
+        return self.spool.dropped + self._dropped_outside_spool
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    @property
+    def inflight_records(self) -> int:
+        return sum(len(r) for r in self._inflight.values())
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Try to connect once (bounded); keep trying in the background either way."""
+        await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sink-{self.topic}")
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        t = self.transport
+        idempotent = t.acks == "all"
+        acks: str | int = "all" if t.acks == "all" else int(t.acks)
+        return AIOKafkaProducer(
+            bootstrap_servers=t.bootstrap,
+            client_id=f"shadowroute-{self.topic}",
+            acks=acks,
+            enable_idempotence=idempotent,
+            linger_ms=t.linger_ms,
+            max_batch_size=t.batch_bytes,
+            max_request_size=max(t.batch_bytes, 1 << 20),
+            compression_type=None if t.compression == "none" else t.compression,
+            request_timeout_ms=self.request_timeout_ms,
+            **security_kwargs(t.security),
+        )
+
+    async def _connect(self) -> bool:
+        producer = self._new_producer()
+        try:
+            await asyncio.wait_for(producer.start(), self.connect_timeout_s)
+            parts = await asyncio.wait_for(
+                producer.partitions_for(self.topic), self.connect_timeout_s
+            )
+        except (TimeoutError, KafkaError, OSError) as exc:
+            self.producer_errors += 1
+            log.warning("kafka producer for %s not connected: %r", self.topic, exc)
+            await _hard_stop(producer)
+            return False
+        self._num_partitions = len(parts)
+        self._producer = producer
+        self._wake.set()
+        return True
+
+    async def close(self) -> None:
+        """Deliver what was written (or leave it in the spool), then release everything."""
+        if self._closed:
+            return
+        self._closing = True
+        deadline = time.monotonic() + self.close_timeout_s
+        # Let the drain task empty the spool and direct sends finish, while time allows.
+        while time.monotonic() < deadline and self._producer is not None:
+            if not self.spool and not self._inflight:
+                break
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._closed = True
+        # Unacknowledged direct sends go to the spool (the broker may still have them: see
+        # the duplicate window in docs/kafka.md).
+        for fut, records in list(self._inflight.items()):
+            if not fut.done():
+                del self._inflight[fut]
+                self._to_spool(records)
+        if self._producer is not None:
+            await _hard_stop(self._producer, self.close_timeout_s / 2)
+            self._producer = None
+        self.spool.close()
+
+    def abandon(self) -> None:
+        """Stop without delivering (tests: a process that dies). Nothing is flushed."""
+        self._closed = self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+        self.spool.close()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def write(self, batch: Sequence[KeyValue]) -> None:
+        """Send or spool ``batch``; never raises, waits at most ~``enqueue_timeout_s``."""
+        if not batch:
+            return
+        producer = self._producer
+        if self._closed or producer is None or self.spool:
+            self._to_spool(batch)
+            return
+        parts = producer.client.cluster.partitions_for_topic(self.topic)
+        if parts:
+            self._num_partitions = len(parts)
+        started = time.monotonic()
+        groups = self._group(batch)
+        for i, (partition, chunk) in enumerate(groups):
+            handed, rest = await self._hand_over(producer, partition, chunk, self.enqueue_timeout_s)
+            for fut, taken in handed:
+                self._track(fut, taken, started)
+            if rest:
+                self._to_spool([*rest, *(kv for _, c in groups[i + 1 :] for kv in c)])
+                return
+
+    def _group(self, batch: Sequence[KeyValue]) -> list[tuple[int, list[KeyValue]]]:
+        parts = partitions_for([k for k, _ in batch], self._num_partitions).tolist()
+        groups: dict[int, list[KeyValue]] = {}
+        for p, kv in zip(parts, batch, strict=True):
+            chunk = groups.get(p)
+            if chunk is None:
+                groups[p] = [kv]
+            else:
+                chunk.append(kv)
+        return list(groups.items())
+
+    def _builders(
+        self, producer: AIOKafkaProducer, chunk: Sequence[KeyValue]
+    ) -> Iterator[tuple[Any, list[KeyValue]]]:
+        builder = producer.create_batch()
+        taken: list[KeyValue] = []
+        for key, value in chunk:
+            if builder.append(key=key, value=value, timestamp=None, headers=self.headers) is None:
+                yield builder, taken
+                builder = producer.create_batch()
+                taken = []
+                builder.append(key=key, value=value, timestamp=None, headers=self.headers)
+            taken.append((key, value))
+        if taken:
+            yield builder, taken
+
+    async def _hand_over(
+        self, producer: AIOKafkaProducer, partition: int, chunk: list[KeyValue], wait_s: float
+    ) -> tuple[list[tuple[asyncio.Future[Any], list[KeyValue]]], list[KeyValue]]:
+        """Hand ``chunk`` to the producer, one builder at a time: the (future, records) of the
+        builders it took, and the records it did not take in time (in order)."""
+        handed: list[tuple[asyncio.Future[Any], list[KeyValue]]] = []
+        done = 0
+        for builder, taken in self._builders(producer, chunk):
+            try:
+                fut = await asyncio.wait_for(
+                    producer.send_batch(builder, self.topic, partition=partition), wait_s
+                )
+            except (TimeoutError, KafkaError) as exc:
+                self.producer_errors += 1
+                log.debug("enqueue to %s[%d] failed: %r", self.topic, partition, exc)
+                return handed, chunk[done:]
+            handed.append((fut, taken))
+            done += len(taken)
+        return handed, []
+
+    def _track(self, fut: asyncio.Future[Any], records: list[KeyValue], started: float) -> None:
+        self._inflight[fut] = records
+        fut.add_done_callback(lambda f: self._on_done(f, started))
+
+    def _on_done(self, fut: asyncio.Future[Any], started: float) -> None:
+        records = self._inflight.pop(fut, None)
+        if records is None:
+            return  # already handled by close()
+        if fut.cancelled() or fut.exception() is not None:
+            self.producer_errors += 1
+            log.warning("delivery to %s failed; %d records spooled", self.topic, len(records))
+            self._to_spool(records)
+            return
+        self.records_sent += len(records)
+        latency = time.monotonic() - started
+        self.send_latencies.append(latency)
+        if self.latency_hook is not None:
+            self.latency_hook(latency)
+
+    def _to_spool(self, records: Sequence[KeyValue]) -> None:
+        try:
+            self.records_spooled += self.spool.append(records)
+        except OSError as exc:
+            self._dropped_outside_spool += len(records)
+            log.error("spool write failed, %d records dropped: %s", len(records), exc)
+        self._wake.set()
+
+    # --- background: connect and drain ---------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                if self._producer is None:
+                    if not await self._connect():
+                        await self._nap()
+                    continue
+                if self.spool:
+                    if not await self._drain_chunk(self._producer):
+                        await self._nap()
+                    continue
+                if self._closing:
+                    await asyncio.sleep(0.02)
+                    continue
+                self._wake.clear()
+                await self._nap()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.producer_errors += 1
+                log.exception("kafka sink background task error")
+                await self._nap()
+
+    async def _nap(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.retry_interval_s)
+        self._wake.clear()
+
+    async def _drain_chunk(self, producer: AIOKafkaProducer) -> bool:
+        """Send the next spooled chunk; commit the cursor once all of it is acknowledged."""
+        records, pos = self.spool.read(self.drain_records, 1 << 20)
+        if not records:
+            self.spool.commit(pos)
+            return True
+        parts = producer.client.cluster.partitions_for_topic(self.topic)
+        if parts:
+            self._num_partitions = len(parts)
+        pending = self._group(records)
+        while not self._closed:
+            failed: list[tuple[int, list[KeyValue]]] = []
+            waiting: list[tuple[asyncio.Future[Any], int, list[KeyValue]]] = []
+            for partition, chunk in pending:
+                handed, rest = await self._hand_over(
+                    producer, partition, chunk, 4 * self.enqueue_timeout_s
+                )
+                waiting += [(fut, partition, taken) for fut, taken in handed]
+                if rest:
+                    failed.append((partition, rest))
+            for fut, partition, taken in waiting:
+                # An idempotent producer retries until delivered: waiting for it (rather than
+                # re-sending) is what keeps a record from being written twice.
+                try:
+                    await fut
+                except KafkaError as exc:
+                    self.producer_errors += 1
+                    log.debug("drain delivery failed: %r", exc)
+                    failed.append((partition, taken))
+            if not failed:
+                self.spool.commit(pos)
+                self.records_drained += len(records)
+                return True
+            pending = failed
+            await self._nap()
+        return False
+
+
+async def _hard_stop(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
+    """Stop a producer, flushing for up to ``timeout_s``; then stop it without flushing."""
+    stopping = asyncio.ensure_future(producer.stop())
+    await asyncio.wait([stopping], timeout=timeout_s)
+    if not stopping.done():
+        sender = getattr(producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        if task is not None:
+            task.cancel()
+        await asyncio.wait([stopping], timeout=timeout_s)
+    if not stopping.done():
+        stopping.cancel()
+        await asyncio.wait([stopping], timeout=1.0)
+    if stopping.done() and not stopping.cancelled() and stopping.exception() is not None:
+        log.debug("producer stop: %r", stopping.exception())
+
+
+# --- topics ------------------------------------------------------------------------------------
+
+
+class CopartitionError(RuntimeError):
+    """Pairs and labels topics do not have the same number of partitions."""
+
+
+def _admin(bootstrap: str, security: KafkaSecurity) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="shadowroute-admin",
+        request_timeout_ms=15_000,
+        **security_kwargs(security),
+    )
+
+
+async def topic_partitions(
+    bootstrap: str, security: KafkaSecurity, topics: list[str], settle_s: float = 3.0
+) -> dict[str, int]:
+    """Partition count per existing topic (missing ones left out). Topics whose metadata is
+    not yet available (just created) are asked about again for up to ``settle_s``."""
+    admin = _admin(bootstrap, security)
+    await admin.start()
+    counts: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + settle_s
+        while True:
+            described = await admin.describe_topics(topics)
+            counts = {
+                t["topic"]: len(t["partitions"])
+                for t in described
+                if t["error_code"] == 0 and t["partitions"]
+            }
+            if len(counts) == len(topics) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    return counts
+
+
+async def check_copartitioned(bootstrap: str, security: KafkaSecurity, prefix: str) -> int:
+    """Raise ``CopartitionError`` unless ``<prefix>.pairs`` and ``<prefix>.labels`` exist
+    with the same partition count; return that count."""
+    pairs, labels = topic_name(prefix, "pairs"), topic_name(prefix, "labels")
+    counts = await topic_partitions(bootstrap, security, [pairs, labels])
+    missing = [t for t in (pairs, labels) if t not in counts]
+    if missing:
+        raise CopartitionError(f"topic(s) missing: {', '.join(missing)}")
+    if counts[pairs] != counts[labels]:
+        raise CopartitionError(
+            f"{pairs} has {counts[pairs]} partitions but {labels} has {counts[labels]}: "
+            "pairs and labels must have the same partition count to be joined by request id"
+        )
+    return counts[pairs]
+
+
+async def create_topics(transport: Transport) -> list[str]:
+    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted) and ``.deadletter``;
+    topics that already exist are left as they are. Returns the names created now."""
+    if not transport.bootstrap:
+        raise ValueError("create_topics needs transport.bootstrap")
+    tc = transport.topics
+    retention = str(int(tc.retention_hours * 3_600_000))
+    configs = {
+        "pairs": {"retention.ms": retention},
+        "labels": {"retention.ms": retention},
+        "scores": {"cleanup.policy": "compact"},
+        "deadletter": {"retention.ms": retention},
+    }
+    wanted = {topic_name(transport.topic_prefix, kind): cfg for kind, cfg in configs.items()}
+    admin = _admin(transport.bootstrap, transport.security)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name, tc.partitions, tc.replication, topic_configs=cfg)
+            for name, cfg in wanted.items()
+            if name not in existing
+        ]
+        if not new:
+            return []
+        response = await admin.create_topics(new)
+    finally:
+        await admin.close()
+    created: list[str] = []
+    problems: list[str] = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        if code == 0:
+            created.append(name)
+        elif code != 36:  # TOPIC_ALREADY_EXISTS: created meanwhile by someone else
+            message = entry[2] if len(entry) > 2 else ""
+            problems.append(f"{name}: error {code} {message or ''}".strip())
+    if problems:
+        raise RuntimeError("could not create topics: " + "; ".join(problems))
+    return created

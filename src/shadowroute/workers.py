@@ -1,0 +1,218 @@
+"""``serve --workers N``: N data-plane processes share the listening port (SO_REUSEPORT).
+
+The supervisor (this process) runs the admin plane and owns the record sink. Each worker runs
+one data plane and ships its records and a counter snapshot to the supervisor over a Unix
+socket pair; the supervisor sends control messages (the mirroring switch) the other way.
+
+Frames: 4-byte big-endian length, 1-byte type, payload. Types: ``R`` a record batch
+(repeated 4-byte key length, key, 4-byte value length, value), ``S`` a JSON counter snapshot,
+``M`` mirroring on/off (payload ``1``/``0``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from shadowroute.core.config import Config
+from shadowroute.dataplane.server import DataPlane, listen_socket
+from shadowroute.dataplane.stats import DataPlaneStats
+from shadowroute.stream.sink import KeyValue, Sink
+
+log = logging.getLogger("shadowroute.workers")
+_LEN = struct.Struct(">I")
+
+
+def encode_frame(kind: bytes, payload: bytes) -> bytes:
+    return _LEN.pack(len(payload) + 1) + kind + payload
+
+
+def encode_records(batch: Sequence[KeyValue]) -> bytes:
+    return b"".join(_LEN.pack(len(k)) + k + _LEN.pack(len(v)) + v for k, v in batch)
+
+
+def decode_records(payload: bytes) -> list[KeyValue]:
+    out: list[KeyValue] = []
+    i, n = 0, len(payload)
+    while i < n:
+        (kl,) = _LEN.unpack_from(payload, i)
+        key = payload[i + 4 : i + 4 + kl]
+        i += 4 + kl
+        (vl,) = _LEN.unpack_from(payload, i)
+        out.append((key, payload[i + 4 : i + 4 + vl]))
+        i += 4 + vl
+    return out
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    try:
+        (length,) = _LEN.unpack(await reader.readexactly(4))
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        return None
+    return body[:1], body[1:]
+
+
+class PipeSink:
+    """A worker's sink: record batches go to the supervisor."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, batch: Sequence[KeyValue]) -> None:
+        self._writer.write(encode_frame(b"R", encode_records(batch)))
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        await self._writer.drain()
+
+
+async def _worker(config: Config, chan: socket.socket, index: int) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=chan)
+    stats = DataPlaneStats()
+    dp = DataPlane(
+        config,
+        PipeSink(writer),
+        sock=listen_socket(config.listen.host, config.listen.port, reuse_port=True),
+        stats=stats,
+    )
+    await dp.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+
+    async def control() -> None:
+        while (frame := await read_frame(reader)) is not None:
+            kind, payload = frame
+            if kind == b"M":
+                dp.set_mirroring(payload == b"1")
+        stop.set()  # supervisor gone
+
+    async def report() -> None:
+        while True:
+            snap = {"ready": dp.ready, "stats": stats.snapshot()}
+            writer.write(encode_frame(b"S", orjson.dumps(snap)))
+            await asyncio.sleep(0.5)
+
+    tasks = [loop.create_task(control()), loop.create_task(report())]
+    await stop.wait()
+    await dp.stop()
+    for t in tasks:
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+    writer.write(encode_frame(b"S", orjson.dumps({"ready": False, "stats": stats.snapshot()})))
+    await writer.drain()
+    writer.close()
+    log.info("worker %d stopped", index)
+
+
+def _worker_main(config: Config, chan: socket.socket, index: int) -> None:
+    import uvloop
+
+    uvloop.run(_worker(config, chan, index))
+
+
+class WorkerSet:
+    """The supervisor's view of its workers: merged counters, readiness, control."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.snapshots: dict[int, dict[str, Any]] = {}
+        self.ready_flags: dict[int, bool] = {}
+        self.writers: dict[int, asyncio.StreamWriter] = {}
+        self.mirroring = True
+
+    def stats(self) -> DataPlaneStats:
+        total = DataPlaneStats()
+        for snap in self.snapshots.values():
+            total.add_snapshot(snap)
+        return total
+
+    def ready(self) -> bool:
+        return len(self.ready_flags) == self.n and all(self.ready_flags.values())
+
+    def set_mirroring(self, enabled: bool) -> None:
+        self.mirroring = enabled
+        for w in self.writers.values():
+            w.write(encode_frame(b"M", b"1" if enabled else b"0"))
+
+    async def pump(self, index: int, reader: asyncio.StreamReader, sink: Sink) -> None:
+        while (frame := await read_frame(reader)) is not None:
+            kind, payload = frame
+            if kind == b"R":
+                await sink.write(decode_records(payload))
+            elif kind == b"S":
+                doc = orjson.loads(payload)
+                self.snapshots[index] = doc["stats"]
+                self.ready_flags[index] = bool(doc["ready"])
+
+
+async def supervise(config: Config, n: int) -> None:
+    from shadowroute import runtime
+    from shadowroute.api.app import ControlContext
+    from shadowroute.api.metrics import DataPlaneCollector, new_registry
+
+    ctx_mp = multiprocessing.get_context("fork")
+    workers = WorkerSet(n)
+    procs = []
+    pumps = []
+    sink = runtime.pair_sinks(config)
+    await sink.start()
+    for i in range(n):
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        proc = ctx_mp.Process(target=_worker_main, args=(config, child, i), name=f"worker-{i}")
+        proc.start()
+        child.close()
+        procs.append(proc)
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        workers.writers[i] = writer
+        pumps.append(asyncio.get_running_loop().create_task(workers.pump(i, reader, sink)))
+    registry = new_registry()
+    registry.register(
+        DataPlaneCollector(workers.stats, None, lambda: workers.mirroring, lambda: [])
+    )
+    ctx = ControlContext(
+        config=config,
+        registry=registry,
+        ready=workers.ready,
+        get_mirroring=lambda: workers.mirroring,
+        set_mirroring=workers.set_mirroring,
+    )
+    async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
+        log.info("%d workers serving on %s:%d", n, config.listen.host, config.listen.port)
+        await runtime.wait_for_signal()
+        log.info("stopping workers")
+        for p in procs:
+            if p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        grace = config.proxy.shutdown_timeout_s + config.proxy.mirror_drain_s + 5
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*pumps), grace)
+        for p in procs:
+            p.join(timeout=1)
+            if p.is_alive():
+                p.kill()
+    await sink.close()
+
+
+def serve_workers(config: Config, n: int) -> int:
+    import uvloop
+
+    uvloop.run(supervise(config, n))
+    return 0

@@ -1,0 +1,32 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# --- real Apache Kafka (tests marked `kafka`) --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """host:port of a real broker: $SHADOWROUTE_TEST_KAFKA if set, else one started here for
+    the session. A broker that cannot start fails the test (never a skip)."""
+    external = os.environ.get("SHADOWROUTE_TEST_KAFKA")
+    if external:
+        yield external
+        return
+    from kafka_harness import BrokerError, KafkaBroker
+
+    broker = KafkaBroker()
+    try:
+        broker.start()
+    except BrokerError as exc:
+        broker.cleanup()
+        pytest.fail(f"could not start the Kafka broker: {exc}", pytrace=False)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.cleanup()

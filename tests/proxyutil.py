@@ -1,0 +1,73 @@
+"""Start the real data plane in front of real model servers, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
+
+from shadowroute.core.config import Config, parse_config
+from shadowroute.dataplane.server import DataPlane, listen_socket
+from shadowroute.stream.sink import KeyValue
+
+
+class CollectingSink:
+    """Keeps every record written, in order (a real Sink; the channel in miniature)."""
+
+    def __init__(self) -> None:
+        self.records: list[KeyValue] = []
+        self.closed = False
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, batch: Sequence[KeyValue]) -> None:
+        self.records.extend(batch)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def decoded(self) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for _, v in self.records]
+
+
+def make_config(prod_url: str, candidates: Sequence[dict[str, Any]] = (), **route: Any) -> Config:
+    r: dict[str, Any] = {
+        "name": "fraud",
+        "path_prefix": "/",
+        "protocol": "kserve-v1",
+        "task": "regression",
+        "production": {"name": "prod-v1", "url": prod_url, "timeout_s": 2, "version": "1"},
+        "candidates": list(candidates),
+    }
+    extra_top = route.pop("top", {})
+    r.update(route)
+    return parse_config({"routes": [r], "listen": {"port": 0}, **extra_top}, environ={})
+
+
+@contextlib.asynccontextmanager
+async def running_proxy(config: Config) -> AsyncIterator[tuple[DataPlane, CollectingSink]]:
+    sink = CollectingSink()
+    dp = DataPlane(config, sink, sock=listen_socket("127.0.0.1", 0, reuse_port=False))
+    await dp.start()
+    try:
+        yield dp, sink
+    finally:
+        await dp.stop()
+
+
+async def settle(dp: DataPlane, timeout: float = 3.0) -> None:
+    """Wait until no mirror is in flight and the record queue is empty."""
+    assert dp.proxy is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        busy = any(t.in_flight for t in dp.proxy.targets()) or len(dp.queue) > 0
+        if not busy:
+            await asyncio.sleep(0.02)
+            if not any(t.in_flight for t in dp.proxy.targets()) and len(dp.queue) == 0:
+                return
+        await asyncio.sleep(0.01)
