@@ -41,7 +41,7 @@ def oip(*outputs: dict[str, Any]) -> bytes:
     return orjson.dumps({"model_name": "m", "id": "x", "outputs": list(outputs)})
 
 
-def tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:
+def tensor(name: str, datatype: str, shape: list[Any], data: list[Any]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": shape, "data": data}
 
 

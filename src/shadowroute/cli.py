@@ -48,6 +48,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from shadowroute.core.config_doc import reference
+
+    sys.stdout.write(reference())
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
@@ -61,6 +68,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return workers.serve_workers(cfg, args.workers)
     _run(runtime.serve(cfg))
+    return EXIT_OK
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    if cfg.transport.kind != "kafka":
+        print("error: transport.kind is not 'kafka': there are no topics to create", file=sys.stderr)
+        return EXIT_ERROR
+    from shadowroute.stream.kafka import create_topics
+
+    try:
+        created = asyncio.run(create_topics(cfg.transport))
+    except Exception as exc:
+        print(f"error: could not create topics: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
     return EXIT_OK
 
 
@@ -78,11 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="proxy processes sharing the port")
     s.set_defaults(func=cmd_serve)
 
+    t = sub.add_parser("topics", help="Kafka topic tools")
+    tsub = t.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    tc = tsub.add_parser("create", help="create the pairs, labels, scores and deadletter topics")
+    tc.add_argument("-c", "--config", required=True)
+    tc.set_defaults(func=cmd_topics_create)
+
+    from shadowroute.cli_client import add_client_parsers
+
+    add_client_parsers(sub)
+
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     chk = csub.add_parser("check", help="validate a config file")
     chk.add_argument("file")
     chk.set_defaults(func=cmd_config_check)
+    ref = csub.add_parser("reference", help="print the config reference (Markdown)")
+    ref.set_defaults(func=cmd_config_reference)
     return p
 
 

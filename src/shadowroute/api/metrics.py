@@ -7,7 +7,8 @@ family this process can export; the Grafana dashboard and alert rules are checke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -17,7 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from shadowroute.dataplane.stats import LATENCY_BUCKETS, DataPlaneStats
+from shadowroute.dataplane.stats import LATENCY_BUCKETS, DataPlaneStats, LatencyHistogram
 from shadowroute.stream.sink import RecordQueue
 
 DATAPLANE_METRICS = (
@@ -66,11 +67,7 @@ class DataPlaneCollector(Collector):
             labels=["route", "model", "role"],
         )
         for (route, model, role), h in sorted(s.latency.items()):
-            cum, buckets = 0, []
-            for bound, c in zip((*LATENCY_BUCKETS, float("inf")), h.counts, strict=True):
-                cum += c
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cum))
-            lat.add_metric([route, model, role], buckets, h.total)
+            lat.add_metric([route, model, role], _buckets(h), h.total)
         yield lat
 
         mir = CounterMetricFamily(
@@ -140,3 +137,92 @@ class DataPlaneCollector(Collector):
 def new_registry() -> CollectorRegistry:
     """A registry of our own (never the global default one)."""
     return CollectorRegistry(auto_describe=True)
+
+
+KAFKA_METRICS = (
+    "shadowroute_kafka_records_sent_total",
+    "shadowroute_spool_bytes",
+    "shadowroute_spool_records_total",
+    "shadowroute_kafka_producer_errors_total",
+    "shadowroute_kafka_send_latency_seconds",
+    "shadowroute_kafka_connected",
+)
+
+
+class KafkaSinkCollector(Collector):
+    """Counters of the Kafka sinks (one per topic) and their spools."""
+
+    def __init__(self, sinks: Sequence[KafkaSinkLike]) -> None:
+        self._sinks = list(sinks)
+        self.latency: dict[str, LatencyHistogram] = {s.topic: LatencyHistogram() for s in sinks}
+
+    def hook(self, topic: str) -> Callable[[float], None]:
+        return self.latency.setdefault(topic, LatencyHistogram()).observe
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            "shadowroute_kafka_records_sent", "Records acknowledged by Kafka.", labels=["topic"]
+        )
+        spool_bytes = GaugeMetricFamily(
+            "shadowroute_spool_bytes", "Bytes waiting in the on-disk spool.", labels=["topic"]
+        )
+        spooled = CounterMetricFamily(
+            "shadowroute_spool_records",
+            "Spool activity: records spooled, drained to Kafka, dropped (spool full).",
+            labels=["topic", "outcome"],
+        )
+        errors = CounterMetricFamily(
+            "shadowroute_kafka_producer_errors",
+            "Failed connects, enqueues and deliveries.",
+            labels=["topic"],
+        )
+        connected = GaugeMetricFamily(
+            "shadowroute_kafka_connected", "1 while the producer is connected.", labels=["topic"]
+        )
+        lat = HistogramMetricFamily(
+            "shadowroute_kafka_send_latency_seconds",
+            "Time from write to broker acknowledgement of direct sends.",
+            labels=["topic"],
+        )
+        for s in self._sinks:
+            t = s.topic
+            sent.add_metric([t], s.records_sent)
+            spool_bytes.add_metric([t], s.spool.pending_bytes)
+            spooled.add_metric([t, "spooled"], s.records_spooled)
+            spooled.add_metric([t, "drained"], s.records_drained)
+            spooled.add_metric([t, "dropped"], s.records_dropped)
+            errors.add_metric([t], s.producer_errors)
+            connected.add_metric([t], 1 if s.connected else 0)
+            h = self.latency.get(t)
+            if h is not None:
+                lat.add_metric([t], _buckets(h), h.total)
+        yield from (sent, spool_bytes, spooled, errors, connected, lat)
+
+
+def _buckets(h: LatencyHistogram) -> list[tuple[str, float]]:
+    cum = 0
+    out: list[tuple[str, float]] = []
+    for bound, c in zip((*LATENCY_BUCKETS, float("inf")), h.counts, strict=True):
+        cum += c
+        out.append(("+Inf" if bound == float("inf") else repr(bound), cum))
+    return out
+
+
+class _Spool(Protocol):
+    @property
+    def pending_bytes(self) -> int: ...
+
+
+class KafkaSinkLike(Protocol):
+    topic: str
+    records_sent: int
+    records_spooled: int
+    records_drained: int
+    producer_errors: int
+    spool: _Spool
+
+    @property
+    def records_dropped(self) -> int: ...
+
+    @property
+    def connected(self) -> bool: ...

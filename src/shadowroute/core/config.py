@@ -47,29 +47,40 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Listen(_Strict):
     host: str = "127.0.0.1"
+    """Address the proxy listens on for client traffic."""
     port: int = Field(8080, ge=0, le=65535)
+    """Port for client traffic (0 picks a free port; with `--workers` it must be fixed)."""
 
 
 class Admin(_Strict):
     host: str = "127.0.0.1"
+    """Address of the admin plane: /metrics, /healthz, /readyz, the API and the scorecard."""
     port: int = Field(9090, ge=0, le=65535)
+    """Port of the admin plane."""
     token: SecretStr | None = None
     """Bearer token required by write endpoints (``POST /v1/labels``) when set."""
 
 
 class KafkaSecurity(_Strict):
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Kafka security protocol."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism, for the SASL_* protocols."""
     sasl_username: str | None = None
+    """SASL user name."""
     sasl_password: SecretStr | None = None
+    """SASL password (prefer SHADOWROUTE_KAFKA_SASL_PASSWORD)."""
     ssl_cafile: str | None = None
+    """CA bundle to verify the brokers (SSL, SASL_SSL)."""
     ssl_certfile: str | None = None
+    """Client certificate, for mutual TLS."""
     ssl_keyfile: str | None = None
+    """Client private key, for mutual TLS."""
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSecurity:
@@ -86,30 +97,51 @@ class KafkaSecurity(_Strict):
 
 class Topics(_Strict):
     partitions: int = Field(6, ge=1, le=10_000)
+    """Partitions of the pairs and labels topics (they must match: co-partitioning)."""
     replication: int = Field(1, ge=1, le=16)
+    """Replication factor of the topics created by `shadowroute topics create`."""
     retention_hours: float = Field(168, gt=0)
+    """Retention of the pairs and labels topics; keep it above the label TTL."""
 
 
 class Spool(_Strict):
     path: str = "./shadowroute-spool"
+    """Directory of the on-disk spool that holds records while Kafka is unreachable."""
     max_bytes: int = Field(1 << 30, ge=1 << 20)
+    """Spool size bound; beyond it `when_full` applies and drops are counted."""
     segment_bytes: int = Field(16 << 20, ge=1 << 16)
+    """Size of one append-only spool segment."""
     fsync: Literal["never", "segment", "always"] = "segment"
+    """When spool writes are fsync-ed: never, when a segment is closed, or on every write."""
     when_full: Literal["drop_newest", "drop_oldest"] = "drop_newest"
+    """Which records a full spool drops: the new ones, or the oldest segment."""
 
 
 class Transport(_Strict):
     kind: Literal["embedded", "kafka"] = "embedded"
+    """
+    `embedded`: one process, an in-process channel, no broker. `kafka`: scale-out through Kafka.
+    """
     bootstrap: str | None = None
+    """Kafka bootstrap servers, `host:port[,host:port]` (required for `kafka`)."""
     topic_prefix: Name = "shadowroute"
+    """Topics are `<prefix>.pairs`, `.labels`, `.scores` (compacted) and `.deadletter`."""
     acks: Literal["all", "1", "0"] = "all"
+    """Producer acknowledgements; `all` keeps the idempotent producer on."""
     linger_ms: int = Field(5, ge=0, le=60_000)
+    """Producer linger before a batch is sent."""
     batch_bytes: int = Field(256 << 10, ge=1024)
+    """Producer batch size in bytes."""
     compression: Literal["none", "lz4", "zstd", "gzip"] = "lz4"
+    """Producer compression codec."""
     security: KafkaSecurity = KafkaSecurity()
+    """TLS and SASL settings."""
     topics: Topics = Topics()
+    """How `shadowroute topics create` provisions the topics."""
     spool: Spool = Spool()
+    """The proxy's on-disk spool for Kafka outages."""
     consumer_group: Name = "shadowroute-comparator"
+    """Consumer group of the comparators."""
 
     @model_validator(mode="after")
     def _bootstrap_for_kafka(self) -> Transport:
@@ -133,18 +165,29 @@ class Lineage(_Strict):
     trained_through: str | None = None
     """ISO date of the newest training data, e.g. ``2026-10-31``."""
     training_data: str | None = None
+    """Where the training data came from (free text or a URI)."""
     offline_metrics: dict[str, float] = {}
+    """Offline evaluation figures, e.g. `{auc: 0.87}`."""
     notes: str | None = None
+    """Anything else worth knowing about this version."""
 
 
 class Model(_Strict):
     name: Name
+    """Model name, unique within the route; it labels records, scores and metrics."""
     url: str
+    """Base URL of the model server (`http://` or `https://`); the request path is appended."""
     timeout_s: float = Field(2.0, gt=0, le=600)
+    """
+    Time allowed for the response. Production: beyond it the client gets 504. Candidate: the
+    mirror is recorded as `timeout`.
+    """
     version: str | None = None
+    """Model version, carried into records and lineage."""
     headers: dict[str, str] = {}
     """Extra headers sent to this upstream (e.g. an API key for the model server)."""
     lineage: Lineage | None = None
+    """What this version was trained on (for `/v1/models/{model}/lineage`)."""
 
     @model_validator(mode="after")
     def _url(self) -> Model:
@@ -157,14 +200,18 @@ class Model(_Strict):
 
 class Candidate(Model):
     fraction: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of the route's requests mirrored to this candidate, sampled from the request id."""
     max_in_flight: int = Field(128, ge=1, le=100_000)
+    """Mirrors awaiting an answer at most; beyond it mirrors are dropped and counted."""
 
 
 class Capture(_Strict):
     input: bool = False
     """Capture the request body's JSON into the record's ``input`` (after drop/hash)."""
     drop_fields: list[str] = []
+    """Input fields removed before the record leaves the process (dotted paths allowed)."""
     hash_fields: list[str] = []
+    """Input fields replaced by a keyed SHA-256 digest (`sha256:<16 hex>`)."""
     sensitive_headers: list[str] = []
     """Headers never captured or logged, on top of Authorization, Cookie, Set-Cookie."""
 
@@ -173,27 +220,47 @@ class Drift(_Strict):
     fields: list[str] = []
     """JSON paths into the request body (e.g. ``$.instances[*].amount``) to monitor for drift."""
     categorical: list[str] = []
+    """JSON paths of categorical fields to monitor (top-K categories plus `other`)."""
     reference_file: str | None = None
+    """
+    CSV, JSONL or Parquet file (e.g. training data) to freeze the bins from; else the first
+    requests.
+    """
     psi_warn: float = Field(0.1, gt=0)
+    """PSI at which a field's drift state becomes `minor`."""
     psi_alert: float = Field(0.25, gt=0)
+    """PSI at which a field's drift state becomes `major`."""
 
 
 class Guardrails(_Strict):
     error_rate_delta: float | None = Field(0.01, ge=0, le=1)
+    """Largest tolerated rise in the candidate's error rate over production's (none: off)."""
     timeout_rate_delta: float | None = Field(0.01, ge=0, le=1)
+    """Largest tolerated rise in the candidate's timeout rate (none: off)."""
     latency_p99_ratio: float | None = Field(None, gt=0)
+    """Largest tolerated candidate/production p99 latency ratio (none: off)."""
     agreement_floor: float | None = Field(None, ge=0, le=1)
+    """Lowest tolerated agreement with production (none: off; agreement is reported either way)."""
 
 
 class Policy(_Strict):
     alpha: float = Field(0.05, gt=0, lt=0.5)
+    """Error budget of the verdict, split across the primary metric and active guardrails."""
     min_pairs: int = Field(200, ge=1)
+    """Pairs needed before any verdict but hold."""
     min_labelled: int = Field(100, ge=1)
+    """Labelled pairs needed before any verdict but hold."""
     primary_metric: str | None = None
     """Defaults by task: accuracy, log_loss, mae or exact_match."""
     mode: Literal["superiority", "non_inferiority"] = "superiority"
+    """
+    `superiority`: the candidate must be shown better. `non_inferiority`: no worse than
+    `margin`.
+    """
     margin: float = Field(0.0, ge=0)
+    """The margin δ on the primary metric's paired difference."""
     guardrails: Guardrails = Guardrails()
+    """Metrics that reject the candidate when shown worse than their threshold."""
 
     @model_validator(mode="after")
     def _margin(self) -> Policy:
@@ -204,22 +271,35 @@ class Policy(_Strict):
 
 class Route(_Strict):
     name: Name
+    """Route name; it labels records, scores and metrics."""
     path_prefix: str = "/"
+    """Requests whose path starts with this go to this route (the longest prefix wins)."""
     host: str | None = None
+    """When set, only requests with this Host (port ignored) match."""
     protocol: Protocol = "jsonpath"
+    """Where the prediction lives in the model server's response."""
     task: Task = "classification"
+    """How predictions are compared and scored."""
     output: str | None = None
     """Open Inference Protocol: the output tensor's name (default: the first output)."""
     jsonpath: str | None = None
     """For protocol ``jsonpath``: where the prediction lives, e.g. ``$.result.score``."""
     classes: list[str] | None = None
+    """Class names, in output order, for class-probability outputs."""
     production: Model
+    """The production model: every request goes there and the client gets its answer."""
     candidates: list[Candidate] = []
+    """Candidate models that get a mirrored copy of a fraction of the requests."""
     mirror_methods: list[str] = ["POST"]
+    """HTTP methods that are mirrored (a candidate that writes can do harm)."""
     capture: Capture = Capture()
+    """What of the request is captured into records."""
     drift: Drift = Drift()
+    """Input fields monitored for drift."""
     policy: Policy = Policy()
+    """How the verdict is reached."""
     label_ttl_s: float = Field(3 * 86400, gt=0)
+    """How long a pair waits for its label (and a label for its pair) before it is an orphan."""
 
     @model_validator(mode="after")
     def _route(self) -> Route:
@@ -248,52 +328,78 @@ class Breaker(_Strict):
 
 class Mirror(_Strict):
     enabled: bool = True
+    """Global mirroring switch at start; `PUT /v1/mirroring` changes it without a restart."""
     control_header: str = "x-shadow-mirror"
     """A request header: ``force`` mirrors regardless of sampling, ``skip`` never mirrors."""
     marker_header: str = "x-shadow-request"
     """Sent to candidates (value ``1``) so they can avoid side effects."""
     capture_limit_bytes: int = Field(1 << 20, ge=0)
+    """Requests with bodies larger than this are forwarded but not mirrored (counted)."""
     breaker: Breaker = Breaker()
+    """The per-candidate circuit breaker."""
 
 
 class ProxySettings(_Strict):
     request_id_header: str = "x-request-id"
+    """Header carrying the request id; generated when absent, sent to every upstream and back."""
     max_header_bytes: int = Field(64 << 10, ge=1024)
+    """Largest request head accepted (431 beyond)."""
     max_headers: int = Field(100, ge=8)
+    """Most request headers accepted (431 beyond)."""
     upgrade: Literal["refuse", "pass"] = "refuse"
+    """`refuse`: connection upgrades (WebSocket) are answered 501."""
     connect_timeout_s: float = Field(2.0, gt=0)
+    """Time allowed to open an upstream connection."""
     idle_timeout_s: float = Field(60.0, gt=0)
+    """Idle client keep-alive connections are closed after this."""
     pool_size: int = Field(256, ge=1)
+    """Idle keep-alive connections kept per upstream."""
     upstream_keepalive_s: float = Field(4.0, gt=0)
     """Idle pooled upstream connections older than this are not reused (keep it below the
     model server's own keep-alive timeout)."""
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    """On SIGTERM, how long in-flight client requests may take to finish."""
     mirror_drain_s: float = Field(2.0, ge=0)
+    """On SIGTERM, how long in-flight mirrors may take after the clients are done."""
     forwarded_proto: Literal["http", "https"] = "http"
+    """Value of X-Forwarded-Proto sent upstream."""
 
 
 class Records(_Strict):
     queue_size: int = Field(65_536, ge=16)
+    """Records waiting for the sink at most; beyond it records are dropped and counted."""
     jsonl_path: str | None = None
     """Also write every pair record to rotating JSONL files under this path."""
     jsonl_max_bytes: int = Field(64 << 20, ge=1024)
+    """Size at which the JSONL file rotates."""
     jsonl_keep: int = Field(10, ge=1)
+    """Rotated JSONL files kept."""
 
 
 class Comparator(_Strict):
     state_path: str = "./shadowroute-state.sqlite"
+    """SQLite file of the comparator: pending joins, aggregates and input positions."""
     windows: list[Literal["hour", "day"]] = ["hour", "day"]
+    """Time windows scores are kept for, besides the cumulative ones."""
 
 
 class Config(_Strict):
     listen: Listen = Listen()
+    """Client traffic."""
     admin: Admin = Admin()
+    """The admin plane."""
     transport: Transport = Transport()
+    """How records travel: embedded or Kafka."""
     proxy: ProxySettings = ProxySettings()
+    """Data-plane settings."""
     mirror: Mirror = Mirror()
+    """Mirroring settings shared by all routes."""
     records: Records = Records()
+    """The pair record queue and optional JSONL copy."""
     comparator: Comparator = Comparator()
+    """Comparator state and windows."""
     routes: list[Route] = Field(min_length=1)
+    """At least one route."""
 
     @model_validator(mode="after")
     def _unique_routes(self) -> Config:

@@ -26,7 +26,7 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 
@@ -684,9 +684,8 @@ _SLACK: Final = 1e-6  # float32 rounding can push a probability just past 0 or 1
 
 
 def _probability(value: Any, route: Route) -> list[float] | None:
-    if type(value) is list and len(value) > 1 and _all_finite_floats(value):
-        if all(0.0 <= p <= 1.0 for p in value):
-            return value
+    if _is_unit_vector(value):
+        return value  # the common case: a list of floats already in [0, 1]
     for _ in range(_MAX_UNWRAP):
         value = _unwrap(value, route, keep_lists=True)
         if isinstance(value, list) and len(value) == 1:
@@ -733,6 +732,14 @@ def _checked_str(value: str) -> str:
 
 
 # --- small helpers ----------------------------------------------------------------------------
+
+
+def _is_unit_vector(value: Any) -> TypeGuard[list[float]]:
+    return (
+        type(value) is list
+        and len(value) > 1
+        and all(type(p) is float and 0.0 <= p <= 1.0 for p in value)
+    )
 
 
 def _all_finite_floats(values: list[Any]) -> bool:
