@@ -30,8 +30,15 @@ class CollectingSink:
     async def close(self) -> None:
         self.closed = True
 
-    def decoded(self) -> list[dict[str, Any]]:
+    def all_decoded(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for _, v in self.records]
+
+    def decoded(self) -> list[dict[str, Any]]:
+        """Pair records only (production-only monitoring records left out)."""
+        return [r for r in self.all_decoded() if r["candidate"] is not None]
+
+    def monitored(self) -> list[dict[str, Any]]:
+        return [r for r in self.all_decoded() if r["candidate"] is None]
 
 
 def make_config(prod_url: str, candidates: Sequence[dict[str, Any]] = (), **route: Any) -> Config:

@@ -515,7 +515,7 @@ async def test_large_bodies_are_forwarded_but_not_mirrored(
         out2 = await raw_request(dp.port, chunked)
         await settle(dp)
         assert dp.stats.mirrors[("fraud", "c", "too_large")] == 2
-        assert sink.records == []
+        assert sink.decoded() == []
     assert out.startswith(b"HTTP/1.1 200") and out2.startswith(b"HTTP/1.1 200")
     assert [s.body for s in prod.seen] == [big, big]
     assert cand.seen == []
@@ -534,7 +534,9 @@ async def test_sensitive_headers_and_fields_never_reach_records(
         extra = b"Authorization: Bearer s3cr3t\r\nCookie: session=s3cr3t\r\n"
         await raw_request(dp.port, post(body, extra=extra))
         await settle(dp)
-    raw = sink.records[0][1]
+    assert len(sink.records) == 2  # the pair record and the production-only record
+    assert all(b"s3cr3t" not in v for _, v in sink.records)
+    raw = next(v for _, v in sink.records if b'"candidate":null' not in v)
     assert b"s3cr3t" not in raw
     assert b"123" not in raw and b"a@b.c" not in raw
     rec = orjson.loads(raw)
@@ -560,8 +562,35 @@ async def test_shutdown_drains_in_flight_requests_and_records(
         out = await pending
         await stop
         assert out.startswith(b"HTTP/1.1 200") and out.endswith(b'{"predictions":[1]}')
-        assert len(sink.records) == 1
+        assert len(sink.decoded()) == 1 and len(sink.monitored()) == 1
         assert sink.closed
         # no new connections are accepted once stopped
         with pytest.raises(OSError):
             await raw_request(port, post(), timeout=1)
+
+
+async def test_production_only_records_monitor_production(prod: ModelServer) -> None:
+    """With no candidate, each monitored request still yields a record (candidate null) with
+    production's prediction and, when drift fields are configured, the redacted input."""
+    body = b'{"instances": [[1], [2]], "secret": "x"}'
+    cfg = make_config(
+        prod.url,
+        monitor_fraction=0.5,
+        drift={"fields": ["$.instances[*][0]"]},
+        capture={"drop_fields": ["secret"]},
+    )
+    n = 400
+    async with running_proxy(cfg) as (dp, sink):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dp.port}") as client:
+            for i in range(n):
+                r = await client.post("/p", content=body, headers={"x-request-id": f"m-{i}"})
+                assert r.status_code == 200
+            r = await client.get("/health")  # not a mirrored method: never recorded
+        await settle(dp)
+    recs = sink.monitored()
+    assert sink.decoded() == []
+    assert abs(len(recs) - n / 2) < 4 * math.sqrt(n / 4)
+    rec = recs[0]
+    assert rec["production"]["output"] == [2.0, 3.0]
+    assert rec["input"] == {"instances": [[1], [2]]}
+    assert all(r["id"].startswith("m-") for r in recs)

@@ -66,6 +66,8 @@ def json_equal(a: Any, b: Any) -> bool:
 def valid(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> bool:
     if "$ref" in schema:
         schema = root["$defs"][schema["$ref"].removeprefix("#/$defs/")]
+    if "anyOf" in schema and not any(valid(value, s, root) for s in schema["anyOf"]):
+        return False
     kinds = schema.get("type")
     if kinds is not None:
         kinds = [kinds] if isinstance(kinds, str) else kinds

@@ -78,7 +78,9 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
     if cfg.transport.kind != "kafka":
-        print("error: transport.kind is not 'kafka': there are no topics to create", file=sys.stderr)
+        print(
+            "error: transport.kind is not 'kafka': there are no topics to create", file=sys.stderr
+        )
         return EXIT_ERROR
     from shadowroute.stream.kafka import create_topics
 

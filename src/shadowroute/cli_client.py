@@ -26,9 +26,7 @@ def _headers(token: str | None) -> dict[str, str]:
 
 def cmd_decision(args: argparse.Namespace) -> int:
     """Print the decision JSON; the exit status tells the verdict."""
-    url = (
-        f"{args.api.rstrip('/')}/v1/routes/{args.route}/candidates/{args.candidate}/decision"
-    )
+    url = f"{args.api.rstrip('/')}/v1/routes/{args.route}/candidates/{args.candidate}/decision"
     deadline = time.monotonic() + args.timeout
     with httpx.Client(timeout=10.0, headers=_headers(args.token)) as client:
         while True:

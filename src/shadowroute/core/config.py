@@ -290,6 +290,11 @@ class Route(_Strict):
     """The production model: every request goes there and the client gets its answer."""
     candidates: list[Candidate] = []
     """Candidate models that get a mirrored copy of a fraction of the requests."""
+    monitor_fraction: float = Field(1.0, ge=0.0, le=1.0)
+    """
+    Share of requests (of the mirrored methods) recorded as production-only records, so
+    production itself is scored against ground truth and watched for drift.
+    """
     mirror_methods: list[str] = ["POST"]
     """HTTP methods that are mirrored (a candidate that writes can do harm)."""
     capture: Capture = Capture()

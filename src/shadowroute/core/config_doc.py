@@ -63,9 +63,7 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     nested = []
     for name, field in model.model_fields.items():
         desc = (field.description or "").replace("\n", " ").replace("|", "\\|")
-        out.append(
-            f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |"
-        )
+        out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
         for sub in _models(field.annotation):
             is_list = typing.get_origin(field.annotation) is list
             path = f"{prefix}.{name}" if prefix else name

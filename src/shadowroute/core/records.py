@@ -104,7 +104,8 @@ class PairRecord:
     route: str
     ts: int
     production: Side
-    candidate: Side
+    candidate: Side | None
+    """None in a production-only monitoring record."""
     input: Any
 
 
@@ -127,7 +128,7 @@ def encode_pair(
     route: str,
     ts_ms: int,
     production: Side,
-    candidate: Side,
+    candidate: Side | None,
     input: Any | None,
 ) -> bytes:
     """Encode a pair record (JSON, UTF-8). Non-finite floats are written as ``null``.
@@ -135,7 +136,7 @@ def encode_pair(
     Raises ``ValueError`` for an error reason outside ``ERRORS`` or a value JSON cannot hold.
     """
     for side in (production, candidate):
-        if side.error is not None and side.error not in ERRORS:
+        if side is not None and side.error is not None and side.error not in ERRORS:
             raise ValueError(f"unknown error reason {side.error!r}")
     record = {
         "v": SCHEMA_VERSION,
@@ -143,7 +144,7 @@ def encode_pair(
         "route": route,
         "ts": ts_ms,
         "production": _side_dict(production),
-        "candidate": _side_dict(candidate),
+        "candidate": None if candidate is None else _side_dict(candidate),
         "input": input,
     }
     try:
@@ -180,9 +181,13 @@ def decode_pair(value: bytes) -> PairRecord:
         route=_name(_required(obj, "route"), "route"),
         ts=_timestamp(_required(obj, "ts"), "ts", integral=True),
         production=_side(_required(obj, "production"), "production"),
-        candidate=_side(_required(obj, "candidate"), "candidate"),
+        candidate=_optional_side(_required(obj, "candidate"), "candidate"),
         input=obj.get("input"),
     )
+
+
+def _optional_side(obj: Any, where: str) -> Side | None:
+    return None if obj is None else _side(obj, where)
 
 
 def _side(obj: Any, where: str) -> Side:

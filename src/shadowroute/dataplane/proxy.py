@@ -58,6 +58,8 @@ class RouteRuntime:
         self.prefix = cfg.path_prefix.encode()
         self.host = cfg.host.lower().encode() if cfg.host else None
         self.methods = frozenset(m.upper().encode() for m in cfg.mirror_methods)
+        self.monitor_fraction = cfg.monitor_fraction
+        self.needs_input = cfg.capture.input or bool(cfg.drift.fields or cfg.drift.categorical)
 
         def pool(url: str) -> UpstreamPool:
             return UpstreamPool(
@@ -156,6 +158,7 @@ class Request(Exchange):
         self.out_size = 0
         self.prod: UpstreamConnection | None = None
         self.mirror_to: list[CandidateRuntime] = []
+        self.monitored = False
         self.mirror_buf: list[bytes] | None = None
         self.mirror_size = 0
         self.pairing: Pairing | None = None
@@ -168,6 +171,8 @@ class Request(Exchange):
         self.ct: bytes | None = None
         self.prod_body: list[bytes] | None = None
         self.t0 = 0.0
+        self._out: list[bytes] = []
+        self.up_pending: list[bytes] = []
 
     # --- request side ----------------------------------------------------------------
 
@@ -189,24 +194,34 @@ class Request(Exchange):
         self.prod = up
         remaining = self.route.prod_timeout - (time.perf_counter() - self.t0)
         up.start(self, max(remaining, 0.001))
+        pending = self.up_pending
+        pending.append(self.upstream_head)
         if self.out_buf:
-            up.write(self.upstream_head + b"".join(self.out_buf))
+            pending.extend(self.out_buf)
             self.out_buf = []
-        else:
-            up.write(self.upstream_head)
         if self.body_done and self.chunked_in:
-            up.write(http1.LAST_CHUNK)
+            pending.append(http1.LAST_CHUNK)
+        if not self.conn.feeding:
+            self.flush_upstream()
+
+    def flush_upstream(self) -> None:
+        """Write what is queued for production in one call."""
+        pending = self.up_pending
+        if pending and self.prod is not None:
+            self.prod.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            pending.clear()
 
     def add_body(self, piece: bytes) -> None:
         if self.mirror_buf is not None:
             self.mirror_size += len(piece)
             if self.mirror_size > self.conn.proxy.capture_limit:
                 self._skip_mirrors("too_large")
+                self.mirror_buf = None
             else:
                 self.mirror_buf.append(piece)
         data = http1.chunk(piece) if self.chunked_in else piece
         if self.prod is not None:
-            self.prod.write(data)
+            self.up_pending.append(data)
         else:
             self.out_buf.append(data)
             self.out_size += len(data)
@@ -216,22 +231,30 @@ class Request(Exchange):
     def body_complete(self) -> None:
         self.body_done = True
         if self.prod is not None and self.chunked_in:
-            self.prod.write(http1.LAST_CHUNK)
-        if self.mirror_to and self.mirror_buf is not None:
-            self._send_mirrors(b"".join(self.mirror_buf))
+            self.up_pending.append(http1.LAST_CHUNK)
+        if self.mirror_to or self.monitored:
+            body = b"".join(self.mirror_buf) if self.mirror_buf is not None else None
+            pairing = Pairing(
+                self.conn.proxy.recorder,
+                self.route.cfg,
+                self.request_id,
+                int(time.time() * 1000),
+                body,
+                monitor=self.monitored,
+            )
+            self.pairing = pairing
+            if self.mirror_to and body is not None:
+                self._send_mirrors(body, pairing)
         self.mirror_buf = None
 
     def _skip_mirrors(self, outcome: str) -> None:
         for c in self.mirror_to:
             c.target.count(outcome)
         self.mirror_to = []
-        self.mirror_buf = None
+        if not (self.monitored and self.route.needs_input):
+            self.mirror_buf = None
 
-    def _send_mirrors(self, body: bytes) -> None:
-        proxy = self.conn.proxy
-        route = self.route
-        pairing = Pairing(proxy.recorder, route.cfg, self.request_id, int(time.time() * 1000), body)
-        self.pairing = pairing
+    def _send_mirrors(self, body: bytes, pairing: Pairing) -> None:
         length = b"content-length: %d\r\n\r\n" % len(body)
         for c in self.mirror_to:
             head = b"".join(
@@ -282,7 +305,7 @@ class Request(Exchange):
         if self.pairing is not None:
             self.prod_body = []
         self.head_sent = True
-        self.conn.write(
+        self._out.append(
             http1.client_response_head(
                 head,
                 headers,
@@ -296,15 +319,23 @@ class Request(Exchange):
 
     def on_raw(self, data: bytes) -> None:
         if not self.dechunk:
-            self.conn.write(data)
+            self._out.append(data)
 
     def on_body(self, piece: bytes) -> None:
         if self.dechunk:
-            self.conn.write(piece)
+            self._out.append(piece)
         if self.prod_body is not None:
             self.prod_body.append(piece)
 
+    def flush(self) -> None:
+        """Hand what production sent so far to the client in one write."""
+        out = self._out
+        if out:
+            self.conn.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
     def on_complete(self) -> None:
+        self.flush()
         self.prod = None
         elapsed = time.perf_counter() - self.t0
         self.route.prod_latency.observe(elapsed)
@@ -324,6 +355,7 @@ class Request(Exchange):
             )
 
     def on_fail(self, reason: str) -> None:
+        self.flush()
         self.prod = None
         proxy = self.conn.proxy
         if not self.head_sent:
@@ -375,6 +407,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.closing = False
         self.paused = False
+        self.feeding = False
         self.last_active = 0.0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -409,6 +442,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closing:
             return
         self.last_active = self.proxy.loop.time()
+        self.feeding = True
         try:
             self.parser.feed_data(data)
             if self._in_head:
@@ -422,6 +456,11 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(self._reject or _Reject(400, "bad request"))
         except httptools.HttpParserError as exc:
             self._refuse(_Reject(400, f"malformed HTTP request: {exc}"))
+        finally:
+            self.feeding = False
+        active = self.active
+        if active is not None and active.up_pending:
+            active.flush_upstream()
 
     def pause_writing(self) -> None:
         up = self.active.prod if self.active is not None else None
@@ -549,32 +588,31 @@ class ClientConnection(asyncio.Protocol):
             (method, b" ", route.prod_base, url, b" HTTP/1.1\r\n", common, framing,
              route.prod_static, b"\r\n")
         )  # fmt: skip
-        if route.candidates:
-            self._plan_mirrors(req, route, method, control, length)
+        if method in route.methods:
+            self._plan_records(req, route, control, length)
             req.mirror_common = common
+        else:
+            for c in route.candidates:
+                c.target.count("method_skipped")
         return req
 
-    def _plan_mirrors(
-        self,
-        req: Request,
-        route: RouteRuntime,
-        method: bytes,
-        control: bytes | None,
-        length: int | None,
+    def _plan_records(
+        self, req: Request, route: RouteRuntime, control: bytes | None, length: int | None
     ) -> None:
-        proxy = self.proxy
-        if control == b"skip":
+        """Decide whether this request is monitored and which candidates get a mirror."""
+        f = route.monitor_fraction
+        u = sample_point(req.request_id) if route.candidates or 0.0 < f < 1.0 else 0.0
+        req.monitored = f >= 1.0 or u < f
+        too_large = length is not None and length > self.proxy.capture_limit
+        if req.monitored and route.needs_input and not too_large:
+            req.mirror_buf = []
+        if not route.candidates or control == b"skip":
             return
         forced = control == b"force"
-        if not proxy.mirroring:
+        if not self.proxy.mirroring:
             for c in route.candidates:
                 c.target.count("disabled")
             return
-        if method not in route.methods:
-            for c in route.candidates:
-                c.target.count("method_skipped")
-            return
-        u = sample_point(req.request_id)
         chosen = []
         for c in route.candidates:
             if forced or u < c.target.cfg.fraction:
@@ -584,7 +622,7 @@ class ClientConnection(asyncio.Protocol):
         if not chosen:
             return
         req.mirror_to = chosen
-        if length is not None and length > proxy.capture_limit:
+        if too_large:
             req._skip_mirrors("too_large")
         else:
             req.mirror_buf = []

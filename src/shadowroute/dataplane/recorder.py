@@ -51,6 +51,7 @@ class Pairing:
     __slots__ = (
         "_side",
         "input",
+        "monitor",
         "production",
         "recorder",
         "request_id",
@@ -60,9 +61,17 @@ class Pairing:
     )
 
     def __init__(
-        self, recorder: Recorder, route: Route, request_id: bytes, ts_ms: int, body: bytes | None
+        self,
+        recorder: Recorder,
+        route: Route,
+        request_id: bytes,
+        ts_ms: int,
+        body: bytes | None,
+        *,
+        monitor: bool = False,
     ) -> None:
         self.recorder = recorder
+        self.monitor = monitor
         self.route = route
         self.request_id = request_id
         self.ts_ms = ts_ms
@@ -73,6 +82,8 @@ class Pairing:
 
     def production_done(self, outcome: Outcome) -> None:
         self.production = outcome
+        if self.monitor:
+            self.recorder.submit(self, None)
         for cand in self.waiting:
             self.recorder.submit(self, cand)
         self.waiting.clear()
@@ -102,10 +113,11 @@ class Recorder:
         self.queue = queue
         self.stats = stats
         self.salt = hash_salt
-        self._pending: deque[tuple[Pairing, Outcome]] = deque()
+        self._pending: deque[tuple[Pairing, Outcome | None]] = deque()
         self._scheduled = False
 
-    def submit(self, pairing: Pairing, candidate: Outcome) -> None:
+    def submit(self, pairing: Pairing, candidate: Outcome | None) -> None:
+        """Queue a pair record, or a production-only record when ``candidate`` is None."""
         self._pending.append((pairing, candidate))
         if not self._scheduled:
             self._scheduled = True
@@ -121,14 +133,14 @@ class Recorder:
             except Exception:  # a record bug must never reach the data plane
                 log.exception("could not build a pair record for route %s", pairing.route.name)
 
-    def _emit(self, pairing: Pairing, cand: Outcome) -> None:
+    def _emit(self, pairing: Pairing, cand: Outcome | None) -> None:
         route = pairing.route
         record = encode_pair(
             request_id=pairing.request_id.decode("ascii"),
             route=route.name,
             ts_ms=pairing.ts_ms,
             production=pairing.production_side(),
-            candidate=self.side(route, cand),
+            candidate=None if cand is None else self.side(route, cand),
             input=self._input(route, pairing.input),
         )
         self.stats.records_built += 1
@@ -159,7 +171,9 @@ class Recorder:
         )
 
     def _input(self, route: Route, body: bytes | None) -> Any:
-        if body is None or not route.capture.input:
+        if body is None or not (
+            route.capture.input or route.drift.fields or route.drift.categorical
+        ):
             return None
         try:
             obj: object = orjson.loads(body)

@@ -36,6 +36,9 @@ class Exchange:
     def on_raw(self, data: bytes) -> None:
         """Raw body bytes exactly as the upstream framed them."""
 
+    def flush(self) -> None:
+        """Called after each chunk from the upstream has been handled (writes may batch)."""
+
     def on_body(self, piece: bytes) -> None:
         """A de-chunked body piece (only when ``wants_body``)."""
 
@@ -113,6 +116,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._received(data)
         except httptools.HttpParserError:
             self._fail("bad_response")
+            return
+        ex = self.exchange
+        if ex is not None:
+            ex.flush()
 
     # --- httptools callbacks -------------------------------------------------------------
 

@@ -1,0 +1,439 @@
+"""Mergeable scores of one (route, candidate) on one partition.
+
+Everything is counts, sums, confidence-sequence states (``PairedMetric``) and latency
+sketches, so the merge of per-partition states is the aggregate of the union of their records
+(counts exactly; float sums up to summation order). ``to_dict``/``from_dict`` are the stored
+and published form (SQLite row, ``<prefix>.scores`` message).
+
+Window sums (per hour, or per configured window) keep the estimates per window; the anytime-
+valid intervals are cumulative.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from shadowroute.comparator import scoring
+from shadowroute.core.config import Route
+from shadowroute.core.monitor import DAY_MS, HOUR_MS
+from shadowroute.core.stats.audit import mcnemar_exact, mcnemar_midp, t_sf
+from shadowroute.core.stats.paired import MetricSpec, PairedMetric, metric_spec
+from shadowroute.core.stats.policy import metric_alpha
+from shadowroute.core.stats.sketch import Sketch
+
+__all__ = ["WINDOW_MS", "CandidateState", "PairRow", "LabelledRow", "new_candidate_state"]
+
+WINDOW_MS: Final = {"hour": HOUR_MS, "day": DAY_MS}
+# The multiclass Brier score lies in [0, 2]: its paired difference is scaled by ½.
+_BRIER: Final = MetricSpec("brier", higher_is_better=False, bounded=True, scale=0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class PairRow:
+    """One pair record's facts for a candidate (outputs are per instance)."""
+
+    ts: int
+    prod_error: str | None
+    cand_error: str | None
+    prod_latency: float | None
+    cand_latency: float | None
+    prod_output: list[Any] | None
+    cand_output: list[Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledRow:
+    """One joined instance: both predictions, the label and the pair's timestamp."""
+
+    ts: int
+    prod: Any
+    cand: Any
+    label: Any
+
+
+def _metric(name: str, alpha: float) -> PairedMetric:
+    spec = _BRIER if name == "brier" else metric_spec(name)
+    return PairedMetric(spec=spec, alpha=alpha)
+
+
+def _add(target: dict[str, float], key: str, value: float) -> None:
+    target[key] = target.get(key, 0.0) + value
+
+
+@dataclass
+class CandidateState:
+    """The scores of one (route, candidate) on one partition. Create with
+    ``new_candidate_state`` so every partition uses the same alphas."""
+
+    route: str
+    candidate: str
+    task: str
+    windows: tuple[str, ...]
+    agreement: PairedMetric
+    error_rate: PairedMetric
+    timeout_rate: PairedMetric
+    quality: dict[str, PairedMetric]
+    latency_prod: Sketch = field(default_factory=Sketch)
+    latency_cand: Sketch = field(default_factory=Sketch)
+    counts: dict[str, float] = field(default_factory=dict)
+    """pairs, instances, labelled, invalid, orphan_pairs, similarity_{n,sum}, delta_{n,abs,rel},
+    mcnemar_b/c, and ``error:<side>:<reason>`` per model."""
+    by_window: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+
+    # --- updates ----------------------------------------------------------------------------
+
+    def _win(self, ts: int) -> list[dict[str, float]]:
+        out = []
+        for name in self.windows:
+            ms = WINDOW_MS[name]
+            out.append(self.by_window.setdefault(name, {}).setdefault(ts - ts % ms, {}))
+        return out
+
+    def add_pairs(self, rows: Sequence[PairRow]) -> None:
+        """Unlabelled scores: errors, latency, agreement, deltas, similarity."""
+        if not rows:
+            return
+        task = self.task
+        prod_err = np.array([r.prod_error is not None for r in rows], dtype=np.float64)
+        cand_err = np.array([r.cand_error is not None for r in rows], dtype=np.float64)
+        prod_to = np.array([r.prod_error == "timeout" for r in rows], dtype=np.float64)
+        cand_to = np.array([r.cand_error == "timeout" for r in rows], dtype=np.float64)
+        self.error_rate.update(prod_err, cand_err)
+        self.timeout_rate.update(prod_to, cand_to)
+        lp = [r.prod_latency for r in rows if r.prod_latency is not None]
+        lc = [r.cand_latency for r in rows if r.cand_latency is not None]
+        self.latency_prod.add_many(lp)
+        self.latency_cand.add_many(lc)
+        agreed: list[float] = []
+        c = self.counts
+        for r in rows:
+            wins = self._win(r.ts)
+            _add(c, "pairs", 1)
+            for side, err in (("production", r.prod_error), ("candidate", r.cand_error)):
+                if err is not None:
+                    _add(c, f"error:{side}:{err}", 1)
+            for w in wins:
+                _add(w, "pairs", 1)
+                _add(w, "prod_error", float(r.prod_error is not None))
+                _add(w, "cand_error", float(r.cand_error is not None))
+                _add(w, "prod_timeout", float(r.prod_error == "timeout"))
+                _add(w, "cand_timeout", float(r.cand_error == "timeout"))
+            if r.prod_output is None or r.cand_output is None:
+                continue
+            for p, q in zip(r.prod_output, r.cand_output, strict=False):
+                a = scoring.agree(task, p, q)
+                _add(c, "instances", 1)
+                if a is None:
+                    _add(c, "invalid", 1)
+                    continue
+                agreed.append(1.0 if a else 0.0)
+                for w in wins:
+                    _add(w, "agree_n", 1)
+                    _add(w, "agree", 1.0 if a else 0.0)
+                d = scoring.delta(task, p, q)
+                if d is not None:
+                    _add(c, "delta_n", 1)
+                    _add(c, "delta_abs", d[0])
+                    _add(c, "delta_rel", d[1])
+                if task == "text":
+                    s = scoring.similarity(p, q)
+                    if s is not None:
+                        _add(c, "similarity_n", 1)
+                        _add(c, "similarity_sum", s)
+        self.agreement.update_rate(np.asarray(agreed, dtype=np.float64))
+
+    def add_labelled(self, rows: Sequence[LabelledRow], classes: Sequence[str] | None) -> None:
+        """Quality of both models against ground truth, and their paired differences."""
+        names = scoring.LABELLED_METRICS[self.task]
+        prod_vals: list[tuple[float, ...]] = []
+        cand_vals: list[tuple[float, ...]] = []
+        c = self.counts
+        for r in rows:
+            qp = scoring.quality(self.task, r.prod, r.label, classes)
+            qc = scoring.quality(self.task, r.cand, r.label, classes)
+            if not qp or not qc:
+                _add(c, "invalid_labelled", 1)
+                continue
+            prod_vals.append(qp)
+            cand_vals.append(qc)
+            _add(c, "labelled", 1)
+            if names[0] in ("accuracy", "exact_match"):
+                _add(c, "mcnemar_b", float(qc[0] > qp[0]))
+                _add(c, "mcnemar_c", float(qp[0] > qc[0]))
+            for w in self._win(r.ts):
+                _add(w, "labelled", 1)
+                for i, name in enumerate(names):
+                    _add(w, f"{name}.prod", qp[i])
+                    _add(w, f"{name}.cand", qc[i])
+        if not prod_vals:
+            return
+        p, q = np.asarray(prod_vals), np.asarray(cand_vals)
+        for i, name in enumerate(names):
+            self.quality[name].update(p[:, i], q[:, i])
+
+    def add_orphans(self, n: int) -> None:
+        _add(self.counts, "orphan_pairs", n)
+
+    # --- merge and serialisation ------------------------------------------------------------
+
+    def merge(self, other: CandidateState) -> CandidateState:
+        if (other.route, other.candidate, other.task) != (self.route, self.candidate, self.task):
+            raise ValueError("cannot merge scores of different routes, candidates or tasks")
+        counts = dict(self.counts)
+        for k, v in other.counts.items():
+            _add(counts, k, v)
+        by_window: dict[str, dict[int, dict[str, float]]] = {}
+        for src in (self.by_window, other.by_window):
+            for name, wins in src.items():
+                dst = by_window.setdefault(name, {})
+                for start, sums in wins.items():
+                    cell = dst.setdefault(start, {})
+                    for k, v in sums.items():
+                        _add(cell, k, v)
+        return CandidateState(
+            route=self.route,
+            candidate=self.candidate,
+            task=self.task,
+            windows=self.windows,
+            agreement=self.agreement.merge(other.agreement),
+            error_rate=self.error_rate.merge(other.error_rate),
+            timeout_rate=self.timeout_rate.merge(other.timeout_rate),
+            quality={k: m.merge(other.quality[k]) for k, m in self.quality.items()},
+            latency_prod=self.latency_prod.merge(other.latency_prod),
+            latency_cand=self.latency_cand.merge(other.latency_cand),
+            counts=counts,
+            by_window=by_window,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            "candidate": self.candidate,
+            "task": self.task,
+            "windows": list(self.windows),
+            "agreement": self.agreement.to_dict(),
+            "error_rate": self.error_rate.to_dict(),
+            "timeout_rate": self.timeout_rate.to_dict(),
+            "quality": {k: m.to_dict() for k, m in self.quality.items()},
+            "latency_prod": self.latency_prod.to_dict(),
+            "latency_cand": self.latency_cand.to_dict(),
+            "counts": dict(sorted(self.counts.items())),
+            "by_window": {
+                name: [[start, sums] for start, sums in sorted(wins.items())]
+                for name, wins in self.by_window.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CandidateState:
+        return cls(
+            route=str(data["route"]),
+            candidate=str(data["candidate"]),
+            task=str(data["task"]),
+            windows=tuple(data["windows"]),
+            agreement=PairedMetric.from_dict(data["agreement"]),
+            error_rate=PairedMetric.from_dict(data["error_rate"]),
+            timeout_rate=PairedMetric.from_dict(data["timeout_rate"]),
+            quality={k: PairedMetric.from_dict(v) for k, v in data["quality"].items()},
+            latency_prod=Sketch.from_dict(data["latency_prod"]),
+            latency_cand=Sketch.from_dict(data["latency_cand"]),
+            counts={str(k): float(v) for k, v in data["counts"].items()},
+            by_window={
+                name: {int(s): {str(k): float(v) for k, v in sums.items()} for s, sums in wins}
+                for name, wins in data["by_window"].items()
+            },
+        )
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def count(self, key: str) -> int:
+        return int(self.counts.get(key, 0.0))
+
+    @property
+    def pairs(self) -> int:
+        return self.count("pairs")
+
+    @property
+    def labelled(self) -> int:
+        return self.count("labelled")
+
+    def metrics(self) -> dict[str, PairedMetric]:
+        """Every CS-backed metric by name, as ``decide`` takes them."""
+        return {
+            "agreement": self.agreement,
+            "error_rate": self.error_rate,
+            "timeout_rate": self.timeout_rate,
+            **self.quality,
+        }
+
+    def scores(self) -> dict[str, Any]:
+        """All scores, JSON-ready: cumulative and per window."""
+        c = self.counts
+        pairs = max(self.pairs, 1)
+        out: dict[str, Any] = {
+            "pairs": self.pairs,
+            "instances": self.count("instances"),
+            "labelled": self.labelled,
+            "invalid_instances": self.count("invalid"),
+            "invalid_labelled": self.count("invalid_labelled"),
+            "orphan_pairs": self.count("orphan_pairs"),
+            "agreement": _summary(self.agreement),
+            "error_rate": _summary(self.error_rate),
+            "timeout_rate": _summary(self.timeout_rate),
+            "rates": self._rates(pairs),
+            "latency_ms": self._latency(),
+            "quality": {k: _summary(m) for k, m in self.quality.items()},
+            "audit": self._audit(),
+            "windows": self._windows(),
+        }
+        if self.task in ("regression", "probability"):
+            n = c.get("delta_n", 0.0)
+            out["output_delta"] = {
+                "n": int(n),
+                "mean_abs": _finite(c.get("delta_abs", 0.0) / n) if n else None,
+                "mean_rel": _finite(c.get("delta_rel", 0.0) / n) if n else None,
+            }
+        if self.task == "text":
+            n = c.get("similarity_n", 0.0)
+            out["similarity"] = {
+                "n": int(n),
+                "mean": _finite(c.get("similarity_sum", 0.0) / n) if n else None,
+            }
+        return out
+
+    def _rates(self, pairs: int) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for side in ("production", "candidate"):
+            reasons = {
+                k.split(":", 2)[2]: int(v)
+                for k, v in self.counts.items()
+                if k.startswith(f"error:{side}:")
+            }
+            total = sum(reasons.values())
+            out[side] = {
+                "error": total / pairs if self.pairs else None,
+                "timeout": reasons.get("timeout", 0) / pairs if self.pairs else None,
+                "extract_failed": reasons.get("extract_failed", 0) / pairs if self.pairs else None,
+                "errors_by_reason": dict(sorted(reasons.items())),
+            }
+        return out
+
+    def _latency(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for side, sk in (("production", self.latency_prod), ("candidate", self.latency_cand)):
+            out[side] = {
+                "n": sk.count,
+                **{
+                    f"p{q}": _finite(sk.quantile(q / 100)) if sk.count else None
+                    for q in (50, 90, 99)
+                },
+            }
+        ratio: dict[str, float | None] = {}
+        for q in ("p50", "p90", "p99"):
+            a, b = out["production"][q], out["candidate"][q]
+            ratio[q] = _finite(b / a) if a and b is not None else None
+        out["ratio"] = ratio
+        return out
+
+    def _audit(self) -> dict[str, Any]:
+        """Fixed-horizon figures for an offline audit (not anytime-valid)."""
+        out: dict[str, Any] = {}
+        names = scoring.LABELLED_METRICS[self.task]
+        if names[0] in ("accuracy", "exact_match"):
+            b, c = self.count("mcnemar_b"), self.count("mcnemar_c")
+            out["mcnemar"] = {
+                "metric": names[0],
+                "b_candidate_only_right": b,
+                "c_production_only_right": c,
+                "p_exact": mcnemar_exact(b, c),
+                "p_midp": mcnemar_midp(b, c),
+            }
+        out["paired_t"] = {k: _paired_t(m) for k, m in self.quality.items()}
+        out["wilcoxon"] = None
+        out["note"] = (
+            "fixed-horizon tests, valid once at a sample size fixed in advance; the Wilcoxon "
+            "signed-rank test needs every difference, so it is not kept in mergeable state"
+        )
+        return out
+
+    def _windows(self) -> dict[str, list[dict[str, Any]]]:
+        names = scoring.LABELLED_METRICS[self.task]
+        out: dict[str, list[dict[str, Any]]] = {}
+        for wname, wins in sorted(self.by_window.items()):
+            series = []
+            for start, s in sorted(wins.items()):
+                n, lab = s.get("pairs", 0.0), s.get("labelled", 0.0)
+                an = s.get("agree_n", 0.0)
+                item: dict[str, Any] = {
+                    "start": start,
+                    "pairs": int(n),
+                    "labelled": int(lab),
+                    "agreement": s.get("agree", 0.0) / an if an else None,
+                    "error_rate": {
+                        "production": s.get("prod_error", 0.0) / n if n else None,
+                        "candidate": s.get("cand_error", 0.0) / n if n else None,
+                    },
+                    "timeout_rate": {
+                        "production": s.get("prod_timeout", 0.0) / n if n else None,
+                        "candidate": s.get("cand_timeout", 0.0) / n if n else None,
+                    },
+                }
+                for name in names:
+                    if lab:
+                        pm, cm = s.get(f"{name}.prod", 0.0) / lab, s.get(f"{name}.cand", 0.0) / lab
+                        sign = 1.0 if metric_spec(name).higher_is_better else -1.0
+                        item[name] = {"production": pm, "candidate": cm, "diff": sign * (cm - pm)}
+                    else:
+                        item[name] = None
+                series.append(item)
+            out[wname] = series
+        return out
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _summary(m: PairedMetric) -> dict[str, Any]:
+    s = m.summary()
+    return {k: (_finite(v) if isinstance(v, float) else v) for k, v in s.items()} | {
+        "alpha": m.alpha
+    }
+
+
+def _paired_t(m: PairedMetric) -> dict[str, float | int | None]:
+    """Paired t from n, Σd, Σd² (two-sided)."""
+    n = m.n
+    if n < 2:
+        return {"n": n, "t": None, "p": None}
+    mean = m.diff_sum / n
+    var = max((m.diff_sq - n * mean * mean) / (n - 1), 0.0)
+    if var == 0.0:
+        return {"n": n, "t": None, "p": None if mean == 0.0 else 0.0}
+    t = mean / math.sqrt(var / n)
+    return {"n": n, "t": t, "p": min(1.0, 2.0 * t_sf(abs(t), n - 1.0))}
+
+
+def new_candidate_state(route: Route, candidate: str, windows: Sequence[str]) -> CandidateState:
+    """An empty state whose metrics carry the policy's alpha shares (``metric_alpha``)."""
+    shares = metric_alpha(route.policy, route.task)
+    alpha = route.policy.alpha
+
+    def make(name: str) -> PairedMetric:
+        return _metric(name, shares.get(name, alpha))
+
+    return CandidateState(
+        route=route.name,
+        candidate=candidate,
+        task=route.task,
+        windows=tuple(windows),
+        agreement=make("agreement"),
+        error_rate=make("error_rate"),
+        timeout_rate=make("timeout_rate"),
+        quality={name: make(name) for name in scoring.LABELLED_METRICS[route.task]},
+    )

@@ -1,0 +1,303 @@
+"""Watching production on one partition: quality per window, label freshness and drift.
+
+Fed once per request instance (production-only records and pair records alike; the engine
+makes sure a request seen with several candidates counts once). Mergeable like the candidate
+scores; drift histograms merge only when their bins are the same (see ``DriftField``).
+
+Defaults (documented in docs/comparator.md, no config keys): degradation compares the latest
+``CURRENT_WINDOWS`` windows with the first ``REFERENCE_WINDOWS`` windows that have labelled
+data (a fixed reference, which catches slow decay); drift bins are frozen from
+``Route.drift.reference_file`` when given, else from the first ``FREEZE_AFTER`` values of
+each field seen on the partition, which also form the reference histogram.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from shadowroute.comparator.aggregates import WINDOW_MS
+from shadowroute.core.drift import FrozenBins, Histogram, drift_summary
+from shadowroute.core.drift_fields import PathSet
+from shadowroute.core.monitor import LabelCoverage, LabelDelay, WindowedQuality
+
+__all__ = ["OUTPUT_FIELD", "DriftField", "ProductionState", "new_production_state"]
+
+REFERENCE_WINDOWS: Final = 12
+CURRENT_WINDOWS: Final = 6
+FREEZE_AFTER: Final = 1000
+OUTPUT_FIELD: Final = "output"
+"""The drift field name of production's own (numeric) output."""
+
+
+@dataclass
+class DriftField:
+    """One monitored field: bins (once frozen), the reference, and per-window histograms.
+
+    Before the bins are frozen the first values are kept (at most ``FREEZE_AFTER``)."""
+
+    categorical: bool
+    bins: FrozenBins | None = None
+    reference: Histogram | None = None
+    pending: list[Any] = field(default_factory=list)
+    windows: dict[int, Histogram] = field(default_factory=dict)
+    conflicts: int = 0
+    """Partitions left out of a merge because their bins differ (only in merged views)."""
+
+    def add(self, window: int, values: list[Any]) -> None:
+        if not values:
+            return
+        if self.bins is None:
+            self.pending.extend(values)
+            if len(self.pending) >= FREEZE_AFTER:
+                self._freeze()
+            return
+        hist = self.windows.get(window)
+        if hist is None:
+            hist = self.windows[window] = Histogram(self.bins)
+        hist.add(values)
+
+    def _freeze(self) -> None:
+        values, self.pending = self.pending, []
+        try:
+            self.bins = (
+                FrozenBins.categorical(values)
+                if self.categorical
+                else FrozenBins.numeric([v for v in _floats(values)])
+            )
+        except ValueError:
+            return  # nothing usable yet: start again
+        self.reference = Histogram(self.bins)
+        self.reference.add(values)
+
+    def merge(self, other: DriftField) -> DriftField:
+        if self.bins is None and other.bins is None:
+            return DriftField(self.categorical, pending=self.pending + other.pending)
+        if self.bins is None:
+            return other.copy()
+        if other.bins is None:
+            return self.copy()
+        if self.bins != other.bins:
+            # Partitions froze their own bins (no reference file): not mergeable; keep the
+            # side with the larger reference and say so.
+            ref_a = self.reference.n if self.reference is not None else 0
+            ref_b = other.reference.n if other.reference is not None else 0
+            keep = self.copy() if ref_a >= ref_b else other.copy()
+            keep.conflicts = self.conflicts + other.conflicts + 1
+            return keep
+        assert self.reference is not None and other.reference is not None
+        wins = dict(self.windows)
+        for w, h in other.windows.items():
+            wins[w] = wins[w].merge(h) if w in wins else h
+        return DriftField(
+            self.categorical,
+            self.bins,
+            self.reference.merge(other.reference),
+            [],
+            wins,
+            self.conflicts + other.conflicts,
+        )
+
+    def copy(self) -> DriftField:
+        return DriftField.from_dict(self.to_dict())
+
+    def summary(self, warn: float, alert: float) -> dict[str, Any]:
+        if self.bins is None or self.reference is None:
+            return {"state": "collecting_reference", "reference_n": len(self.pending)}
+        latest = max(self.windows) if self.windows else None
+        out: dict[str, Any] = {"bins": self.bins.labels(), "window": latest}
+        if self.conflicts:
+            out["partitions_with_other_bins"] = self.conflicts
+        if latest is None:
+            return out | {"state": "insufficient", "n": 0, "reference_n": self.reference.n}
+        return out | drift_summary(self.reference, self.windows[latest], warn, alert)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "categorical": self.categorical,
+            "bins": None if self.bins is None else self.bins.to_dict(),
+            "reference": None if self.reference is None else self.reference.to_dict(),
+            "pending": list(self.pending),
+            "windows": [[w, h.counts.tolist(), h.missing] for w, h in sorted(self.windows.items())],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DriftField:
+        bins = None if data["bins"] is None else FrozenBins.from_dict(data["bins"])
+        ref = None if data["reference"] is None else Histogram.from_dict(data["reference"])
+        out = cls(bool(data["categorical"]), bins, ref, list(data["pending"]))
+        if bins is not None:
+            for w, counts, missing in data["windows"]:
+                out.windows[int(w)] = Histogram.from_dict(
+                    {"bins": data["bins"], "counts": counts, "missing": missing}
+                )
+        return out
+
+
+def _floats(values: list[Any]) -> list[float]:
+    out = []
+    for v in values:
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            out.append(float(v))
+    return out
+
+
+@dataclass
+class ProductionState:
+    """Production's own monitoring for one route on one partition."""
+
+    route: str
+    metric: str
+    window: str
+    quality: WindowedQuality
+    coverage: LabelCoverage
+    delay: LabelDelay = field(default_factory=LabelDelay)
+    drift: dict[str, DriftField] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    """requests, instances, errors, labelled, invalid_labelled, unlabelled_expired."""
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    @property
+    def window_ms(self) -> int:
+        return WINDOW_MS[self.window]
+
+    def add_request(self, ts: int, error: str | None, instances: int) -> None:
+        self._count("requests")
+        self._count("instances", instances)
+        if error is not None:
+            self._count("errors")
+        self.coverage.add_predictions([ts] * instances)
+
+    def add_drift(self, ts: int, fields: Mapping[str, list[Any]]) -> None:
+        w = ts - ts % self.window_ms
+        for name, values in fields.items():
+            f = self.drift.get(name)
+            if f is not None:
+                f.add(w, values)
+
+    def add_labelled(
+        self, pred_ts: Sequence[int], label_ts: Sequence[int], values: Sequence[float]
+    ) -> None:
+        """Quality values x of labelled predictions, at their prediction timestamps."""
+        if not pred_ts:
+            return
+        self._count("labelled", len(pred_ts))
+        self.quality.add_batch(list(pred_ts), list(values))
+        self.coverage.add_labelled(list(pred_ts))
+        self.delay.add([lt - pt for pt, lt in zip(pred_ts, label_ts, strict=True)])
+
+    def merge(self, other: ProductionState) -> ProductionState:
+        counts = dict(self.counts)
+        for k, v in other.counts.items():
+            counts[k] = counts.get(k, 0) + v
+        return ProductionState(
+            route=self.route,
+            metric=self.metric,
+            window=self.window,
+            quality=self.quality.merge(other.quality),
+            coverage=self.coverage.merge(other.coverage),
+            delay=self.delay.merge(other.delay),
+            drift={k: f.merge(other.drift[k]) for k, f in self.drift.items() if k in other.drift},
+            counts=counts,
+        )
+
+    def degradation(self, alpha: float) -> dict[str, Any]:
+        wins = [w for w in self.quality.windows() if self.quality.sums([w]).n > 0]
+        ref = wins[:REFERENCE_WINDOWS]
+        cur = [w for w in wins[REFERENCE_WINDOWS:]][-CURRENT_WINDOWS:]
+        out = self.quality.degradation(current=cur, reference=ref, alpha=alpha)
+        if not cur:
+            out["note"] = (
+                f"the reference is the first {REFERENCE_WINDOWS} windows with labels; "
+                "no later window yet"
+            )
+        return out
+
+    def summary(self, alpha: float, warn: float, alert: float) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            "metric": self.metric,
+            "window": self.window,
+            "counts": dict(sorted(self.counts.items())),
+            "quality": self.quality.series(),
+            "degradation": _clean(self.degradation(alpha)),
+            "label_delay_ms": _clean(self.delay.summary()),
+            "label_coverage": _clean(self.coverage.series()),
+            "drift": {k: _clean(f.summary(warn, alert)) for k, f in sorted(self.drift.items())},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            "metric": self.metric,
+            "window": self.window,
+            "quality": self.quality.to_dict(),
+            "coverage": self.coverage.to_dict(),
+            "delay": self.delay.to_dict(),
+            "drift": {k: f.to_dict() for k, f in self.drift.items()},
+            "counts": dict(sorted(self.counts.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProductionState:
+        return cls(
+            route=str(data["route"]),
+            metric=str(data["metric"]),
+            window=str(data["window"]),
+            quality=WindowedQuality.from_dict(data["quality"]),
+            coverage=LabelCoverage.from_dict(data["coverage"]),
+            delay=LabelDelay.from_dict(data["delay"]),
+            drift={k: DriftField.from_dict(v) for k, v in data["drift"].items()},
+            counts={str(k): int(v) for k, v in data["counts"].items()},
+        )
+
+
+def _clean(obj: Any) -> Any:
+    """NaN and infinities as null, so the result is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def new_production_state(
+    route: str,
+    metric: str,
+    window: str,
+    fields: Sequence[str],
+    categorical: Sequence[str],
+    reference: Mapping[str, FrozenBins] | None,
+    reference_rows: Mapping[str, Histogram] | None = None,
+) -> ProductionState:
+    """An empty state; ``reference`` holds bins frozen from a reference file (if any)."""
+    state = ProductionState(
+        route=route,
+        metric=metric,
+        window=window,
+        quality=WindowedQuality(metric, WINDOW_MS[window]),
+        coverage=LabelCoverage(WINDOW_MS[window]),
+    )
+    cats = set(categorical)
+    for name in [*dict.fromkeys([*fields, *categorical]), OUTPUT_FIELD]:
+        f = DriftField(categorical=name in cats)
+        if reference is not None and name in reference:
+            f.bins = reference[name]
+            f.reference = (
+                reference_rows[name]
+                if reference_rows is not None and name in reference_rows
+                else Histogram(f.bins)
+            )
+        state.drift[name] = f
+    return state
+
+
+def drift_paths(fields: Sequence[str], categorical: Sequence[str]) -> PathSet:
+    """The compiled paths of every monitored input field, in ``new_production_state`` order."""
+    return PathSet(list(dict.fromkeys([*fields, *categorical])))

@@ -1,0 +1,235 @@
+"""The comparator's local store: one SQLite file in WAL mode.
+
+Tables:
+
+- ``positions`` — per source partition, the next offset to read on pairs and labels, and the
+  two watermarks (largest record timestamp seen on each stream);
+- ``state`` — the serialised aggregates per (kind, route, candidate, partition);
+- ``pending`` — pair instances waiting for their label, one row per (label key, candidate),
+  kind ``""`` for production's own monitoring entry;
+- ``labels`` — labels, kept until their TTL ends (several candidates may join one label);
+- ``decisions`` — the verdict history.
+
+Everything a batch changes is written in one transaction (``Store.commit``), so state and the
+positions it reflects never disagree. A ``Store`` is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["PROD", "Positions", "Store"]
+
+PROD: Final = ""
+"""The ``kind`` of production's own pending entry."""
+_CHUNK: Final = 4000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS positions(
+  partition INTEGER PRIMARY KEY, pairs INTEGER NOT NULL, labels INTEGER NOT NULL,
+  pairs_wm INTEGER NOT NULL, labels_wm INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS state(
+  kind TEXT NOT NULL, route TEXT NOT NULL, candidate TEXT NOT NULL, partition INTEGER NOT NULL,
+  data BLOB NOT NULL, PRIMARY KEY(kind, route, candidate, partition));
+CREATE TABLE IF NOT EXISTS pending(
+  key TEXT NOT NULL, kind TEXT NOT NULL, partition INTEGER NOT NULL, route TEXT NOT NULL,
+  expires INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY(key, kind)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_expiry ON pending(partition, expires);
+CREATE TABLE IF NOT EXISTS labels(
+  key TEXT PRIMARY KEY, partition INTEGER NOT NULL, ts INTEGER NOT NULL,
+  expires INTEGER NOT NULL, route TEXT, label BLOB NOT NULL, joined INTEGER NOT NULL,
+  prod_done INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS labels_expiry ON labels(partition, expires);
+CREATE TABLE IF NOT EXISTS decisions(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, candidate TEXT NOT NULL,
+  model TEXT NOT NULL, verdict TEXT NOT NULL, as_of INTEGER, at_ms INTEGER NOT NULL,
+  evidence BLOB NOT NULL);
+"""
+
+
+@dataclass
+class Positions:
+    """Where a partition's state stands: next offsets and watermarks (ms)."""
+
+    pairs: int = 0
+    labels: int = 0
+    pairs_wm: int = 0
+    labels_wm: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRow:
+    key: str
+    ts: int
+    route: str | None
+    label: bytes
+    joined: bool
+    prod_done: bool
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection in WAL mode; ``synchronous=NORMAL`` keeps every commit atomic (a crash
+    loses at most the latest commits, never half of one)."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.conn = connect(path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- reading at start -------------------------------------------------------------------
+
+    def positions(self) -> dict[int, Positions]:
+        rows = self.conn.execute(
+            "SELECT partition, pairs, labels, pairs_wm, labels_wm FROM positions"
+        )
+        return {int(r[0]): Positions(int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+
+    def states(
+        self, partitions: Iterable[int] | None = None
+    ) -> dict[tuple[str, str, str, int], bytes]:
+        rows = self.conn.execute("SELECT kind, route, candidate, partition, data FROM state")
+        wanted = None if partitions is None else set(partitions)
+        return {
+            (str(r[0]), str(r[1]), str(r[2]), int(r[3])): bytes(r[4])
+            for r in rows
+            if wanted is None or int(r[3]) in wanted
+        }
+
+    def pending_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+
+    def label_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM labels").fetchone()[0])
+
+    # --- inside a batch (call begin() first) ------------------------------------------------
+
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+    def labels_for(self, keys: Sequence[str]) -> dict[str, LabelRow]:
+        out: dict[str, LabelRow] = {}
+        for chunk in _chunks(keys):
+            q = (
+                "SELECT key, ts, route, label, joined, prod_done FROM labels WHERE key IN "
+                f"({','.join('?' * len(chunk))})"
+            )
+            for r in self.conn.execute(q, chunk):
+                out[r[0]] = LabelRow(r[0], int(r[1]), r[2], bytes(r[3]), bool(r[4]), bool(r[5]))
+        return out
+
+    def pending_for(self, keys: Sequence[str]) -> list[tuple[str, str, str, bytes]]:
+        """(key, kind, route, data) of every pending entry under these keys."""
+        out: list[tuple[str, str, str, bytes]] = []
+        for chunk in _chunks(keys):
+            q = (
+                "SELECT key, kind, route, data FROM pending WHERE key IN "
+                f"({','.join('?' * len(chunk))})"
+            )
+            out.extend((r[0], r[1], r[2], bytes(r[3])) for r in self.conn.execute(q, chunk))
+        return out
+
+    def prod_pending(self, keys: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for chunk in _chunks(keys):
+            q = f"SELECT key FROM pending WHERE kind = '' AND key IN ({','.join('?' * len(chunk))})"
+            out.update(r[0] for r in self.conn.execute(q, chunk))
+        return out
+
+    def add_pending(self, rows: Sequence[tuple[str, str, int, str, int, bytes]]) -> None:
+        """(key, kind, partition, route, expires, data); an existing entry is kept."""
+        self.conn.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def drop_pending(self, rows: Sequence[tuple[str, str]]) -> None:
+        self.conn.executemany("DELETE FROM pending WHERE key = ? AND kind = ?", rows)
+
+    def add_labels(
+        self, rows: Sequence[tuple[str, int, int, int, str | None, bytes, int, int]]
+    ) -> None:
+        """(key, partition, ts, expires, route, label, joined, prod_done)."""
+        self.conn.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def mark_labels(self, rows: Sequence[tuple[int, str]]) -> None:
+        """(prod_done, key): the label has joined (and production's entry if prod_done)."""
+        self.conn.executemany(
+            "UPDATE labels SET joined = 1, prod_done = max(prod_done, ?) WHERE key = ?", rows
+        )
+
+    def expire_pending(self, partition: int, now_ms: int) -> list[tuple[str, str]]:
+        """Delete entries whose TTL ended; returns their (kind, route)."""
+        rows = self.conn.execute(
+            "DELETE FROM pending WHERE partition = ? AND expires < ? RETURNING kind, route",
+            (partition, now_ms),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows.fetchall()]
+
+    def expire_labels(self, partition: int, now_ms: int) -> list[tuple[bool, str | None]]:
+        """Delete labels whose TTL ended; returns (joined, route) of each."""
+        rows = self.conn.execute(
+            "DELETE FROM labels WHERE partition = ? AND expires < ? RETURNING joined, route",
+            (partition, now_ms),
+        )
+        return [(bool(r[0]), r[1]) for r in rows.fetchall()]
+
+    def put_states(self, rows: Sequence[tuple[str, str, str, int, bytes]]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?)", rows)
+
+    def put_positions(self, partition: int, p: Positions) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?, ?)",
+            (partition, p.pairs, p.labels, p.pairs_wm, p.labels_wm),
+        )
+
+    def add_decision(
+        self, route: str, candidate: str, model: str, verdict: str, as_of: int | None,
+        at_ms: int, evidence: bytes,
+    ) -> None:  # fmt: skip
+        self.conn.execute(
+            "INSERT INTO decisions(route, candidate, model, verdict, as_of, at_ms, evidence) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (route, candidate, model, verdict, as_of, at_ms, evidence),
+        )
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    # --- history ----------------------------------------------------------------------------
+
+    def decisions(
+        self, route: str | None = None, candidate: str | None = None, model: str | None = None
+    ) -> list[tuple[str, str, str, str, int | None, int, bytes]]:
+        q = "SELECT route, candidate, model, verdict, as_of, at_ms, evidence FROM decisions"
+        cond: list[str] = []
+        args: list[Any] = []
+        for col, val in (("route", route), ("candidate", candidate), ("model", model)):
+            if val is not None:
+                cond.append(f"{col} = ?")
+                args.append(val)
+        if cond:
+            q += " WHERE " + " AND ".join(cond)
+        q += " ORDER BY id"
+        return [
+            (r[0], r[1], r[2], r[3], r[4], int(r[5]), bytes(r[6]))
+            for r in self.conn.execute(q, args)
+        ]
