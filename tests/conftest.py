@@ -6,6 +6,15 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import uvloop
+
+# --- the event loop: uvloop, as in production -------------------------------------------------
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Every async test runs on uvloop, the loop `shadowroute serve` uses."""
+    return {"uvloop": uvloop.new_event_loop}
+
 
 # --- real Apache Kafka (tests marked `kafka`) --------------------------------------------------
 

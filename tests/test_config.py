@@ -116,7 +116,7 @@ def test_environment_overrides_addresses_and_secrets() -> None:
     assert "t0ken" not in repr(cfg)  # secrets never print
     assert cfg.routes[0].production.url == "http://prod.svc:80"
     assert cfg.routes[0].candidates[0].url == "http://cand.svc:80"
-    with pytest.raises(ConfigError, match="listen.port"):
+    with pytest.raises(ConfigError, match=r"listen\.port"):
         parse_config(minimal(), environ={"SHADOWROUTE_LISTEN_PORT": "eighty"})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
+from typing import cast
 
 import httpx
 import orjson
@@ -594,3 +595,48 @@ async def test_production_only_records_monitor_production(prod: ModelServer) -> 
     assert rec["production"]["output"] == [2.0, 3.0]
     assert rec["input"] == {"instances": [[1], [2]]}
     assert all(r["id"].startswith("m-") for r in recs)
+
+
+async def test_upgrade_passed_through_when_configured(prod: ModelServer) -> None:
+    """With ``proxy.upgrade: pass`` a WebSocket-style upgrade reaches production, and after its
+    101 the bytes flow both ways untouched; with the default it is refused (see above)."""
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = cast(asyncio.Transport, transport)
+            self.upgraded = False
+
+        def data_received(self, data: bytes) -> None:
+            if not self.upgraded:
+                head, _, rest = data.partition(b"\r\n\r\n")
+                seen_heads.append(head)
+                self.t.write(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+                )
+                self.upgraded = True
+                data = rest
+            if data:
+                self.t.write(b"echo:" + data)
+
+    seen_heads: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with running_proxy(make_config(url, top={"proxy": {"upgrade": "pass"}})) as (dp, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nhi"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 101")
+        got = b""
+        async with asyncio.timeout(2):
+            while b"echo:hi" not in got:
+                got += await reader.read(100)
+        writer.write(b"again")
+        async with asyncio.timeout(2):
+            while b"echo:again" not in got:
+                got += await reader.read(100)
+        writer.close()
+    server.close()
+    assert b"upgrade: echo" in seen_heads[0].lower()

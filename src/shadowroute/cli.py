@@ -63,8 +63,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     from shadowroute import runtime
 
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     if args.workers > 1:
         from shadowroute import workers
+
+        if cfg.listen.port == 0:
+            print("error: --workers needs a fixed listen.port (not 0)", file=sys.stderr)
+            return EXIT_USAGE
 
         return workers.serve_workers(cfg, args.workers)
     _run(runtime.serve(cfg))

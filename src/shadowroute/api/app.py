@@ -120,6 +120,12 @@ async def put_mirroring(request: web.Request) -> web.Response:
     return json_response({"enabled": ctx.get_mirroring()})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    from shadowroute.api.openapi import document
+
+    return json_response(document())
+
+
 def create_app(ctx: ControlContext) -> web.Application:
     app = web.Application(client_max_size=64 << 20)
     app[CONTEXT] = ctx
@@ -128,6 +134,7 @@ def create_app(ctx: ControlContext) -> web.Application:
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics),
+            web.get("/openapi.json", openapi),
             web.get("/v1/routes", routes),
             web.get("/v1/mirroring", get_mirroring),
             web.put("/v1/mirroring", put_mirroring),

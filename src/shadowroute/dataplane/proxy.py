@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from typing import cast
 
 import httptools
 
@@ -145,6 +146,7 @@ class Request(Exchange):
         self.route = route
         self.method = method
         self.head_only = method == b"HEAD"
+        self.upgrade = False
         self.request_id = b""
         self.upstream_head = b""
         self.mirror_common = b""
@@ -327,6 +329,19 @@ class Request(Exchange):
         if self.prod_body is not None:
             self.prod_body.append(piece)
 
+    def on_upgrade(self, head: bytes, headers: list[tuple[bytes, bytes]], rest: bytes) -> bool:
+        if not self.upgrade:
+            return False
+        proxy = self.conn.proxy
+        self.head_sent = True
+        self.conn.write(head + rest)
+        proxy.stats.requests[(self.route.name, "1xx")] += 1
+        self.conn.start_tunnel(self)
+        return True
+
+    def on_tunnel(self, data: bytes) -> None:
+        self.conn.write(data)
+
     def flush(self) -> None:
         """Hand what production sent so far to the client in one write."""
         out = self._out
@@ -355,6 +370,9 @@ class Request(Exchange):
             )
 
     def on_fail(self, reason: str) -> None:
+        if self.conn.tunnel is self:
+            self.conn.close()
+            return
         self.flush()
         self.prod = None
         proxy = self.conn.proxy
@@ -408,6 +426,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.feeding = False
+        self.tunnel: Request | None = None
         self.last_active = 0.0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -419,8 +438,8 @@ class ClientConnection(asyncio.Protocol):
     # --- asyncio ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
         self.proxy.connections.add(self)
@@ -439,6 +458,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            up = self.tunnel.prod
+            if up is not None:
+                up.write(data)
+            return
         if self.closing:
             return
         self.last_active = self.proxy.loop.time()
@@ -450,8 +474,18 @@ class ClientConnection(asyncio.Protocol):
                 self._head_bytes += len(data)
                 if self._head_bytes > 2 * self.proxy.max_header_bytes:
                     self._refuse(_Reject(431, "request head too large"))
-        except httptools.HttpParserUpgrade:
-            self._refuse(_Reject(501, "connection upgrades are not supported by this proxy"))
+        except httptools.HttpParserUpgrade as exc:
+            req = self.queue[-1] if self.queue else None
+            if req is not None and req.upgrade:
+                # Bytes after the head belong to the upgraded protocol; keep them for the tunnel.
+                end = data.find(b"\r\n\r\n")
+                offset = end + 4 if end >= 0 else len(data)
+                if offset < len(data):
+                    pending = req.up_pending if req.prod is not None else req.out_buf
+                    pending.append(data[offset:])
+                self.pause_reading()
+            else:
+                self._refuse(_Reject(501, "connection upgrades are not supported by this proxy"))
         except httptools.HttpParserCallbackError:
             self._refuse(self._reject or _Reject(400, "bad request"))
         except httptools.HttpParserError as exc:
@@ -528,7 +562,8 @@ class ClientConnection(asyncio.Protocol):
         url = self._url
         if method == b"CONNECT":
             raise _Reject(405, "CONNECT is not supported")
-        if parser.should_upgrade():
+        upgrade = parser.should_upgrade()
+        if upgrade and proxy.config.proxy.upgrade == "refuse":
             raise _Reject(501, "connection upgrades are not supported by this proxy")
         if not url.startswith(b"/"):
             if url == b"*" and method == b"OPTIONS":
@@ -537,6 +572,11 @@ class ClientConnection(asyncio.Protocol):
                 raise _Reject(400, "only origin-form request targets (/path) are accepted")
         headers = self._headers
         common, host, xff = http1.forwarded_headers(headers, proxy.drop_extra)
+        if upgrade:
+            common += b"".join(
+                n + b": " + v + b"\r\n" for n, v in headers if n.lower() == b"upgrade"
+            )
+            common += b"connection: upgrade\r\n"
         request_id = None
         control = None
         chunked = False
@@ -572,6 +612,9 @@ class ClientConnection(asyncio.Protocol):
         req.expect_continue = expect
         req.keep_alive = parser.should_keep_alive()
         req.http10 = parser.get_http_version() == "1.0"
+        req.upgrade = upgrade
+        if upgrade:
+            req.keep_alive = False  # the connection ends with the tunnel or the refusal
         fwd = b"x-forwarded-for: " + (xff + b", " + self.peer if xff else self.peer) + b"\r\n"
         fwd += b"x-forwarded-proto: " + proxy.proto + b"\r\n"
         if host is not None:
@@ -588,7 +631,7 @@ class ClientConnection(asyncio.Protocol):
             (method, b" ", route.prod_base, url, b" HTTP/1.1\r\n", common, framing,
              route.prod_static, b"\r\n")
         )  # fmt: skip
-        if method in route.methods:
+        if method in route.methods and not upgrade:
             self._plan_records(req, route, control, length)
             req.mirror_common = common
         else:
@@ -645,6 +688,14 @@ class ClientConnection(asyncio.Protocol):
             self.resume_reading()
         if self.queue:
             self._activate()
+
+    def start_tunnel(self, req: Request) -> None:
+        """Production accepted an upgrade: from now on bytes flow both ways untouched."""
+        self.tunnel = req
+        up = req.prod
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+        self.resume_reading()
 
     # --- transport helpers -------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -35,6 +35,13 @@ class Exchange:
 
     def on_raw(self, data: bytes) -> None:
         """Raw body bytes exactly as the upstream framed them."""
+
+    def on_upgrade(self, head: bytes, headers: list[tuple[bytes, bytes]], rest: bytes) -> bool:
+        """A 101 response: return True to take the connection over as a tunnel."""
+        return False
+
+    def on_tunnel(self, data: bytes) -> None:
+        """Bytes from the upstream after a 101, when the exchange took the tunnel."""
 
     def flush(self) -> None:
         """Called after each chunk from the upstream has been handled (writes may batch)."""
@@ -65,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "timer",
         "transport",
+        "tunnel",
         "written",
     )
 
@@ -72,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
+        self.tunnel: Exchange | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self.written = False
@@ -87,12 +96,15 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.pool.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.on_fail("reset")
+            return
         ex = self.exchange
         if ex is None:
             return
@@ -108,6 +120,9 @@ class UpstreamConnection(asyncio.Protocol):
         pass
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.on_tunnel(data)
+            return
         if self.exchange is None:
             # Bytes with no request outstanding: the connection is unusable.
             self.close()
@@ -151,7 +166,10 @@ class UpstreamConnection(asyncio.Protocol):
         head, rest = buf[: end + 4], buf[end + 4 :]
         self._headers = []
         self._complete = False
-        self._parser.feed_data(head)
+        try:
+            self._parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # a 101: the head is parsed; what follows is the upgraded protocol
         status = self._parser.get_status_code()
         ex = self.exchange
         assert ex is not None
@@ -161,8 +179,12 @@ class UpstreamConnection(asyncio.Protocol):
                 self._received(rest)
             return
         if status == 101:
-            # Upgrades are refused before they reach an upstream; a stray 101 is an error.
-            self._fail("bad_response")
+            if ex.on_upgrade(head, self._headers, rest):
+                self.tunnel = ex
+                self._reset_state()
+                self.pool.discard(self)
+            else:
+                self._fail("bad_response")
             return
         ex.on_head(status, head, self._headers)
         if self.exchange is not ex:  # the exchange gave up (client gone)

@@ -1,0 +1,278 @@
+"""The OpenAPI 3.1 document served at ``/openapi.json``.
+
+A test checks that every route the app serves is described here and the other way round, and
+that the documented decision shape is what the API returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shadowroute import __version__
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ROUTE_CAND = [
+    {"name": "route", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "candidate", "in": "path", "required": True, "schema": {"type": "string"}},
+]
+_NOT_FOUND = _json(_ERROR, "Unknown route, candidate or model")
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+_METRIC = {
+    "type": "object",
+    "required": ["estimate", "lower", "upper", "n", "threshold", "status"],
+    "properties": {
+        "estimate": {"type": ["number", "null"]},
+        "lower": {"type": ["number", "null"], "description": "Anytime-valid lower bound"},
+        "upper": {"type": ["number", "null"], "description": "Anytime-valid upper bound"},
+        "n": {"type": "integer"},
+        "threshold": {"type": ["number", "null"]},
+        "status": {"enum": ["pass", "fail", "inconclusive"]},
+    },
+}
+
+_DECISION = {
+    "type": "object",
+    "required": [
+        "route",
+        "candidate",
+        "verdict",
+        "reasons",
+        "metrics",
+        "pairs",
+        "labelled",
+        "as_of",
+    ],
+    "properties": {
+        "route": {"type": "string"},
+        "candidate": {"type": "string"},
+        "verdict": {"enum": ["promote", "hold", "reject"]},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "metrics": {"type": "object", "additionalProperties": _ref("MetricEvidence")},
+        "pairs": {"type": "integer"},
+        "labelled": {"type": "integer"},
+        "as_of": {"type": ["integer", "string", "null"], "description": "When it was computed"},
+    },
+}
+
+_LABEL_RESULT = {
+    "type": "object",
+    "required": ["accepted", "rejected"],
+    "properties": {
+        "accepted": {"type": "integer"},
+        "rejected": {"type": "integer"},
+        "error": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"line": {"type": "integer"}, "reason": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": {"summary": "Liveness", "responses": {"200": {"description": "Alive"}}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness (off while starting and draining)",
+                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Text exposition format"}},
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}
+        },
+        "/v1/routes": {
+            "get": {
+                "summary": "Routes with their production model and candidates",
+                "responses": {"200": _json(_ref("Routes"), "The configured routes")},
+            }
+        },
+        "/v1/mirroring": {
+            "get": {
+                "summary": "Whether mirroring is on",
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"enabled": {"type": "boolean"}}}, "State"
+                    ),
+                    "404": _json(_ERROR, "This process has no data plane"),
+                },
+            },
+            "put": {
+                "summary": "Switch mirroring on or off without a restart",
+                "security": _BEARER,
+                "requestBody": _json(
+                    {
+                        "type": "object",
+                        "required": ["enabled"],
+                        "properties": {"enabled": {"type": "boolean"}},
+                    },
+                    "The new state",
+                ),
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"enabled": {"type": "boolean"}}},
+                        "New state",
+                    ),
+                    "400": _json(_ERROR, "Bad body"),
+                    "401": _json(_ERROR, "Missing or wrong bearer token"),
+                    "404": _json(_ERROR, "This process has no data plane"),
+                },
+            },
+        },
+        "/v1/labels": {
+            "post": {
+                "summary": "Ground truth intake: a JSON array, JSON lines or CSV of label records",
+                "description": (
+                    "Good records are accepted and written even when others are bad: 202 when "
+                    "all were good, 400 naming each bad line (1-based) otherwise. Schema: "
+                    "src/shadowroute/schemas/label.v1.json."
+                ),
+                "security": _BEARER,
+                "requestBody": {
+                    "content": {
+                        "application/json": {"schema": {"type": "array", "items": _ref("Label")}},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    }
+                },
+                "responses": {
+                    "202": _json(_LABEL_RESULT, "All records accepted"),
+                    "400": _json(
+                        _LABEL_RESULT, "Some or all records bad; the good ones were accepted"
+                    ),
+                    "401": _json(_ERROR, "Missing or wrong bearer token"),
+                    "413": _json(_ERROR, "Body too large"),
+                },
+            }
+        },
+        "/v1/routes/{route}/candidates/{candidate}/decision": {
+            "get": {
+                "summary": "The verdict with its reasons and evidence",
+                "parameters": _ROUTE_CAND,
+                "responses": {"200": _json(_ref("Decision"), "The decision"), "404": _NOT_FOUND},
+            }
+        },
+        "/v1/routes/{route}/candidates/{candidate}/scores": {
+            "get": {
+                "summary": "All scores, cumulative and per window (candidate minus production, "
+                "positive = candidate better)",
+                "parameters": _ROUTE_CAND,
+                "responses": {"200": _json({"type": "object"}, "Scores"), "404": _NOT_FOUND},
+            }
+        },
+        "/v1/routes/{route}/candidates/{candidate}/history": {
+            "get": {
+                "summary": "Verdict changes with the evidence that caused them",
+                "parameters": _ROUTE_CAND,
+                "responses": {"200": _json({"type": "object"}, "History"), "404": _NOT_FOUND},
+            }
+        },
+        "/v1/routes/{route}/production": {
+            "get": {
+                "summary": "Production quality over time, drift and label freshness",
+                "parameters": [_ROUTE_CAND[0]],
+                "responses": {
+                    "200": _json({"type": "object"}, "Production health"),
+                    "404": _NOT_FOUND,
+                },
+            }
+        },
+        "/v1/models/{model}/lineage": {
+            "get": {
+                "summary": "Declared lineage, live quality, drift, age and verdicts of a model",
+                "parameters": [
+                    {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": _json({"type": "object"}, "Lineage"), "404": _NOT_FOUND},
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The scorecard page (HTML)",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "summary": "The scorecard's assets",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "Asset"},
+                    "404": {"description": "No such asset"},
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "shadowroute",
+            "version": __version__,
+            "description": "Verdicts, scores and ground truth intake for shadow-deployed models.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Decision": _DECISION,
+                "MetricEvidence": _METRIC,
+                "Label": {
+                    "type": "object",
+                    "required": ["id", "label"],
+                    "properties": {
+                        "v": {"const": 1},
+                        "id": {"type": "string"},
+                        "label": {},
+                        "ts": {"type": "integer"},
+                        "route": {"type": "string"},
+                    },
+                },
+                "Routes": {
+                    "type": "object",
+                    "required": ["routes"],
+                    "properties": {
+                        "routes": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "production", "candidates"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "production": {"type": "object"},
+                                    "candidates": {"type": "array", "items": {"type": "object"}},
+                                },
+                            },
+                        }
+                    },
+                },
+            },
+        },
+    }
