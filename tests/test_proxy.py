@@ -611,7 +611,8 @@ async def test_upgrade_passed_through_when_configured(prod: ModelServer) -> None
                 head, _, rest = data.partition(b"\r\n\r\n")
                 seen_heads.append(head)
                 self.t.write(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+                    b"HTTP/1.1 101 Switching Protocols\r\n"
+                    b"Upgrade: echo\r\nConnection: Upgrade\r\n\r\n"
                 )
                 self.upgraded = True
                 data = rest

@@ -68,7 +68,7 @@ async def test_two_workers_share_the_port_and_stop_gracefully(
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, stopped below
         [sys.executable, "-m", "shadowroute", "serve", "-c", str(path), "--workers", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -77,7 +77,7 @@ async def test_two_workers_share_the_port_and_stop_gracefully(
         await wait_ready(f"http://127.0.0.1:{admin}/readyz")
         n = 200
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            for i in range(n):
+            for _ in range(n):
                 # a new connection each time, so the kernel spreads them over both workers
                 r = await c.post(
                     "/p", content=b'{"instances": [[1]]}', headers={"Connection": "close"}

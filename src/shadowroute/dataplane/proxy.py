@@ -474,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
                 self._head_bytes += len(data)
                 if self._head_bytes > 2 * self.proxy.max_header_bytes:
                     self._refuse(_Reject(431, "request head too large"))
-        except httptools.HttpParserUpgrade as exc:
+        except httptools.HttpParserUpgrade:
             req = self.queue[-1] if self.queue else None
             if req is not None and req.upgrade:
                 # Bytes after the head belong to the upgraded protocol; keep them for the tunnel.

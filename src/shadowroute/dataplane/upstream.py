@@ -9,6 +9,7 @@ and no client object is created per request; a task runs only to open a new conn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import deque
@@ -166,10 +167,9 @@ class UpstreamConnection(asyncio.Protocol):
         head, rest = buf[: end + 4], buf[end + 4 :]
         self._headers = []
         self._complete = False
-        try:
+        # On a 101 the head is parsed and llhttp stops: what follows is the upgraded protocol.
+        with contextlib.suppress(httptools.HttpParserUpgrade):
             self._parser.feed_data(head)
-        except httptools.HttpParserUpgrade:
-            pass  # a 101: the head is parsed; what follows is the upgraded protocol
         status = self._parser.get_status_code()
         ex = self.exchange
         assert ex is not None
