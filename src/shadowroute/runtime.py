@@ -7,23 +7,31 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from shadowroute.api.app import ControlContext, create_app
-from shadowroute.api.metrics import DataPlaneCollector, new_registry
+from shadowroute.api.labels import LabelWriter, SinkLabelWriter, label_routes
+from shadowroute.api.metrics import DataPlaneCollector, KafkaSinkCollector, new_registry
+from shadowroute.api.scorecard import scorecard_routes
+from shadowroute.api.scores import ScoresCollector, score_routes
+from shadowroute.comparator.embedded import Comparator
 from shadowroute.core.config import Config
-from shadowroute.dataplane.server import DataPlane
+from shadowroute.core.records import LabelRecord
+from shadowroute.dataplane.server import DataPlane, listen_socket
 from shadowroute.stream.jsonl import JsonlSink
-from shadowroute.stream.sink import FanoutSink, Sink
+from shadowroute.stream.kafka import KafkaSink
+from shadowroute.stream.sink import ChannelSink, FanoutSink, Sink
 
 log = logging.getLogger("shadowroute")
 
 
-def pair_sinks(config: Config, extra: list[Sink] | None = None) -> Sink:
-    """The sinks pair records go to, from the config."""
+def pair_sinks(config: Config, extra: list[Sink] | None = None) -> tuple[Sink, list[KafkaSink]]:
+    """The sink pair records go to, from the config, and the Kafka sinks among them."""
     sinks: list[Sink] = list(extra or [])
+    kafka: list[KafkaSink] = []
     if config.records.jsonl_path:
         sinks.append(
             JsonlSink(
@@ -33,10 +41,9 @@ def pair_sinks(config: Config, extra: list[Sink] | None = None) -> Sink:
             )
         )
     if config.transport.kind == "kafka":
-        from shadowroute.stream.kafka import KafkaSink
-
-        sinks.append(KafkaSink.for_pairs(config.transport))
-    return FanoutSink(sinks)
+        kafka.append(KafkaSink.for_pairs(config.transport))
+        sinks.append(kafka[-1])
+    return FanoutSink(sinks), kafka
 
 
 @contextlib.asynccontextmanager
@@ -54,16 +61,6 @@ async def admin_server(ctx: ControlContext, host: str, port: int) -> AsyncIterat
 def admin_port(runner: web.AppRunner) -> int:
     server = runner.addresses[0]
     return int(server[1])
-
-
-@contextlib.asynccontextmanager
-async def running_dataplane(config: Config, sink: Sink) -> AsyncIterator[DataPlane]:
-    dp = DataPlane(config, sink)
-    await dp.start()
-    try:
-        yield dp
-    finally:
-        await dp.stop()
 
 
 def dataplane_context(config: Config, dp: DataPlane) -> ControlContext:
@@ -91,6 +88,109 @@ def dataplane_context(config: Config, dp: DataPlane) -> ControlContext:
     )
 
 
+@dataclass
+class Stack:
+    """What ``embedded_stack`` runs, with the ports it got."""
+
+    config: Config
+    dataplane: DataPlane
+    comparator: Comparator | None
+    admin_runner: web.AppRunner
+
+    @property
+    def proxy_port(self) -> int:
+        return self.dataplane.port
+
+    @property
+    def admin_port(self) -> int:
+        return admin_port(self.admin_runner)
+
+
+class ComparatorLabelWriter:
+    """Labels from ``POST /v1/labels`` straight to the embedded comparator."""
+
+    def __init__(self, comparator: Comparator) -> None:
+        self.comparator = comparator
+
+    async def write_labels(self, labels: Sequence[LabelRecord]) -> None:
+        await self.comparator.consume_labels(labels)
+
+
+def kafka_collector(sinks: list[KafkaSink]) -> KafkaSinkCollector:
+    collector = KafkaSinkCollector(sinks)
+    for s in sinks:
+        s.latency_hook = collector.hook(s.topic)
+    return collector
+
+
+def control_plane(
+    config: Config,
+    ctx: ControlContext,
+    comparator: Comparator | None,
+    labels: LabelWriter | None,
+) -> ControlContext:
+    """Add the score API, labels intake, scorecard and comparator metrics to a context."""
+    routes = list(ctx.extra_routes)
+    if comparator is not None:
+        routes += score_routes(comparator.reader)
+        ctx.registry.register(ScoresCollector(comparator.reader))
+    if labels is not None:
+        routes += label_routes(labels)
+    routes += scorecard_routes()
+    ctx.extra_routes = routes
+    return ctx
+
+
+@contextlib.asynccontextmanager
+async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
+    """The data plane, and with the embedded transport the comparator, plus the admin plane.
+
+    Start order: comparator → data plane → admin. Stop order: readiness off, the data plane
+    drains (in-flight requests, mirrors, the record queue into the channel), the comparator
+    flushes and closes, the admin plane goes last. Ports 0 in the config pick free ports.
+    """
+    comparator: Comparator | None = None
+    label_writer: LabelWriter | None = None
+    extra: list[Sink] = []
+    kafka_labels: KafkaSink | None = None
+    if config.transport.kind == "embedded":
+        comparator = Comparator(config)
+        await comparator.start()
+        extra.append(ChannelSink(comparator))
+        label_writer = ComparatorLabelWriter(comparator)
+    else:
+        kafka_labels = KafkaSink.for_labels(config.transport)
+        await kafka_labels.start()
+        label_writer = SinkLabelWriter(kafka_labels)
+    try:
+        sink, kafka = pair_sinks(config, extra)
+        if kafka_labels is not None:
+            kafka.append(kafka_labels)
+        dp = DataPlane(
+            config,
+            sink,
+            sock=listen_socket(config.listen.host, config.listen.port, reuse_port=False),
+        )
+        await dp.start()
+        try:
+            ctx = control_plane(config, dataplane_context(config, dp), comparator, label_writer)
+            if kafka:
+                ctx.registry.register(kafka_collector(kafka))
+            async with admin_server(ctx, config.admin.host, config.admin.port) as runner:
+                stack = Stack(config, dp, comparator, runner)
+                try:
+                    yield stack
+                finally:
+                    await dp.stop()
+        finally:
+            await dp.stop()
+    finally:
+        if comparator is not None:
+            await comparator.close()
+        if kafka_labels is not None:
+            await kafka_labels.close()
+
+
 async def wait_for_signal() -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -104,12 +204,11 @@ async def wait_for_signal() -> None:
 
 
 async def serve(config: Config) -> None:
-    """Run the proxy and the admin plane until SIGTERM/SIGINT, then shut down gracefully."""
-    sink = pair_sinks(config)
-    async with running_dataplane(config, sink) as dp:
-        ctx = dataplane_context(config, dp)
-        async with admin_server(ctx, config.admin.host, config.admin.port):
-            log.info("admin on %s:%d", config.admin.host, config.admin.port)
-            await wait_for_signal()
-            log.info("shutting down: readiness off, draining")
-            await dp.stop()
+    """Run the stack until SIGTERM/SIGINT, then shut down gracefully."""
+    async with embedded_stack(config) as stack:
+        log.info(
+            "proxy on %s:%d, admin/API on %s:%d",
+            config.listen.host, stack.proxy_port, config.admin.host, stack.admin_port,
+        )  # fmt: skip
+        await wait_for_signal()
+        log.info("shutting down: readiness off, draining")

@@ -165,20 +165,43 @@ class WorkerSet:
 async def supervise(config: Config, n: int) -> None:
     from shadowroute import runtime
     from shadowroute.api.app import ControlContext
+    from shadowroute.api.labels import LabelWriter, SinkLabelWriter
     from shadowroute.api.metrics import DataPlaneCollector, new_registry
+    from shadowroute.comparator.embedded import Comparator
+    from shadowroute.stream.kafka import KafkaSink
+    from shadowroute.stream.sink import ChannelSink
 
     ctx_mp = multiprocessing.get_context("fork")
     workers = WorkerSet(n)
     procs = []
     pumps = []
-    sink = runtime.pair_sinks(config)
-    await sink.start()
+    comparator: Comparator | None = None
+    labels: LabelWriter
+    kafka_labels: KafkaSink | None = None
+    extra: list[Sink] = []
+    # Fork the workers before this process opens SQLite files or Kafka connections.
+    channels = []
     for i in range(n):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         proc = ctx_mp.Process(target=_worker_main, args=(config, child, i), name=f"worker-{i}")
         proc.start()
         child.close()
         procs.append(proc)
+        channels.append(parent)
+    if config.transport.kind == "embedded":
+        comparator = Comparator(config)
+        await comparator.start()
+        extra.append(ChannelSink(comparator))
+        labels = runtime.ComparatorLabelWriter(comparator)
+    else:
+        kafka_labels = KafkaSink.for_labels(config.transport)
+        await kafka_labels.start()
+        labels = SinkLabelWriter(kafka_labels)
+    sink, kafka = runtime.pair_sinks(config, extra)
+    if kafka_labels is not None:
+        kafka.append(kafka_labels)
+    await sink.start()
+    for i, parent in enumerate(channels):
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         workers.writers[i] = writer
         pumps.append(asyncio.get_running_loop().create_task(workers.pump(i, reader, sink)))
@@ -193,6 +216,9 @@ async def supervise(config: Config, n: int) -> None:
         get_mirroring=lambda: workers.mirroring,
         set_mirroring=workers.set_mirroring,
     )
+    ctx = runtime.control_plane(config, ctx, comparator, labels)
+    if kafka:
+        registry.register(runtime.kafka_collector(kafka))
     async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
         log.info("%d workers serving on %s:%d", n, config.listen.host, config.listen.port)
         await runtime.wait_for_signal()
@@ -208,7 +234,11 @@ async def supervise(config: Config, n: int) -> None:
             p.join(timeout=1)
             if p.is_alive():
                 p.kill()
-    await sink.close()
+        await sink.close()
+        if comparator is not None:
+            await comparator.close()
+        if kafka_labels is not None:
+            await kafka_labels.close()
 
 
 def serve_workers(config: Config, n: int) -> int:

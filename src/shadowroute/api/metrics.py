@@ -8,7 +8,6 @@ family this process can export; the Grafana dashboard and alert rules are checke
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,6 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from shadowroute.dataplane.stats import LATENCY_BUCKETS, DataPlaneStats, LatencyHistogram
+from shadowroute.stream.kafka import KafkaSink
 from shadowroute.stream.sink import RecordQueue
 
 DATAPLANE_METRICS = (
@@ -152,7 +152,7 @@ KAFKA_METRICS = (
 class KafkaSinkCollector(Collector):
     """Counters of the Kafka sinks (one per topic) and their spools."""
 
-    def __init__(self, sinks: Sequence[KafkaSinkLike]) -> None:
+    def __init__(self, sinks: Sequence[KafkaSink]) -> None:
         self._sinks = list(sinks)
         self.latency: dict[str, LatencyHistogram] = {s.topic: LatencyHistogram() for s in sinks}
 
@@ -206,23 +206,3 @@ def _buckets(h: LatencyHistogram) -> list[tuple[str, float]]:
         cum += c
         out.append(("+Inf" if bound == float("inf") else repr(bound), cum))
     return out
-
-
-class _Spool(Protocol):
-    @property
-    def pending_bytes(self) -> int: ...
-
-
-class KafkaSinkLike(Protocol):
-    topic: str
-    records_sent: int
-    records_spooled: int
-    records_drained: int
-    producer_errors: int
-    spool: _Spool
-
-    @property
-    def records_dropped(self) -> int: ...
-
-    @property
-    def connected(self) -> bool: ...
