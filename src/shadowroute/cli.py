@@ -78,6 +78,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    if cfg.transport.kind != "kafka":
+        print(
+            "error: `compare` consumes from Kafka; with transport.kind 'embedded' the "
+            "comparator runs inside `serve`",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from shadowroute.comparator.kafka_source import run_compare
+
+    _run(run_compare(cfg))
+    return EXIT_OK
+
+
 def cmd_topics_create(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
@@ -109,10 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from shadowroute.demo.cli import add_demo_parser
+
+    add_demo_parser(sub)
+
     s = sub.add_parser("serve", help="run the proxy (and, embedded, the comparator and API)")
     s.add_argument("-c", "--config", required=True, help="YAML config file")
     s.add_argument("--workers", type=int, default=1, help="proxy processes sharing the port")
     s.set_defaults(func=cmd_serve)
+
+    cmp_ = sub.add_parser(
+        "compare", help="run a comparator (Kafka consumer group member) and the API"
+    )
+    cmp_.add_argument("-c", "--config", required=True, help="YAML config file (transport kafka)")
+    cmp_.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("topics", help="Kafka topic tools")
     tsub = t.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
