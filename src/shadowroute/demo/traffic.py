@@ -30,9 +30,13 @@ class TrafficStats:
         return float(np.percentile(self.latencies_ms, 50)) if self.latencies_ms else None
 
 
+def is_shifted(shift: Shift | None, fraction_done: float) -> bool:
+    return shift is not None and fraction_done >= shift.at
+
+
 def shifted_row(row: FloatArray, shift: Shift | None, fraction_done: float) -> FloatArray:
     """The row as the client sends it at this point of the run."""
-    if shift is None or fraction_done < shift.at:
+    if shift is None or not is_shifted(shift, fraction_done):
         return row
     out = row.copy()
     out[list(shift.features)] *= shift.factor
@@ -48,7 +52,7 @@ class TrafficPlan:
     run_tag: str
     """Prefix of request ids, unique per run."""
     max_in_flight: int = 64
-    timeout_s: float = 5.0
+    timeout_s: float = 10.0
     shift: Shift | None = None
 
     @property
@@ -111,7 +115,7 @@ async def send_traffic(
         await slots.acquire()
         fraction = i / plan.total
         row = shifted_row(x[i % len(x)], plan.shift, fraction)
-        stats.shifted = row is not x[i % len(x)]
+        stats.shifted = is_shifted(plan.shift, fraction)
         rid = f"{plan.run_tag}-{i:06d}"
         body = orjson.dumps(infer_request(row))
         task = asyncio.create_task(fire(body, rid), name=f"demo-request-{i}")

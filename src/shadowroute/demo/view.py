@@ -55,18 +55,19 @@ def decision_line(candidate: str, doc: dict[str, Any], primary: str) -> str:
 
 
 def production_line(doc: dict[str, Any] | None) -> str | None:
-    """Production quality and the worst drifting field, read defensively from the API."""
+    """Production quality (latest window), its degradation state and the worst drifting
+    input field, from ``GET /v1/routes/{route}/production``."""
     if not doc:
         return None
     parts: list[str] = []
-    quality = doc.get("quality")
-    if isinstance(quality, dict):
-        deg = quality.get("degradation")
-        if isinstance(deg, dict) and deg.get("state"):
-            parts.append(f"quality {deg['state']}")
-        value = quality.get("value")
+    series = doc.get("quality")
+    if isinstance(series, list) and series and isinstance(series[-1], dict):
+        value = series[-1].get("value")
         if isinstance(value, int | float):
-            parts.append(f"{quality.get('metric', 'quality')} {value:.3f}")
+            parts.append(f"{doc.get('metric', 'quality')} {value:.3f}")
+    deg = doc.get("degradation")
+    if isinstance(deg, dict) and deg.get("state"):
+        parts.append(f"degradation {deg['state']}")
     worst = worst_drift(doc)
     if worst is not None:
         name, psi, state = worst
@@ -75,16 +76,16 @@ def production_line(doc: dict[str, Any] | None) -> str | None:
 
 
 def worst_drift(doc: dict[str, Any]) -> tuple[str, float, str] | None:
+    """The input field with the highest PSI (production's own output excluded)."""
     drift = doc.get("drift")
-    fields = drift.get("fields") if isinstance(drift, dict) else None
     best: tuple[str, float, str] | None = None
-    if isinstance(fields, list):
-        for f in fields:
-            if not isinstance(f, dict):
+    if isinstance(drift, dict):
+        for name, f in drift.items():
+            if name == "output" or not isinstance(f, dict):
                 continue
             psi = f.get("psi")
             if isinstance(psi, int | float) and (best is None or psi > best[1]):
-                best = (str(f.get("field", "?")), float(psi), str(f.get("state", "?")))
+                best = (str(name), float(psi), str(f.get("state", "?")))
     return best
 
 
