@@ -63,13 +63,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     from shadowroute import runtime
 
-    if args.workers < 1:
-        print("error: --workers must be at least 1", file=sys.stderr)
+    if args.workers < 0:
+        print("error: --workers must be 0 (one process) or more", file=sys.stderr)
         return EXIT_USAGE
-    if args.workers > 1:
+    if args.workers >= 1:
         from shadowroute import workers
 
-        if cfg.listen.port == 0:
+        if cfg.listen.port == 0 and args.workers > 1:
             print("error: --workers needs a fixed listen.port (not 0)", file=sys.stderr)
             return EXIT_USAGE
 
@@ -134,7 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the proxy (and, embedded, the comparator and API)")
     s.add_argument("-c", "--config", required=True, help="YAML config file")
-    s.add_argument("--workers", type=int, default=1, help="proxy processes sharing the port")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-plane processes sharing the listen port; the comparator and API run in a "
+        "supervisor process beside them, off the proxy's core (0: everything in one process)",
+    )
     s.set_defaults(func=cmd_serve)
 
     cmp_ = sub.add_parser(

@@ -136,6 +136,7 @@ class WorkerSet:
         self.ready_flags: dict[int, bool] = {}
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.mirroring = True
+        self.stopping = False
 
     def stats(self) -> DataPlaneStats:
         total = DataPlaneStats()
@@ -144,6 +145,8 @@ class WorkerSet:
         return total
 
     def ready(self) -> bool:
+        if self.stopping:
+            return False
         return len(self.ready_flags) == self.n and all(self.ready_flags.values())
 
     def set_mirroring(self, enabled: bool) -> None:
@@ -223,6 +226,7 @@ async def supervise(config: Config, n: int) -> None:
         log.info("%d workers serving on %s:%d", n, config.listen.host, config.listen.port)
         await runtime.wait_for_signal()
         log.info("stopping workers")
+        workers.stopping = True
         for p in procs:
             if p.pid is not None:
                 with contextlib.suppress(ProcessLookupError):

@@ -122,6 +122,7 @@ class Proxy:
         self.drop_extra = frozenset({self.rid_header, self.control_header})
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.new_id = rid.IdGenerator()
 
     def route_for(self, host: bytes | None, path: bytes) -> RouteRuntime | None:
         for r in self.routes:
@@ -598,7 +599,7 @@ class ClientConnection(asyncio.Protocol):
             elif low == b"expect":
                 expect = value.strip().lower() == b"100-continue"
         if request_id is None:
-            request_id = rid.generate()
+            request_id = proxy.new_id()
         elif not rid.is_valid(request_id):
             raise _Reject(400, f"invalid {proxy.rid_header.decode()} header")
         path = url.split(b"?", 1)[0]
