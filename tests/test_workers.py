@@ -56,6 +56,7 @@ async def test_two_workers_share_the_port_and_stop_gracefully(
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
         "records": {"jsonl_path": str(tmp_path / "records")},
+        "comparator": {"state_path": str(tmp_path / "state.sqlite")},
         "routes": [
             {
                 "name": "r",
@@ -122,3 +123,56 @@ def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "--workers needs a fixed listen.port" in out.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+async def test_workers_exit_when_the_supervisor_dies(prod: ModelServer, tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    cfg = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "comparator": {"state_path": str(tmp_path / "state.sqlite")},
+        "routes": [
+            {"name": "r", "protocol": "kserve-v1", "production": {"name": "p", "url": prod.url}}
+        ],
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(  # noqa: ASYNC220 - killed below
+        [sys.executable, "-m", "shadowroute", "serve", "-c", str(path), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_ready(f"http://127.0.0.1:{admin}/readyz")
+        kids = _children(proc.pid)
+        assert len(kids) == 2
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(k) for k in kids):
+            await asyncio.sleep(0.1)
+        assert [k for k in kids if _alive(k)] == [], "workers outlived their supervisor"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

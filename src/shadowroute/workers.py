@@ -121,9 +121,15 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
     log.info("worker %d stopped", index)
 
 
-def _worker_main(config: Config, chan: socket.socket, index: int) -> None:
+def _worker_main(
+    config: Config, chan: socket.socket, index: int, inherited: list[socket.socket]
+) -> None:
     import uvloop
 
+    # Close the supervisor's ends of the other workers' channels that the fork copied here,
+    # so each worker sees end-of-file (and stops) when the supervisor goes away.
+    for other in inherited:
+        other.close()
     uvloop.run(_worker(config, chan, index))
 
 
@@ -186,7 +192,9 @@ async def supervise(config: Config, n: int) -> None:
     channels = []
     for i in range(n):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        proc = ctx_mp.Process(target=_worker_main, args=(config, child, i), name=f"worker-{i}")
+        proc = ctx_mp.Process(
+            target=_worker_main, args=(config, child, i, [parent, *channels]), name=f"worker-{i}"
+        )
         proc.start()
         child.close()
         procs.append(proc)
