@@ -1,6 +1,6 @@
 """The proxy benchmark: shadowroute's data plane against nginx, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_proxy.py            # 3 x 8 s per point, ~8 minutes
+    .venv/bin/python benchmarks/bench_proxy.py            # 3 x 8 s per point, ~9 minutes
     .venv/bin/python benchmarks/bench_proxy.py --quick    # 1 x 2 s per point
     .venv/bin/python benchmarks/bench_proxy.py --profile  # also a cProfile run of the proxy
 
@@ -14,10 +14,17 @@ Same upstreams, same load generator, same run for every case:
   sr-slow         shadowroute, 100% mirrored to a candidate that answers after 1 s
   nginx-slow      nginx + mirror to the same 1-s candidate
   sr-w2-mirror    shadowroute --workers 2, 100% mirror (the proxy may use both cores)
+  dp-nomirror     shadowroute's data plane alone (DataPlane + admin /metrics, records to a null
+  dp-mirror       sink, no comparator), without and with 100% mirroring
 
 Load: ``wrk -t1`` pinned to CPU 0 with a Lua script POSTing a ~300-byte JSON body; upstreams
 (nginx, one worker each) also on CPU 0; the proxy under test alone on CPU 1 (``--workers 2``:
-CPUs 0-1). Only 127.0.0.1. Every process started here is stopped at the end, also on Ctrl-C.
+CPUs 0-1). All proxies run at once (idle between their turns) and the cases are interleaved:
+each repetition runs every case in turn. Only 127.0.0.1. Every process started here is stopped
+at the end, also on Ctrl-C.
+
+``--python-O`` runs shadowroute as ``python -O -m shadowroute`` (asserts off); the default is
+``python -m shadowroute``, the same code as the ``shadowroute`` console script.
 
 Per point: req/s, client p50/p99 (wrk), the proxy's CPU µs per request (utime+stime of the
 proxy's process tree from /proc, before/after, over requests completed), requests seen by
@@ -32,6 +39,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -197,14 +205,25 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
-def cpu_seconds(root: int) -> float:
-    total = 0
+def cpu_times(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``root`` and its descendants."""
+    user = system = 0
     for pid in tree_pids(root):
         with contextlib.suppress(OSError, IndexError, ValueError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def core_busy(cpu: str) -> float:
+    """Seconds CPU ``cpu`` has spent not idle (from /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            f = [int(x) for x in line.split()[1:]]
+            return (sum(f[:8]) - f[3] - f[4]) / CLK_TCK  # minus idle and iowait
+    raise ValueError(f"no cpu{cpu} in /proc/stat")
 
 
 def rss_mib(root: int) -> float:
@@ -324,6 +343,27 @@ def run_slow_server(port: int, delay: float) -> None:
 # --- shadowroute -----------------------------------------------------------------------------
 
 
+def run_dataplane_only(config_path: str) -> None:
+    """The data plane alone, pair records to a null sink (no comparator), admin /metrics on."""
+    import uvloop
+
+    from shadowroute import runtime
+    from shadowroute.core.config import load_config
+    from shadowroute.dataplane.server import DataPlane
+    from shadowroute.stream.sink import FanoutSink
+
+    async def main() -> None:
+        config = load_config(config_path)
+        dp = DataPlane(config, FanoutSink([]))
+        await dp.start()
+        ctx = runtime.dataplane_context(config, dp)
+        async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
+            await runtime.wait_for_signal()
+        await dp.stop()
+
+    uvloop.run(main())
+
+
 def shadowroute_config(
     workdir: Path, name: str, port: int, admin: int, prod: int, cand: int | None
 ) -> Path:
@@ -351,12 +391,15 @@ def shadowroute_config(
 _METRIC = re.compile(r"^shadowroute_(\w+?)(?:_total)?(?:\{([^}]*)\})? ([0-9.eE+-]+)$")
 
 
+COUNTERS = ("requests", "mirror_requests", "records_", "extract_failed", "candidate_pairs")
+
+
 def sr_metrics(admin: int) -> dict[str, float]:
     """Flat {name[label=value,...]: value} from the admin /metrics, counters only."""
     out: dict[str, float] = {}
     for line in http_get(admin, "/metrics").splitlines():
         m = _METRIC.match(line)
-        if m and not m.group(1).startswith("upstream_latency"):
+        if m and m.group(1).startswith(COUNTERS):
             labels = m.group(2) or ""
             keep = ",".join(p for p in labels.split(",") if p.startswith(("outcome", "class")))
             key = m.group(1) + (f"[{keep}]" if keep else "")
@@ -381,6 +424,10 @@ class Point:
     prod_seen: int
     cand_seen: int | None
     metrics: dict[str, float] = field(default_factory=dict)
+    other_cpu: float = 0.0
+    """Share of the proxy's core busy with anything but the proxy during the run."""
+    user_share: float | None = None
+    """Share of the proxy's CPU time spent in user mode (the rest is the kernel)."""
 
 
 def run_wrk(port: int, conns: int, seconds: float, lua: Path) -> dict[str, Any]:
@@ -405,6 +452,7 @@ class Case:
     cand_count: Callable[[], int] | None
     admin: int | None = None
     settle_s: float = 0.3
+    workers: int = 1
     notes: list[str] = field(default_factory=list)
 
 
@@ -422,27 +470,40 @@ class Bench:
         print(text, flush=True)
         self.raw.append(text)
 
-    def measure(self, case: Case) -> list[Point]:
+    def measure(self, cases: list[Case]) -> list[Point]:
+        """Every case at every connection count, round-robin per repetition, so that outside
+        load on the machine falls on all cases alike."""
         points = []
-        run_wrk(case.port, 8, min(1.0, self.seconds), self.lua)  # warm-up
-        time.sleep(case.settle_s)
-        rss0 = rss_mib(case.proxy_pid) if case.proxy_pid else None
-        for conns in self.conns:
-            for rep in range(self.reps):
-                points.append(self.one(case, conns, rep))
-        if case.proxy_pid:
-            rss1 = rss_mib(case.proxy_pid)
-            self.say(f"  {case.name}: proxy RSS {rss0:.1f} MiB -> {rss1:.1f} MiB")
-            case.notes.append(f"RSS {rss0:.0f}->{rss1:.0f} MiB")
+        rss0 = {}
+        for case in cases:
+            run_wrk(case.port, 8, min(1.0, self.seconds), self.lua)  # warm-up
+            time.sleep(case.settle_s)
+            if case.proxy_pid:
+                rss0[case.name] = rss_mib(case.proxy_pid)
+        for rep in range(self.reps):
+            for conns in self.conns:
+                self.say(f"## repetition {rep}, {conns} connections")
+                for case in cases:
+                    points.append(self.one(case, conns, rep))
+        for case in cases:
+            if case.proxy_pid:
+                rss1 = rss_mib(case.proxy_pid)
+                self.say(f"  {case.name}: RSS {rss0[case.name]:.1f} MiB -> {rss1:.1f} MiB")
         return points
 
     def one(self, case: Case, conns: int, rep: int) -> Point:
         prod0 = stub_requests(self.prod_port)
         cand0 = case.cand_count() if case.cand_count else None
         met0 = sr_metrics(case.admin) if case.admin else {}
-        cpu0 = cpu_seconds(case.proxy_pid) if case.proxy_pid else 0.0
+        user0, sys0 = cpu_times(case.proxy_pid) if case.proxy_pid else (0.0, 0.0)
+        core0 = core_busy(PROXY_CPU)
         res = run_wrk(case.port, conns, self.seconds, self.lua)
-        cpu1 = cpu_seconds(case.proxy_pid) if case.proxy_pid else 0.0
+        user1, sys1 = cpu_times(case.proxy_pid) if case.proxy_pid else (0.0, 0.0)
+        cpu0, cpu1 = user0 + sys0, user1 + sys1
+        core1 = core_busy(PROXY_CPU)
+        wall = res["duration_us"] / 1e6
+        # --workers spreads the proxy over both cores: no "other" figure then.
+        other = ((core1 - core0) - (cpu1 - cpu0)) / wall if case.workers == 1 else math.nan
         time.sleep(case.settle_s)  # let mirrors finish and worker snapshots arrive
         prod1 = stub_requests(self.prod_port)
         cand1 = case.cand_count() if case.cand_count else None
@@ -462,12 +523,17 @@ class Bench:
             prod_seen=prod1 - prod0,
             cand_seen=(cand1 - cand0) if cand0 is not None and cand1 is not None else None,
             metrics={k: v - met0.get(k, 0.0) for k, v in met1.items() if v - met0.get(k, 0.0)},
+            other_cpu=other,
+            user_share=(user1 - user0) / (cpu1 - cpu0) if cpu1 > cpu0 else None,
         )
         cpu = f"{point.cpu_us:.1f}" if point.cpu_us is not None else "-"
+        if point.user_share is not None:
+            cpu += f" ({point.user_share:.0%} user)"
         self.say(
             f"  {case.name:13s} c{conns:<3d} rep{rep} {point.rps:9.0f} req/s "
             f"p50 {point.p50_ms:7.3f} p99 {point.p99_ms:8.3f} ms  cpu {cpu} us/req  "
-            f"n={n} prod={point.prod_seen} cand={point.cand_seen} err={errors}"
+            f"n={n} prod={point.prod_seen} cand={point.cand_seen} err={errors} "
+            f"cpu{PROXY_CPU}-busy-other={other:.0%}"
         )
         if point.metrics:
             self.say(f"    metrics delta: {json.dumps(point.metrics, sort_keys=True)}")
@@ -505,15 +571,18 @@ def shadowroute_proxy(
     optimize: bool,
     workers: int = 1,
     profile: Path | None = None,
+    dataplane_only: bool = False,
 ) -> Iterator[tuple[int, int, int]]:
     port, admin = free_port(), free_port()
     cfg = shadowroute_config(procs.workdir, name, port, admin, prod, cand)
     opt = ["-O"] if optimize else []
     if profile is not None:
-        argv = [sys.executable, *opt, "-m", "cProfile", "-o", str(profile), "-m", "shadowroute"]
+        opt += ["-m", "cProfile", "-o", str(profile)]
+    if dataplane_only:
+        argv = [sys.executable, *opt, str(Path(__file__).resolve()), "--dataplane-only", str(cfg)]
     else:
-        argv = [sys.executable, *opt, "-m", "shadowroute"]
-    argv += ["--log-level", "warning", "serve", "-c", str(cfg)]
+        argv = [sys.executable, *opt, "-m", "shadowroute", "--log-level", "warning"]
+        argv += ["serve", "-c", str(cfg)]
     if workers > 1:
         argv += ["--workers", str(workers)]
     proc = procs.start(name, argv, BOTH_CPUS if workers > 1 else PROXY_CPU)
@@ -533,6 +602,48 @@ def shadowroute_proxy(
             print(f"  {name} exited with {rc}:\n{procs.log_tail(name)}", flush=True)
 
 
+def start_case(
+    stack: contextlib.ExitStack,
+    procs: Procs,
+    name: str,
+    prod_port: int,
+    cand_port: int,
+    slow_port: int,
+    optimize: bool,
+) -> Case:
+    def cand_stub() -> int:
+        return stub_requests(cand_port)
+
+    def cand_slow() -> int:
+        return int(http_get(slow_port, "/__count"))
+
+    slow = name.endswith("-slow")
+    count = cand_slow if slow else cand_stub
+    settle = 2.5 if slow else 0.3
+    if name == "direct":
+        return Case(name, prod_port, None, None)
+    if name.startswith("nginx"):
+        mirror = name != "nginx"
+        target = slow_port if slow else cand_port
+        port, pid = stack.enter_context(nginx_proxy(procs, name, prod_port, target, mirror))
+        return Case(name, port, pid, count if mirror else None, settle_s=settle)
+    cand = None if name.endswith("-nomirror") else slow_port if slow else cand_port
+    workers = 2 if name == "sr-w2-mirror" else 1
+    port, admin, pid = stack.enter_context(
+        shadowroute_proxy(
+            procs,
+            name,
+            prod_port,
+            cand,
+            optimize=optimize,
+            workers=workers,
+            dataplane_only=name.startswith("dp-"),
+        )
+    )
+    settle = max(settle, 1.2) if workers > 1 else settle  # worker counter snapshots: 0.5 s
+    return Case(name, port, pid, count if cand else None, admin, settle, workers=workers)
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -544,8 +655,12 @@ def med(values: Sequence[float]) -> float:
 
 
 def summarise(
-    points: list[Point], conns: list[int]
+    points: list[Point], conns: list[int], best: bool = False
 ) -> tuple[str, dict[tuple[str, int], dict[str, Any]]]:
+    """The table of medians over repetitions, or with ``best`` the best repetition per figure
+    (highest req/s, lowest latency and CPU): the capacity least disturbed by outside load."""
+    hi: Callable[[Sequence[float]], float] = max if best else med
+    lo: Callable[[Sequence[float]], float] = min if best else med
     cases = list(dict.fromkeys(p.case for p in points))
     agg: dict[tuple[str, int], dict[str, Any]] = {}
     for case in cases:
@@ -556,21 +671,22 @@ def summarise(
             cpu = [p.cpu_us for p in pts if p.cpu_us is not None]
             cand = [p.cand_seen for p in pts if p.cand_seen is not None]
             agg[(case, c)] = {
-                "rps": med([p.rps for p in pts]),
-                "p50": med([p.p50_ms for p in pts]),
-                "p99": med([p.p99_ms for p in pts]),
-                "cpu": med(cpu) if cpu else None,
+                "rps": hi([p.rps for p in pts]),
+                "p50": lo([p.p50_ms for p in pts]),
+                "p99": lo([p.p99_ms for p in pts]),
+                "cpu": lo(cpu) if cpu else None,
                 "errors": sum(sum(p.errors.values()) for p in pts),
                 "non2xx": sum(p.errors["status"] for p in pts),
                 "client": sum(p.requests for p in pts),
                 "prod": sum(p.prod_seen for p in pts),
                 "cand": sum(cand) if cand else None,
                 "dropped": sum(p.metrics.get(DROPPED_FULL, 0) for p in pts),
+                "other": med([p.other_cpu for p in pts]),
             }
     lines = [
         "| case | conns | req/s | × nginx-mirror | p50 ms | p99 ms | proxy CPU µs/req "
-        "| candidate / client requests | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| candidate / client requests | errors | other load on proxy core |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         for c in conns:
@@ -580,6 +696,7 @@ def summarise(
             ref = agg.get(("nginx-mirror", c))
             ratio = f"{a['rps'] / ref['rps']:.2f}" if ref else "-"
             cpu_text = f"{a['cpu']:.1f}" if a["cpu"] is not None else "-"
+            other = "-" if math.isnan(a["other"]) else f"{a['other']:.0%}"
             if a["cand"] is None:
                 comp = "-"
             else:
@@ -588,7 +705,7 @@ def summarise(
                     comp += f", {int(a['dropped'])} dropped (full)"
             lines.append(
                 f"| {case} | {c} | {a['rps']:,.0f} | {ratio} | {a['p50']:.3f} | {a['p99']:.3f} "
-                f"| {cpu_text} | {comp} | {a['errors']} |"
+                f"| {cpu_text} | {comp} | {a['errors']} | {other} |"
             )
     return "\n".join(lines), agg
 
@@ -634,7 +751,7 @@ def verdicts(agg: dict[tuple[str, int], dict[str, Any]], conns: list[int]) -> li
 
 ALL_CASES = (
     "direct", "nginx", "sr-nomirror", "sr-mirror", "nginx-mirror", "sr-slow", "nginx-slow",
-    "sr-w2-mirror",
+    "sr-w2-mirror", "dp-nomirror", "dp-mirror",
 )  # fmt: skip
 
 
@@ -644,7 +761,9 @@ def profile_run(
     import pstats
 
     prof = procs.workdir / "proxy.prof"
-    with shadowroute_proxy(procs, "sr-profile", prod, cand, optimize=optimize, profile=prof) as (
+    with shadowroute_proxy(
+        procs, "sr-profile", prod, cand, optimize=optimize, profile=prof, dataplane_only=True
+    ) as (
         port,
         _admin,
         _pid,
@@ -660,7 +779,6 @@ def profile_run(
         time.sleep(0.1)
     if not prof.exists():
         return "(no profile written)"
-    shutil.copy(prof, HERE / "results" / "proxy.prof")
     import io
 
     buf = io.StringIO()
@@ -686,7 +804,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="do not write README/results")
     p.add_argument("--note", default="", help="text appended under the README table")
     p.add_argument("--slow-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--dataplane-only", metavar="CONFIG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.dataplane_only:
+        run_dataplane_only(args.dataplane_only)
+        return 0
     if args.slow_upstream:
         run_slow_server(args.slow_upstream, 1.0)
         return 0
@@ -734,52 +856,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.reps} x {args.seconds:g} s per point, median"
         )
         bench.say(f"# {platform_line()}")
-
-        def cand_stub() -> int:
-            return stub_requests(cand_port)
-
-        def cand_slow() -> int:
-            return int(http_get(slow_port, "/__count"))
-
+        bench.say(
+            f"# cases interleaved: each repetition runs every case in turn; "
+            f"cpu{PROXY_CPU}-busy-other = share of the proxy's core used by other processes"
+        )
+        with contextlib.ExitStack() as stack:
+            running = [
+                start_case(stack, procs, name, prod_port, cand_port, slow_port, args.optimize)
+                for name in cases
+            ]
+            points += bench.measure(running)
         for name in cases:
-            bench.say(f"## {name}")
-            if name == "direct":
-                points += bench.measure(Case(name, prod_port, None, None))
-            elif name in ("nginx", "nginx-mirror", "nginx-slow"):
-                target = slow_port if name == "nginx-slow" else cand_port
-                count = cand_slow if name == "nginx-slow" else cand_stub
-                mirror = name != "nginx"
-                with nginx_proxy(procs, name, prod_port, target, mirror) as (port, pid):
-                    settle = 2.5 if name == "nginx-slow" else 0.3
-                    case = Case(name, port, pid, count if mirror else None, settle_s=settle)
-                    points += bench.measure(case)
-            else:
-                cand: int | None = {"sr-nomirror": None, "sr-slow": slow_port}.get(name, cand_port)
-                count = cand_slow if name == "sr-slow" else cand_stub
-                workers = 2 if name == "sr-w2-mirror" else 1
-                with shadowroute_proxy(
-                    procs, name, prod_port, cand, optimize=args.optimize, workers=workers
-                ) as (port, admin, pid):
-                    settle = 2.5 if name == "sr-slow" else 1.2 if workers > 1 else 0.3
-                    case = Case(name, port, pid, count if cand else None, admin, settle)
-                    points += bench.measure(case)
+            if name.startswith(("sr-", "dp-")):
                 bench.say(f"  {name} log tail:\n{procs.log_tail(name, 10) or '  (empty)'}")
         if args.profile:
-            bench.say("## cProfile of shadowroute serve, 100% mirror (single worker)")
+            bench.say("## cProfile of the data plane alone (dp-mirror setup), 100% mirror")
             profile_text = profile_run(
                 procs, bench, prod_port, cand_port, max(args.seconds, 5.0), args.optimize
             )
             bench.say(profile_text)
     except KeyboardInterrupt:
         print("interrupted; stopping everything", file=sys.stderr)
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
         return 130
+    except Exception:
+        print(f"failed; logs kept in {workdir}", file=sys.stderr)
+        raise
     finally:
         procs.stop_all()
     assert bench is not None
     table, agg = summarise(points, conns)
     checks = verdicts(agg, conns)
-    bench.say("\n" + table + "\n")
+    best_table, best_agg = summarise(points, conns, best=True)
+    best_checks = verdicts(best_agg, conns)
+    bench.say("\nMedian of the repetitions:\n\n" + table + "\n")
     bench.say("\n".join(checks))
+    bench.say("\nBest repetition per figure:\n\n" + best_table + "\n")
+    bench.say("\n".join(best_checks))
+    table = (
+        "Median of the repetitions:\n\n"
+        + table
+        + "\n\n"
+        + "\n".join(checks)
+        + "\n\nBest repetition per figure (least disturbed by other load on the machine):\n\n"
+        + best_table
+    )
+    checks = best_checks
     if not args.no_write:
         write_outputs(bench, cmd, started, table, checks, args.note)
     shutil.rmtree(workdir, ignore_errors=True)
@@ -809,12 +932,21 @@ same load generator, and reports ratios against nginx-with-mirror measured in th
   nginx plus `mirror /mirror;` with `internal; proxy_pass` to the candidate), `sr-slow` /
   `nginx-slow` (the candidate answers after 1 s; shadowroute's candidate timeout 2 s,
   max_in_flight 128, so excess mirrors are dropped and counted), `sr-w2-mirror`
-  (`serve --workers 2`, 100% mirror).
-- Columns: median of the repetitions; proxy CPU = utime+stime of the proxy's process tree
+  (`serve --workers 2`, 100% mirror), `dp-nomirror` / `dp-mirror` (the data plane alone:
+  `DataPlane` plus the admin `/metrics`, pair records to a null sink, no comparator).
+- `sr-*` cases run `python -m shadowroute serve` (the console script's code; `--python-O`
+  adds `-O`). With `transport: embedded` that includes the embedded comparator, which
+  consumes the pair records in the same process.
+- All proxies are started at once and the cases are interleaved (each repetition runs
+  every case in turn), so outside load on the machine falls on all of them alike.
+- Columns: median of the repetitions (a second table takes the best repetition per figure:
+  highest req/s, lowest latency and CPU); proxy CPU = utime+stime of the proxy's process tree
   (for `--workers`, supervisor plus workers) over requests completed; candidate / client =
   requests the candidate received (nginx `stub_status` or the slow server's counter) over
   requests wrk completed, summed over repetitions (a few more than 100% is requests in flight
-  when wrk stops).
+  when wrk stops); other load on proxy core = share of CPU 1 busy with processes other
+  than the proxy during the run (from /proc/stat; "-" for `--workers`), a measure of how
+  disturbed the point is (for `direct` it is whatever else ran on CPU 1).
 - Templates: `benchmarks/nginx/upstream.conf`, `benchmarks/nginx/proxy_mirror.conf`.
   Raw output, including shadowroute's mirror-outcome counters per run and the cProfile
   listing (`--profile`), goes to `benchmarks/results/proxy-<date>.txt`.

@@ -189,7 +189,7 @@ async def supervise(config: Config, n: int) -> None:
     kafka_labels: KafkaSink | None = None
     extra: list[Sink] = []
     # Fork the workers before this process opens SQLite files or Kafka connections.
-    channels = []
+    channels: list[socket.socket] = []
     for i in range(n):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         proc = ctx_mp.Process(

@@ -15,7 +15,12 @@ from typing import Protocol
 from aiohttp import web
 
 from shadowroute.api.app import check_token, error, json_response
-from shadowroute.core.records import LabelRecord, encode_label, parse_label_batch
+from shadowroute.core.records import (
+    LabelRecord,
+    encode_label,
+    label_partition_key,
+    parse_label_batch,
+)
 from shadowroute.stream.sink import Sink
 
 MAX_REPORTED_ERRORS = 1000
@@ -26,13 +31,14 @@ class LabelWriter(Protocol):
 
 
 class SinkLabelWriter:
-    """Labels to a record sink (the Kafka labels topic): key = request id."""
+    """Labels to a record sink (the Kafka labels topic), keyed by request id so that a label
+    lands in its pair's partition (``X`` for an instance label ``X#i``)."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
     async def write_labels(self, labels: Sequence[LabelRecord]) -> None:
-        await self.sink.write([(lab.id.encode(), encode_label(lab)) for lab in labels])
+        await self.sink.write([(label_partition_key(lab.id), encode_label(lab)) for lab in labels])
 
 
 def label_routes(writer: LabelWriter) -> list[web.RouteDef]:

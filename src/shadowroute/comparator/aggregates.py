@@ -26,7 +26,7 @@ from shadowroute.core.stats.paired import MetricSpec, PairedMetric, metric_spec
 from shadowroute.core.stats.policy import metric_alpha
 from shadowroute.core.stats.sketch import Sketch
 
-__all__ = ["WINDOW_MS", "CandidateState", "PairRow", "LabelledRow", "new_candidate_state"]
+__all__ = ["WINDOW_MS", "CandidateState", "LabelledRow", "PairRow", "new_candidate_state"]
 
 WINDOW_MS: Final = {"hour": HOUR_MS, "day": DAY_MS}
 # The multiclass Brier score lies in [0, 2]: its paired difference is scaled by ½.
@@ -84,67 +84,90 @@ class CandidateState:
     """pairs, instances, labelled, invalid, orphan_pairs, similarity_{n,sum}, delta_{n,abs,rel},
     mcnemar_b/c, and ``error:<side>:<reason>`` per model."""
     by_window: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    last_ts: int = 0
+    """The newest pair timestamp scored (ms)."""
 
     # --- updates ----------------------------------------------------------------------------
 
-    def _win(self, ts: int) -> list[dict[str, float]]:
-        out = []
+    def _add_windows(self, ts: Sequence[int], columns: Mapping[str, Sequence[float]]) -> None:
+        """Add per-row values into their windows (one numpy pass per window size)."""
+        if not ts:
+            return
+        t = np.asarray(ts, dtype=np.int64)
+        cols = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
         for name in self.windows:
             ms = WINDOW_MS[name]
-            out.append(self.by_window.setdefault(name, {}).setdefault(ts - ts % ms, {}))
-        return out
+            starts, inv = np.unique(t - t % ms, return_inverse=True)
+            wins = self.by_window.setdefault(name, {})
+            sums = {k: np.bincount(inv, weights=v, minlength=starts.size) for k, v in cols.items()}
+            for i, start in enumerate(starts.tolist()):
+                cell = wins.setdefault(start, {})
+                for k, v in sums.items():
+                    _add(cell, k, float(v[i]))
 
     def add_pairs(self, rows: Sequence[PairRow]) -> None:
         """Unlabelled scores: errors, latency, agreement, deltas, similarity."""
         if not rows:
             return
         task = self.task
-        prod_err = np.array([r.prod_error is not None for r in rows], dtype=np.float64)
-        cand_err = np.array([r.cand_error is not None for r in rows], dtype=np.float64)
-        prod_to = np.array([r.prod_error == "timeout" for r in rows], dtype=np.float64)
-        cand_to = np.array([r.cand_error == "timeout" for r in rows], dtype=np.float64)
+        prod_err = [float(r.prod_error is not None) for r in rows]
+        cand_err = [float(r.cand_error is not None) for r in rows]
+        prod_to = [float(r.prod_error == "timeout") for r in rows]
+        cand_to = [float(r.cand_error == "timeout") for r in rows]
         self.error_rate.update(prod_err, cand_err)
         self.timeout_rate.update(prod_to, cand_to)
         lp = [r.prod_latency for r in rows if r.prod_latency is not None]
         lc = [r.cand_latency for r in rows if r.cand_latency is not None]
         self.latency_prod.add_many(lp)
         self.latency_cand.add_many(lc)
-        agreed: list[float] = []
+        ts = [r.ts for r in rows]
+        self.last_ts = max(self.last_ts, max(ts))
         c = self.counts
+        _add(c, "pairs", len(rows))
         for r in rows:
-            wins = self._win(r.ts)
-            _add(c, "pairs", 1)
-            for side, err in (("production", r.prod_error), ("candidate", r.cand_error)):
-                if err is not None:
-                    _add(c, f"error:{side}:{err}", 1)
-            for w in wins:
-                _add(w, "pairs", 1)
-                _add(w, "prod_error", float(r.prod_error is not None))
-                _add(w, "cand_error", float(r.cand_error is not None))
-                _add(w, "prod_timeout", float(r.prod_error == "timeout"))
-                _add(w, "cand_timeout", float(r.cand_error == "timeout"))
+            if r.prod_error is not None:
+                _add(c, f"error:production:{r.prod_error}", 1)
+            if r.cand_error is not None:
+                _add(c, f"error:candidate:{r.cand_error}", 1)
+        agreed: list[float] = []
+        agree_ts: list[int] = []
+        instances = invalid = 0
+        for r in rows:
             if r.prod_output is None or r.cand_output is None:
                 continue
             for p, q in zip(r.prod_output, r.cand_output, strict=False):
                 a = scoring.agree(task, p, q)
-                _add(c, "instances", 1)
+                instances += 1
                 if a is None:
-                    _add(c, "invalid", 1)
+                    invalid += 1
                     continue
                 agreed.append(1.0 if a else 0.0)
-                for w in wins:
-                    _add(w, "agree_n", 1)
-                    _add(w, "agree", 1.0 if a else 0.0)
+                agree_ts.append(r.ts)
                 d = scoring.delta(task, p, q)
                 if d is not None:
                     _add(c, "delta_n", 1)
                     _add(c, "delta_abs", d[0])
                     _add(c, "delta_rel", d[1])
                 if task == "text":
-                    s = scoring.similarity(p, q)
-                    if s is not None:
+                    sim = scoring.similarity(p, q)
+                    if sim is not None:
                         _add(c, "similarity_n", 1)
-                        _add(c, "similarity_sum", s)
+                        _add(c, "similarity_sum", sim)
+        _add(c, "instances", instances)
+        if invalid:
+            _add(c, "invalid", invalid)
+        ones = [1.0] * len(rows)
+        self._add_windows(
+            ts,
+            {
+                "pairs": ones,
+                "prod_error": prod_err,
+                "cand_error": cand_err,
+                "prod_timeout": prod_to,
+                "cand_timeout": cand_to,
+            },
+        )
+        self._add_windows(agree_ts, {"agree_n": [1.0] * len(agreed), "agree": agreed})
         self.agreement.update_rate(np.asarray(agreed, dtype=np.float64))
 
     def add_labelled(self, rows: Sequence[LabelledRow], classes: Sequence[str] | None) -> None:
@@ -152,6 +175,7 @@ class CandidateState:
         names = scoring.LABELLED_METRICS[self.task]
         prod_vals: list[tuple[float, ...]] = []
         cand_vals: list[tuple[float, ...]] = []
+        ts: list[int] = []
         c = self.counts
         for r in rows:
             qp = scoring.quality(self.task, r.prod, r.label, classes)
@@ -161,20 +185,20 @@ class CandidateState:
                 continue
             prod_vals.append(qp)
             cand_vals.append(qc)
-            _add(c, "labelled", 1)
-            if names[0] in ("accuracy", "exact_match"):
-                _add(c, "mcnemar_b", float(qc[0] > qp[0]))
-                _add(c, "mcnemar_c", float(qp[0] > qc[0]))
-            for w in self._win(r.ts):
-                _add(w, "labelled", 1)
-                for i, name in enumerate(names):
-                    _add(w, f"{name}.prod", qp[i])
-                    _add(w, f"{name}.cand", qc[i])
+            ts.append(r.ts)
         if not prod_vals:
             return
         p, q = np.asarray(prod_vals), np.asarray(cand_vals)
+        _add(c, "labelled", len(ts))
+        if names[0] in ("accuracy", "exact_match"):
+            _add(c, "mcnemar_b", float(np.sum(q[:, 0] > p[:, 0])))
+            _add(c, "mcnemar_c", float(np.sum(p[:, 0] > q[:, 0])))
+        cols: dict[str, Sequence[float]] = {"labelled": [1.0] * len(ts)}
         for i, name in enumerate(names):
+            cols[f"{name}.prod"] = p[:, i].tolist()
+            cols[f"{name}.cand"] = q[:, i].tolist()
             self.quality[name].update(p[:, i], q[:, i])
+        self._add_windows(ts, cols)
 
     def add_orphans(self, n: int) -> None:
         _add(self.counts, "orphan_pairs", n)
@@ -208,6 +232,7 @@ class CandidateState:
             latency_cand=self.latency_cand.merge(other.latency_cand),
             counts=counts,
             by_window=by_window,
+            last_ts=max(self.last_ts, other.last_ts),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,6 +248,7 @@ class CandidateState:
             "latency_prod": self.latency_prod.to_dict(),
             "latency_cand": self.latency_cand.to_dict(),
             "counts": dict(sorted(self.counts.items())),
+            "last_ts": self.last_ts,
             "by_window": {
                 name: [[start, sums] for start, sums in sorted(wins.items())]
                 for name, wins in self.by_window.items()
@@ -247,6 +273,7 @@ class CandidateState:
                 name: {int(s): {str(k): float(v) for k, v in sums.items()} for s, sums in wins}
                 for name, wins in data["by_window"].items()
             },
+            last_ts=int(data.get("last_ts", 0)),
         )
 
     # --- reading ----------------------------------------------------------------------------

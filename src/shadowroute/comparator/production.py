@@ -172,6 +172,26 @@ class ProductionState:
             self._count("errors")
         self.coverage.add_predictions([ts] * instances)
 
+    def add_requests(self, reqs: Sequence[tuple[int, bool, int]]) -> None:
+        """(ts, production failed, instances) of requests, in arrival order."""
+        self._count("requests", len(reqs))
+        self._count("instances", sum(r[2] for r in reqs))
+        failed = sum(1 for r in reqs if r[1])
+        if failed:
+            self._count("errors", failed)
+        self.coverage.add_predictions([r[0] for r in reqs for _ in range(r[2])])
+
+    def add_drift_items(self, name: str, items: Sequence[tuple[int, Any]]) -> None:
+        """(window start, value) of one field, in arrival order."""
+        f = self.drift.get(name)
+        if f is None:
+            return
+        start = 0
+        for i in range(1, len(items) + 1):
+            if i == len(items) or items[i][0] != items[start][0]:
+                f.add(items[start][0], [v for _, v in items[start:i]])
+                start = i
+
     def add_drift(self, ts: int, fields: Mapping[str, list[Any]]) -> None:
         w = ts - ts % self.window_ms
         for name, values in fields.items():

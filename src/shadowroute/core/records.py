@@ -44,6 +44,7 @@ __all__ = [
     "encode_label",
     "encode_pair",
     "is_valid_id",
+    "label_partition_key",
     "parse_label_batch",
     "parse_label_csv",
     "redact_input",
@@ -148,9 +149,11 @@ def encode_pair(
         "input": input,
     }
     try:
-        return orjson.dumps(record)
+        encoded = orjson.dumps(record)
     except orjson.JSONEncodeError as exc:
         raise ValueError(f"pair record cannot be encoded: {exc}") from None
+    # orjson's result keeps its over-allocated buffer (~4 KiB); a queue of records must not.
+    return bytes(memoryview(encoded))
 
 
 def _side_dict(side: Side) -> dict[str, Any]:
@@ -216,6 +219,13 @@ def _side(obj: Any, where: str) -> Side:
 
 
 # --- label records ----------------------------------------------------------------------------
+
+
+def label_partition_key(label_id: str) -> bytes:
+    """The Kafka key to produce a label with: its request id (``X`` for an instance label
+    ``X#i`` of a batched request), so that it lands in the partition of its pair."""
+    head, sep, tail = label_id.rpartition("#")
+    return (head if sep and head and tail.isdigit() else label_id).encode()
 
 
 def encode_label(label: LabelRecord) -> bytes:

@@ -1,0 +1,262 @@
+"""Comparator benchmark: throughput, memory with pending joins, verdict latency, scoring cost.
+
+    .venv/bin/python benchmarks/bench_comparator.py [--pairs 100000] [--pending 1000000]
+        [--kafka | --no-kafka]
+
+- in-process: ``Engine.process`` in batches of 20,000 (decode, join, score, SQLite commit);
+- from Kafka: one ``KafkaComparator`` consuming a 3-partition topic pair from a real broker
+  (``$SHADOWROUTE_TEST_KAFKA``, or one started with ``tests/kafka_harness.py``);
+- RSS (peak, VmHWM) of a process holding ``--pending`` pair records whose labels never came;
+- time from the deciding labels to the verdict change (embedded comparator, 200 ms flush);
+- the scoring core (paired CS, McNemar, paired t, per-window sums) against pandas + scipy on
+  the same labelled data (throughput ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from shadowroute.comparator.aggregates import LabelledRow, new_candidate_state  # noqa: E402
+from shadowroute.comparator.embedded import Comparator  # noqa: E402
+from shadowroute.comparator.engine import Engine  # noqa: E402
+from shadowroute.comparator.store import Store  # noqa: E402
+from test_comparator_gen import T0, classification, config, pair  # noqa: E402
+
+BATCH = 20_000
+
+
+def in_process(n: int, with_labels: bool) -> float:
+    s = classification(n, seed=1, label_share=1.0 if with_labels else 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.sqlite"
+        engine = Engine(config(str(path)), Store(path))
+        started = time.perf_counter()
+        for i in range(0, n, BATCH):
+            engine.process(0, s.pairs[i : i + BATCH], s.labels[i : i + BATCH])
+        elapsed = time.perf_counter() - started
+        engine.store.close()
+    return n / elapsed
+
+
+def _rss_child(n: int) -> None:
+    """Run in a child process: hold n pending joins, print peak RSS in MiB."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.sqlite"
+        engine = Engine(config(str(path), ttl_s=30 * 86400), Store(path))
+        for start in range(0, n, BATCH):
+            # copies: encode_pair's orjson output keeps a 4 KiB buffer per record; records read
+            # from Kafka or a socket are exact-size bytes.
+            batch = [
+                (
+                    f"p{i}".encode(),
+                    bytes(memoryview(pair(f"p{i}", T0 + i, [i % 2], [1 - i % 2], amount=i % 97))),
+                )
+                for i in range(start, min(start + BATCH, n))
+            ]
+            engine.process(0, batch, [])
+        pending = engine.store.pending_count()
+        with open(f"/proc/{os.getpid()}/status") as fh:
+            status = dict(line.split(":", 1) for line in fh if ":" in line)
+        peak = int(status["VmHWM"].split()[0]) / 1024
+        now = int(status["VmRSS"].split()[0]) / 1024
+        print(f"{pending} {peak:.1f} {now:.1f} {path.stat().st_size / 2**20:.0f}")
+
+
+def rss_with_pending(n: int) -> tuple[int, float, float, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return int(out[0]), float(out[1]), float(out[2]), float(out[3])
+
+
+async def verdict_latency(runs: int = 5) -> list[float]:
+    out = []
+    for seed in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            comp = Comparator(config(str(Path(tmp) / "s.sqlite")), clock=None)
+            await comp.start()
+            s = classification(3000, p_prod=0.6, p_cand=0.95, seed=seed)
+            await comp.consume(s.pairs)
+            await comp.flush()
+            started = time.perf_counter()
+            await comp.consume_labels(s.labels)
+            while comp.reader.decision("fraud", "fraud-v8")["verdict"] != "promote":
+                await asyncio.sleep(0.005)
+            out.append(time.perf_counter() - started)
+            await comp.close()
+    return out
+
+
+def scoring_vs_scipy(n: int = 200_000, reps: int = 3) -> tuple[float, float]:
+    """Pairs/s of our scoring core and of pandas + scipy computing the same figures."""
+    import pandas as pd
+    from scipy import stats
+
+    from shadowroute.core.config import parse_config
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    prod = np.where(rng.random(n) < 0.8, y, 1 - y).tolist()
+    cand = np.where(rng.random(n) < 0.82, y, 1 - y).tolist()
+    ts = (T0 + np.arange(n) * 20).tolist()
+    labels = y.tolist()
+    route = parse_config(
+        {
+            "routes": [
+                {
+                    "name": "r",
+                    "protocol": "kserve-v1",
+                    "production": {"name": "p", "url": "http://127.0.0.1:1"},
+                }
+            ]
+        },
+        environ={},
+    ).routes[0]
+
+    def ours() -> Any:
+        state = new_candidate_state(route, "c", ["hour"])
+        rows = [
+            LabelledRow(t, p, c, lab) for t, p, c, lab in zip(ts, prod, cand, labels, strict=True)
+        ]
+        state.add_labelled(rows, None)
+        return state.scores()
+
+    def theirs() -> Any:
+        df = pd.DataFrame({"ts": ts, "prod": prod, "cand": cand, "label": labels})
+        pc = (df["prod"] == df["label"]).astype(float)
+        cc = (df["cand"] == df["label"]).astype(float)
+        d = cc - pc
+        b, c = int(((cc == 1) & (pc == 0)).sum()), int(((pc == 1) & (cc == 0)).sum())
+        mcnemar = stats.binomtest(min(b, c), b + c, 0.5).pvalue
+        t = stats.ttest_rel(cc, pc)
+        hours = df["ts"] // 3_600_000
+        windows = pd.DataFrame({"h": hours, "p": pc, "c": cc}).groupby("h").agg(["sum", "count"])
+        return mcnemar, t.pvalue, d.mean(), windows
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return n / min(times)
+
+    return best(ours), best(theirs)
+
+
+async def from_kafka(bootstrap: str, n: int, with_labels: bool) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    from shadowroute.comparator.kafka_source import KafkaComparator
+    from shadowroute.core.records import encode_label
+    from shadowroute.stream.kafka import create_topics, topic_name
+
+    prefix = "b" + uuid.uuid4().hex[:10]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config(str(Path(tmp) / "s.sqlite"), bootstrap=bootstrap, prefix=prefix, partitions=3)
+        await create_topics(cfg.transport)
+        s = classification(n, seed=2, label_share=1.0 if with_labels else 0.0)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1)
+        await producer.start()
+        futs = [await producer.send(topic_name(prefix, "pairs"), v, key=k) for k, v in s.pairs]
+        futs += [
+            await producer.send(
+                topic_name(prefix, "labels"), encode_label(lab), key=lab.id.split("#")[0].encode()
+            )
+            for lab in s.labels
+        ]
+        await asyncio.gather(*futs)
+        await producer.stop()
+        comp = KafkaComparator(cfg, group_id="bench-" + prefix)
+        await comp.start()
+        task = asyncio.create_task(comp.run())
+        joined = time.perf_counter()
+        while not comp.engine.positions:  # the group join is not part of the throughput
+            if time.perf_counter() - joined > 60:
+                raise RuntimeError("no partitions assigned after 60 s")
+            await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        total = n + len(s.labels)
+        while True:
+            done = sum(p.pairs + p.labels for p in comp.engine.positions.values())
+            if done >= total:
+                break
+            if time.perf_counter() - started > 600:
+                raise RuntimeError(f"only {done} of {total} records after 600 s")
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        comp.stopping.set()
+        await task
+        await comp.stop()
+    return n / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=100_000)
+    parser.add_argument("--pending", type=int, default=1_000_000)
+    parser.add_argument("--kafka", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        _rss_child(args.rss_child)
+        return
+    n = args.pairs
+    print(f"in-process, {n} pairs, batches of {BATCH}:")
+    print(f"  without labels  {in_process(n, False):10,.0f} pairs/s")
+    print(f"  with labels     {in_process(n, True):10,.0f} pairs/s")
+    if args.kafka:
+        bootstrap = os.environ.get("SHADOWROUTE_TEST_KAFKA")
+        broker = None
+        if not bootstrap:
+            from kafka_harness import KafkaBroker
+
+            broker = KafkaBroker()
+            broker.start()
+            bootstrap = broker.bootstrap
+        try:
+            print(f"from Kafka (3 partitions, one process), {n} pairs:")
+            print(
+                f"  without labels  {asyncio.run(from_kafka(bootstrap, n, False)):10,.0f} pairs/s"
+            )
+            print(f"  with labels     {asyncio.run(from_kafka(bootstrap, n, True)):10,.0f} pairs/s")
+        finally:
+            if broker is not None:
+                broker.cleanup()
+    lat = asyncio.run(verdict_latency())
+    print(
+        f"deciding labels -> verdict change: median {statistics.median(lat) * 1000:.0f} ms, "
+        f"max {max(lat) * 1000:.0f} ms ({len(lat)} runs)"
+    )
+    ours, theirs = scoring_vs_scipy()
+    print(
+        f"scoring core {ours:,.0f} labelled pairs/s; pandas + scipy {theirs:,.0f}/s; "
+        f"ratio {ours / theirs:.2f}"
+    )
+    pending, peak, now, disk = rss_with_pending(args.pending)
+    print(
+        f"{args.pending:,} pairs never labelled: {pending:,} pending rows on disk "
+        f"({disk:.0f} MiB), RSS peak {peak:.0f} MiB, at end {now:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()

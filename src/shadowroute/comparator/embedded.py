@@ -1,0 +1,162 @@
+"""The embedded comparator: pair records from the in-process channel, labels from the API.
+
+``consume`` and ``consume_labels`` only buffer; a flush task hands the buffer to the engine in
+a worker thread (``asyncio.to_thread``) every ``flush_interval_s`` (or sooner when
+``max_buffer`` records are waiting), commits it with the positions, and refreshes the verdicts.
+The event loop never waits on SQLite or numpy for longer than it takes to swap a list.
+
+Positions in embedded mode are counts of records committed on partition 0 (pairs, labels):
+after a crash, whoever feeds the comparator can resume from ``positions()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from shadowroute.comparator.engine import DeadLetter, Engine
+from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.store import Positions, Store
+from shadowroute.core.config import Config
+from shadowroute.core.records import LabelRecord
+
+__all__ = ["Comparator", "DeadLetters"]
+
+log = logging.getLogger("shadowroute.comparator")
+
+
+class DeadLetters:
+    """Embedded dead-letter output: a count per reason and the latest records (bounded)."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.counts: Counter[str] = Counter()
+        self.recent: deque[DeadLetter] = deque(maxlen=keep)
+
+    def __call__(self, items: Sequence[DeadLetter]) -> None:
+        for item in items:
+            self.counts[item[2]] += 1
+            self.recent.append(item)
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Comparator:
+    """Embedded comparator over one SQLite file (``config.comparator.state_path``)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        state_path: str | Path | None = None,
+        clock: Callable[[], int] | None = wall_clock_ms,
+        flush_interval_s: float = 0.2,
+        max_buffer: int = 20_000,
+        dead_letters: Callable[[Sequence[DeadLetter]], None] | None = None,
+    ) -> None:
+        path = str(state_path or config.comparator.state_path)
+        self.config = config
+        self.dead_letters = DeadLetters()
+        sink = dead_letters or self.dead_letters
+        self.store = Store(path)
+        self.engine = Engine(config, self.store, dead_letters=sink, clock=clock)
+        self.view = StateView()
+        self.view.update(self.engine.snapshot(), replace=True)
+        self._history = Store(path)
+        self.verdicts = Verdicts(config, self.view, self._history)
+        self.reader = Reader(config, self.view, self.verdicts, self._history)
+        self.flush_interval_s = flush_interval_s
+        self.max_buffer = max_buffer
+        self._pairs: list[tuple[bytes, bytes]] = []
+        self._labels: list[LabelRecord] = []
+        self._flush_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.verdicts.refresh()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="comparator-flush")
+
+    async def close(self) -> None:
+        """Flush what is buffered, then release the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._wake.set()
+            await self._task
+        await self.flush()
+        self.store.close()
+        self._history.close()
+
+    async def _run(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("comparator flush failed; the batch will be retried")
+
+    # --- input ------------------------------------------------------------------------------
+
+    async def consume(self, batch: Sequence[tuple[bytes, bytes]]) -> None:
+        """Pair records (key, value) from the channel."""
+        self._pairs.extend(batch)
+        await self._maybe_flush()
+
+    async def consume_labels(self, labels: Sequence[LabelRecord]) -> None:
+        self._labels.extend(labels)
+        await self._maybe_flush()
+
+    async def _maybe_flush(self) -> None:
+        if len(self._pairs) + len(self._labels) >= self.max_buffer:
+            await self.flush()  # back-pressure: the producer waits for the commit
+
+    async def flush(self) -> None:
+        """Process and commit everything buffered so far."""
+        async with self._flush_lock:
+            pairs, labels = self._pairs, self._labels
+            if not pairs and not labels:
+                return
+            self._pairs, self._labels = [], []
+            work = asyncio.ensure_future(asyncio.to_thread(self._commit, pairs, labels))
+            try:
+                # The worker thread cannot be interrupted: even when the caller is cancelled,
+                # the store stays locked until the commit (or rollback) has finished.
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await work
+                raise
+            except Exception:
+                self._pairs[:0] = pairs
+                self._labels[:0] = labels
+                raise
+
+    def _commit(self, pairs: list[tuple[bytes, bytes]], labels: list[LabelRecord]) -> None:
+        self.engine.process(0, pairs, labels)
+        self.view.update(self.engine.snapshot())
+        self.verdicts.refresh()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def positions(self) -> Positions:
+        """Records committed so far (pairs, labels) and the watermarks."""
+        p = self.engine.position(0)
+        return Positions(p.pairs, p.labels, p.pairs_wm, p.labels_wm)
+
+    def pending(self) -> int:
+        """Pair instances waiting for a label (on disk)."""
+        return self._history.pending_count() if not self._closed else 0

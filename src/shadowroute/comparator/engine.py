@@ -1,0 +1,536 @@
+"""The comparator's synchronous core: one batch in, aggregates and positions committed.
+
+``Engine.process(partition, pairs, labels, next_pairs, next_labels)`` decodes records (bad ones
+go to the dead-letter callback with a reason), joins pair instances with labels by label key in
+either order, updates the aggregates, expires pending sides whose TTL ended, and commits
+state, pending sides and the new positions in one SQLite transaction.
+
+Label keys: instance ``i`` of a request with id ``X`` is keyed ``X`` when the request has one
+instance and ``X#i`` when it has several (``i`` from 0).
+
+Expiry is driven by record timestamps: a pending pair expires when the labels seen on its
+partition reach ``pair ts + TTL``, a pending label when the pairs reach ``label ts + TTL``
+(or by an injected clock, whichever is later), so a replay expires exactly as the first run.
+A pair and a label join only when their timestamps are at most the TTL apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from shadowroute.comparator import scoring
+from shadowroute.comparator.aggregates import (
+    CandidateState,
+    LabelledRow,
+    PairRow,
+    new_candidate_state,
+)
+from shadowroute.comparator.production import (
+    OUTPUT_FIELD,
+    ProductionState,
+    drift_paths,
+    new_production_state,
+)
+from shadowroute.comparator.reference import reference_for
+from shadowroute.comparator.store import PROD, Positions, Store
+from shadowroute.core.config import Config, Route
+from shadowroute.core.records import (
+    LabelRecord,
+    PairRecord,
+    RecordError,
+    decode_label,
+    decode_pair,
+    label_partition_key,
+)
+
+log = logging.getLogger("shadowroute.comparator")
+
+__all__ = ["DeadLetter", "Engine", "StateKey", "label_keys", "label_partition_key"]
+
+StateKey = tuple[str, str, str, int]
+"""(kind, route, candidate, partition); kind is ``cand``, ``prod`` or ``part``."""
+DeadLetter = tuple[bytes, bytes, str]
+"""(key, value, reason) of a record that could not be used."""
+DeadLetterSink = Callable[[Sequence[DeadLetter]], None]
+Clock = Callable[[], int]
+LabelInput = bytes | LabelRecord
+
+_MONITOR: Final = "__production__"
+
+
+def label_keys(request_id: str, instances: int) -> list[str]:
+    """The label key of each instance of a request."""
+    if instances <= 1:
+        return [request_id]
+    return [f"{request_id}#{i}" for i in range(instances)]
+
+
+@dataclass
+class _Batch:
+    """What one batch touches, gathered before the aggregates are updated."""
+
+    rows: dict[tuple[str, str], list[PairRow]] = field(default_factory=lambda: defaultdict(list))
+    labelled: dict[tuple[str, str], list[LabelledRow]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    prod_labelled: dict[str, list[tuple[int, int, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    pending: list[tuple[str, str, int, str, int, bytes]] = field(default_factory=list)
+    joined: list[tuple[str, str]] = field(default_factory=list)
+    marks: list[tuple[int, str]] = field(default_factory=list)
+    touched: set[StateKey] = field(default_factory=set)
+    requests: dict[str, list[tuple[int, bool, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    drift: dict[str, dict[str, list[tuple[int, Any]]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+
+
+class Engine:
+    """Aggregates for the partitions this process owns, backed by a ``Store``."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        dead_letters: DeadLetterSink | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.routes: dict[str, Route] = {r.name: r for r in config.routes}
+        self.windows = tuple(config.comparator.windows) or ("hour",)
+        self.dead_letters = dead_letters
+        self.clock = clock
+        self.max_ttl_ms = max(int(r.label_ttl_s * 1000) for r in config.routes)
+        self._paths = {
+            r.name: drift_paths(r.drift.fields, r.drift.categorical) for r in config.routes
+        }
+        self._fields = {
+            r.name: list(dict.fromkeys([*r.drift.fields, *r.drift.categorical]))
+            for r in config.routes
+        }
+        self._refs = {r.name: reference_for(r) for r in config.routes}
+        self.states: dict[StateKey, Any] = {}
+        self.positions: dict[int, Positions] = {}
+        self._lock = threading.Lock()
+        self._snapshot: dict[StateKey, dict[str, Any]] = {}
+        self.version = 0
+        self.load()
+
+    # --- state ------------------------------------------------------------------------------
+
+    def load(self, partitions: Sequence[int] | None = None) -> None:
+        """Read positions and state (of the given partitions, or all) from the store."""
+        stored = self.store.positions()
+        wanted = set(stored) if partitions is None else set(partitions)
+        for p in wanted:
+            self.positions[p] = stored.get(p, Positions())
+        for key, data in self.store.states(wanted).items():
+            self.states[key] = _from_dict(key[0], orjson.loads(data))
+        with self._lock:
+            for key, state in self.states.items():
+                self._snapshot[key] = _to_dict(state)
+            self.version += 1
+
+    def drop_partitions(self, partitions: Sequence[int]) -> None:
+        """Forget partitions this process no longer owns (their rows stay in the store)."""
+        gone = set(partitions)
+        for key in [k for k in self.states if k[3] in gone]:
+            del self.states[key]
+        for p in gone:
+            self.positions.pop(p, None)
+        with self._lock:
+            for key in [k for k in self._snapshot if k[3] in gone]:
+                del self._snapshot[key]
+            self.version += 1
+
+    def snapshot(self) -> dict[StateKey, dict[str, Any]]:
+        """The serialised state of every owned partition as of the last commit."""
+        with self._lock:
+            return dict(self._snapshot)
+
+    def position(self, partition: int) -> Positions:
+        return self.positions.setdefault(partition, Positions())
+
+    def _cand(self, route: Route, cand: str, partition: int) -> CandidateState:
+        key = ("cand", route.name, cand, partition)
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = new_candidate_state(route, cand, self.windows)
+        assert isinstance(state, CandidateState)
+        return state
+
+    def _prod(self, route: Route, partition: int) -> ProductionState:
+        key = ("prod", route.name, "", partition)
+        state = self.states.get(key)
+        if state is None:
+            bins, hists = self._refs[route.name]
+            state = self.states[key] = new_production_state(
+                route.name,
+                scoring.MONITOR_METRIC[route.task],
+                self.windows[0],
+                route.drift.fields,
+                route.drift.categorical,
+                bins,
+                hists,
+            )
+        assert isinstance(state, ProductionState)
+        return state
+
+    def _part(self, partition: int) -> dict[str, int]:
+        key = ("part", "", "", partition)
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = {}
+        assert isinstance(state, dict)
+        return state
+
+    def _count(self, partition: int, name: str, n: int = 1) -> None:
+        part = self._part(partition)
+        part[name] = part.get(name, 0) + n
+
+    # --- one batch --------------------------------------------------------------------------
+
+    def process(
+        self,
+        partition: int,
+        pairs: Sequence[tuple[bytes, bytes]],
+        labels: Sequence[LabelInput],
+        next_pairs: int | None = None,
+        next_labels: int | None = None,
+    ) -> list[DeadLetter]:
+        """Process one batch of a partition and commit it with the new positions (default:
+        advanced by the number of records). Returns the dead letters (also given to the
+        sink)."""
+        pos = self.position(partition)
+        dead: list[DeadLetter] = []
+        batch = _Batch()
+        batch.touched.add(("part", "", "", partition))
+        good_labels = self._decode_labels(partition, labels, dead)
+        records = self._decode_pairs(partition, pairs, dead)
+        for lab in good_labels:
+            pos.labels_wm = max(pos.labels_wm, lab.ts)
+        for rec, _ in records:
+            pos.pairs_wm = max(pos.pairs_wm, rec.ts)
+        self.store.begin()
+        try:
+            self._join_labels(partition, good_labels, batch)
+            self._join_pairs(partition, records, batch)
+            self._apply(partition, batch)
+            self._expire(partition, pos, batch)
+            pos.pairs = next_pairs if next_pairs is not None else pos.pairs + len(pairs)
+            pos.labels = next_labels if next_labels is not None else pos.labels + len(labels)
+            self._count(partition, "pairs_read", len(pairs))
+            self._count(partition, "labels_read", len(labels))
+            for _, _, reason in dead:
+                self._count(partition, f"deadletter:{reason}")
+            rows = []
+            serialised: dict[StateKey, dict[str, Any]] = {}
+            for key in batch.touched:
+                d = _to_dict(self.states[key])
+                serialised[key] = d
+                rows.append((*key, orjson.dumps(d)))
+            self.store.put_states(rows)
+            self.store.put_positions(partition, pos)
+            self.store.commit()
+        except BaseException:
+            self.store.rollback()
+            self._reload_partition(partition)
+            raise
+        with self._lock:
+            self._snapshot.update(serialised)
+            self.version += 1
+        if dead and self.dead_letters is not None:
+            self.dead_letters(dead)
+        return dead
+
+    def _reload_partition(self, partition: int) -> None:
+        for key in [k for k in self.states if k[3] == partition]:
+            del self.states[key]
+        self.positions.pop(partition, None)
+        self.load([partition])
+
+    def _decode_labels(
+        self, partition: int, labels: Sequence[LabelInput], dead: list[DeadLetter]
+    ) -> list[LabelRecord]:
+        out: list[LabelRecord] = []
+        for item in labels:
+            if isinstance(item, LabelRecord):
+                lab = item
+            else:
+                try:
+                    lab = decode_label(orjson.loads(item))
+                except orjson.JSONDecodeError:
+                    dead.append((b"", item, "label:unparseable"))
+                    continue
+                except RecordError as exc:
+                    dead.append((b"", item, f"label:{exc.reason}"))
+                    continue
+            if lab.route is not None and lab.route not in self.routes:
+                value = item if isinstance(item, bytes) else _label_bytes(lab)
+                dead.append((lab.id.encode(), value, "label:unknown_route"))
+                continue
+            out.append(lab)
+        return out
+
+    def _decode_pairs(
+        self, partition: int, pairs: Sequence[tuple[bytes, bytes]], dead: list[DeadLetter]
+    ) -> list[tuple[PairRecord, bool]]:
+        out: list[tuple[PairRecord, bool]] = []
+        for key, value in pairs:
+            try:
+                rec = decode_pair(value)
+            except RecordError as exc:
+                dead.append((key, value, exc.reason))
+                continue
+            route = self.routes.get(rec.route)
+            if route is None:
+                dead.append((key, value, "unknown_route"))
+                continue
+            cand = rec.candidate
+            if cand is not None and all(c.name != cand.model for c in route.candidates):
+                dead.append((key, value, "unknown_candidate"))
+                continue
+            out.append((rec, cand is None))
+        return out
+
+    def _ttl(self, route: str | None) -> int:
+        r = self.routes.get(route) if route is not None else None
+        return int(r.label_ttl_s * 1000) if r is not None else self.max_ttl_ms
+
+    def _join_labels(self, partition: int, labels: list[LabelRecord], b: _Batch) -> None:
+        """Store new labels and join them with pairs already pending."""
+        if not labels:
+            return
+        fresh: dict[str, LabelRecord] = {}
+        for lab in labels:
+            if lab.id in fresh:
+                self._count(partition, "duplicate_labels")
+            else:
+                fresh[lab.id] = lab
+        known = self.store.labels_for(list(fresh))
+        for k in known:
+            self._count(partition, "duplicate_labels")
+            del fresh[k]
+        joined_prod: set[str] = set()
+        joined_any: set[str] = set()
+        for key, kind, route_name, data in self.store.pending_for(list(fresh)):
+            lab = fresh[key]
+            route = self.routes.get(route_name)
+            if route is None or (lab.route is not None and lab.route != route_name):
+                continue
+            entry = orjson.loads(data)
+            if abs(lab.ts - int(entry[0])) > route.label_ttl_s * 1000:
+                continue
+            self._join_one(partition, route, kind, entry, lab.label, lab.ts, b)
+            b.joined.append((key, kind))
+            joined_any.add(key)
+            if kind == PROD:
+                joined_prod.add(key)
+        self.store.add_labels(
+            [
+                (
+                    lab.id,
+                    partition,
+                    lab.ts,
+                    lab.ts + self._ttl(lab.route),
+                    lab.route,
+                    _dumps(lab.label),
+                    int(lab.id in joined_any),
+                    int(lab.id in joined_prod),
+                )
+                for lab in fresh.values()
+            ]
+        )
+        self._count(partition, "labels", len(fresh))
+
+    def _join_one(
+        self, partition: int, route: Route, kind: str, entry: list[Any], label: Any,
+        label_ts: int, b: _Batch,
+    ) -> None:  # fmt: skip
+        """Score one (pending entry, label) join: entry = [ts, prod, cand]."""
+        ts = int(entry[0])
+        if kind == PROD:
+            if entry[1] is None:
+                return
+            q = scoring.quality(route.task, entry[1], label, route.classes)
+            if q:
+                b.prod_labelled[route.name].append((ts, label_ts, q[0]))
+                b.touched.add(("prod", route.name, "", partition))
+            else:
+                self._count(partition, "invalid_labels")
+            return
+        b.labelled[(route.name, kind)].append(LabelledRow(ts, entry[1], entry[2], label))
+        b.touched.add(("cand", route.name, kind, partition))
+
+    def _join_pairs(
+        self, partition: int, records: list[tuple[PairRecord, bool]], b: _Batch
+    ) -> None:
+        """Score unlabelled facts; join with stored labels or leave pending."""
+        if not records:
+            return
+        keyed: list[tuple[PairRecord, bool, list[str]]] = []
+        all_keys: list[str] = []
+        for rec, monitor in records:
+            out = rec.production.output
+            keys = label_keys(rec.id, len(out) if out else 1)
+            keyed.append((rec, monitor, keys))
+            all_keys.extend(keys)
+        uniq = list(dict.fromkeys(all_keys))
+        labels = self.store.labels_for(uniq)
+        prod_seen = self.store.prod_pending(uniq)
+        for rec, monitor, keys in keyed:
+            route = self.routes[rec.route]
+            ttl = int(route.label_ttl_s * 1000)
+            self._production(partition, route, rec, keys, labels, prod_seen, b)
+            c = rec.candidate
+            if monitor or c is None:
+                continue
+            cand = c.model
+            p = rec.production
+            b.rows[(route.name, cand)].append(
+                PairRow(rec.ts, p.error, c.error, p.latency_ms, c.latency_ms, p.output, c.output)
+            )
+            b.touched.add(("cand", route.name, cand, partition))
+            if not p.output or not c.output:
+                continue
+            for i, key in enumerate(keys[: len(c.output)]):
+                lab = labels.get(key)
+                entry = [rec.ts, p.output[i], c.output[i]]
+                if lab is not None and _joinable(lab.route, lab.ts, route, rec.ts):
+                    self._join_one(
+                        partition, route, cand, entry, orjson.loads(lab.label), lab.ts, b
+                    )
+                    b.marks.append((0, key))
+                else:
+                    b.pending.append(
+                        (key, cand, partition, route.name, rec.ts + ttl, _dumps(entry))
+                    )
+
+    def _production(
+        self, partition: int, route: Route, rec: PairRecord, keys: list[str],
+        labels: Mapping[str, Any], prod_seen: set[str], b: _Batch,
+    ) -> None:  # fmt: skip
+        """Production's own monitoring, once per request (the first record seen of it)."""
+        first = keys[0]
+        lab0 = labels.get(first)
+        if first in prod_seen or (lab0 is not None and lab0.prod_done):
+            return
+        prod_seen.update(keys)
+        state = self._prod(route, partition)
+        b.touched.add(("prod", route.name, "", partition))
+        out = rec.production.output
+        b.requests[route.name].append((rec.ts, rec.production.error is not None, len(keys)))
+        w = rec.ts - rec.ts % state.window_ms
+        drift = b.drift[route.name]
+        if rec.input is not None and self._fields[route.name]:
+            found = self._paths[route.name].values(rec.input)
+            for name, vals in zip(self._fields[route.name], found, strict=True):
+                drift[name].extend((w, v) for v in vals)
+        drift[OUTPUT_FIELD].extend((w, v) for v in _numeric_outputs(out))
+        ttl = int(route.label_ttl_s * 1000)
+        for i, key in enumerate(keys):
+            pred = out[i] if out and i < len(out) else None
+            lab = labels.get(key)
+            entry = [rec.ts, pred, None]
+            if lab is not None and _joinable(lab.route, lab.ts, route, rec.ts):
+                self._join_one(partition, route, PROD, entry, orjson.loads(lab.label), lab.ts, b)
+                b.marks.append((1, key))
+            else:
+                b.pending.append((key, PROD, partition, route.name, rec.ts + ttl, _dumps(entry)))
+
+    def _apply(self, partition: int, b: _Batch) -> None:
+        for route, reqs in b.requests.items():
+            prod = self._prod(self.routes[route], partition)
+            prod.add_requests(reqs)
+            for name, values in b.drift[route].items():
+                prod.add_drift_items(name, values)
+        for (route, cand), rows in b.rows.items():
+            self._cand(self.routes[route], cand, partition).add_pairs(rows)
+        for (route, cand), lrows in b.labelled.items():
+            r = self.routes[route]
+            self._cand(r, cand, partition).add_labelled(lrows, r.classes)
+        for route, items in b.prod_labelled.items():
+            state = self._prod(self.routes[route], partition)
+            state.add_labelled(
+                [t for t, _, _ in items], [t for _, t, _ in items], [x for _, _, x in items]
+            )
+        self.store.drop_pending(b.joined)
+        self.store.add_pending(b.pending)
+        self.store.mark_labels(b.marks)
+
+    def _expire(self, partition: int, pos: Positions, b: _Batch) -> None:
+        now = self.clock() if self.clock is not None else 0
+        orphans: dict[tuple[str, str], int] = defaultdict(int)
+        for kind, route in self.store.expire_pending(partition, max(pos.labels_wm, now)):
+            orphans[(route, kind)] += 1
+        for (route, kind), n in orphans.items():
+            r = self.routes.get(route)
+            if r is None:
+                continue
+            if kind == PROD:
+                prod = self._prod(r, partition)
+                prod.counts["unlabelled_expired"] = prod.counts.get("unlabelled_expired", 0) + n
+                b.touched.add(("prod", route, "", partition))
+            else:
+                self._cand(r, kind, partition).add_orphans(n)
+                b.touched.add(("cand", route, kind, partition))
+        for joined, _ in self.store.expire_labels(partition, max(pos.pairs_wm, now)):
+            if not joined:
+                self._count(partition, "orphan_labels")
+
+
+def _dumps(obj: Any) -> bytes:
+    """JSON bytes of exactly their size: ``orjson.dumps`` keeps a 4 KiB buffer behind every
+    result, which batches of pending entries would hold until the commit."""
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
+def _joinable(label_route: str | None, label_ts: int, route: Route, pair_ts: int) -> bool:
+    if label_route is not None and label_route != route.name:
+        return False
+    return abs(label_ts - pair_ts) <= route.label_ttl_s * 1000
+
+
+def _numeric_outputs(out: list[Any] | None) -> list[Any]:
+    if not out:
+        return []
+    vals: list[Any] = []
+    for v in out:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            vals.append(v)
+        elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, int | float) for x in v):
+            vals.append(v[1])
+    return vals
+
+
+def _label_bytes(lab: LabelRecord) -> bytes:
+    return orjson.dumps(
+        {"v": 1, "id": lab.id, "label": lab.label, "ts": lab.ts, "route": lab.route}
+    )
+
+
+def _to_dict(state: Any) -> dict[str, Any]:
+    if isinstance(state, CandidateState | ProductionState):
+        return state.to_dict()
+    assert isinstance(state, dict)
+    return dict(state)
+
+
+def _from_dict(kind: str, data: dict[str, Any]) -> Any:
+    if kind == "cand":
+        return CandidateState.from_dict(data)
+    if kind == "prod":
+        return ProductionState.from_dict(data)
+    return {str(k): int(v) for k, v in data.items()}

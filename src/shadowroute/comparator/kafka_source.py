@@ -1,0 +1,408 @@
+"""Kafka mode: a consumer group over ``<prefix>.pairs`` and ``<prefix>.labels``.
+
+Per ``getmany`` batch and per partition, the engine processes pairs and labels and commits
+state and the next offsets in one SQLite transaction; on assignment each partition is sought to
+the offsets stored with its state (the beginning when there are none), so a crash or rebalance
+neither loses nor double-counts. Kafka's own group offsets are not used.
+
+After each commit the touched per-partition states are published to the compacted
+``<prefix>.scores`` topic, key ``route|candidate|partition`` (``@production`` as the candidate
+of production's monitoring state, ``@partition|@partition`` for the partition's counters); the
+value carries the positions it reflects. ``ScoresFollower`` reads that topic from the beginning,
+keeps the most advanced state per key and merges them: any number of comparators give the
+verdict one would. Dead letters go to ``<prefix>.deadletter`` with the reason in a header and
+the original bytes as the value (at least once).
+
+``python -m shadowroute.comparator.kafka_source -c FILE`` runs ``run_compare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from shadowroute.api.app import ControlContext, create_app
+from shadowroute.api.labels import SinkLabelWriter, label_routes
+from shadowroute.api.metrics import new_registry
+from shadowroute.api.scorecard import scorecard_routes
+from shadowroute.api.scores import ScoresCollector, score_routes
+from shadowroute.comparator.engine import DeadLetter, Engine, StateKey
+from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.store import Store
+from shadowroute.core.config import Config, load_config
+from shadowroute.core.records import LabelRecord
+from shadowroute.stream.kafka import (
+    KafkaSink,
+    check_copartitioned,
+    security_kwargs,
+    topic_name,
+    topic_partitions,
+)
+
+log = logging.getLogger("shadowroute.comparator.kafka")
+
+__all__ = ["KafkaComparator", "ScoresFollower", "run_compare", "scores_key"]
+
+PRODUCTION = "@production"
+PARTITION = "@partition"
+
+
+def scores_key(key: StateKey) -> bytes:
+    """The scores-topic key of a state: ``route|candidate|partition``."""
+    kind, route, cand, partition = key
+    if kind == "prod":
+        cand = PRODUCTION
+    elif kind == "part":
+        route = cand = PARTITION
+    return f"{route}|{cand}|{partition}".encode()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: KafkaComparator) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Waits for the batch in progress: state and positions are already committed after it.
+        async with self.owner.lock:
+            self.owner.engine.drop_partitions(sorted({tp.partition for tp in revoked}))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.owner.lock:
+            await self.owner.assigned(assigned)
+
+
+class KafkaComparator:
+    """One member of the comparator consumer group."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        state_path: str | Path | None = None,
+        max_records: int = 50_000,
+        group_id: str | None = None,
+        group_instance_id: str | None = None,
+        session_timeout_ms: int = 10_000,
+    ) -> None:
+        t = config.transport
+        if not t.bootstrap:
+            raise ValueError("Kafka mode needs transport.bootstrap")
+        self.config = config
+        self.bootstrap = t.bootstrap
+        self.pairs_topic = topic_name(t.topic_prefix, "pairs")
+        self.labels_topic = topic_name(t.topic_prefix, "labels")
+        self.scores_topic = topic_name(t.topic_prefix, "scores")
+        self.dead_topic = topic_name(t.topic_prefix, "deadletter")
+        self.group_id = group_id or t.consumer_group
+        self.max_records = max_records
+        self.group_instance_id = group_instance_id
+        self.session_timeout_ms = session_timeout_ms
+        self.store = Store(state_path or config.comparator.state_path)
+        self.engine = Engine(config, self.store, clock=None)
+        self.engine.drop_partitions(sorted(self.engine.positions))  # until assigned
+        self.lock = asyncio.Lock()
+        self.batches = 0
+        self.skipped = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        kw = security_kwargs(self.config.transport.security)
+        await check_copartitioned(
+            self.bootstrap, self.config.transport.security, self.config.transport.topic_prefix
+        )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id="shadowroute-comparator",
+            acks="all",
+            enable_idempotence=True,
+            compression_type="lz4",
+            max_request_size=16 << 20,
+            **kw,
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            group_instance_id=self.group_instance_id,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=max(self.session_timeout_ms // 4, 500),
+            client_id="shadowroute-comparator",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 << 20,
+            fetch_max_bytes=64 << 20,
+            **kw,
+        )
+        self._consumer.subscribe([self.pairs_topic, self.labels_topic], listener=_Listener(self))
+        await self._consumer.start()
+
+    async def assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        parts = sorted({tp.partition for tp in assigned})
+        await asyncio.to_thread(self.engine.load, parts)
+        for tp in assigned:
+            pos = self.engine.positions.get(tp.partition)
+            offset = (
+                0 if pos is None else (pos.pairs if tp.topic == self.pairs_topic else pos.labels)
+            )
+            if offset > 0:
+                consumer.seek(tp, offset)
+            else:
+                await consumer.seek_to_beginning(tp)
+            log.info("assigned %s[%d] from offset %d", tp.topic, tp.partition, offset)
+
+    async def run(self) -> None:
+        """Consume until ``stop()``."""
+        consumer = self._consumer
+        assert consumer is not None
+        while not self.stopping.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+            if not batch:
+                continue
+            async with self.lock:
+                await self._process(batch)
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        owned = set(self.engine.positions)
+        by_part: dict[int, dict[str, list[Any]]] = defaultdict(lambda: {"pairs": [], "labels": []})
+        for tp, msgs in batch.items():
+            if tp.partition not in owned or not msgs:
+                continue  # revoked meanwhile
+            kind = "pairs" if tp.topic == self.pairs_topic else "labels"
+            by_part[tp.partition][kind].extend(msgs)
+        for partition, got in sorted(by_part.items()):
+            pos = self.engine.positions[partition]
+            # Records before the stored position are already in the state (a fetch that raced
+            # a seek): skipping them keeps every record counted exactly once.
+            pair_msgs = [m for m in got["pairs"] if m.offset >= pos.pairs]
+            label_msgs = [m for m in got["labels"] if m.offset >= pos.labels]
+            self.skipped += (
+                len(got["pairs"]) + len(got["labels"]) - len(pair_msgs) - len(label_msgs)
+            )
+            if not pair_msgs and not label_msgs:
+                continue
+            pairs = [(m.key or b"", m.value or b"") for m in pair_msgs]
+            labels: list[bytes | LabelRecord] = [m.value or b"" for m in label_msgs]
+            next_pairs = pair_msgs[-1].offset + 1 if pair_msgs else pos.pairs
+            next_labels = label_msgs[-1].offset + 1 if label_msgs else pos.labels
+            dead = await asyncio.to_thread(
+                self.engine.process, partition, pairs, labels, next_pairs, next_labels
+            )
+            await self._publish(partition, dead, label_msgs)
+            self.batches += 1
+
+    async def _publish(self, partition: int, dead: list[DeadLetter], label_msgs: list[Any]) -> None:
+        producer = self._producer
+        assert producer is not None
+        pos = self.engine.positions[partition]
+        futures = []
+        label_keys = {m.value: m.key for m in label_msgs} if dead else {}
+        for key, value, reason in dead:
+            source = b"labels" if reason.startswith("label:") else b"pairs"
+            k = key or label_keys.get(value) or None
+            futures.append(
+                await producer.send(
+                    self.dead_topic,
+                    value,
+                    key=k,
+                    headers=[("reason", reason.encode()), ("source", source)],
+                )
+            )
+        for skey, state in self.engine.snapshot().items():
+            if skey[3] != partition:
+                continue
+            value = orjson.dumps(
+                {
+                    "kind": skey[0],
+                    "route": skey[1],
+                    "candidate": skey[2],
+                    "partition": partition,
+                    "positions": [pos.pairs, pos.labels],
+                    "state": state,
+                }
+            )
+            futures.append(await producer.send(self.scores_topic, value, key=scores_key(skey)))
+        for fut in futures:
+            await fut
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self._consumer is not None:
+            await self._consumer.stop()  # leaves the group: the revoke waits for the batch
+        if self._producer is not None:
+            await self._producer.stop()
+        self.store.close()
+
+
+class ScoresFollower:
+    """Merges the latest per-partition states from ``<prefix>.scores`` into a ``StateView``
+    and keeps the verdicts (and their history) current."""
+
+    def __init__(self, config: Config, view: StateView, verdicts: Verdicts) -> None:
+        t = config.transport
+        assert t.bootstrap is not None
+        self.config = config
+        self.view = view
+        self.verdicts = verdicts
+        self.topic = topic_name(t.topic_prefix, "scores")
+        self._positions: dict[StateKey, tuple[int, int]] = {}
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=t.bootstrap,
+            client_id="shadowroute-scores",
+            enable_auto_commit=False,
+            group_id=None,
+            **security_kwargs(t.security),
+        )
+        self.stopping = asyncio.Event()
+        self.messages = 0
+
+    async def start(self) -> None:
+        t = self.config.transport
+        assert t.bootstrap is not None
+        counts = await topic_partitions(t.bootstrap, t.security, [self.topic], settle_s=10.0)
+        if self.topic not in counts:
+            raise RuntimeError(f"topic {self.topic} not found (create the topics first)")
+        await self._consumer.start()
+        parts = range(counts[self.topic])
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+
+    def apply(self, values: Sequence[bytes]) -> int:
+        """Take scores messages; the most advanced state per key wins. Returns how many did."""
+        fresh: dict[StateKey, dict[str, Any]] = {}
+        for value in values:
+            msg = orjson.loads(value)
+            key: StateKey = (msg["kind"], msg["route"], msg["candidate"], int(msg["partition"]))
+            at = (int(msg["positions"][0]), int(msg["positions"][1]))
+            old = self._positions.get(key)
+            if old is not None and (at[0] < old[0] or at[1] < old[1]):
+                continue
+            self._positions[key] = at
+            fresh[key] = msg["state"]
+        if fresh:
+            self.view.update(fresh)
+        return len(fresh)
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
+            values: list[bytes] = [
+                m.value for msgs in batch.values() for m in msgs if m.value is not None
+            ]
+            self.messages += len(values)
+            applied: int = await asyncio.to_thread(self.apply, values) if values else 0
+            if applied:
+                await asyncio.to_thread(self.verdicts.refresh)
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await self._consumer.stop()
+
+
+async def run_compare(
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    group_instance_id: str | None = None,
+    session_timeout_ms: int = 10_000,
+) -> None:
+    """``shadowroute compare``: the comparator group member, the scores follower and the API
+    (on ``admin``), until ``stop`` is set (or SIGTERM/SIGINT when not given).
+
+    ``group_instance_id`` makes the member static: restarted under the same id it gets its
+    partitions back at once, without waiting for its old session to time out."""
+    stop = stop or _signal_event()
+    comparator = KafkaComparator(
+        config, group_instance_id=group_instance_id, session_timeout_ms=session_timeout_ms
+    )
+    history = Store(config.comparator.state_path)
+    view = StateView()
+    verdicts = Verdicts(config, view, history)
+    follower = ScoresFollower(config, view, verdicts)
+    reader = Reader(config, view, verdicts, history)
+    registry = new_registry()
+    registry.register(ScoresCollector(reader))
+    # Labels posted to this API go to the labels topic, keyed to their pair's partition.
+    labels_sink = KafkaSink.for_labels(config.transport)
+    await labels_sink.start()
+    ctx = ControlContext(
+        config=config,
+        registry=registry,
+        ready=lambda: True,
+        extra_routes=[
+            *score_routes(reader),
+            *label_routes(SinkLabelWriter(labels_sink)),
+            *scorecard_routes(),
+        ],
+    )
+    runner = web.AppRunner(create_app(ctx), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.admin.host, config.admin.port)
+    await comparator.start()
+    await follower.start()
+    await site.start()
+    tasks = [asyncio.create_task(comparator.run()), asyncio.create_task(follower.run())]
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        for t in done:
+            if t is not waiter and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        comparator.stopping.set()
+        follower.stopping.set()
+        _, late = await asyncio.wait(tasks, timeout=30)  # a batch in progress completes
+        for t in late:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await follower.stop()
+        await comparator.stop()
+        await runner.cleanup()
+        await labels_sink.close()
+        history.close()
+
+
+def _signal_event() -> asyncio.Event:
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shadowroute.comparator.kafka_source")
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--instance-id", default=None, help="static group membership id")
+    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(args.config)
+    asyncio.run(
+        run_compare(
+            config,
+            group_instance_id=args.instance_id,
+            session_timeout_ms=args.session_timeout_ms,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""The read side: merged per-partition states, verdicts with their history, JSON for the API.
+
+``StateView`` keeps the latest serialised state of every (kind, route, candidate, partition),
+from the local engine (embedded) or from the ``<prefix>.scores`` topic (Kafka mode), and merges
+partitions on demand. ``Verdicts`` decides per (route, candidate) and appends each change of
+verdict, with its evidence, to the decision history. ``Reader`` answers the API.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from shadowroute.comparator.aggregates import CandidateState
+from shadowroute.comparator.production import ProductionState
+from shadowroute.comparator.store import Store
+from shadowroute.core.config import Config, Route
+from shadowroute.core.stats.policy import Decision, decide
+
+__all__ = ["NotFound", "Reader", "ScoresReader", "StateView", "Verdicts"]
+
+StateKey = tuple[str, str, str, int]
+
+
+class NotFound(KeyError):
+    """An unknown route, candidate or model (the API answers 404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class ScoresReader(Protocol):
+    def routes(self) -> dict[str, Any]: ...
+    def decision(self, route: str, candidate: str) -> dict[str, Any]: ...
+    def scores(self, route: str, candidate: str) -> dict[str, Any]: ...
+    def history(self, route: str, candidate: str) -> dict[str, Any]: ...
+    def production(self, route: str) -> dict[str, Any]: ...
+    def lineage(self, model: str) -> dict[str, Any]: ...
+    def overview(self) -> dict[str, Any]: ...
+
+
+class StateView:
+    """Latest serialised states by key; merged objects cached until the next update."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[StateKey, dict[str, Any]] = {}
+        self._version = 0
+        self._cache: dict[tuple[str, str, str], Any] = {}
+        self._cache_version = -1
+
+    def update(self, states: Mapping[StateKey, dict[str, Any]], replace: bool = False) -> None:
+        with self._lock:
+            if replace:
+                self._states = dict(states)
+            else:
+                self._states.update(states)
+            self._version += 1
+
+    def remove(self, keys: list[StateKey]) -> None:
+        with self._lock:
+            for k in keys:
+                self._states.pop(k, None)
+            self._version += 1
+
+    def _merged(self, kind: str, route: str, cand: str) -> Any:
+        with self._lock:
+            if self._cache_version != self._version:
+                self._cache = {}
+                self._cache_version = self._version
+            key = (kind, route, cand)
+            if key in self._cache:
+                return self._cache[key]
+            parts = [(k[3], d) for k, d in self._states.items() if k[:3] == (kind, route, cand)]
+        merged: Any = None
+        for _, d in sorted(parts, key=lambda x: x[0]):
+            obj: Any
+            if kind == "cand":
+                obj = CandidateState.from_dict(d)
+            elif kind == "prod":
+                obj = ProductionState.from_dict(d)
+            else:
+                obj = {k: int(v) for k, v in d.items()}
+            if merged is None:
+                merged = obj
+            elif kind == "part":
+                merged = {k: merged.get(k, 0) + obj.get(k, 0) for k in set(merged) | set(obj)}
+            else:
+                merged = merged.merge(obj)
+        with self._lock:
+            self._cache[key] = merged
+        return merged
+
+    def candidate(self, route: str, cand: str) -> CandidateState | None:
+        out = self._merged("cand", route, cand)
+        return out if isinstance(out, CandidateState) else None
+
+    def production(self, route: str) -> ProductionState | None:
+        out = self._merged("prod", route, "")
+        return out if isinstance(out, ProductionState) else None
+
+    def partition_counts(self) -> dict[str, int]:
+        out = self._merged("part", "", "")
+        return dict(out) if isinstance(out, dict) else {}
+
+    def partitions(self) -> list[int]:
+        with self._lock:
+            return sorted({k[3] for k in self._states})
+
+
+def _as_of(state: CandidateState | None) -> int | None:
+    return state.last_ts if state is not None and state.last_ts else None
+
+
+class Verdicts:
+    """The current verdict per (route, candidate); changes go to the history table."""
+
+    def __init__(
+        self, config: Config, view: StateView, store: Store, now_ms: Callable[[], int] | None = None
+    ) -> None:
+        self.config = config
+        self.view = view
+        self.store = store
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._lock = threading.Lock()
+        self._current: dict[tuple[str, str], tuple[Decision, dict[str, Any]]] = {}
+        self._last: dict[tuple[str, str], str] = {}
+        for route, cand, _, verdict, _, _, _ in store.decisions():
+            self._last[(route, cand)] = verdict
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Decide every candidate now; returns the verdict changes appended to the history."""
+        changes = []
+        for route in self.config.routes:
+            for cand in route.candidates:
+                out = self._decide(route, cand.name)
+                key = (route.name, cand.name)
+                if self._last.get(key) != out["verdict"]:
+                    self._last[key] = out["verdict"]
+                    self.store.add_decision(
+                        route.name, cand.name, cand.name, out["verdict"], out["as_of"],
+                        self.now_ms(), orjson.dumps(out),
+                    )  # fmt: skip
+                    changes.append(out)
+        return changes
+
+    def _decide(self, route: Route, cand: str) -> dict[str, Any]:
+        state = self.view.candidate(route.name, cand)
+        key = (route.name, cand)
+        with self._lock:
+            prev = self._current.get(key)
+        if state is None:
+            decision = decide(route.policy, route.task, {}, None, 0, 0)
+            pairs = labelled = 0
+        else:
+            decision = decide(
+                route.policy,
+                route.task,
+                state.metrics(),
+                (state.latency_prod, state.latency_cand),
+                state.pairs,
+                state.labelled,
+                prev[0] if prev is not None else None,
+            )
+            pairs, labelled = state.pairs, state.labelled
+        out = {
+            "route": route.name,
+            "candidate": cand,
+            **decision.to_dict(),
+            "pairs": pairs,
+            "labelled": labelled,
+            "as_of": _as_of(state),
+        }
+        out["metrics"] = _clean(out["metrics"])
+        with self._lock:
+            self._current[key] = (decision, out)
+        return out
+
+    def current(self, route: str, cand: str) -> dict[str, Any]:
+        with self._lock:
+            got = self._current.get((route, cand))
+        if got is not None:
+            return got[1]
+        r = self.config.route(route)
+        assert r is not None
+        return self._decide(r, cand)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+class Reader:
+    """``ScoresReader`` over a ``StateView``, ``Verdicts`` and the history in a ``Store``.
+
+    The store is read from the calling thread through its own connection."""
+
+    def __init__(self, config: Config, view: StateView, verdicts: Verdicts, history: Store) -> None:
+        self.config = config
+        self.view = view
+        self.verdicts = verdicts
+        self._history = history
+        self._hlock = threading.Lock()
+
+    def _route(self, name: str) -> Route:
+        route = self.config.route(name)
+        if route is None:
+            raise NotFound(f"unknown route {name!r}")
+        return route
+
+    def _check(self, route: str, cand: str) -> Route:
+        r = self._route(route)
+        if all(c.name != cand for c in r.candidates):
+            raise NotFound(f"route {route!r} has no candidate {cand!r}")
+        return r
+
+    def routes(self) -> dict[str, Any]:
+        return {
+            "routes": [
+                {
+                    "name": r.name,
+                    "task": r.task,
+                    "production": r.production.name,
+                    "candidates": [c.name for c in r.candidates],
+                }
+                for r in self.config.routes
+            ]
+        }
+
+    def decision(self, route: str, candidate: str) -> dict[str, Any]:
+        self._check(route, candidate)
+        return self.verdicts.current(route, candidate)
+
+    def scores(self, route: str, candidate: str) -> dict[str, Any]:
+        r = self._check(route, candidate)
+        state = self.view.candidate(route, candidate)
+        body: dict[str, Any] = {"route": route, "candidate": candidate, "task": r.task}
+        body["production"] = r.production.name
+        body["sign"] = (
+            "paired differences are candidate minus production, signed so that positive means "
+            "the candidate is better (for losses: production loss minus candidate loss)"
+        )
+        if state is None:
+            return body | {"pairs": 0, "labelled": 0}
+        cleaned: dict[str, Any] = _clean(state.scores())
+        return body | cleaned
+
+    def history(self, route: str, candidate: str) -> dict[str, Any]:
+        self._check(route, candidate)
+        return {
+            "route": route,
+            "candidate": candidate,
+            "history": self._decisions(route, candidate),
+        }
+
+    def _decisions(
+        self, route: str | None, cand: str | None, model: str | None = None
+    ) -> list[dict[str, Any]]:
+        with self._hlock:
+            rows = self._history.decisions(route, cand, model)
+        out = []
+        for r, c, _, verdict, as_of, at_ms, evidence in rows:
+            ev = orjson.loads(evidence)
+            out.append(
+                {
+                    "route": r,
+                    "candidate": c,
+                    "verdict": verdict,
+                    "at": at_ms,
+                    "as_of": as_of,
+                    "reasons": ev.get("reasons", []),
+                    "metrics": ev.get("metrics", {}),
+                    "pairs": ev.get("pairs"),
+                    "labelled": ev.get("labelled"),
+                }
+            )
+        return out
+
+    def production(self, route: str) -> dict[str, Any]:
+        r = self._route(route)
+        state = self.view.production(route)
+        body: dict[str, Any] = {"route": route, "model": r.production.name, "task": r.task}
+        if state is None:
+            return body | {"counts": {}, "quality": [], "drift": {}}
+        return body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert)
+
+    def lineage(self, model: str) -> dict[str, Any]:
+        for r in self.config.routes:
+            for m in (r.production, *r.candidates):
+                if m.name != model:
+                    continue
+                role = "production" if m is r.production else "candidate"
+                lin = m.lineage
+                out: dict[str, Any] = {
+                    "model": model,
+                    "route": r.name,
+                    "role": role,
+                    "version": m.version,
+                    "declared": None if lin is None else lin.model_dump(),
+                    "age_days": _age_days(lin.trained_through if lin else None, self._today()),
+                }
+                if role == "production":
+                    prod = self.production(r.name)
+                    out["live_quality"] = {
+                        "metric": prod.get("metric"),
+                        "series": prod.get("quality", []),
+                        "degradation": prod.get("degradation"),
+                    }
+                    out["drift"] = prod.get("drift", {})
+                else:
+                    scores = self.scores(r.name, model)
+                    out["live_quality"] = scores.get("quality", {})
+                    out["decision"] = self.decision(r.name, model)
+                out["verdicts"] = self._decisions(
+                    r.name, model if role == "candidate" else None, model
+                )
+                return out
+        raise NotFound(f"unknown model {model!r}")
+
+    def _today(self) -> date:
+        return datetime.now(UTC).date()
+
+    def overview(self) -> dict[str, Any]:
+        """Everything the metrics collector exports, in one read."""
+        cands = []
+        for r in self.config.routes:
+            for c in r.candidates:
+                state = self.view.candidate(r.name, c.name)
+                cands.append(
+                    {
+                        "route": r.name,
+                        "candidate": c.name,
+                        "decision": self.verdicts.current(r.name, c.name),
+                        "orphan_pairs": 0 if state is None else state.count("orphan_pairs"),
+                    }
+                )
+        prods = {r.name: self.production(r.name) for r in self.config.routes}
+        return {"candidates": cands, "production": prods, "partition": self.view.partition_counts()}
+
+
+def _age_days(trained_through: str | None, today: date) -> float | None:
+    if trained_through is None:
+        return None
+    try:
+        d = date.fromisoformat(trained_through[:10])
+    except ValueError:
+        return None
+    return float((today - d).days)

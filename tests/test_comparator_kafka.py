@@ -1,0 +1,320 @@
+"""The comparator over a real Kafka broker: SIGKILLs, rebalances, exactly-once state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shadowroute.comparator.aggregates import CandidateState
+from shadowroute.comparator.engine import Engine
+from shadowroute.comparator.kafka_source import ScoresFollower
+from shadowroute.comparator.reader import StateView, Verdicts
+from shadowroute.comparator.store import Store
+from shadowroute.core.config import Config, parse_config
+from shadowroute.core.records import LabelRecord, encode_label
+from shadowroute.stream.kafka import create_topics, topic_name
+from test_comparator_engine import _assert_equal_states
+from test_comparator_gen import T0, pair
+
+pytestmark = pytest.mark.kafka
+PARTS = 3
+ROUTE, CAND = "fraud", "fraud-v8"
+
+
+def _raw(bootstrap: str, prefix: str, state: Path) -> dict[str, Any]:
+    return {
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "transport": {
+            "kind": "kafka",
+            "bootstrap": bootstrap,
+            "topic_prefix": prefix,
+            "topics": {"partitions": PARTS},
+        },
+        "comparator": {"state_path": str(state), "windows": ["hour"]},
+        "routes": [
+            {
+                "name": ROUTE,
+                "protocol": "kserve-v1",
+                "task": "classification",
+                "label_ttl_s": 60,
+                "production": {"name": "fraud-v7", "url": "http://127.0.0.1:9001"},
+                "candidates": [{"name": CAND, "url": "http://127.0.0.1:9002"}],
+                "policy": {"min_pairs": 200, "min_labelled": 100},
+                "drift": {"fields": ["$.amount"], "reference_file": None},
+            }
+        ],
+    }
+
+
+def _cfg(tmp: Path, bootstrap: str, prefix: str, name: str) -> tuple[Path, Config]:
+    raw = _raw(bootstrap, prefix, tmp / f"{name}.sqlite")
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, parse_config(raw, environ={})
+
+
+def _stream(n: int, seed: int) -> list[tuple[str, bytes, bytes]]:
+    """(topic kind, key, value) in event-time order, so each topic is in timestamp order:
+    labels from 1 s before to 5 s after their pair (some before it, most after), 10% never,
+    labels whose pair never comes, a few bad records; pairs 50 ms apart, so the stream spans
+    ten times the 60 s TTL."""
+    rng = np.random.default_rng(seed)
+    events: list[tuple[int, int, tuple[str, bytes, bytes]]] = []
+    for i in range(n):
+        rid = f"k{seed}-{i}"
+        k = 2 if i % 9 == 0 else 1
+        ys = rng.integers(0, 2, size=k).tolist()
+        prod = [y if rng.random() < 0.7 else 1 - y for y in ys]
+        cand = [y if rng.random() < 0.8 else 1 - y for y in ys]
+        ts = T0 + 50 * i
+        monitor_only = i % 17 == 0
+        value = pair(rid, ts, prod, None if monitor_only else cand, amount=float(rng.normal()))
+        events.append((ts, len(events), ("pairs", rid.encode(), value)))
+        if i % 500 == 7:
+            events.append((ts, len(events), ("pairs", rid.encode(), b"{broken")))
+            events.append((ts, len(events), ("labels", rid.encode(), b'{"id": 5}')))
+        if i % 300 == 11:
+            lab = encode_label(LabelRecord(f"x{i}", 1, ts))
+            events.append((ts, len(events), ("labels", f"x{i}".encode(), lab)))
+        if rng.random() < 0.1:
+            continue  # never labelled
+        lts = ts + int(rng.integers(-1000, 5000))
+        for j, y in enumerate(ys):
+            lid = rid if k == 1 else f"{rid}#{j}"
+            lab = encode_label(LabelRecord(lid, y, lts))
+            events.append((lts, len(events), ("labels", rid.encode(), lab)))
+    events.sort()
+    return [e[2] for e in events]
+
+
+async def _produce(bootstrap: str, prefix: str, items: list[tuple[str, bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futs = [
+            await producer.send(topic_name(prefix, kind), value, key=key)
+            for kind, key, value in items
+        ]
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
+async def _read_all(bootstrap: str, topic: str) -> dict[int, list[Any]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [tp for tp in consumer.assignment()] or []
+        while not tps:
+            await asyncio.sleep(0.1)
+            tps = list(consumer.assignment())
+        ends = await consumer.end_offsets(tps)
+        out: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
+        deadline = time.monotonic() + 60
+        while any(len(out[tp.partition]) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline
+            for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+                out[tp.partition].extend(msgs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def _positions(path: Path) -> dict[int, tuple[int, int]]:
+    if not path.exists():
+        return {}
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute("SELECT partition, pairs, labels FROM positions").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return {}
+    return {int(p): (int(a), int(b)) for p, a, b in rows}
+
+
+async def _wait_done(
+    paths: list[Path], ends: dict[int, tuple[int, int]], timeout_s: float = 120
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        best: dict[int, tuple[int, int]] = {}
+        for path in paths:
+            for p, at in _positions(path).items():
+                best[p] = max(best.get(p, (0, 0)), at)
+        if all(best.get(p) == end for p, end in ends.items()):
+            return
+        assert time.monotonic() < deadline, f"comparator stuck at {best}, want {ends}"
+        await asyncio.sleep(0.2)
+
+
+def _spawn(cfg: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with open(cfg.with_suffix(".log"), "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "shadowroute.comparator.kafka_source", "-c", str(cfg), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    proc.wait(timeout=60)
+
+
+async def _offline(
+    tmp: Path, config: Config, bootstrap: str, prefix: str
+) -> tuple[Engine, dict[int, tuple[int, int]]]:
+    """Recompute from the topics: each partition's pairs and labels in one batch."""
+    pairs = await _read_all(bootstrap, topic_name(prefix, "pairs"))
+    labels = await _read_all(bootstrap, topic_name(prefix, "labels"))
+    engine = Engine(config, Store(tmp / "offline.sqlite"))
+    for p in range(PARTS):
+        engine.process(
+            p,
+            [(m.key, m.value) for m in pairs[p]],
+            [m.value for m in labels[p]],
+        )
+    ends = {p: (len(pairs[p]), len(labels[p])) for p in range(PARTS)}
+    return engine, ends
+
+
+def _assert_same(got: Engine, want: Engine) -> None:
+    for p in range(PARTS):
+        g, w = got.states[("cand", ROUTE, CAND, p)], want.states[("cand", ROUTE, CAND, p)]
+        assert isinstance(g, CandidateState) and isinstance(w, CandidateState)
+        _assert_equal_states(g, w)
+        assert got.states[("part", "", "", p)] == want.states[("part", "", "", p)]
+        gp, wp = got.states[("prod", ROUTE, "", p)], want.states[("prod", ROUTE, "", p)]
+        assert gp.counts == wp.counts  # type: ignore[union-attr]
+
+
+async def _follow(config: Config, tmp: Path, want_messages: int = 1) -> StateView:
+    view = StateView()
+    history = Store(tmp / "follower.sqlite")
+    follower = ScoresFollower(config, view, Verdicts(config, view, history))
+    await follower.start()
+    task = asyncio.create_task(follower.run())
+    deadline = time.monotonic() + 30
+    last = -1
+    while follower.messages != last or follower.messages < want_messages:
+        assert time.monotonic() < deadline
+        last = follower.messages
+        await asyncio.sleep(1.0)
+    follower.stopping.set()
+    await task
+    await follower.stop()
+    history.close()
+    return view
+
+
+@pytest.fixture
+async def prefix(kafka_bootstrap: str) -> str:
+    p = "c" + uuid.uuid4().hex[:10]
+    cfg = parse_config(_raw(kafka_bootstrap, p, Path("unused.sqlite")), environ={})
+    await create_topics(cfg.transport)
+    return p
+
+
+async def test_sigkill_three_times_then_equal_to_offline(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    cfg_path, config = _cfg(tmp_path, kafka_bootstrap, prefix, "a")
+    items = _stream(12_000, seed=1)
+    chunks = np.array_split(np.arange(len(items)), 6)
+    rng = np.random.default_rng(7)
+    args = ("--instance-id", "a", "--session-timeout-ms", "6000")
+    proc = _spawn(cfg_path, *args)
+    kills = 0
+    try:
+        for i, idx in enumerate(chunks):
+            await _produce(kafka_bootstrap, prefix, [items[int(j)] for j in idx])
+            if i % 2 == 0:
+                await asyncio.sleep(float(rng.uniform(0.5, 3.0)))
+                _stop(proc, signal.SIGKILL)
+                kills += 1
+                proc = _spawn(cfg_path, *args)
+        offline, ends = await _offline(tmp_path, config, kafka_bootstrap, prefix)
+        await _wait_done([tmp_path / "a.sqlite"], ends)
+    finally:
+        _stop(proc)
+    assert kills >= 3
+    got = Engine(config, Store(tmp_path / "a.sqlite"))
+    _assert_same(got, offline)
+    part = offline.states[("part", "", "", 0)]
+    assert isinstance(part, dict) and part.get("labels", 0) > 0
+    total = {k: sum(offline.states[("part", "", "", p)].get(k, 0) for p in range(PARTS)) for k in (
+        "orphan_labels", "deadletter:unparseable", "deadletter:label:bad_type:id"
+    )}  # fmt: skip
+    broken = sum(1 for _, _, v in items if v == b"{broken")
+    assert total["deadletter:unparseable"] == broken == 24
+    assert total["deadletter:label:bad_type:id"] == 24
+    assert total["orphan_labels"] >= 1
+    cand = [offline.states[("cand", ROUTE, CAND, p)] for p in range(PARTS)]
+    assert sum(c.count("orphan_pairs") for c in cand) > 0  # type: ignore[union-attr]
+    assert sum(c.labelled for c in cand) > 0  # type: ignore[union-attr]
+
+    view = await _follow(config, tmp_path, want_messages=PARTS * 3)
+    merged = view.candidate(ROUTE, CAND)
+    assert merged is not None
+    want = cand[0]
+    for c in cand[1:]:
+        want = want.merge(c)  # type: ignore[union-attr,arg-type]
+    _assert_equal_states(merged, want)  # type: ignore[arg-type]
+    dead = await _read_all(kafka_bootstrap, topic_name(prefix, "deadletter"))
+    reasons = {dict(m.headers)["reason"] for msgs in dead.values() for m in msgs}
+    assert {b"unparseable", b"label:bad_type:id"} <= reasons
+
+
+async def test_two_comparators_one_leaves(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    a_path, config = _cfg(tmp_path, kafka_bootstrap, prefix, "a")
+    b_path, _ = _cfg(tmp_path, kafka_bootstrap, prefix, "b")
+    items = _stream(6000, seed=2)
+    half = len(items) // 2
+    a, b = _spawn(a_path), _spawn(b_path)
+    try:
+        await _produce(kafka_bootstrap, prefix, items[:half])
+        deadline = time.monotonic() + 60
+        while not (_positions(tmp_path / "a.sqlite") and _positions(tmp_path / "b.sqlite")):
+            assert time.monotonic() < deadline, "both members should own partitions"
+            await asyncio.sleep(0.2)
+        _stop(b)  # leaves the group: a takes over b's partitions from its own store
+        await _produce(kafka_bootstrap, prefix, items[half:])
+        offline, ends = await _offline(tmp_path, config, kafka_bootstrap, prefix)
+        await _wait_done([tmp_path / "a.sqlite"], ends)
+    finally:
+        _stop(b)
+        _stop(a)
+    _assert_same(Engine(config, Store(tmp_path / "a.sqlite")), offline)
+    view = await _follow(config, tmp_path, want_messages=PARTS * 3)
+    single = StateView()
+    single.update(offline.snapshot())
+    merged, want = view.candidate(ROUTE, CAND), single.candidate(ROUTE, CAND)
+    assert merged is not None and want is not None
+    _assert_equal_states(merged, want)
+    hist = Store(tmp_path / "v.sqlite")
+    one = Verdicts(config, single, hist).refresh()
+    two = Verdicts(config, view, Store(tmp_path / "w.sqlite")).refresh()
+    assert [d["verdict"] for d in one] == [d["verdict"] for d in two]
+    assert orjson.dumps(one[0]["metrics"]) == orjson.dumps(two[0]["metrics"]) or all(
+        one[0]["metrics"][k]["n"] == two[0]["metrics"][k]["n"] for k in one[0]["metrics"]
+    )
