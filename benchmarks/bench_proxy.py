@@ -205,10 +205,21 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
+NGINX_MASTER: dict[int, bool] = {}
+
+
+def dataplane_pids(root: int) -> list[int]:
+    """The processes that serve client traffic: ``serve``'s worker processes (its children;
+    the supervisor beside them runs the comparator and API), or ``root`` itself when it has
+    no children (the data plane alone, nginx)."""
+    tree = tree_pids(root)
+    return tree[1:] if len(tree) > 1 and not NGINX_MASTER.get(root) else tree
+
+
 def cpu_times(root: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``root`` and its descendants."""
+    """(user, system) CPU seconds of the data-plane processes under ``root``."""
     user = system = 0
-    for pid in tree_pids(root):
+    for pid in dataplane_pids(root):
         with contextlib.suppress(OSError, IndexError, ValueError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
@@ -265,6 +276,7 @@ def start_nginx(
         name, [NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")], cpus
     )
     wait_port(int(values["PORT"]), proc)
+    NGINX_MASTER[proc.pid] = True
     return proc
 
 
@@ -589,6 +601,14 @@ def shadowroute_proxy(
     try:
         wait_port(port, proc)
         wait_port(admin, proc)
+        if workers == 1 and not dataplane_only:
+            # `serve` = a supervisor (comparator, API) and one data-plane worker: the worker
+            # gets the proxy's core to itself, the supervisor shares the load generator's.
+            for pid in tree_pids(proc.pid)[1:]:
+                subprocess.run(["taskset", "-p", "-c", PROXY_CPU, str(pid)], check=True,
+                               capture_output=True)  # fmt: skip
+            subprocess.run(["taskset", "-p", "-c", LOAD_CPU, str(proc.pid)], check=True,
+                           capture_output=True)  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # --workers: ready once every worker reported
             with contextlib.suppress(OSError):

@@ -110,23 +110,66 @@ def client_response_head(
     return b"\r\n".join(out)
 
 
-def forwarded_headers(
-    headers: list[tuple[bytes, bytes]], drop_extra: frozenset[bytes]
-) -> tuple[bytes, bytes | None, bytes | None]:
-    """Client headers to pass on, as one block, plus the client's Host and X-Forwarded-For."""
-    drop = HOP_BY_HOP | REQUEST_REBUILT | drop_extra | connection_tokens(headers)
-    parts = []
-    host = xff = None
+class RequestHead:
+    """What the proxy needs from a client's request headers, read in one pass."""
+
+    __slots__ = (
+        "chunked", "common", "control", "expect", "host", "length", "request_id", "upgrade",
+        "xff",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.common = b""
+        self.host: bytes | None = None
+        self.xff: bytes | None = None
+        self.request_id: bytes | None = None
+        self.control: bytes | None = None
+        self.chunked = False
+        self.length: bytes | None = None
+        self.expect = False
+        self.upgrade = b""
+
+
+def read_request_head(
+    headers: list[tuple[bytes, bytes]], rid_header: bytes, control_header: bytes
+) -> RequestHead:
+    """One pass over the client's headers: the block forwarded upstream (hop-by-hop and
+    rebuilt headers left out) and the values the proxy acts on."""
+    out = RequestHead()
+    kept: list[tuple[bytes, bytes]] = []
+    tokens: frozenset[bytes] = frozenset()
     for name, value in headers:
         low = name.lower()
-        if low in drop:
-            if low == b"host":
-                host = value
-            elif low == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
+        if low in HOP_BY_HOP:
+            if low == b"connection":
+                tokens = tokens | {t.strip().lower() for t in value.split(b",")}
+            elif low == b"transfer-encoding":
+                out.chunked = True
+            elif low == b"upgrade":
+                out.upgrade += name + b": " + value + b"\r\n"
             continue
-        parts.append(name + b": " + value + b"\r\n")
-    return b"".join(parts), host, xff
+        if low in REQUEST_REBUILT:
+            if low == b"host":
+                out.host = value
+            elif low == b"content-length":
+                out.length = value
+            elif low == b"x-forwarded-for":
+                out.xff = value if out.xff is None else out.xff + b", " + value
+            elif low == b"expect":
+                out.expect = value.strip().lower() == b"100-continue"
+            continue
+        if low == rid_header:
+            out.request_id = value
+            continue
+        if low == control_header:
+            out.control = value.strip().lower()
+            continue
+        kept.append((low, name + b": " + value + b"\r\n"))
+    if tokens:
+        out.common = b"".join(line for low, line in kept if low not in tokens)
+    else:
+        out.common = b"".join(line for _, line in kept)
+    return out
 
 
 def chunk(data: bytes) -> bytes:

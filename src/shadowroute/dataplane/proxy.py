@@ -119,7 +119,6 @@ class Proxy:
         self.routes = sorted(
             (RouteRuntime(r, self) for r in config.routes), key=lambda r: -len(r.prefix)
         )
-        self.drop_extra = frozenset({self.rid_header, self.control_header})
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.new_id = rid.IdGenerator()
@@ -571,33 +570,20 @@ class ClientConnection(asyncio.Protocol):
                 url = b"/"
             else:
                 raise _Reject(400, "only origin-form request targets (/path) are accepted")
-        headers = self._headers
-        common, host, xff = http1.forwarded_headers(headers, proxy.drop_extra)
+        head = http1.read_request_head(self._headers, proxy.rid_header, proxy.control_header)
+        common, host, xff = head.common, head.host, head.xff
         if upgrade:
-            common += b"".join(
-                n + b": " + v + b"\r\n" for n, v in headers if n.lower() == b"upgrade"
-            )
-            common += b"connection: upgrade\r\n"
-        request_id = None
-        control = None
-        chunked = False
-        expect = False
+            common += head.upgrade + b"connection: upgrade\r\n"
+        request_id = head.request_id
+        control = head.control
+        chunked = head.chunked
+        expect = head.expect
         length: int | None = None
-        for name, value in headers:
-            low = name.lower()
-            if low == proxy.rid_header:
-                request_id = value
-            elif low == proxy.control_header:
-                control = value.strip().lower()
-            elif low == b"transfer-encoding":
-                chunked = True
-            elif low == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise _Reject(400, "invalid content-length") from None
-            elif low == b"expect":
-                expect = value.strip().lower() == b"100-continue"
+        if head.length is not None:
+            try:
+                length = int(head.length)
+            except ValueError:
+                raise _Reject(400, "invalid content-length") from None
         if request_id is None:
             request_id = proxy.new_id()
         elif not rid.is_valid(request_id):
