@@ -16,6 +16,8 @@ Same upstreams, same load generator, same run for every case:
   sr-w2-mirror    shadowroute --workers 2, 100% mirror (the proxy may use both cores)
   dp-nomirror     shadowroute's data plane alone (DataPlane + admin /metrics, records to a null
   dp-mirror       sink, no comparator), without and with 100% mirroring
+  dp-kafka-mirror the data plane alone, 100% mirroring, pair records into a real Kafka broker
+                  (started here from tests/kafka_harness.py, on CPU 0): the Kafka sink's cost
 
 Load: ``wrk -t1`` pinned to CPU 0 with a Lua script POSTing a ~300-byte JSON body; upstreams
 (nginx, one worker each) also on CPU 0; the proxy under test alone on CPU 1 (``--workers 2``:
@@ -355,8 +357,12 @@ def run_slow_server(port: int, delay: float) -> None:
 # --- shadowroute -----------------------------------------------------------------------------
 
 
+KAFKA_PREFIX = "benchproxy"
+
+
 def run_dataplane_only(config_path: str) -> None:
-    """The data plane alone, pair records to a null sink (no comparator), admin /metrics on."""
+    """The data plane alone, admin /metrics on, no comparator: pair records to a null sink, or
+    with ``transport: kafka`` to the real Kafka sink."""
     import uvloop
 
     from shadowroute import runtime
@@ -366,9 +372,12 @@ def run_dataplane_only(config_path: str) -> None:
 
     async def main() -> None:
         config = load_config(config_path)
-        dp = DataPlane(config, FanoutSink([]))
+        sink, kafka = runtime.pair_sinks(config)
+        dp = DataPlane(config, sink if kafka else FanoutSink([]))
         await dp.start()
         ctx = runtime.dataplane_context(config, dp)
+        if kafka:
+            ctx.registry.register(runtime.kafka_collector(kafka))
         async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
             await runtime.wait_for_signal()
         await dp.stop()
@@ -377,12 +386,24 @@ def run_dataplane_only(config_path: str) -> None:
 
 
 def shadowroute_config(
-    workdir: Path, name: str, port: int, admin: int, prod: int, cand: int | None
+    workdir: Path,
+    name: str,
+    port: int,
+    admin: int,
+    prod: int,
+    cand: int | None,
+    kafka: str | None = None,
 ) -> Path:
+    transport = (
+        f"transport: {{kind: kafka, bootstrap: '{kafka}', topic_prefix: {KAFKA_PREFIX}, "
+        f"spool: {{path: '{workdir / 'spool'}'}}}}"
+        if kafka
+        else "transport: {kind: embedded}"
+    )
     lines = [
         f"listen: {{host: 127.0.0.1, port: {port}}}",
         f"admin: {{host: 127.0.0.1, port: {admin}}}",
-        "transport: {kind: embedded}",
+        transport,
         "routes:",
         "  - name: bench",
         "    path_prefix: /",
@@ -584,9 +605,10 @@ def shadowroute_proxy(
     workers: int = 1,
     profile: Path | None = None,
     dataplane_only: bool = False,
+    kafka: str | None = None,
 ) -> Iterator[tuple[int, int, int]]:
     port, admin = free_port(), free_port()
-    cfg = shadowroute_config(procs.workdir, name, port, admin, prod, cand)
+    cfg = shadowroute_config(procs.workdir, name, port, admin, prod, cand, kafka)
     opt = ["-O"] if optimize else []
     if profile is not None:
         opt += ["-m", "cProfile", "-o", str(profile)]
@@ -630,6 +652,7 @@ def start_case(
     cand_port: int,
     slow_port: int,
     optimize: bool,
+    kafka: str | None = None,
 ) -> Case:
     def cand_stub() -> int:
         return stub_requests(cand_port)
@@ -658,6 +681,7 @@ def start_case(
             optimize=optimize,
             workers=workers,
             dataplane_only=name.startswith("dp-"),
+            kafka=kafka if "kafka" in name else None,
         )
     )
     settle = max(settle, 1.2) if workers > 1 else settle  # worker counter snapshots: 0.5 s
@@ -764,6 +788,19 @@ def verdicts(agg: dict[tuple[str, int], dict[str, Any]], conns: list[int]) -> li
         w2, w1 = get("sr-w2-mirror", c, "rps"), get("sr-mirror", c, "rps")
         if w2 and w1:
             out.append(f"- c{c}: --workers 2 = {w2 / w1:.2f}x one worker (throughput)")
+    for c in conns:
+        k, m = get("dp-kafka-mirror", c, "rps"), get("dp-mirror", c, "rps")
+        kc, mc = get("dp-kafka-mirror", c, "cpu"), get("dp-mirror", c, "cpu")
+        if k and m:
+            cost = 1 - k / m
+            line = (
+                f"- c{c}: 100% mirror into real Kafka = {k / m:.2f}x the in-process sink's "
+                f"throughput (Kafka sink costs {cost:.1%}; target <= 10%): "
+                f"{'met' if cost <= 0.10 else 'NOT met'}"
+            )
+            if kc and mc:
+                line += f"; CPU {kc:.1f} vs {mc:.1f} us/req"
+            out.append(line)
     return out
 
 
@@ -771,8 +808,29 @@ def verdicts(agg: dict[tuple[str, int], dict[str, Any]], conns: list[int]) -> li
 
 ALL_CASES = (
     "direct", "nginx", "sr-nomirror", "sr-mirror", "nginx-mirror", "sr-slow", "nginx-slow",
-    "sr-w2-mirror", "dp-nomirror", "dp-mirror",
+    "sr-w2-mirror", "dp-nomirror", "dp-mirror", "dp-kafka-mirror",
 )  # fmt: skip
+
+
+@contextlib.contextmanager
+def kafka_broker() -> Iterator[str]:
+    """A real Kafka broker (tests/kafka_harness.py) on the load generator's core, with the
+    pairs topic created; yields its bootstrap address."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from kafka_harness import KafkaBroker  # type: ignore[import-not-found]
+    from shadowroute.core.config import Transport
+    from shadowroute.stream.kafka import create_topics
+
+    broker = KafkaBroker()
+    broker.start()
+    try:
+        for pid in tree_pids(broker.pid):
+            subprocess.run(["taskset", "-p", "-c", LOAD_CPU, str(pid)], capture_output=True)
+        transport = Transport(kind="kafka", bootstrap=broker.bootstrap, topic_prefix=KAFKA_PREFIX)
+        asyncio.run(create_topics(transport))
+        yield broker.bootstrap
+    finally:
+        broker.cleanup()
 
 
 def profile_run(
@@ -881,8 +939,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cpu{PROXY_CPU}-busy-other = share of the proxy's core used by other processes"
         )
         with contextlib.ExitStack() as stack:
+            kafka = stack.enter_context(kafka_broker()) if "dp-kafka-mirror" in cases else None
             running = [
-                start_case(stack, procs, name, prod_port, cand_port, slow_port, args.optimize)
+                start_case(
+                    stack, procs, name, prod_port, cand_port, slow_port, args.optimize, kafka
+                )
                 for name in cases
             ]
             points += bench.measure(running)

@@ -62,6 +62,11 @@ class KafkaBroker:
         return self.data_dir / "broker.log"
 
     @property
+    def pid(self) -> int:
+        assert self._proc is not None, "the broker is not running"
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
