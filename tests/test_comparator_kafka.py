@@ -318,3 +318,53 @@ async def test_two_comparators_one_leaves(
     assert orjson.dumps(one[0]["metrics"]) == orjson.dumps(two[0]["metrics"]) or all(
         one[0]["metrics"][k]["n"] == two[0]["metrics"][k]["n"] for k in one[0]["metrics"]
     )
+
+
+async def test_consumer_lag_per_assigned_partition(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shadowroute.comparator.kafka_source import ConsumerLagCollector, KafkaComparator
+
+    _, config = _cfg(tmp_path, kafka_bootstrap, prefix, "lag")
+    first = [("pairs", f"a{i}".encode(), pair(f"a{i}", T0 + i, [1], [0])) for i in range(60)]
+    await _produce(kafka_bootstrap, prefix, first)
+    comp = KafkaComparator(config, group_id="lag-" + prefix)
+    await comp.start()
+    try:
+        assert comp.lag() == {}  # nothing fetched yet
+        task = asyncio.create_task(comp.run())
+        deadline = time.monotonic() + 60
+        while sum(p.pairs for p in comp.engine.positions.values()) < 60:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        comp.stopping.set()
+        await task
+        pairs_topic = topic_name(prefix, "pairs")
+        assert {k: v for k, v in comp.lag().items() if k[0] == pairs_topic and v} == {}
+        # Seven more records are fetched but not processed: the lag shows them.
+        more = [("pairs", f"b{i}".encode(), pair(f"b{i}", T0 + i, [1], [0])) for i in range(7)]
+        await _produce(kafka_bootstrap, prefix, more)
+        consumer = comp._consumer
+        assert consumer is not None
+        deadline = time.monotonic() + 30
+        while sum(v for (t, _), v in comp.lag().items() if t == pairs_topic) < 7:
+            assert time.monotonic() < deadline
+            await consumer.getmany(timeout_ms=200)
+        lag = comp.lag()
+        assert sum(v for (t, _), v in lag.items() if t == pairs_topic) == 7
+        assert {p for t, p in lag if t == pairs_topic} == set(range(PARTS))
+        registry = CollectorRegistry()
+        registry.register(ConsumerLagCollector(comp))
+        text = generate_latest(registry).decode()
+        samples = [
+            line
+            for line in text.splitlines()
+            if line.startswith("shadowroute_kafka_consumer_lag{") and pairs_topic in line
+        ]
+        assert len(samples) == PARTS
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in samples) == 7
+        assert all('partition="' in line and 'topic="' in line for line in samples)
+    finally:
+        await comp.stop()

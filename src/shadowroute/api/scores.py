@@ -37,6 +37,8 @@ COMPARATOR_METRICS = (
     "shadowroute_drift_state",
     "shadowroute_label_delay_seconds",
     "shadowroute_label_coverage_ratio",
+    "shadowroute_duplicate_labels_total",
+    "shadowroute_model_age_days",
 )
 VERDICTS = ("promote", "hold", "reject")
 DRIFT_STATES = ("stable", "minor", "major", "insufficient", "collecting_reference")
@@ -90,6 +92,19 @@ class ScoresCollector(Collector):
         yield from self._candidates(data["candidates"])
         yield from self._partition(data["partition"])
         yield from self._production(data["production"])
+        yield from self._models(data.get("models", []))
+
+    def _models(self, models: list[dict[str, Any]]) -> Iterator[Metric]:
+        age = GaugeMetricFamily(
+            "shadowroute_model_age_days",
+            "Days since the model's declared lineage.trained_through.",
+            labels=["route", "model"],
+        )
+        for m in models:
+            x = _num(m.get("age_days"))
+            if x is not None:
+                age.add_metric([m["route"], m["model"]], x)
+        yield age
 
     def _candidates(self, cands: list[dict[str, Any]]) -> Iterator[Metric]:
         rc = ["route", "candidate"]
@@ -147,6 +162,11 @@ class ScoresCollector(Collector):
             if k.startswith("deadletter:"):
                 dl.add_metric([k.split(":", 1)[1]], v)
         yield dl
+        yield CounterMetricFamily(
+            "shadowroute_duplicate_labels",
+            "Labels for an already-labelled request key (counted, not joined again).",
+            value=counts.get("duplicate_labels", 0),
+        )
 
     def _production(self, prods: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         quality = GaugeMetricFamily(

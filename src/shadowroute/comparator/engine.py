@@ -12,6 +12,11 @@ Expiry is driven by record timestamps: a pending pair expires when the labels se
 partition reach ``pair ts + TTL``, a pending label when the pairs reach ``label ts + TTL``
 (or by an injected clock, whichever is later), so a replay expires exactly as the first run.
 A pair and a label join only when their timestamps are at most the TTL apart.
+
+Within a batch, pairs first join the batch's own labels in memory; only the other keys are
+looked up in the store, and each new label is stored once, with its join flags. A label whose
+key already has one (stored, or earlier in the batch) is a duplicate: counted
+(``duplicate_labels``), never joined again.
 """
 
 from __future__ import annotations
@@ -27,19 +32,20 @@ import orjson
 
 from shadowroute.comparator import scoring
 from shadowroute.comparator.aggregates import (
+    WINDOW_MS,
     CandidateState,
     LabelledRow,
     PairRow,
     new_candidate_state,
 )
 from shadowroute.comparator.production import (
-    OUTPUT_FIELD,
+    DriftBatch,
     ProductionState,
     drift_paths,
     new_production_state,
 )
 from shadowroute.comparator.reference import reference_for
-from shadowroute.comparator.store import PROD, Positions, Store
+from shadowroute.comparator.store import PROD, LabelRow, Positions, Store
 from shadowroute.core.config import Config, Route
 from shadowroute.core.records import (
     LabelRecord,
@@ -90,9 +96,21 @@ class _Batch:
     requests: dict[str, list[tuple[int, bool, int]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    drift: dict[str, dict[str, list[tuple[int, Any]]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(list))
-    )
+    drift: dict[str, DriftBatch] = field(default_factory=dict)
+
+
+class _Label:
+    """A label first seen in this batch: joined in memory, stored once with its flags."""
+
+    __slots__ = ("id", "joined", "label", "prod_done", "route", "ts")
+
+    def __init__(self, lab: LabelRecord) -> None:
+        self.id = lab.id
+        self.label = lab.label
+        self.ts = lab.ts
+        self.route = lab.route
+        self.joined = False
+        self.prod_done = False
 
 
 class Engine:
@@ -121,6 +139,9 @@ class Engine:
             for r in config.routes
         }
         self._refs = {r.name: reference_for(r) for r in config.routes}
+        self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
+        self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
+        self._window_ms = WINDOW_MS[self.windows[0]]
         self.states: dict[StateKey, Any] = {}
         self.positions: dict[int, Positions] = {}
         self._lock = threading.Lock()
@@ -219,14 +240,15 @@ class Engine:
         batch.touched.add(("part", "", "", partition))
         good_labels = self._decode_labels(partition, labels, dead)
         records = self._decode_pairs(partition, pairs, dead)
-        for lab in good_labels:
-            pos.labels_wm = max(pos.labels_wm, lab.ts)
-        for rec, _ in records:
-            pos.pairs_wm = max(pos.pairs_wm, rec.ts)
+        if good_labels:
+            pos.labels_wm = max(pos.labels_wm, max(lab.ts for lab in good_labels))
+        if records:
+            pos.pairs_wm = max(pos.pairs_wm, max(rec.ts for rec in records))
         self.store.begin()
         try:
-            self._join_labels(partition, good_labels, batch)
-            self._join_pairs(partition, records, batch)
+            fresh, prod_pending = self._join_labels(partition, good_labels, batch)
+            self._join_pairs(partition, records, fresh, prod_pending, batch)
+            self._store_labels(partition, fresh)
             self._apply(partition, batch)
             self._expire(partition, pos, batch)
             pos.pairs = next_pairs if next_pairs is not None else pos.pairs + len(pairs)
@@ -265,19 +287,21 @@ class Engine:
         self, partition: int, labels: Sequence[LabelInput], dead: list[DeadLetter]
     ) -> list[LabelRecord]:
         out: list[LabelRecord] = []
+        routes = self.routes
+        loads = orjson.loads
         for item in labels:
             if isinstance(item, LabelRecord):
                 lab = item
             else:
                 try:
-                    lab = decode_label(orjson.loads(item))
+                    lab = decode_label(loads(item))
                 except orjson.JSONDecodeError:
                     dead.append((b"", item, "label:unparseable"))
                     continue
                 except RecordError as exc:
                     dead.append((b"", item, f"label:{exc.reason}"))
                     continue
-            if lab.route is not None and lab.route not in self.routes:
+            if lab.route is not None and lab.route not in routes:
                 value = item if isinstance(item, bytes) else _label_bytes(lab)
                 dead.append((lab.id.encode(), value, "label:unknown_route"))
                 continue
@@ -286,58 +310,73 @@ class Engine:
 
     def _decode_pairs(
         self, partition: int, pairs: Sequence[tuple[bytes, bytes]], dead: list[DeadLetter]
-    ) -> list[tuple[PairRecord, bool]]:
-        out: list[tuple[PairRecord, bool]] = []
+    ) -> list[PairRecord]:
+        out: list[PairRecord] = []
+        cands = self._cands
         for key, value in pairs:
             try:
                 rec = decode_pair(value)
             except RecordError as exc:
                 dead.append((key, value, exc.reason))
                 continue
-            route = self.routes.get(rec.route)
-            if route is None:
+            names = cands.get(rec.route)
+            if names is None:
                 dead.append((key, value, "unknown_route"))
                 continue
             cand = rec.candidate
-            if cand is not None and all(c.name != cand.model for c in route.candidates):
+            if cand is not None and cand.model not in names:
                 dead.append((key, value, "unknown_candidate"))
                 continue
-            out.append((rec, cand is None))
+            out.append(rec)
         return out
 
     def _ttl(self, route: str | None) -> int:
         r = self.routes.get(route) if route is not None else None
         return int(r.label_ttl_s * 1000) if r is not None else self.max_ttl_ms
 
-    def _join_labels(self, partition: int, labels: list[LabelRecord], b: _Batch) -> None:
-        """Store new labels and join them with pairs already pending."""
+    def _join_labels(
+        self, partition: int, labels: list[LabelRecord], b: _Batch
+    ) -> tuple[dict[str, _Label], set[str]]:
+        """Join new labels with pairs already pending. Returns the labels seen for the first
+        time (stored after this batch's pairs have joined them) and the keys among them that
+        have a pending production entry. A label whose key already has one is a duplicate:
+        counted, never joined again."""
+        fresh: dict[str, _Label] = {}
         if not labels:
-            return
-        fresh: dict[str, LabelRecord] = {}
+            return fresh, set()
+        duplicates = 0
         for lab in labels:
             if lab.id in fresh:
-                self._count(partition, "duplicate_labels")
+                duplicates += 1
             else:
-                fresh[lab.id] = lab
-        known = self.store.labels_for(list(fresh))
-        for k in known:
-            self._count(partition, "duplicate_labels")
+                fresh[lab.id] = _Label(lab)
+        for k in self.store.labels_for(list(fresh)):
+            duplicates += 1
             del fresh[k]
-        joined_prod: set[str] = set()
-        joined_any: set[str] = set()
+        if duplicates:
+            self._count(partition, "duplicate_labels", duplicates)
+        prod_pending: set[str] = set()
         for key, kind, route_name, data in self.store.pending_for(list(fresh)):
-            lab = fresh[key]
+            new = fresh[key]
+            if kind == PROD:
+                prod_pending.add(key)
             route = self.routes.get(route_name)
-            if route is None or (lab.route is not None and lab.route != route_name):
+            if route is None or (new.route is not None and new.route != route_name):
                 continue
             entry = orjson.loads(data)
-            if abs(lab.ts - int(entry[0])) > route.label_ttl_s * 1000:
+            if abs(new.ts - int(entry[0])) > route.label_ttl_s * 1000:
                 continue
-            self._join_one(partition, route, kind, entry, lab.label, lab.ts, b)
+            self._join_one(partition, route, kind, entry, new.label, new.ts, b)
             b.joined.append((key, kind))
-            joined_any.add(key)
+            new.joined = True
             if kind == PROD:
-                joined_prod.add(key)
+                new.prod_done = True
+        self._count(partition, "labels", len(fresh))
+        return fresh, prod_pending
+
+    def _store_labels(self, partition: int, fresh: dict[str, _Label]) -> None:
+        if not fresh:
+            return
         self.store.add_labels(
             [
                 (
@@ -347,13 +386,12 @@ class Engine:
                     lab.ts + self._ttl(lab.route),
                     lab.route,
                     _dumps(lab.label),
-                    int(lab.id in joined_any),
-                    int(lab.id in joined_prod),
+                    int(lab.joined),
+                    int(lab.prod_done),
                 )
-                for lab in fresh.values()
+                for _, lab in sorted(fresh.items())
             ]
         )
-        self._count(partition, "labels", len(fresh))
 
     def _join_one(
         self, partition: int, route: Route, kind: str, entry: list[Any], label: Any,
@@ -375,87 +413,109 @@ class Engine:
         b.touched.add(("cand", route.name, kind, partition))
 
     def _join_pairs(
-        self, partition: int, records: list[tuple[PairRecord, bool]], b: _Batch
-    ) -> None:
-        """Score unlabelled facts; join with stored labels or leave pending."""
+        self, partition: int, records: list[PairRecord], fresh: dict[str, _Label],
+        prod_pending: set[str], b: _Batch,
+    ) -> None:  # fmt: skip
+        """Score unlabelled facts; join with this batch's labels or stored ones, or leave
+        pending. Only keys without a label in this batch are looked up in the store."""
         if not records:
             return
-        keyed: list[tuple[PairRecord, bool, list[str]]] = []
-        all_keys: list[str] = []
-        for rec, monitor in records:
+        keyed: list[tuple[PairRecord, list[str]]] = []
+        lookup: dict[str, None] = {}
+        for rec in records:
             out = rec.production.output
-            keys = label_keys(rec.id, len(out) if out else 1)
-            keyed.append((rec, monitor, keys))
-            all_keys.extend(keys)
-        uniq = list(dict.fromkeys(all_keys))
-        labels = self.store.labels_for(uniq)
-        prod_seen = self.store.prod_pending(uniq)
-        for rec, monitor, keys in keyed:
-            route = self.routes[rec.route]
-            ttl = int(route.label_ttl_s * 1000)
-            self._production(partition, route, rec, keys, labels, prod_seen, b)
+            rid = rec.id
+            keys = [rid] if not out or len(out) == 1 else label_keys(rid, len(out))
+            keyed.append((rec, keys))
+            for k in keys:
+                if k not in fresh:
+                    lookup[k] = None
+        wanted = list(lookup)
+        stored = self.store.labels_for(wanted) if wanted else {}
+        prod_seen = self.store.prod_pending(wanted) if wanted else set()
+        prod_seen |= prod_pending
+        routes = self.routes
+        for rec, keys in keyed:
+            route = routes[rec.route]
+            first = keys[0]
+            if first not in prod_seen:
+                lab0 = fresh.get(first) or stored.get(first)
+                if lab0 is None or not lab0.prod_done:
+                    prod_seen.update(keys)
+                    self._production(partition, route, rec, keys, fresh, stored, b)
             c = rec.candidate
-            if monitor or c is None:
+            if c is None:
                 continue
             cand = c.model
             p = rec.production
+            pout, cout = p.output, c.output
             b.rows[(route.name, cand)].append(
-                PairRow(rec.ts, p.error, c.error, p.latency_ms, c.latency_ms, p.output, c.output)
+                PairRow(rec.ts, p.error, c.error, p.latency_ms, c.latency_ms, pout, cout)
             )
-            b.touched.add(("cand", route.name, cand, partition))
-            if not p.output or not c.output:
+            if not pout or not cout:
                 continue
-            for i, key in enumerate(keys[: len(c.output)]):
-                lab = labels.get(key)
-                entry = [rec.ts, p.output[i], c.output[i]]
-                if lab is not None and _joinable(lab.route, lab.ts, route, rec.ts):
-                    self._join_one(
-                        partition, route, cand, entry, orjson.loads(lab.label), lab.ts, b
-                    )
-                    b.marks.append((0, key))
-                else:
+            ts = rec.ts
+            for i, key in enumerate(keys[: len(cout)]):
+                entry = [ts, pout[i], cout[i]]
+                if not self._join_new(partition, route, cand, key, entry, fresh, stored, b):
                     b.pending.append(
-                        (key, cand, partition, route.name, rec.ts + ttl, _dumps(entry))
-                    )
+                        (key, cand, partition, route.name, ts + self._ttl_ms[route.name],
+                         _dumps(entry))
+                    )  # fmt: skip
+        for route_name, cand in b.rows:
+            b.touched.add(("cand", route_name, cand, partition))
+
+    def _join_new(
+        self, partition: int, route: Route, kind: str, key: str, entry: list[Any],
+        fresh: Mapping[str, _Label], stored: Mapping[str, LabelRow], b: _Batch,
+    ) -> bool:  # fmt: skip
+        """Join a new pair instance with its label, if there is one it may join."""
+        new = fresh.get(key)
+        if new is not None:
+            if not _joinable(new.route, new.ts, route, entry[0]):
+                return False
+            self._join_one(partition, route, kind, entry, new.label, new.ts, b)
+            new.joined = True
+            if kind == PROD:
+                new.prod_done = True
+            return True
+        old = stored.get(key)
+        if old is None or not _joinable(old.route, old.ts, route, entry[0]):
+            return False
+        self._join_one(partition, route, kind, entry, orjson.loads(old.label), old.ts, b)
+        b.marks.append((1 if kind == PROD else 0, key))
+        return True
 
     def _production(
         self, partition: int, route: Route, rec: PairRecord, keys: list[str],
-        labels: Mapping[str, Any], prod_seen: set[str], b: _Batch,
+        fresh: Mapping[str, _Label], stored: Mapping[str, LabelRow], b: _Batch,
     ) -> None:  # fmt: skip
         """Production's own monitoring, once per request (the first record seen of it)."""
-        first = keys[0]
-        lab0 = labels.get(first)
-        if first in prod_seen or (lab0 is not None and lab0.prod_done):
-            return
-        prod_seen.update(keys)
-        state = self._prod(route, partition)
-        b.touched.add(("prod", route.name, "", partition))
+        name = route.name
+        drift = b.drift.get(name)
+        if drift is None:
+            self._prod(route, partition)
+            b.touched.add(("prod", name, "", partition))
+            fields = self._fields[name]
+            drift = b.drift[name] = (
+                DriftBatch(self._paths[name], fields) if fields else DriftBatch(None)
+            )
         out = rec.production.output
-        b.requests[route.name].append((rec.ts, rec.production.error is not None, len(keys)))
-        w = rec.ts - rec.ts % state.window_ms
-        drift = b.drift[route.name]
-        if rec.input is not None and self._fields[route.name]:
-            found = self._paths[route.name].values(rec.input)
-            for name, vals in zip(self._fields[route.name], found, strict=True):
-                drift[name].extend((w, v) for v in vals)
-        drift[OUTPUT_FIELD].extend((w, v) for v in _numeric_outputs(out))
-        ttl = int(route.label_ttl_s * 1000)
+        ts = rec.ts
+        b.requests[name].append((ts, rec.production.error is not None, len(keys)))
+        drift.add(ts - ts % self._window_ms, rec.input, out)
+        expires = ts + self._ttl_ms[name]
+        n = len(out) if out else 0
         for i, key in enumerate(keys):
-            pred = out[i] if out and i < len(out) else None
-            lab = labels.get(key)
-            entry = [rec.ts, pred, None]
-            if lab is not None and _joinable(lab.route, lab.ts, route, rec.ts):
-                self._join_one(partition, route, PROD, entry, orjson.loads(lab.label), lab.ts, b)
-                b.marks.append((1, key))
-            else:
-                b.pending.append((key, PROD, partition, route.name, rec.ts + ttl, _dumps(entry)))
+            entry = [ts, out[i] if i < n else None, None]  # type: ignore[index]
+            if not self._join_new(partition, route, PROD, key, entry, fresh, stored, b):
+                b.pending.append((key, PROD, partition, name, expires, _dumps(entry)))
 
     def _apply(self, partition: int, b: _Batch) -> None:
         for route, reqs in b.requests.items():
             prod = self._prod(self.routes[route], partition)
             prod.add_requests(reqs)
-            for name, values in b.drift[route].items():
-                prod.add_drift_items(name, values)
+            b.drift[route].apply(prod)
         for (route, cand), rows in b.rows.items():
             self._cand(self.routes[route], cand, partition).add_pairs(rows)
         for (route, cand), lrows in b.labelled.items():
@@ -467,6 +527,7 @@ class Engine:
                 [t for t, _, _ in items], [t for _, t, _ in items], [x for _, _, x in items]
             )
         self.store.drop_pending(b.joined)
+        b.pending.sort()
         self.store.add_pending(b.pending)
         self.store.mark_labels(b.marks)
 
@@ -501,18 +562,6 @@ def _joinable(label_route: str | None, label_ts: int, route: Route, pair_ts: int
     if label_route is not None and label_route != route.name:
         return False
     return abs(label_ts - pair_ts) <= route.label_ttl_s * 1000
-
-
-def _numeric_outputs(out: list[Any] | None) -> list[Any]:
-    if not out:
-        return []
-    vals: list[Any] = []
-    for v in out:
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            vals.append(v)
-        elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, int | float) for x in v):
-            vals.append(v[1])
-    return vals
 
 
 def _label_bytes(lab: LabelRecord) -> bytes:

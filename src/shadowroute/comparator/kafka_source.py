@@ -24,13 +24,15 @@ import contextlib
 import logging
 import signal
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from shadowroute.api.app import ControlContext, create_app
 from shadowroute.api.labels import SinkLabelWriter, label_routes
@@ -52,7 +54,16 @@ from shadowroute.stream.kafka import (
 
 log = logging.getLogger("shadowroute.comparator.kafka")
 
-__all__ = ["KafkaComparator", "ScoresFollower", "run_compare", "scores_key"]
+__all__ = [
+    "KAFKA_COMPARATOR_METRICS",
+    "ConsumerLagCollector",
+    "KafkaComparator",
+    "ScoresFollower",
+    "run_compare",
+    "scores_key",
+]
+
+KAFKA_COMPARATOR_METRICS = ("shadowroute_kafka_consumer_lag",)
 
 PRODUCTION = "@production"
 PARTITION = "@partition"
@@ -239,6 +250,24 @@ class KafkaComparator:
         for fut in futures:
             await fut
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet committed per assigned (topic, partition): the partition's high
+        watermark (from the latest fetch) minus the next offset stored with the state. Partitions
+        not fetched yet are left out."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        positions = dict(self.engine.positions)
+        out: dict[tuple[str, int], int] = {}
+        for tp in sorted(consumer.assignment()):
+            high = consumer.highwater(tp)
+            pos = positions.get(tp.partition)
+            if high is None or pos is None:
+                continue
+            at = pos.pairs if tp.topic == self.pairs_topic else pos.labels
+            out[(tp.topic, tp.partition)] = max(0, int(high) - at)
+        return out
+
     async def stop(self) -> None:
         self.stopping.set()
         if self._consumer is not None:
@@ -246,6 +275,24 @@ class KafkaComparator:
         if self._producer is not None:
             await self._producer.stop()
         self.store.close()
+
+
+class ConsumerLagCollector(Collector):
+    """``shadowroute_kafka_consumer_lag{topic,partition}`` of one comparator group member."""
+
+    def __init__(self, comparator: KafkaComparator) -> None:
+        self._comparator = comparator
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "shadowroute_kafka_consumer_lag",
+            "Records on an assigned partition not yet committed by this comparator "
+            "(high watermark minus the stored next offset).",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), n in self._comparator.lag().items():
+            lag.add_metric([topic, str(partition)], n)
+        yield lag
 
 
 class ScoresFollower:
@@ -337,6 +384,7 @@ async def run_compare(
     reader = Reader(config, view, verdicts, history)
     registry = new_registry()
     registry.register(ScoresCollector(reader))
+    registry.register(ConsumerLagCollector(comparator))
     # Labels posted to this API go to the labels topic, keyed to their pair's partition.
     labels_sink = KafkaSink.for_labels(config.transport)
     await labels_sink.start()

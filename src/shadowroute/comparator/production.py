@@ -23,7 +23,13 @@ from shadowroute.core.drift import FrozenBins, Histogram, drift_summary
 from shadowroute.core.drift_fields import PathSet
 from shadowroute.core.monitor import LabelCoverage, LabelDelay, WindowedQuality
 
-__all__ = ["OUTPUT_FIELD", "DriftField", "ProductionState", "new_production_state"]
+__all__ = [
+    "OUTPUT_FIELD",
+    "DriftBatch",
+    "DriftField",
+    "ProductionState",
+    "new_production_state",
+]
 
 REFERENCE_WINDOWS: Final = 12
 CURRENT_WINDOWS: Final = 6
@@ -316,6 +322,71 @@ def new_production_state(
             )
         state.drift[name] = f
     return state
+
+
+class DriftBatch:
+    """One batch's drift values of a route: per field a flat list, with the window of each run
+    of records, so a batch costs one list append per value and one ``DriftField.add`` per
+    (field, window run) instead of a tuple per value.
+
+    Fields are the input paths (``names``, in ``PathSet`` order; none when ``paths`` is
+    ``None``) followed by ``OUTPUT_FIELD``. ``apply`` adds exactly what
+    ``ProductionState.add_drift_items`` would add for the same (window, value) items in the
+    same order."""
+
+    __slots__ = ("_names", "_out", "_paths", "_runs", "_values")
+
+    def __init__(self, paths: PathSet | None, names: Sequence[str] = ()) -> None:
+        self._paths = paths
+        n = len(paths.paths) if paths is not None else 0
+        if len(names) != n:
+            raise ValueError("one name per path")
+        self._names = [*names, OUTPUT_FIELD]
+        self._values: list[list[Any]] = [[] for _ in range(n + 1)]
+        self._out = self._values[n]
+        self._runs: list[tuple[int, list[int]]] = []
+
+    def add(self, window: int, doc: Any, output: list[Any] | None) -> None:
+        """One request: its input body (``doc``) and production's output, at ``window``."""
+        runs = self._runs
+        if not runs or runs[-1][0] != window:
+            runs.append((window, [len(v) for v in self._values]))
+        if doc is not None and self._paths is not None:
+            self._paths.extend(doc, self._values)
+        if output:
+            _numeric_outputs(output, self._out)
+
+    def apply(self, state: ProductionState) -> None:
+        bounds = [starts for _, starts in self._runs[1:]]
+        bounds.append([len(v) for v in self._values])
+        for i, name in enumerate(self._names):
+            f = state.drift.get(name)
+            if f is None:
+                continue
+            values = self._values[i]
+            # consecutive runs of the same window, skipping runs without a value of this field
+            window: int | None = None
+            start = end = 0
+            for (w, starts), ends in zip(self._runs, bounds, strict=True):
+                lo, hi = starts[i], ends[i]
+                if lo == hi:
+                    continue
+                if w != window:
+                    if window is not None:
+                        f.add(window, values[start:end])
+                    window, start = w, lo
+                end = hi
+            if window is not None:
+                f.add(window, values[start:end])
+
+
+def _numeric_outputs(out: list[Any], dst: list[Any]) -> None:
+    """Production's numeric outputs (the positive-class probability of a two-class vector)."""
+    for v in out:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            dst.append(v)
+        elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, int | float) for x in v):
+            dst.append(v[1])
 
 
 def drift_paths(fields: Sequence[str], categorical: Sequence[str]) -> PathSet:

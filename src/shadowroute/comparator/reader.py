@@ -347,7 +347,25 @@ class Reader:
                     }
                 )
         prods = {r.name: self.production(r.name) for r in self.config.routes}
-        return {"candidates": cands, "production": prods, "partition": self.view.partition_counts()}
+        return {
+            "candidates": cands,
+            "production": prods,
+            "partition": self.view.partition_counts(),
+            "models": self._model_ages(),
+        }
+
+    def _model_ages(self) -> list[dict[str, Any]]:
+        """(route, model, role, age_days) of every model whose lineage declares
+        ``trained_through``: production and candidates alike."""
+        today = self._today()
+        out = []
+        for r in self.config.routes:
+            for m in (r.production, *r.candidates):
+                age = _age_days(m.lineage.trained_through if m.lineage else None, today)
+                if age is not None:
+                    role = "production" if m is r.production else "candidate"
+                    out.append({"route": r.name, "model": m.name, "role": role, "age_days": age})
+        return out
 
 
 def _age_days(trained_through: str | None, today: date) -> float | None:

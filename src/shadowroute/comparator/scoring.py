@@ -65,6 +65,11 @@ def _number(v: Any) -> float | None:
 
 def class_key(v: Any) -> str | None:
     """A class label's comparable form: ``1``, ``1.0`` and ``"1"`` are the same class."""
+    kind = type(v)
+    if kind is int:
+        return str(v)
+    if kind is str:
+        return v  # type: ignore[no-any-return]
     if v is None or isinstance(v, list | dict):
         return None
     if isinstance(v, bool):

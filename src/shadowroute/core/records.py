@@ -173,6 +173,75 @@ def decode_pair(value: bytes) -> PairRecord:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError:
         raise RecordError("unparseable") from None
+    if type(obj) is dict:
+        rec = _fast_pair(obj)
+        if rec is not None:
+            return rec
+    return _checked_pair(obj)
+
+
+_ERROR_SET: Final = frozenset(ERRORS)
+_TS_END: Final = 1 << 63
+
+
+def _fast_pair(obj: dict[str, Any]) -> PairRecord | None:
+    """The common shape, accepted after a few exact type checks; ``None`` when anything
+    differs, and the full validator then decides (and names the reason)."""
+    try:
+        version, rid, route, ts = obj["v"], obj["id"], obj["route"], obj["ts"]
+        prod, cand = obj["production"], obj["candidate"]
+    except KeyError:
+        return None
+    if not (
+        type(version) is int
+        and version == SCHEMA_VERSION
+        and type(rid) is str
+        and _ID.fullmatch(rid) is not None
+        and type(route) is str
+        and route
+        and type(ts) is int
+        and 0 <= ts < _TS_END
+    ):
+        return None
+    production = _fast_side(prod)
+    if production is None:
+        return None
+    candidate = None
+    if cand is not None:
+        candidate = _fast_side(cand)
+        if candidate is None:
+            return None
+    return PairRecord(rid, route, ts, production, candidate, obj.get("input"))
+
+
+def _fast_side(obj: Any) -> Side | None:
+    if type(obj) is not dict:
+        return None
+    try:
+        model, version, status = obj["model"], obj["version"], obj["status"]
+        latency, output, error = obj["latency_ms"], obj["output"], obj["error"]
+    except KeyError:
+        return None
+    if type(model) is not str or not model:
+        return None
+    if version is not None and type(version) is not str:
+        return None
+    if status is not None and (type(status) is not int or not 100 <= status <= 599):
+        return None
+    if latency is not None:
+        kind = type(latency)
+        if (kind is not float and kind is not int) or not latency >= 0:
+            return None
+        latency = float(latency)
+    if output is not None and type(output) is not list:
+        return None
+    if error is not None and (type(error) is not str or error not in _ERROR_SET):
+        return None
+    return Side(model, version, status, latency, output, error)
+
+
+def _checked_pair(obj: Any) -> PairRecord:
+    """Every check of schema v1, in the order that gives each failure its reason."""
     if not isinstance(obj, dict):
         raise RecordError("unparseable")
     _check_version(obj, required=True)
@@ -239,6 +308,10 @@ def encode_label(label: LabelRecord) -> bytes:
 
 def decode_label(obj: Any, now_ms: int | None = None) -> LabelRecord:
     """Validate a parsed label object; ``ts`` defaults to ``now_ms`` when that is given."""
+    if type(obj) is dict:
+        lab = _fast_label(obj, now_ms)
+        if lab is not None:
+            return lab
     if not isinstance(obj, dict):
         raise RecordError("bad_type:record")
     _check_version(obj, required=False)
@@ -254,6 +327,41 @@ def decode_label(obj: Any, now_ms: int | None = None) -> LabelRecord:
     if route is not None:
         route = _name(route, "route")
     return LabelRecord(id=request_id, label=label, ts=ts, route=route)
+
+
+_ABSENT: Final = object()
+
+
+def _fast_label(obj: dict[str, Any], now_ms: int | None) -> LabelRecord | None:
+    """The common shape (``v`` 1 or absent, integer ``ts``, scalar label); ``None`` when
+    anything differs, and the full validator then decides."""
+    version = obj.get("v", SCHEMA_VERSION)
+    rid = obj.get("id")
+    label = obj.get("label", _ABSENT)
+    ts = obj.get("ts", _ABSENT)
+    route = obj.get("route")
+    if not (
+        type(version) is int
+        and version == SCHEMA_VERSION
+        and type(rid) is str
+        and _ID.fullmatch(rid) is not None
+    ):
+        return None
+    kind = type(label)
+    if kind is float:
+        if not math.isfinite(label):
+            return None
+    elif kind is not int and kind is not str and kind is not bool:
+        return None
+    if ts is _ABSENT:
+        if now_ms is None:
+            return None
+        ts = now_ms
+    elif type(ts) is not int or not 0 <= ts < _TS_END:
+        return None
+    if route is not None and (type(route) is not str or not route):
+        return None
+    return LabelRecord(rid, label, ts, route)
 
 
 def _label_value(label: Any) -> Any:

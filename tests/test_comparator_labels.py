@@ -1,0 +1,173 @@
+"""Labels sent twice, the decoders' fast paths, and the metrics the dashboard and alerts read."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shadowroute.api.scores import ScoresCollector
+from shadowroute.comparator.aggregates import CandidateState
+from shadowroute.comparator.embedded import Comparator
+from shadowroute.comparator.engine import Engine
+from shadowroute.comparator.production import ProductionState
+from shadowroute.comparator.store import Store
+from shadowroute.core import records
+from shadowroute.core.records import LabelRecord, RecordError, decode_label, decode_pair
+from test_comparator_gen import T0, classification, config, pair
+
+ROUTE, CAND = "fraud", "fraud-v8"
+
+
+def _engine(path: Path) -> Engine:
+    return Engine(config(str(path)), Store(path))
+
+
+def _states(engine: Engine) -> tuple[CandidateState, ProductionState, dict[str, int]]:
+    cand = engine.states[("cand", ROUTE, CAND, 0)]
+    prod = engine.states[("prod", ROUTE, "", 0)]
+    part = engine.states[("part", "", "", 0)]
+    assert isinstance(cand, CandidateState) and isinstance(prod, ProductionState)
+    return cand, prod, part
+
+
+@pytest.mark.parametrize("when", ["same_batch", "next_batch", "after_the_pair", "before_pair"])
+def test_a_label_sent_twice_is_joined_once_and_counted(tmp_path: Path, when: str) -> None:
+    s = classification(300, seed=3)
+    engine = _engine(tmp_path / "s.sqlite")
+    if when == "same_batch":
+        engine.process(0, s.pairs, s.labels + s.labels)
+    elif when == "next_batch":
+        engine.process(0, s.pairs, s.labels)
+        engine.process(0, [], s.labels)
+    elif when == "after_the_pair":
+        engine.process(0, s.pairs, [])
+        engine.process(0, [], s.labels)
+        engine.process(0, [], s.labels)
+    else:
+        engine.process(0, [], s.labels)
+        engine.process(0, [], s.labels)
+        engine.process(0, s.pairs, [])
+    cand, prod, part = _states(engine)
+    assert cand.labelled == 300 and cand.quality["accuracy"].n == 300
+    assert prod.counts["labelled"] == 300
+    assert part["duplicate_labels"] == 300
+    assert part["labels"] == 300
+    assert engine.store.pending_count() == 0
+
+
+def test_a_resent_label_with_another_value_does_not_change_the_scores(tmp_path: Path) -> None:
+    s = classification(200, seed=4)
+    engine = _engine(tmp_path / "s.sqlite")
+    engine.process(0, s.pairs, s.labels)
+    before = _states(engine)[0].to_dict()
+    flipped = [LabelRecord(lab.id, 1 - lab.label, lab.ts) for lab in s.labels]
+    engine.process(0, [], flipped)
+    cand, _, part = _states(engine)
+    assert cand.to_dict() == before
+    assert part["duplicate_labels"] == 200
+
+
+async def test_duplicates_and_model_age_are_exported(tmp_path: Path) -> None:
+    comp = Comparator(config(str(tmp_path / "s.sqlite")), clock=None)
+    s = classification(50, seed=5)
+    await comp.consume(s.pairs)
+    await comp.consume_labels(s.labels)
+    await comp.flush()
+    await comp.consume_labels(s.labels[:20])
+    await comp.flush()
+    try:
+        registry = CollectorRegistry()
+        registry.register(ScoresCollector(comp.reader))
+        text = generate_latest(registry).decode()
+    finally:
+        await comp.close()
+    assert "shadowroute_duplicate_labels_total 20.0" in text
+    # fraud-v7 declares lineage.trained_through 2026-10-31; the candidates declare none.
+    ages = [line for line in text.splitlines() if line.startswith("shadowroute_model_age_days{")]
+    assert len(ages) == 1 and 'model="fraud-v7"' in ages[0] and 'route="fraud"' in ages[0]
+    today = datetime.now(UTC).date()
+    want = (today - date(2026, 10, 31)).days
+    assert float(ages[0].rsplit(" ", 1)[1]) in (want, want - 1)  # midnight between the two
+
+
+# --- decoders: the fast path gives exactly what the full validator gives --------------------
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+)
+
+
+def _variants() -> st.SearchStrategy[dict[str, Any]]:
+    """Valid records with one field replaced by an arbitrary value or removed."""
+    base = orjson.loads(pair("r-1", T0, [1, 0], [0, 0]))
+    paths = [
+        ("v",),
+        ("id",),
+        ("route",),
+        ("ts",),
+        ("candidate",),
+        ("production",),
+        *[(side, f) for side in ("production", "candidate") for f in base["production"]],
+    ]
+
+    def build(path: tuple[str, ...], value: Any, drop: bool) -> dict[str, Any]:
+        rec = orjson.loads(orjson.dumps(base))
+        target = rec
+        for key in path[:-1]:
+            target = target[key]
+        if drop:
+            target.pop(path[-1], None)
+        else:
+            target[path[-1]] = value
+        return rec  # type: ignore[no-any-return]
+
+    return st.builds(build, st.sampled_from(paths), _SCALARS, st.booleans())
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return ("ok", fn(*args))
+    except RecordError as exc:
+        return ("error", exc.reason)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_variants())
+def test_pair_fast_path_agrees_with_the_full_validator(rec: dict[str, Any]) -> None:
+    value = orjson.dumps(rec)
+    assert _outcome(decode_pair, value) == _outcome(records._checked_pair, orjson.loads(value))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["v", "id", "label", "ts", "route"]), _SCALARS),
+    st.one_of(st.none(), st.integers(0, 2**40)),
+)
+def test_label_fast_path_agrees_with_the_full_validator(
+    obj: dict[str, Any], now_ms: int | None
+) -> None:
+    fast = _outcome(decode_label, obj, now_ms)
+    assert records._fast_label(obj, now_ms) is None or fast[0] == "ok"
+    slow = _outcome(_full_label, obj, now_ms)
+    assert fast == slow
+
+
+def _full_label(obj: dict[str, Any], now_ms: int | None) -> LabelRecord:
+    """``decode_label`` with the fast path switched off."""
+    original = records._fast_label
+    records._fast_label = lambda *_: None  # type: ignore[assignment]
+    try:
+        return decode_label(obj, now_ms)
+    finally:
+        records._fast_label = original
