@@ -24,9 +24,11 @@ class FeederStats:
 class LabelFeeder:
     """Holds labels until they are due, then posts them.
 
-    >>> feeder = LabelFeeder(session, "http://127.0.0.1:9090", random.Random(0))
-    >>> feeder.schedule("req-1", 1)          # due 0.5–3 s from now
-    >>> await feeder.run(stop)               # posts until ``stop`` is set and all are sent
+    Usage::
+
+        feeder = LabelFeeder(session, "http://127.0.0.1:9090", random.Random(0))
+        feeder.schedule("req-1", 1)          # due 0.5–3 s from now
+        await feeder.run(stop)               # posts until ``stop`` is set and all are sent
     """
 
     def __init__(

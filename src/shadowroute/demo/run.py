@@ -1,9 +1,10 @@
 """The demo's async entry point: model servers, the embedded stack, traffic, delayed labels, the
 live view and the final verdict, in one process.
 
->>> result = await run_demo(DemoOptions(scenario="better", duration_s=20, port=0))
->>> result.exit_code
-0
+Usage, from a coroutine::
+
+    result = await run_demo(DemoOptions(scenario="better", duration_s=20, port=0))
+    result.exit_code  # 0 when the verdict matched the scenario
 """
 
 from __future__ import annotations
