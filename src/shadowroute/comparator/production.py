@@ -4,9 +4,9 @@ Fed once per request instance (production-only records and pair records alike; t
 makes sure a request seen with several candidates counts once). Mergeable like the candidate
 scores; drift histograms merge only when their bins are the same (see ``DriftField``).
 
-Defaults (documented in docs/comparator.md, no config keys): degradation compares the latest
-``CURRENT_WINDOWS`` windows with the first ``REFERENCE_WINDOWS`` windows that have labelled
-data (a fixed reference, which catches slow decay); drift bins are frozen from
+Degradation compares the latest ``routes[].monitor.current_windows`` windows with the first
+``reference_windows`` that have labelled data (a fixed reference, which catches slow decay);
+drift bins are frozen from
 ``Route.drift.reference_file`` when given, else from the first ``FREEZE_AFTER`` values of
 each field seen on the partition, which also form the reference histogram.
 """
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from shadowroute.comparator.aggregates import WINDOW_MS
+from shadowroute.core.config import Monitor
 from shadowroute.core.drift import FrozenBins, Histogram, drift_summary
 from shadowroute.core.drift_fields import PathSet
 from shadowroute.core.monitor import LabelCoverage, LabelDelay, WindowedQuality
@@ -31,8 +32,6 @@ __all__ = [
     "new_production_state",
 ]
 
-REFERENCE_WINDOWS: Final = 12
-CURRENT_WINDOWS: Final = 6
 FREEZE_AFTER: Final = 1000
 OUTPUT_FIELD: Final = "output"
 """The drift field name of production's own (numeric) output."""
@@ -231,26 +230,35 @@ class ProductionState:
             counts=counts,
         )
 
-    def degradation(self, alpha: float) -> dict[str, Any]:
+    def degradation(self, alpha: float, monitor: Monitor | None = None) -> dict[str, Any]:
+        m = monitor or Monitor()
         wins = [w for w in self.quality.windows() if self.quality.sums([w]).n > 0]
-        ref = wins[:REFERENCE_WINDOWS]
-        cur = [w for w in wins[REFERENCE_WINDOWS:]][-CURRENT_WINDOWS:]
-        out = self.quality.degradation(current=cur, reference=ref, alpha=alpha)
+        ref = wins[: m.reference_windows]
+        cur = list(wins[m.reference_windows :])[-m.current_windows :]
+        out = self.quality.degradation(
+            current=cur,
+            reference=ref,
+            alpha=alpha,
+            margin=m.degradation_margin,
+            min_n=m.min_labelled,
+        )
         if not cur:
             out["note"] = (
-                f"the reference is the first {REFERENCE_WINDOWS} windows with labels; "
+                f"the reference is the first {m.reference_windows} windows with labels; "
                 "no later window yet"
             )
         return out
 
-    def summary(self, alpha: float, warn: float, alert: float) -> dict[str, Any]:
+    def summary(
+        self, alpha: float, warn: float, alert: float, monitor: Monitor | None = None
+    ) -> dict[str, Any]:
         return {
             "route": self.route,
             "metric": self.metric,
             "window": self.window,
             "counts": dict(sorted(self.counts.items())),
             "quality": self.quality.series(),
-            "degradation": _clean(self.degradation(alpha)),
+            "degradation": _clean(self.degradation(alpha, monitor)),
             "label_delay_ms": _clean(self.delay.summary()),
             "label_coverage": _clean(self.coverage.series()),
             "drift": {k: _clean(f.summary(warn, alert)) for k, f in sorted(self.drift.items())},

@@ -294,7 +294,7 @@ class Reader:
         body: dict[str, Any] = {"route": route, "model": r.production.name, "task": r.task}
         if state is None:
             return body | {"counts": {}, "quality": [], "drift": {}}
-        return body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert)
+        return body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)
 
     def lineage(self, model: str) -> dict[str, Any]:
         for r in self.config.routes:

@@ -232,6 +232,20 @@ class Drift(_Strict):
     """PSI at which a field's drift state becomes `major`."""
 
 
+class Monitor(_Strict):
+    """How production's own quality is judged over time (see docs/monitoring.md)."""
+
+    reference_windows: int = Field(12, ge=1)
+    """The first N windows with labels form the fixed reference."""
+    current_windows: int = Field(6, ge=1)
+    """The latest N windows with labels are compared with the reference."""
+    min_labelled: int = Field(100, ge=1)
+    """Labelled predictions needed on each side before a degradation state other than
+    ``insufficient``."""
+    degradation_margin: float = Field(0.0, ge=0)
+    """How much worse than the reference (in the metric's units) counts as degraded."""
+
+
 class Guardrails(_Strict):
     error_rate_delta: float | None = Field(0.01, ge=0, le=1)
     """Largest tolerated rise in the candidate's error rate over production's (none: off)."""
@@ -303,6 +317,8 @@ class Route(_Strict):
     """Input fields monitored for drift."""
     policy: Policy = Policy()
     """How the verdict is reached."""
+    monitor: Monitor = Monitor()
+    """How production's own quality over time is judged."""
     label_ttl_s: float = Field(3 * 86400, gt=0)
     """How long a pair waits for its label (and a label for its pair) before it is an orphan."""
 
