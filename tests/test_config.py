@@ -155,3 +155,23 @@ def test_config_reference_doc_is_current() -> None:
     assert doc.read_text() == reference(), (
         "docs/config.md is stale: run `shadowroute config reference > docs/config.md`"
     )
+
+
+def test_json_log_lines() -> None:
+    import logging
+
+    import orjson
+
+    from shadowroute.cli import JsonFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys as _sys
+
+        rec = logging.LogRecord(
+            "shadowroute.proxy", logging.WARNING, __file__, 1, "refused %s", ("x",), _sys.exc_info()
+        )
+    doc = orjson.loads(JsonFormatter().format(rec))
+    assert doc["level"] == "warning" and doc["logger"] == "shadowroute.proxy"
+    assert doc["msg"] == "refused x" and "ValueError: boom" in doc["exc"]
