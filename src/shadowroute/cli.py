@@ -84,16 +84,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 0:
         print("error: --workers must be 0 (one process) or more", file=sys.stderr)
         return EXIT_USAGE
-    if args.workers >= 1:
-        from shadowroute import workers
+    if cfg.listen.port == 0 and args.workers > 1:
+        print("error: --workers needs a fixed listen.port (not 0)", file=sys.stderr)
+        return EXIT_USAGE
+    from shadowroute import workers
+    from shadowroute.stream.kafka import CopartitionError
 
-        if cfg.listen.port == 0 and args.workers > 1:
-            print("error: --workers needs a fixed listen.port (not 0)", file=sys.stderr)
-            return EXIT_USAGE
-
-        return workers.serve_workers(cfg, args.workers)
-    _run(runtime.serve(cfg))
-    return EXIT_OK
+    try:
+        if args.workers >= 1:
+            return workers.serve_workers(cfg, args.workers)
+        _run(runtime.serve(cfg))
+        return EXIT_OK
+    except CopartitionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -116,6 +116,27 @@ class ComparatorLabelWriter:
         await self.comparator.consume_labels(labels)
 
 
+async def verify_kafka_topics(config: Config, timeout_s: float = 10.0) -> None:
+    """At start: pairs and labels must have the same partition count, or labels would not
+    meet their pairs; that is a configuration error (``CopartitionError``). A broker that
+    cannot be reached, or topics not created yet, are not: records spool until Kafka is
+    there, and this is logged."""
+    from shadowroute.stream.kafka import CopartitionError, check_copartitioned
+
+    t = config.transport
+    assert t.bootstrap is not None
+    try:
+        async with asyncio.timeout(timeout_s):
+            await check_copartitioned(t.bootstrap, t.security, t.topic_prefix)
+    except CopartitionError as exc:
+        if "missing" in str(exc):
+            log.warning("%s; records spool until they exist (`shadowroute topics create`)", exc)
+            return
+        raise
+    except Exception as exc:
+        log.warning("cannot check the Kafka topics now (%r); records spool until Kafka is up", exc)
+
+
 def kafka_collector(sinks: list[KafkaSink]) -> KafkaSinkCollector:
     collector = KafkaSinkCollector(sinks)
     for s in sinks:
@@ -159,6 +180,7 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
         extra.append(ChannelSink(comparator))
         label_writer = ComparatorLabelWriter(comparator)
     else:
+        await verify_kafka_topics(config)
         kafka_labels = KafkaSink.for_labels(config.transport)
         await kafka_labels.start()
         label_writer = SinkLabelWriter(kafka_labels)

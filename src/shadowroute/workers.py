@@ -180,6 +180,9 @@ async def supervise(config: Config, n: int) -> None:
     from shadowroute.stream.kafka import KafkaSink
     from shadowroute.stream.sink import ChannelSink
 
+    if config.transport.kind == "kafka":
+        # A configuration error stops us before any worker exists.
+        await runtime.verify_kafka_topics(config)
     ctx_mp = multiprocessing.get_context("fork")
     workers = WorkerSet(n)
     procs = []
@@ -193,7 +196,10 @@ async def supervise(config: Config, n: int) -> None:
     for i in range(n):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         proc = ctx_mp.Process(
-            target=_worker_main, args=(config, child, i, [parent, *channels]), name=f"worker-{i}"
+            target=_worker_main,
+            args=(config, child, i, [parent, *channels]),
+            name=f"worker-{i}",
+            daemon=True,  # never outlive the supervisor, whatever stops it
         )
         proc.start()
         child.close()
