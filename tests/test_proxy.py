@@ -641,3 +641,14 @@ async def test_upgrade_passed_through_when_configured(prod: ModelServer) -> None
         writer.close()
     server.close()
     assert b"upgrade: echo" in seen_heads[0].lower()
+
+
+async def test_a_half_closed_client_still_gets_its_answer(prod: ModelServer) -> None:
+    async with running_proxy(make_config(prod.url)) as (dp, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+        writer.write(post(close=False) + post(b'{"instances": [[7]]}', close=False))
+        writer.write_eof()
+        async with asyncio.timeout(3):
+            out = await reader.read()
+        writer.close()
+    assert out.count(b"HTTP/1.1 200") == 2 and out.endswith(b'{"predictions":[8.0]}')

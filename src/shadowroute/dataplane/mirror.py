@@ -118,8 +118,8 @@ class MirrorTarget:
         self.breaker.record(ok, time.monotonic())
         if result.error is None:
             self.count("ok")
-        elif result.error == "timeout":
-            self.count("timeout")
+        elif result.error in ("timeout", "too_large"):
+            self.count(result.error)
         else:
             self.count("error")
         if result.latency_ms is not None:

@@ -426,6 +426,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.feeding = False
+        self.half_closed = False
         self.tunnel: Request | None = None
         self.last_active = 0.0
         self._url = b""
@@ -495,6 +496,13 @@ class ClientConnection(asyncio.Protocol):
         active = self.active
         if active is not None and active.up_pending:
             active.flush_upstream()
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: answer what it already sent, then close."""
+        if self.idle or self.tunnel is not None:
+            return None  # nothing pending (or a tunnel): let the transport close
+        self.half_closed = True
+        return True
 
     def pause_writing(self) -> None:
         up = self.active.prod if self.active is not None else None
@@ -668,7 +676,7 @@ class ClientConnection(asyncio.Protocol):
         if self.queue and self.queue[0] is req:
             self.queue.popleft()
         self.active = None
-        if req.close_after or (self.proxy.draining and not self.queue):
+        if req.close_after or ((self.proxy.draining or self.half_closed) and not self.queue):
             self.close()
             return
         if self.paused and len(self.queue) <= MAX_PIPELINED // 2:
