@@ -368,3 +368,32 @@ async def test_consumer_lag_per_assigned_partition(
         assert all('partition="' in line and 'topic="' in line for line in samples)
     finally:
         await comp.stop()
+
+
+async def test_a_comparator_that_lost_its_disk_rebuilds_from_the_topics(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    """Delete the SQLite state (and its WAL) after a run: a new comparator starts from the
+    beginning of the topics and ends with exactly the offline recomputation again."""
+    cfg_path, config = _cfg(tmp_path, kafka_bootstrap, prefix, "a")
+    items = _stream(4_000, seed=3)
+    await _produce(kafka_bootstrap, prefix, items)
+    offline, ends = await _offline(tmp_path, config, kafka_bootstrap, prefix)
+    args = ("--instance-id", "a", "--session-timeout-ms", "6000")
+    proc = _spawn(cfg_path, *args)
+    try:
+        await _wait_done([tmp_path / "a.sqlite"], ends)
+    finally:
+        _stop(proc)
+    _delete_state(tmp_path, "a.sqlite")
+    proc = _spawn(cfg_path, *args)
+    try:
+        await _wait_done([tmp_path / "a.sqlite"], ends)
+    finally:
+        _stop(proc)
+    _assert_same(Engine(config, Store(tmp_path / "a.sqlite")), offline)
+
+
+def _delete_state(directory: Path, name: str) -> None:
+    for f in directory.glob(name + "*"):
+        f.unlink()

@@ -159,7 +159,7 @@ async def test_candidate_fault_is_invisible_to_the_client(fault: str) -> None:
     assert in_flight_after == 0
     # Every request is accounted for: sent or dropped because the bound was reached.
     assert mirrors.get("sent", 0) + mirrors.get("dropped_full", 0) == total
-    finished = sum(mirrors.get(k, 0) for k in ("ok", "timeout", "error"))
+    finished = sum(mirrors.get(k, 0) for k in ("ok", "timeout", "too_large", "error"))
     assert finished == mirrors["sent"]
     assert mirrors.get(outcome, 0) > 0
     # One pair record per mirror sent, each naming the fault.
