@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from shadowroute import __version__
-from shadowroute.core.config import ConfigError, load_config
+from shadowroute.core.config import Config, ConfigError, load_config
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -52,11 +52,18 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
-def cmd_config_check(args: argparse.Namespace) -> int:
+def _load(path: str) -> Config | None:
+    """The config, or None after printing what is wrong with it."""
     try:
-        cfg = load_config(args.file)
+        return load_config(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
         return EXIT_ERROR
     n_cand = sum(len(r.candidates) for r in cfg.routes)
     print(
@@ -74,10 +81,8 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return EXIT_ERROR
     from shadowroute import runtime
 
@@ -101,10 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return EXIT_ERROR
     if cfg.transport.kind != "kafka":
         print(
@@ -120,10 +123,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return EXIT_ERROR
     if cfg.transport.kind != "kafka":
         print(

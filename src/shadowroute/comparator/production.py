@@ -258,10 +258,10 @@ class ProductionState:
             "window": self.window,
             "counts": dict(sorted(self.counts.items())),
             "quality": self.quality.series(),
-            "degradation": _clean(self.degradation(alpha, monitor)),
-            "label_delay_ms": _clean(self.delay.summary()),
-            "label_coverage": _clean(self.coverage.series()),
-            "drift": {k: _clean(f.summary(warn, alert)) for k, f in sorted(self.drift.items())},
+            "degradation": json_safe(self.degradation(alpha, monitor)),
+            "label_delay_ms": json_safe(self.delay.summary()),
+            "label_coverage": json_safe(self.coverage.series()),
+            "drift": {k: json_safe(f.summary(warn, alert)) for k, f in sorted(self.drift.items())},
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -290,14 +290,14 @@ class ProductionState:
         )
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN and infinities as null, so the result is valid JSON."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

@@ -8,7 +8,6 @@ verdict, with its evidence, to the decision history. ``Reader`` answers the API.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from shadowroute.comparator.aggregates import CandidateState
-from shadowroute.comparator.production import ProductionState
+from shadowroute.comparator.production import ProductionState, json_safe
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, Route
 from shadowroute.core.stats.policy import Decision, decide
@@ -177,7 +176,7 @@ class Verdicts:
             "labelled": labelled,
             "as_of": _as_of(state),
         }
-        out["metrics"] = _clean(out["metrics"])
+        out["metrics"] = json_safe(out["metrics"])
         with self._lock:
             self._current[key] = (decision, out)
         return out
@@ -190,16 +189,6 @@ class Verdicts:
         r = self.config.route(route)
         assert r is not None
         return self._decide(r, cand)
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 class Reader:
@@ -254,7 +243,7 @@ class Reader:
         )
         if state is None:
             return body | {"pairs": 0, "labelled": 0}
-        cleaned: dict[str, Any] = _clean(state.scores())
+        cleaned: dict[str, Any] = json_safe(state.scores())
         return body | cleaned
 
     def history(self, route: str, candidate: str) -> dict[str, Any]:
