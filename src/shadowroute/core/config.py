@@ -306,8 +306,9 @@ class Route(_Strict):
     """Candidate models that get a mirrored copy of a fraction of the requests."""
     monitor_fraction: float = Field(1.0, ge=0.0, le=1.0)
     """
-    Share of requests (of the mirrored methods) recorded as production-only records, so
-    production itself is scored against ground truth and watched for drift.
+    Share of requests (of the mirrored methods) whose production answer is recorded for
+    monitoring production itself (quality against ground truth, drift): through their pair
+    records, or a production-only record when the request was not mirrored.
     """
     mirror_methods: list[str] = ["POST"]
     """HTTP methods that are mirrored (a candidate that writes can do harm)."""

@@ -268,7 +268,10 @@ class Request(Exchange):
             def done(r: MirrorResult, name: str = name, version: str | None = version) -> None:
                 pairing.candidate_done(Outcome.of_mirror(name, version, r))
 
-            if not c.target.send(head + body, done) and c.target.breaker.state == "open":
+            if c.target.send(head + body, done):
+                pairing.expected += 1
+            elif c.target.breaker.state == "open":
+                pairing.expected += 1
                 pairing.candidate_done(
                     Outcome(name, version, None, None, None, None, None, "circuit_open")
                 )

@@ -50,6 +50,7 @@ class Outcome:
 class Pairing:
     __slots__ = (
         "_side",
+        "expected",
         "input",
         "monitor",
         "production",
@@ -72,6 +73,7 @@ class Pairing:
     ) -> None:
         self.recorder = recorder
         self.monitor = monitor
+        self.expected = 0  # pair records this request will yield
         self.route = route
         self.request_id = request_id
         self.ts_ms = ts_ms
@@ -82,7 +84,9 @@ class Pairing:
 
     def production_done(self, outcome: Outcome) -> None:
         self.production = outcome
-        if self.monitor:
+        if self.monitor and self.expected == 0:
+            # A pair record carries production's side too; the production-only record is
+            # for monitored requests that yield none (not mirrored, or every mirror dropped).
             self.recorder.submit(self, None)
         for cand in self.waiting:
             self.recorder.submit(self, cand)
