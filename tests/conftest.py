@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
+from kafka_harness import KafkaBroker, started_broker
+
 # --- the event loop: uvloop, as in production -------------------------------------------------
 
 
@@ -39,3 +41,10 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.cleanup()
+
+
+@pytest.fixture
+def own_broker() -> Iterator[KafkaBroker]:
+    """A broker of the test's own, free to stop, restart, pause or kill."""
+    with started_broker() as broker:
+        yield broker

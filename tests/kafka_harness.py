@@ -9,12 +9,14 @@ to ``<data dir>/broker.log`` (see ``log_tail()``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import IO
@@ -150,3 +152,21 @@ class KafkaBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+@contextlib.contextmanager
+def started_broker() -> Iterator[KafkaBroker]:
+    """A broker of the caller's own (free to stop, restart, pause or kill); a broker that
+    cannot start fails the test, never skips it."""
+    import pytest
+
+    broker = KafkaBroker()
+    try:
+        broker.start()
+    except Exception as exc:
+        broker.cleanup()
+        pytest.fail(f"could not start a Kafka broker: {exc}", pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.cleanup()

@@ -78,3 +78,20 @@ async def settle(dp: DataPlane, timeout: float = 3.0) -> None:
             if not any(t.in_flight for t in dp.proxy.targets()) and len(dp.queue) == 0:
                 return
         await asyncio.sleep(0.01)
+
+
+async def wait_ready(url: str, timeout: float = 20.0) -> None:
+    """Poll ``url`` (a /readyz) until it answers 200."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with httpx.AsyncClient() as c:
+        while loop.time() < deadline:
+            try:
+                if (await c.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never became ready")

@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -143,18 +143,6 @@ async def test_round_trip_headers_and_copartitioning(topics: Transport) -> None:
     for part in range(3):
         keys = [m.key for m in sorted(pairs, key=lambda m: m.offset) if m.partition == part]
         assert keys == sorted(keys)
-
-
-@pytest.fixture
-def own_broker() -> Iterator[KafkaBroker]:
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except Exception as exc:
-        broker.cleanup()
-        pytest.fail(f"could not start a Kafka broker: {exc}", pytrace=False)
-    yield broker
-    broker.cleanup()
 
 
 async def test_broker_outage_spools_then_delivers_exactly_once(

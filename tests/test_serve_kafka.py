@@ -18,6 +18,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from proxyutil import wait_ready
 from shadowroute.core.config import Transport
 from shadowroute.stream.kafka import create_topics
 from upstreams import ModelServer
@@ -69,18 +70,6 @@ async def consume(bootstrap: str, topic: str, want: int) -> list[tuple[int, byte
     finally:
         await c.stop()
     return out
-
-
-async def wait_ready(url: str) -> None:
-    async with httpx.AsyncClient() as c:
-        for _ in range(200):
-            try:
-                if (await c.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} not ready")
 
 
 async def test_serve_produces_pairs_and_labels_to_kafka(

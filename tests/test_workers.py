@@ -18,6 +18,7 @@ import orjson
 import pytest
 import yaml
 
+from proxyutil import wait_ready
 from upstreams import ModelServer
 
 
@@ -32,19 +33,6 @@ async def prod() -> AsyncIterator[ModelServer]:
     s = await ModelServer().start()
     yield s
     await s.stop()
-
-
-async def wait_ready(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as c:
-        while time.monotonic() < deadline:
-            try:
-                if (await c.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} never became ready")
 
 
 async def test_two_workers_share_the_port_and_stop_gracefully(

@@ -15,7 +15,7 @@ import pytest
 from relhelp import BODY, LONG, percentile, post, report, run_load
 from relkafka import consume_keys, kafka_proxy, kafka_transport, unique_prefix, wait_delivered
 
-from kafka_harness import KafkaBroker
+from kafka_harness import KafkaBroker, started_broker
 from proxyutil import make_config
 from shadowroute.core.config import Transport
 from shadowroute.stream.kafka import create_topics
@@ -30,14 +30,8 @@ Phase = tuple[str, Callable[[], Awaitable[object]]]
 @pytest.fixture(scope="module")
 def private_broker() -> Iterator[KafkaBroker]:
     """A broker for this module's outage tests only (stopped, restarted, paused)."""
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except Exception as exc:
-        broker.cleanup()
-        pytest.fail(f"could not start a Kafka broker: {exc}", pytrace=False)
-    yield broker
-    broker.cleanup()
+    with started_broker() as broker:
+        yield broker
 
 
 @pytest.fixture
