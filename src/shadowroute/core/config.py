@@ -369,7 +369,8 @@ class ProxySettings(_Strict):
     max_headers: int = Field(100, ge=8)
     """Most request headers accepted (431 beyond)."""
     upgrade: Literal["refuse", "pass"] = "refuse"
-    """`refuse`: connection upgrades (WebSocket) are answered 501."""
+    """`refuse`: connection upgrades (WebSocket) are answered 501. `pass`: sent to production,
+    and after its 101 the bytes flow both ways untouched (never mirrored)."""
     connect_timeout_s: float = Field(2.0, gt=0)
     """Time allowed to open an upstream connection."""
     idle_timeout_s: float = Field(60.0, gt=0)
