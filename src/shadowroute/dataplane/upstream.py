@@ -63,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_buf",
         "_closed",
         "_complete",
+        "_framed",
         "_headers",
         "_in_body",
         "_keep_alive",
@@ -93,6 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._keep_alive = False
         self._headers: list[tuple[bytes, bytes]] = []
+        self._framed = False  # the response has Content-Length or Transfer-Encoding
 
     # --- asyncio callbacks ---------------------------------------------------------------
 
@@ -141,6 +143,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        # Content-Length (14) or Transfer-Encoding (17): lower-case only those candidates.
+        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
 
     def on_headers_complete(self) -> None:
         # llhttp forgets the flag once the message is complete: read it now.
@@ -166,6 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._buf = b""
         head, rest = buf[: end + 4], buf[end + 4 :]
         self._headers = []
+        self._framed = False
         self._complete = False
         # On a 101 the head is parsed and llhttp stops: what follows is the upgraded protocol.
         with contextlib.suppress(httptools.HttpParserUpgrade):
@@ -194,9 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._parser = httptools.HttpResponseParser(self)
             self._finish()
             return
-        self._until_close = not any(
-            n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self._headers
-        )
+        self._until_close = not self._framed
         self._in_body = True
         if rest:
             self._body(rest)
