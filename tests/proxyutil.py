@@ -11,7 +11,7 @@ import orjson
 
 from shadowroute.core.config import Config, parse_config
 from shadowroute.dataplane.server import DataPlane, listen_socket
-from shadowroute.stream.sink import KeyValue
+from shadowroute.stream.sink import KeyValue, Sink
 
 
 class CollectingSink:
@@ -58,10 +58,17 @@ def make_config(prod_url: str, candidates: Sequence[dict[str, Any]] = (), **rout
 @contextlib.asynccontextmanager
 async def running_proxy(config: Config) -> AsyncIterator[tuple[DataPlane, CollectingSink]]:
     sink = CollectingSink()
+    async with running_dataplane(config, sink) as dp:
+        yield dp, sink
+
+
+@contextlib.asynccontextmanager
+async def running_dataplane(config: Config, sink: Sink) -> AsyncIterator[DataPlane]:
+    """The real data plane on a free loopback port, writing to ``sink``; stopped after."""
     dp = DataPlane(config, sink, sock=listen_socket("127.0.0.1", 0, reuse_port=False))
     await dp.start()
     try:
-        yield dp, sink
+        yield dp
     finally:
         await dp.stop()
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from proxyutil import make_config, running_proxy, settle
-from upstreams import ModelServer, Reply, Seen, kserve_reply, raw_request
+from upstreams import ModelServer, Reply, Seen, kserve_reply, raw_request, split_response
 
 BODY = b'{"instances": [[1.5], [2.5]]}'
 
@@ -24,16 +24,6 @@ def post(body: bytes = BODY, *, extra: bytes = b"", close: bool = True) -> bytes
         b"Content-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s"
         % (len(body), conn, extra, body)
     )
-
-
-def split_response(raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(b":")
-        headers[k.strip().lower()] = v.strip()
-    return lines[0], headers, body
 
 
 @pytest.fixture

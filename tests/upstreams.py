@@ -202,3 +202,14 @@ async def raw_request(
         with contextlib.suppress(Exception):
             await writer.wait_closed()
     return out
+
+
+def split_response(raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """Status line, headers (lower-cased names) and body of one raw HTTP response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        headers[k.strip().lower()] = v.strip()
+    return lines[0], headers, body

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from proxyutil import running_dataplane
 from shadowroute.core.config import Config, Topics, Transport
 from shadowroute.core.config import Spool as SpoolConfig
-from shadowroute.dataplane.server import DataPlane, listen_socket
+from shadowroute.dataplane.server import DataPlane
 from shadowroute.stream.kafka import KafkaSink
 
 
@@ -42,12 +43,8 @@ async def kafka_proxy(
     kw: dict[str, Any] = {"retry_interval_s": 0.3, "connect_timeout_s": 2.0, "close_timeout_s": 30}
     kw.update(sink_kw)
     sink = KafkaSink.for_pairs(transport, **kw)
-    dp = DataPlane(config, sink, sock=listen_socket("127.0.0.1", 0, reuse_port=False))
-    await dp.start()
-    try:
+    async with running_dataplane(config, sink) as dp:
         yield dp, sink
-    finally:
-        await dp.stop()
 
 
 async def wait_delivered(sink: KafkaSink, timeout_s: float = 60.0) -> float:

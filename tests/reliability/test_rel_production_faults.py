@@ -11,7 +11,7 @@ import pytest
 from relhelp import HalfThenAbortServer, free_port, post, report
 
 from proxyutil import make_config, running_proxy, settle
-from upstreams import ModelServer, Reply, raw_request
+from upstreams import ModelServer, Reply, raw_request, split_response
 
 CLOSE = b"Connection: close\r\n"
 FIVE_XX = Reply(
@@ -19,16 +19,6 @@ FIVE_XX = Reply(
     body=b'{"error": "model overloaded"}',
     headers=[(b"content-type", b"application/json"), (b"retry-after", b"1")],
 )
-
-
-def _split(raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(b":")
-        headers[k.strip().lower()] = v.strip()
-    return lines[0], headers, body
 
 
 def _config(prod_url: str, cand_url: str, timeout_s: float = 2.0) -> Any:
@@ -80,7 +70,7 @@ async def test_production_fault_gives_a_clear_answer_and_is_recorded(
         await cand.stop()
         if prod is not None:
             await prod.stop()
-    line, headers, body = _split(out)
+    line, headers, body = split_response(out)
     report(
         f"production fault: {fault}",
         client_status=int(line.split()[1]),
@@ -92,7 +82,7 @@ async def test_production_fault_gives_a_clear_answer_and_is_recorded(
     assert headers[b"x-request-id"] == b"rid-" + fault.encode()
     if fault == "http_5xx":
         # production's own 5xx, unchanged (less our per-hop headers)
-        d_line, d_headers, d_body = _split(direct)
+        d_line, d_headers, d_body = split_response(direct)
         assert (line, body) == (d_line, d_body)
         assert headers[b"retry-after"] == b"1" and headers[b"content-type"] == b"application/json"
     else:
@@ -120,7 +110,7 @@ async def test_production_reset_mid_response_closes_the_client_and_is_recorded()
     finally:
         await cand.stop()
         await prod.stop()
-    line, headers, body = _split(out)
+    line, headers, body = split_response(out)
     report(
         "production fault: reset mid-response",
         client_got_bytes_of_body=len(body),
