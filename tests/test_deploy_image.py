@@ -188,5 +188,16 @@ def test_exposed_ports_match_the_chart_defaults(instructions: list[Instruction])
 def test_build_context_filter_keeps_what_the_build_copies() -> None:
     ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
     assert "**" in ignore
-    for needed in ("!pyproject.toml", "!README.md", "!src/**"):
+    for needed in ("!pyproject.toml", "!setup.py", "!README.md", "!LICENSE", "!src/**"):
         assert needed in ignore
+    # Extensions built in place by an editable install are rebuilt in the image, never copied.
+    assert "**/*.so" in ignore
+    copied = [
+        src
+        for ins in parse_dockerfile(DOCKERFILE.read_text())
+        if ins.keyword == "COPY" and not ins.args.startswith("--from")
+        for src in ins.args.split()[:-1]
+    ]
+    assert copied
+    for src in copied:
+        assert f"!{src}" in ignore or f"!{src}/**" in ignore, src

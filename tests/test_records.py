@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -294,7 +295,7 @@ PAIR_PATHS = [
     ("candidate",),
     ("input",),
     ("extra",),
-    *[(s, f) for s in ("production", "candidate") for f in Side.__slots__],
+    *[(s, f.name) for s in ("production", "candidate") for f in dataclasses.fields(Side)],
 ]
 mutant_values = (
     st.sampled_from(

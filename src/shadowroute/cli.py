@@ -142,12 +142,22 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Version(argparse.Action):
+    """``--version``: the version and whether the hot path is compiled (imported only then)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from shadowroute import build_info
+
+        print(f"shadowroute {__version__} ({build_info.describe()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shadowroute",
         description="Shadow-deploy ML models: mirror traffic to candidates and get verdicts.",
     )
-    p.add_argument("--version", action="version", version=f"shadowroute {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--log-format",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from shadowroute import build_info
 from shadowroute.api.app import ControlContext, create_app
 from shadowroute.api.labels import LabelWriter, SinkLabelWriter, label_routes
 from shadowroute.api.metrics import DataPlaneCollector, KafkaSinkCollector, new_registry
@@ -229,8 +230,9 @@ async def serve(config: Config) -> None:
     """Run the stack until SIGTERM/SIGINT, then shut down gracefully."""
     async with embedded_stack(config) as stack:
         log.info(
-            "proxy on %s:%d, admin/API on %s:%d",
+            "proxy on %s:%d, admin/API on %s:%d (%s)",
             config.listen.host, stack.proxy_port, config.admin.host, stack.admin_port,
+            build_info.describe(),
         )  # fmt: skip
         await wait_for_signal()
         log.info("shutting down: readiness off, draining")

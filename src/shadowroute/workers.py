@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from shadowroute import build_info
 from shadowroute.core.config import Config
 from shadowroute.dataplane.server import DataPlane, listen_socket
 from shadowroute.dataplane.stats import DataPlaneStats
@@ -237,7 +238,10 @@ async def supervise(config: Config, n: int) -> None:
     if kafka:
         registry.register(runtime.kafka_collector(kafka))
     async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
-        log.info("%d workers serving on %s:%d", n, config.listen.host, config.listen.port)
+        log.info(
+            "%d workers serving on %s:%d (%s)",
+            n, config.listen.host, config.listen.port, build_info.describe(),
+        )  # fmt: skip
         await runtime.wait_for_signal()
         log.info("stopping workers")
         workers.stopping = True

@@ -5,7 +5,7 @@ Pure byte functions, tested without sockets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
 
 import orjson
 
@@ -43,15 +43,6 @@ REASONS = {
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in Connection (they are hop-by-hop too)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
-
-
 def error_response(
     status: int, message: str, rid_header: bytes, request_id: bytes | None, *, close: bool
 ) -> bytes:
@@ -74,40 +65,104 @@ def error_response(
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
+# Header-line marks for searching a lower-cased raw head (``head.lower()``): a header line
+# starts right after a CRLF, and its name is followed directly by the colon.
+CONTENT_LENGTH = b"\r\ncontent-length:"
+TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+CONTENT_ENCODING = b"\r\ncontent-encoding:"
+CONTENT_TYPE = b"\r\ncontent-type:"
+_HOP_LINE = re.compile(rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP)) + rb"):")
+_CONNECTION_OPTIONS = frozenset({b"", b"keep-alive", b"close"})
+
+
+def header_mark(name: bytes) -> bytes:
+    """The mark that finds header ``name`` in a lower-cased raw head."""
+    return b"\r\n" + name.lower() + b":"
+
+
+def header_value(head: bytes, low: bytes, mark: bytes) -> bytes | None:
+    r"""The value of the header found by ``mark`` in a raw head (``low`` is
+    ``head.lower()``), repeated occurrences joined with ``", "``; None when absent.
+
+    >>> h = b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nVary: x\r\nvary:  y \r\n\r\n"
+    >>> header_value(h, h.lower(), header_mark(b"Vary")), header_value(h, h.lower(), b"\r\nno:")
+    (b'x, y', None)
+    """
+    i = low.find(mark)
+    if i < 0:
+        return None
+    start = i + len(mark)
+    end = low.find(b"\r\n", start)
+    if low.find(mark, end) < 0:
+        return head[start:end].strip(b" \t")
+    values = []
+    while i >= 0:
+        start = i + len(mark)
+        end = low.find(b"\r\n", start)
+        values.append(head[start:end].strip(b" \t"))
+        i = low.find(mark, end)
+    return values[0] if len(values) == 1 else b", ".join(values)
+
+
 def client_response_head(
     head: bytes,
-    headers: list[tuple[bytes, bytes]],
+    low: bytes,
     *,
     dechunk: bool,
     close: bool,
     keep_alive_header: bool,
-    rid_header: bytes,
-    request_id: bytes,
+    rid_mark: bytes,
+    rid_line: bytes,
 ) -> bytes:
-    """Rewrite an upstream response head for the client: hop-by-hop headers removed (except
-    Transfer-Encoding when the body is passed through chunked), the request id added when the
-    upstream did not echo it, and our own Connection header."""
-    lines = head.split(b"\r\n")
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    out = [lines[0]]
-    has_rid = False
-    for line in lines[1:]:
-        if not line:
+    r"""Rewrite an upstream response head for the client: hop-by-hop headers removed (and
+    those named in Connection), except Transfer-Encoding when the body is passed through
+    chunked; ``rid_line`` (the request id header line) added when the upstream did not echo
+    it (found by ``rid_mark``); and our own Connection header. ``low`` is ``head.lower()``,
+    and ``head`` ends with the blank line.
+
+    >>> h = b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\n"
+    >>> client_response_head(h, h.lower(), dechunk=False, close=False, keep_alive_header=False,
+    ...                      rid_mark=b"\r\nx-request-id:", rid_line=b"x-request-id: r1\r\n")
+    b'HTTP/1.1 200 OK\r\nServer: s\r\nx-request-id: r1\r\n\r\n'
+    """
+    cuts: list[tuple[int, int]] = []
+    options: set[bytes] = set()
+    for m in _HOP_LINE.finditer(low):
+        name = m.group(1)
+        if name == b"transfer-encoding" and not dechunk:
             continue
-        name = line.split(b":", 1)[0].strip().lower()
-        if name in drop and not (name == b"transfer-encoding" and not dechunk):
-            continue
-        if name == rid_header:
-            has_rid = True
-        out.append(line)
-    if not has_rid:
-        out.append(rid_header + b": " + request_id)
+        end = low.find(b"\r\n", m.end())
+        if name == b"connection":
+            options.update(t.strip() for t in low[m.end() : end].split(b","))
+        cuts.append((m.start() + 2, end + 2))
+    options -= _CONNECTION_OPTIONS
+    for option in options:  # headers the upstream named hop-by-hop in Connection
+        mark = b"\r\n" + option + b":"
+        i = low.find(mark)
+        while i >= 0:
+            end = low.find(b"\r\n", i + len(mark))
+            if option != b"transfer-encoding" or dechunk:
+                cuts.append((i + 2, end + 2))
+            i = low.find(mark, end)
+    if cuts:
+        cuts.sort()
+        pieces = []
+        at = 0
+        for start, end in cuts:
+            if start >= at:
+                pieces.append(head[at:start])
+                at = end
+        pieces.append(head[at:-2])
+        out = b"".join(pieces)
+    else:
+        out = head[:-2]
+    if rid_mark not in low:
+        out += rid_line
     if close:
-        out.append(b"connection: close")
+        out += b"connection: close\r\n"
     elif keep_alive_header:
-        out.append(b"connection: keep-alive")
-    out.append(b"\r\n")
-    return b"\r\n".join(out)
+        out += b"connection: keep-alive\r\n"
+    return out + b"\r\n"
 
 
 class RequestHead:

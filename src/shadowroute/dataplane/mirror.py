@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shadowroute.core.config import Breaker, Candidate
+from shadowroute.dataplane import http1
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.dataplane.upstream import Exchange, UpstreamConnection, UpstreamPool
 
@@ -169,14 +170,11 @@ class MirrorExchange(Exchange):
         conn.start(self, max(remaining, 0.001))
         conn.write(self.request)
 
-    def on_head(self, status: int, head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def on_head(self, status: int, head: bytes, low: bytes) -> None:
         self._status = status
-        for name, value in headers:
-            low = name.lower()
-            if low == b"content-encoding":
-                self._ce = value
-            elif low == b"content-type":
-                self._ct = value
+        if http1.CONTENT_ENCODING in low:
+            self._ce = http1.header_value(head, low, http1.CONTENT_ENCODING)
+        self._ct = http1.header_value(head, low, http1.CONTENT_TYPE)
 
     def on_body(self, piece: bytes) -> None:
         self._size += len(piece)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from itertools import chain
 from typing import cast
 
 import httptools
@@ -110,6 +111,7 @@ class Proxy:
         self.stats = recorder.stats
         pcfg = config.proxy
         self.rid_header = pcfg.request_id_header.lower().encode()
+        self.rid_mark = http1.header_mark(self.rid_header)
         self.control_header = config.mirror.control_header.lower().encode()
         self.capture_limit = config.mirror.capture_limit_bytes
         self.max_header_bytes = pcfg.max_header_bytes
@@ -141,38 +143,41 @@ class Proxy:
 class Request(Exchange):
     """One client request, from its head to the end of production's response."""
 
+    # Immutable defaults live on the class: a request sets only what differs (the hot path
+    # creates one per request).
+    upgrade = False
+    request_id = b""
+    upstream_head = b""
+    mirror_common = b""
+    url = b""
+    chunked_in = False
+    body_done = False
+    expect_continue = False
+    keep_alive = True
+    http10 = False
+    out_size = 0
+    prod: UpstreamConnection | None = None
+    monitored = False
+    mirror_buf: list[bytes] | None = None
+    mirror_size = 0
+    pairing: Pairing | None = None
+    head_sent = False
+    dechunk = False
+    close_after = False
+    done = False
+    status: int | None = None
+    ce: bytes | None = None
+    ct: bytes | None = None
+    prod_body: list[bytes] | None = None
+    t0 = 0.0
+
     def __init__(self, conn: ClientConnection, route: RouteRuntime, method: bytes) -> None:
         self.conn = conn
         self.route = route
         self.method = method
         self.head_only = method == b"HEAD"
-        self.upgrade = False
-        self.request_id = b""
-        self.upstream_head = b""
-        self.mirror_common = b""
-        self.url = b""
-        self.chunked_in = False
-        self.body_done = False
-        self.expect_continue = False
-        self.keep_alive = True
-        self.http10 = False
         self.out_buf: list[bytes] = []
-        self.out_size = 0
-        self.prod: UpstreamConnection | None = None
         self.mirror_to: list[CandidateRuntime] = []
-        self.monitored = False
-        self.mirror_buf: list[bytes] | None = None
-        self.mirror_size = 0
-        self.pairing: Pairing | None = None
-        self.head_sent = False
-        self.dechunk = False
-        self.close_after = False
-        self.done = False
-        self.status: int | None = None
-        self.ce: bytes | None = None
-        self.ct: bytes | None = None
-        self.prod_body: list[bytes] | None = None
-        self.t0 = 0.0
         self._out: list[bytes] = []
         self.up_pending: list[bytes] = []
 
@@ -282,21 +287,20 @@ class Request(Exchange):
         if not self.http10 and not head.startswith(b"HTTP/1.1 100"):
             self.conn.write(head)
 
-    def on_head(self, status: int, head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def on_head(self, status: int, head: bytes, low: bytes) -> None:
         self.status = status
-        until_close = True
-        chunked = False
-        for name, value in headers:
-            low = name.lower()
-            if low == b"content-length":
-                until_close = False
-            elif low == b"transfer-encoding":
-                until_close = False
-                chunked = b"chunked" in value.lower()
-            elif low == b"content-encoding":
-                self.ce = value
-            elif low == b"content-type":
-                self.ct = value
+        if http1.TRANSFER_ENCODING in low:
+            te = http1.header_value(head, low, http1.TRANSFER_ENCODING)
+            chunked = te is not None and b"chunked" in te.lower()
+            until_close = False
+        else:
+            chunked = False
+            until_close = http1.CONTENT_LENGTH not in low
+        if self.pairing is not None:
+            if http1.CONTENT_ENCODING in low:
+                self.ce = http1.header_value(head, low, http1.CONTENT_ENCODING)
+            self.ct = http1.header_value(head, low, http1.CONTENT_TYPE)
+            self.prod_body = []
         bodiless = self.head_only or status in (204, 304)
         self.dechunk = chunked and self.http10 and not bodiless
         self.close_after = (
@@ -307,18 +311,17 @@ class Request(Exchange):
             or self.dechunk
         )
         self.wants_body = self.dechunk or self.pairing is not None
-        if self.pairing is not None:
-            self.prod_body = []
         self.head_sent = True
+        proxy = self.conn.proxy
         self._out.append(
             http1.client_response_head(
                 head,
-                headers,
+                low,
                 dechunk=self.dechunk,
                 close=self.close_after,
                 keep_alive_header=self.http10 and not self.close_after,
-                rid_header=self.conn.proxy.rid_header,
-                request_id=self.request_id,
+                rid_mark=proxy.rid_mark,
+                rid_line=proxy.rid_header + b": " + self.request_id + b"\r\n",
             )
         )
 
@@ -332,7 +335,7 @@ class Request(Exchange):
         if self.prod_body is not None:
             self.prod_body.append(piece)
 
-    def on_upgrade(self, head: bytes, headers: list[tuple[bytes, bytes]], rest: bytes) -> bool:
+    def on_upgrade(self, head: bytes, rest: bytes) -> bool:
         if not self.upgrade:
             return False
         proxy = self.conn.proxy
@@ -417,7 +420,9 @@ class Request(Exchange):
             self.prod = None
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """One client connection (an asyncio protocol: the loop calls it by name)."""
+
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
@@ -435,7 +440,6 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._header_bytes = 0
         self._in_head = False
         self._reject: _Reject | None = None
 
@@ -522,25 +526,27 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._header_bytes = 0
         self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Limits are checked once the head is complete; until then ``data_received`` bounds
+        # what a head may take.
         self._headers.append((name, value))
-        self._header_bytes += len(name) + len(value) + 4
-        if len(self._headers) > self.proxy.max_headers:
-            self._reject = _Reject(431, "too many request headers")
-            raise self._reject
-        if self._header_bytes > self.proxy.max_header_bytes:
-            self._reject = _Reject(431, "request head too large")
-            raise self._reject
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        headers = self._headers
+        proxy = self.proxy
+        if len(headers) > proxy.max_headers:
+            self._reject = _Reject(431, "too many request headers")
+            raise self._reject
+        if sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) > proxy.max_header_bytes:
+            self._reject = _Reject(431, "request head too large")
+            raise self._reject
         try:
             req = self._new_request()
         except _Reject as rej:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import cast
 
 from shadowroute.core.config import Config
 from shadowroute.dataplane.proxy import ClientConnection, Proxy
@@ -70,7 +71,7 @@ class DataPlane:
             self.config.listen.host, self.config.listen.port, reuse_port=False
         )
         self._server = await loop.create_server(
-            lambda: ClientConnection(proxy), sock=sock, backlog=1024
+            lambda: cast(asyncio.Protocol, ClientConnection(proxy)), sock=sock, backlog=1024
         )
         self._sweeper = loop.create_task(self._sweep_idle(), name="idle-sweeper")
         self.ready = True

@@ -9,7 +9,6 @@ and no client object is created per request; a task runs only to open a new conn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections import deque
@@ -19,11 +18,15 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from shadowroute.dataplane import http1
+
 MAX_RESPONSE_HEAD = 64 << 10
 
 
 class Exchange:
     """Receives one upstream response. Subclasses override what they need."""
+
+    __slots__ = ()
 
     head_only = False  # a response to HEAD: no body whatever the headers say
     wants_body = False  # call on_body with de-chunked pieces
@@ -31,13 +34,15 @@ class Exchange:
     def on_interim(self, head: bytes) -> None:
         """A 1xx response other than 101."""
 
-    def on_head(self, status: int, head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def on_head(self, status: int, head: bytes, low: bytes) -> None:
+        """The response head: raw bytes, ending with the blank line, and ``head.lower()``
+        (search it with the marks in ``http1``)."""
         raise NotImplementedError
 
     def on_raw(self, data: bytes) -> None:
         """Raw body bytes exactly as the upstream framed them."""
 
-    def on_upgrade(self, head: bytes, headers: list[tuple[bytes, bytes]], rest: bytes) -> bool:
+    def on_upgrade(self, head: bytes, rest: bytes) -> bool:
         """A 101 response: return True to take the connection over as a tunnel."""
         return False
 
@@ -58,13 +63,13 @@ class Exchange:
         raise NotImplementedError
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """One pooled connection (an asyncio protocol: the loop calls it by name)."""
+
     __slots__ = (
         "_buf",
         "_closed",
         "_complete",
-        "_framed",
-        "_headers",
         "_in_body",
         "_keep_alive",
         "_parser",
@@ -93,8 +98,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._until_close = False
         self._keep_alive = False
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._framed = False  # the response has Content-Length or Transfer-Encoding
 
     # --- asyncio callbacks ---------------------------------------------------------------
 
@@ -135,17 +138,16 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail("bad_response")
             return
-        ex = self.exchange
+        ex = self.current()
         if ex is not None:
             ex.flush()
 
-    # --- httptools callbacks -------------------------------------------------------------
+    def current(self) -> Exchange | None:
+        """The exchange being answered. A call, not ``self.exchange``: the checks above narrow
+        the attribute, and handling the response may have ended the exchange since."""
+        return self.exchange
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        # Content-Length (14) or Transfer-Encoding (17): lower-case only those candidates.
-        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
-            self._framed = True
+    # --- httptools callbacks -------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
         # llhttp forgets the flag once the message is complete: read it now.
@@ -170,12 +172,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._buf = b""
         head, rest = buf[: end + 4], buf[end + 4 :]
-        self._headers = []
-        self._framed = False
         self._complete = False
-        # On a 101 the head is parsed and llhttp stops: what follows is the upgraded protocol.
-        with contextlib.suppress(httptools.HttpParserUpgrade):
+        try:  # noqa: SIM105 - no context-manager object per response on the hot path
             self._parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # a 101: the head is parsed and llhttp stops; what follows is the new protocol
         status = self._parser.get_status_code()
         ex = self.exchange
         assert ex is not None
@@ -185,14 +186,15 @@ class UpstreamConnection(asyncio.Protocol):
                 self._received(rest)
             return
         if status == 101:
-            if ex.on_upgrade(head, self._headers, rest):
+            if ex.on_upgrade(head, rest):
                 self.tunnel = ex
                 self._reset_state()
                 self.pool.discard(self)
             else:
                 self._fail("bad_response")
             return
-        ex.on_head(status, head, self._headers)
+        low = head.lower()
+        ex.on_head(status, head, low)
         if self.exchange is not ex:  # the exchange gave up (client gone)
             return
         if ex.head_only or status in (204, 304) or self._complete:
@@ -200,7 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._parser = httptools.HttpResponseParser(self)
             self._finish()
             return
-        self._until_close = not self._framed
+        self._until_close = http1.CONTENT_LENGTH not in low and http1.TRANSFER_ENCODING not in low
         self._in_body = True
         if rest:
             self._body(rest)
@@ -333,13 +335,13 @@ class UpstreamPool:
     async def _connect(self) -> UpstreamConnection:
         async with asyncio.timeout(self.connect_timeout_s):
             _, proto = await self.loop.create_connection(
-                lambda: UpstreamConnection(self),
+                lambda: cast(asyncio.Protocol, UpstreamConnection(self)),
                 self.host,
                 self.port,
                 ssl=self.ssl,
                 server_hostname=self.host if self.ssl else None,
             )
-        return proto
+        return cast(UpstreamConnection, proto)
 
     def _connected(self, task: asyncio.Task[UpstreamConnection], on_ready: Acquired) -> None:
         self._connecting.discard(task)
