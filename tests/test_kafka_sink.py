@@ -225,3 +225,61 @@ async def test_spool_left_by_a_dead_sink_is_delivered(topics: Transport, tmp_pat
     # A third sink on the same folder finds nothing left to send.
     with Spool(spool_dir) as again:
         assert not again
+
+
+async def test_small_writes_linger_into_few_batches_and_close_flushes(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    transport = _transport(kafka_bootstrap, _prefix(), tmp_path / "spool").model_copy(
+        update={"linger_ms": 60_000}
+    )
+    await create_topics(transport)
+    sink = KafkaSink.for_pairs(transport)
+    await sink.start()
+    recs = _records(300)
+    for kv in recs:
+        await sink.write([kv])  # one record per call, as a data plane at low concurrency
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    # Still lingering (linger 60 s): nothing sent, nothing spooled, all counted in flight.
+    assert sink.records_sent == 0 and sink.records_spooled == 0
+    assert sink.inflight_records == 300
+    await sink.close()  # flushes what lingers
+    assert sink.records_sent == 300 and sink.records_spooled == 0
+    assert len(sink.send_latencies) == 3  # one batch per partition
+    got = await _consume(kafka_bootstrap, f"{transport.topic_prefix}.pairs", 300)
+    assert sorted((m.key, m.value) for m in got) == recs
+    for part in range(3):
+        keys = [m.key for m in sorted(got, key=lambda m: m.offset) if m.partition == part]
+        assert keys == sorted(keys)
+
+
+async def test_lingering_records_are_sent_after_linger_ms(topics: Transport) -> None:
+    sink = KafkaSink.for_pairs(topics.model_copy(update={"linger_ms": 50}))
+    await sink.start()
+    await sink.write(_records(10))
+    assert sink.records_sent == 0
+    for _ in range(100):
+        if sink.records_sent == 10:
+            break
+        await asyncio.sleep(0.05)
+    assert sink.records_sent == 10 and sink.inflight_records == 0
+    await sink.close()
+
+
+async def test_records_lingering_when_an_outage_begins_stay_ahead_in_the_spool(
+    topics: Transport, tmp_path: Path
+) -> None:
+    """Once the spool holds records, what lingers goes there before newer writes."""
+    spool = Spool(tmp_path / "order")
+    sink = KafkaSink.for_pairs(
+        topics.model_copy(update={"linger_ms": 60_000}), spool=spool, retry_interval_s=60
+    )
+    await sink.start()
+    await sink.write(_records(5))
+    spool.append([(b"older", b"x")])  # as if a delivery had failed meanwhile
+    await sink.write(_records(5, start=5))
+    assert sink.inflight_records == 0
+    got, _ = spool.read(100)
+    assert [k for k, _ in got] == [b"older", *(k for k, _ in _records(10))]
+    await sink.close()

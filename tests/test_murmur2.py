@@ -10,7 +10,15 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as oracle_murmur2
 
-from shadowroute.stream.murmur2 import murmur2, murmur2_batch, partition_for, partitions_for
+from shadowroute.stream.murmur2 import (
+    SCALAR_MAX_KEYS,
+    murmur2,
+    murmur2_batch,
+    murmur2_unsigned,
+    partition_for,
+    partition_list,
+    partitions_for,
+)
 
 # Utils.murmur2 values from Kafka's UtilsTest (Java, signed ints).
 JAVA_VALUES = {
@@ -71,3 +79,28 @@ def test_empty_batch_and_bad_partition_count() -> None:
         partitions_for([b"x"], 0)
     with pytest.raises(ValueError):
         partition_for(b"x", 0)
+
+
+def test_unsigned_scalar_matches_oracle_including_long_keys() -> None:
+    keys = [*_random_keys(500, 3), os.urandom(300), os.urandom(1027), b""]
+    for key in keys:
+        assert murmur2_unsigned(key) == oracle_murmur2(key), key
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, SCALAR_MAX_KEYS, SCALAR_MAX_KEYS + 1, 200])
+@pytest.mark.parametrize("num_partitions", [1, 6, 1000])
+def test_partition_list_small_and_large_batches(n: int, num_partitions: int) -> None:
+    """The scalar path (small batches) and the numpy path give the default partitioner's."""
+    keys = [*(os.urandom(16).hex().encode() for _ in range(n // 2)), *_random_keys(n - n // 2, n)]
+    parts = list(range(num_partitions))
+    expected = [DefaultPartitioner()(k, parts, parts) for k in keys]
+    got = partition_list(keys, num_partitions)
+    assert got == expected
+    assert all(type(p) is int for p in got)
+
+
+def test_partition_list_bad_partition_count() -> None:
+    with pytest.raises(ValueError):
+        partition_list([b"x"], 0)
+    with pytest.raises(ValueError):
+        partition_list([b"x"] * (SCALAR_MAX_KEYS + 1), 0)

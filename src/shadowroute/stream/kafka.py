@@ -1,14 +1,19 @@
 """The Kafka sink: records to one topic, through an on-disk spool when the broker is away.
 
-``KafkaSink.write`` partitions a batch with the Java client's murmur2 (``stream.murmur2``) and
-hands one ``BatchBuilder`` per partition to aiokafka's idempotent producer, so a label produced
-by any Kafka client with the default partitioner lands in the same partition as its pair.
+``KafkaSink.write`` only appends to a lingering buffer (it never waits). A flush task takes
+the buffer after ``transport.linger_ms`` (or at once when it holds ``transport.batch_bytes``),
+partitions it with the Java client's murmur2 (``stream.murmur2``) and hands one ``BatchBuilder``
+per partition to aiokafka's idempotent producer (which then sends without lingering again), so
+a label produced by any Kafka client with the default partitioner lands in the same partition
+as its pair. Per-batch costs (builders, futures, the sender's request) are paid once per
+linger period rather than once per ``write``.
 
-Outage behaviour (see docs/kafka.md): ``write`` never raises and waits at most
-``enqueue_timeout_s``. Records the producer cannot take (not connected, queue not draining) or
-that it fails to deliver go to the ``Spool``; while the spool holds anything, new records are
-appended to it too, so order is kept. A background task connects, and drains the spool in
-order, advancing the spool's cursor only after the broker acknowledged a chunk.
+Outage behaviour (see docs/kafka.md): ``write`` never raises and never waits. Records the
+producer cannot take (not connected, no room within ``enqueue_timeout_s``) or that it fails to
+deliver go to the ``Spool``; while the spool holds anything, new records (and the lingering
+buffer, ahead of them) are appended to it too, so order is kept. A background task connects,
+and drains the spool in order, advancing the spool's cursor only after the broker acknowledged
+a chunk. ``close`` flushes the buffer first.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from shadowroute.core.config import KafkaSecurity, Transport
-from shadowroute.stream.murmur2 import partitions_for
+from shadowroute.stream.murmur2 import partition_list
 from shadowroute.stream.spool import Spool
 
 log = logging.getLogger("shadowroute.stream.kafka")
@@ -71,7 +76,8 @@ class KafkaSink:
     - ``records_dropped``: records lost (spool full);
     - ``producer_errors``: failed connects, enqueues and deliveries.
 
-    ``send_latencies`` keeps the latest write-to-ack latencies (seconds) of direct sends;
+    ``send_latencies`` keeps the latest write-to-ack latencies (seconds) of direct sends, one
+    per batch handed to the producer, from the first write of the flush that carried it;
     ``latency_hook`` (if given) is called with each one, e.g. a Prometheus histogram's observe.
     """
 
@@ -111,9 +117,21 @@ class KafkaSink:
         self._dropped_outside_spool = 0
         self._producer: AIOKafkaProducer | None = None
         self._num_partitions = 0
-        self._inflight: dict[asyncio.Future[Any], list[KeyValue]] = {}
+        self._inflight: dict[asyncio.Future[Any], tuple[list[KeyValue], float]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Lingering: records written since the last flush, and the flush in progress.
+        self._linger_s = transport.linger_ms / 1000
+        self._flush_bytes = transport.batch_bytes
+        self._pending: list[KeyValue] = []
+        self._pending_bytes = 0
+        self._pending_since = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_wanted = asyncio.Event()
+        self._taken = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._handing: list[tuple[int, list[KeyValue]]] = []
+        self._handing_pos = (0, 0)
         self._closing = False
         self._closed = False
 
@@ -137,14 +155,19 @@ class KafkaSink:
 
     @property
     def inflight_records(self) -> int:
-        return sum(len(r) for r in self._inflight.values())
+        """Records written but neither acknowledged nor spooled: lingering, being handed to
+        the producer, or handed and awaiting the broker's acknowledgement."""
+        acking = sum(len(r) for r, _ in self._inflight.values())
+        return acking + len(self._pending) + len(self._unhanded())
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Try to connect once (bounded); keep trying in the background either way."""
         await self._connect()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sink-{self.topic}")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"sink-{self.topic}")
+        self._flusher = loop.create_task(self._flush_loop(), name=f"sink-flush-{self.topic}")
 
     def _new_producer(self) -> AIOKafkaProducer:
         t = self.transport
@@ -155,7 +178,7 @@ class KafkaSink:
             client_id=f"shadowroute-{self.topic}",
             acks=acks,
             enable_idempotence=idempotent,
-            linger_ms=t.linger_ms,
+            linger_ms=0,  # the sink lingers (transport.linger_ms) before handing batches over
             max_batch_size=t.batch_bytes,
             max_request_size=max(t.batch_bytes, 1 << 20),
             compression_type=None if t.compression == "none" else t.compression,
@@ -186,20 +209,31 @@ class KafkaSink:
             return
         self._closing = True
         deadline = time.monotonic() + self.close_timeout_s
-        # Let the drain task empty the spool and direct sends finish, while time allows.
+        # Flush what lingers; let the drain task empty the spool and direct sends finish,
+        # while time allows.
         while time.monotonic() < deadline and self._producer is not None:
-            if not self.spool and not self._inflight:
+            if not self.spool and not self.inflight_records:
                 break
+            if self._pending:
+                self._flush_wanted.set()
             self._wake.set()
             await asyncio.sleep(0.02)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._flusher, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._closed = True
+        self._cancel_flush_timer()
+        # What was not handed over, then what lingers, go to the spool in order.
+        unhanded = self._unhanded()
+        self._handing = []
+        if unhanded:
+            self._to_spool(unhanded)
+        self._spool_pending()
         # Unacknowledged direct sends go to the spool (the broker may still have them: see
         # the duplicate window in docs/kafka.md).
-        for fut, records in list(self._inflight.items()):
+        for fut, (records, _) in list(self._inflight.items()):
             if not fut.done():
                 del self._inflight[fut]
                 self._to_spool(records)
@@ -211,16 +245,84 @@ class KafkaSink:
     def abandon(self) -> None:
         """Stop without delivering (tests: a process that dies). Nothing is flushed."""
         self._closed = self._closing = True
-        if self._task is not None:
-            self._task.cancel()
+        self._cancel_flush_timer()
+        for task in (self._flusher, self._task):
+            if task is not None:
+                task.cancel()
         self.spool.close()
 
     # --- writing ---------------------------------------------------------------------------
 
     async def write(self, batch: Sequence[KeyValue]) -> None:
-        """Send or spool ``batch``; never raises, waits at most ~``enqueue_timeout_s``."""
+        """Queue ``batch`` for the next flush, or spool it; never raises. It waits (at most
+        ``enqueue_timeout_s``) only when a full batch (``batch_bytes``) is lingering."""
         if not batch:
             return
+        if self._closed or self._producer is None or self.spool:
+            self._spool_pending()
+            self._to_spool(batch)
+            return
+        pending = self._pending
+        if not pending:
+            self._pending_since = time.monotonic()
+            if self._flush_timer is None:
+                loop = asyncio.get_running_loop()
+                self._flush_timer = loop.call_later(self._linger_s, self._flush_wanted.set)
+        pending.extend(batch)
+        size = self._pending_bytes
+        for _, value in batch:
+            size += len(value)
+        self._pending_bytes = size
+        if size >= self._flush_bytes:
+            # A full batch lingers: wait (at most enqueue_timeout_s) for the flush task to take
+            # it, so a writer faster than the broker is slowed down rather than piling up.
+            self._flush_wanted.set()
+            taken = self._taken
+            taken.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.enqueue_timeout_s):
+                    await taken.wait()
+
+    def _cancel_flush_timer(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    def _spool_pending(self) -> None:
+        """Move the lingering records to the spool (they are older than anything written
+        after them)."""
+        if self._pending:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            self._taken.set()
+            self._cancel_flush_timer()
+            self._to_spool(pending)
+
+    async def _flush_loop(self) -> None:
+        wanted = self._flush_wanted
+        while True:
+            await wanted.wait()
+            wanted.clear()
+            self._cancel_flush_timer()
+            try:
+                await self._flush()
+            except Exception:
+                # Not expected (hand-over failures are handled): spool what was not handed.
+                self.producer_errors += 1
+                log.exception("kafka sink flush error")
+                unhanded = self._unhanded()
+                self._handing = []
+                if unhanded:
+                    self._to_spool(unhanded)
+
+    async def _flush(self) -> None:
+        """Hand the lingering records to the producer, one builder per partition; what it does
+        not take within ``enqueue_timeout_s`` (and everything after it) goes to the spool."""
+        batch = self._pending
+        if not batch:
+            return
+        self._pending, self._pending_bytes = [], 0
+        self._taken.set()
+        started = self._pending_since
         producer = self._producer
         if self._closed or producer is None or self.spool:
             self._to_spool(batch)
@@ -228,18 +330,40 @@ class KafkaSink:
         parts = producer.client.cluster.partitions_for_topic(self.topic)
         if parts:
             self._num_partitions = len(parts)
-        started = time.monotonic()
         groups = self._group(batch)
-        for i, (partition, chunk) in enumerate(groups):
-            handed, rest = await self._hand_over(producer, partition, chunk, self.enqueue_timeout_s)
-            for fut, taken in handed:
-                self._track(fut, taken, started)
-            if rest:
-                self._to_spool([*rest, *(kv for _, c in groups[i + 1 :] for kv in c)])
-                return
+        self._handing, self._handing_pos = groups, (0, 0)
+        try:
+            async with asyncio.timeout(self.enqueue_timeout_s):
+                for gi, (partition, chunk) in enumerate(groups):
+                    done = 0
+                    for builder, taken in self._builders(producer, chunk):
+                        fut = await producer.send_batch(builder, self.topic, partition=partition)
+                        self._inflight[fut] = (taken, started)
+                        fut.add_done_callback(self._on_done)
+                        done += len(taken)
+                        self._handing_pos = (gi, done)
+                    self._handing_pos = (gi + 1, 0)
+        except (TimeoutError, KafkaError) as exc:
+            self.producer_errors += 1
+            log.debug("enqueue to %s failed: %r", self.topic, exc)
+            unhanded = self._unhanded()
+            self._handing = []
+            self._to_spool(unhanded)
+            return
+        self._handing = []
+
+    def _unhanded(self) -> list[KeyValue]:
+        """Records of the flush in progress not yet taken by the producer, in order."""
+        if not self._handing:
+            return []
+        gi, done = self._handing_pos
+        out = list(self._handing[gi][1][done:]) if gi < len(self._handing) else []
+        for _, chunk in self._handing[gi + 1 :]:
+            out.extend(chunk)
+        return out
 
     def _group(self, batch: Sequence[KeyValue]) -> list[tuple[int, list[KeyValue]]]:
-        parts = partitions_for([k for k, _ in batch], self._num_partitions).tolist()
+        parts = partition_list([k for k, _ in batch], self._num_partitions)
         groups: dict[int, list[KeyValue]] = {}
         for p, kv in zip(parts, batch, strict=True):
             chunk = groups.get(p)
@@ -273,9 +397,8 @@ class KafkaSink:
         done = 0
         for builder, taken in self._builders(producer, chunk):
             try:
-                fut = await asyncio.wait_for(
-                    producer.send_batch(builder, self.topic, partition=partition), wait_s
-                )
+                async with asyncio.timeout(wait_s):
+                    fut = await producer.send_batch(builder, self.topic, partition=partition)
             except (TimeoutError, KafkaError) as exc:
                 self.producer_errors += 1
                 log.debug("enqueue to %s[%d] failed: %r", self.topic, partition, exc)
@@ -284,14 +407,11 @@ class KafkaSink:
             done += len(taken)
         return handed, []
 
-    def _track(self, fut: asyncio.Future[Any], records: list[KeyValue], started: float) -> None:
-        self._inflight[fut] = records
-        fut.add_done_callback(lambda f: self._on_done(f, started))
-
-    def _on_done(self, fut: asyncio.Future[Any], started: float) -> None:
-        records = self._inflight.pop(fut, None)
-        if records is None:
+    def _on_done(self, fut: asyncio.Future[Any]) -> None:
+        entry = self._inflight.pop(fut, None)
+        if entry is None:
             return  # already handled by close()
+        records, started = entry
         if fut.cancelled() or fut.exception() is not None:
             self.producer_errors += 1
             log.warning("delivery to %s failed; %d records spooled", self.topic, len(records))
