@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -26,14 +26,41 @@ from shadowroute.core.stats.paired import MetricSpec, PairedMetric, metric_spec
 from shadowroute.core.stats.policy import metric_alpha
 from shadowroute.core.stats.sketch import Sketch
 
-__all__ = ["WINDOW_MS", "CandidateState", "LabelledRow", "PairRow", "new_candidate_state"]
+__all__ = [
+    "WINDOW_MS",
+    "CandidateState",
+    "LabelledRow",
+    "PairFacts",
+    "PairRow",
+    "new_candidate_state",
+]
 
 WINDOW_MS: Final = {"hour": HOUR_MS, "day": DAY_MS}
 # The multiclass Brier score lies in [0, 2]: its paired difference is scaled by ½.
 _BRIER: Final = MetricSpec("brier", higher_is_better=False, bounded=True, scale=0.5)
 
 
-@dataclass(frozen=True, slots=True)
+class PairFacts(Protocol):
+    """What ``CandidateState.add_pairs`` reads of a pair record (``PairRow``, or the engine's
+    decoded records)."""
+
+    @property
+    def ts(self) -> int: ...
+    @property
+    def prod_error(self) -> str | None: ...
+    @property
+    def cand_error(self) -> str | None: ...
+    @property
+    def prod_latency(self) -> float | None: ...
+    @property
+    def cand_latency(self) -> float | None: ...
+    @property
+    def prod_output(self) -> list[Any] | None: ...
+    @property
+    def cand_output(self) -> list[Any] | None: ...
+
+
+@dataclass(slots=True)
 class PairRow:
     """One pair record's facts for a candidate (outputs are per instance)."""
 
@@ -46,7 +73,7 @@ class PairRow:
     cand_output: list[Any] | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LabelledRow:
     """One joined instance: both predictions, the label and the pair's timestamp."""
 
@@ -105,54 +132,86 @@ class CandidateState:
                 for k, v in sums.items():
                     _add(cell, k, float(v[i]))
 
-    def add_pairs(self, rows: Sequence[PairRow]) -> None:
-        """Unlabelled scores: errors, latency, agreement, deltas, similarity."""
+    def add_pairs(self, rows: Sequence[PairFacts]) -> None:
+        """Unlabelled scores: errors, latency, agreement, deltas, similarity (one pass over
+        the rows, then one numpy update per score)."""
         if not rows:
             return
         task = self.task
-        prod_err = [float(r.prod_error is not None) for r in rows]
-        cand_err = [float(r.cand_error is not None) for r in rows]
-        prod_to = [float(r.prod_error == "timeout") for r in rows]
-        cand_to = [float(r.cand_error == "timeout") for r in rows]
-        self.error_rate.update(prod_err, cand_err)
-        self.timeout_rate.update(prod_to, cand_to)
-        lp = [r.prod_latency for r in rows if r.prod_latency is not None]
-        lc = [r.cand_latency for r in rows if r.cand_latency is not None]
-        self.latency_prod.add_many(lp)
-        self.latency_cand.add_many(lc)
-        ts = [r.ts for r in rows]
-        self.last_ts = max(self.last_ts, max(ts))
-        c = self.counts
-        _add(c, "pairs", len(rows))
-        for r in rows:
-            if r.prod_error is not None:
-                _add(c, f"error:production:{r.prod_error}", 1)
-            if r.cand_error is not None:
-                _add(c, f"error:candidate:{r.cand_error}", 1)
+        plain = task == "classification"  # two ints agree when equal, and have no delta
+        numeric = task in ("regression", "probability")
+        text = task == "text"
+        ts: list[int] = []
+        prod_err: list[float] = []
+        cand_err: list[float] = []
+        prod_to: list[float] = []
+        cand_to: list[float] = []
+        lp: list[float] = []
+        lc: list[float] = []
+        errors: dict[str, int] = {}
         agreed: list[float] = []
         agree_ts: list[int] = []
         instances = invalid = 0
+        c = self.counts
         for r in rows:
-            if r.prod_output is None or r.cand_output is None:
+            t = r.ts
+            ts.append(t)
+            e = r.prod_error
+            if e is None:
+                prod_err.append(0.0)
+                prod_to.append(0.0)
+            else:
+                prod_err.append(1.0)
+                prod_to.append(1.0 if e == "timeout" else 0.0)
+                k = f"error:production:{e}"
+                errors[k] = errors.get(k, 0) + 1
+            e = r.cand_error
+            if e is None:
+                cand_err.append(0.0)
+                cand_to.append(0.0)
+            else:
+                cand_err.append(1.0)
+                cand_to.append(1.0 if e == "timeout" else 0.0)
+                k = f"error:candidate:{e}"
+                errors[k] = errors.get(k, 0) + 1
+            if r.prod_latency is not None:
+                lp.append(r.prod_latency)
+            if r.cand_latency is not None:
+                lc.append(r.cand_latency)
+            po, co = r.prod_output, r.cand_output
+            if po is None or co is None:
                 continue
-            for p, q in zip(r.prod_output, r.cand_output, strict=False):
-                a = scoring.agree(task, p, q)
+            for p, q in zip(po, co, strict=False):
                 instances += 1
+                if plain and type(p) is int and type(q) is int:
+                    agreed.append(1.0 if p == q else 0.0)
+                    agree_ts.append(t)
+                    continue
+                a = scoring.agree(task, p, q)
                 if a is None:
                     invalid += 1
                     continue
                 agreed.append(1.0 if a else 0.0)
-                agree_ts.append(r.ts)
-                d = scoring.delta(task, p, q)
-                if d is not None:
-                    _add(c, "delta_n", 1)
-                    _add(c, "delta_abs", d[0])
-                    _add(c, "delta_rel", d[1])
-                if task == "text":
+                agree_ts.append(t)
+                if numeric:
+                    d = scoring.delta(task, p, q)
+                    if d is not None:
+                        _add(c, "delta_n", 1)
+                        _add(c, "delta_abs", d[0])
+                        _add(c, "delta_rel", d[1])
+                elif text:
                     sim = scoring.similarity(p, q)
                     if sim is not None:
                         _add(c, "similarity_n", 1)
                         _add(c, "similarity_sum", sim)
+        self.error_rate.update(prod_err, cand_err)
+        self.timeout_rate.update(prod_to, cand_to)
+        self.latency_prod.add_many(lp)
+        self.latency_cand.add_many(lc)
+        self.last_ts = max(self.last_ts, max(ts))
+        _add(c, "pairs", len(rows))
+        for k, n in errors.items():
+            _add(c, k, n)
         _add(c, "instances", instances)
         if invalid:
             _add(c, "invalid", invalid)

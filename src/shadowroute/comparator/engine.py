@@ -35,30 +35,32 @@ from shadowroute.comparator.aggregates import (
     WINDOW_MS,
     CandidateState,
     LabelledRow,
-    PairRow,
     new_candidate_state,
 )
+from shadowroute.comparator.gcpause import gc_paused
 from shadowroute.comparator.production import (
     DriftBatch,
     ProductionState,
     drift_paths,
     new_production_state,
 )
+from shadowroute.comparator.reading import Label, Pair, read_label, read_pair
 from shadowroute.comparator.reference import reference_for
 from shadowroute.comparator.store import PROD, LabelRow, Positions, Store
 from shadowroute.core.config import Config, Route
 from shadowroute.core.records import (
     LabelRecord,
-    PairRecord,
     RecordError,
-    decode_label,
-    decode_pair,
     label_partition_key,
 )
 
 log = logging.getLogger("shadowroute.comparator")
 
 __all__ = ["DeadLetter", "Engine", "StateKey", "label_keys", "label_partition_key"]
+
+_Entry = tuple[str, int, int, Any, Any, int]
+"""A new pending entry: (route, expires, pair ts, production output, candidate output or
+``None`` for production's entry, index of the record it came from)."""
 
 StateKey = tuple[str, str, str, int]
 """(kind, route, candidate, partition); kind is ``cand``, ``prod`` or ``part``."""
@@ -82,35 +84,27 @@ def label_keys(request_id: str, instances: int) -> list[str]:
 class _Batch:
     """What one batch touches, gathered before the aggregates are updated."""
 
-    rows: dict[tuple[str, str], list[PairRow]] = field(default_factory=lambda: defaultdict(list))
+    rows: dict[tuple[str, str], list[Pair]] = field(default_factory=lambda: defaultdict(list))
     labelled: dict[tuple[str, str], list[LabelledRow]] = field(
         default_factory=lambda: defaultdict(list)
     )
     prod_labelled: dict[str, list[tuple[int, int, float]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    pending: list[tuple[str, str, int, str, int, bytes]] = field(default_factory=list)
+    pending: dict[str, dict[str, _Entry]] = field(default_factory=dict)
+    """New pending entries by key and kind. Of two with the same (key, kind) the one whose
+    row sorts first is kept, and none where the store has one (``existing``), as
+    ``INSERT OR IGNORE`` of the sorted rows would."""
+    existing: set[tuple[str, str]] = field(default_factory=set)
+    """(key, kind) already pending in the store and not joined in this batch."""
     joined: list[tuple[str, str]] = field(default_factory=list)
-    marks: list[tuple[int, str]] = field(default_factory=list)
+    marks: dict[str, int] = field(default_factory=dict)
+    """Stored labels joined in this batch: key -> 1 if production's entry joined it."""
     touched: set[StateKey] = field(default_factory=set)
     requests: dict[str, list[tuple[int, bool, int]]] = field(
         default_factory=lambda: defaultdict(list)
     )
     drift: dict[str, DriftBatch] = field(default_factory=dict)
-
-
-class _Label:
-    """A label first seen in this batch: joined in memory, stored once with its flags."""
-
-    __slots__ = ("id", "joined", "label", "prod_done", "route", "ts")
-
-    def __init__(self, lab: LabelRecord) -> None:
-        self.id = lab.id
-        self.label = lab.label
-        self.ts = lab.ts
-        self.route = lab.route
-        self.joined = False
-        self.prod_done = False
 
 
 class Engine:
@@ -234,6 +228,20 @@ class Engine:
         """Process one batch of a partition and commit it with the new positions (default:
         advanced by the number of records). Returns the dead letters (also given to the
         sink)."""
+        with gc_paused():
+            dead = self._process(partition, pairs, labels, next_pairs, next_labels)
+        if dead and self.dead_letters is not None:
+            self.dead_letters(dead)
+        return dead
+
+    def _process(
+        self,
+        partition: int,
+        pairs: Sequence[tuple[bytes, bytes]],
+        labels: Sequence[LabelInput],
+        next_pairs: int | None,
+        next_labels: int | None,
+    ) -> list[DeadLetter]:
         pos = self.position(partition)
         dead: list[DeadLetter] = []
         batch = _Batch()
@@ -273,8 +281,6 @@ class Engine:
         with self._lock:
             self._snapshot.update(serialised)
             self.version += 1
-        if dead and self.dead_letters is not None:
-            self.dead_letters(dead)
         return dead
 
     def _reload_partition(self, partition: int) -> None:
@@ -285,24 +291,20 @@ class Engine:
 
     def _decode_labels(
         self, partition: int, labels: Sequence[LabelInput], dead: list[DeadLetter]
-    ) -> list[LabelRecord]:
-        out: list[LabelRecord] = []
+    ) -> list[Label]:
+        out: list[Label] = []
         routes = self.routes
-        loads = orjson.loads
         for item in labels:
             if isinstance(item, LabelRecord):
-                lab = item
+                lab = Label.of(item)
             else:
                 try:
-                    lab = decode_label(loads(item))
-                except orjson.JSONDecodeError:
-                    dead.append((b"", item, "label:unparseable"))
-                    continue
+                    lab = read_label(item)
                 except RecordError as exc:
                     dead.append((b"", item, f"label:{exc.reason}"))
                     continue
             if lab.route is not None and lab.route not in routes:
-                value = item if isinstance(item, bytes) else _label_bytes(lab)
+                value = item if isinstance(item, bytes) else _label_bytes(item)
                 dead.append((lab.id.encode(), value, "label:unknown_route"))
                 continue
             out.append(lab)
@@ -310,12 +312,12 @@ class Engine:
 
     def _decode_pairs(
         self, partition: int, pairs: Sequence[tuple[bytes, bytes]], dead: list[DeadLetter]
-    ) -> list[PairRecord]:
-        out: list[PairRecord] = []
+    ) -> list[Pair]:
+        out: list[Pair] = []
         cands = self._cands
         for key, value in pairs:
             try:
-                rec = decode_pair(value)
+                rec = read_pair(value)
             except RecordError as exc:
                 dead.append((key, value, exc.reason))
                 continue
@@ -324,7 +326,7 @@ class Engine:
                 dead.append((key, value, "unknown_route"))
                 continue
             cand = rec.candidate
-            if cand is not None and cand.model not in names:
+            if cand is not None and cand not in names:
                 dead.append((key, value, "unknown_candidate"))
                 continue
             out.append(rec)
@@ -335,13 +337,13 @@ class Engine:
         return int(r.label_ttl_s * 1000) if r is not None else self.max_ttl_ms
 
     def _join_labels(
-        self, partition: int, labels: list[LabelRecord], b: _Batch
-    ) -> tuple[dict[str, _Label], set[str]]:
+        self, partition: int, labels: list[Label], b: _Batch
+    ) -> tuple[dict[str, Label], set[str]]:
         """Join new labels with pairs already pending. Returns the labels seen for the first
         time (stored after this batch's pairs have joined them) and the keys among them that
         have a pending production entry. A label whose key already has one is a duplicate:
         counted, never joined again."""
-        fresh: dict[str, _Label] = {}
+        fresh: dict[str, Label] = {}
         if not labels:
             return fresh, set()
         duplicates = 0
@@ -349,24 +351,35 @@ class Engine:
             if lab.id in fresh:
                 duplicates += 1
             else:
-                fresh[lab.id] = _Label(lab)
+                fresh[lab.id] = lab
         for k in self.store.labels_for(list(fresh)):
             duplicates += 1
             del fresh[k]
         if duplicates:
             self._count(partition, "duplicate_labels", duplicates)
         prod_pending: set[str] = set()
-        for key, kind, route_name, data in self.store.pending_for(list(fresh)):
+        existing = b.existing
+        for key, kind, route_name, data, cand in self.store.pending_for(list(fresh)):
             new = fresh[key]
             if kind == PROD:
                 prod_pending.add(key)
             route = self.routes.get(route_name)
-            if route is None or (new.route is not None and new.route != route_name):
+            entry: list[Any] | None = None
+            if route is not None and (new.route is None or new.route == route_name):
+                entry = orjson.loads(data)
+                if abs(new.ts - int(entry[0])) > route.label_ttl_s * 1000:
+                    entry = None
+            if route is None or entry is None:
+                existing.add((key, kind))
+                if cand is not None:
+                    existing.add((key, cand))
                 continue
-            entry = orjson.loads(data)
-            if abs(new.ts - int(entry[0])) > route.label_ttl_s * 1000:
-                continue
-            self._join_one(partition, route, kind, entry, new.label, new.ts, b)
+            if cand is None:
+                self._join_one(partition, route, kind, entry, new.label, new.ts, b)
+            else:  # production's entry and the candidate's, in one row
+                prod_entry = [entry[0], entry[1], None]
+                self._join_one(partition, route, PROD, prod_entry, new.label, new.ts, b)
+                self._join_one(partition, route, cand, entry, new.label, new.ts, b)
             b.joined.append((key, kind))
             new.joined = True
             if kind == PROD:
@@ -374,7 +387,7 @@ class Engine:
         self._count(partition, "labels", len(fresh))
         return fresh, prod_pending
 
-    def _store_labels(self, partition: int, fresh: dict[str, _Label]) -> None:
+    def _store_labels(self, partition: int, fresh: dict[str, Label]) -> None:
         if not fresh:
             return
         self.store.add_labels(
@@ -389,7 +402,7 @@ class Engine:
                     int(lab.joined),
                     int(lab.prod_done),
                 )
-                for _, lab in sorted(fresh.items())
+                for lab in map(fresh.__getitem__, sorted(fresh))
             ]
         )
 
@@ -413,61 +426,78 @@ class Engine:
         b.touched.add(("cand", route.name, kind, partition))
 
     def _join_pairs(
-        self, partition: int, records: list[PairRecord], fresh: dict[str, _Label],
+        self, partition: int, records: list[Pair], fresh: dict[str, Label],
         prod_pending: set[str], b: _Batch,
     ) -> None:  # fmt: skip
         """Score unlabelled facts; join with this batch's labels or stored ones, or leave
         pending. Only keys without a label in this batch are looked up in the store."""
         if not records:
             return
-        keyed: list[tuple[PairRecord, list[str]]] = []
         lookup: dict[str, None] = {}
         for rec in records:
-            out = rec.production.output
+            out = rec.prod_output
             rid = rec.id
-            keys = [rid] if not out or len(out) == 1 else label_keys(rid, len(out))
-            keyed.append((rec, keys))
+            if not out or len(out) == 1:
+                rec.keys = [rid]
+                if rid not in fresh:
+                    lookup[rid] = None
+                continue
+            rec.keys = keys = label_keys(rid, len(out))
             for k in keys:
                 if k not in fresh:
                     lookup[k] = None
         wanted = list(lookup)
         stored = self.store.labels_for(wanted) if wanted else {}
-        prod_seen = self.store.prod_pending(wanted) if wanted else set()
+        in_store = self.store.pending_kinds(wanted) if wanted else set()
+        b.existing |= in_store
+        prod_seen = {k for k, kind in in_store if kind == PROD}
         prod_seen |= prod_pending
+        has_labels = bool(fresh) or bool(stored)
         routes = self.routes
-        for rec, keys in keyed:
+        ttl_ms = self._ttl_ms
+        rows = b.rows
+        pending = b.pending
+        existing = b.existing
+        for idx, rec in enumerate(records):
+            keys = rec.keys
             route = routes[rec.route]
             first = keys[0]
             if first not in prod_seen:
-                lab0 = fresh.get(first) or stored.get(first)
+                lab0 = (fresh.get(first) or stored.get(first)) if has_labels else None
                 if lab0 is None or not lab0.prod_done:
                     prod_seen.update(keys)
-                    self._production(partition, route, rec, keys, fresh, stored, b)
-            c = rec.candidate
-            if c is None:
+                    self._production(partition, route, rec, keys, fresh, stored, has_labels, idx, b)
+            cand = rec.candidate
+            if cand is None:
                 continue
-            cand = c.model
-            p = rec.production
-            pout, cout = p.output, c.output
-            b.rows[(route.name, cand)].append(
-                PairRow(rec.ts, p.error, c.error, p.latency_ms, c.latency_ms, pout, cout)
-            )
+            pout, cout = rec.prod_output, rec.cand_output
+            name = route.name
+            rows[(name, cand)].append(rec)
             if not pout or not cout:
                 continue
             ts = rec.ts
+            expires = ts + ttl_ms[name]
             for i, key in enumerate(keys[: len(cout)]):
-                entry = [ts, pout[i], cout[i]]
-                if not self._join_new(partition, route, cand, key, entry, fresh, stored, b):
-                    b.pending.append(
-                        (key, cand, partition, route.name, ts + self._ttl_ms[route.name],
-                         _dumps(entry))
-                    )  # fmt: skip
-        for route_name, cand in b.rows:
+                if has_labels and self._join_new(
+                    partition, route, cand, key, [ts, pout[i], cout[i]], fresh, stored, b
+                ):
+                    continue
+                if existing and (key, cand) in existing:
+                    continue
+                entry = (name, expires, ts, pout[i], cout[i], idx)
+                kinds = pending.get(key)
+                if kinds is None:
+                    pending[key] = {cand: entry}
+                elif cand not in kinds:
+                    kinds[cand] = entry
+                else:
+                    _pend_again(kinds, cand, entry)
+        for route_name, cand in rows:
             b.touched.add(("cand", route_name, cand, partition))
 
     def _join_new(
         self, partition: int, route: Route, kind: str, key: str, entry: list[Any],
-        fresh: Mapping[str, _Label], stored: Mapping[str, LabelRow], b: _Batch,
+        fresh: Mapping[str, Label], stored: Mapping[str, LabelRow], b: _Batch,
     ) -> bool:  # fmt: skip
         """Join a new pair instance with its label, if there is one it may join."""
         new = fresh.get(key)
@@ -482,13 +512,17 @@ class Engine:
         old = stored.get(key)
         if old is None or not _joinable(old.route, old.ts, route, entry[0]):
             return False
-        self._join_one(partition, route, kind, entry, orjson.loads(old.label), old.ts, b)
-        b.marks.append((1 if kind == PROD else 0, key))
+        self._join_one(partition, route, kind, entry, old.value, old.ts, b)
+        if kind == PROD:
+            b.marks[key] = 1
+        else:
+            b.marks.setdefault(key, 0)
         return True
 
     def _production(
-        self, partition: int, route: Route, rec: PairRecord, keys: list[str],
-        fresh: Mapping[str, _Label], stored: Mapping[str, LabelRow], b: _Batch,
+        self, partition: int, route: Route, rec: Pair, keys: list[str],
+        fresh: Mapping[str, Label], stored: Mapping[str, LabelRow], has_labels: bool,
+        idx: int, b: _Batch,
     ) -> None:  # fmt: skip
         """Production's own monitoring, once per request (the first record seen of it)."""
         name = route.name
@@ -500,16 +534,29 @@ class Engine:
             drift = b.drift[name] = (
                 DriftBatch(self._paths[name], fields) if fields else DriftBatch(None)
             )
-        out = rec.production.output
+        out = rec.prod_output
         ts = rec.ts
-        b.requests[name].append((ts, rec.production.error is not None, len(keys)))
+        b.requests[name].append((ts, rec.prod_error is not None, len(keys)))
         drift.add(ts - ts % self._window_ms, rec.input, out)
         expires = ts + self._ttl_ms[name]
         n = len(out) if out else 0
+        pending, existing = b.pending, b.existing
         for i, key in enumerate(keys):
-            entry = [ts, out[i] if i < n else None, None]  # type: ignore[index]
-            if not self._join_new(partition, route, PROD, key, entry, fresh, stored, b):
-                b.pending.append((key, PROD, partition, name, expires, _dumps(entry)))
+            p = out[i] if i < n else None  # type: ignore[index]
+            if has_labels and self._join_new(
+                partition, route, PROD, key, [ts, p, None], fresh, stored, b
+            ):
+                continue
+            if existing and (key, PROD) in existing:
+                continue
+            entry = (name, expires, ts, p, None, idx)
+            kinds = pending.get(key)
+            if kinds is None:
+                pending[key] = {PROD: entry}
+            elif PROD not in kinds:
+                kinds[PROD] = entry
+            else:
+                _pend_again(kinds, PROD, entry)
 
     def _apply(self, partition: int, b: _Batch) -> None:
         for route, reqs in b.requests.items():
@@ -527,15 +574,16 @@ class Engine:
                 [t for t, _, _ in items], [t for _, t, _ in items], [x for _, _, x in items]
             )
         self.store.drop_pending(b.joined)
-        b.pending.sort()
-        self.store.add_pending(b.pending)
-        self.store.mark_labels(b.marks)
+        self.store.add_pending(_pending_rows(partition, b.pending))
+        self.store.mark_labels([(prod, key) for key, prod in sorted(b.marks.items())])
 
     def _expire(self, partition: int, pos: Positions, b: _Batch) -> None:
         now = self.clock() if self.clock is not None else 0
         orphans: dict[tuple[str, str], int] = defaultdict(int)
-        for kind, route in self.store.expire_pending(partition, max(pos.labels_wm, now)):
+        for kind, route, cand in self.store.expire_pending(partition, max(pos.labels_wm, now)):
             orphans[(route, kind)] += 1
+            if cand is not None:
+                orphans[(route, cand)] += 1
         for (route, kind), n in orphans.items():
             r = self.routes.get(route)
             if r is None:
@@ -550,6 +598,44 @@ class Engine:
         for joined, _ in self.store.expire_labels(partition, max(pos.pairs_wm, now)):
             if not joined:
                 self._count(partition, "orphan_labels")
+
+
+def _pend_again(kinds: dict[str, _Entry], kind: str, entry: _Entry) -> None:
+    """A second new entry for a (key, kind) in this batch: the one whose row sorts first
+    stays."""
+    if _row_order(entry) < _row_order(kinds[kind]):
+        kinds[kind] = entry
+
+
+def _row_order(e: _Entry) -> tuple[str, int, bytes]:
+    return e[0], e[1], _dumps([e[2], e[3], e[4]])
+
+
+def _pending_rows(
+    partition: int, pending: Mapping[str, dict[str, _Entry]]
+) -> list[tuple[str, str, int, str, int, bytes, str | None]]:
+    """The rows of new pending entries, by key. Production's entry and a candidate's entry
+    from the same record share one row: production's, with ``cand`` set and the candidate's
+    entry as its data."""
+    rows: list[tuple[str, str, int, str, int, bytes, str | None]] = []
+    for key in sorted(pending):
+        kinds = pending[key]
+        prod = kinds.get(PROD)
+        for kind in sorted(kinds) if len(kinds) > 2 else kinds:
+            if kind == PROD:
+                continue
+            e = kinds[kind]
+            data = _dumps([e[2], e[3], e[4]])
+            if prod is not None and prod[5] == e[5]:
+                rows.append((key, PROD, partition, e[0], e[1], data, kind))
+                prod = None
+            else:
+                rows.append((key, kind, partition, e[0], e[1], data, None))
+        if prod is not None:
+            rows.append(
+                (key, PROD, partition, prod[0], prod[1], _dumps([prod[2], prod[3], None]), None)
+            )
+    return rows
 
 
 def _dumps(obj: Any) -> bytes:

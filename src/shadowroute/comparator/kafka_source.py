@@ -40,6 +40,7 @@ from shadowroute.api.metrics import new_registry
 from shadowroute.api.scorecard import scorecard_routes
 from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.engine import DeadLetter, Engine, StateKey
+from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, load_config
@@ -165,6 +166,7 @@ class KafkaComparator:
         assert consumer is not None
         parts = sorted({tp.partition for tp in assigned})
         await asyncio.to_thread(self.engine.load, parts)
+        from_start: list[TopicPartition] = []
         for tp in assigned:
             pos = self.engine.positions.get(tp.partition)
             offset = (
@@ -173,22 +175,45 @@ class KafkaComparator:
             if offset > 0:
                 consumer.seek(tp, offset)
             else:
-                await consumer.seek_to_beginning(tp)
+                from_start.append(tp)
             log.info("assigned %s[%d] from offset %d", tp.topic, tp.partition, offset)
+        if from_start:  # one request for all of them
+            await consumer.seek_to_beginning(*from_start)
 
     async def run(self) -> None:
-        """Consume until ``stop()``."""
+        """Consume until ``stop()``.
+
+        The next ``getmany`` (which unpacks the fetched records on this thread) runs while
+        the engine processes the previous batch in its worker thread; batches are still
+        processed one at a time, in the order they were fetched. The cyclic garbage collector
+        is paused meanwhile, with a full collection every few seconds (``gcpause``)."""
         consumer = self._consumer
         assert consumer is not None
-        while not self.stopping.is_set():
-            batch = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
-            if not batch:
-                continue
-            async with self.lock:
-                await self._process(batch)
+        work: asyncio.Task[None] | None = None
+        collector = PeriodicCollection()
+        with gc_paused():
+            try:
+                while not self.stopping.is_set():
+                    batch = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                    if work is not None:
+                        await work
+                        work = None
+                    if batch:
+                        work = asyncio.create_task(self._locked(batch))
+                    collector.tick()
+                if work is not None:
+                    await work
+            finally:
+                if work is not None and not work.done():  # cancelled: the batch completes
+                    await asyncio.shield(work)
+
+    async def _locked(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        async with self.lock:
+            await self._process(batch)
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         owned = set(self.engine.positions)
+        sent: list[asyncio.Future[Any]] = []
         by_part: dict[int, dict[str, list[Any]]] = defaultdict(lambda: {"pairs": [], "labels": []})
         for tp, msgs in batch.items():
             if tp.partition not in owned or not msgs:
@@ -213,14 +238,21 @@ class KafkaComparator:
             dead = await asyncio.to_thread(
                 self.engine.process, partition, pairs, labels, next_pairs, next_labels
             )
-            await self._publish(partition, dead, label_msgs)
+            # sent now, delivery awaited once for the whole batch: the next partition's
+            # records are processed meanwhile
+            sent.extend(await self._publish(partition, dead, label_msgs))
             self.batches += 1
+        for fut in sent:
+            await fut
 
-    async def _publish(self, partition: int, dead: list[DeadLetter], label_msgs: list[Any]) -> None:
+    async def _publish(
+        self, partition: int, dead: list[DeadLetter], label_msgs: list[Any]
+    ) -> list[asyncio.Future[Any]]:
+        """Send the dead letters and the partition's states; returns the delivery futures."""
         producer = self._producer
         assert producer is not None
         pos = self.engine.positions[partition]
-        futures = []
+        futures: list[asyncio.Future[Any]] = []
         label_keys = {m.value: m.key for m in label_msgs} if dead else {}
         for key, value, reason in dead:
             source = b"labels" if reason.startswith("label:") else b"pairs"
@@ -247,8 +279,7 @@ class KafkaComparator:
                 }
             )
             futures.append(await producer.send(self.scores_topic, value, key=scores_key(skey)))
-        for fut in futures:
-            await fut
+        return futures
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records not yet committed per assigned (topic, partition): the partition's high

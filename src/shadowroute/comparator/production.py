@@ -179,12 +179,16 @@ class ProductionState:
 
     def add_requests(self, reqs: Sequence[tuple[int, bool, int]]) -> None:
         """(ts, production failed, instances) of requests, in arrival order."""
+        instances = sum([r[2] for r in reqs])
         self._count("requests", len(reqs))
-        self._count("instances", sum(r[2] for r in reqs))
-        failed = sum(1 for r in reqs if r[1])
+        self._count("instances", instances)
+        failed = sum([1 for r in reqs if r[1]])
         if failed:
             self._count("errors", failed)
-        self.coverage.add_predictions([r[0] for r in reqs for _ in range(r[2])])
+        if instances == len(reqs):  # one instance each
+            self.coverage.add_predictions([r[0] for r in reqs])
+        else:
+            self.coverage.add_predictions([r[0] for r in reqs for _ in range(r[2])])
 
     def add_drift_items(self, name: str, items: Sequence[tuple[int, Any]]) -> None:
         """(window start, value) of one field, in arrival order."""

@@ -5,8 +5,11 @@ Tables:
 - ``positions`` — per source partition, the next offset to read on pairs and labels, and the
   two watermarks (largest record timestamp seen on each stream);
 - ``state`` — the serialised aggregates per (kind, route, candidate, partition);
-- ``pending`` — pair instances waiting for their label, one row per (label key, candidate),
-  kind ``""`` for production's own monitoring entry;
+- ``pending`` — pair instances waiting for their label, one row per (label key, kind): kind
+  ``""`` is production's own monitoring entry, any other kind a candidate's entry. The first
+  record of a request writes one row for both: production's entry with ``cand`` set to the
+  record's candidate, whose entry it also stands for (``data`` is then the candidate's entry,
+  from which production's follows);
 - ``labels`` — labels, kept until their TTL ends (several candidates may join one label);
 - ``decisions`` — the verdict history.
 
@@ -21,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import orjson
 
 __all__ = ["PROD", "Positions", "Store"]
 
@@ -37,7 +42,8 @@ CREATE TABLE IF NOT EXISTS state(
   data BLOB NOT NULL, PRIMARY KEY(kind, route, candidate, partition));
 CREATE TABLE IF NOT EXISTS pending(
   key TEXT NOT NULL, kind TEXT NOT NULL, partition INTEGER NOT NULL, route TEXT NOT NULL,
-  expires INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY(key, kind)) WITHOUT ROWID;
+  expires INTEGER NOT NULL, data BLOB NOT NULL, cand TEXT, PRIMARY KEY(key, kind))
+  WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pending_expiry ON pending(partition, expires);
 CREATE TABLE IF NOT EXISTS labels(
   key TEXT PRIMARY KEY, partition INTEGER NOT NULL, ts INTEGER NOT NULL,
@@ -61,12 +67,14 @@ class Positions:
     labels_wm: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LabelRow:
+    """A stored label; ``value`` is the label, parsed."""
+
     key: str
     ts: int
     route: str | None
-    label: bytes
+    value: Any
     joined: bool
     prod_done: bool
 
@@ -79,6 +87,13 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.executescript(_SCHEMA)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(pending)")}
+    if "cand" not in columns:  # a file written before combined entries
+        try:
+            conn.execute("ALTER TABLE pending ADD COLUMN cand TEXT")
+        except sqlite3.OperationalError as exc:  # another connection added it meanwhile
+            if "duplicate column" not in str(exc):
+                raise
     return conn
 
 
@@ -115,7 +130,9 @@ class Store:
         }
 
     def pending_count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+        """Pending entries (a combined row holds two)."""
+        row = self.conn.execute("SELECT count(*) + count(cand) FROM pending").fetchone()
+        return int(row[0])
 
     def label_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM labels").fetchone()[0])
@@ -136,30 +153,39 @@ class Store:
                 f"({','.join('?' * len(chunk))})"
             )
             for r in self.conn.execute(q, chunk):
-                out[r[0]] = LabelRow(r[0], int(r[1]), r[2], bytes(r[3]), bool(r[4]), bool(r[5]))
+                out[r[0]] = LabelRow(
+                    r[0], int(r[1]), r[2], orjson.loads(r[3]), bool(r[4]), bool(r[5])
+                )
         return out
 
-    def pending_for(self, keys: Sequence[str]) -> list[tuple[str, str, str, bytes]]:
-        """(key, kind, route, data) of every pending entry under these keys."""
-        out: list[tuple[str, str, str, bytes]] = []
+    def pending_for(self, keys: Sequence[str]) -> list[tuple[str, str, str, bytes, str | None]]:
+        """(key, kind, route, data, cand) of every pending row under these keys, in
+        (key, kind) order."""
+        out: list[tuple[str, str, str, bytes, str | None]] = []
         for chunk in _chunks(keys):
             q = (
-                "SELECT key, kind, route, data FROM pending WHERE key IN "
-                f"({','.join('?' * len(chunk))})"
+                "SELECT key, kind, route, data, cand FROM pending WHERE key IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY key, kind"
             )
-            out.extend((r[0], r[1], r[2], bytes(r[3])) for r in self.conn.execute(q, chunk))
+            out.extend((r[0], r[1], r[2], bytes(r[3]), r[4]) for r in self.conn.execute(q, chunk))
         return out
 
-    def prod_pending(self, keys: Sequence[str]) -> set[str]:
-        out: set[str] = set()
+    def pending_kinds(self, keys: Sequence[str]) -> set[tuple[str, str]]:
+        """(key, kind) of every pending entry under these keys (both of a combined row)."""
+        out: set[tuple[str, str]] = set()
         for chunk in _chunks(keys):
-            q = f"SELECT key FROM pending WHERE kind = '' AND key IN ({','.join('?' * len(chunk))})"
-            out.update(r[0] for r in self.conn.execute(q, chunk))
+            q = f"SELECT key, kind, cand FROM pending WHERE key IN ({','.join('?' * len(chunk))})"
+            for key, kind, cand in self.conn.execute(q, chunk):
+                out.add((key, kind))
+                if cand is not None:
+                    out.add((key, cand))
         return out
 
-    def add_pending(self, rows: Sequence[tuple[str, str, int, str, int, bytes]]) -> None:
-        """(key, kind, partition, route, expires, data); an existing entry is kept."""
-        self.conn.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?)", rows)
+    def add_pending(
+        self, rows: Sequence[tuple[str, str, int, str, int, bytes, str | None]]
+    ) -> None:
+        """(key, kind, partition, route, expires, data, cand); an existing row is kept."""
+        self.conn.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def drop_pending(self, rows: Sequence[tuple[str, str]]) -> None:
         self.conn.executemany("DELETE FROM pending WHERE key = ? AND kind = ?", rows)
@@ -176,13 +202,13 @@ class Store:
             "UPDATE labels SET joined = 1, prod_done = max(prod_done, ?) WHERE key = ?", rows
         )
 
-    def expire_pending(self, partition: int, now_ms: int) -> list[tuple[str, str]]:
-        """Delete entries whose TTL ended; returns their (kind, route)."""
+    def expire_pending(self, partition: int, now_ms: int) -> list[tuple[str, str, str | None]]:
+        """Delete rows whose TTL ended; returns their (kind, route, cand)."""
         rows = self.conn.execute(
-            "DELETE FROM pending WHERE partition = ? AND expires < ? RETURNING kind, route",
+            "DELETE FROM pending WHERE partition = ? AND expires < ? RETURNING kind, route, cand",
             (partition, now_ms),
         )
-        return [(str(r[0]), str(r[1])) for r in rows.fetchall()]
+        return [(str(r[0]), str(r[1]), r[2]) for r in rows.fetchall()]
 
     def expire_labels(self, partition: int, now_ms: int) -> list[tuple[bool, str | None]]:
         """Delete labels whose TTL ended; returns (joined, route) of each."""

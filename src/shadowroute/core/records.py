@@ -184,8 +184,12 @@ _ERROR_SET: Final = frozenset(ERRORS)
 _TS_END: Final = 1 << 63
 
 
-def _fast_pair(obj: dict[str, Any]) -> PairRecord | None:
-    """The common shape, accepted after a few exact type checks; ``None`` when anything
+PairFields = tuple[str, str, int, "SideFields", "SideFields | None", Any]
+
+
+def fast_pair_fields(obj: dict[str, Any]) -> PairFields | None:
+    """(id, route, ts, production, candidate, input) of a pair record in the common shape
+    (sides as ``fast_side_fields``), after a few exact type checks; ``None`` when anything
     differs, and the full validator then decides (and names the reason)."""
     try:
         version, rid, route, ts = obj["v"], obj["id"], obj["route"], obj["ts"]
@@ -203,18 +207,34 @@ def _fast_pair(obj: dict[str, Any]) -> PairRecord | None:
         and 0 <= ts < _TS_END
     ):
         return None
-    production = _fast_side(prod)
+    production = fast_side_fields(prod)
     if production is None:
         return None
     candidate = None
     if cand is not None:
-        candidate = _fast_side(cand)
+        candidate = fast_side_fields(cand)
         if candidate is None:
             return None
-    return PairRecord(rid, route, ts, production, candidate, obj.get("input"))
+    return rid, route, ts, production, candidate, obj.get("input")
 
 
-def _fast_side(obj: Any) -> Side | None:
+def _fast_pair(obj: dict[str, Any]) -> PairRecord | None:
+    f = fast_pair_fields(obj)
+    if f is None:
+        return None
+    p, c = f[3], f[4]
+    production = Side(p[0], p[1], p[2], p[3], p[4], p[5])
+    candidate = None if c is None else Side(c[0], c[1], c[2], c[3], c[4], c[5])
+    return PairRecord(f[0], f[1], f[2], production, candidate, f[5])
+
+
+SideFields = tuple[str, str | None, int | None, float | None, list[Any] | None, str | None]
+
+
+def fast_side_fields(obj: Any) -> SideFields | None:
+    """(model, version, status, latency_ms, output, error) of a pair record's side in the
+    common shape, after a few exact type checks; ``None`` when anything differs (the full
+    validator then decides and names the reason)."""
     if type(obj) is not dict:
         return None
     try:
@@ -237,7 +257,7 @@ def _fast_side(obj: Any) -> Side | None:
         return None
     if error is not None and (type(error) is not str or error not in _ERROR_SET):
         return None
-    return Side(model, version, status, latency, output, error)
+    return model, version, status, latency, output, error
 
 
 def _checked_pair(obj: Any) -> PairRecord:

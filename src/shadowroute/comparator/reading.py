@@ -1,0 +1,175 @@
+"""Pair and label records as the engine reads them: one plain object per record.
+
+``read_pair`` and ``read_label`` accept the common shape of a schema-v1 record after the same
+exact type checks as the fast paths of ``shadowroute.core.records.decode_pair`` and
+``decode_label``, without building frozen record objects; anything else goes through those
+decoders, which accept it or name the reason (``RecordError``). Either way the result holds
+the same values.
+
+>>> from shadowroute.core.records import Side, encode_pair
+>>> side = Side("fraud-v7", "7", 200, 4.0, [1], None)
+>>> rec = read_pair(encode_pair(request_id="a", route="fraud", ts_ms=1, production=side,
+...                             candidate=None, input={"x": 1}))
+>>> rec.id, rec.prod_output, rec.candidate, rec.input
+('a', [1], None, {'x': 1})
+>>> lab = read_label(b'{"v": 1, "id": "a", "label": 1, "ts": 5}')
+>>> lab.id, lab.label, lab.ts, lab.route, lab.joined
+('a', 1, 5, None, False)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Final
+
+import orjson
+
+from shadowroute.core.records import (
+    SCHEMA_VERSION,
+    LabelRecord,
+    PairRecord,
+    RecordError,
+    decode_label,
+    decode_pair,
+    fast_pair_fields,
+)
+
+__all__ = ["Label", "Pair", "read_label", "read_pair"]
+
+_TS_END: Final = 1 << 63
+_ID_MATCH: Final = re.compile(r"[!-~]{1,256}").fullmatch
+"""``is_valid_id`` for a ``str``: 1-256 printable ASCII characters, no spaces."""
+
+
+class Pair:
+    """A valid pair record, with the fields ``CandidateState.add_pairs`` reads (``PairRow``'s)
+    plus the request id, route, candidate model (``None`` in a production-only record), input
+    and, once the engine has set them, the label keys of its instances."""
+
+    __slots__ = (
+        "cand_error",
+        "cand_latency",
+        "cand_output",
+        "candidate",
+        "id",
+        "input",
+        "keys",
+        "prod_error",
+        "prod_latency",
+        "prod_output",
+        "route",
+        "ts",
+    )
+
+    def __init__(
+        self, rid: str, route: str, ts: int, prod_error: str | None,
+        prod_latency: float | None, prod_output: list[Any] | None, candidate: str | None,
+        cand_error: str | None, cand_latency: float | None, cand_output: list[Any] | None,
+        doc: Any,
+    ) -> None:  # fmt: skip
+        self.id = rid
+        self.route = route
+        self.ts = ts
+        self.prod_error = prod_error
+        self.prod_latency = prod_latency
+        self.prod_output = prod_output
+        self.candidate = candidate
+        self.cand_error = cand_error
+        self.cand_latency = cand_latency
+        self.cand_output = cand_output
+        self.input = doc
+        self.keys: list[str] = []
+
+    @classmethod
+    def of(cls, rec: PairRecord) -> Pair:
+        p, c = rec.production, rec.candidate
+        if c is None:
+            return cls(rec.id, rec.route, rec.ts, p.error, p.latency_ms, p.output,
+                       None, None, None, None, rec.input)  # fmt: skip
+        return cls(rec.id, rec.route, rec.ts, p.error, p.latency_ms, p.output,
+                   c.model, c.error, c.latency_ms, c.output, rec.input)  # fmt: skip
+
+
+def read_pair(value: bytes) -> Pair:
+    """Parse and validate a pair record; raises ``RecordError`` with the reason."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise RecordError("unparseable") from None
+    if type(obj) is dict:
+        rec = _fast(obj)
+        if rec is not None:
+            return rec
+    return Pair.of(decode_pair(value))
+
+
+def _fast(obj: dict[str, Any]) -> Pair | None:
+    f = fast_pair_fields(obj)
+    if f is None:
+        return None
+    rid, route, ts, p, c, inp = f
+    if c is None:
+        return Pair(rid, route, ts, p[5], p[3], p[4], None, None, None, None, inp)
+    return Pair(rid, route, ts, p[5], p[3], p[4], c[0], c[5], c[3], c[4], inp)
+
+
+class Label:
+    """A valid label record, with the flags of its joins in the batch that first sees it
+    (``joined``: some pair instance joined it; ``prod_done``: production's entry did)."""
+
+    __slots__ = ("id", "joined", "label", "prod_done", "route", "ts")
+
+    def __init__(self, rid: str, label: Any, ts: int, route: str | None) -> None:
+        self.id = rid
+        self.label = label
+        self.ts = ts
+        self.route = route
+        self.joined = False
+        self.prod_done = False
+
+    @classmethod
+    def of(cls, lab: LabelRecord) -> Label:
+        return cls(lab.id, lab.label, lab.ts, lab.route)
+
+
+_ABSENT: Final = object()
+
+
+def read_label(value: bytes) -> Label:
+    """Parse and validate a label record (``ts`` required); raises ``RecordError``."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise RecordError("unparseable") from None
+    if type(obj) is dict:
+        lab = _fast_label(obj)
+        if lab is not None:
+            return lab
+    return Label.of(decode_label(obj))
+
+
+def _fast_label(obj: dict[str, Any]) -> Label | None:
+    version = obj.get("v", SCHEMA_VERSION)
+    rid = obj.get("id")
+    label = obj.get("label", _ABSENT)
+    ts = obj.get("ts", _ABSENT)
+    route = obj.get("route")
+    if not (
+        type(version) is int
+        and version == SCHEMA_VERSION
+        and type(rid) is str
+        and _ID_MATCH(rid) is not None
+    ):
+        return None
+    kind = type(label)
+    if kind is float:
+        if not math.isfinite(label):
+            return None
+    elif kind is not int and kind is not str and kind is not bool:
+        return None
+    if type(ts) is not int or not 0 <= ts < _TS_END:
+        return None
+    if route is not None and (type(route) is not str or not route):
+        return None
+    return Label(rid, label, ts, route)
