@@ -138,7 +138,7 @@ def _loads(data: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass
     # TF Serving (and Python's json.dumps) may emit NaN / Infinity tokens, which orjson rejects.
-    if b"NaN" not in data and b"Infinity" not in data:
+    if data.find(b"NaN") < 0 and data.find(b"Infinity") < 0:
         raise ExtractError("bad_json")  # nothing the slower parser would accept
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_CONSTANTS.__getitem__)

@@ -172,7 +172,7 @@ class MirrorExchange(Exchange):
 
     def on_head(self, status: int, head: bytes, low: bytes) -> None:
         self._status = status
-        if http1.CONTENT_ENCODING in low:
+        if low.find(http1.CONTENT_ENCODING) >= 0:
             self._ce = http1.header_value(head, low, http1.CONTENT_ENCODING)
         self._ct = http1.header_value(head, low, http1.CONTENT_TYPE)
 

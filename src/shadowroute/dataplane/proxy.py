@@ -289,15 +289,15 @@ class Request(Exchange):
 
     def on_head(self, status: int, head: bytes, low: bytes) -> None:
         self.status = status
-        if http1.TRANSFER_ENCODING in low:
+        if low.find(http1.TRANSFER_ENCODING) >= 0:
             te = http1.header_value(head, low, http1.TRANSFER_ENCODING)
-            chunked = te is not None and b"chunked" in te.lower()
+            chunked = te is not None and te.lower().find(b"chunked") >= 0
             until_close = False
         else:
             chunked = False
-            until_close = http1.CONTENT_LENGTH not in low
+            until_close = low.find(http1.CONTENT_LENGTH) < 0
         if self.pairing is not None:
-            if http1.CONTENT_ENCODING in low:
+            if low.find(http1.CONTENT_ENCODING) >= 0:
                 self.ce = http1.header_value(head, low, http1.CONTENT_ENCODING)
             self.ct = http1.header_value(head, low, http1.CONTENT_TYPE)
             self.prod_body = []

@@ -202,7 +202,9 @@ class UpstreamConnection:
                 self._parser = httptools.HttpResponseParser(self)
             self._finish()
             return
-        self._until_close = http1.CONTENT_LENGTH not in low and http1.TRANSFER_ENCODING not in low
+        self._until_close = (
+            low.find(http1.CONTENT_LENGTH) < 0 and low.find(http1.TRANSFER_ENCODING) < 0
+        )
         self._in_body = True
         if rest:
             self._body(rest)
