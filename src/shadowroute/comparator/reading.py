@@ -23,16 +23,14 @@ import math
 import re
 from typing import Any, Final
 
-import orjson
-
 from shadowroute.core.records import (
     SCHEMA_VERSION,
     LabelRecord,
     PairRecord,
-    RecordError,
     decode_label,
     decode_pair,
     fast_pair_fields,
+    parse_record,
 )
 
 __all__ = ["Label", "Pair", "read_label", "read_pair"]
@@ -93,10 +91,7 @@ class Pair:
 
 def read_pair(value: bytes) -> Pair:
     """Parse and validate a pair record; raises ``RecordError`` with the reason."""
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        raise RecordError("unparseable") from None
+    obj = parse_record(value)
     if type(obj) is dict:
         rec = _fast(obj)
         if rec is not None:
@@ -138,10 +133,7 @@ _ABSENT: Final = object()
 
 def read_label(value: bytes) -> Label:
     """Parse and validate a label record (``ts`` required); raises ``RecordError``."""
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        raise RecordError("unparseable") from None
+    obj = parse_record(value)
     if type(obj) is dict:
         lab = _fast_label(obj)
         if lab is not None:

@@ -167,12 +167,17 @@ def _side_dict(side: Side) -> dict[str, Any]:
     }
 
 
-def decode_pair(value: bytes) -> PairRecord:
-    """Parse and validate a pair record; raises ``RecordError``."""
+def parse_record(value: bytes) -> Any:
+    """The JSON value of a record's bytes; ``RecordError("unparseable")`` when not JSON."""
     try:
-        obj = orjson.loads(value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError:
         raise RecordError("unparseable") from None
+
+
+def decode_pair(value: bytes) -> PairRecord:
+    """Parse and validate a pair record; raises ``RecordError``."""
+    obj = parse_record(value)
     if type(obj) is dict:
         rec = _fast_pair(obj)
         if rec is not None:
