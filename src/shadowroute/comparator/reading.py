@@ -19,25 +19,19 @@ the same values.
 
 from __future__ import annotations
 
-import math
-import re
-from typing import Any, Final
+from typing import Any
 
 from shadowroute.core.records import (
-    SCHEMA_VERSION,
     LabelRecord,
     PairRecord,
     decode_label,
     decode_pair,
+    fast_label_fields,
     fast_pair_fields,
     parse_record,
 )
 
 __all__ = ["Label", "Pair", "read_label", "read_pair"]
-
-_TS_END: Final = 1 << 63
-_ID_MATCH: Final = re.compile(r"[!-~]{1,256}").fullmatch
-"""``is_valid_id`` for a ``str``: 1-256 printable ASCII characters, no spaces."""
 
 
 class Pair:
@@ -128,9 +122,6 @@ class Label:
         return cls(lab.id, lab.label, lab.ts, lab.route)
 
 
-_ABSENT: Final = object()
-
-
 def read_label(value: bytes) -> Label:
     """Parse and validate a label record (``ts`` required); raises ``RecordError``."""
     obj = parse_record(value)
@@ -142,26 +133,5 @@ def read_label(value: bytes) -> Label:
 
 
 def _fast_label(obj: dict[str, Any]) -> Label | None:
-    version = obj.get("v", SCHEMA_VERSION)
-    rid = obj.get("id")
-    label = obj.get("label", _ABSENT)
-    ts = obj.get("ts", _ABSENT)
-    route = obj.get("route")
-    if not (
-        type(version) is int
-        and version == SCHEMA_VERSION
-        and type(rid) is str
-        and _ID_MATCH(rid) is not None
-    ):
-        return None
-    kind = type(label)
-    if kind is float:
-        if not math.isfinite(label):
-            return None
-    elif kind is not int and kind is not str and kind is not bool:
-        return None
-    if type(ts) is not int or not 0 <= ts < _TS_END:
-        return None
-    if route is not None and (type(route) is not str or not route):
-        return None
-    return Label(rid, label, ts, route)
+    f = fast_label_fields(obj)
+    return None if f is None else Label(f[0], f[1], f[2], f[3])

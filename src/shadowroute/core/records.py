@@ -357,9 +357,12 @@ def decode_label(obj: Any, now_ms: int | None = None) -> LabelRecord:
 _ABSENT: Final = object()
 
 
-def _fast_label(obj: dict[str, Any], now_ms: int | None) -> LabelRecord | None:
-    """The common shape (``v`` 1 or absent, integer ``ts``, scalar label); ``None`` when
-    anything differs, and the full validator then decides."""
+def fast_label_fields(
+    obj: dict[str, Any], now_ms: int | None = None
+) -> tuple[str, Any, int, str | None] | None:
+    """(id, label, ts, route) of a label record in the common shape (``v`` 1 or absent,
+    integer ``ts`` or ``now_ms`` when absent, scalar label); ``None`` when anything differs,
+    and the full validator then decides (and names the reason)."""
     version = obj.get("v", SCHEMA_VERSION)
     rid = obj.get("id")
     label = obj.get("label", _ABSENT)
@@ -386,7 +389,12 @@ def _fast_label(obj: dict[str, Any], now_ms: int | None) -> LabelRecord | None:
         return None
     if route is not None and (type(route) is not str or not route):
         return None
-    return LabelRecord(rid, label, ts, route)
+    return rid, label, ts, route
+
+
+def _fast_label(obj: dict[str, Any], now_ms: int | None) -> LabelRecord | None:
+    f = fast_label_fields(obj, now_ms)
+    return None if f is None else LabelRecord(f[0], f[1], f[2], f[3])
 
 
 def _label_value(label: Any) -> Any:
