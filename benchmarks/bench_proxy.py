@@ -18,6 +18,9 @@ Same upstreams, same load generator, same run for every case:
   dp-mirror       sink, no comparator), without and with 100% mirroring
   dp-kafka-mirror the data plane alone, 100% mirroring, pair records into a real Kafka broker
                   (started here from tests/kafka_harness.py, on CPU 0): the Kafka sink's cost
+                  when the producer shares the data plane's process (``serve --workers 0``)
+  sr-kafka-mirror ``serve`` with ``transport: kafka``, 100% mirroring: the worker ships its
+                  records to the supervisor, whose producer writes them to the same broker
 
 Load: ``wrk -t1`` pinned to CPU 0 with a Lua script POSTing a ~300-byte JSON body; upstreams
 (nginx, one worker each) also on CPU 0; the proxy under test alone on CPU 1 (``--workers 2``:
@@ -218,16 +221,23 @@ def dataplane_pids(root: int) -> list[int]:
     return tree[1:] if len(tree) > 1 and not NGINX_MASTER.get(root) else tree
 
 
-def cpu_times(root: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of the data-plane processes under ``root``."""
+def cpu_times(root: int, pids: list[int] | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of the data-plane processes under ``root`` (or of ``pids``)."""
     user = system = 0
-    for pid in dataplane_pids(root):
+    for pid in dataplane_pids(root) if pids is None else pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
             user += int(fields[11])
             system += int(fields[12])
     return user / CLK_TCK, system / CLK_TCK
+
+
+def supervisor_cpu(root: int) -> float | None:
+    """CPU seconds of ``serve``'s supervisor (``root`` when it has worker children), else None."""
+    if len(tree_pids(root)) < 2 or NGINX_MASTER.get(root):
+        return None
+    return sum(cpu_times(root, [root]))
 
 
 def core_busy(cpu: str) -> float:
@@ -461,6 +471,8 @@ class Point:
     """Share of the proxy's core busy with anything but the proxy during the run."""
     user_share: float | None = None
     """Share of the proxy's CPU time spent in user mode (the rest is the kernel)."""
+    supervisor_cpu_us: float | None = None
+    """``serve``'s supervisor (API, comparator or Kafka producer): CPU µs per request."""
 
 
 def run_wrk(port: int, conns: int, seconds: float, lua: Path) -> dict[str, Any]:
@@ -529,9 +541,11 @@ class Bench:
         cand0 = case.cand_count() if case.cand_count else None
         met0 = sr_metrics(case.admin) if case.admin else {}
         user0, sys0 = cpu_times(case.proxy_pid) if case.proxy_pid else (0.0, 0.0)
+        sup0 = supervisor_cpu(case.proxy_pid) if case.proxy_pid else None
         core0 = core_busy(PROXY_CPU)
         res = run_wrk(case.port, conns, self.seconds, self.lua)
         user1, sys1 = cpu_times(case.proxy_pid) if case.proxy_pid else (0.0, 0.0)
+        sup1 = supervisor_cpu(case.proxy_pid) if case.proxy_pid else None
         cpu0, cpu1 = user0 + sys0, user1 + sys1
         core1 = core_busy(PROXY_CPU)
         wall = res["duration_us"] / 1e6
@@ -558,10 +572,15 @@ class Bench:
             metrics={k: v - met0.get(k, 0.0) for k, v in met1.items() if v - met0.get(k, 0.0)},
             other_cpu=other,
             user_share=(user1 - user0) / (cpu1 - cpu0) if cpu1 > cpu0 else None,
+            supervisor_cpu_us=(sup1 - sup0) / n * 1e6
+            if sup0 is not None and sup1 is not None and n
+            else None,
         )
         cpu = f"{point.cpu_us:.1f}" if point.cpu_us is not None else "-"
         if point.user_share is not None:
             cpu += f" ({point.user_share:.0%} user)"
+        if point.supervisor_cpu_us is not None:
+            cpu += f", supervisor {point.supervisor_cpu_us:.1f}"
         self.say(
             f"  {case.name:13s} c{conns:<3d} rep{rep} {point.rps:9.0f} req/s "
             f"p50 {point.p50_ms:7.3f} p99 {point.p99_ms:8.3f} ms  cpu {cpu} us/req  "
@@ -713,12 +732,14 @@ def summarise(
             if not pts:
                 continue
             cpu = [p.cpu_us for p in pts if p.cpu_us is not None]
+            sup = [p.supervisor_cpu_us for p in pts if p.supervisor_cpu_us is not None]
             cand = [p.cand_seen for p in pts if p.cand_seen is not None]
             agg[(case, c)] = {
                 "rps": hi([p.rps for p in pts]),
                 "p50": lo([p.p50_ms for p in pts]),
                 "p99": lo([p.p99_ms for p in pts]),
                 "cpu": lo(cpu) if cpu else None,
+                "sup": lo(sup) if sup else None,
                 "errors": sum(sum(p.errors.values()) for p in pts),
                 "non2xx": sum(p.errors["status"] for p in pts),
                 "client": sum(p.requests for p in pts),
@@ -729,8 +750,9 @@ def summarise(
             }
     lines = [
         "| case | conns | req/s | × nginx-mirror | p50 ms | p99 ms | proxy CPU µs/req "
-        "| candidate / client requests | errors | other load on proxy core |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| supervisor CPU µs/req | candidate / client requests | errors "
+        "| other load on proxy core |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         for c in conns:
@@ -740,6 +762,7 @@ def summarise(
             ref = agg.get(("nginx-mirror", c))
             ratio = f"{a['rps'] / ref['rps']:.2f}" if ref else "-"
             cpu_text = f"{a['cpu']:.1f}" if a["cpu"] is not None else "-"
+            sup_text = f"{a['sup']:.1f}" if a["sup"] is not None else "-"
             other = "-" if math.isnan(a["other"]) else f"{a['other']:.0%}"
             if a["cand"] is None:
                 comp = "-"
@@ -749,7 +772,7 @@ def summarise(
                     comp += f", {int(a['dropped'])} dropped (full)"
             lines.append(
                 f"| {case} | {c} | {a['rps']:,.0f} | {ratio} | {a['p50']:.3f} | {a['p99']:.3f} "
-                f"| {cpu_text} | {comp} | {a['errors']} | {other} |"
+                f"| {cpu_text} | {sup_text} | {comp} | {a['errors']} | {other} |"
             )
     return "\n".join(lines), agg
 
@@ -800,7 +823,20 @@ def verdicts(agg: dict[tuple[str, int], dict[str, Any]], conns: list[int]) -> li
             )
             if kc and mc:
                 line += f"; CPU {kc:.1f} vs {mc:.1f} us/req"
-            out.append(line)
+            out.append(line + " (producer in the data plane's process, `--workers 0`)")
+    for c in conns:
+        k, m = get("sr-kafka-mirror", c, "rps"), get("sr-mirror", c, "rps")
+        if k and m:
+            cost = 1 - k / m
+            ks, ms = get("sr-kafka-mirror", c, "sup"), get("sr-mirror", c, "sup")
+            kc, mc = get("sr-kafka-mirror", c, "cpu"), get("sr-mirror", c, "cpu")
+            sup = f"; supervisor {ks:.1f} vs {ms:.1f} us/req" if ks and ms else ""
+            cpu = f"; worker CPU {kc:.1f} vs {mc:.1f} us/req" if kc and mc else ""
+            out.append(
+                f"- c{c}: `serve` (one worker) into real Kafka = {k / m:.2f}x `serve` with the "
+                f"in-process sink (Kafka sink costs {cost:.1%}; target <= 10%): "
+                f"{'met' if cost <= 0.10 else 'NOT met'}{cpu}{sup} (producer in the supervisor)"
+            )
     return out
 
 
@@ -808,7 +844,7 @@ def verdicts(agg: dict[tuple[str, int], dict[str, Any]], conns: list[int]) -> li
 
 ALL_CASES = (
     "direct", "nginx", "sr-nomirror", "sr-mirror", "nginx-mirror", "sr-slow", "nginx-slow",
-    "sr-w2-mirror", "dp-nomirror", "dp-mirror", "dp-kafka-mirror",
+    "sr-w2-mirror", "dp-nomirror", "dp-mirror", "dp-kafka-mirror", "sr-kafka-mirror",
 )  # fmt: skip
 
 
@@ -939,7 +975,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cpu{PROXY_CPU}-busy-other = share of the proxy's core used by other processes"
         )
         with contextlib.ExitStack() as stack:
-            kafka = stack.enter_context(kafka_broker()) if "dp-kafka-mirror" in cases else None
+            wants_kafka = any("kafka" in name for name in cases)
+            kafka = stack.enter_context(kafka_broker()) if wants_kafka else None
             running = [
                 start_case(
                     stack, procs, name, prod_port, cand_port, slow_port, args.optimize, kafka
@@ -1014,15 +1051,22 @@ same load generator, and reports ratios against nginx-with-mirror measured in th
   `nginx-slow` (the candidate answers after 1 s; shadowroute's candidate timeout 2 s,
   max_in_flight 128, so excess mirrors are dropped and counted), `sr-w2-mirror`
   (`serve --workers 2`, 100% mirror), `dp-nomirror` / `dp-mirror` (the data plane alone:
-  `DataPlane` plus the admin `/metrics`, pair records to a null sink, no comparator).
+  `DataPlane` plus the admin `/metrics`, pair records built and handed to a null sink, no
+  comparator), `dp-kafka-mirror` (the data plane alone with the Kafka sink in its own
+  process, as `serve --workers 0` runs it) and `sr-kafka-mirror` (`serve` with
+  `transport: kafka`: the worker ships its records to the supervisor, whose producer writes
+  them). The Kafka cases use a real broker started from `tests/kafka_harness.py` on CPU 0.
 - `sr-*` cases run `python -m shadowroute serve` (the console script's code; `--python-O`
-  adds `-O`). With `transport: embedded` that includes the embedded comparator, which
-  consumes the pair records in the same process.
+  adds `-O`): a supervisor process (the API, and the embedded comparator consuming every
+  record or, with `transport: kafka`, the producer) beside one data-plane worker
+  (`--workers 2`: two). The worker is pinned to the proxy's core; the supervisor shares
+  CPU 0 with the load generator and the upstreams, so its work slows them too.
 - All proxies are started at once and the cases are interleaved (each repetition runs
   every case in turn), so outside load on the machine falls on all of them alike.
 - Columns: median of the repetitions (a second table takes the best repetition per figure:
-  highest req/s, lowest latency and CPU); proxy CPU = utime+stime of the proxy's process tree
-  (for `--workers`, supervisor plus workers) over requests completed; candidate / client =
+  highest req/s, lowest latency and CPU); proxy CPU = utime+stime of the data-plane processes
+  (`serve`'s workers, not its supervisor; nginx's master and worker) over requests completed;
+  supervisor CPU = the same for `serve`'s supervisor; candidate / client =
   requests the candidate received (nginx `stub_status` or the slow server's counter) over
   requests wrk completed, summed over repetitions (a few more than 100% is requests in flight
   when wrk stops); other load on proxy core = share of CPU 1 busy with processes other
