@@ -75,9 +75,18 @@ def extract(
     """Return one normalised prediction per instance in ``body``."""
     try:
         raw = decode_body(body, content_encoding)
-        instances = _PROTOCOLS[route.protocol](raw, route, content_type)
-        normalise = _TASKS[route.task]
-        return [normalise(value, route) for value in instances]
+        instances = _instances(raw, route, content_type)
+        # Direct calls, not a table of functions: the compiled build calls these natively.
+        task = route.task
+        if task == "regression":
+            return [_regression(value, route) for value in instances]
+        if task == "classification":
+            return [_classification(value, route) for value in instances]
+        if task == "probability":
+            return [_probability(value, route) for value in instances]
+        if task == "text":
+            return [_text(value, route) for value in instances]
+        raise ExtractError("internal", f"unknown task {task!r}")
     except ExtractError:
         raise
     except Exception as exc:  # the contract is "ExtractError only"; tests assert it never fires
@@ -763,17 +772,17 @@ def _to_float(v: Any) -> float:
         raise ExtractError("bad_value", "number out of range") from None
 
 
-_PROTOCOLS: Final[dict[str, Callable[[bytes, Route, str | None], list[Any]]]] = {
-    "openinference": _openinference,
-    "kserve-v1": _kserve_v1,
-    "tfserving": _tfserving,
-    "openai": _openai,
-    "jsonpath": _jsonpath,
-}
-
-_TASKS: Final[dict[str, Callable[[Any, Route], Any]]] = {
-    "classification": _classification,
-    "probability": _probability,
-    "regression": _regression,
-    "text": _text,
-}
+def _instances(body: bytes, route: Route, content_type: str | None) -> list[Any]:
+    """The raw prediction of each instance, found where ``route.protocol`` puts them."""
+    protocol = route.protocol
+    if protocol == "kserve-v1":
+        return _kserve_v1(body, route, content_type)
+    if protocol == "openinference":
+        return _openinference(body, route, content_type)
+    if protocol == "tfserving":
+        return _tfserving(body, route, content_type)
+    if protocol == "openai":
+        return _openai(body, route, content_type)
+    if protocol == "jsonpath":
+        return _jsonpath(body, route, content_type)
+    raise ExtractError("internal", f"unknown protocol {protocol!r}")

@@ -136,16 +136,58 @@ def encode_pair(
 
     Raises ``ValueError`` for an error reason outside ``ERRORS`` or a value JSON cannot hold.
     """
-    for side in (production, candidate):
-        if side is not None and side.error is not None and side.error not in ERRORS:
-            raise ValueError(f"unknown error reason {side.error!r}")
+    return encode_pair_fields(
+        request_id,
+        route,
+        ts_ms,
+        _side_dict(production),
+        None if candidate is None else _side_dict(candidate),
+        input,
+    )
+
+
+def side_fields(
+    model: str,
+    version: str | None,
+    status: int | None,
+    latency_ms: float | None,
+    output: list[Any] | None,
+    error: str | None,
+) -> dict[str, Any]:
+    """One side of a pair record as its JSON object (what ``Side`` holds)."""
+    return {
+        "model": model,
+        "version": version,
+        "status": status,
+        "latency_ms": latency_ms,
+        "output": output,
+        "error": error,
+    }
+
+
+def encode_pair_fields(
+    request_id: str,
+    route: str,
+    ts_ms: int,
+    production: dict[str, Any],
+    candidate: dict[str, Any] | None,
+    input: Any | None,
+) -> bytes:
+    """``encode_pair`` for sides already made by ``side_fields`` (the data plane's path)."""
+    error = production["error"]
+    if error is not None and error not in ERRORS:
+        raise ValueError(f"unknown error reason {error!r}")
+    if candidate is not None:
+        error = candidate["error"]
+        if error is not None and error not in ERRORS:
+            raise ValueError(f"unknown error reason {error!r}")
     record = {
         "v": SCHEMA_VERSION,
         "id": request_id,
         "route": route,
         "ts": ts_ms,
-        "production": _side_dict(production),
-        "candidate": None if candidate is None else _side_dict(candidate),
+        "production": production,
+        "candidate": candidate,
         "input": input,
     }
     try:
@@ -157,14 +199,9 @@ def encode_pair(
 
 
 def _side_dict(side: Side) -> dict[str, Any]:
-    return {
-        "model": side.model,
-        "version": side.version,
-        "status": side.status,
-        "latency_ms": side.latency_ms,
-        "output": side.output,
-        "error": side.error,
-    }
+    return side_fields(
+        side.model, side.version, side.status, side.latency_ms, side.output, side.error
+    )
 
 
 def parse_record(value: bytes) -> Any:

@@ -246,7 +246,7 @@ class Request(Exchange):
                 self.route.cfg,
                 self.request_id,
                 int(time.time() * 1000),
-                body,
+                body if self.route.needs_input else None,
                 monitor=self.monitored,
             )
             self.pairing = pairing

@@ -1,9 +1,13 @@
 """Pairing production and candidate outcomes into records, after the client has its answer.
 
 A ``Pairing`` is made for each mirrored request. Whichever side finishes last completes the
-pair; the pair is queued and a single callback scheduled with ``call_soon`` extracts the
-predictions, encodes the records and puts them on the record queue in a batch. Nothing here runs
-before the client's response has been written.
+pair; the pair is queued, and a timer ``BUILD_INTERVAL_S`` after the first queued pair extracts
+the predictions, encodes the records and puts them on the record queue in one batch. Nothing
+here runs before the client's response has been written.
+
+Building a few milliseconds' worth of records at once, rather than once per turn of the event
+loop, keeps the per-batch costs (a callback, waking the queue's pump, the sink's write) off each
+request; a batch at the proxy's full rate takes a few hundred microseconds.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import orjson
 
 from shadowroute.core.config import Route
 from shadowroute.core.extraction import ExtractError, extract
-from shadowroute.core.records import Side, encode_pair, redact_input
+from shadowroute.core.records import encode_pair_fields, redact_input, side_fields
 from shadowroute.dataplane.mirror import MirrorResult
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.stream.sink import RecordQueue
 
 log = logging.getLogger("shadowroute.recorder")
+
+BUILD_INTERVAL_S = 0.002
 
 
 @dataclass(slots=True)
@@ -80,7 +86,7 @@ class Pairing:
         self.input = body
         self.production: Outcome | None = None
         self.waiting: list[Outcome] = []
-        self._side: Side | None = None
+        self._side: dict[str, Any] | None = None
 
     def production_done(self, outcome: Outcome) -> None:
         self.production = outcome
@@ -98,7 +104,7 @@ class Pairing:
         else:
             self.recorder.submit(self, outcome)
 
-    def production_side(self) -> Side:
+    def production_side(self) -> dict[str, Any]:
         if self._side is None:
             assert self.production is not None
             self._side = self.recorder.side(self.route, self.production)
@@ -118,17 +124,20 @@ class Recorder:
         self.stats = stats
         self.salt = hash_salt
         self._pending: deque[tuple[Pairing, Outcome | None]] = deque()
-        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
 
     def submit(self, pairing: Pairing, candidate: Outcome | None) -> None:
         """Queue a pair record, or a production-only record when ``candidate`` is None."""
         self._pending.append((pairing, candidate))
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self.flush)
+        if self._timer is None:
+            self._timer = self.loop.call_later(BUILD_INTERVAL_S, self.flush)
 
     def flush(self) -> None:
-        self._scheduled = False
+        """Build and queue the records of every pair submitted so far."""
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()  # a no-op when the timer is what called us
+            self._timer = None
         pending = self._pending
         while pending:
             pairing, cand = pending.popleft()
@@ -139,18 +148,19 @@ class Recorder:
 
     def _emit(self, pairing: Pairing, cand: Outcome | None) -> None:
         route = pairing.route
-        record = encode_pair(
-            request_id=pairing.request_id.decode("ascii"),
-            route=route.name,
-            ts_ms=pairing.ts_ms,
-            production=pairing.production_side(),
-            candidate=None if cand is None else self.side(route, cand),
-            input=self._input(route, pairing.input),
+        record = encode_pair_fields(
+            pairing.request_id.decode("ascii"),
+            route.name,
+            pairing.ts_ms,
+            pairing.production_side(),
+            None if cand is None else self.side(route, cand),
+            self._input(route, pairing.input),
         )
         self.stats.records_built += 1
         self.queue.put(pairing.request_id, record)
 
-    def side(self, route: Route, o: Outcome) -> Side:
+    def side(self, route: Route, o: Outcome) -> dict[str, Any]:
+        """One side of the pair record (``records.side_fields``), its prediction extracted."""
         output = None
         error = o.error
         if error is None and o.body is not None:
@@ -165,13 +175,13 @@ class Recorder:
                 error = "extract_failed"
                 self.stats.extract_failed += 1
                 log.debug("extraction failed for %s/%s: %s", route.name, o.model, exc.reason)
-        return Side(
-            model=o.model,
-            version=o.version,
-            status=o.status,
-            latency_ms=None if o.latency_ms is None else round(o.latency_ms, 3),
-            output=output,
-            error=error,
+        return side_fields(
+            o.model,
+            o.version,
+            o.status,
+            None if o.latency_ms is None else round(o.latency_ms, 3),
+            output,
+            error,
         )
 
     def _input(self, route: Route, body: bytes | None) -> Any:
