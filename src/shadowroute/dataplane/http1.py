@@ -114,57 +114,63 @@ def client_response_head(
     close: bool,
     keep_alive_header: bool,
     rid_mark: bytes,
-    rid_line: bytes,
+    rid_prefix: bytes,
+    request_id: bytes,
 ) -> bytes:
     r"""Rewrite an upstream response head for the client: hop-by-hop headers removed (and
     those named in Connection), except Transfer-Encoding when the body is passed through
-    chunked; ``rid_line`` (the request id header line) added when the upstream did not echo
-    it (found by ``rid_mark``); and our own Connection header. ``low`` is ``head.lower()``,
-    and ``head`` ends with the blank line.
+    chunked; the request id header line (``rid_prefix`` + ``request_id``) added when the
+    upstream did not echo it (found by ``rid_mark``); and our own Connection header. ``low``
+    is ``head.lower()``, and ``head`` ends with the blank line.
 
     >>> h = b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\n"
     >>> client_response_head(h, h.lower(), dechunk=False, close=False, keep_alive_header=False,
-    ...                      rid_mark=b"\r\nx-request-id:", rid_line=b"x-request-id: r1\r\n")
+    ...                      rid_mark=b"\r\nx-request-id:", rid_prefix=b"x-request-id: ",
+    ...                      request_id=b"r1")
     b'HTTP/1.1 200 OK\r\nServer: s\r\nx-request-id: r1\r\n\r\n'
     """
     cuts: list[tuple[int, int]] = []
-    options: set[bytes] = set()
-    for m in _HOP_LINE.finditer(low):
+    options: set[bytes] | None = None
+    m = _HOP_LINE.search(low)
+    while m is not None:
         name = m.group(1)
-        if name == b"transfer-encoding" and not dechunk:
-            continue
-        end = low.find(b"\r\n", m.end())
-        if name == b"connection":
-            options.update(t.strip() for t in low[m.end() : end].split(b","))
-        cuts.append((m.start() + 2, end + 2))
-    options -= _CONNECTION_OPTIONS
-    for option in options:  # headers the upstream named hop-by-hop in Connection
-        mark = b"\r\n" + option + b":"
-        i = low.find(mark)
-        while i >= 0:
-            end = low.find(b"\r\n", i + len(mark))
-            if option != b"transfer-encoding" or dechunk:
-                cuts.append((i + 2, end + 2))
-            i = low.find(mark, end)
-    if cuts:
+        value_at = m.end()
+        end = low.find(b"\r\n", value_at)
+        if name != b"transfer-encoding" or dechunk:
+            if name == b"connection":
+                value = low[value_at:end].strip(b" \t")
+                if value != b"keep-alive" and value != b"close":  # names other headers
+                    named = {t.strip(b" \t") for t in value.split(b",")} - _CONNECTION_OPTIONS
+                    options = named if options is None else options | named
+            cuts.append((m.start() + 2, end + 2))
+        m = _HOP_LINE.search(low, end)
+    if options:
+        for option in options:  # headers the upstream named hop-by-hop in Connection
+            mark = b"\r\n" + option + b":"
+            i = low.find(mark)
+            while i >= 0:
+                end = low.find(b"\r\n", i + len(mark))
+                if option != b"transfer-encoding" or dechunk:
+                    cuts.append((i + 2, end + 2))
+                i = low.find(mark, end)
         cuts.sort()
-        pieces = []
-        at = 0
-        for start, end in cuts:
-            if start >= at:
-                pieces.append(head[at:start])
-                at = end
-        pieces.append(head[at:-2])
-        out = b"".join(pieces)
-    else:
-        out = head[:-2]
+    pieces: list[bytes] = []
+    at = 0
+    for start, end in cuts:
+        if start >= at:
+            pieces.append(head[at:start])
+            at = end
+    pieces.append(head[at:-2])
     if low.find(rid_mark) < 0:
-        out += rid_line
+        pieces.append(rid_prefix)
+        pieces.append(request_id)
+        pieces.append(b"\r\n")
     if close:
-        out += b"connection: close\r\n"
+        pieces.append(b"connection: close\r\n")
     elif keep_alive_header:
-        out += b"connection: keep-alive\r\n"
-    return out + b"\r\n"
+        pieces.append(b"connection: keep-alive\r\n")
+    pieces.append(b"\r\n")
+    return b"".join(pieces)
 
 
 class RequestHead:
@@ -190,16 +196,27 @@ class RequestHead:
 def read_request_head(
     headers: list[tuple[bytes, bytes]], rid_header: bytes, control_header: bytes
 ) -> RequestHead:
-    """One pass over the client's headers: the block forwarded upstream (hop-by-hop and
-    rebuilt headers left out) and the values the proxy acts on."""
+    r"""One pass over the client's headers: the block forwarded upstream (hop-by-hop and
+    rebuilt headers left out) and the values the proxy acts on.
+
+    >>> h = read_request_head(
+    ...     [(b"Host", b"a"), (b"Connection", b"X-A"), (b"X-A", b"1"), (b"Accept", b"*/*"),
+    ...      (b"X-Request-Id", b"r1")], b"x-request-id", b"x-shadow")
+    >>> h.common, h.host, h.request_id
+    (b'Accept: */*\r\n', b'a', b'r1')
+    """
     out = RequestHead()
-    kept: list[tuple[bytes, bytes]] = []
-    tokens: frozenset[bytes] = frozenset()
+    # The forwarded lines as (name, ": ", value, CRLF) pieces, joined once; the lower-cased
+    # names beside them, for the rare head whose Connection header names more hop-by-hop ones.
+    pieces: list[bytes] = []
+    kept: list[bytes] = []
+    tokens: set[bytes] | None = None
     for name, value in headers:
         low = name.lower()
         if low in HOP_BY_HOP:
             if low == b"connection":
-                tokens = tokens | {t.strip().lower() for t in value.split(b",")}
+                named = {t.strip().lower() for t in value.split(b",")}
+                tokens = named if tokens is None else tokens | named
             elif low == b"transfer-encoding":
                 out.chunked = True
             elif low == b"upgrade":
@@ -221,11 +238,17 @@ def read_request_head(
         if low == control_header:
             out.control = value.strip().lower()
             continue
-        kept.append((low, name + b": " + value + b"\r\n"))
-    if tokens:
-        out.common = b"".join(line for low, line in kept if low not in tokens)
+        kept.append(low)
+        pieces.append(name)
+        pieces.append(b": ")
+        pieces.append(value)
+        pieces.append(b"\r\n")
+    if tokens is not None and not tokens.isdisjoint(kept):
+        out.common = b"".join(
+            [b"".join(pieces[4 * i : 4 * i + 4]) for i, low in enumerate(kept) if low not in tokens]
+        )
     else:
-        out.common = b"".join(line for _, line in kept)
+        out.common = b"".join(pieces)
     return out
 
 

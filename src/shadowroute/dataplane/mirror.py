@@ -89,7 +89,14 @@ class MirrorTarget:
         self.stats = stats
         self.in_flight = 0
         self.active: set[MirrorExchange] = set()
+        # Read on every mirror: plain attributes, and the counter keys made once.
+        self.max_in_flight = cfg.max_in_flight
+        self.fraction = cfg.fraction
+        self.timeout_s = cfg.timeout_s
+        self.latency = stats.latency_of(route, cfg.name, "candidate")
         self._key = (route, cfg.name)
+        self._sent = (route, cfg.name, "sent")
+        self._ok = (route, cfg.name, "ok")
         self.stats.mirrors_in_flight[self._key] = 0
 
     def count(self, outcome: str) -> None:
@@ -97,7 +104,7 @@ class MirrorTarget:
 
     def send(self, request: bytes, done: MirrorDone) -> bool:
         """Start a mirror; False (already counted) when it is not sent."""
-        if self.in_flight >= self.cfg.max_in_flight:
+        if self.in_flight >= self.max_in_flight:
             self.count("dropped_full")
             return False
         now = time.monotonic()
@@ -106,7 +113,7 @@ class MirrorTarget:
             return False
         self.in_flight += 1
         self.stats.mirrors_in_flight[self._key] = self.in_flight
-        self.count("sent")
+        self.stats.mirrors[self._sent] += 1
         ex = MirrorExchange(self, request, done)
         self.active.add(ex)
         ex.start()
@@ -115,18 +122,16 @@ class MirrorTarget:
     def finished(self, result: MirrorResult) -> None:
         self.in_flight -= 1
         self.stats.mirrors_in_flight[self._key] = self.in_flight
-        ok = result.error is None or result.error in ("http_4xx",)
-        self.breaker.record(ok, time.monotonic())
-        if result.error is None:
-            self.count("ok")
-        elif result.error in ("timeout", "too_large"):
-            self.count(result.error)
+        error = result.error
+        self.breaker.record(error is None or error == "http_4xx", time.monotonic())
+        if error is None:
+            self.stats.mirrors[self._ok] += 1
+        elif error == "timeout" or error == "too_large":
+            self.count(error)
         else:
             self.count("error")
         if result.latency_ms is not None:
-            self.stats.latency_of(self.route, self.name, "candidate").observe(
-                result.latency_ms / 1000.0
-            )
+            self.latency.observe(result.latency_ms / 1000.0)
 
 
 class MirrorExchange(Exchange):
@@ -166,7 +171,7 @@ class MirrorExchange(Exchange):
             self._finish(None, err or "connect")
             return
         self._conn = conn
-        remaining = self.target.cfg.timeout_s - (time.perf_counter() - self._t0)
+        remaining = self.target.timeout_s - (time.perf_counter() - self._t0)
         conn.start(self, max(remaining, 0.001))
         conn.write(self.request)
 

@@ -62,6 +62,7 @@ class RouteRuntime:
         self.methods = frozenset(m.upper().encode() for m in cfg.mirror_methods)
         self.monitor_fraction = cfg.monitor_fraction
         self.needs_input = cfg.capture.input or bool(cfg.drift.fields or cfg.drift.categorical)
+        self._status_keys: dict[int, tuple[str, str]] = {}
 
         def pool(url: str) -> UpstreamPool:
             return UpstreamPool(
@@ -92,6 +93,14 @@ class RouteRuntime:
                 CandidateRuntime(target, static(p, c.headers) + marker, p.base_path.encode())
             )
 
+    def status_key(self, status: int) -> tuple[str, str]:
+        """The request counter's key for a response with ``status``."""
+        keys = self._status_keys
+        key = keys.get(status)
+        if key is None:
+            key = keys[status] = (self.name, STATUS_CLASS.get(status // 100, "xxx"))
+        return key
+
     def matches(self, host: bytes | None, path: bytes) -> bool:
         if self.host is not None and (host is None or host.split(b":", 1)[0].lower() != self.host):
             return False
@@ -117,6 +126,8 @@ class Proxy:
         self.max_header_bytes = pcfg.max_header_bytes
         self.max_headers = pcfg.max_headers
         self.proto = pcfg.forwarded_proto.encode()
+        self.proto_line = b"\r\nx-forwarded-proto: " + self.proto + b"\r\n"
+        self.rid_prefix = self.rid_header + b": "
         self.mirroring = config.mirror.enabled
         self.routes = sorted(
             (RouteRuntime(r, self) for r in config.routes), key=lambda r: -len(r.prefix)
@@ -321,7 +332,8 @@ class Request(Exchange):
                 close=self.close_after,
                 keep_alive_header=self.http10 and not self.close_after,
                 rid_mark=proxy.rid_mark,
-                rid_line=proxy.rid_header + b": " + self.request_id + b"\r\n",
+                rid_prefix=proxy.rid_prefix,
+                request_id=self.request_id,
             )
         )
 
@@ -361,9 +373,7 @@ class Request(Exchange):
         elapsed = time.perf_counter() - self.t0
         self.route.prod_latency.observe(elapsed)
         status = self.status or 0
-        self.conn.proxy.stats.requests[
-            (self.route.name, STATUS_CLASS.get(status // 100, "xxx"))
-        ] += 1
+        self.conn.proxy.stats.requests[self.route.status_key(status)] += 1
         self._finish()
         if self.pairing is not None:
             cfg = self.route.cfg.production
@@ -619,12 +629,21 @@ class ClientConnection:
         req.upgrade = upgrade
         if upgrade:
             req.keep_alive = False  # the connection ends with the tunnel or the refusal
-        fwd = b"x-forwarded-for: " + (xff + b", " + self.peer if xff else self.peer) + b"\r\n"
-        fwd += b"x-forwarded-proto: " + proxy.proto + b"\r\n"
+        # The forwarding headers and the request id, after the client's own lines: one join.
+        parts = [common, b"x-forwarded-for: "]
+        if xff:
+            parts.append(xff)
+            parts.append(b", ")
+        parts.append(self.peer)
+        parts.append(proxy.proto_line)
         if host is not None:
-            fwd += b"x-forwarded-host: " + host + b"\r\n"
-        fwd += proxy.rid_header + b": " + request_id + b"\r\n"
-        common += fwd
+            parts.append(b"x-forwarded-host: ")
+            parts.append(host)
+            parts.append(b"\r\n")
+        parts.append(proxy.rid_prefix)
+        parts.append(request_id)
+        parts.append(b"\r\n")
+        common = b"".join(parts)
         if chunked:
             framing = b"transfer-encoding: chunked\r\n"
         elif length is not None:
@@ -662,7 +681,7 @@ class ClientConnection:
             return
         chosen = []
         for c in route.candidates:
-            if forced or u < c.target.cfg.fraction:
+            if forced or u < c.target.fraction:
                 chosen.append(c)
             else:
                 c.target.count("sampled_out")
