@@ -1,13 +1,15 @@
 """Comparator benchmark: throughput, memory with pending joins, verdict latency, scoring cost.
 
     .venv/bin/python benchmarks/bench_comparator.py [--pairs 100000] [--pending 1000000]
-        [--kafka | --no-kafka]
+        [--kafka | --no-kafka] [--kafka-runs 1]
 
 - in-process: ``Engine.process`` in batches of 20,000 (decode, join, score, SQLite commit);
 - from Kafka: one ``KafkaComparator`` consuming a 3-partition topic pair from a real broker
   (``$SHADOWROUTE_TEST_KAFKA``, or one started with ``tests/kafka_harness.py``);
 - both as pairs per second of wall time and per second of the process's CPU time (the second
-  moves less when other work shares the machine);
+  moves less when other work shares the machine); ``--kafka-runs N`` repeats each Kafka case
+  on fresh topics (whether a partition's pairs or its labels are fetched first differs from
+  run to run, and labels that find their pairs pending in the store cost the most);
 - RSS (peak, VmHWM) of a process holding ``--pending`` pair records whose labels never came;
 - time from the deciding labels to the verdict change (embedded comparator, 200 ms flush);
 - the scoring core (paired CS, McNemar, paired t, per-window sums) against pandas + scipy on
@@ -220,6 +222,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100_000)
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--kafka", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--kafka-runs", type=int, default=1)
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -245,8 +248,9 @@ def main() -> None:
         try:
             print(f"from Kafka (3 partitions, one process), {n} pairs:")
             for name, labels in (("without labels", False), ("with labels   ", True)):
-                rate, cpu = asyncio.run(from_kafka(bootstrap, n, labels))
-                print(f"  {name}  {rate:10,.0f} pairs/s ({cpu:,.0f} per CPU second)")
+                for _ in range(max(1, args.kafka_runs)):
+                    rate, cpu = asyncio.run(from_kafka(bootstrap, n, labels))
+                    print(f"  {name}  {rate:10,.0f} pairs/s ({cpu:,.0f} per CPU second)")
         finally:
             if broker is not None:
                 broker.cleanup()

@@ -33,6 +33,18 @@ def test_deltas_and_similarity() -> None:
     assert scoring.similarity("abcd", "abce") == pytest.approx(0.75)
 
 
+def test_quality_of_class_indices_matches_the_general_rule() -> None:
+    # two ints take a shortcut in quality() and add_labelled(); bools, floats and strings not
+    values: list[object] = [0, 1, 2, -1, True, False, 1.0, "1", "0", None, [1]]
+    for classes in (None, ["ok", "fraud"]):
+        for pred in values:
+            for label in values:
+                a = scoring.class_name(pred, classes)
+                b = scoring.class_name(label, classes)
+                want = () if a is None or b is None else ((1.0,) if a == b else (0.0,))
+                assert scoring.quality("classification", pred, label, classes) == want
+
+
 def test_quality_values() -> None:
     assert scoring.quality("classification", "fraud", 1, ["ok", "fraud"]) == (1.0,)
     ll, brier = scoring.quality("probability", 0.8, 1, None)

@@ -135,6 +135,8 @@ class Engine:
         self._refs = {r.name: reference_for(r) for r in config.routes}
         self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
         self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
+        self._ttl_f = {r.name: r.label_ttl_s * 1000 for r in config.routes}
+        """The TTL in ms as ``_joinable`` compares it (a float)."""
         self._window_ms = WINDOW_MS[self.windows[0]]
         self.states: dict[StateKey, Any] = {}
         self.positions: dict[int, Positions] = {}
@@ -256,7 +258,7 @@ class Engine:
         try:
             fresh, prod_pending = self._join_labels(partition, good_labels, batch)
             self._join_pairs(partition, records, fresh, prod_pending, batch)
-            self._store_labels(partition, fresh)
+            self._write(partition, fresh, batch)
             self._apply(partition, batch)
             self._expire(partition, pos, batch)
             pos.pairs = next_pairs if next_pairs is not None else pos.pairs + len(pairs)
@@ -332,10 +334,6 @@ class Engine:
             out.append(rec)
         return out
 
-    def _ttl(self, route: str | None) -> int:
-        r = self.routes.get(route) if route is not None else None
-        return int(r.label_ttl_s * 1000) if r is not None else self.max_ttl_ms
-
     def _join_labels(
         self, partition: int, labels: list[Label], b: _Batch
     ) -> tuple[dict[str, Label], set[str]]:
@@ -358,16 +356,19 @@ class Engine:
         if duplicates:
             self._count(partition, "duplicate_labels", duplicates)
         prod_pending: set[str] = set()
-        existing = b.existing
+        existing, joined = b.existing, b.joined
+        routes, ttl_ms = self.routes, self._ttl_f
+        labelled, prod_labelled, touched = b.labelled, b.prod_labelled, b.touched
+        quality = scoring.quality
         for key, kind, route_name, data, cand in self.store.pending_for(list(fresh)):
             new = fresh[key]
             if kind == PROD:
                 prod_pending.add(key)
-            route = self.routes.get(route_name)
+            route = routes.get(route_name)
             entry: list[Any] | None = None
             if route is not None and (new.route is None or new.route == route_name):
                 entry = orjson.loads(data)
-                if abs(new.ts - int(entry[0])) > route.label_ttl_s * 1000:
+                if abs(new.ts - int(entry[0])) > ttl_ms[route_name]:
                     entry = None
             if route is None or entry is None:
                 existing.add((key, kind))
@@ -376,11 +377,18 @@ class Engine:
                 continue
             if cand is None:
                 self._join_one(partition, route, kind, entry, new.label, new.ts, b)
-            else:  # production's entry and the candidate's, in one row
-                prod_entry = [entry[0], entry[1], None]
-                self._join_one(partition, route, PROD, prod_entry, new.label, new.ts, b)
-                self._join_one(partition, route, cand, entry, new.label, new.ts, b)
-            b.joined.append((key, kind))
+            else:  # production's entry and the candidate's, in one row (_join_one, inline)
+                ts, p, label = int(entry[0]), entry[1], new.label
+                if p is not None:
+                    q = quality(route.task, p, label, route.classes)
+                    if q:
+                        prod_labelled[route_name].append((ts, new.ts, q[0]))
+                        touched.add(("prod", route_name, "", partition))
+                    else:
+                        self._count(partition, "invalid_labels")
+                labelled[(route_name, cand)].append(LabelledRow(ts, p, entry[2], label))
+                touched.add(("cand", route_name, cand, partition))
+            joined.append((key, kind))
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
@@ -390,15 +398,16 @@ class Engine:
     def _store_labels(self, partition: int, fresh: dict[str, Label]) -> None:
         if not fresh:
             return
+        ttl_ms, default = self._ttl_ms, self.max_ttl_ms
         self.store.add_labels(
             [
                 (
                     lab.id,
                     partition,
                     lab.ts,
-                    lab.ts + self._ttl(lab.route),
+                    lab.ts + ttl_ms.get(lab.route, default),  # type: ignore[arg-type]
                     lab.route,
-                    _dumps(lab.label),
+                    _label_json(lab.label),
                     int(lab.joined),
                     int(lab.prod_done),
                 )
@@ -455,28 +464,47 @@ class Engine:
         has_labels = bool(fresh) or bool(stored)
         routes = self.routes
         ttl_ms = self._ttl_ms
+        window_ms = self._window_ms
         rows = b.rows
         pending = b.pending
         existing = b.existing
+        drifts = b.drift
+        requests = b.requests
         for idx, rec in enumerate(records):
             keys = rec.keys
-            route = routes[rec.route]
+            name = rec.route
+            route = routes[name]
+            ts = rec.ts
+            expires = ts + ttl_ms[name]
             first = keys[0]
             if first not in prod_seen:
                 lab0 = (fresh.get(first) or stored.get(first)) if has_labels else None
                 if lab0 is None or not lab0.prod_done:
+                    # production's own monitoring, once per request (the first record seen)
                     prod_seen.update(keys)
-                    self._production(partition, route, rec, keys, fresh, stored, has_labels, idx, b)
+                    drift = drifts.get(name)
+                    if drift is None:
+                        drift = self._drift(route, partition, b)
+                    out = rec.prod_output
+                    requests[name].append((ts, rec.prod_error is not None, len(keys)))
+                    drift.add(ts - ts % window_ms, rec.input, out)
+                    n = len(out) if out else 0
+                    for i, key in enumerate(keys):
+                        p = out[i] if i < n else None  # type: ignore[index]
+                        if has_labels and self._join_new(
+                            partition, route, PROD, key, [ts, p, None], fresh, stored, b
+                        ):
+                            continue
+                        if existing and (key, PROD) in existing:
+                            continue
+                        _pend(pending, key, PROD, (name, expires, ts, p, None, idx))
             cand = rec.candidate
             if cand is None:
                 continue
             pout, cout = rec.prod_output, rec.cand_output
-            name = route.name
             rows[(name, cand)].append(rec)
             if not pout or not cout:
                 continue
-            ts = rec.ts
-            expires = ts + ttl_ms[name]
             for i, key in enumerate(keys[: len(cout)]):
                 if has_labels and self._join_new(
                     partition, route, cand, key, [ts, pout[i], cout[i]], fresh, stored, b
@@ -484,14 +512,7 @@ class Engine:
                     continue
                 if existing and (key, cand) in existing:
                     continue
-                entry = (name, expires, ts, pout[i], cout[i], idx)
-                kinds = pending.get(key)
-                if kinds is None:
-                    pending[key] = {cand: entry}
-                elif cand not in kinds:
-                    kinds[cand] = entry
-                else:
-                    _pend_again(kinds, cand, entry)
+                _pend(pending, key, cand, (name, expires, ts, pout[i], cout[i], idx))
         for route_name, cand in rows:
             b.touched.add(("cand", route_name, cand, partition))
 
@@ -519,46 +540,27 @@ class Engine:
             b.marks.setdefault(key, 0)
         return True
 
-    def _production(
-        self, partition: int, route: Route, rec: Pair, keys: list[str],
-        fresh: Mapping[str, Label], stored: Mapping[str, LabelRow], has_labels: bool,
-        idx: int, b: _Batch,
-    ) -> None:  # fmt: skip
-        """Production's own monitoring, once per request (the first record seen of it)."""
+    def _drift(self, route: Route, partition: int, b: _Batch) -> DriftBatch:
+        """The batch's drift values of a route (production's state created if new)."""
         name = route.name
-        drift = b.drift.get(name)
-        if drift is None:
-            self._prod(route, partition)
-            b.touched.add(("prod", name, "", partition))
-            fields = self._fields[name]
-            drift = b.drift[name] = (
-                DriftBatch(self._paths[name], fields) if fields else DriftBatch(None)
-            )
-        out = rec.prod_output
-        ts = rec.ts
-        b.requests[name].append((ts, rec.prod_error is not None, len(keys)))
-        drift.add(ts - ts % self._window_ms, rec.input, out)
-        expires = ts + self._ttl_ms[name]
-        n = len(out) if out else 0
-        pending, existing = b.pending, b.existing
-        for i, key in enumerate(keys):
-            p = out[i] if i < n else None  # type: ignore[index]
-            if has_labels and self._join_new(
-                partition, route, PROD, key, [ts, p, None], fresh, stored, b
-            ):
-                continue
-            if existing and (key, PROD) in existing:
-                continue
-            entry = (name, expires, ts, p, None, idx)
-            kinds = pending.get(key)
-            if kinds is None:
-                pending[key] = {PROD: entry}
-            elif PROD not in kinds:
-                kinds[PROD] = entry
-            else:
-                _pend_again(kinds, PROD, entry)
+        self._prod(route, partition)
+        b.touched.add(("prod", name, "", partition))
+        fields = self._fields[name]
+        drift = b.drift[name] = (
+            DriftBatch(self._paths[name], fields) if fields else DriftBatch(None)
+        )
+        return drift
+
+    def _write(self, partition: int, fresh: dict[str, Label], b: _Batch) -> None:
+        """Write what the joins decided: new labels, joined and new pending entries, and
+        stored labels that joined."""
+        self._store_labels(partition, fresh)
+        self.store.drop_pending(b.joined)
+        self.store.add_pending(_pending_rows(partition, b.pending))
+        self.store.mark_labels([(prod, key) for key, prod in sorted(b.marks.items())])
 
     def _apply(self, partition: int, b: _Batch) -> None:
+        """Update the aggregates with the batch (no store access)."""
         for route, reqs in b.requests.items():
             prod = self._prod(self.routes[route], partition)
             prod.add_requests(reqs)
@@ -573,9 +575,6 @@ class Engine:
             state.add_labelled(
                 [t for t, _, _ in items], [t for _, t, _ in items], [x for _, _, x in items]
             )
-        self.store.drop_pending(b.joined)
-        self.store.add_pending(_pending_rows(partition, b.pending))
-        self.store.mark_labels([(prod, key) for key, prod in sorted(b.marks.items())])
 
     def _expire(self, partition: int, pos: Positions, b: _Batch) -> None:
         now = self.clock() if self.clock is not None else 0
@@ -600,10 +599,13 @@ class Engine:
                 self._count(partition, "orphan_labels")
 
 
-def _pend_again(kinds: dict[str, _Entry], kind: str, entry: _Entry) -> None:
-    """A second new entry for a (key, kind) in this batch: the one whose row sorts first
-    stays."""
-    if _row_order(entry) < _row_order(kinds[kind]):
+def _pend(pending: dict[str, dict[str, _Entry]], key: str, kind: str, entry: _Entry) -> None:
+    """Queue a new pending entry. A second one for a (key, kind) in this batch: the one whose
+    row sorts first stays."""
+    kinds = pending.get(key)
+    if kinds is None:
+        pending[key] = {kind: entry}
+    elif kind not in kinds or _row_order(entry) < _row_order(kinds[kind]):
         kinds[kind] = entry
 
 
@@ -642,6 +644,13 @@ def _dumps(obj: Any) -> bytes:
     """JSON bytes of exactly their size: ``orjson.dumps`` keeps a 4 KiB buffer behind every
     result, which batches of pending entries would hold until the commit."""
     return bytes(memoryview(orjson.dumps(obj)))
+
+
+def _label_json(label: Any) -> bytes:
+    """``_dumps(label)``; an int in orjson's range directly (the same bytes)."""
+    if type(label) is int and -(1 << 63) <= label < 1 << 64:
+        return str(label).encode()
+    return _dumps(label)
 
 
 def _joinable(label_route: str | None, label_ts: int, route: Route, pair_ts: int) -> bool:

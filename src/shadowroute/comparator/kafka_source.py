@@ -224,8 +224,8 @@ class KafkaComparator:
             pos = self.engine.positions[partition]
             # Records before the stored position are already in the state (a fetch that raced
             # a seek): skipping them keeps every record counted exactly once.
-            pair_msgs = [m for m in got["pairs"] if m.offset >= pos.pairs]
-            label_msgs = [m for m in got["labels"] if m.offset >= pos.labels]
+            pair_msgs = _from_offset(got["pairs"], pos.pairs)
+            label_msgs = _from_offset(got["labels"], pos.labels)
             self.skipped += (
                 len(got["pairs"]) + len(got["labels"]) - len(pair_msgs) - len(label_msgs)
             )
@@ -456,6 +456,13 @@ async def run_compare(
         await runner.cleanup()
         await labels_sink.close()
         history.close()
+
+
+def _from_offset(msgs: list[Any], offset: int) -> list[Any]:
+    """The messages at or after ``offset`` (one partition's, in offset order)."""
+    if not msgs or msgs[0].offset >= offset:
+        return msgs
+    return [m for m in msgs if m.offset >= offset]
 
 
 def _signal_event() -> asyncio.Event:

@@ -160,9 +160,15 @@ def delta(task: str, prod: Any, cand: Any) -> tuple[float, float] | None:
     return None
 
 
+_RIGHT: Final = (1.0,)
+_WRONG: Final = (0.0,)
+
+
 def quality(task: str, pred: Any, label: Any, classes: Sequence[str] | None) -> tuple[float, ...]:
     """The task's per-instance quality values (``LABELLED_METRICS`` order), or ``()`` when the
     prediction or the label does not fit the task."""
+    if type(pred) is int and type(label) is int and classes is None and task == "classification":
+        return _RIGHT if pred == label else _WRONG  # two class indices: the common case
     if task == "classification":
         a, b = class_name(pred, classes), class_name(label, classes)
         if a is None or b is None:

@@ -20,6 +20,7 @@ positions it reflects never disagree. A ``Store`` is used by one thread at a tim
 from __future__ import annotations
 
 import sqlite3
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,15 +98,22 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self.conn = connect(path)
+        self._params = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        """Most ``?`` one statement may have."""
+
+    def _where_keys(self, head: str, first: Sequence[Any], keys: Sequence[str]) -> None:
+        """``head key IN (keys)``, with the ``first`` parameters before the keys."""
+        for chunk in _chunks(keys, self._params - len(first)):
+            self.conn.execute(f"{head} key IN ({','.join('?' * len(chunk))})", [*first, *chunk])
 
     def close(self) -> None:
         self.conn.close()
@@ -167,7 +175,7 @@ class Store:
                 "SELECT key, kind, route, data, cand FROM pending WHERE key IN "
                 f"({','.join('?' * len(chunk))}) ORDER BY key, kind"
             )
-            out.extend((r[0], r[1], r[2], bytes(r[3]), r[4]) for r in self.conn.execute(q, chunk))
+            out.extend(self.conn.execute(q, chunk))  # data is a BLOB: bytes
         return out
 
     def pending_kinds(self, keys: Sequence[str]) -> set[tuple[str, str]]:
@@ -188,7 +196,12 @@ class Store:
         self.conn.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def drop_pending(self, rows: Sequence[tuple[str, str]]) -> None:
-        self.conn.executemany("DELETE FROM pending WHERE key = ? AND kind = ?", rows)
+        """Delete the pending rows of these (key, kind)."""
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for key, kind in rows:
+            by_kind[kind].append(key)
+        for kind, keys in by_kind.items():
+            self._where_keys("DELETE FROM pending WHERE kind = ? AND", (kind,), keys)
 
     def add_labels(
         self, rows: Sequence[tuple[str, int, int, int, str | None, bytes, int, int]]
@@ -198,9 +211,13 @@ class Store:
 
     def mark_labels(self, rows: Sequence[tuple[int, str]]) -> None:
         """(prod_done, key): the label has joined (and production's entry if prod_done)."""
-        self.conn.executemany(
-            "UPDATE labels SET joined = 1, prod_done = max(prod_done, ?) WHERE key = ?", rows
-        )
+        by_prod: dict[int, list[str]] = defaultdict(list)
+        for prod, key in rows:
+            by_prod[prod].append(key)
+        for prod, keys in sorted(by_prod.items()):
+            self._where_keys(
+                "UPDATE labels SET joined = 1, prod_done = max(prod_done, ?) WHERE", (prod,), keys
+            )
 
     def expire_pending(self, partition: int, now_ms: int) -> list[tuple[str, str, str | None]]:
         """Delete rows whose TTL ended; returns their (kind, route, cand)."""

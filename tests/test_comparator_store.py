@@ -1,0 +1,42 @@
+"""The comparator's store: rows deleted and marked by key, many keys per statement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shadowroute.comparator.store import PROD, Store
+
+
+@pytest.mark.parametrize("params", [None, 4])
+def test_drop_pending_and_mark_labels_touch_exactly_their_keys(
+    tmp_path: Path, params: int | None
+) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    if params is not None:  # a few keys per statement: several statements per kind
+        store._params = params
+    keys = [f"k{i}" for i in range(10)]
+    store.begin()
+    store.add_pending(
+        [(k, kind, 0, "r", 100, b"[1,1,null]", None) for k in keys for kind in (PROD, "c1", "c2")]
+    )
+    store.add_labels([(k, 0, 1, 100, None, b"1", 0, 0) for k in keys])
+    gone = [(k, PROD) for k in keys[:7]] + [(k, "c2") for k in keys[3:]]
+    store.drop_pending(gone)
+    store.mark_labels([(1, k) for k in keys[:5]] + [(0, k) for k in keys[5:8]])
+    store.commit()
+    left = set(store.conn.execute("SELECT key, kind FROM pending"))
+    every = {(k, kind) for k in keys for kind in (PROD, "c1", "c2")}
+    assert left == every - set(gone)
+    flags = {
+        k: (j, p) for k, j, p in store.conn.execute("SELECT key, joined, prod_done FROM labels")
+    }
+    assert flags == {
+        k: (1, 1) if i < 5 else (1, 0) if i < 8 else (0, 0) for i, k in enumerate(keys)
+    }
+    store.begin()
+    store.mark_labels([(0, k) for k in keys[:2]])  # production's flag never goes back
+    store.commit()
+    assert store.conn.execute("SELECT prod_done FROM labels WHERE key = 'k0'").fetchone() == (1,)
+    store.close()
