@@ -36,8 +36,6 @@ __all__ = [
 ]
 
 WINDOW_MS: Final = {"hour": HOUR_MS, "day": DAY_MS}
-_RIGHT: Final = (1.0,)
-_WRONG: Final = (0.0,)
 # The multiclass Brier score lies in [0, 2]: its paired difference is scaled by ½.
 _BRIER: Final = MetricSpec("brier", higher_is_better=False, bounded=True, scale=0.5)
 
@@ -239,16 +237,9 @@ class CandidateState:
         ts: list[int] = []
         c = self.counts
         task = self.task
-        plain = task == "classification" and classes is None
         quality = scoring.quality
         for r in rows:
             label = r.label
-            if plain and type(label) is int and type(r.prod) is int and type(r.cand) is int:
-                # two class indices against a class index: what quality() gives, inline
-                prod_vals.append(_RIGHT if r.prod == label else _WRONG)
-                cand_vals.append(_RIGHT if r.cand == label else _WRONG)
-                ts.append(r.ts)
-                continue
             qp = quality(task, r.prod, label, classes)
             qc = quality(task, r.cand, label, classes)
             if not qp or not qc:
