@@ -74,15 +74,23 @@ async def running_dataplane(config: Config, sink: Sink) -> AsyncIterator[DataPla
 
 
 async def settle(dp: DataPlane, timeout: float = 3.0) -> None:
-    """Wait until no mirror is in flight and the record queue is empty."""
-    assert dp.proxy is not None
+    """Wait until no mirror is in flight, every pair is built and the record queue is empty."""
+    proxy = dp.proxy
+    assert proxy is not None
+
+    def busy() -> bool:
+        return (
+            any(t.in_flight for t in proxy.targets())
+            or proxy.recorder.pending > 0
+            or len(dp.queue) > 0
+        )
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        busy = any(t.in_flight for t in dp.proxy.targets()) or len(dp.queue) > 0
-        if not busy:
+        if not busy():
             await asyncio.sleep(0.02)
-            if not any(t.in_flight for t in dp.proxy.targets()) and len(dp.queue) == 0:
+            if not busy():
                 return
         await asyncio.sleep(0.01)
 

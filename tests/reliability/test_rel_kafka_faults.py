@@ -83,9 +83,9 @@ async def _run_scenario(
         stop.set()
         result = await load
         drain_s = await wait_delivered(sink)
-        built = dp.stats.records_built
         spooled = sink.records_spooled
-    # dp.stop() closed the sink: everything it had is delivered now.
+    # dp.stop() built the last pairs' records and closed the sink: everything is delivered now.
+    built = dp.stats.records_built
     keys, _ = await consume_keys(transport.bootstrap or "", f"{prefix}.pairs", len(sent))
     figures: dict[str, Any] = {
         "requests": len(sent),

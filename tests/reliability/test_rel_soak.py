@@ -60,9 +60,11 @@ async def test_soak_steady_rate_into_kafka(kafka_bootstrap: str, tmp_path: Path)
             stop.set()
             await sampling
             await wait_delivered(sink)
-            built = dp.stats.records_built
             mirrors = {k[2]: v for k, v in dp.stats.mirrors.items()}
-            queue_dropped = dp.queue.dropped_total
+        # dp.stop() built the last pairs' records (they wait up to a few ms to be built in a
+        # batch) and delivered them.
+        built = dp.stats.records_built
+        queue_dropped = dp.queue.dropped_total
         dropped = sink.records_dropped
     n = len(result.latencies_ms)
     keys, _ = await consume_keys(kafka_bootstrap, f"{prefix}.pairs", built, timeout_s=120)

@@ -126,6 +126,11 @@ class Recorder:
         self._pending: deque[tuple[Pairing, Outcome | None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def pending(self) -> int:
+        """Pairs submitted and not yet built into records."""
+        return len(self._pending)
+
     def submit(self, pairing: Pairing, candidate: Outcome | None) -> None:
         """Queue a pair record, or a production-only record when ``candidate`` is None."""
         self._pending.append((pairing, candidate))
