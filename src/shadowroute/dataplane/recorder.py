@@ -190,9 +190,9 @@ class Recorder:
         )
 
     def _input(self, route: Route, body: bytes | None) -> Any:
-        if body is None or not (
-            route.capture.input or route.drift.fields or route.drift.categorical
-        ):
+        """The record's ``input``: the request body, redacted. The proxy passes the body only
+        for routes that capture input or watch drift (``RouteRuntime.needs_input``)."""
+        if body is None:
             return None
         try:
             obj: object = orjson.loads(body)
