@@ -31,6 +31,15 @@ HOT_PATH = (
     "shadowroute.core.records",
     "shadowroute.core.sampling",
     "shadowroute.core.request_id",
+    "shadowroute.core.drift_fields",
+    "shadowroute.core.stats.sketch",
+    "shadowroute.core.stats.confseq",
+    "shadowroute.core.stats.paired",
+    "shadowroute.comparator.reading",
+    "shadowroute.comparator.scoring",
+    "shadowroute.comparator.aggregates",
+    "shadowroute.comparator.production",
+    "shadowroute.comparator.engine",
 )
 
 

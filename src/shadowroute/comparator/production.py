@@ -235,7 +235,7 @@ class ProductionState:
         )
 
     def degradation(self, alpha: float, monitor: Monitor | None = None) -> dict[str, Any]:
-        m = monitor or Monitor()
+        m = monitor or Monitor.model_validate({})
         wins = [w for w in self.quality.windows() if self.quality.sums([w]).n > 0]
         ref = wins[: m.reference_windows]
         cur = list(wins[m.reference_windows :])[-m.current_windows :]

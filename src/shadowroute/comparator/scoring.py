@@ -160,8 +160,9 @@ def delta(task: str, prod: Any, cand: Any) -> tuple[float, float] | None:
     return None
 
 
-_RIGHT: Final = (1.0,)
-_WRONG: Final = (0.0,)
+# Not ``Final``: mypyc leaves a ``Final`` tuple unset in the compiled module.
+_RIGHT: tuple[float, ...] = (1.0,)
+_WRONG: tuple[float, ...] = (0.0,)
 
 
 def quality(task: str, pred: Any, label: Any, classes: Sequence[str] | None) -> tuple[float, ...]:
