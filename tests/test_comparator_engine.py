@@ -56,6 +56,36 @@ def _assert_matches_truth(state: CandidateState, s: Stream) -> None:
     assert acc.prod_sum == prod_ok and acc.cand_sum == cand_ok
 
 
+@pytest.mark.parametrize("order", ["labels_first", "pairs_first"])
+def test_rows_stored_as_blobs_by_earlier_versions_still_join(tmp_path: Path, order: str) -> None:
+    """Pending entries and labels are stored as JSON text; a store whose rows an earlier
+    version wrote as BLOBs (the same UTF-8 bytes) joins them just the same."""
+    s = classification(800, p_prod=0.7, p_cand=0.85, seed=31, label_share=0.8, batched_every=5)
+    engine = _engine(tmp_path / "s.sqlite")
+    pairs_then_labels = [(s.pairs, []), ([], s.labels)]
+    first, then = pairs_then_labels[::-1] if order == "labels_first" else pairs_then_labels
+    engine.process(0, *first)
+    conn = engine.store.conn
+
+    def types() -> dict[str, int]:
+        q = (
+            "SELECT typeof(data), count(*) FROM pending GROUP BY 1 UNION ALL "
+            "SELECT typeof(label), count(*) FROM labels GROUP BY 1"
+        )
+        out: dict[str, int] = {}
+        for kind, n in conn.execute(q):
+            out[kind] = out.get(kind, 0) + n
+        return out
+
+    stored = types()
+    assert list(stored) == ["text"] and stored["text"] > 0
+    conn.execute("UPDATE pending SET data = CAST(data AS BLOB)")
+    conn.execute("UPDATE labels SET label = CAST(label AS BLOB)")
+    assert types() == {"blob": stored["text"]}
+    engine.process(0, *then)
+    _assert_matches_truth(_cand(engine), s)
+
+
 @pytest.mark.parametrize("order", ["labels_first", "pairs_first", "shuffled"])
 def test_join_in_either_order(tmp_path: Path, order: str) -> None:
     s = classification(1500, p_prod=0.7, p_cand=0.85, seed=3, label_share=0.8, batched_every=7)

@@ -13,6 +13,9 @@ Tables:
 - ``labels`` — labels, kept until their TTL ends (several candidates may join one label);
 - ``decisions`` — the verdict history.
 
+``pending.data`` and ``labels.label`` hold JSON as text. The columns are declared ``BLOB``:
+rows written by earlier versions hold the same UTF-8 bytes as BLOBs, and both read alike.
+
 Everything a batch changes is written in one transaction (``Store.commit``), so state and the
 positions it reflects never disagree. A ``Store`` is used by one thread at a time.
 """
@@ -166,16 +169,19 @@ class Store:
                 )
         return out
 
-    def pending_for(self, keys: Sequence[str]) -> list[tuple[str, str, str, bytes, str | None]]:
+    def pending_for(
+        self, keys: Sequence[str]
+    ) -> list[tuple[str, str, str, str | bytes, str | None]]:
         """(key, kind, route, data, cand) of every pending row under these keys, in
-        (key, kind) order."""
-        out: list[tuple[str, str, str, bytes, str | None]] = []
+        (key, kind) order. ``data`` is JSON text (bytes in rows written by earlier
+        versions)."""
+        out: list[tuple[str, str, str, str | bytes, str | None]] = []
         for chunk in _chunks(keys):
             q = (
                 "SELECT key, kind, route, data, cand FROM pending WHERE key IN "
                 f"({','.join('?' * len(chunk))}) ORDER BY key, kind"
             )
-            out.extend(self.conn.execute(q, chunk))  # data is a BLOB: bytes
+            out.extend(self.conn.execute(q, chunk))
         return out
 
     def pending_kinds(self, keys: Sequence[str]) -> set[tuple[str, str]]:
@@ -189,9 +195,7 @@ class Store:
                     out.add((key, cand))
         return out
 
-    def add_pending(
-        self, rows: Sequence[tuple[str, str, int, str, int, bytes, str | None]]
-    ) -> None:
+    def add_pending(self, rows: Sequence[tuple[str, str, int, str, int, str, str | None]]) -> None:
         """(key, kind, partition, route, expires, data, cand); an existing row is kept."""
         self.conn.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
@@ -204,7 +208,7 @@ class Store:
             self._where_keys("DELETE FROM pending WHERE kind = ? AND", (kind,), keys)
 
     def add_labels(
-        self, rows: Sequence[tuple[str, int, int, int, str | None, bytes, int, int]]
+        self, rows: Sequence[tuple[str, int, int, int, str | None, str, int, int]]
     ) -> None:
         """(key, partition, ts, expires, route, label, joined, prod_done)."""
         self.conn.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
