@@ -168,53 +168,103 @@ def scoring_vs_scipy(n: int = 200_000, reps: int = 3) -> tuple[float, float]:
     return best(ours), best(theirs)
 
 
-async def from_kafka(bootstrap: str, n: int, with_labels: bool) -> tuple[float, float]:
+async def _consume_until(comp: Any, total: int) -> None:
+    started = time.perf_counter()
+    while True:
+        done = sum(p.pairs + p.labels for p in comp.engine.positions.values())
+        if done >= total:
+            return
+        if time.perf_counter() - started > 600:
+            raise RuntimeError(f"only {done} of {total} records after 600 s")
+        await asyncio.sleep(0.05)
+
+
+KAFKA_PARTITIONS = 3
+
+
+async def _comparator_phase(cfg: Any, group: str, total: int) -> tuple[float, float]:
+    """Start a comparator, wait for its partitions, consume until ``total`` records are
+    committed, stop it. Returns (wall s, CPU s) from the group join to the last commit."""
+    from shadowroute.comparator.kafka_source import KafkaComparator
+
+    comp = KafkaComparator(cfg, group_id=group)
+    await comp.start()
+    task = asyncio.create_task(comp.run())
+    try:
+        joined = time.perf_counter()
+        while len(comp.engine.positions) < KAFKA_PARTITIONS:  # the join is not counted
+            if time.perf_counter() - joined > 60:
+                raise RuntimeError("partitions not assigned after 60 s")
+            await asyncio.sleep(0.01)
+        started, cpu = time.perf_counter(), time.process_time()
+        await _consume_until(comp, total)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        comp.stopping.set()
+        await task
+        await comp.stop()
+    return elapsed, cpu
+
+
+async def from_kafka(
+    bootstrap: str, n: int, with_labels: bool, labels_later: bool = False
+) -> tuple[float, float]:
     """Pairs per second of wall time and of this process's CPU time (event loop, Kafka
-    client and engine), from the group join to the last record committed."""
+    client and engine), from the group join to the last record committed.
+
+    ``labels_later``: the pairs are produced and consumed first (the comparator stops), then
+    the labels (a comparator starts again from the stored positions), as in production, where
+    ground truth comes long after the prediction: every label joins a pair pending in the
+    store. Both phases are timed; producing the labels between them is not."""
     from aiokafka import AIOKafkaProducer
 
-    from shadowroute.comparator.kafka_source import KafkaComparator
     from shadowroute.core.records import encode_label
     from shadowroute.stream.kafka import create_topics, topic_name
 
     prefix = "b" + uuid.uuid4().hex[:10]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config(str(Path(tmp) / "s.sqlite"), bootstrap=bootstrap, prefix=prefix, partitions=3)
+        cfg = config(
+            str(Path(tmp) / "s.sqlite"),
+            bootstrap=bootstrap,
+            prefix=prefix,
+            partitions=KAFKA_PARTITIONS,
+        )
         await create_topics(cfg.transport)
         s = classification(n, seed=2, label_share=1.0 if with_labels else 0.0)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1)
         await producer.start()
-        futs = [await producer.send(topic_name(prefix, "pairs"), v, key=k) for k, v in s.pairs]
-        futs += [
-            await producer.send(
-                topic_name(prefix, "labels"), encode_label(lab), key=lab.id.split("#")[0].encode()
-            )
-            for lab in s.labels
-        ]
-        await asyncio.gather(*futs)
-        await producer.stop()
-        comp = KafkaComparator(cfg, group_id="bench-" + prefix)
-        await comp.start()
-        task = asyncio.create_task(comp.run())
-        joined = time.perf_counter()
-        while not comp.engine.positions:  # the group join is not part of the throughput
-            if time.perf_counter() - joined > 60:
-                raise RuntimeError("no partitions assigned after 60 s")
-            await asyncio.sleep(0.01)
-        started, cpu = time.perf_counter(), time.process_time()
-        total = n + len(s.labels)
-        while True:
-            done = sum(p.pairs + p.labels for p in comp.engine.positions.values())
-            if done >= total:
-                break
-            if time.perf_counter() - started > 600:
-                raise RuntimeError(f"only {done} of {total} records after 600 s")
-            await asyncio.sleep(0.05)
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        comp.stopping.set()
-        await task
-        await comp.stop()
-    return n / elapsed, n / cpu
+
+        async def produce(pairs: bool, labels: bool) -> None:
+            futs = []
+            if pairs:
+                futs += [
+                    await producer.send(topic_name(prefix, "pairs"), v, key=k) for k, v in s.pairs
+                ]
+            if labels:
+                futs += [
+                    await producer.send(
+                        topic_name(prefix, "labels"),
+                        encode_label(lab),
+                        key=lab.id.split("#")[0].encode(),
+                    )
+                    for lab in s.labels
+                ]
+            await asyncio.gather(*futs)
+
+        group = "bench-" + prefix
+        try:
+            if labels_later:
+                await produce(True, False)
+                wall, cpu = await _comparator_phase(cfg, group, n)
+                await produce(False, True)
+                wall2, cpu2 = await _comparator_phase(cfg, group, n + len(s.labels))
+                wall, cpu = wall + wall2, cpu + cpu2
+            else:
+                await produce(True, True)
+                wall, cpu = await _comparator_phase(cfg, group, n + len(s.labels))
+        finally:
+            await producer.stop()
+    return n / wall, n / cpu
 
 
 def main() -> None:
@@ -247,9 +297,14 @@ def main() -> None:
             bootstrap = broker.bootstrap
         try:
             print(f"from Kafka (3 partitions, one process), {n} pairs:")
-            for name, labels in (("without labels", False), ("with labels   ", True)):
+            cases = (
+                ("without labels", False, False),
+                ("with labels   ", True, False),
+                ("labels later  ", True, True),
+            )
+            for name, labels, later in cases:
                 for _ in range(max(1, args.kafka_runs)):
-                    rate, cpu = asyncio.run(from_kafka(bootstrap, n, labels))
+                    rate, cpu = asyncio.run(from_kafka(bootstrap, n, labels, later))
                     print(f"  {name}  {rate:10,.0f} pairs/s ({cpu:,.0f} per CPU second)")
         finally:
             if broker is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from shadowroute.comparator import scoring
 from shadowroute.core.config import Route
@@ -92,6 +93,17 @@ def _add(target: dict[str, float], key: str, value: float) -> None:
     target[key] = target.get(key, 0.0) + value
 
 
+def _flags(n: int, at: list[int]) -> npt.NDArray[np.float64]:
+    """``n`` zeros with ones at the indices ``at``."""
+    out = np.zeros(n, dtype=np.float64)
+    if at:
+        out[at] = 1.0
+    return out
+
+
+Column = Sequence[float] | npt.NDArray[np.float64]
+
+
 @dataclass
 class CandidateState:
     """The scores of one (route, candidate) on one partition. Create with
@@ -116,7 +128,7 @@ class CandidateState:
 
     # --- updates ----------------------------------------------------------------------------
 
-    def _add_windows(self, ts: Sequence[int], columns: Mapping[str, Sequence[float]]) -> None:
+    def _add_windows(self, ts: Sequence[int], columns: Mapping[str, Column]) -> None:
         """Add per-row values into their windows (one numpy pass per window size)."""
         if not ts:
             return
@@ -142,10 +154,11 @@ class CandidateState:
         numeric = task in ("regression", "probability")
         text = task == "text"
         ts: list[int] = []
-        prod_err: list[float] = []
-        cand_err: list[float] = []
-        prod_to: list[float] = []
-        cand_to: list[float] = []
+        # Rows with an error or a timeout, by index (rare: the flag columns are built at once).
+        prod_err: list[int] = []
+        cand_err: list[int] = []
+        prod_to: list[int] = []
+        cand_to: list[int] = []
         lp: list[float] = []
         lc: list[float] = []
         errors: dict[str, int] = {}
@@ -153,25 +166,21 @@ class CandidateState:
         agree_ts: list[int] = []
         instances = invalid = 0
         c = self.counts
-        for r in rows:
+        for i, r in enumerate(rows):
             t = r.ts
             ts.append(t)
             e = r.prod_error
-            if e is None:
-                prod_err.append(0.0)
-                prod_to.append(0.0)
-            else:
-                prod_err.append(1.0)
-                prod_to.append(1.0 if e == "timeout" else 0.0)
+            if e is not None:
+                prod_err.append(i)
+                if e == "timeout":
+                    prod_to.append(i)
                 k = f"error:production:{e}"
                 errors[k] = errors.get(k, 0) + 1
             e = r.cand_error
-            if e is None:
-                cand_err.append(0.0)
-                cand_to.append(0.0)
-            else:
-                cand_err.append(1.0)
-                cand_to.append(1.0 if e == "timeout" else 0.0)
+            if e is not None:
+                cand_err.append(i)
+                if e == "timeout":
+                    cand_to.append(i)
                 k = f"error:candidate:{e}"
                 errors[k] = errors.get(k, 0) + 1
             if r.prod_latency is not None:
@@ -204,8 +213,10 @@ class CandidateState:
                     if sim is not None:
                         _add(c, "similarity_n", 1)
                         _add(c, "similarity_sum", sim)
-        self.error_rate.update(prod_err, cand_err)
-        self.timeout_rate.update(prod_to, cand_to)
+        n_rows = len(rows)
+        pe, ce, pt, ct = (_flags(n_rows, at) for at in (prod_err, cand_err, prod_to, cand_to))
+        self.error_rate.update(pe, ce)
+        self.timeout_rate.update(pt, ct)
         self.latency_prod.add_many(lp)
         self.latency_cand.add_many(lc)
         self.last_ts = max(self.last_ts, max(ts))
@@ -215,19 +226,19 @@ class CandidateState:
         _add(c, "instances", instances)
         if invalid:
             _add(c, "invalid", invalid)
-        ones = [1.0] * len(rows)
         self._add_windows(
             ts,
             {
-                "pairs": ones,
-                "prod_error": prod_err,
-                "cand_error": cand_err,
-                "prod_timeout": prod_to,
-                "cand_timeout": cand_to,
+                "pairs": np.ones(n_rows),
+                "prod_error": pe,
+                "cand_error": ce,
+                "prod_timeout": pt,
+                "cand_timeout": ct,
             },
         )
-        self._add_windows(agree_ts, {"agree_n": [1.0] * len(agreed), "agree": agreed})
-        self.agreement.update_rate(np.asarray(agreed, dtype=np.float64))
+        agree = np.asarray(agreed, dtype=np.float64)
+        self._add_windows(agree_ts, {"agree_n": np.ones(agree.size), "agree": agree})
+        self.agreement.update_rate(agree)
 
     def add_labelled(self, rows: Sequence[LabelledRow], classes: Sequence[str] | None) -> None:
         """Quality of both models against ground truth, and their paired differences."""
@@ -250,15 +261,16 @@ class CandidateState:
             ts.append(r.ts)
         if not prod_vals:
             return
-        p, q = np.asarray(prod_vals), np.asarray(cand_vals)
+        p = np.asarray(prod_vals, dtype=np.float64)
+        q = np.asarray(cand_vals, dtype=np.float64)
         _add(c, "labelled", len(ts))
         if names[0] in ("accuracy", "exact_match"):
             _add(c, "mcnemar_b", float(np.sum(q[:, 0] > p[:, 0])))
             _add(c, "mcnemar_c", float(np.sum(p[:, 0] > q[:, 0])))
-        cols: dict[str, Sequence[float]] = {"labelled": [1.0] * len(ts)}
+        cols: dict[str, Column] = {"labelled": np.ones(len(ts))}
         for i, name in enumerate(names):
-            cols[f"{name}.prod"] = p[:, i].tolist()
-            cols[f"{name}.cand"] = q[:, i].tolist()
+            cols[f"{name}.prod"] = p[:, i]
+            cols[f"{name}.cand"] = q[:, i]
             self.quality[name].update(p[:, i], q[:, i])
         self._add_windows(ts, cols)
 
