@@ -1,5 +1,5 @@
 """The compiled hot path: what setup.py compiles, that it is what runs, and that the same
-sources pass as pure Python (their doctests and the proxy's tests)."""
+sources pass as pure Python (their doctests, the proxy's tests and the comparator's)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,10 @@ def test_the_sources_pass_as_pure_python() -> None:
     env = {**os.environ, build_info.PURE_ENV: "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--doctest-modules",
-         "tests/test_proxy.py", "tests/test_extraction.py", "tests/test_records.py", *doctests],
+         "tests/test_proxy.py", "tests/test_extraction.py", "tests/test_records.py",
+         "tests/test_comparator_engine.py", "tests/test_comparator_fastpath.py",
+         "tests/test_stats_confseq.py", "tests/test_stats_paired.py", "tests/test_stats_sketch.py",
+         *doctests],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
