@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_comparator.py [--pairs 100000] [--pending 1000000]
         [--kafka | --no-kafka] [--kafka-runs 1]
 
-- in-process: ``Engine.process`` in batches of 20,000 (decode, join, score, SQLite commit);
+- in-process: ``Engine.process`` in batches of 20,000 (decode, join, score, SQLite commit),
+  each batch with its pairs' labels, or (labels later) all pairs first and then their labels;
 - from Kafka: one ``KafkaComparator`` consuming a 3-partition topic pair from a real broker
   (``$SHADOWROUTE_TEST_KAFKA``, or one started with ``tests/kafka_harness.py``);
 - both as pairs per second of wall time and per second of the process's CPU time (the second
@@ -44,15 +45,23 @@ from test_comparator_gen import T0, classification, config, pair  # noqa: E402
 BATCH = 20_000
 
 
-def in_process(n: int, with_labels: bool) -> tuple[float, float]:
-    """Pairs per second of wall time and per second of this process's CPU time."""
+def in_process(n: int, with_labels: bool, labels_later: bool = False) -> tuple[float, float]:
+    """Pairs per second of wall time and per second of this process's CPU time.
+
+    ``labels_later``: every pair first, then every label (each joins a pair pending in the
+    store), instead of each batch carrying pairs and their labels together."""
     s = classification(n, seed=1, label_share=1.0 if with_labels else 0.0)
+    if labels_later:
+        batches = [(s.pairs[i : i + BATCH], []) for i in range(0, n, BATCH)]
+        batches += [([], s.labels[i : i + BATCH]) for i in range(0, n, BATCH)]
+    else:
+        batches = [(s.pairs[i : i + BATCH], s.labels[i : i + BATCH]) for i in range(0, n, BATCH)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "s.sqlite"
         engine = Engine(config(str(path)), Store(path))
         started, cpu = time.perf_counter(), time.process_time()
-        for i in range(0, n, BATCH):
-            engine.process(0, s.pairs[i : i + BATCH], s.labels[i : i + BATCH])
+        for pairs, labels in batches:
+            engine.process(0, pairs, labels)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         engine.store.close()
     return n / elapsed, n / cpu
@@ -285,6 +294,11 @@ def main() -> None:
     )
     print(
         "  with labels     {:10,.0f} pairs/s ({:,.0f} per CPU second)".format(*in_process(n, True))
+    )
+    print(
+        "  labels later    {:10,.0f} pairs/s ({:,.0f} per CPU second)".format(
+            *in_process(n, True, labels_later=True)
+        )
     )
     if args.kafka:
         bootstrap = os.environ.get("SHADOWROUTE_TEST_KAFKA")
