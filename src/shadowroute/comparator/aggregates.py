@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -101,7 +101,7 @@ def _flags(n: int, at: list[int]) -> npt.NDArray[np.float64]:
     return out
 
 
-Column = Sequence[float] | npt.NDArray[np.float64]
+Column: TypeAlias = Sequence[float] | npt.NDArray[np.float64]
 
 
 @dataclass
