@@ -135,8 +135,6 @@ class Engine:
         self._refs = {r.name: reference_for(r) for r in config.routes}
         self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
         self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
-        self._ttl_f = {r.name: r.label_ttl_s * 1000 for r in config.routes}
-        """The TTL in ms as ``_joinable`` compares it (a float)."""
         self._window_ms = WINDOW_MS[self.windows[0]]
         self.states: dict[StateKey, Any] = {}
         self.positions: dict[int, Positions] = {}
@@ -357,7 +355,8 @@ class Engine:
             self._count(partition, "duplicate_labels", duplicates)
         prod_pending: set[str] = set()
         existing, joined = b.existing, b.joined
-        routes, ttl_ms = self.routes, self._ttl_f
+        # Timestamps are whole ms: |Δ| > ttl_s·1000 exactly when |Δ| > int(ttl_s·1000).
+        routes, ttl_ms = self.routes, self._ttl_ms
         labelled, prod_labelled, touched = b.labelled, b.prod_labelled, b.touched
         quality = scoring.quality
         for key, kind, route_name, data, cand in self.store.pending_for(list(fresh)):

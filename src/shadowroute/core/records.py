@@ -174,13 +174,9 @@ def encode_pair_fields(
     input: Any | None,
 ) -> bytes:
     """``encode_pair`` for sides already made by ``side_fields`` (the data plane's path)."""
-    error = production["error"]
-    if error is not None and error not in ERRORS:
-        raise ValueError(f"unknown error reason {error!r}")
-    if candidate is not None:
-        error = candidate["error"]
-        if error is not None and error not in ERRORS:
-            raise ValueError(f"unknown error reason {error!r}")
+    for side in (production, candidate):
+        if side is not None and side["error"] is not None and side["error"] not in ERRORS:
+            raise ValueError(f"unknown error reason {side['error']!r}")
     record = {
         "v": SCHEMA_VERSION,
         "id": request_id,
