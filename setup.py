@@ -19,11 +19,13 @@ from setuptools import setup
 
 HOT_PATH = [
     "src/shadowroute/dataplane/http1.py",
+    "src/shadowroute/dataplane/deadlines.py",
     "src/shadowroute/dataplane/upstream.py",
     "src/shadowroute/dataplane/mirror.py",
     "src/shadowroute/dataplane/proxy.py",
     "src/shadowroute/dataplane/recorder.py",
     "src/shadowroute/dataplane/stats.py",
+    "src/shadowroute/stream/queue.py",
     "src/shadowroute/core/extraction.py",
     "src/shadowroute/core/records.py",
     "src/shadowroute/core/sampling.py",

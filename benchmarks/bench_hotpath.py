@@ -82,7 +82,7 @@ def measure(mirror: bool, n: int) -> dict[str, object]:
     from shadowroute.dataplane.recorder import Recorder
     from shadowroute.dataplane.stats import DataPlaneStats
     from shadowroute.dataplane.upstream import UpstreamConnection, UpstreamPool
-    from shadowroute.stream.sink import RecordQueue
+    from shadowroute.stream.queue import RecordQueue
 
     request, response = http_messages()
     loop = uvloop.new_event_loop()

@@ -34,7 +34,8 @@ from kafka_harness import KafkaBroker
 from shadowroute.core.config import Spool as SpoolConfig
 from shadowroute.core.config import Topics, Transport
 from shadowroute.stream.kafka import KafkaSink, create_topics
-from shadowroute.stream.sink import FanoutSink, RecordQueue, Sink
+from shadowroute.stream.queue import RecordQueue
+from shadowroute.stream.sink import FanoutSink, Sink
 
 BATCH = 4096
 PER_TURN = 2

@@ -389,6 +389,7 @@ def run_dataplane_only(config_path: str) -> None:
         if kafka:
             ctx.registry.register(runtime.kafka_collector(kafka))
         async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
+            runtime.freeze_startup_heap()  # as serve's workers do
             await runtime.wait_for_signal()
         await dp.stop()
 

@@ -22,11 +22,13 @@ PURE_ENV = "SHADOWROUTE_PURE"
 # The modules setup.py compiles (keep the two lists in step; a test checks).
 HOT_PATH = (
     "shadowroute.dataplane.http1",
+    "shadowroute.dataplane.deadlines",
     "shadowroute.dataplane.upstream",
     "shadowroute.dataplane.mirror",
     "shadowroute.dataplane.proxy",
     "shadowroute.dataplane.recorder",
     "shadowroute.dataplane.stats",
+    "shadowroute.stream.queue",
     "shadowroute.core.extraction",
     "shadowroute.core.records",
     "shadowroute.core.sampling",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
@@ -214,6 +215,16 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
             await kafka_labels.close()
 
 
+def freeze_startup_heap() -> None:
+    """Put everything allocated during start-up (modules, the config, the routes) out of the
+    cyclic collector's reach, once a process serves. Under load a full collection otherwise
+    walks those objects every few seconds, stopping the event loop for 20-30 ms each time (the
+    whole 64-connection p99 on the proxy benchmark). Objects made later are collected as
+    usual; frozen ones are still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
+
+
 async def wait_for_signal() -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -229,6 +240,7 @@ async def wait_for_signal() -> None:
 async def serve(config: Config) -> None:
     """Run the stack until SIGTERM/SIGINT, then shut down gracefully."""
     async with embedded_stack(config) as stack:
+        freeze_startup_heap()
         log.info(
             "proxy on %s:%d, admin/API on %s:%d (%s)",
             config.listen.host, stack.proxy_port, config.admin.host, stack.admin_port,

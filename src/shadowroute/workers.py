@@ -91,6 +91,9 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
         stats=stats,
     )
     await dp.start()
+    from shadowroute.runtime import freeze_startup_heap
+
+    freeze_startup_heap()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -238,6 +241,7 @@ async def supervise(config: Config, n: int) -> None:
     if kafka:
         registry.register(runtime.kafka_collector(kafka))
     async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
+        runtime.freeze_startup_heap()
         log.info(
             "%d workers serving on %s:%d (%s)",
             n, config.listen.host, config.listen.port, build_info.describe(),

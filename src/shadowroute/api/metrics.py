@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from shadowroute.dataplane.stats import LATENCY_BUCKETS, DataPlaneStats, LatencyHistogram
 from shadowroute.stream.kafka import KafkaSink
-from shadowroute.stream.sink import RecordQueue
+from shadowroute.stream.queue import RecordQueue
 
 DATAPLANE_METRICS = (
     "shadowroute_requests_total",

@@ -22,10 +22,11 @@ from shadowroute.core import request_id as rid
 from shadowroute.core.config import Config, Route
 from shadowroute.core.sampling import sample_point
 from shadowroute.dataplane import http1
-from shadowroute.dataplane.mirror import MirrorResult, MirrorTarget
-from shadowroute.dataplane.recorder import Outcome, Pairing, Recorder
+from shadowroute.dataplane.deadlines import Deadlines
+from shadowroute.dataplane.mirror import MirrorTarget
+from shadowroute.dataplane.recorder import Pairing, Recorder
 from shadowroute.dataplane.stats import LatencyHistogram
-from shadowroute.dataplane.upstream import Exchange, UpstreamConnection, UpstreamPool
+from shadowroute.dataplane.upstream import Exchange, Outcome, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("shadowroute.proxy")
 
@@ -41,13 +42,12 @@ class _Reject(Exception):
 
 
 class CandidateRuntime:
-    __slots__ = ("base_path", "static", "target", "version")
+    __slots__ = ("base_path", "static", "target")
 
     def __init__(self, target: MirrorTarget, static: bytes, base_path: bytes) -> None:
         self.target = target
         self.static = static
         self.base_path = base_path
-        self.version = target.cfg.version
 
 
 class RouteRuntime:
@@ -71,6 +71,7 @@ class RouteRuntime:
                 max_idle=pcfg.pool_size,
                 keepalive_s=pcfg.upstream_keepalive_s,
                 connect_timeout_s=pcfg.connect_timeout_s,
+                deadlines=proxy.deadlines,
             )
 
         def static(p: UpstreamPool, headers: dict[str, str]) -> bytes:
@@ -129,6 +130,7 @@ class Proxy:
         self.proto_line = b"\r\nx-forwarded-proto: " + self.proto + b"\r\n"
         self.rid_prefix = self.rid_header + b": "
         self.mirroring = config.mirror.enabled
+        self.deadlines = Deadlines(loop)  # every exchange's timeout, for all the pools
         self.routes = sorted(
             (RouteRuntime(r, self) for r in config.routes), key=lambda r: -len(r.prefix)
         )
@@ -149,6 +151,7 @@ class Proxy:
         for r in self.routes:
             for p in r.pools():
                 p.close()
+        self.deadlines.close()
 
 
 class Request(Exchange):
@@ -279,18 +282,15 @@ class Request(Exchange):
                 (self.method, b" ", c.base_path, self.url, b" HTTP/1.1\r\n", self.mirror_common,
                  c.static, length)
             )  # fmt: skip
-            name, version = c.target.name, c.version
-
-            def done(r: MirrorResult, name: str = name, version: str | None = version) -> None:
-                pairing.candidate_done(Outcome.of_mirror(name, version, r))
-
-            if c.target.send(head + body, done):
+            target = c.target
+            if target.send(head + body, pairing.candidate_done):
                 pairing.expected += 1
-            elif c.target.breaker.state == "open":
+            elif target.breaker.state == "open":
                 pairing.expected += 1
                 pairing.candidate_done(
-                    Outcome(name, version, None, None, None, None, None, "circuit_open")
-                )
+                    Outcome(target.name, target.version, None, None, None, None, None,
+                            "circuit_open")
+                )  # fmt: skip
 
     # --- response side (Exchange) ------------------------------------------------------
 

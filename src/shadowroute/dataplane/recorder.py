@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,34 +22,13 @@ import orjson
 from shadowroute.core.config import Route
 from shadowroute.core.extraction import ExtractError, extract
 from shadowroute.core.records import encode_pair_fields, redact_input, side_fields
-from shadowroute.dataplane.mirror import MirrorResult
 from shadowroute.dataplane.stats import DataPlaneStats
-from shadowroute.stream.sink import RecordQueue
+from shadowroute.dataplane.upstream import Outcome
+from shadowroute.stream.queue import RecordQueue
 
 log = logging.getLogger("shadowroute.recorder")
 
 BUILD_INTERVAL_S = 0.002
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one upstream did with the request."""
-
-    model: str
-    version: str | None
-    status: int | None
-    latency_ms: float | None
-    body: bytes | None
-    content_encoding: bytes | None
-    content_type: bytes | None
-    error: str | None
-
-    @classmethod
-    def of_mirror(cls, model: str, version: str | None, r: MirrorResult) -> Outcome:
-        return cls(
-            model, version, r.status, r.latency_ms, r.body, r.content_encoding, r.content_type,
-            r.error,
-        )  # fmt: skip
 
 
 class Pairing:

@@ -18,7 +18,8 @@ from shadowroute.core.config import Config
 from shadowroute.dataplane.proxy import ClientConnection, Proxy
 from shadowroute.dataplane.recorder import Recorder
 from shadowroute.dataplane.stats import DataPlaneStats
-from shadowroute.stream.sink import RecordQueue, Sink
+from shadowroute.stream.queue import RecordQueue
+from shadowroute.stream.sink import Sink
 
 log = logging.getLogger("shadowroute.dataplane")
 

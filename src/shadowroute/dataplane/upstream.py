@@ -9,6 +9,7 @@ and no client object is created per request; a task runs only to open a new conn
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from collections import deque
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from shadowroute.dataplane import http1
+from shadowroute.dataplane.deadlines import Deadlines
 
 MAX_RESPONSE_HEAD = 64 << 10
 
@@ -63,6 +65,43 @@ class Exchange:
         raise NotImplementedError
 
 
+class Outcome:
+    """What one upstream (production or a candidate) did with one request, for the record."""
+
+    __slots__ = (
+        "body",
+        "content_encoding",
+        "content_type",
+        "error",
+        "latency_ms",
+        "model",
+        "status",
+        "version",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        version: str | None,
+        status: int | None,
+        latency_ms: float | None,
+        body: bytes | None,
+        content_encoding: bytes | None,
+        content_type: bytes | None,
+        error: str | None,
+    ) -> None:
+        # A plain class: a dataclass's generated __init__ would run interpreted, on every
+        # request, even in the compiled build.
+        self.model = model
+        self.version = version
+        self.status = status
+        self.latency_ms = latency_ms
+        self.body = body
+        self.content_encoding = content_encoding
+        self.content_type = content_type
+        self.error = error
+
+
 class UpstreamConnection:
     """One pooled connection (an asyncio protocol: the loop calls it by name)."""
 
@@ -74,10 +113,10 @@ class UpstreamConnection:
         "_keep_alive",
         "_parser",
         "_until_close",
+        "deadline",
         "exchange",
         "idle_since",
         "pool",
-        "timer",
         "transport",
         "tunnel",
         "written",
@@ -88,7 +127,7 @@ class UpstreamConnection:
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.tunnel: Exchange | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = math.inf  # loop time by which the exchange must end
         self.idle_since = 0.0
         self.written = False
         self._closed = False
@@ -226,9 +265,7 @@ class UpstreamConnection:
         self._in_body = False
         self._complete = False
         self._until_close = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = math.inf
 
     def _finish(self) -> None:
         ex = self.exchange
@@ -255,7 +292,9 @@ class UpstreamConnection:
     def start(self, exchange: Exchange, timeout_s: float) -> None:
         self.exchange = exchange
         self.written = False
-        self.timer = self.pool.loop.call_later(timeout_s, self.on_timeout)
+        pool = self.pool
+        self.deadline = deadline = pool.loop.time() + timeout_s
+        pool.deadlines.add(self, deadline)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -263,8 +302,9 @@ class UpstreamConnection:
         self.transport.write(data)
 
     def on_timeout(self) -> None:
-        self.timer = None
-        self._fail("timeout")
+        """The deadline passed (called by ``Deadlines``)."""
+        if self.exchange is not None:
+            self._fail("timeout")
 
     def abandon(self) -> None:
         """The exchange's owner no longer wants the response: drop the connection."""
@@ -297,9 +337,13 @@ class UpstreamPool:
         keepalive_s: float = 4.0,
         connect_timeout_s: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         parts = urlsplit(url)
         self.loop = loop
+        # Shared by the pools of one data plane; a pool made alone keeps its own.
+        self._own_deadlines = deadlines is None
+        self.deadlines = Deadlines(loop) if deadlines is None else deadlines
         self.scheme = parts.scheme
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -372,6 +416,8 @@ class UpstreamPool:
 
     def close(self) -> None:
         self.closed = True
+        if self._own_deadlines:
+            self.deadlines.close()
         for task in list(self._connecting):
             task.cancel()
         for conn in list(self._all):

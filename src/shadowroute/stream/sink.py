@@ -1,19 +1,12 @@
-"""The sink interface and the bounded queue in front of it.
+"""The sink interface, and the sinks that combine or hand over batches in-process.
 
-The data plane calls ``RecordQueue.put(key, value)``: it never blocks and never raises; when the
-queue is full the record is dropped and counted. One pump task (owned by whoever owns the queue)
-moves records to a ``Sink`` in batches, off the client's path.
+Records reach a sink through ``stream.queue.RecordQueue``, whose pump writes them in batches.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
-
-log = logging.getLogger("shadowroute.stream")
 
 KeyValue = tuple[bytes, bytes]
 
@@ -28,60 +21,6 @@ class Sink(Protocol):
     async def close(self) -> None:
         """Flush everything written so far, then release resources."""
         ...
-
-
-class RecordQueue:
-    """A bounded FIFO of (key, value) records with a non-blocking ``put``."""
-
-    def __init__(self, maxsize: int, max_batch: int = 4096) -> None:
-        self.maxsize = maxsize
-        self.max_batch = max_batch
-        self._items: deque[KeyValue] = deque()
-        self._ready = asyncio.Event()
-        self._closed = False
-        self.put_total = 0
-        self.dropped_total = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, key: bytes, value: bytes) -> bool:
-        """Queue a record; False (and counted) when full or closed."""
-        if self._closed or len(self._items) >= self.maxsize:
-            self.dropped_total += 1
-            return False
-        self._items.append((key, value))
-        self.put_total += 1
-        if not self._ready.is_set():
-            self._ready.set()
-        return True
-
-    def close(self) -> None:
-        """Stop accepting records; the pump drains what is queued and returns."""
-        self._closed = True
-        self._ready.set()
-
-    def _take(self) -> list[KeyValue]:
-        n = min(len(self._items), self.max_batch)
-        return [self._items.popleft() for _ in range(n)]
-
-    async def pump(self, sink: Sink) -> None:
-        """Move batches to ``sink`` until closed and empty. A failing write is logged and the
-        batch is dropped and counted (sinks that must not lose data, like Kafka, spool
-        internally and do not raise)."""
-        while True:
-            if not self._items:
-                if self._closed:
-                    return
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            batch = self._take()
-            try:
-                await sink.write(batch)
-            except Exception:
-                self.dropped_total += len(batch)
-                log.exception("sink write failed; %d records dropped", len(batch))
 
 
 class ChannelSink:
