@@ -785,21 +785,31 @@ def verdicts(agg: dict[tuple[str, int], dict[str, Any]], conns: list[int]) -> li
         a = agg.get((case, c))
         return None if a is None else a[key]
 
-    for c in conns:
-        sr, ng = get("sr-mirror", c, "rps"), get("nginx-mirror", c, "rps")
-        if sr and ng:
-            ratio = sr / ng
-            verdict = "met (stretch 2x met)" if ratio >= 2 else "met" if ratio >= 1.5 else "NOT met"
+    # The targets are for one data-plane process producing pair records to the
+    # in-process sink (dp-mirror). `serve` adds a supervisor process (the API and the embedded
+    # comparator consuming every record) that this harness puts on the load generator's core:
+    # its figures are reported beside, measured against the same bars.
+    for case, what in (
+        ("dp-mirror", "one data-plane process, 100% mirror, pair records to the in-process sink"),
+        ("sr-mirror", "`serve`, one worker + supervisor with the embedded comparator"),
+    ):
+        for c in conns:
+            sr, ng = get(case, c, "rps"), get("nginx-mirror", c, "rps")
+            if sr and ng:
+                ratio = sr / ng
+                verdict = (
+                    "met (stretch 2x met)" if ratio >= 2 else "met" if ratio >= 1.5 else "NOT met"
+                )
+                out.append(
+                    f"- c{c}: {what} = {ratio:.2f}x nginx-with-mirror "
+                    f"(target >= 1.5x, stretch 2x): {verdict}"
+                )
+        p99 = get(case, 8, "p99")
+        if p99 is not None:
             out.append(
-                f"- c{c}: 1 worker, 100% mirror = {ratio:.2f}x nginx-with-mirror "
-                f"(target >= 1.5x, stretch 2x): {verdict}"
+                f"- c8 client p99, {what} = {p99:.3f} ms (target <= 1 ms): "
+                f"{'met' if p99 <= 1.0 else 'NOT met'}"
             )
-    p99 = get("sr-mirror", 8, "p99")
-    if p99 is not None:
-        out.append(
-            f"- c8 client p99 with mirroring = {p99:.3f} ms (target <= 1 ms): "
-            f"{'met' if p99 <= 1.0 else 'NOT met'}"
-        )
     for c in conns:
         slow, ok = get("sr-slow", c, "p99"), get("sr-mirror", c, "p99")
         if slow is not None and ok:
