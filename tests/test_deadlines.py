@@ -19,6 +19,7 @@ class Holder:
         self.name = name
         self.fired = fired
         self.deadline = math.inf
+        self.timeout_key = 0
         self.due = math.inf  # the last deadline waited for
         self.fired_at: float | None = None
 
@@ -81,6 +82,43 @@ async def test_a_reused_holder_times_out_on_its_new_deadline_only() -> None:
     await asyncio.sleep(0.1)
     assert fired == ["h"]
     assert h.on_time()
+
+
+async def test_a_pooled_holder_keeps_one_entry_whatever_the_rate() -> None:
+    """A connection that starts exchange after exchange (each ending in time) stays in one
+    bucket; when it comes due the holder moves to its latest deadline's bucket."""
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop, TICK)
+    fired: list[str] = []
+    h = Holder(loop, "h", fired)
+    for _ in range(1000):
+        h.wait(deadlines, 0.05)
+        h.end()
+        h.wait(deadlines, 0.05)
+    assert len(deadlines) == 1
+    await asyncio.sleep(0.02)
+    h.end()
+    h.wait(deadlines, 0.2)  # a long timeout after short ones: found when the old bucket is due
+    assert len(deadlines) == 1
+    await asyncio.sleep(0.1)
+    assert fired == [] and len(deadlines) == 1  # moved on, not fired
+    await asyncio.sleep(0.2)
+    assert fired == ["h"] and h.on_time()
+    assert len(deadlines) == 0
+
+
+async def test_a_shorter_deadline_moves_the_holder_earlier() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop, TICK)
+    fired: list[str] = []
+    h = Holder(loop, "h", fired)
+    h.wait(deadlines, 0.3)
+    h.end()
+    h.wait(deadlines, 0.03)
+    await asyncio.sleep(0.1)
+    assert fired == ["h"] and h.on_time()
+    await asyncio.sleep(0.25)
+    assert fired == ["h"]  # the old, later bucket found nothing to do
 
 
 async def test_a_failing_holder_does_not_strand_the_others() -> None:

@@ -6,23 +6,29 @@ plane's CPU. Instead, each exchange's deadline goes into a bucket of ``tick_s`` 
 one timer, armed at the earliest bucket's end, expires what is due. A timeout fires at most one
 tick late and never early.
 
-Nothing is removed when an exchange ends in time: when its bucket comes due, the entry is
-checked against the holder's current deadline and skipped. A holder is anything with a
-``deadline`` (``math.inf`` when it waits for nothing) and an ``on_timeout`` method.
+Nothing is removed when an exchange ends in time, and a pooled connection that starts its next
+exchange is not added again while it sits in a bucket that comes due no later than its new
+deadline: when that bucket comes due, a holder whose deadline has passed times out, and one
+with a later deadline goes into the bucket of that deadline. So the buckets hold about one
+entry per connection, whatever the request rate and the timeouts.
+
+A holder is anything with a ``deadline`` (loop time, ``math.inf`` when it waits for nothing),
+a ``timeout_key`` for this module's use (0 to start with) and an ``on_timeout`` method.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 from typing import Protocol
 
 TICK_S = 0.01
 
 
 class Expiring(Protocol):
-    @property
-    def deadline(self) -> float: ...
+    deadline: float
+    timeout_key: int  # the bucket the holder is in, 0 for none (kept by ``Deadlines``)
 
     def on_timeout(self) -> None: ...
 
@@ -47,18 +53,26 @@ class Deadlines:
 
     def add(self, holder: Expiring, deadline: float) -> None:
         """Call ``holder.on_timeout()`` at or soon after ``deadline`` (loop time) if
-        ``holder.deadline`` is then still ``deadline`` or earlier."""
+        ``holder.deadline`` has not moved past it by then."""
         if self._closed:
             return
         key = int(deadline / self.tick_s) + 1  # the bucket ends at key * tick_s >= deadline
+        registered = holder.timeout_key
+        if 0 < registered <= key:
+            return  # an earlier (or this) bucket will see the holder first
+        if self._insert(holder, key) and (self._timer is None or key < self._armed):
+            self._arm(key)
+
+    def _insert(self, holder: Expiring, key: int) -> bool:
+        """Put ``holder`` in bucket ``key``; True when the bucket is new."""
+        holder.timeout_key = key
         bucket = self._buckets.get(key)
         if bucket is not None:
             bucket.append(holder)
-            return
+            return False
         self._buckets[key] = [holder]
         heapq.heappush(self._keys, key)
-        if self._timer is None or key < self._armed:
-            self._arm(key)
+        return True
 
     def _arm(self, key: int) -> None:
         if self._timer is not None:
@@ -72,14 +86,22 @@ class Deadlines:
         keys = self._keys
         buckets = self._buckets
         while keys and keys[0] * self.tick_s <= now:
-            for holder in buckets.pop(heapq.heappop(keys)):
-                if holder.deadline <= now:
-                    try:
-                        holder.on_timeout()
-                    except Exception as exc:  # one failing holder must not strand the others
-                        self.loop.call_exception_handler(
-                            {"message": "timeout handler failed", "exception": exc}
-                        )
+            key = heapq.heappop(keys)
+            for holder in buckets.pop(key):
+                if holder.timeout_key != key:
+                    continue  # moved to an earlier bucket since
+                holder.timeout_key = 0
+                deadline = holder.deadline
+                if deadline > now:
+                    if deadline != math.inf:  # a later exchange of the same holder
+                        self._insert(holder, int(deadline / self.tick_s) + 1)
+                    continue
+                try:
+                    holder.on_timeout()
+                except Exception as exc:  # one failing holder must not strand the others
+                    self.loop.call_exception_handler(
+                        {"message": "timeout handler failed", "exception": exc}
+                    )
         if keys and not self._closed:
             self._arm(keys[0])
 

@@ -117,6 +117,7 @@ class UpstreamConnection:
         "exchange",
         "idle_since",
         "pool",
+        "timeout_key",
         "transport",
         "tunnel",
         "written",
@@ -128,6 +129,7 @@ class UpstreamConnection:
         self.exchange: Exchange | None = None
         self.tunnel: Exchange | None = None
         self.deadline = math.inf  # loop time by which the exchange must end
+        self.timeout_key = 0  # kept by Deadlines
         self.idle_since = 0.0
         self.written = False
         self._closed = False
