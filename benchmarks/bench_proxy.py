@@ -1055,17 +1055,17 @@ same load generator, and reports ratios against nginx-with-mirror measured in th
 - Load: `wrk -t1`, a Lua script POSTing a 295-byte JSON body, 8 and 64 connections.
 - Pinning (2-vCPU machine): wrk **and the upstreams** on CPU 0, the proxy under test alone
   on CPU 1; `--workers 2` gets CPUs 0-1 and so shares CPU 0 with wrk and the upstreams.
-- Cases: `direct` (wrk to production), `nginx` (nginx reverse proxy, keep-alive upstream,
-  no mirror), `sr-nomirror` (shadowroute, route without candidates), `sr-mirror` (100% mirrored
-  to one candidate, pair records to the in-process sink), `nginx-mirror` (the peer: the same
-  nginx plus `mirror /mirror;` with `internal; proxy_pass` to the candidate), `sr-slow` /
-  `nginx-slow` (the candidate answers after 1 s; shadowroute's candidate timeout 2 s,
-  max_in_flight 128, so excess mirrors are dropped and counted), `sr-w2-mirror`
-  (`serve --workers 2`, 100% mirror), `dp-nomirror` / `dp-mirror` (the data plane alone:
-  `DataPlane` plus the admin `/metrics`, pair records built and handed to a null sink, no
-  comparator), `dp-kafka-mirror` (the data plane alone with the Kafka sink in its own
-  process, as `serve --workers 0` runs it) and `sr-kafka-mirror` (`serve` with
-  `transport: kafka`: the worker ships its records to the supervisor, whose producer writes
+- Cases: `direct` (wrk to production), `nginx` (nginx reverse proxy, keep-alive upstream, no
+  mirror), `sr-nomirror` (shadowroute, route without candidates), `sr-mirror` (100% mirrored to
+  one candidate, every pair record to the supervisor's embedded comparator), `nginx-mirror` (the
+  peer: the same nginx plus `mirror /mirror;` with `internal; proxy_pass` to the candidate),
+  `sr-slow` / `nginx-slow` (the candidate answers after 1 s; shadowroute's candidate timeout 2
+  s, max_in_flight 128, so excess mirrors are dropped and counted), `sr-w2-mirror` (`serve
+  --workers 2`, 100% mirror), `dp-nomirror` / `dp-mirror` (the data plane alone: `DataPlane`
+  plus the admin `/metrics`, pair records built and queued to the in-process sink, here a null
+  one, no comparator: the issue's target case), `dp-kafka-mirror` (the data plane alone with the
+  Kafka sink in its own process, as `serve --workers 0` runs it) and `sr-kafka-mirror` (`serve`
+  with `transport: kafka`: the worker ships its records to the supervisor, whose producer writes
   them). The Kafka cases use a real broker started from `tests/kafka_harness.py` on CPU 0.
 - `sr-*` cases run `python -m shadowroute serve` (the console script's code; `--python-O`
   adds `-O`): a supervisor process (the API, and the embedded comparator consuming every
