@@ -185,7 +185,8 @@ class Model(_Strict):
     timeout_s: float = Field(2.0, gt=0, le=600)
     """
     Time allowed for the response. Production: beyond it the client gets 504. Candidate: the
-    mirror is recorded as `timeout`.
+    mirror is recorded as `timeout`. Deadlines are checked every 10 ms, so a timeout fires up
+    to 10 ms late, never early.
     """
     version: str | None = None
     """Model version, carried into records and lineage."""
