@@ -68,10 +68,10 @@ class RouteRuntime:
             return UpstreamPool(
                 loop,
                 url,
+                proxy.deadlines,
                 max_idle=pcfg.pool_size,
                 keepalive_s=pcfg.upstream_keepalive_s,
                 connect_timeout_s=pcfg.connect_timeout_s,
-                deadlines=proxy.deadlines,
             )
 
         def static(p: UpstreamPool, headers: dict[str, str]) -> bytes:

@@ -334,18 +334,16 @@ class UpstreamPool:
         self,
         loop: asyncio.AbstractEventLoop,
         url: str,
+        deadlines: Deadlines,
         *,
         max_idle: int = 256,
         keepalive_s: float = 4.0,
         connect_timeout_s: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
-        deadlines: Deadlines | None = None,
     ) -> None:
         parts = urlsplit(url)
         self.loop = loop
-        # Shared by the pools of one data plane; a pool made alone keeps its own.
-        self._own_deadlines = deadlines is None
-        self.deadlines = Deadlines(loop) if deadlines is None else deadlines
+        self.deadlines = deadlines  # the exchanges' timeouts (owned by the data plane's Proxy)
         self.scheme = parts.scheme
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -418,8 +416,6 @@ class UpstreamPool:
 
     def close(self) -> None:
         self.closed = True
-        if self._own_deadlines:
-            self.deadlines.close()
         for task in list(self._connecting):
             task.cancel()
         for conn in list(self._all):
