@@ -120,7 +120,6 @@ class UpstreamConnection:
         "timeout_key",
         "transport",
         "tunnel",
-        "written",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -131,7 +130,6 @@ class UpstreamConnection:
         self.deadline = math.inf  # loop time by which the exchange must end
         self.timeout_key = 0  # kept by Deadlines
         self.idle_since = 0.0
-        self.written = False
         self._closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._buf = b""
@@ -293,14 +291,12 @@ class UpstreamConnection:
 
     def start(self, exchange: Exchange, timeout_s: float) -> None:
         self.exchange = exchange
-        self.written = False
         pool = self.pool
         self.deadline = deadline = pool.loop.time() + timeout_s
         pool.deadlines.add(self, deadline)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
-        self.written = True
         self.transport.write(data)
 
     def on_timeout(self) -> None:
