@@ -25,7 +25,7 @@ class Holder:
 
     def wait(self, deadlines: Deadlines, timeout_s: float) -> None:
         self.deadline = self.due = self.loop.time() + timeout_s
-        deadlines.add(self, self.deadline)
+        deadlines.add(self)
 
     def on_time(self) -> bool:
         """Fired no earlier than due (less uvloop's 1 ms clock rounding), at most a tick

@@ -51,17 +51,21 @@ class Deadlines:
         """Entries not yet due (including those of exchanges that already ended)."""
         return sum(map(len, self._buckets.values()))
 
-    def add(self, holder: Expiring, deadline: float) -> None:
-        """Call ``holder.on_timeout()`` at or soon after ``deadline`` (loop time) if
-        ``holder.deadline`` has not moved past it by then."""
+    def add(self, holder: Expiring) -> None:
+        """Call ``holder.on_timeout()`` at or soon after ``holder.deadline`` (loop time), if
+        the deadline has not moved past it by then."""
         if self._closed:
             return
-        key = int(deadline / self.tick_s) + 1  # the bucket ends at key * tick_s >= deadline
+        key = self._key(holder.deadline)
         registered = holder.timeout_key
         if 0 < registered <= key:
             return  # an earlier (or this) bucket will see the holder first
         if self._insert(holder, key) and (self._timer is None or key < self._armed):
             self._arm(key)
+
+    def _key(self, deadline: float) -> int:
+        """The bucket for ``deadline``: it ends at ``key * tick_s``, at or after it."""
+        return int(deadline / self.tick_s) + 1
 
     def _insert(self, holder: Expiring, key: int) -> bool:
         """Put ``holder`` in bucket ``key``; True when the bucket is new."""
@@ -94,7 +98,7 @@ class Deadlines:
                 deadline = holder.deadline
                 if deadline > now:
                     if deadline != math.inf:  # a later exchange of the same holder
-                        self._insert(holder, int(deadline / self.tick_s) + 1)
+                        self._insert(holder, self._key(deadline))
                     continue
                 try:
                     holder.on_timeout()

@@ -292,8 +292,8 @@ class UpstreamConnection:
     def start(self, exchange: Exchange, timeout_s: float) -> None:
         self.exchange = exchange
         pool = self.pool
-        self.deadline = deadline = pool.loop.time() + timeout_s
-        pool.deadlines.add(self, deadline)
+        self.deadline = pool.loop.time() + timeout_s
+        pool.deadlines.add(self)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
