@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from shadowroute.core.stats.confseq import AsymState, EBState
+from shadowroute.core.stats.confseq import AsymState
 from shadowroute.core.stats.paired import (
     PairedMetric,
     abs_error,
@@ -62,7 +62,7 @@ def test_loss_metrics_are_signed_candidate_better_positive() -> None:
     s = m.summary()
     assert s["estimate"] == pytest.approx(prod_err.mean() - cand_err.mean())
     assert s["lower"] > 0  # type: ignore[operator]
-    assert isinstance(m.asym, AsymState) and m.eb is None
+    assert isinstance(m.asym, AsymState)
 
 
 def test_merge_of_partitions_equals_union_aggregate() -> None:
@@ -76,8 +76,7 @@ def test_merge_of_partitions_equals_union_aggregate() -> None:
     for f in ("prod_sum", "prod_sq", "cand_sum", "cand_sq", "diff_sum", "diff_sq"):
         assert getattr(merged, f) == getattr(union, f), f
     assert merged.summary()["estimate"] == union.summary()["estimate"]
-    assert merged.eb is not None and union.eb is not None
-    assert (merged.eb.n, merged.eb.sum_x) == (union.eb.n, union.eb.sum_x)
+    assert merged.interval() == union.interval()
     lo, up = merged.interval()
     assert lo <= merged.summary()["estimate"] <= up  # type: ignore[operator]
 
@@ -177,4 +176,6 @@ def test_mismatched_merge_and_lengths_rejected() -> None:
     with pytest.raises(ValueError):
         PairedMetric.create("nope", ALPHA)
     with pytest.raises(ValueError):
-        PairedMetric(spec=metric_spec("accuracy"), alpha=0.05, eb=EBState(alpha=0.01))
+        PairedMetric(spec=metric_spec("accuracy"), alpha=1.5)
+    with pytest.raises(ValueError):
+        a.merge(PairedMetric(spec=metric_spec("accuracy"), alpha=ALPHA, v_opt=1000.0))

@@ -9,7 +9,7 @@ import pytest
 
 from shadowroute.core.config import Guardrails, Policy
 from shadowroute.core.stats.paired import PairedMetric
-from shadowroute.core.stats.policy import Decision, decide, metric_alpha, primary_metric
+from shadowroute.core.stats.policy import decide, metric_alpha, primary_metric
 from shadowroute.core.stats.sketch import Sketch
 
 
@@ -204,21 +204,31 @@ def test_agreement_floor_guardrail() -> None:
     assert d_high.verdict == "promote", d_high.reasons
 
 
-def test_previous_decision_intersects_intervals() -> None:
+def test_verdict_comes_back_from_promote_when_later_traffic_is_worse() -> None:
+    """No interval is carried over from an earlier read: a candidate promoted on its first
+    3000 labels (+5 points) is held, then rejected, as 9000 worse labels (−15 points) arrive,
+    and every read's interval contains its estimate."""
     rng = np.random.default_rng(10)
-    n = 4000
     p = Policy()
-    states = _states(p, "classification", _discordant(rng, n, 0.06, 0.04), _no_errors(n))
-    first = decide(p, "classification", states, None, n, n)
-    ev = dict(first.metrics["accuracy"])
-    narrowed = Decision(
-        first.verdict,
-        first.reasons,
-        {**first.metrics, "accuracy": {**ev, "lower": ev["lower"] + 0.01}},
-    )
-    again = decide(p, "classification", states, None, n, n, previous=narrowed)
-    assert again.metrics["accuracy"]["lower"] == pytest.approx(ev["lower"] + 0.01)
-    assert again.metrics["accuracy"]["upper"] == pytest.approx(ev["upper"])
+    alphas = metric_alpha(p, "classification")
+    states = {n: PairedMetric.create(n, a) for n, a in alphas.items()}
+    verdicts = []
+    phases = [(3000, 0.08, 0.03), *[(1000, 0.02, 0.17)] * 9]
+    total = 0
+    for n, better, worse in phases:
+        prod, cand = _discordant(rng, n, better, worse)
+        states["accuracy"].update(prod, cand)
+        zeros = np.zeros(n)
+        states["error_rate"].update(zeros, zeros)
+        states["timeout_rate"].update(zeros, zeros)
+        total += n
+        d = decide(p, "classification", states, None, total, total)
+        ev = d.metrics["accuracy"]
+        assert ev["lower"] <= ev["estimate"] <= ev["upper"]
+        verdicts.append(d.verdict)
+    assert verdicts[0] == "promote"
+    assert verdicts[-1] == "reject"
+    assert "hold" in verdicts
 
 
 def test_decision_is_json_serialisable() -> None:

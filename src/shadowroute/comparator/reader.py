@@ -152,8 +152,6 @@ class Verdicts:
     def _decide(self, route: Route, cand: str) -> dict[str, Any]:
         state = self.view.candidate(route.name, cand)
         key = (route.name, cand)
-        with self._lock:
-            prev = self._current.get(key)
         if state is None:
             decision = decide(route.policy, route.task, {}, None, 0, 0)
             pairs = labelled = 0
@@ -165,7 +163,6 @@ class Verdicts:
                 (state.latency_prod, state.latency_cand),
                 state.pairs,
                 state.labelled,
-                prev[0] if prev is not None else None,
             )
             pairs, labelled = state.pairs, state.labelled
         out = {

@@ -2,8 +2,10 @@
 
 Every paired difference is signed so that positive means the candidate is better:
 ``d = prod_loss − cand_loss`` for losses, ``d = cand_score − prod_score`` for scores. Bounded
-metrics carry a PrPl-EB confidence sequence (exact); unbounded ones the asymptotic CS. A
-``rate`` metric (agreement) is a one-sample proportion in [0, 1], not a difference.
+metrics get the empirical-Bernstein CS on their plain sums (exact, time-uniform, for the
+average of the conditional means over the pairs seen, in any order); unbounded ones the
+asymptotic CS. A ``rate`` metric (agreement) is a one-sample proportion in [0, 1], not a
+difference. Everything is order-free sums, so aggregates merge by adding.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from shadowroute.core.stats.confseq import AsymState, EBState
+from shadowroute.core.stats.confseq import DEFAULT_V_OPT, AsymState, eb_interval
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 MetricKind = Literal["paired", "rate"]
 
 LOG_LOSS_EPS = 1e-6
+RARE_V_OPT = 30.0
 DEFAULT_T_OPT = 1000.0
 _BOUND_TOLERANCE = 1e-9
 
@@ -30,7 +33,9 @@ class MetricSpec:
     """How a metric's per-observation values turn into a paired difference.
 
     ``scale`` maps the difference into [−1, 1] for the bounded CS (½ for multiclass Brier);
-    intervals are reported back on the metric's own scale.
+    intervals are reported back on the metric's own scale. The bounded CS measures spread
+    around a fixed ``centre`` of the range: 0 for paired differences ("no difference"), 1 for
+    the agreement rate (so its variance process counts disagreements).
     """
 
     name: str
@@ -39,6 +44,15 @@ class MetricSpec:
     scale: float = 1.0
     kind: MetricKind = "paired"
     needs_label: bool = True
+    v_opt: float = DEFAULT_V_OPT
+    """Where the bounded CS is tightest, in units of its variance process (about the number
+    of pairs that differ when it decides): large for quality metrics, small for rates of rare
+    events such as errors, whose guardrails decide on a handful of them."""
+
+    @property
+    def range(self) -> tuple[float, float, float]:
+        """``(lo, hi, centre)`` of the bounded CS's observations."""
+        return (0.0, 1.0, 1.0) if self.kind == "rate" else (-1.0, 1.0, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +62,7 @@ class MetricSpec:
             "scale": self.scale,
             "kind": self.kind,
             "needs_label": self.needs_label,
+            "v_opt": self.v_opt,
         }
 
     @classmethod
@@ -60,6 +75,7 @@ class MetricSpec:
             scale=float(data["scale"]),
             kind=kind,
             needs_label=bool(data["needs_label"]),
+            v_opt=float(data.get("v_opt", DEFAULT_V_OPT)),
         )
 
 
@@ -71,11 +87,18 @@ METRICS: dict[str, MetricSpec] = {
     "mae": MetricSpec("mae", higher_is_better=False, bounded=False),
     "mse": MetricSpec("mse", higher_is_better=False, bounded=False),
     "agreement": MetricSpec(
-        "agreement", higher_is_better=True, bounded=True, kind="rate", needs_label=False
+        "agreement",
+        higher_is_better=True,
+        bounded=True,
+        kind="rate",
+        needs_label=False,
+        v_opt=RARE_V_OPT,
     ),
-    "error_rate": MetricSpec("error_rate", higher_is_better=False, bounded=True, needs_label=False),
+    "error_rate": MetricSpec(
+        "error_rate", higher_is_better=False, bounded=True, needs_label=False, v_opt=RARE_V_OPT
+    ),
     "timeout_rate": MetricSpec(
-        "timeout_rate", higher_is_better=False, bounded=True, needs_label=False
+        "timeout_rate", higher_is_better=False, bounded=True, needs_label=False, v_opt=RARE_V_OPT
     ),
 }
 
@@ -141,13 +164,15 @@ def _nan_if_empty(total: float, n: int) -> float:
 class PairedMetric:
     """Mergeable aggregate of one metric for one (route, candidate).
 
-    Create it with the metric's share of alpha (``policy.metric_alpha``): the bounded CS bets
-    depend on it. ``t_opt`` is the sample size at which the asymptotic CS is tightest.
+    Create it with the metric's share of alpha (``policy.metric_alpha``). ``t_opt`` is the
+    sample size at which the asymptotic CS is tightest, ``v_opt`` the variance process at
+    which the bounded one is.
     """
 
     spec: MetricSpec
     alpha: float
     t_opt: float = DEFAULT_T_OPT
+    v_opt: float = 0.0
     n: int = 0
     prod_sum: float = 0.0
     prod_sq: float = 0.0
@@ -155,16 +180,15 @@ class PairedMetric:
     cand_sq: float = 0.0
     diff_sum: float = 0.0
     diff_sq: float = 0.0
-    eb: EBState | None = None
     asym: AsymState | None = None
 
     def __post_init__(self) -> None:
-        if self.spec.bounded and self.eb is None:
-            self.eb = EBState(alpha=self.alpha)
+        if not 0.0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
+        if self.v_opt <= 0.0:
+            self.v_opt = self.spec.v_opt
         if not self.spec.bounded and self.asym is None:
             self.asym = AsymState()
-        if self.eb is not None and self.eb.alpha != self.alpha:
-            raise ValueError("the EB state's alpha differs from the metric's alpha")
 
     @classmethod
     def create(
@@ -213,9 +237,10 @@ class PairedMetric:
         arr = np.asarray(x, dtype=np.float64).ravel()
         if arr.size == 0:
             return
-        if self.eb is None:
+        if not self.spec.bounded:
             raise ValueError("a rate metric must be bounded")
-        self.eb.update_unit(arr)
+        if not (np.all(arr >= 0.0) and np.all(arr <= 1.0)):
+            raise ValueError(f"{self.name}: rates must lie in [0, 1]")
         self.n += arr.size
         self.cand_sum += float(arr.sum())
         self.cand_sq += float(np.sum(arr * arr))
@@ -223,11 +248,11 @@ class PairedMetric:
         self.diff_sq += float(np.sum(arr * arr))
 
     def _feed(self, d: FloatArray) -> None:
-        if self.eb is not None:
+        if self.spec.bounded:
             scaled = d * self.spec.scale
             if np.any(np.abs(scaled) > 1.0 + _BOUND_TOLERANCE) or not np.all(np.isfinite(d)):
                 raise ValueError(f"{self.name}: paired differences out of their bounded range")
-            self.eb.update(np.clip(scaled, -1.0, 1.0))
+            d = np.clip(scaled, -1.0, 1.0) / self.spec.scale
         elif self.asym is not None:
             self.asym.update(d)
         self.n += d.size
@@ -235,9 +260,13 @@ class PairedMetric:
         self.diff_sq += float(np.sum(d * d))
 
     def merge(self, other: PairedMetric) -> PairedMetric:
-        if other.spec != self.spec or other.alpha != self.alpha or other.t_opt != self.t_opt:
+        if (other.spec, other.alpha, other.t_opt, other.v_opt) != (
+            self.spec,
+            self.alpha,
+            self.t_opt,
+            self.v_opt,
+        ):
             raise ValueError(f"cannot merge {self.name} aggregates with different settings")
-        eb = self.eb.merge(other.eb) if self.eb is not None and other.eb is not None else None
         asym = (
             self.asym.merge(other.asym)
             if self.asym is not None and other.asym is not None
@@ -247,6 +276,7 @@ class PairedMetric:
             spec=self.spec,
             alpha=self.alpha,
             t_opt=self.t_opt,
+            v_opt=self.v_opt,
             n=self.n + other.n,
             prod_sum=self.prod_sum + other.prod_sum,
             prod_sq=self.prod_sq + other.prod_sq,
@@ -254,17 +284,32 @@ class PairedMetric:
             cand_sq=self.cand_sq + other.cand_sq,
             diff_sum=self.diff_sum + other.diff_sum,
             diff_sq=self.diff_sq + other.diff_sq,
-            eb=eb,
             asym=asym,
         )
 
     def interval(self) -> tuple[float, float]:
-        """The (1 − alpha) CS for the mean difference (or the rate), on the metric's scale."""
-        if self.eb is not None:
-            if self.spec.kind == "rate":
-                return self.eb.unit_interval()
-            lo, up = self.eb.interval()
-            return lo / self.spec.scale, up / self.spec.scale
+        """The CS for the mean difference (or the rate), on the metric's scale; it always
+        contains the estimate ``diff_sum / n``.
+
+        Bounded metrics: each end is a one-sided time-uniform bound at level ``alpha`` (the
+        lower one decides promotion, the upper one rejection), so the pair is a
+        ``(1 − 2·alpha)`` CS. Unbounded metrics: the two-sided ``(1 − alpha)`` asymptotic CS,
+        whose ends are therefore each at least as strict.
+        """
+        if self.spec.bounded:
+            k = self.spec.scale
+            lo, hi, centre = self.spec.range
+            lower, upper = eb_interval(
+                self.n,
+                self.diff_sum * k,
+                self.diff_sq * k * k,
+                2.0 * self.alpha,
+                lo=lo,
+                hi=hi,
+                centre=centre,
+                v_opt=self.v_opt,
+            )
+            return lower / k, upper / k
         assert self.asym is not None
         return self.asym.interval(self.alpha, self.t_opt)
 
@@ -286,6 +331,7 @@ class PairedMetric:
             "spec": self.spec.to_dict(),
             "alpha": self.alpha,
             "t_opt": self.t_opt,
+            "v_opt": self.v_opt,
             "n": self.n,
             "sums": [
                 self.prod_sum,
@@ -295,7 +341,6 @@ class PairedMetric:
                 self.diff_sum,
                 self.diff_sq,
             ],
-            "eb": None if self.eb is None else self.eb.to_dict(),
             "asym": None if self.asym is None else self.asym.to_dict(),
         }
 
@@ -306,6 +351,7 @@ class PairedMetric:
             spec=MetricSpec.from_dict(data["spec"]),
             alpha=float(data["alpha"]),
             t_opt=float(data["t_opt"]),
+            v_opt=float(data.get("v_opt", 0.0)),
             n=int(data["n"]),
             prod_sum=sums[0],
             prod_sq=sums[1],
@@ -313,6 +359,5 @@ class PairedMetric:
             cand_sq=sums[3],
             diff_sum=sums[4],
             diff_sq=sums[5],
-            eb=None if data["eb"] is None else EBState.from_dict(data["eb"]),
             asym=None if data["asym"] is None else AsymState.from_dict(data["asym"]),
         )

@@ -99,19 +99,11 @@ def _status(lower: float, upper: float, threshold: float) -> Status:
     return "inconclusive"
 
 
-def _previous_interval(previous: Decision | None, name: str) -> tuple[float | None, float | None]:
-    if previous is None or name not in previous.metrics:
-        return None, None
-    ev = previous.metrics[name]
-    return ev.get("lower"), ev.get("upper")
-
-
 def _cs_evidence(
     name: str,
     metric: PairedMetric | None,
     threshold: float,
     min_n: int,
-    previous: Decision | None,
 ) -> tuple[dict[str, Any], str]:
     """Evidence for one CS-backed metric and a one-line explanation of its status."""
     if metric is None or metric.n == 0:
@@ -119,11 +111,6 @@ def _cs_evidence(
         ev |= {"threshold": threshold, "status": "inconclusive"}
         return ev, f"{name}: no observations yet"
     lower, upper = metric.interval()
-    prev_lo, prev_up = _previous_interval(previous, name)
-    if prev_lo is not None and prev_up is not None:
-        lo, up = max(lower, prev_lo), min(upper, prev_up)
-        if lo <= up:
-            lower, upper = lo, up
     estimate = metric.diff_sum / metric.n
     status: Status = _status(lower, upper, threshold)
     why = f"interval [{_fmt(_finite(lower))}, {_fmt(_finite(upper))}]"
@@ -175,19 +162,20 @@ def decide(
     latency: tuple[Sketch, Sketch] | None,
     pairs: int,
     labelled: int,
-    previous: Decision | None = None,
 ) -> Decision:
-    """The verdict now. ``latency`` is ``(production, candidate)``; ``previous`` (the last
-    decision from the same states) lets intervals be intersected over time."""
+    """The verdict now, from the evidence now. ``latency`` is ``(production, candidate)``.
+
+    Nothing is carried over from earlier reads: each read's intervals cover the traffic seen
+    so far, so a verdict can move from promote back to hold or reject when later traffic shows
+    the candidate worse.
+    """
     primary = primary_metric(policy, task)
     thresholds = {primary: _primary_threshold(policy), **guardrail_thresholds(policy)}
     evidence: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
     for name, threshold in thresholds.items():
         min_n = policy.min_labelled if metric_spec(name).needs_label else policy.min_pairs
-        evidence[name], notes[name] = _cs_evidence(
-            name, metrics.get(name), threshold, min_n, previous
-        )
+        evidence[name], notes[name] = _cs_evidence(name, metrics.get(name), threshold, min_n)
     if policy.guardrails.latency_p99_ratio is not None:
         evidence[LATENCY], notes[LATENCY] = _latency_evidence(
             policy.guardrails.latency_p99_ratio, latency, policy.min_pairs
