@@ -11,6 +11,7 @@ from typing import Any
 
 from shadowroute import __version__
 from shadowroute.core.config import Config, ConfigError, load_config
+from shadowroute.logfilter import RateLimitFilter
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -40,6 +41,7 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RateLimitFilter())
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 

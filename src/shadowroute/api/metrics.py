@@ -146,6 +146,8 @@ KAFKA_METRICS = (
     "shadowroute_kafka_producer_errors_total",
     "shadowroute_kafka_send_latency_seconds",
     "shadowroute_kafka_connected",
+    "shadowroute_kafka_delivery_failing_seconds",
+    "shadowroute_kafka_producer_replacements_total",
 )
 
 
@@ -177,7 +179,19 @@ class KafkaSinkCollector(Collector):
             labels=["topic"],
         )
         connected = GaugeMetricFamily(
-            "shadowroute_kafka_connected", "1 while the producer is connected.", labels=["topic"]
+            "shadowroute_kafka_connected",
+            "1 while records are being accepted (0 from a failed delivery to the next ack).",
+            labels=["topic"],
+        )
+        failing = GaugeMetricFamily(
+            "shadowroute_kafka_delivery_failing_seconds",
+            "How long deliveries have been failing (0 while records are accepted).",
+            labels=["topic"],
+        )
+        replaced = CounterMetricFamily(
+            "shadowroute_kafka_producer_replacements",
+            "Producers retired after a fatal state (e.g. out-of-order sequence numbers).",
+            labels=["topic"],
         )
         lat = HistogramMetricFamily(
             "shadowroute_kafka_send_latency_seconds",
@@ -193,10 +207,12 @@ class KafkaSinkCollector(Collector):
             spooled.add_metric([t, "dropped"], s.records_dropped)
             errors.add_metric([t], s.producer_errors)
             connected.add_metric([t], 1 if s.connected else 0)
+            failing.add_metric([t], s.failing_seconds)
+            replaced.add_metric([t], s.producer_replacements)
             h = self.latency.get(t)
             if h is not None:
                 lat.add_metric([t], _buckets(h), h.total)
-        yield from (sent, spool_bytes, spooled, errors, connected, lat)
+        yield from (sent, spool_bytes, spooled, errors, connected, failing, replaced, lat)
 
 
 def _buckets(h: LatencyHistogram) -> list[tuple[str, float]]:

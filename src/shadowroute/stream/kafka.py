@@ -14,6 +14,14 @@ deliver go to the ``Spool``; while the spool holds anything, new records (and th
 buffer, ahead of them) are appended to it too, so order is kept. A background task connects,
 and drains the spool in order, advancing the spool's cursor only after the broker acknowledged
 a chunk. ``close`` flushes the buffer first.
+
+Healing: a delivery that fails with a fatal producer state (``FATAL_PRODUCER_ERRORS``: after a
+full outage the idempotent producer's sequence numbers can have a gap the broker never
+accepts again) retires that producer; the background task starts a new one (a new producer
+id) and drains the spool through it. ``connected`` means "records are being accepted": it is
+false from the first failed delivery until the next acknowledged one, and ``failing_seconds``
+says for how long. Each failure episode is logged once at WARNING when it starts and once
+when it ends.
 """
 
 from __future__ import annotations
@@ -28,7 +36,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.helpers import create_ssl_context
 
 from shadowroute.core.config import KafkaSecurity, Transport
@@ -41,6 +57,15 @@ KeyValue = tuple[bytes, bytes]
 PAIR_SCHEMA = b"pair.v1"
 LABEL_SCHEMA = b"label.v1"
 TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter")
+FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+    ProducerClosed,
+)
+"""Producer states no retry with the same producer gets out of: the producer is replaced."""
 
 
 def topic_name(prefix: str, kind: str) -> str:
@@ -74,7 +99,8 @@ class KafkaSink:
     - ``records_spooled``: records written to the spool;
     - ``records_drained``: spooled records acknowledged by the broker;
     - ``records_dropped``: records lost (spool full);
-    - ``producer_errors``: failed connects, enqueues and deliveries.
+    - ``producer_errors``: failed connects, enqueues and deliveries;
+    - ``producer_replacements``: producers retired after a fatal state.
 
     ``send_latencies`` keeps the latest write-to-ack latencies (seconds) of direct sends, one
     per batch handed to the producer, from the first write of the flush that carried it;
@@ -114,10 +140,14 @@ class KafkaSink:
         self.records_spooled = 0
         self.records_drained = 0
         self.producer_errors = 0
+        self.producer_replacements = 0
         self._dropped_outside_spool = 0
         self._producer: AIOKafkaProducer | None = None
+        self._generation = 0  # which producer a send belongs to
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._failing_since: float | None = None
         self._num_partitions = 0
-        self._inflight: dict[asyncio.Future[Any], tuple[list[KeyValue], float]] = {}
+        self._inflight: dict[asyncio.Future[Any], tuple[list[KeyValue], float, int]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Lingering: records written since the last flush, and the flush in progress.
@@ -151,13 +181,21 @@ class KafkaSink:
 
     @property
     def connected(self) -> bool:
-        return self._producer is not None
+        """Records are being accepted: a producer is up and no delivery has failed since the
+        last acknowledged one."""
+        return self._producer is not None and self._failing_since is None
+
+    @property
+    def failing_seconds(self) -> float:
+        """How long deliveries have been failing (0 while they are accepted)."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     @property
     def inflight_records(self) -> int:
         """Records written but neither acknowledged nor spooled: lingering, being handed to
         the producer, or handed and awaiting the broker's acknowledgement."""
-        acking = sum(len(r) for r, _ in self._inflight.values())
+        acking = sum(len(r) for r, _, _ in self._inflight.values())
         return acking + len(self._pending) + len(self._unhanded())
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -195,13 +233,64 @@ class KafkaSink:
             )
         except (TimeoutError, KafkaError, OSError) as exc:
             self.producer_errors += 1
-            log.warning("kafka producer for %s not connected: %r", self.topic, exc)
+            self._failing(f"not connected: {exc!r}")
             await _hard_stop(producer)
             return False
         self._num_partitions = len(parts)
         self._producer = producer
+        self._generation += 1
         self._wake.set()
         return True
+
+    # --- failure episodes and healing ------------------------------------------------------
+
+    def _failing(self, why: str) -> None:
+        """A failed connect or delivery: the episode starts (logged once) or goes on."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning(
+                "kafka delivery to %s failing (%s); records go to the spool until it recovers",
+                self.topic,
+                why,
+            )
+        else:
+            log.debug("kafka delivery to %s still failing: %s", self.topic, why)
+
+    def _accepted(self) -> None:
+        since = self._failing_since
+        if since is not None:
+            self._failing_since = None
+            log.warning(
+                "kafka delivery to %s recovered after %.1f s (%d bytes waiting in the spool)",
+                self.topic,
+                time.monotonic() - since,
+                self.spool.pending_bytes,
+            )
+
+    def _delivery_failed(self, exc: BaseException | None, generation: int) -> None:
+        self.producer_errors += 1
+        self._failing(repr(exc))
+        if isinstance(exc, FATAL_PRODUCER_ERRORS) and generation == self._generation:
+            self._retire_producer(exc)
+
+    def _retire_producer(self, exc: BaseException) -> None:
+        """Stop using a producer stuck in a fatal state; the background task starts another
+        (with a new producer id) and drains the spool through it, in order."""
+        old = self._producer
+        if old is None:
+            return
+        self._producer = None
+        self.producer_replacements += 1
+        log.warning(
+            "kafka producer for %s replaced after %r: its sequence numbers can no longer be "
+            "accepted; a new producer drains the spool",
+            self.topic,
+            exc,
+        )
+        task = asyncio.get_running_loop().create_task(_hard_stop(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        self._wake.set()
 
     async def close(self) -> None:
         """Deliver what was written (or leave it in the spool), then release everything."""
@@ -233,13 +322,15 @@ class KafkaSink:
         self._spool_pending()
         # Unacknowledged direct sends go to the spool (the broker may still have them: see
         # the duplicate window in docs/kafka.md).
-        for fut, (records, _) in list(self._inflight.items()):
+        for fut, (records, _, _) in list(self._inflight.items()):
             if not fut.done():
                 del self._inflight[fut]
                 self._to_spool(records)
         if self._producer is not None:
             await _hard_stop(self._producer, self.close_timeout_s / 2)
             self._producer = None
+        if self._retiring:
+            await asyncio.wait(list(self._retiring), timeout=self.close_timeout_s / 2)
         self.spool.close()
 
     def abandon(self) -> None:
@@ -332,20 +423,20 @@ class KafkaSink:
             self._num_partitions = len(parts)
         groups = self._group(batch)
         self._handing, self._handing_pos = groups, (0, 0)
+        generation = self._generation
         try:
             async with asyncio.timeout(self.enqueue_timeout_s):
                 for gi, (partition, chunk) in enumerate(groups):
                     done = 0
                     for builder, taken in self._builders(producer, chunk):
                         fut = await producer.send_batch(builder, self.topic, partition=partition)
-                        self._inflight[fut] = (taken, started)
+                        self._inflight[fut] = (taken, started, generation)
                         fut.add_done_callback(self._on_done)
                         done += len(taken)
                         self._handing_pos = (gi, done)
                     self._handing_pos = (gi + 1, 0)
         except (TimeoutError, KafkaError) as exc:
-            self.producer_errors += 1
-            log.debug("enqueue to %s failed: %r", self.topic, exc)
+            self._delivery_failed(exc, generation)
             unhanded = self._unhanded()
             self._handing = []
             self._to_spool(unhanded)
@@ -395,13 +486,13 @@ class KafkaSink:
         builders it took, and the records it did not take in time (in order)."""
         handed: list[tuple[asyncio.Future[Any], list[KeyValue]]] = []
         done = 0
+        generation = self._generation
         for builder, taken in self._builders(producer, chunk):
             try:
                 async with asyncio.timeout(wait_s):
                     fut = await producer.send_batch(builder, self.topic, partition=partition)
             except (TimeoutError, KafkaError) as exc:
-                self.producer_errors += 1
-                log.debug("enqueue to %s[%d] failed: %r", self.topic, partition, exc)
+                self._delivery_failed(exc, generation)
                 return handed, chunk[done:]
             handed.append((fut, taken))
             done += len(taken)
@@ -411,12 +502,12 @@ class KafkaSink:
         entry = self._inflight.pop(fut, None)
         if entry is None:
             return  # already handled by close()
-        records, started = entry
+        records, started, generation = entry
         if fut.cancelled() or fut.exception() is not None:
-            self.producer_errors += 1
-            log.warning("delivery to %s failed; %d records spooled", self.topic, len(records))
             self._to_spool(records)
+            self._delivery_failed(None if fut.cancelled() else fut.exception(), generation)
             return
+        self._accepted()
         self.records_sent += len(records)
         latency = time.monotonic() - started
         self.send_latencies.append(latency)
@@ -471,7 +562,8 @@ class KafkaSink:
         if parts:
             self._num_partitions = len(parts)
         pending = self._group(records)
-        while not self._closed:
+        generation = self._generation
+        while not self._closed and self._producer is producer:
             failed: list[tuple[int, list[KeyValue]]] = []
             waiting: list[tuple[asyncio.Future[Any], int, list[KeyValue]]] = []
             for partition, chunk in pending:
@@ -487,12 +579,12 @@ class KafkaSink:
                 try:
                     await fut
                 except KafkaError as exc:
-                    self.producer_errors += 1
-                    log.debug("drain delivery failed: %r", exc)
+                    self._delivery_failed(exc, generation)
                     failed.append((partition, taken))
             if not failed:
                 self.spool.commit(pos)
                 self.records_drained += len(records)
+                self._accepted()
                 return True
             pending = failed
             await self._nap()
