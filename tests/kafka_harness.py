@@ -178,3 +178,130 @@ def started_broker(extra_props: dict[str, str] | None = None) -> Iterator[KafkaB
         yield broker
     finally:
         broker.cleanup()
+
+
+class KafkaCluster:
+    """A replicated KRaft cluster of ``nodes`` combined broker+controller nodes (static
+    voters) on loopback, from the same jars, with small heaps. Nodes can be stopped, killed
+    and started again one by one; data and ports are kept across restarts."""
+
+    def __init__(self, nodes: int = 3, start_timeout_s: float = 150.0) -> None:
+        if nodes < 2:
+            raise ValueError("a cluster needs at least 2 nodes (use KafkaBroker for one)")
+        self.n = nodes
+        self.base_dir = Path(tempfile.mkdtemp(prefix="shadowroute-kafka-cluster-"))
+        self.start_timeout_s = start_timeout_s
+        self.ports = [kb.free_port() for _ in range(nodes)]
+        self.controller_ports = [kb.free_port() for _ in range(nodes)]
+        self.version, self._lib = kb.fetch_default()
+        self._props = kb.prepare_cluster(
+            self._lib, self.base_dir, self.ports, self.controller_ports
+        )
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._logs: dict[int, IO[bytes]] = {}
+        self._offsets: dict[int, int] = {}  # where each node's log stood at its last start
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def log_path(self, node: int) -> Path:
+        return self._props[node - 1].parent / "broker.log"
+
+    def running(self, node: int) -> bool:
+        proc = self._procs.get(node)
+        return proc is not None and proc.poll() is None
+
+    def start(self, *nodes: int, wait: bool = True) -> None:
+        """Start the given nodes (all by default); with ``wait``, until each logs ready (a
+        node alone cannot: it needs a quorum of voters, so start a lone node without waiting
+        and ``wait_ready`` once the others are up)."""
+        which = list(nodes) or list(range(1, self.n + 1))
+        for node in which:
+            if self.running(node):
+                continue
+            path = self.log_path(node)
+            self._offsets[node] = path.stat().st_size if path.exists() else 0
+            log = path.open("ab")
+            self._logs[node] = log
+            self._procs[node] = subprocess.Popen(
+                kb.broker_command(self._lib, self._props[node - 1], kb.CLUSTER_HEAP_MB),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if wait:
+            self.wait_ready(*which)
+
+    def wait_ready(self, *nodes: int) -> None:
+        """Until each of ``nodes`` (all by default) logs ready since its last start."""
+        deadline = time.monotonic() + self.start_timeout_s
+        pending = set(nodes or range(1, self.n + 1))
+        offsets = self._offsets
+        while pending and time.monotonic() < deadline:
+            for node in list(pending):
+                proc = self._procs[node]
+                if proc.poll() is not None:
+                    raise BrokerError(f"node {node} exited:\n{self.log_tail(node)}")
+                with self.log_path(node).open("rb") as f:
+                    f.seek(offsets[node])
+                    if kb.READY_LINE.encode() in f.read():
+                        pending.discard(node)
+            time.sleep(0.2)
+        if pending:
+            raise BrokerError(f"nodes {sorted(pending)} not ready in {self.start_timeout_s}s")
+
+    def stop(self, node: int, kill_after_s: float = 30.0) -> None:
+        proc = self._procs.pop(node, None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(kill_after_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self._close_log(node)
+
+    def kill(self, node: int) -> None:
+        """SIGKILL, as a crash would."""
+        proc = self._procs.pop(node, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        self._close_log(node)
+
+    def log_tail(self, node: int, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path(node).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _close_log(self, node: int) -> None:
+        log = self._logs.pop(node, None)
+        if log is not None:
+            log.close()
+
+    def cleanup(self) -> None:
+        for node in list(self._procs):
+            self.kill(node)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started_cluster(nodes: int = 3) -> Iterator[KafkaCluster]:
+    """A running cluster of the caller's own; a cluster that cannot start fails the test."""
+    import pytest
+
+    try:
+        cluster = KafkaCluster(nodes)
+    except Exception as exc:
+        pytest.fail(f"could not prepare a Kafka cluster: {exc}", pytrace=False)
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.cleanup()
+        pytest.fail(f"could not start a Kafka cluster: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()

@@ -124,14 +124,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _kafka_config(path: str) -> Config | None:
+    """The config at ``path`` if it loads and its transport is Kafka (else says why)."""
+    cfg = _load(path)
+    if cfg is not None and cfg.transport.kind != "kafka":
+        print("error: transport.kind is not 'kafka': there are no topics", file=sys.stderr)
+        return None
+    return cfg
+
+
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _kafka_config(args.config)
     if cfg is None:
-        return EXIT_ERROR
-    if cfg.transport.kind != "kafka":
-        print(
-            "error: transport.kind is not 'kafka': there are no topics to create", file=sys.stderr
-        )
         return EXIT_ERROR
     from shadowroute.stream.kafka import create_topics
 
@@ -141,6 +145,26 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         print(f"error: could not create topics: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+    return EXIT_OK
+
+
+def cmd_topics_describe(args: argparse.Namespace) -> int:
+    cfg = _kafka_config(args.config)
+    if cfg is None:
+        return EXIT_ERROR
+    from shadowroute.stream.kafka import describe_text, describe_topics
+
+    try:
+        doc = asyncio.run(describe_topics(cfg.transport))
+    except Exception as exc:
+        print(f"error: could not describe topics: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        import orjson
+
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(describe_text(doc))
     return EXIT_OK
 
 
@@ -195,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     tc = tsub.add_parser("create", help="create the pairs, labels, scores and deadletter topics")
     tc.add_argument("-c", "--config", required=True)
     tc.set_defaults(func=cmd_topics_create)
+    td = tsub.add_parser(
+        "describe", help="partitions, leaders, in-sync replicas and settings of the topics"
+    )
+    td.add_argument("-c", "--config", required=True)
+    td.add_argument("--json", action="store_true", help="print JSON instead of text")
+    td.set_defaults(func=cmd_topics_describe)
 
     from shadowroute.cli_client import add_client_parsers
 

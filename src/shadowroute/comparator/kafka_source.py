@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,13 +41,14 @@ from shadowroute.api.labels import SinkLabelWriter, label_routes
 from shadowroute.api.metrics import new_registry
 from shadowroute.api.scorecard import scorecard_routes
 from shadowroute.api.scores import ScoresCollector, score_routes
-from shadowroute.comparator.engine import DeadLetter, Engine, StateKey
+from shadowroute.comparator.engine import Engine, StateKey
 from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, load_config
 from shadowroute.core.records import LabelRecord
 from shadowroute.stream.kafka import (
+    FATAL_PRODUCER_ERRORS,
     KafkaSink,
     check_copartitioned,
     security_kwargs,
@@ -54,6 +57,9 @@ from shadowroute.stream.kafka import (
 )
 
 log = logging.getLogger("shadowroute.comparator.kafka")
+
+_Dead = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+"""A dead letter waiting to be published: value, key, headers."""
 
 __all__ = [
     "KAFKA_COMPARATOR_METRICS",
@@ -126,24 +132,37 @@ class KafkaComparator:
         self.lock = asyncio.Lock()
         self.batches = 0
         self.skipped = 0
+        self.publish_failures = 0
+        self.producer_replacements = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        # What could not be published (the cluster was away): partitions whose states to send
+        # again (the state is committed locally; a later snapshot supersedes the lost one) and
+        # dead letters to send again, in order.
+        self._dirty: set[int] = set()
+        self._dead_backlog: list[_Dead] = []
+        self._failing_since: float | None = None
+        self._next_retry = 0.0
+        self._retiring: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
 
-    async def start(self) -> None:
-        kw = security_kwargs(self.config.transport.security)
-        await check_copartitioned(
-            self.bootstrap, self.config.transport.security, self.config.transport.topic_prefix
-        )
-        self._producer = AIOKafkaProducer(
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             client_id="shadowroute-comparator",
             acks="all",
             enable_idempotence=True,
             compression_type="lz4",
             max_request_size=16 << 20,
-            **kw,
+            **security_kwargs(self.config.transport.security),
         )
+
+    async def start(self) -> None:
+        kw = security_kwargs(self.config.transport.security)
+        await check_copartitioned(
+            self.bootstrap, self.config.transport.security, self.config.transport.topic_prefix
+        )
+        self._producer = self._new_producer()
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -200,6 +219,9 @@ class KafkaComparator:
                         work = None
                     if batch:
                         work = asyncio.create_task(self._locked(batch))
+                    elif self._dirty or self._dead_backlog:
+                        async with self.lock:
+                            await self._republish()
                     collector.tick()
                 if work is not None:
                     await work
@@ -213,7 +235,6 @@ class KafkaComparator:
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         owned = set(self.engine.positions)
-        sent: list[asyncio.Future[Any]] = []
         by_part: dict[int, dict[str, list[Any]]] = defaultdict(lambda: {"pairs": [], "labels": []})
         for tp, msgs in batch.items():
             if tp.partition not in owned or not msgs:
@@ -240,31 +261,100 @@ class KafkaComparator:
             )
             # sent now, delivery awaited once for the whole batch: the next partition's
             # records are processed meanwhile
-            sent.extend(await self._publish(partition, dead, label_msgs))
+            label_keys = {m.value: m.key for m in label_msgs} if dead else {}
+            letters = [
+                (
+                    value,
+                    key or label_keys.get(value) or None,
+                    [
+                        ("reason", reason.encode()),
+                        ("source", b"labels" if reason.startswith("label:") else b"pairs"),
+                    ],
+                )
+                for key, value, reason in dead
+            ]
+            self._dead_backlog.extend(letters)
+            self._dirty.add(partition)
             self.batches += 1
-        for fut in sent:
-            await fut
+        await self._republish(force=True)
 
-    async def _publish(
-        self, partition: int, dead: list[DeadLetter], label_msgs: list[Any]
-    ) -> list[asyncio.Future[Any]]:
-        """Send the dead letters and the partition's states; returns the delivery futures."""
+    async def _republish(self, force: bool = False) -> None:
+        """Send what is waiting (dead letters first, in order, then the states of the
+        partitions changed since their last acknowledged publish) and wait for the broker.
+        What fails stays waiting, to be sent again a second later; the comparator goes on
+        consuming meanwhile (its state is committed locally), so a cluster outage never
+        stops it. A producer in a fatal state is replaced."""
+        now = time.monotonic()
+        if not force and now < self._next_retry:
+            return
+        if self._producer is None:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                self._publish_failed(exc)
+                return
+            self._producer = producer
+        producer = self._producer
+        letters, self._dead_backlog = self._dead_backlog, []
+        dirty, self._dirty = self._dirty & set(self.engine.positions), set()
+        sent: list[tuple[asyncio.Future[Any], int | None, _Dead | None]] = []
+        try:
+            for letter in letters:
+                value, key, headers = letter
+                fut = await producer.send(self.dead_topic, value, key=key, headers=headers)
+                sent.append((fut, None, letter))
+            for partition in sorted(dirty):
+                sent += [(f, partition, None) for f in await self._send_states(partition)]
+        except KafkaError as exc:  # not even enqueued: everything waits
+            self._dead_backlog = letters + self._dead_backlog
+            self._dirty |= dirty
+            self._publish_failed(exc)
+            return
+        failed: list[_Dead] = []
+        for fut, part, waiting in sent:
+            try:
+                await fut
+            except KafkaError as exc:
+                self._publish_failed(exc)
+                if waiting is not None:
+                    failed.append(waiting)
+                if part is not None:
+                    self._dirty.add(part)
+        self._dead_backlog = failed + self._dead_backlog
+        if not failed and not self._dirty and self._failing_since is not None:
+            log.warning(
+                "publishing to %s recovered after %.1f s",
+                self.scores_topic,
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since = None
+
+    def _publish_failed(self, exc: BaseException) -> None:
+        self.publish_failures += 1
+        self._next_retry = time.monotonic() + 1.0
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning(
+                "publishing scores and dead letters failed (%r); consuming goes on, and they "
+                "are sent again until the cluster takes them",
+                exc,
+            )
+        if isinstance(exc, FATAL_PRODUCER_ERRORS) and self._producer is not None:
+            old, self._producer = self._producer, None
+            self.producer_replacements += 1
+            log.warning("comparator producer replaced after %r", exc)
+            task = asyncio.get_running_loop().create_task(old.stop())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _send_states(self, partition: int) -> list[asyncio.Future[Any]]:
+        """Send the partition's states to the scores topic; returns the delivery futures."""
         producer = self._producer
         assert producer is not None
         pos = self.engine.positions[partition]
         futures: list[asyncio.Future[Any]] = []
-        label_keys = {m.value: m.key for m in label_msgs} if dead else {}
-        for key, value, reason in dead:
-            source = b"labels" if reason.startswith("label:") else b"pairs"
-            k = key or label_keys.get(value) or None
-            futures.append(
-                await producer.send(
-                    self.dead_topic,
-                    value,
-                    key=k,
-                    headers=[("reason", reason.encode()), ("source", source)],
-                )
-            )
         for skey, state in self.engine.snapshot().items():
             if skey[3] != partition:
                 continue
@@ -305,6 +395,8 @@ class KafkaComparator:
             await self._consumer.stop()  # leaves the group: the revoke waits for the batch
         if self._producer is not None:
             await self._producer.stop()
+        if self._retiring:
+            await asyncio.wait(list(self._retiring), timeout=10)
         self.store.close()
 
 

@@ -99,9 +99,33 @@ class Topics(_Strict):
     partitions: int = Field(6, ge=1, le=10_000)
     """Partitions of the pairs and labels topics (they must match: co-partitioning)."""
     replication: int = Field(1, ge=1, le=16)
-    """Replication factor of the topics created by `shadowroute topics create`."""
+    """
+    Replication factor of the topics created by `shadowroute topics create` (3 in production,
+    checked against the cluster's broker count).
+    """
+    min_insync_replicas: int | None = Field(None, ge=1, le=16)
+    """
+    `min.insync.replicas` of the created topics: with `acks: all` a write needs this many
+    replicas. Default: 2 when `replication` ≥ 3, else 1 (the recommended 3 / 2 survives one
+    broker down without losing or refusing writes).
+    """
     retention_hours: float = Field(168, gt=0)
     """Retention of the pairs and labels topics; keep it above the label TTL."""
+
+    @model_validator(mode="after")
+    def _isr(self) -> Topics:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) cannot exceed replication "
+                f"({self.replication}): no write could ever be accepted"
+            )
+        return self
+
+    @property
+    def min_isr(self) -> int:
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return 2 if self.replication >= 3 else 1
 
 
 class Spool(_Strict):

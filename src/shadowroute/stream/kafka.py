@@ -36,6 +36,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
@@ -665,23 +666,36 @@ async def check_copartitioned(bootstrap: str, security: KafkaSecurity, prefix: s
     return counts[pairs]
 
 
+class TopicSettingsError(ValueError):
+    """The topics asked for cannot work on this cluster (e.g. more replicas than brokers)."""
+
+
 async def create_topics(transport: Transport) -> list[str]:
-    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted) and ``.deadletter``;
-    topics that already exist are left as they are. Returns the names created now."""
+    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted) and ``.deadletter``
+    with the configured partitions, replication and ``min.insync.replicas``; topics that
+    already exist are left as they are. Returns the names created now. Raises
+    ``TopicSettingsError`` when the replication exceeds the cluster's brokers."""
     if not transport.bootstrap:
         raise ValueError("create_topics needs transport.bootstrap")
     tc = transport.topics
     retention = str(int(tc.retention_hours * 3_600_000))
+    isr = {"min.insync.replicas": str(tc.min_isr)}
     configs = {
-        "pairs": {"retention.ms": retention},
-        "labels": {"retention.ms": retention},
-        "scores": {"cleanup.policy": "compact"},
-        "deadletter": {"retention.ms": retention},
+        "pairs": {"retention.ms": retention, **isr},
+        "labels": {"retention.ms": retention, **isr},
+        "scores": {"cleanup.policy": "compact", **isr},
+        "deadletter": {"retention.ms": retention, **isr},
     }
     wanted = {topic_name(transport.topic_prefix, kind): cfg for kind, cfg in configs.items()}
     admin = _admin(transport.bootstrap, transport.security)
     await admin.start()
     try:
+        brokers = len((await _retrying(admin.describe_cluster))["brokers"])
+        if tc.replication > brokers:
+            raise TopicSettingsError(
+                f"transport.topics.replication is {tc.replication} but the cluster has "
+                f"{brokers} broker(s): lower it, or add brokers"
+            )
         existing = set(await admin.list_topics())
         new = [
             NewTopic(name, tc.partitions, tc.replication, topic_configs=cfg)
@@ -705,3 +719,102 @@ async def create_topics(transport: Transport) -> list[str]:
     if problems:
         raise RuntimeError("could not create topics: " + "; ".join(problems))
     return created
+
+
+# The settings `topics describe` shows for each topic.
+DESCRIBED_CONFIGS = ("min.insync.replicas", "retention.ms", "cleanup.policy")
+
+
+async def _retrying(call: Callable[[], Any], attempts: int = 10, pause_s: float = 0.5) -> Any:
+    """An admin call, again while a node it picked is down (the client's metadata still
+    lists a dead broker until the controller fences it)."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except KafkaError as exc:
+            if attempt == attempts - 1 or not getattr(exc, "retriable", False):
+                raise
+            await asyncio.sleep(pause_s)
+    raise AssertionError("unreachable")
+
+
+async def describe_topics(transport: Transport) -> dict[str, Any]:
+    """The cluster's brokers and controller, and for each of the four topics its partitions
+    (leader, replicas, in-sync replicas, offline replicas) and key settings; a topic that does
+    not exist is ``{"exists": False}``."""
+    if not transport.bootstrap:
+        raise ValueError("describe_topics needs transport.bootstrap")
+    names = [topic_name(transport.topic_prefix, kind) for kind in TOPIC_KINDS]
+    admin = _admin(transport.bootstrap, transport.security)
+    await admin.start()
+    try:
+        cluster = await _retrying(admin.describe_cluster)
+        described = await _retrying(lambda: admin.describe_topics(names))
+        present = [t["topic"] for t in described if t["error_code"] == 0 and t["partitions"]]
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, name, configs=dict.fromkeys(DESCRIBED_CONFIGS))
+            for name in present
+        ]
+        config_responses = (
+            await _retrying(lambda: admin.describe_configs(resources)) if resources else []
+        )
+    finally:
+        await admin.close()
+    settings: dict[str, dict[str, str]] = {}
+    for response in config_responses:
+        for res in response.to_object()["resources"]:
+            settings[res["resource_name"]] = {
+                e["config_names"]: e["config_value"] for e in res["config_entries"]
+            }
+    topics: dict[str, Any] = {name: {"exists": False} for name in names}
+    for t in described:
+        if t["topic"] not in present:
+            continue
+        parts = sorted(t["partitions"], key=lambda p: p["partition"])
+        topics[t["topic"]] = {
+            "exists": True,
+            "partitions": [
+                {
+                    "partition": p["partition"],
+                    "leader": p["leader"],
+                    "replicas": list(p["replicas"]),
+                    "isr": list(p["isr"]),
+                    "offline": list(p.get("offline_replicas", [])),
+                }
+                for p in parts
+            ],
+            "configs": settings.get(t["topic"], {}),
+        }
+    return {
+        "cluster_id": cluster.get("cluster_id"),
+        "controller": cluster.get("controller_id"),
+        "brokers": sorted(b["node_id"] for b in cluster["brokers"]),
+        "topics": topics,
+    }
+
+
+def describe_text(doc: dict[str, Any]) -> str:
+    """``describe_topics`` for a terminal: one line per partition, problems marked."""
+    lines = [
+        f"cluster {doc['cluster_id']}: brokers {doc['brokers']}, controller {doc['controller']}"
+    ]
+    for name, t in doc["topics"].items():
+        if not t["exists"]:
+            lines.append(f"{name}: MISSING (run `shadowroute topics create`)")
+            continue
+        cfg = ", ".join(f"{k}={v}" for k, v in sorted(t["configs"].items()))
+        lines.append(f"{name}: {len(t['partitions'])} partitions; {cfg}")
+        min_isr = int(t["configs"].get("min.insync.replicas", "1"))
+        for p in t["partitions"]:
+            flags = []
+            if p["leader"] is None or p["leader"] < 0:
+                flags.append("NO LEADER")
+            if len(p["isr"]) < len(p["replicas"]):
+                flags.append("UNDER-REPLICATED")
+            if len(p["isr"]) < min_isr:
+                flags.append("BELOW MIN ISR: acks=all writes refused")
+            lines.append(
+                f"  {p['partition']}: leader {p['leader']}, replicas {p['replicas']}, "
+                f"isr {p['isr']}" + (f"  [{'; '.join(flags)}]" if flags else "")
+            )
+    return "\n".join(lines)
