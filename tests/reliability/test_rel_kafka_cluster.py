@@ -6,6 +6,7 @@ One cluster serves the module; every test leaves all its nodes running."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,7 @@ import orjson
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
+from relhelp import report
 
 from kafka_harness import KafkaCluster, started_cluster
 from proxyutil import wait_ready
@@ -260,7 +262,31 @@ async def _run_with_fault(
     return {"told": told, "decision": decision, "ids": ids, "serve_log": serve_log}
 
 
-def _check_exactly_once(result: dict[str, object]) -> None:
+_EPISODE = re.compile(
+    r"kafka delivery to \S+\.(pairs|labels) recovered after ([0-9.]+) s \((\d+) bytes"
+)
+
+
+def _check_exactly_once(result: dict[str, object], check: str) -> None:
+    log = str(result["serve_log"])
+    stalls: dict[str, float] = {}
+    spool_kb: dict[str, float] = {}
+    for topic, seconds, waiting in _EPISODE.findall(log):
+        stalls[topic] = max(stalls.get(topic, 0.0), float(seconds))
+        spool_kb[topic] = max(spool_kb.get(topic, 0.0), int(waiting) / 1024)
+    report(
+        check,
+        rate_per_s=RATE,
+        requests=N_REQUESTS,
+        longest_delivery_stall_s=stalls,
+        spool_kib_at_recovery=spool_kb,
+        producer_replacements=log.count("replaced after"),
+        comparator=result["decision"]
+        and {
+            k: result["decision"][k]
+            for k in ("pairs", "labelled")  # type: ignore[index]
+        },
+    )
     told = result["told"]
     decision = result["decision"]
     ids = result["ids"]
@@ -280,7 +306,7 @@ async def test_partition_leader_kill_loses_and_doubles_nothing(
         await asyncio.sleep(8.0)
         await asyncio.to_thread(cluster.start, leader)
 
-    _check_exactly_once(await _run_with_fault(cluster, tmp_path, fault))
+    _check_exactly_once(await _run_with_fault(cluster, tmp_path, fault), "kafka: leader kill")
 
 
 async def test_controller_leader_kill_loses_and_doubles_nothing(
@@ -292,7 +318,9 @@ async def test_controller_leader_kill_loses_and_doubles_nothing(
         await asyncio.sleep(8.0)
         await asyncio.to_thread(cluster.start, controller)
 
-    _check_exactly_once(await _run_with_fault(cluster, tmp_path, fault))
+    _check_exactly_once(
+        await _run_with_fault(cluster, tmp_path, fault), "kafka: controller-leader kill"
+    )
 
 
 @pytest.mark.parametrize("last_leader", ["last", "first"])
@@ -317,4 +345,4 @@ async def test_full_outage_heals_by_itself(
         await asyncio.to_thread(cluster.wait_ready)
 
     result = await _run_with_fault(cluster, tmp_path, fault)
-    _check_exactly_once(result)
+    _check_exactly_once(result, f"kafka: full outage, last leader back {last_leader}")
