@@ -62,7 +62,10 @@ def score_routes(reader: ScoresReader) -> list[web.RouteDef]:
         return request.match_info["route"], request.match_info["candidate"]
 
     return [
-        web.get(f"{base}/decision", _handler(lambda r: reader.decision(*rc(r)))),
+        web.get(
+            f"{base}/decision",
+            _handler(lambda r: reader.decision(*rc(r), r.query.get("revision") or None)),
+        ),
         web.get(f"{base}/scores", _handler(lambda r: reader.scores(*rc(r)))),
         web.get(f"{base}/history", _handler(lambda r: reader.history(*rc(r)))),
         web.get(

@@ -53,6 +53,7 @@ from shadowroute.core.records import (
     RecordError,
     label_partition_key,
 )
+from shadowroute.core.revision import Identity, describe, revision_id, slot_name, split_slot
 
 log = logging.getLogger("shadowroute.comparator")
 
@@ -63,7 +64,9 @@ _Entry = tuple[str, int, int, Any, Any, int]
 ``None`` for production's entry, index of the record it came from)."""
 
 StateKey = tuple[str, str, str, int]
-"""(kind, route, candidate, partition); kind is ``cand``, ``prod`` or ``part``."""
+"""(kind, route, candidate, partition); kind is ``cand``, ``prod`` or ``part``. A candidate's
+state is kept per revision: its ``candidate`` is the slot ``<name>@<revision id>``
+(``core.revision.slot_name``; a bare name in state written before revisions)."""
 DeadLetter = tuple[bytes, bytes, str]
 """(key, value, reason) of a record that could not be used."""
 DeadLetterSink = Callable[[Sequence[DeadLetter]], None]
@@ -71,6 +74,7 @@ Clock = Callable[[], int]
 LabelInput = bytes | LabelRecord
 
 _MONITOR: Final = "__production__"
+_MAX_SLOT_CACHE: Final = 4096
 
 
 def label_keys(request_id: str, instances: int) -> list[str]:
@@ -105,6 +109,10 @@ class _Batch:
         default_factory=lambda: defaultdict(list)
     )
     drift: dict[str, DriftBatch] = field(default_factory=dict)
+    prod_revisions: dict[str, dict[Identity, list[int]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    """Production's revision identities seen per route: [first ts, last ts]."""
 
 
 class Engine:
@@ -136,6 +144,9 @@ class Engine:
         self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
         self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
         self._window_ms = WINDOW_MS[self.windows[0]]
+        self._slots: dict[tuple[str, str, Identity | None, Identity], str] = {}
+        self._revisions: dict[tuple[str, str], dict[str, Any]] = {}
+        """(route, slot) -> the ``revision`` of its ``CandidateState``."""
         self.states: dict[StateKey, Any] = {}
         self.positions: dict[int, Positions] = {}
         self._lock = threading.Lock()
@@ -179,12 +190,34 @@ class Engine:
         return self.positions.setdefault(partition, Positions())
 
     def _cand(self, route: Route, cand: str, partition: int) -> CandidateState:
+        """The state of a candidate slot (``name@revision id``)."""
         key = ("cand", route.name, cand, partition)
         state = self.states.get(key)
         if state is None:
-            state = self.states[key] = new_candidate_state(route, cand, self.windows)
+            name, rid = split_slot(cand)
+            state = self.states[key] = new_candidate_state(route, name, self.windows)
+            state.revision = self._revisions.get((route.name, cand)) or (
+                None if rid is None else {"id": rid, "candidate": None, "production": None}
+            )
         assert isinstance(state, CandidateState)
         return state
+
+    def _slot(self, route: str, cand: str, ident: Identity | None, prod: Identity) -> str:
+        """The state slot of a candidate's revision (against production's)."""
+        key = (route, cand, ident, prod)
+        slot = self._slots.get(key)
+        if slot is None:
+            if len(self._slots) >= _MAX_SLOT_CACHE:
+                self._slots.clear()
+                self._revisions.clear()
+            rid = revision_id(ident, prod)
+            slot = self._slots[key] = slot_name(cand, rid)
+            self._revisions[(route, slot)] = {
+                "id": rid,
+                "candidate": describe(ident),
+                "production": describe(prod),
+            }
+        return slot
 
     def _prod(self, route: Route, partition: int) -> ProductionState:
         key = ("prod", route.name, "", partition)
@@ -326,9 +359,11 @@ class Engine:
                 dead.append((key, value, "unknown_route"))
                 continue
             cand = rec.candidate
-            if cand is not None and cand not in names:
-                dead.append((key, value, "unknown_candidate"))
-                continue
+            if cand is not None:
+                if cand not in names:
+                    dead.append((key, value, "unknown_candidate"))
+                    continue
+                rec.candidate = self._slot(rec.route, cand, rec.cand_ident, rec.prod_ident)
             out.append(rec)
         return out
 
@@ -469,11 +504,19 @@ class Engine:
         existing = b.existing
         drifts = b.drift
         requests = b.requests
+        prod_revs = b.prod_revisions
         for idx, rec in enumerate(records):
             keys = rec.keys
             name = rec.route
             route = routes[name]
             ts = rec.ts
+            seen = prod_revs[name].get(rec.prod_ident)
+            if seen is None:
+                prod_revs[name][rec.prod_ident] = [ts, ts]
+            elif ts < seen[0]:
+                seen[0] = ts
+            elif ts > seen[1]:
+                seen[1] = ts
             expires = ts + ttl_ms[name]
             first = keys[0]
             if first not in prod_seen:
@@ -560,6 +603,13 @@ class Engine:
 
     def _apply(self, partition: int, b: _Batch) -> None:
         """Update the aggregates with the batch (no store access)."""
+        for route, idents in b.prod_revisions.items():
+            seen = {
+                revision_id(None, ident): (describe(ident), first, last)
+                for ident, (first, last) in idents.items()
+            }
+            if self._prod(self.routes[route], partition).note_revisions(seen):
+                b.touched.add(("prod", route, "", partition))
         for route, reqs in b.requests.items():
             prod = self._prod(self.routes[route], partition)
             prod.add_requests(reqs)

@@ -42,6 +42,7 @@ from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.engine import DeadLetter, Engine, StateKey
 from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.statefile import check_state_file
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, load_config
 from shadowroute.core.records import LabelRecord
@@ -120,6 +121,7 @@ class KafkaComparator:
         self.max_records = max_records
         self.group_instance_id = group_instance_id
         self.session_timeout_ms = session_timeout_ms
+        check_state_file(config, state_path)
         self.store = Store(state_path or config.comparator.state_path)
         self.engine = Engine(config, self.store, clock=None)
         self.engine.drop_partitions(sorted(self.engine.positions))  # until assigned
