@@ -555,3 +555,80 @@ async def test_serve_a_revision_change_mid_stream_starts_fresh_evidence(tmp_path
             # and back to the config's revision of the candidate
             r = await client.put(f"{base}/revision", json={"revision": None}, headers=auth)
             assert r.json()["revision"] == "a" and r.json()["source"] == "config"
+
+
+# --- the Kafka path: comparator over a real broker ------------------------------------------
+
+
+@pytest.mark.kafka
+async def test_kafka_comparator_keys_evidence_by_revision(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A comparator group member over a real broker: a candidate whose revision changes half
+    way keeps two evidences apart on every partition, exactly as the offline recomputation;
+    the scores topic's followers decide about the newer one only."""
+    import uuid
+
+    from shadowroute.stream.kafka import create_topics
+    from test_comparator_engine import _assert_equal_states
+    from test_comparator_kafka import (
+        PARTS,
+        _cfg,
+        _follow,
+        _offline,
+        _produce,
+        _spawn,
+        _stop,
+        _wait_done,
+    )  # fmt: skip
+
+    prefix = "rev" + uuid.uuid4().hex[:10]
+    cfg_path, config = _cfg(tmp_path, kafka_bootstrap, prefix, "a")
+    await create_topics(config.transport)
+    rng = np.random.default_rng(9)
+    items: list[tuple[int, tuple[str, bytes, bytes]]] = []
+    n = 2000
+    for i in range(n):
+        rev, p_cand = ("a", 0.95) if i < n // 2 else ("b", 0.4)
+        rid, y, ts = f"k{i}", int(rng.integers(0, 2)), T0 + 50 * i
+        p = y if rng.random() < 0.7 else 1 - y
+        c = y if rng.random() < p_cand else 1 - y
+        items.append((ts, ("pairs", rid.encode(), pair(rid, ts, [p], [c], revision=rev))))
+        lab = orjson.dumps({"v": 1, "id": rid, "label": y, "ts": ts + 300})
+        items.append((ts + 300, ("labels", rid.encode(), lab)))
+    ordered = [e for _, e in sorted(items, key=lambda x: x[0])]
+    half = len(ordered) // 2
+    await _produce(kafka_bootstrap, prefix, ordered[:half])
+    proc = _spawn(cfg_path)
+    try:
+        await _produce(kafka_bootstrap, prefix, ordered[half:])
+        offline, ends = await _offline(tmp_path, config, kafka_bootstrap, prefix)
+        await _wait_done([tmp_path / "a.sqlite"], ends)
+    finally:
+        _stop(proc)
+    got = Engine(config, Store(tmp_path / "a.sqlite"))
+    for p in range(PARTS):
+        slots = {k[2] for k in got.states if k[0] == "cand" and k[3] == p}
+        assert len(slots) == 2, slots  # both revisions on every partition, apart
+        for slot in slots:
+            g, w = got.states[("cand", ROUTE, slot, p)], offline.states[("cand", ROUTE, slot, p)]
+            assert isinstance(g, CandidateState) and isinstance(w, CandidateState)
+            _assert_equal_states(g, w)
+
+    view = await _follow(config, tmp_path, want_messages=PARTS)
+    revs = view.candidate_revisions(ROUTE, CAND)
+    by_rev = {s.revision["candidate"]["revision"]: s for s in revs.values() if s.revision}
+    assert by_rev["a"].pairs == by_rev["b"].pairs == n // 2
+    current = view.candidate(ROUTE, CAND)
+    assert current is not None and current.revision is not None
+    assert current.revision["candidate"]["revision"] == "b"
+    history = Store(tmp_path / "verdicts.sqlite")
+    verdicts = Verdicts(config, view, history)
+    verdicts.refresh()
+    reader = Reader(config, view, verdicts, history)
+    d = reader.decision(ROUTE, CAND)
+    assert d["pairs"] == n // 2 and d["revision"]["candidate"]["revision"] == "b"
+    assert d["verdict"] != "promote"  # revision a's evidence (a better candidate) never counts
+    stale = reader.decision(ROUTE, CAND, revision="a")
+    assert stale["verdict"] == "hold" and "'a'" in stale["reasons"][0]
+    history.close()
