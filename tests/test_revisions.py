@@ -25,7 +25,7 @@ import pytest
 from shadowroute.cli import main as cli_main
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.embedded import Comparator
-from shadowroute.comparator.engine import Engine
+from shadowroute.comparator.engine import MAX_REVISIONS, Engine
 from shadowroute.comparator.production import ProductionState
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
 from shadowroute.comparator.statefile import StateMismatch, check_state_file
@@ -206,6 +206,45 @@ def test_a_production_revision_change_restarts_its_reference_and_the_evidence(
     merged = prod.merge(other)
     assert merged.revision == prod.revision and merged.revision_since == switched
     engine.store.close()
+
+
+async def test_revisions_kept_per_candidate_are_bounded_and_counted(tmp_path: Path) -> None:
+    """Each revision is a state of its own; beyond ``MAX_REVISIONS`` per candidate and partition
+    the one whose newest pair is oldest is dropped from the state, the store and the view, and
+    counted. Its history stays."""
+    comp = Comparator(config(str(tmp_path / "s.sqlite")), clock=None)
+    total = MAX_REVISIONS + 3
+    for r in range(total):
+        pairs, labels = _stream(r * 10, 10, revision=f"r{r}", p_cand=0.8, seed=r)
+        await comp.consume(pairs)
+        await comp.consume_labels(labels)
+        await comp.flush()
+    engine = comp.engine
+    kept = _slots(engine)
+    assert len(kept) == MAX_REVISIONS
+    names = {s.revision["candidate"]["revision"] for s in kept.values() if s.revision}
+    assert names == {f"r{r}" for r in range(3, total)}  # the oldest three went
+    part = engine.states[("part", "", "", 0)]
+    assert isinstance(part, dict) and part["revisions_evicted"] == 3
+    stored = {k[2] for k in engine.store.states() if k[0] == "cand"}
+    assert stored == set(kept)
+    assert len(comp.view.candidate_revisions(ROUTE, CAND)) == MAX_REVISIONS
+    d = comp.reader.decision(ROUTE, CAND)
+    assert d["revision"]["candidate"]["revision"] == f"r{total - 1}" and d["pairs"] == 10
+    history = comp.reader.history(ROUTE, CAND)["history"]
+    assert sum(h["event"] == "revision_change" for h in history) == total - 1
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shadowroute.api.scores import ScoresCollector
+
+    registry = CollectorRegistry()
+    registry.register(ScoresCollector(comp.reader))
+    assert "shadowroute_revisions_evicted_total 3.0" in generate_latest(registry).decode()
+    await comp.close()
+    # after a restart the same
+    again = Comparator(config(str(tmp_path / "s.sqlite")), clock=None)
+    assert len(again.view.candidate_revisions(ROUTE, CAND)) == MAX_REVISIONS
+    await again.close()
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -632,3 +671,38 @@ async def test_kafka_comparator_keys_evidence_by_revision(
     stale = reader.decision(ROUTE, CAND, revision="a")
     assert stale["verdict"] == "hold" and "'a'" in stale["reasons"][0]
     history.close()
+
+    # many more revisions on partition 0: beyond MAX_REVISIONS the oldest are dropped, and
+    # the scores topic's followers drop them too (tombstones)
+    from shadowroute.stream.murmur2 import partition_for
+
+    more: list[tuple[str, bytes, bytes]] = []
+    ts = T0 + 50 * n + 1000
+    i = 0
+    for r in range(MAX_REVISIONS):
+        made = 0
+        while made < 2:
+            rid = f"m{i}"
+            i += 1
+            if partition_for(rid.encode(), PARTS) != 0:
+                continue
+            ts += 10
+            more.append(("pairs", rid.encode(), pair(rid, ts, [1], [1], revision=f"m{r}")))
+            made += 1
+    await _produce(kafka_bootstrap, prefix, more)
+    again = tmp_path / "again"
+    again.mkdir()
+    offline, ends = await _offline(again, config, kafka_bootstrap, prefix)
+    proc = _spawn(cfg_path)
+    try:
+        await _wait_done([tmp_path / "a.sqlite"], ends)
+    finally:
+        _stop(proc)
+    got = Engine(config, Store(tmp_path / "a.sqlite"))
+    kept = {k[2] for k in got.states if k[0] == "cand" and k[3] == 0}
+    assert len(kept) == MAX_REVISIONS
+    assert kept == {k[2] for k in offline.states if k[0] == "cand" and k[3] == 0}
+    assert got.states[("part", "", "", 0)]["revisions_evicted"] == 2  # a and b
+    view = await _follow(config, again, want_messages=PARTS)
+    on_zero = {k[2] for k in view._states if k[0] == "cand" and k[3] == 0}
+    assert on_zero == kept

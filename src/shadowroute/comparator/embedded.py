@@ -150,6 +150,9 @@ class Comparator:
     def _commit(self, pairs: list[tuple[bytes, bytes]], labels: list[LabelRecord]) -> None:
         self.engine.process(0, pairs, labels)
         self.view.update(self.engine.snapshot())
+        gone = self.engine.take_evicted()
+        if gone:
+            self.view.remove(gone)
         self.verdicts.refresh()
 
     # --- reading ----------------------------------------------------------------------------

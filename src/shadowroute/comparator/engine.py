@@ -75,6 +75,10 @@ LabelInput = bytes | LabelRecord
 
 _MONITOR: Final = "__production__"
 _MAX_SLOT_CACHE: Final = 4096
+MAX_REVISIONS: Final = 16
+"""Candidate revisions whose state is kept per (route, candidate, partition). Beyond it the
+revision with the oldest newest pair is dropped from the state (counted in the partition's
+``revisions_evicted``); its decision history stays."""
 
 
 def label_keys(request_id: str, instances: int) -> list[str]:
@@ -113,6 +117,8 @@ class _Batch:
         default_factory=lambda: defaultdict(dict)
     )
     """Production's revision identities seen per route: [first ts, last ts]."""
+    new_slots: bool = False
+    """A candidate revision got its first state on the partition in this batch."""
 
 
 class Engine:
@@ -148,6 +154,10 @@ class Engine:
         self._revisions: dict[tuple[str, str], dict[str, Any]] = {}
         """(route, slot) -> the ``revision`` of its ``CandidateState``."""
         self.states: dict[StateKey, Any] = {}
+        self.evicted: list[StateKey] = []
+        """States dropped (``MAX_REVISIONS``) and committed, not yet taken by the reader side
+        (``take_evicted``)."""
+        self._batch: _Batch | None = None
         self.positions: dict[int, Positions] = {}
         self._lock = threading.Lock()
         self._snapshot: dict[StateKey, dict[str, Any]] = {}
@@ -195,6 +205,8 @@ class Engine:
         state = self.states.get(key)
         if state is None:
             name, rid = split_slot(cand)
+            if self._batch is not None:
+                self._batch.new_slots = True
             state = self.states[key] = new_candidate_state(route, name, self.windows)
             state.revision = self._revisions.get((route.name, cand)) or (
                 None if rid is None else {"id": rid, "candidate": None, "production": None}
@@ -277,7 +289,7 @@ class Engine:
     ) -> list[DeadLetter]:
         pos = self.position(partition)
         dead: list[DeadLetter] = []
-        batch = _Batch()
+        batch = self._batch = _Batch()
         batch.touched.add(("part", "", "", partition))
         good_labels = self._decode_labels(partition, labels, dead)
         records = self._decode_pairs(partition, pairs, dead)
@@ -292,6 +304,7 @@ class Engine:
             self._write(partition, fresh, batch)
             self._apply(partition, batch)
             self._expire(partition, pos, batch)
+            gone = self._evict(partition, batch) if batch.new_slots else []
             pos.pairs = next_pairs if next_pairs is not None else pos.pairs + len(pairs)
             pos.labels = next_labels if next_labels is not None else pos.labels + len(labels)
             self._count(partition, "pairs_read", len(pairs))
@@ -311,10 +324,41 @@ class Engine:
             self.store.rollback()
             self._reload_partition(partition)
             raise
+        finally:
+            self._batch = None
         with self._lock:
             self._snapshot.update(serialised)
+            for key in gone:
+                self._snapshot.pop(key, None)
+            self.evicted.extend(gone)
             self.version += 1
         return dead
+
+    def take_evicted(self) -> list[StateKey]:
+        """The state keys dropped since the last call (for views of the snapshot)."""
+        with self._lock:
+            out, self.evicted = self.evicted, []
+        return out
+
+    def _evict(self, partition: int, b: _Batch) -> list[StateKey]:
+        """Keep at most ``MAX_REVISIONS`` revisions per candidate on the partition."""
+        groups: dict[tuple[str, str], list[StateKey]] = defaultdict(list)
+        for key in self.states:
+            if key[0] == "cand" and key[3] == partition:
+                groups[(key[1], split_slot(key[2])[0])].append(key)
+        gone: list[StateKey] = []
+        for keys in groups.values():
+            if len(keys) <= MAX_REVISIONS:
+                continue
+            keys.sort(key=lambda k: (self.states[k].last_ts, k[2]))
+            for key in keys[: len(keys) - MAX_REVISIONS]:
+                del self.states[key]
+                b.touched.discard(key)
+                gone.append(key)
+        if gone:
+            self.store.delete_states(gone)
+            self._count(partition, "revisions_evicted", len(gone))
+        return gone
 
     def _reload_partition(self, partition: int) -> None:
         for key in [k for k in self.states if k[3] == partition]:

@@ -71,6 +71,14 @@ PRODUCTION = "@production"
 PARTITION = "@partition"
 
 
+def _tombstone_key(raw: bytes | None) -> StateKey | None:
+    """The candidate state a scores-topic tombstone drops (``route|candidate|partition``)."""
+    parts = (raw or b"").decode("utf-8", "replace").rsplit("|", 2)
+    if len(parts) != 3 or parts[1] in (PRODUCTION, PARTITION) or not parts[2].isdigit():
+        return None
+    return ("cand", parts[0], parts[1], int(parts[2]))
+
+
 def scores_key(key: StateKey) -> bytes:
     """The scores-topic key of a state: ``route|candidate|partition``."""
     kind, route, cand, partition = key
@@ -267,6 +275,8 @@ class KafkaComparator:
                     headers=[("reason", reason.encode()), ("source", source)],
                 )
             )
+        for skey in self.engine.take_evicted():  # a revision dropped: a tombstone
+            futures.append(await producer.send(self.scores_topic, None, key=scores_key(skey)))
         for skey, state in self.engine.snapshot().items():
             if skey[3] != partition:
                 continue
@@ -362,10 +372,24 @@ class ScoresFollower:
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
 
-    def apply(self, values: Sequence[bytes]) -> int:
-        """Take scores messages; the most advanced state per key wins. Returns how many did."""
+    def apply(self, values: Sequence[bytes | tuple[bytes | None, bytes | None]]) -> int:
+        """Take scores messages, in order; the most advanced state per key wins. A message is
+        its value, or (key, value): a tombstone (value None) drops a candidate revision the
+        comparator dropped. Returns how many applied."""
         fresh: dict[StateKey, dict[str, Any]] = {}
-        for value in values:
+        dropped: set[StateKey] = set()
+        for item in values:
+            if isinstance(item, tuple):
+                raw_key, value = item
+                if value is None:
+                    gone = _tombstone_key(raw_key)
+                    if gone is not None:
+                        dropped.add(gone)
+                        fresh.pop(gone, None)
+                        self._positions.pop(gone, None)
+                    continue
+            else:
+                value = item
             msg = orjson.loads(value)
             key: StateKey = (msg["kind"], msg["route"], msg["candidate"], int(msg["partition"]))
             at = (int(msg["positions"][0]), int(msg["positions"][1]))
@@ -374,17 +398,19 @@ class ScoresFollower:
                 continue
             self._positions[key] = at
             fresh[key] = msg["state"]
+        if dropped:
+            self.view.remove(sorted(dropped - set(fresh)))
         if fresh:
             self.view.update(fresh)
-        return len(fresh)
+        return len(fresh) + len(dropped)
 
     async def run(self) -> None:
         while not self.stopping.is_set():
             batch = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
-            values: list[bytes] = [
-                m.value for msgs in batch.values() for m in msgs if m.value is not None
+            values: list[bytes | tuple[bytes | None, bytes | None]] = [
+                (m.key, m.value) for msgs in batch.values() for m in msgs
             ]
-            self.messages += len(values)
+            self.messages += sum(1 for v in values if isinstance(v, tuple) and v[1] is not None)
             applied: int = await asyncio.to_thread(self.apply, values) if values else 0
             if applied:
                 await asyncio.to_thread(self.verdicts.refresh)

@@ -215,7 +215,8 @@ class Verdicts:
                         out["previous"] = {"revision": {"id": last[1]}, "verdict": last[0]}
                 elif last is None or last[0] != out["verdict"]:
                     out = {**out, "event": "verdict"}
-                else:
+                else:  # the same verdict (and the first revision's evidence is no change)
+                    self._last[key] = (last[0], rid, last[2] or bool(out.get("pairs")))
                     continue
                 self._last[key] = (out["verdict"], rid, bool(out.get("pairs")))
                 self.store.add_decision(

@@ -257,6 +257,12 @@ class Store:
     def put_states(self, rows: Sequence[tuple[str, str, str, int, bytes]]) -> None:
         self.conn.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?)", rows)
 
+    def delete_states(self, keys: Sequence[tuple[str, str, str, int]]) -> None:
+        self.conn.executemany(
+            "DELETE FROM state WHERE kind = ? AND route = ? AND candidate = ? AND partition = ?",
+            keys,
+        )
+
     def put_positions(self, partition: int, p: Positions) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?, ?)",
