@@ -363,6 +363,26 @@ async def test_a_state_file_of_another_config_is_refused(tmp_path: Path) -> None
     conn.close()
 
 
+def test_state_mode_flag_is_the_explicit_choice(tmp_path: Path) -> None:
+    from shadowroute.cli import _state_ok, _with_state_mode, build_parser
+
+    path = str(tmp_path / "state.sqlite")
+    check_state_file(config(path))
+    other = _other_config(path)
+    assert not _state_ok(other)  # refuse (printed)
+    for cmd in ("serve", "compare"):
+        args = build_parser().parse_args([cmd, "-c", "x.yaml", "--state-mode", "keep"])
+        assert args.state_mode == "keep"
+        assert build_parser().parse_args([cmd, "-c", "x.yaml"]).state_mode is None
+    assert _with_state_mode(other, None) is other
+    kept = _with_state_mode(other, "keep")
+    assert kept.comparator.on_state_mismatch == "keep" and kept.routes == other.routes
+    assert _state_ok(kept)
+    assert _state_ok(other)  # the file is the other config's now
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "-c", "x.yaml", "--state-mode", "merge"])
+
+
 def test_a_state_file_from_before_fingerprints_is_judged_by_what_it_holds(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     engine = Engine(config(str(path)), Store(path))
