@@ -726,3 +726,21 @@ async def test_kafka_comparator_keys_evidence_by_revision(
     view = await _follow(config, again, want_messages=PARTS)
     on_zero = {k[2] for k in view._states if k[0] == "cand" and k[3] == 0}
     assert on_zero == kept
+
+
+def test_the_stale_revision_answer_names_what_the_evidence_is_about() -> None:
+    from shadowroute.comparator.reader import stale_revision
+
+    base = {"verdict": "promote", "reasons": ["accuracy: shown better"], "pairs": 900}
+    cand = {"url": "http://c", "version": "8", "revision": None}
+    about_v8 = {**base, "revision": {"id": "0123456789ab", "candidate": cand, "production": {}}}
+    assert stale_revision(about_v8, "8") is None  # no deploy revision: its version names it
+    assert stale_revision(about_v8, "0123456789ab") is None
+    out = stale_revision(about_v8, "9")
+    assert out is not None and out["verdict"] == "hold" and out["asked_revision"] == "9"
+    assert "revision 0123456789ab (candidate version '8')" in out["reasons"][0]
+    assert about_v8["verdict"] == "promote"  # the current decision is left as it is
+    legacy = stale_revision({**base, "revision": None}, "8")
+    assert legacy is not None and "before revisions were tracked" in legacy["reasons"][0]
+    empty = stale_revision({**base, "pairs": 0, "revision": None}, "8")
+    assert empty is not None and "no revision yet (no pairs)" in empty["reasons"][0]
