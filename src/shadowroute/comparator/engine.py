@@ -211,6 +211,9 @@ class Engine:
             state.revision = self._revisions.get((route.name, cand)) or (
                 None if rid is None else {"id": rid, "candidate": None, "production": None}
             )
+        elif state.revision is not None and state.revision.get("candidate") is None:
+            # made by a late label (its pairs' identities unknown then): complete it
+            state.revision = self._revisions.get((route.name, cand), state.revision)
         assert isinstance(state, CandidateState)
         return state
 
