@@ -18,7 +18,7 @@ from shadowroute.comparator.reader import StateView
 from shadowroute.comparator.store import Store
 from shadowroute.core.records import LabelRecord, encode_label
 from shadowroute.stream.murmur2 import partition_for
-from test_comparator_gen import T0, Stream, classification, config, interleave, pair
+from test_comparator_gen import T0, Stream, cand_key, classification, config, interleave, pair
 
 ROUTE, CAND = "fraud", "fraud-v8"
 
@@ -28,7 +28,7 @@ def _engine(path: Path, **kw: Any) -> Engine:
 
 
 def _cand(engine: Engine, partition: int = 0, cand: str = CAND) -> CandidateState:
-    state = engine.states[("cand", ROUTE, cand, partition)]
+    state = engine.states[cand_key(engine.states, ROUTE, cand, partition)]
     assert isinstance(state, CandidateState)
     return state
 
@@ -194,7 +194,7 @@ def test_dead_letters_and_the_stream_goes_on(tmp_path: Path) -> None:
 def test_production_only_records_feed_only_production(tmp_path: Path) -> None:
     engine = _engine(tmp_path / "s.sqlite")
     engine.process(0, [(b"m", pair("m", T0, [1], None))], [LabelRecord("m", 1, T0 + 1)])
-    assert ("cand", ROUTE, CAND, 0) not in engine.states
+    assert not any(k[0] == "cand" for k in engine.states)
     prod = engine.states[("prod", ROUTE, "", 0)]
     assert prod.counts == {"requests": 1, "instances": 1, "labelled": 1}  # type: ignore[attr-defined]
 
@@ -251,7 +251,7 @@ async def test_crash_and_replay_equals_offline(tmp_path: Path) -> None:
 
     offline = _offline(tmp_path / "offline.sqlite", s)
     again = Engine(cfg, Store(path))
-    _assert_equal_states(_cand(again), offline[("cand", ROUTE, CAND, 0)])
+    _assert_equal_states(_cand(again), offline[cand_key(offline, ROUTE, CAND, 0)])
     _assert_matches_truth(_cand(again), s)
 
 
@@ -293,7 +293,8 @@ def test_merged_partitions_equal_one_partition(tmp_path: Path) -> None:
     view.update(engine.snapshot())
     merged = view.candidate(ROUTE, CAND)
     assert merged is not None
-    single = _offline(tmp_path / "one.sqlite", s)[("cand", ROUTE, CAND, 0)]
+    single = _offline(tmp_path / "one.sqlite", s)
+    single = single[cand_key(single, ROUTE, CAND, 0)]
     _assert_equal_states(merged, single)
     prod_merged = view.production(ROUTE)
     assert prod_merged is not None

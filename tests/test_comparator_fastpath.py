@@ -20,10 +20,14 @@ from shadowroute.comparator.production import ProductionState
 from shadowroute.comparator.reading import Label, Pair, read_label, read_pair
 from shadowroute.comparator.store import Store
 from shadowroute.core.records import LabelRecord, RecordError, decode_label, decode_pair
-from test_comparator_gen import T0, config, pair
+from shadowroute.core.revision import revision_id, slot_name
+from test_comparator_gen import T0, cand_key, config, pair
 from test_comparator_labels import _SCALARS, _variants
 
 ROUTE, CAND, CAND2 = "fraud", "fraud-v8", "fraud-v9"
+# Pending rows name the candidate's revision slot (the generated records' identities).
+_RID = revision_id((None, "8", None), (None, "7", None))
+SLOT, SLOT2 = slot_name(CAND, _RID), slot_name(CAND2, _RID)
 
 
 def _engine(path: Path, **cfg: Any) -> Engine:
@@ -31,7 +35,7 @@ def _engine(path: Path, **cfg: Any) -> Engine:
 
 
 def _cand(engine: Engine, cand: str = CAND) -> CandidateState:
-    state = engine.states[("cand", ROUTE, cand, 0)]
+    state = engine.states[cand_key(engine.states, ROUTE, cand, 0)]
     assert isinstance(state, CandidateState)
     return state
 
@@ -136,11 +140,11 @@ def test_read_label_on_odd_values() -> None:
 def test_first_record_of_a_request_writes_one_row_for_both_entries(tmp_path: Path) -> None:
     engine = _engine(tmp_path / "s.sqlite")
     engine.process(0, [(b"a", pair("a", T0, [1], [0]))], [])
-    assert _rows(engine) == [("a", "", CAND)]
+    assert _rows(engine) == [("a", "", SLOT)]
     assert engine.store.pending_count() == 2
     # a second candidate of the same request: its own row; production is not watched twice
     engine.process(0, [(b"a", pair("a", T0 + 5, [1], [1], candidate=CAND2))], [])
-    assert _rows(engine) == [("a", "", CAND), ("a", CAND2, None)]
+    assert _rows(engine) == [("a", "", SLOT), ("a", SLOT2, None)]
     engine.process(0, [], [LabelRecord("a", 1, T0 + 100)])
     assert engine.store.pending_count() == 0
     assert _cand(engine).labelled == 1 and _cand(engine, CAND2).labelled == 1
@@ -154,7 +158,7 @@ def test_batched_request_writes_one_row_per_instance(tmp_path: Path) -> None:
     engine = _engine(tmp_path / "s.sqlite")
     engine.process(0, [(b"m", pair("m", T0, [1, 0, 1], [1, 1]))], [])
     # production has an entry per instance; the candidate answered for two of them
-    assert _rows(engine) == [("m#0", "", CAND), ("m#1", "", CAND), ("m#2", "", None)]
+    assert _rows(engine) == [("m#0", "", SLOT), ("m#1", "", SLOT), ("m#2", "", None)]
     assert engine.store.pending_count() == 5
     labels = [LabelRecord(f"m#{i}", 1, T0 + 10) for i in range(3)]
     engine.process(0, [], labels)
@@ -183,7 +187,7 @@ def test_of_two_entries_in_a_batch_the_earlier_stays(tmp_path: Path) -> None:
     late, early = pair("a", T0 + 50_000, [1], [1]), pair("a", T0, [1], [1])
     engine.process(0, [(b"a", late), (b"a", early)], [])
     # production's entry comes from the first record, the candidate's from the earlier one
-    assert _rows(engine) == [("a", "", None), ("a", CAND, None)]
+    assert _rows(engine) == [("a", "", None), ("a", SLOT, None)]
     engine.process(0, [], [LabelRecord("a", 1, T0 + 100_000)])
     # 50 s from production's entry: joined; 100 s from the candidate's: beyond the TTL, and
     # the label's time ends it
@@ -238,8 +242,11 @@ def test_a_store_from_before_combined_rows_is_upgraded(tmp_path: Path) -> None:
     assert engine.store.pending_count() == 2
     engine.process(0, [(b"b", pair("b", T0, [0], [0]))], [LabelRecord("a", 1, T0 + 10)])
     assert engine.store.pending_count() == 2  # "b", in one row
-    assert _cand(engine).labelled == 1
-    assert _cand(engine).quality["accuracy"].prod_sum == 1.0
+    # the old entry joins the evidence it was written for (kept apart from the new revision's)
+    old = engine.states[("cand", ROUTE, CAND, 0)]
+    assert isinstance(old, CandidateState) and old.revision is None
+    assert old.labelled == 1 and old.quality["accuracy"].prod_sum == 1.0
+    assert engine.states[("cand", ROUTE, SLOT, 0)].labelled == 0
 
 
 # --- scoring a batch of pairs in one pass -------------------------------------------------------

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from shadowroute.core.config import Config, parse_config
 from shadowroute.core.records import LabelRecord, Side, encode_pair
+from shadowroute.core.revision import split_slot
+
+StateKey = tuple[str, str, str, int]
 
 T0 = 1_764_000_000_000
 
@@ -105,15 +109,30 @@ def pair(
     candidate: str = "fraud-v8",
     amount: float = 1.0,
     cand_error: str | None = None,
+    revision: str | None = None,
+    prod_revision: str | None = None,
 ) -> bytes:
-    p = Side("fraud-v7", "7", 200, 4.0 + (ts % 7), prod, None)
+    p = Side("fraud-v7", "7", 200, 4.0 + (ts % 7), prod, None, revision=prod_revision)
     c = None
     if cand is not None or cand_error is not None:
-        c = Side(candidate, "8", 200, 5.0 + (ts % 5), cand, cand_error)
+        c = Side(candidate, "8", 200, 5.0 + (ts % 5), cand, cand_error, revision=revision)
     return encode_pair(
         request_id=rid, route="fraud", ts_ms=ts, production=p, candidate=c,
         input={"amount": amount},
     )  # fmt: skip
+
+
+def cand_key(states: Mapping[StateKey, Any], route: str, cand: str, partition: int) -> StateKey:
+    """The state key of a candidate's one revision on a partition (states are kept per
+    revision: ``name@revision id``)."""
+    keys = [
+        k
+        for k in states
+        if k[0] == "cand" and k[1] == route and k[3] == partition and split_slot(k[2])[0] == cand
+    ]
+    if len(keys) != 1:
+        raise KeyError(("cand", route, cand, partition, keys))
+    return keys[0]
 
 
 def interleave(s: Stream, seed: int = 1) -> Iterator[tuple[str, object]]:

@@ -28,7 +28,7 @@ from shadowroute.core.config import Config, parse_config
 from shadowroute.core.records import LabelRecord, encode_label
 from shadowroute.stream.kafka import create_topics, topic_name
 from test_comparator_engine import _assert_equal_states
-from test_comparator_gen import T0, pair
+from test_comparator_gen import T0, cand_key, pair
 
 pytestmark = pytest.mark.kafka
 PARTS = 3
@@ -198,7 +198,10 @@ async def _offline(
 
 def _assert_same(got: Engine, want: Engine) -> None:
     for p in range(PARTS):
-        g, w = got.states[("cand", ROUTE, CAND, p)], want.states[("cand", ROUTE, CAND, p)]
+        g, w = (
+            got.states[cand_key(got.states, ROUTE, CAND, p)],
+            want.states[cand_key(want.states, ROUTE, CAND, p)],
+        )
         assert isinstance(g, CandidateState) and isinstance(w, CandidateState)
         _assert_equal_states(g, w)
         assert got.states[("part", "", "", p)] == want.states[("part", "", "", p)]
@@ -267,7 +270,7 @@ async def test_sigkill_three_times_then_equal_to_offline(
     assert total["deadletter:unparseable"] == broken == 24
     assert total["deadletter:label:bad_type:id"] == 24
     assert total["orphan_labels"] >= 1
-    cand = [offline.states[("cand", ROUTE, CAND, p)] for p in range(PARTS)]
+    cand = [offline.states[cand_key(offline.states, ROUTE, CAND, p)] for p in range(PARTS)]
     assert sum(c.count("orphan_pairs") for c in cand) > 0  # type: ignore[union-attr]
     assert sum(c.labelled for c in cand) > 0  # type: ignore[union-attr]
 

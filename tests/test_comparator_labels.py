@@ -20,7 +20,7 @@ from shadowroute.comparator.production import ProductionState
 from shadowroute.comparator.store import Store
 from shadowroute.core import records
 from shadowroute.core.records import LabelRecord, RecordError, decode_label, decode_pair
-from test_comparator_gen import T0, classification, config, pair
+from test_comparator_gen import T0, cand_key, classification, config, pair
 
 ROUTE, CAND = "fraud", "fraud-v8"
 
@@ -30,7 +30,7 @@ def _engine(path: Path) -> Engine:
 
 
 def _states(engine: Engine) -> tuple[CandidateState, ProductionState, dict[str, int]]:
-    cand = engine.states[("cand", ROUTE, CAND, 0)]
+    cand = engine.states[cand_key(engine.states, ROUTE, CAND, 0)]
     prod = engine.states[("prod", ROUTE, "", 0)]
     part = engine.states[("part", "", "", 0)]
     assert isinstance(cand, CandidateState) and isinstance(prod, ProductionState)

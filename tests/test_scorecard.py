@@ -112,6 +112,7 @@ async def _watch(browser: Any, scenario: str, candidate: str, verdict: str) -> d
         seen["badge"] = await page.inner_text(f"{card} .badge.verdict")
         seen["pairs"] = await page.inner_text(f'{card} [data-field="pairs"] b')
         seen["labelled"] = await page.inner_text(f'{card} [data-field="labelled"] b')
+        seen["revision"] = await page.inner_text(f'{card} [data-field="revision"] b')
         seen["reasons"] = await page.locator(f"{card} ul.reasons li").all_inner_texts()
         seen["metrics"] = {}
         for name in decision["metrics"]:
@@ -171,6 +172,8 @@ async def test_scorecard_shows_what_the_api_says_on_real_demo_runs() -> None:
         assert seen["errors"] == []
         assert seen["badge"].lower() == seen["verdict_expected"] == api["verdict"]
         assert seen["pairs"] == str(api["pairs"]) and seen["labelled"] == str(api["labelled"])
+        rev = api["revision"]["candidate"]  # the revision the evidence is about
+        assert seen["revision"] == (rev["revision"] or f"v{rev['version']}")
         assert seen["reasons"] == api["reasons"]
         for name, ev in api["metrics"].items():
             assert seen["metrics"][name] == [signed(ev[k]) for k in ("estimate", "lower", "upper")]

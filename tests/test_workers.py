@@ -39,6 +39,7 @@ async def test_two_workers_share_the_port_and_stop_gracefully(
     prod: ModelServer, tmp_path: Path
 ) -> None:
     cand = await ModelServer().start()
+    cand_url = cand.url
     port, admin = free_port(), free_port()
     cfg = {
         "listen": {"host": "127.0.0.1", "port": port},
@@ -66,7 +67,14 @@ async def test_two_workers_share_the_port_and_stop_gracefully(
         await wait_ready(f"http://127.0.0.1:{admin}/readyz")
         n = 200
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            for _ in range(n):
+            for i in range(n):
+                if i == n // 2:  # deploy tooling sets the candidate's revision: every worker
+                    r = await c.put(
+                        f"http://127.0.0.1:{admin}/v1/routes/r/candidates/c/revision",
+                        json={"revision": "sha256:b"},
+                    )
+                    assert r.status_code == 200 and r.json()["source"] == "api"
+                    await asyncio.sleep(1.0)  # the workers read the control frame
                 # a new connection each time, so the kernel spreads them over both workers
                 r = await c.post(
                     "/p", content=b'{"instances": [[1]]}', headers={"Connection": "close"}
@@ -87,6 +95,9 @@ async def test_two_workers_share_the_port_and_stop_gracefully(
     recs = [orjson.loads(line) for line in lines]
     pairs = [r for r in recs if r["candidate"] is not None]
     assert len(pairs) == n and len({r["id"] for r in pairs}) == n
+    revisions = [r["candidate"].get("revision") for r in pairs]
+    assert revisions == [None] * (n // 2) + ["sha256:b"] * (n - n // 2)
+    assert {r["candidate"]["url"] for r in pairs} == {cand_url}
     assert len(cand.seen) == n
     workers = {pid for pid in _worker_pids(out.decode())}
     assert len(workers) <= 2

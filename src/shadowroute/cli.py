@@ -63,6 +63,27 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _with_state_mode(cfg: Config, mode: str | None) -> Config:
+    """The config with ``--state-mode`` as its ``comparator.on_state_mismatch``."""
+    if mode is None:
+        return cfg
+    comparator = cfg.comparator.model_copy(update={"on_state_mismatch": mode})
+    return cfg.model_copy(update={"comparator": comparator})
+
+
+def _state_ok(cfg: Config) -> bool:
+    """Check the comparator's state file before anything starts; False after printing why it
+    belongs to another config."""
+    from shadowroute.comparator.statefile import StateMismatch, check_state_file
+
+    try:
+        check_state_file(cfg)
+    except StateMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
     if cfg is None:
@@ -86,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_ERROR
+    cfg = _with_state_mode(cfg, args.state_mode)
     from shadowroute import runtime
 
     if args.workers < 0:
@@ -97,6 +119,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from shadowroute import workers
     from shadowroute.stream.kafka import CopartitionError
 
+    if cfg.transport.kind == "embedded" and not _state_ok(cfg):
+        return EXIT_ERROR
     try:
         if args.workers >= 1:
             return workers.serve_workers(cfg, args.workers)
@@ -120,6 +144,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from shadowroute.comparator.kafka_source import run_compare
 
+    cfg = _with_state_mode(cfg, args.state_mode)
+    if not _state_ok(cfg):
+        return EXIT_ERROR
     _run(run_compare(cfg))
     return EXIT_OK
 
@@ -178,6 +205,17 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _state_mode_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-mode",
+        choices=["refuse", "keep", "reset"],
+        default=None,
+        help="when the state file holds other routes or models than the config: refuse to "
+        "start (the default, from comparator.on_state_mismatch), keep the file, or reset it "
+        "(moved aside to <state_path>.<time>.bak)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shadowroute",
@@ -206,12 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="data-plane processes sharing the listen port; the comparator and API run in a "
         "supervisor process beside them, off the proxy's core (0: everything in one process)",
     )
+    _state_mode_arg(s)
     s.set_defaults(func=cmd_serve)
 
     cmp_ = sub.add_parser(
         "compare", help="run a comparator (Kafka consumer group member) and the API"
     )
     cmp_.add_argument("-c", "--config", required=True, help="YAML config file (transport kafka)")
+    _state_mode_arg(cmp_)
     cmp_.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("topics", help="Kafka topic tools")

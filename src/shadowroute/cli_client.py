@@ -28,10 +28,11 @@ def cmd_decision(args: argparse.Namespace) -> int:
     """Print the decision JSON; the exit status tells the verdict."""
     url = f"{args.api.rstrip('/')}/v1/routes/{args.route}/candidates/{args.candidate}/decision"
     deadline = time.monotonic() + args.timeout
+    params = {"revision": args.revision} if args.revision else None
     with httpx.Client(timeout=10.0, headers=_headers(args.token)) as client:
         while True:
             try:
-                r = client.get(url)
+                r = client.get(url, params=params)
             except httpx.HTTPError as exc:
                 print(f"error: cannot reach {args.api}: {exc}", file=sys.stderr)
                 return EXIT_ERROR
@@ -94,6 +95,12 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     d.add_argument("candidate")
     d.add_argument("--api", default="http://127.0.0.1:9090", help="the shadowroute API's URL")
     d.add_argument("--token", default=None, help="bearer token, if the API needs one")
+    d.add_argument(
+        "--revision",
+        default=None,
+        help="the candidate revision deploy tooling expects (its revision, version, or the "
+        "revision id): hold unless the evidence is about it",
+    )
     d.add_argument("--wait", action="store_true", help="poll until the verdict is not hold")
     d.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
     d.add_argument("--interval", type=float, default=5.0, help="seconds between polls")

@@ -87,6 +87,8 @@ def dataplane_context(config: Config, dp: DataPlane) -> ControlContext:
         ready=lambda: dp.ready,
         get_mirroring=lambda: dp.proxy.mirroring if dp.proxy else False,
         set_mirroring=dp.set_mirroring,
+        revisions=dp.revisions,
+        set_revision=dp.set_revision,
     )
 
 

@@ -6,7 +6,8 @@ socket pair; the supervisor sends control messages (the mirroring switch) the ot
 
 Frames: 4-byte big-endian length, 1-byte type, payload. Types: ``R`` a record batch
 (repeated 4-byte key length, key, 4-byte value length, value), ``S`` a JSON counter snapshot,
-``M`` mirroring on/off (payload ``1``/``0``).
+``M`` mirroring on/off (payload ``1``/``0``), ``V`` a model's revision (JSON
+``[route, model, revision or null]``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import orjson
 
 from shadowroute import build_info
 from shadowroute.core.config import Config
+from shadowroute.core.revision import LiveRevisions
 from shadowroute.dataplane.server import DataPlane, listen_socket
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.stream.sink import KeyValue, Sink
@@ -104,6 +106,9 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
             kind, payload = frame
             if kind == b"M":
                 dp.set_mirroring(payload == b"1")
+            elif kind == b"V":
+                route, model, revision = orjson.loads(payload)
+                dp.set_revision(route, model, revision)
         stop.set()  # supervisor gone
 
     async def report() -> None:
@@ -147,6 +152,7 @@ class WorkerSet:
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.mirroring = True
         self.stopping = False
+        self.revisions: LiveRevisions | None = None
 
     def stats(self) -> DataPlaneStats:
         total = DataPlaneStats()
@@ -163,6 +169,12 @@ class WorkerSet:
         self.mirroring = enabled
         for w in self.writers.values():
             w.write(encode_frame(b"M", b"1" if enabled else b"0"))
+
+    def set_revision(self, route: str, model: str, revision: str | None) -> None:
+        if self.revisions is not None:
+            self.revisions.set(route, model, revision)
+        for w in self.writers.values():
+            w.write(encode_frame(b"V", orjson.dumps([route, model, revision])))
 
     async def pump(self, index: int, reader: asyncio.StreamReader, sink: Sink) -> None:
         while (frame := await read_frame(reader)) is not None:
@@ -189,6 +201,7 @@ async def supervise(config: Config, n: int) -> None:
         await runtime.verify_kafka_topics(config)
     ctx_mp = multiprocessing.get_context("fork")
     workers = WorkerSet(n)
+    workers.revisions = LiveRevisions(config)
     procs = []
     pumps = []
     comparator: Comparator | None = None
@@ -236,6 +249,8 @@ async def supervise(config: Config, n: int) -> None:
         ready=workers.ready,
         get_mirroring=lambda: workers.mirroring,
         set_mirroring=workers.set_mirroring,
+        revisions=workers.revisions,
+        set_revision=workers.set_revision,
     )
     ctx = runtime.control_plane(config, ctx, comparator, labels)
     if kafka:

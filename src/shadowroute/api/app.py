@@ -15,7 +15,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from shadowroute.core.config import Config
+from shadowroute.core.config import Config, Model
+from shadowroute.core.records import MAX_REVISION
+from shadowroute.core.revision import LiveRevisions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -27,6 +29,10 @@ class ControlContext:
     ready: Callable[[], bool]
     get_mirroring: Callable[[], bool] | None = None
     set_mirroring: Callable[[bool], None] | None = None
+    revisions: LiveRevisions | None = None
+    """Each model's live revision (a process with a data plane)."""
+    set_revision: Callable[[str, str, str | None], None] | None = None
+    """Sets a model's revision in ``revisions`` and the data plane(s)."""
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
 
@@ -77,7 +83,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def routes(request: web.Request) -> web.Response:
-    cfg = request.app[CONTEXT].config
+    ctx = request.app[CONTEXT]
+    cfg = ctx.config
+
+    def live(route: str, model: Model) -> str | None:
+        if ctx.revisions is None:
+            return model.revision
+        return ctx.revisions.get(route, model.name)
+
     out = []
     for r in cfg.routes:
         out.append(
@@ -86,9 +99,18 @@ async def routes(request: web.Request) -> web.Response:
                 "path_prefix": r.path_prefix,
                 "protocol": r.protocol,
                 "task": r.task,
-                "production": {"name": r.production.name, "version": r.production.version},
+                "production": {
+                    "name": r.production.name,
+                    "version": r.production.version,
+                    "revision": live(r.name, r.production),
+                },
                 "candidates": [
-                    {"name": c.name, "version": c.version, "fraction": c.fraction}
+                    {
+                        "name": c.name,
+                        "version": c.version,
+                        "revision": live(r.name, c),
+                        "fraction": c.fraction,
+                    }
                     for c in r.candidates
                 ],
             }
@@ -120,6 +142,70 @@ async def put_mirroring(request: web.Request) -> web.Response:
     return json_response({"enabled": ctx.get_mirroring()})
 
 
+def _model_of(request: web.Request) -> tuple[str, str, str] | web.Response:
+    """(route, model, role) named by the path, or the 404 to send."""
+    cfg = request.app[CONTEXT].config
+    route = cfg.route(request.match_info["route"])
+    if route is None:
+        return error(404, f"unknown route {request.match_info['route']!r}")
+    cand = request.match_info.get("candidate")
+    if cand is None:
+        return route.name, route.production.name, "production"
+    if all(c.name != cand for c in route.candidates):
+        return error(404, f"route {route.name!r} has no candidate {cand!r}")
+    return route.name, cand, "candidate"
+
+
+def _revision_body(live: LiveRevisions, route: str, model: str, role: str) -> dict[str, Any]:
+    url, version, revision = live.identity(route, model)
+    return {
+        "route": route,
+        "model": model,
+        "role": role,
+        "url": url,
+        "version": version,
+        "revision": revision,
+        "source": live.source(route, model),
+    }
+
+
+async def get_revision(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    found = _model_of(request)
+    if isinstance(found, web.Response):
+        return found
+    if ctx.revisions is None:
+        return error(404, "this process has no data plane")
+    return json_response(_revision_body(ctx.revisions, *found))
+
+
+async def put_revision(request: web.Request) -> web.Response:
+    """Set a model's revision: records from now on carry it, and the comparator keeps the
+    evidence of each revision apart. ``{"revision": null}`` goes back to the config's."""
+    denied = check_token(request)
+    if denied is not None:
+        return denied
+    ctx = request.app[CONTEXT]
+    found = _model_of(request)
+    if isinstance(found, web.Response):
+        return found
+    if ctx.revisions is None or ctx.set_revision is None:
+        return error(404, "this process has no data plane")
+    shape = f'body must be {{"revision": "<1-{MAX_REVISION} characters>" | null}}'
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return error(400, shape)
+    revision = body.get("revision", ...) if isinstance(body, dict) else ...
+    if revision is not None and (
+        not isinstance(revision, str) or not 1 <= len(revision) <= MAX_REVISION
+    ):
+        return error(400, shape)
+    route, model, role = found
+    ctx.set_revision(route, model, revision)
+    return json_response(_revision_body(ctx.revisions, route, model, role))
+
+
 async def openapi(request: web.Request) -> web.Response:
     from shadowroute.api.openapi import document
 
@@ -138,6 +224,10 @@ def create_app(ctx: ControlContext) -> web.Application:
             web.get("/v1/routes", routes),
             web.get("/v1/mirroring", get_mirroring),
             web.put("/v1/mirroring", put_mirroring),
+            web.get("/v1/routes/{route}/production/revision", get_revision),
+            web.put("/v1/routes/{route}/production/revision", put_revision),
+            web.get("/v1/routes/{route}/candidates/{candidate}/revision", get_revision),
+            web.put("/v1/routes/{route}/candidates/{candidate}/revision", put_revision),
             *ctx.extra_routes,
         ]
     )

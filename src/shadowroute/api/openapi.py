@@ -56,6 +56,7 @@ _DECISION = {
         "pairs",
         "labelled",
         "as_of",
+        "revision",
     ],
     "properties": {
         "route": {"type": "string"},
@@ -66,8 +67,98 @@ _DECISION = {
         "pairs": {"type": "integer"},
         "labelled": {"type": "integer"},
         "as_of": {"type": ["integer", "string", "null"], "description": "When it was computed"},
+        "revision": {
+            "description": (
+                "The revision the evidence is about (null before any pair, or for evidence "
+                "recorded before revisions were tracked)"
+            ),
+            "anyOf": [{"type": "null"}, {"$ref": "#/components/schemas/EvidenceRevision"}],
+        },
+        "asked_revision": {
+            "type": "string",
+            "description": "Only when ?revision= named another revision: what was asked (the "
+            "verdict is then hold, and the reason says which revision the evidence is for)",
+        },
     },
 }
+
+_IDENTITY = {
+    "type": ["object", "null"],
+    "properties": {
+        "url": {"type": ["string", "null"]},
+        "version": {"type": ["string", "null"]},
+        "revision": {"type": ["string", "null"]},
+    },
+}
+
+_EVIDENCE_REVISION = {
+    "type": "object",
+    "required": ["id", "candidate", "production"],
+    "properties": {
+        "id": {
+            "type": "string",
+            "description": "12 hex digits naming (candidate identity, production identity)",
+        },
+        "candidate": _IDENTITY,
+        "production": _IDENTITY,
+    },
+}
+
+_MODEL_REVISION = {
+    "type": "object",
+    "required": ["route", "model", "role", "url", "version", "revision", "source"],
+    "properties": {
+        "route": {"type": "string"},
+        "model": {"type": "string"},
+        "role": {"enum": ["production", "candidate"]},
+        "url": {"type": "string"},
+        "version": {"type": ["string", "null"]},
+        "revision": {"type": ["string", "null"]},
+        "source": {"enum": ["config", "api"], "description": "Where the revision comes from"},
+    },
+}
+
+
+def _revision_path(params: list[dict[str, Any]], who: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": f"The {who}'s live revision identity (url, version, revision)",
+            "parameters": params,
+            "responses": {
+                "200": _json(_ref("ModelRevision"), "The live revision"),
+                "404": _json(_ERROR, "Unknown route or candidate, or no data plane here"),
+            },
+        },
+        "put": {
+            "summary": f"Set the {who}'s revision at run time (e.g. an image digest)",
+            "description": (
+                "Records built from now on carry it; the comparator starts fresh evidence for "
+                "the new revision (the old stays in the history and never counts for it). "
+                "{\"revision\": null} goes back to the config's. Lasts for the process's life: "
+                "set `revision` in the config (or SHADOWROUTE_ROUTE_<ROUTE>_<MODEL>_REVISION) "
+                "for restarts."
+            ),
+            "security": _BEARER,
+            "parameters": params,
+            "requestBody": _json(
+                {
+                    "type": "object",
+                    "required": ["revision"],
+                    "properties": {
+                        "revision": {"type": ["string", "null"], "minLength": 1, "maxLength": 256}
+                    },
+                },
+                "The new revision",
+            ),
+            "responses": {
+                "200": _json(_ref("ModelRevision"), "The live revision now"),
+                "400": _json(_ERROR, "Bad body"),
+                "401": _json(_ERROR, "Missing or wrong bearer token"),
+                "404": _json(_ERROR, "Unknown route or candidate, or no data plane here"),
+            },
+        },
+    }
+
 
 _LABEL_RESULT = {
     "type": "object",
@@ -174,7 +265,20 @@ def document() -> dict[str, Any]:
         "/v1/routes/{route}/candidates/{candidate}/decision": {
             "get": {
                 "summary": "The verdict with its reasons and evidence",
-                "parameters": _ROUTE_CAND,
+                "parameters": [
+                    *_ROUTE_CAND,
+                    {
+                        "name": "revision",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": (
+                            "The candidate revision the caller expects (its revision, its "
+                            "version when it has none, or the revision id): when the evidence "
+                            "is about another one, the verdict is hold and the reason says so"
+                        ),
+                    },
+                ],
                 "responses": {"200": _json(_ref("Decision"), "The decision"), "404": _NOT_FOUND},
             }
         },
@@ -188,7 +292,9 @@ def document() -> dict[str, Any]:
         },
         "/v1/routes/{route}/candidates/{candidate}/history": {
             "get": {
-                "summary": "Verdict changes with the evidence that caused them",
+                "summary": "Verdict changes with the evidence that caused them, and revision "
+                "changes (event revision_change: the evidence restarts; previous: the old "
+                "revision's last verdict)",
                 "parameters": _ROUTE_CAND,
                 "responses": {"200": _json({"type": "object"}, "History"), "404": _NOT_FOUND},
             }
@@ -203,6 +309,12 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/routes/{route}/candidates/{candidate}/revision": _revision_path(
+            _ROUTE_CAND, "candidate"
+        ),
+        "/v1/routes/{route}/production/revision": _revision_path(
+            [_ROUTE_CAND[0]], "production model"
+        ),
         "/v1/models/{model}/lineage": {
             "get": {
                 "summary": "Declared lineage, live quality, drift, age and verdicts of a model",
@@ -243,6 +355,8 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Decision": _DECISION,
+                "EvidenceRevision": _EVIDENCE_REVISION,
+                "ModelRevision": _MODEL_REVISION,
                 "MetricEvidence": _METRIC,
                 "Label": {
                     "type": "object",

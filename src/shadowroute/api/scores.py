@@ -38,6 +38,7 @@ COMPARATOR_METRICS = (
     "shadowroute_label_delay_seconds",
     "shadowroute_label_coverage_ratio",
     "shadowroute_duplicate_labels_total",
+    "shadowroute_revisions_evicted_total",
     "shadowroute_model_age_days",
 )
 VERDICTS = ("promote", "hold", "reject")
@@ -62,7 +63,10 @@ def score_routes(reader: ScoresReader) -> list[web.RouteDef]:
         return request.match_info["route"], request.match_info["candidate"]
 
     return [
-        web.get(f"{base}/decision", _handler(lambda r: reader.decision(*rc(r)))),
+        web.get(
+            f"{base}/decision",
+            _handler(lambda r: reader.decision(*rc(r), r.query.get("revision") or None)),
+        ),
         web.get(f"{base}/scores", _handler(lambda r: reader.scores(*rc(r)))),
         web.get(f"{base}/history", _handler(lambda r: reader.history(*rc(r)))),
         web.get(
@@ -166,6 +170,12 @@ class ScoresCollector(Collector):
             "shadowroute_duplicate_labels",
             "Labels for an already-labelled request key (counted, not joined again).",
             value=counts.get("duplicate_labels", 0),
+        )
+        yield CounterMetricFamily(
+            "shadowroute_revisions_evicted",
+            "Candidate revisions whose evidence was dropped from the state: beyond the "
+            "revisions kept per candidate and partition, the oldest (history stays).",
+            value=counts.get("revisions_evicted", 0),
         )
 
     def _production(self, prods: dict[str, dict[str, Any]]) -> Iterator[Metric]:

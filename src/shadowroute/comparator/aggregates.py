@@ -125,6 +125,10 @@ class CandidateState:
     by_window: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     last_ts: int = 0
     """The newest pair timestamp scored (ms)."""
+    revision: dict[str, Any] | None = None
+    """The revision this evidence is about: ``id`` (``core.revision.revision_id``) and the
+    ``candidate`` and ``production`` identities (url, version, revision); None in state
+    written before revisions."""
 
     # --- updates ----------------------------------------------------------------------------
 
@@ -307,6 +311,7 @@ class CandidateState:
             counts=counts,
             by_window=by_window,
             last_ts=max(self.last_ts, other.last_ts),
+            revision=self.revision if self.revision is not None else other.revision,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -327,6 +332,7 @@ class CandidateState:
                 name: [[start, sums] for start, sums in sorted(wins.items())]
                 for name, wins in self.by_window.items()
             },
+            "revision": self.revision,
         }
 
     @classmethod
@@ -348,6 +354,7 @@ class CandidateState:
                 for name, wins in data["by_window"].items()
             },
             last_ts=int(data.get("last_ts", 0)),
+            revision=data.get("revision"),
         )
 
     # --- reading ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from shadowroute.comparator.engine import DeadLetter, Engine
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.statefile import check_state_file
 from shadowroute.comparator.store import Positions, Store
 from shadowroute.core.config import Config
 from shadowroute.core.records import LabelRecord
@@ -64,6 +65,7 @@ class Comparator:
         self.config = config
         self.dead_letters = DeadLetters()
         sink = dead_letters or self.dead_letters
+        check_state_file(config, path)
         self.store = Store(path)
         self.engine = Engine(config, self.store, dead_letters=sink, clock=clock)
         self.view = StateView()
@@ -148,6 +150,9 @@ class Comparator:
     def _commit(self, pairs: list[tuple[bytes, bytes]], labels: list[LabelRecord]) -> None:
         self.engine.process(0, pairs, labels)
         self.view.update(self.engine.snapshot())
+        gone = self.engine.take_evicted()
+        if gone:
+            self.view.remove(gone)
         self.verdicts.refresh()
 
     # --- reading ----------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from shadowroute.core.records import (
     RecordError,
     label_partition_key,
 )
+from shadowroute.core.revision import Identity, describe, revision_id, slot_name, split_slot
 
 log = logging.getLogger("shadowroute.comparator")
 
@@ -63,7 +64,9 @@ _Entry = tuple[str, int, int, Any, Any, int]
 ``None`` for production's entry, index of the record it came from)."""
 
 StateKey = tuple[str, str, str, int]
-"""(kind, route, candidate, partition); kind is ``cand``, ``prod`` or ``part``."""
+"""(kind, route, candidate, partition); kind is ``cand``, ``prod`` or ``part``. A candidate's
+state is kept per revision: its ``candidate`` is the slot ``<name>@<revision id>``
+(``core.revision.slot_name``; a bare name in state written before revisions)."""
 DeadLetter = tuple[bytes, bytes, str]
 """(key, value, reason) of a record that could not be used."""
 DeadLetterSink = Callable[[Sequence[DeadLetter]], None]
@@ -71,6 +74,11 @@ Clock = Callable[[], int]
 LabelInput = bytes | LabelRecord
 
 _MONITOR: Final = "__production__"
+_MAX_SLOT_CACHE: Final = 4096
+MAX_REVISIONS: Final = 16
+"""Candidate revisions whose state is kept per (route, candidate, partition). Beyond it the
+revision with the oldest newest pair is dropped from the state (counted in the partition's
+``revisions_evicted``); its decision history stays."""
 
 
 def label_keys(request_id: str, instances: int) -> list[str]:
@@ -105,6 +113,12 @@ class _Batch:
         default_factory=lambda: defaultdict(list)
     )
     drift: dict[str, DriftBatch] = field(default_factory=dict)
+    prod_revisions: dict[str, dict[Identity, list[int]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    """Production's revision identities seen per route: [first ts, last ts]."""
+    new_slots: bool = False
+    """A candidate revision got its first state on the partition in this batch."""
 
 
 class Engine:
@@ -136,7 +150,14 @@ class Engine:
         self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
         self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
         self._window_ms = WINDOW_MS[self.windows[0]]
+        self._slots: dict[tuple[str, str, Identity | None, Identity], str] = {}
+        self._revisions: dict[tuple[str, str], dict[str, Any]] = {}
+        """(route, slot) -> the ``revision`` of its ``CandidateState``."""
         self.states: dict[StateKey, Any] = {}
+        self.evicted: list[StateKey] = []
+        """States dropped (``MAX_REVISIONS``) and committed, not yet taken by the reader side
+        (``take_evicted``)."""
+        self._batch: _Batch | None = None
         self.positions: dict[int, Positions] = {}
         self._lock = threading.Lock()
         self._snapshot: dict[StateKey, dict[str, Any]] = {}
@@ -179,12 +200,39 @@ class Engine:
         return self.positions.setdefault(partition, Positions())
 
     def _cand(self, route: Route, cand: str, partition: int) -> CandidateState:
+        """The state of a candidate slot (``name@revision id``)."""
         key = ("cand", route.name, cand, partition)
         state = self.states.get(key)
         if state is None:
-            state = self.states[key] = new_candidate_state(route, cand, self.windows)
+            name, rid = split_slot(cand)
+            if self._batch is not None:
+                self._batch.new_slots = True
+            state = self.states[key] = new_candidate_state(route, name, self.windows)
+            state.revision = self._revisions.get((route.name, cand)) or (
+                None if rid is None else {"id": rid, "candidate": None, "production": None}
+            )
+        elif state.revision is not None and state.revision.get("candidate") is None:
+            # made by a late label (its pairs' identities unknown then): complete it
+            state.revision = self._revisions.get((route.name, cand), state.revision)
         assert isinstance(state, CandidateState)
         return state
+
+    def _slot(self, route: str, cand: str, ident: Identity | None, prod: Identity) -> str:
+        """The state slot of a candidate's revision (against production's)."""
+        key = (route, cand, ident, prod)
+        slot = self._slots.get(key)
+        if slot is None:
+            if len(self._slots) >= _MAX_SLOT_CACHE:
+                self._slots.clear()
+                self._revisions.clear()
+            rid = revision_id(ident, prod)
+            slot = self._slots[key] = slot_name(cand, rid)
+            self._revisions[(route, slot)] = {
+                "id": rid,
+                "candidate": describe(ident),
+                "production": describe(prod),
+            }
+        return slot
 
     def _prod(self, route: Route, partition: int) -> ProductionState:
         key = ("prod", route.name, "", partition)
@@ -244,7 +292,7 @@ class Engine:
     ) -> list[DeadLetter]:
         pos = self.position(partition)
         dead: list[DeadLetter] = []
-        batch = _Batch()
+        batch = self._batch = _Batch()
         batch.touched.add(("part", "", "", partition))
         good_labels = self._decode_labels(partition, labels, dead)
         records = self._decode_pairs(partition, pairs, dead)
@@ -259,6 +307,7 @@ class Engine:
             self._write(partition, fresh, batch)
             self._apply(partition, batch)
             self._expire(partition, pos, batch)
+            gone = self._evict(partition, batch) if batch.new_slots else []
             pos.pairs = next_pairs if next_pairs is not None else pos.pairs + len(pairs)
             pos.labels = next_labels if next_labels is not None else pos.labels + len(labels)
             self._count(partition, "pairs_read", len(pairs))
@@ -278,10 +327,41 @@ class Engine:
             self.store.rollback()
             self._reload_partition(partition)
             raise
+        finally:
+            self._batch = None
         with self._lock:
             self._snapshot.update(serialised)
+            for key in gone:
+                self._snapshot.pop(key, None)
+            self.evicted.extend(gone)
             self.version += 1
         return dead
+
+    def take_evicted(self) -> list[StateKey]:
+        """The state keys dropped since the last call (for views of the snapshot)."""
+        with self._lock:
+            out, self.evicted = self.evicted, []
+        return out
+
+    def _evict(self, partition: int, b: _Batch) -> list[StateKey]:
+        """Keep at most ``MAX_REVISIONS`` revisions per candidate on the partition."""
+        groups: dict[tuple[str, str], list[StateKey]] = defaultdict(list)
+        for key in self.states:
+            if key[0] == "cand" and key[3] == partition:
+                groups[(key[1], split_slot(key[2])[0])].append(key)
+        gone: list[StateKey] = []
+        for keys in groups.values():
+            if len(keys) <= MAX_REVISIONS:
+                continue
+            keys.sort(key=lambda k: (self.states[k].last_ts, k[2]))
+            for key in keys[: len(keys) - MAX_REVISIONS]:
+                del self.states[key]
+                b.touched.discard(key)
+                gone.append(key)
+        if gone:
+            self.store.delete_states(gone)
+            self._count(partition, "revisions_evicted", len(gone))
+        return gone
 
     def _reload_partition(self, partition: int) -> None:
         for key in [k for k in self.states if k[3] == partition]:
@@ -326,9 +406,11 @@ class Engine:
                 dead.append((key, value, "unknown_route"))
                 continue
             cand = rec.candidate
-            if cand is not None and cand not in names:
-                dead.append((key, value, "unknown_candidate"))
-                continue
+            if cand is not None:
+                if cand not in names:
+                    dead.append((key, value, "unknown_candidate"))
+                    continue
+                rec.candidate = self._slot(rec.route, cand, rec.cand_ident, rec.prod_ident)
             out.append(rec)
         return out
 
@@ -469,11 +551,19 @@ class Engine:
         existing = b.existing
         drifts = b.drift
         requests = b.requests
+        prod_revs = b.prod_revisions
         for idx, rec in enumerate(records):
             keys = rec.keys
             name = rec.route
             route = routes[name]
             ts = rec.ts
+            seen = prod_revs[name].get(rec.prod_ident)
+            if seen is None:
+                prod_revs[name][rec.prod_ident] = [ts, ts]
+            elif ts < seen[0]:
+                seen[0] = ts
+            elif ts > seen[1]:
+                seen[1] = ts
             expires = ts + ttl_ms[name]
             first = keys[0]
             if first not in prod_seen:
@@ -560,6 +650,13 @@ class Engine:
 
     def _apply(self, partition: int, b: _Batch) -> None:
         """Update the aggregates with the batch (no store access)."""
+        for route, idents in b.prod_revisions.items():
+            seen = {
+                revision_id(None, ident): (describe(ident), first, last)
+                for ident, (first, last) in idents.items()
+            }
+            if self._prod(self.routes[route], partition).note_revisions(seen):
+                b.touched.add(("prod", route, "", partition))
         for route, reqs in b.requests.items():
             prod = self._prod(self.routes[route], partition)
             prod.add_requests(reqs)

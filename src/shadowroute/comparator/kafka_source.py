@@ -44,6 +44,7 @@ from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.engine import Engine, StateKey
 from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.statefile import check_state_file
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, load_config
 from shadowroute.core.records import LabelRecord
@@ -74,6 +75,14 @@ KAFKA_COMPARATOR_METRICS = ("shadowroute_kafka_consumer_lag",)
 
 PRODUCTION = "@production"
 PARTITION = "@partition"
+
+
+def _tombstone_key(raw: bytes | None) -> StateKey | None:
+    """The candidate state a scores-topic tombstone drops (``route|candidate|partition``)."""
+    parts = (raw or b"").decode("utf-8", "replace").rsplit("|", 2)
+    if len(parts) != 3 or parts[1] in (PRODUCTION, PARTITION) or not parts[2].isdigit():
+        return None
+    return ("cand", parts[0], parts[1], int(parts[2]))
 
 
 def scores_key(key: StateKey) -> bytes:
@@ -126,6 +135,7 @@ class KafkaComparator:
         self.max_records = max_records
         self.group_instance_id = group_instance_id
         self.session_timeout_ms = session_timeout_ms
+        check_state_file(config, state_path)
         self.store = Store(state_path or config.comparator.state_path)
         self.engine = Engine(config, self.store, clock=None)
         self.engine.drop_partitions(sorted(self.engine.positions))  # until assigned
@@ -141,6 +151,7 @@ class KafkaComparator:
         # dead letters to send again, in order.
         self._dirty: set[int] = set()
         self._dead_backlog: list[_Dead] = []
+        self._tombstones: list[StateKey] = []
         self._failing_since: float | None = None
         self._next_retry = 0.0
         self._retiring: set[asyncio.Task[None]] = set()
@@ -219,7 +230,7 @@ class KafkaComparator:
                         work = None
                     if batch:
                         work = asyncio.create_task(self._locked(batch))
-                    elif self._dirty or self._dead_backlog:
+                    elif self._dirty or self._dead_backlog or self._tombstones:
                         async with self.lock:
                             await self._republish()
                     collector.tick()
@@ -276,6 +287,7 @@ class KafkaComparator:
             self._dead_backlog.extend(letters)
             self._dirty.add(partition)
             self.batches += 1
+        self._tombstones.extend(self.engine.take_evicted())  # revisions dropped
         await self._republish(force=True)
 
     async def _republish(self, force: bool = False) -> None:
@@ -298,32 +310,42 @@ class KafkaComparator:
             self._producer = producer
         producer = self._producer
         letters, self._dead_backlog = self._dead_backlog, []
+        graves, self._tombstones = self._tombstones, []
         dirty, self._dirty = self._dirty & set(self.engine.positions), set()
-        sent: list[tuple[asyncio.Future[Any], int | None, _Dead | None]] = []
+        # (delivery, what to keep waiting if it fails)
+        sent: list[tuple[asyncio.Future[Any], _Dead | StateKey | int]] = []
         try:
             for letter in letters:
                 value, key, headers = letter
                 fut = await producer.send(self.dead_topic, value, key=key, headers=headers)
-                sent.append((fut, None, letter))
+                sent.append((fut, letter))
+            for skey in graves:  # a revision dropped: a tombstone on the scores topic
+                fut = await producer.send(self.scores_topic, None, key=scores_key(skey))
+                sent.append((fut, skey))
             for partition in sorted(dirty):
-                sent += [(f, partition, None) for f in await self._send_states(partition)]
+                sent += [(f, partition) for f in await self._send_states(partition)]
         except KafkaError as exc:  # not even enqueued: everything waits
             self._dead_backlog = letters + self._dead_backlog
+            self._tombstones = graves + self._tombstones
             self._dirty |= dirty
             self._publish_failed(exc)
             return
         failed: list[_Dead] = []
-        for fut, part, waiting in sent:
+        failed_graves: list[StateKey] = []
+        for fut, waiting in sent:
             try:
                 await fut
             except KafkaError as exc:
                 self._publish_failed(exc)
-                if waiting is not None:
+                if isinstance(waiting, int):
+                    self._dirty.add(waiting)  # the partition's states, sent again later
+                elif len(waiting) == 4:
+                    failed_graves.append(waiting)
+                else:
                     failed.append(waiting)
-                if part is not None:
-                    self._dirty.add(part)
         self._dead_backlog = failed + self._dead_backlog
-        if not failed and not self._dirty and self._failing_since is not None:
+        self._tombstones = failed_graves + self._tombstones
+        if not failed and not failed_graves and not self._dirty and self._failing_since is not None:
             log.warning(
                 "publishing to %s recovered after %.1f s",
                 self.scores_topic,
@@ -452,10 +474,24 @@ class ScoresFollower:
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
 
-    def apply(self, values: Sequence[bytes]) -> int:
-        """Take scores messages; the most advanced state per key wins. Returns how many did."""
+    def apply(self, values: Sequence[bytes | tuple[bytes | None, bytes | None]]) -> int:
+        """Take scores messages, in order; the most advanced state per key wins. A message is
+        its value, or (key, value): a tombstone (value None) drops a candidate revision the
+        comparator dropped. Returns how many applied."""
         fresh: dict[StateKey, dict[str, Any]] = {}
-        for value in values:
+        dropped: set[StateKey] = set()
+        for item in values:
+            if isinstance(item, tuple):
+                raw_key, value = item
+                if value is None:
+                    gone = _tombstone_key(raw_key)
+                    if gone is not None:
+                        dropped.add(gone)
+                        fresh.pop(gone, None)
+                        self._positions.pop(gone, None)
+                    continue
+            else:
+                value = item
             msg = orjson.loads(value)
             key: StateKey = (msg["kind"], msg["route"], msg["candidate"], int(msg["partition"]))
             at = (int(msg["positions"][0]), int(msg["positions"][1]))
@@ -464,17 +500,19 @@ class ScoresFollower:
                 continue
             self._positions[key] = at
             fresh[key] = msg["state"]
+        if dropped:
+            self.view.remove(sorted(dropped - set(fresh)))
         if fresh:
             self.view.update(fresh)
-        return len(fresh)
+        return len(fresh) + len(dropped)
 
     async def run(self) -> None:
         while not self.stopping.is_set():
             batch = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
-            values: list[bytes] = [
-                m.value for msgs in batch.values() for m in msgs if m.value is not None
+            values: list[bytes | tuple[bytes | None, bytes | None]] = [
+                (m.key, m.value) for msgs in batch.values() for m in msgs
             ]
-            self.messages += len(values)
+            self.messages += sum(1 for v in values if isinstance(v, tuple) and v[1] is not None)
             applied: int = await asyncio.to_thread(self.apply, values) if values else 0
             if applied:
                 await asyncio.to_thread(self.verdicts.refresh)

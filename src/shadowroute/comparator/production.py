@@ -162,6 +162,48 @@ class ProductionState:
     drift: dict[str, DriftField] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     """requests, instances, errors, labelled, invalid_labelled, unlabelled_expired."""
+    revision: dict[str, Any] | None = None
+    """Production's current revision: ``id`` and ``url``, ``version``, ``revision``."""
+    revision_since: int = 0
+    """When it started (ms): the degradation reference restarts at the first window that
+    starts at or after it."""
+    revision_last: int = 0
+    """The newest record timestamp of the current revision (ms)."""
+
+    def note_revisions(self, seen: Mapping[str, tuple[Any, int, int]]) -> bool:
+        """Production revisions seen in a batch: id -> (identity, first ts, last ts). The one
+        seen last becomes current when it is newer than the current one's newest record (a
+        late record of an older revision changes nothing). Returns whether anything changed.
+
+        >>> s = new_production_state("r", "accuracy", "hour", [], [], None)
+        >>> s.note_revisions({"a": ({}, 5, 9)}), s.revision_since
+        (True, 0)
+        >>> s.note_revisions({"b": ({}, 20, 30), "a": ({}, 8, 25)}), s.revision["id"]
+        (True, 'b')
+        >>> s.revision_since, s.note_revisions({"a": ({}, 10, 12)}), s.revision["id"]
+        (20, False, 'b')
+        """
+        if not seen:
+            return False
+        rid = max(seen, key=lambda k: (seen[k][2], k))
+        ident, first, last = seen[rid]
+        if self.revision is None:
+            # the first revision seen (or state written before revisions): no restart
+            self.revision = {"id": rid, **(ident or {})}
+            self.revision_last = last
+            return True
+        if rid == self.revision.get("id"):
+            if last > self.revision_last:
+                self.revision_last = last
+                return True
+            return False
+        if last <= self.revision_last:
+            return False
+        self.revision = {"id": rid, **(ident or {})}
+        self.revision_since = first
+        self.revision_last = last
+        self._count("revision_changes")
+        return True
 
     def _count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -232,11 +274,13 @@ class ProductionState:
             delay=self.delay.merge(other.delay),
             drift={k: f.merge(other.drift[k]) for k, f in self.drift.items() if k in other.drift},
             counts=counts,
+            **_merged_revision(self, other),
         )
 
     def degradation(self, alpha: float, monitor: Monitor | None = None) -> dict[str, Any]:
         m = monitor or Monitor.model_validate({})
-        wins = [w for w in self.quality.windows() if self.quality.sums([w]).n > 0]
+        since = self.revision_since
+        wins = [w for w in self.quality.windows() if w >= since and self.quality.sums([w]).n > 0]
         ref = wins[: m.reference_windows]
         cur = list(wins[m.reference_windows :])[-m.current_windows :]
         out = self.quality.degradation(
@@ -251,6 +295,8 @@ class ProductionState:
                 f"the reference is the first {m.reference_windows} windows with labels; "
                 "no later window yet"
             )
+        if since:
+            out["reference_since"] = since
         return out
 
     def summary(
@@ -261,6 +307,8 @@ class ProductionState:
             "metric": self.metric,
             "window": self.window,
             "counts": dict(sorted(self.counts.items())),
+            "revision": self.revision,
+            "revision_since": self.revision_since or None,
             "quality": self.quality.series(),
             "degradation": json_safe(self.degradation(alpha, monitor)),
             "label_delay_ms": json_safe(self.delay.summary()),
@@ -278,6 +326,9 @@ class ProductionState:
             "delay": self.delay.to_dict(),
             "drift": {k: f.to_dict() for k, f in self.drift.items()},
             "counts": dict(sorted(self.counts.items())),
+            "revision": self.revision,
+            "revision_since": self.revision_since,
+            "revision_last": self.revision_last,
         }
 
     @classmethod
@@ -291,7 +342,28 @@ class ProductionState:
             delay=LabelDelay.from_dict(data["delay"]),
             drift={k: DriftField.from_dict(v) for k, v in data["drift"].items()},
             counts={str(k): int(v) for k, v in data["counts"].items()},
+            revision=data.get("revision"),
+            revision_since=int(data.get("revision_since", 0)),
+            revision_last=int(data.get("revision_last", 0)),
         )
+
+
+def _merged_revision(a: ProductionState, b: ProductionState) -> dict[str, Any]:
+    """The current revision of two partitions' states: the one with the newer record; when
+    both have it, it started at the earlier of their starts."""
+    if b.revision is None or (a.revision is not None and a.revision_last > b.revision_last):
+        newer, older = a, b
+    else:
+        newer, older = b, a
+    since = newer.revision_since
+    same = older.revision is not None and newer.revision is not None
+    if same and older.revision["id"] == newer.revision["id"]:  # type: ignore[index]
+        since = min(since, older.revision_since)
+    return {
+        "revision": newer.revision,
+        "revision_since": since,
+        "revision_last": max(a.revision_last, b.revision_last),
+    }
 
 
 def json_safe(obj: Any) -> Any:

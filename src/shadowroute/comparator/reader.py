@@ -20,6 +20,7 @@ from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.production import ProductionState, json_safe
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, Route
+from shadowroute.core.revision import matches, split_slot
 from shadowroute.core.stats.policy import Decision, decide
 
 __all__ = ["NotFound", "Reader", "ScoresReader", "StateView", "Verdicts"]
@@ -36,7 +37,9 @@ class NotFound(KeyError):
 
 class ScoresReader(Protocol):
     def routes(self) -> dict[str, Any]: ...
-    def decision(self, route: str, candidate: str) -> dict[str, Any]: ...
+    def decision(
+        self, route: str, candidate: str, revision: str | None = None
+    ) -> dict[str, Any]: ...
     def scores(self, route: str, candidate: str) -> dict[str, Any]: ...
     def history(self, route: str, candidate: str) -> dict[str, Any]: ...
     def production(self, route: str) -> dict[str, Any]: ...
@@ -97,8 +100,30 @@ class StateView:
         return merged
 
     def candidate(self, route: str, cand: str) -> CandidateState | None:
-        out = self._merged("cand", route, cand)
-        return out if isinstance(out, CandidateState) else None
+        """The candidate's current evidence: of the revision with the newest pair."""
+        best: CandidateState | None = None
+        for state in self.candidate_revisions(route, cand).values():
+            if best is None or state.last_ts > best.last_ts:
+                best = state
+        return best
+
+    def candidate_revisions(self, route: str, cand: str) -> dict[str, CandidateState]:
+        """The candidate's evidence per revision slot (``name@id``, or the bare name for
+        state written before revisions)."""
+        with self._lock:
+            slots = sorted(
+                {
+                    k[2]
+                    for k in self._states
+                    if k[0] == "cand" and k[1] == route and split_slot(k[2])[0] == cand
+                }
+            )
+        out: dict[str, CandidateState] = {}
+        for slot in slots:
+            merged = self._merged("cand", route, slot)
+            if isinstance(merged, CandidateState):
+                out[slot] = merged
+        return out
 
     def production(self, route: str) -> ProductionState | None:
         out = self._merged("prod", route, "")
@@ -111,6 +136,37 @@ class StateView:
     def partitions(self) -> list[int]:
         with self._lock:
             return sorted({k[3] for k in self._states})
+
+
+def _revision_id(decision: Mapping[str, Any]) -> str | None:
+    rev = decision.get("revision")
+    return rev.get("id") if isinstance(rev, dict) else None
+
+
+def stale_revision(out: Mapping[str, Any], asked: str) -> dict[str, Any] | None:
+    """The decision to give when ``?revision=asked`` does not name the revision the evidence
+    is about: hold, saying so (never a verdict on another revision's evidence); None when it
+    does."""
+    rev = out.get("revision")
+    if isinstance(rev, dict):
+        cand = rev.get("candidate") or {}
+        ident = (cand.get("url"), cand.get("version"), cand.get("revision"))
+        if matches(asked, rev.get("id"), ident):
+            return None
+        about = f"revision {rev.get('id')}"
+        if cand.get("revision") is not None:
+            about += f" (candidate revision {cand['revision']!r})"
+        elif cand.get("version") is not None:
+            about += f" (candidate version {cand['version']!r})"
+    elif out.get("pairs"):
+        about = "a revision recorded before revisions were tracked"
+    else:
+        about = "no revision yet (no pairs)"
+    reason = (
+        f"asked about revision {asked!r}, but the evidence is for {about}: hold until pairs "
+        "of that revision arrive"
+    )
+    return {**out, "verdict": "hold", "reasons": [reason], "asked_revision": asked}
 
 
 def _as_of(state: CandidateState | None) -> int | None:
@@ -129,29 +185,51 @@ class Verdicts:
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._lock = threading.Lock()
         self._current: dict[tuple[str, str], tuple[Decision, dict[str, Any]]] = {}
-        self._last: dict[tuple[str, str], str] = {}
-        for route, cand, _, verdict, _, _, _ in store.decisions():
-            self._last[(route, cand)] = verdict
+        self._last: dict[tuple[str, str], tuple[str, str | None, bool]] = {}
+        """(verdict, revision id, had pairs) of the newest history entry per (route,
+        candidate)."""
+        for route, cand, _, verdict, _, _, evidence in store.decisions():
+            ev = orjson.loads(evidence)
+            self._last[(route, cand)] = (verdict, _revision_id(ev), bool(ev.get("pairs")))
 
     def refresh(self) -> list[dict[str, Any]]:
-        """Decide every candidate now; returns the verdict changes appended to the history."""
+        """Decide every candidate now; returns the history entries appended: a change of
+        verdict, or of the revision the evidence is about (``event`` says which)."""
         changes = []
         for route in self.config.routes:
             for cand in route.candidates:
-                out = self._decide(route, cand.name)
                 key = (route.name, cand.name)
-                if self._last.get(key) != out["verdict"]:
-                    self._last[key] = out["verdict"]
-                    self.store.add_decision(
-                        route.name, cand.name, cand.name, out["verdict"], out["as_of"],
-                        self.now_ms(), orjson.dumps(out),
-                    )  # fmt: skip
-                    changes.append(out)
+                with self._lock:
+                    before = self._current.get(key)
+                out = self._decide(route, cand.name)
+                rid = _revision_id(out)
+                last = self._last.get(key)
+                if last is not None and last[1] != rid and (last[1] is not None or last[2]):
+                    out = {**out, "event": "revision_change"}
+                    if before is not None and _revision_id(before[1]) == last[1]:
+                        old = before[1]
+                        out["previous"] = {
+                            k: old.get(k) for k in ("revision", "verdict", "pairs", "labelled")
+                        }
+                    else:
+                        out["previous"] = {"revision": {"id": last[1]}, "verdict": last[0]}
+                elif last is None or last[0] != out["verdict"]:
+                    out = {**out, "event": "verdict"}
+                else:  # the same verdict (and the first revision's evidence is no change)
+                    self._last[key] = (last[0], rid, last[2] or bool(out.get("pairs")))
+                    continue
+                self._last[key] = (out["verdict"], rid, bool(out.get("pairs")))
+                self.store.add_decision(
+                    route.name, cand.name, cand.name, out["verdict"], out["as_of"],
+                    self.now_ms(), orjson.dumps(out),
+                )  # fmt: skip
+                changes.append(out)
         return changes
 
     def _decide(self, route: Route, cand: str) -> dict[str, Any]:
         state = self.view.candidate(route.name, cand)
         key = (route.name, cand)
+        rev = None if state is None else state.revision
         if state is None:
             decision = decide(route.policy, route.task, {}, None, 0, 0)
             pairs = labelled = 0
@@ -172,6 +250,7 @@ class Verdicts:
             "pairs": pairs,
             "labelled": labelled,
             "as_of": _as_of(state),
+            "revision": rev,
         }
         out["metrics"] = json_safe(out["metrics"])
         with self._lock:
@@ -225,9 +304,13 @@ class Reader:
             ]
         }
 
-    def decision(self, route: str, candidate: str) -> dict[str, Any]:
+    def decision(self, route: str, candidate: str, revision: str | None = None) -> dict[str, Any]:
+        """The current decision; with ``revision``, hold unless the evidence is about it."""
         self._check(route, candidate)
-        return self.verdicts.current(route, candidate)
+        out = self.verdicts.current(route, candidate)
+        if revision is not None:
+            return stale_revision(out, revision) or out
+        return out
 
     def scores(self, route: str, candidate: str) -> dict[str, Any]:
         r = self._check(route, candidate)
@@ -259,19 +342,22 @@ class Reader:
         out = []
         for r, c, _, verdict, as_of, at_ms, evidence in rows:
             ev = orjson.loads(evidence)
-            out.append(
-                {
-                    "route": r,
-                    "candidate": c,
-                    "verdict": verdict,
-                    "at": at_ms,
-                    "as_of": as_of,
-                    "reasons": ev.get("reasons", []),
-                    "metrics": ev.get("metrics", {}),
-                    "pairs": ev.get("pairs"),
-                    "labelled": ev.get("labelled"),
-                }
-            )
+            entry = {
+                "route": r,
+                "candidate": c,
+                "verdict": verdict,
+                "at": at_ms,
+                "as_of": as_of,
+                "reasons": ev.get("reasons", []),
+                "metrics": ev.get("metrics", {}),
+                "pairs": ev.get("pairs"),
+                "labelled": ev.get("labelled"),
+                "event": ev.get("event", "verdict"),
+                "revision": ev.get("revision"),
+            }
+            if "previous" in ev:
+                entry["previous"] = ev["previous"]
+            out.append(entry)
         return out
 
     def production(self, route: str) -> dict[str, Any]:

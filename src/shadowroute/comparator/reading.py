@@ -30,17 +30,23 @@ from shadowroute.core.records import (
     fast_pair_fields,
     parse_record,
 )
+from shadowroute.core.revision import Identity
 
 __all__ = ["Label", "Pair", "read_label", "read_pair"]
+
+_NO_IDENT: Identity = (None, None, None)
 
 
 class Pair:
     """A valid pair record, with the fields ``CandidateState.add_pairs`` reads (``PairRow``'s)
     plus the request id, route, candidate model (``None`` in a production-only record), input
-    and, once the engine has set them, the label keys of its instances."""
+    and, once the engine has set them, the label keys of its instances. ``prod_ident`` and
+    ``cand_ident`` are each side's revision identity (url, version, revision); the engine
+    replaces ``candidate`` by the state slot of its revision (``core.revision.slot_name``)."""
 
     __slots__ = (
         "cand_error",
+        "cand_ident",
         "cand_latency",
         "cand_output",
         "candidate",
@@ -48,6 +54,7 @@ class Pair:
         "input",
         "keys",
         "prod_error",
+        "prod_ident",
         "prod_latency",
         "prod_output",
         "route",
@@ -72,15 +79,21 @@ class Pair:
         self.cand_output = cand_output
         self.input = doc
         self.keys: list[str] = []
+        self.prod_ident: Identity = _NO_IDENT
+        self.cand_ident: Identity | None = None
 
     @classmethod
     def of(cls, rec: PairRecord) -> Pair:
         p, c = rec.production, rec.candidate
         if c is None:
-            return cls(rec.id, rec.route, rec.ts, p.error, p.latency_ms, p.output,
-                       None, None, None, None, rec.input)  # fmt: skip
-        return cls(rec.id, rec.route, rec.ts, p.error, p.latency_ms, p.output,
-                   c.model, c.error, c.latency_ms, c.output, rec.input)  # fmt: skip
+            out = cls(rec.id, rec.route, rec.ts, p.error, p.latency_ms, p.output,
+                      None, None, None, None, rec.input)  # fmt: skip
+        else:
+            out = cls(rec.id, rec.route, rec.ts, p.error, p.latency_ms, p.output,
+                      c.model, c.error, c.latency_ms, c.output, rec.input)  # fmt: skip
+            out.cand_ident = (c.url, c.version, c.revision)
+        out.prod_ident = (p.url, p.version, p.revision)
+        return out
 
 
 def read_pair(value: bytes) -> Pair:
@@ -99,8 +112,12 @@ def _fast(obj: dict[str, Any]) -> Pair | None:
         return None
     rid, route, ts, p, c, inp = f
     if c is None:
-        return Pair(rid, route, ts, p[5], p[3], p[4], None, None, None, None, inp)
-    return Pair(rid, route, ts, p[5], p[3], p[4], c[0], c[5], c[3], c[4], inp)
+        out = Pair(rid, route, ts, p[5], p[3], p[4], None, None, None, None, inp)
+    else:
+        out = Pair(rid, route, ts, p[5], p[3], p[4], c[0], c[5], c[3], c[4], inp)
+        out.cand_ident = (c[6], c[1], c[7])
+    out.prod_ident = (p[6], p[1], p[7])
+    return out
 
 
 class Label:

@@ -11,7 +11,8 @@ Tables:
   record's candidate, whose entry it also stands for (``data`` is then the candidate's entry,
   from which production's follows);
 - ``labels`` — labels, kept until their TTL ends (several candidates may join one label);
-- ``decisions`` — the verdict history.
+- ``decisions`` — the verdict history;
+- ``meta`` — what the file is about: the config fingerprint (``comparator.statefile``).
 
 ``pending.data`` and ``labels.label`` hold JSON as text. The columns are declared ``BLOB``:
 rows written by earlier versions hold the same UTF-8 bytes as BLOBs, and both read alike.
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS decisions(
   id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, candidate TEXT NOT NULL,
   model TEXT NOT NULL, verdict TEXT NOT NULL, as_of INTEGER, at_ms INTEGER NOT NULL,
   evidence BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 
@@ -139,6 +141,19 @@ class Store:
             for r in rows
             if wanted is None or int(r[3]) in wanted
         }
+
+    def meta(self, key: str) -> bytes | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        """Set a meta entry (its own transaction)."""
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def state_names(self) -> list[tuple[str, str, str]]:
+        """(kind, route, candidate) of every stored state."""
+        q = "SELECT DISTINCT kind, route, candidate FROM state"
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in self.conn.execute(q)]
 
     def pending_count(self) -> int:
         """Pending entries (a combined row holds two)."""
@@ -241,6 +256,12 @@ class Store:
 
     def put_states(self, rows: Sequence[tuple[str, str, str, int, bytes]]) -> None:
         self.conn.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?)", rows)
+
+    def delete_states(self, keys: Sequence[tuple[str, str, str, int]]) -> None:
+        self.conn.executemany(
+            "DELETE FROM state WHERE kind = ? AND route = ? AND candidate = ? AND partition = ?",
+            keys,
+        )
 
     def put_positions(self, partition: int, p: Positions) -> None:
         self.conn.execute(

@@ -214,6 +214,12 @@ class Model(_Strict):
     """
     version: str | None = None
     """Model version, carried into records and lineage."""
+    revision: str | None = Field(None, min_length=1, max_length=256)
+    """
+    The deployed revision, as deploy tooling names it (an image digest, a Flagger checksum); it
+    can also be set at run time (`PUT .../revision`). Evidence belongs to one revision: a
+    change of `url`, `version` or `revision` starts fresh evidence (docs/comparator.md).
+    """
     headers: dict[str, str] = {}
     """Extra headers sent to this upstream (e.g. an API key for the model server)."""
     lineage: Lineage | None = None
@@ -434,6 +440,13 @@ class Comparator(_Strict):
     """SQLite file of the comparator: pending joins, aggregates and input positions."""
     windows: list[Literal["hour", "day"]] = ["hour", "day"]
     """Time windows scores are kept for, besides the cumulative ones."""
+    on_state_mismatch: Literal["refuse", "keep", "reset"] = "refuse"
+    """
+    When the state file holds other routes or models than the config: `refuse` to start and say
+    what differs; `keep` the file (its other entries are ignored, the new config is recorded);
+    `reset`: move the file aside (`<state_path>.<time>.bak`) and start fresh. The command-line
+    flag `--state-mode` overrides it.
+    """
 
 
 class Config(_Strict):
@@ -488,7 +501,8 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
     """Override addresses and secrets from the environment (documented in docs/config.md).
 
     ``SHADOWROUTE_ROUTE_<ROUTE>_PRODUCTION_URL`` and ``SHADOWROUTE_ROUTE_<ROUTE>_<MODEL>_URL``
-    set upstream URLs (names upper-cased, non-alphanumerics as ``_``).
+    set upstream URLs (names upper-cased, non-alphanumerics as ``_``); ``..._REVISION`` in
+    place of ``_URL`` sets a model's ``revision``.
     """
     for var, path in _ENV_SCALARS.items():
         if var in environ:
@@ -506,14 +520,16 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
             if not isinstance(route, dict) or not isinstance(route.get("name"), str):
                 continue
             prod = route.get("production")
-            var = _env_key("SHADOWROUTE_ROUTE", route["name"], "PRODUCTION_URL")
-            if isinstance(prod, dict) and var in environ:
-                prod["url"] = environ[var]
+            for key in ("url", "revision"):
+                var = _env_key("SHADOWROUTE_ROUTE", route["name"], "PRODUCTION", key)
+                if isinstance(prod, dict) and var in environ:
+                    prod[key] = environ[var]
             for cand in route.get("candidates") or []:
                 if isinstance(cand, dict) and isinstance(cand.get("name"), str):
-                    var = _env_key("SHADOWROUTE_ROUTE", route["name"], cand["name"], "URL")
-                    if var in environ:
-                        cand["url"] = environ[var]
+                    for key in ("url", "revision"):
+                        var = _env_key("SHADOWROUTE_ROUTE", route["name"], cand["name"], key)
+                        if var in environ:
+                            cand[key] = environ[var]
     return raw
 
 

@@ -92,6 +92,9 @@ def reference() -> str:
     out += [
         "| `SHADOWROUTE_ROUTE_<ROUTE>_PRODUCTION_URL` | `routes[name=ROUTE].production.url` |",
         "| `SHADOWROUTE_ROUTE_<ROUTE>_<MODEL>_URL` | that candidate's `url` |",
+        "| `SHADOWROUTE_ROUTE_<ROUTE>_PRODUCTION_REVISION` | "
+        "`routes[name=ROUTE].production.revision` |",
+        "| `SHADOWROUTE_ROUTE_<ROUTE>_<MODEL>_REVISION` | that candidate's `revision` |",
         "",
         "Route and model names are upper-cased with every non-alphanumeric character as `_`.",
         "",

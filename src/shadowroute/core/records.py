@@ -34,6 +34,8 @@ import orjson
 
 __all__ = [
     "ERRORS",
+    "MAX_REVISION",
+    "MAX_URL",
     "SCHEMA_VERSION",
     "LabelRecord",
     "PairRecord",
@@ -65,6 +67,11 @@ ERRORS: Final = (
 )
 
 _MAX_ID: Final = 256
+MAX_URL: Final = 2048
+"""Longest ``url`` of a side (longer: ``bad_value``)."""
+MAX_REVISION: Final = 256
+"""Longest ``revision`` of a side (longer: ``bad_value``); the config and the API bound it
+alike."""
 _ID: Final = re.compile(rf"[!-~]{{1,{_MAX_ID}}}")
 
 
@@ -86,7 +93,9 @@ class Side:
     """One model's half of a pair: who answered, how, and what it predicted.
 
     ``output`` holds one prediction per instance (``None`` when there is none); ``error`` is
-    one of ``ERRORS`` or ``None``.
+    one of ``ERRORS`` or ``None``. ``url`` (the model's base URL, without user info) and
+    ``revision`` (deploy tooling's revision) complete the revision identity with ``version``;
+    both are optional in the record (absent in records written before them).
     """
 
     model: str
@@ -95,6 +104,8 @@ class Side:
     latency_ms: float | None
     output: list[Any] | None
     error: str | None
+    url: str | None = None
+    revision: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +164,12 @@ def side_fields(
     latency_ms: float | None,
     output: list[Any] | None,
     error: str | None,
+    url: str | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """One side of a pair record as its JSON object (what ``Side`` holds)."""
-    return {
+    """One side of a pair record as its JSON object (what ``Side`` holds); ``url`` and
+    ``revision`` are written when set."""
+    side = {
         "model": model,
         "version": version,
         "status": status,
@@ -163,6 +177,11 @@ def side_fields(
         "output": output,
         "error": error,
     }
+    if url is not None:
+        side["url"] = url
+    if revision is not None:
+        side["revision"] = revision
+    return side
 
 
 def encode_pair_fields(
@@ -196,7 +215,14 @@ def encode_pair_fields(
 
 def _side_dict(side: Side) -> dict[str, Any]:
     return side_fields(
-        side.model, side.version, side.status, side.latency_ms, side.output, side.error
+        side.model,
+        side.version,
+        side.status,
+        side.latency_ms,
+        side.output,
+        side.error,
+        side.url,
+        side.revision,
     )
 
 
@@ -261,18 +287,20 @@ def _fast_pair(obj: dict[str, Any]) -> PairRecord | None:
     if f is None:
         return None
     p, c = f[3], f[4]
-    production = Side(p[0], p[1], p[2], p[3], p[4], p[5])
-    candidate = None if c is None else Side(c[0], c[1], c[2], c[3], c[4], c[5])
+    production = Side(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
+    candidate = None if c is None else Side(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7])
     return PairRecord(f[0], f[1], f[2], production, candidate, f[5])
 
 
-SideFields = tuple[str, str | None, int | None, float | None, list[Any] | None, str | None]
+SideFields = tuple[
+    str, str | None, int | None, float | None, list[Any] | None, str | None, str | None, str | None
+]
 
 
 def fast_side_fields(obj: Any) -> SideFields | None:
-    """(model, version, status, latency_ms, output, error) of a pair record's side in the
-    common shape, after a few exact type checks; ``None`` when anything differs (the full
-    validator then decides and names the reason)."""
+    """(model, version, status, latency_ms, output, error, url, revision) of a pair record's
+    side in the common shape, after a few exact type checks; ``None`` when anything differs
+    (the full validator then decides and names the reason)."""
     if type(obj) is not dict:
         return None
     try:
@@ -295,7 +323,13 @@ def fast_side_fields(obj: Any) -> SideFields | None:
         return None
     if error is not None and (type(error) is not str or error not in _ERROR_SET):
         return None
-    return model, version, status, latency, output, error
+    url = obj.get("url")
+    revision = obj.get("revision")
+    if (url is not None and (type(url) is not str or len(url) > MAX_URL)) or (
+        revision is not None and (type(revision) is not str or len(revision) > MAX_REVISION)
+    ):
+        return None
+    return model, version, status, latency, output, error, url, revision
 
 
 def _checked_pair(obj: Any) -> PairRecord:
@@ -329,6 +363,8 @@ def _side(obj: Any, where: str) -> Side:
     latency = _nullable(obj, "latency_ms", where, _is_number)
     output = _nullable(obj, "output", where, lambda v: isinstance(v, list))
     error = _nullable(obj, "error", where, lambda v: isinstance(v, str))
+    url = _optional(obj, "url", where, MAX_URL)
+    revision = _optional(obj, "revision", where, MAX_REVISION)
     if status is not None and not 100 <= status <= 599:
         raise RecordError(f"bad_value:{where}.status")
     if latency is not None and latency < 0:
@@ -342,7 +378,19 @@ def _side(obj: Any, where: str) -> Side:
         latency_ms=None if latency is None else float(latency),
         output=output,
         error=error,
+        url=url,
+        revision=revision,
     )
+
+
+def _optional(obj: dict[str, Any], key: str, where: str, limit: int) -> str | None:
+    """An optional string field of at most ``limit`` characters: absent or null is None."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RecordError(f"bad_type:{where}.{key}")
+    if value is not None and len(value) > limit:
+        raise RecordError(f"bad_value:{where}.{key}")
+    return value
 
 
 # --- label records ----------------------------------------------------------------------------

@@ -103,6 +103,9 @@ class Recorder:
         self.salt = hash_salt
         self._pending: deque[tuple[Pairing, Outcome | None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self.stamps: dict[tuple[str, str], tuple[str, str | None]] = {}
+        """(url, revision) written into each side, by (route, model): the model's revision
+        identity with its version (``core.revision``); the data plane keeps it current."""
 
     @property
     def pending(self) -> int:
@@ -158,6 +161,7 @@ class Recorder:
                 error = "extract_failed"
                 self.stats.extract_failed += 1
                 log.debug("extraction failed for %s/%s: %s", route.name, o.model, exc.reason)
+        stamp = self.stamps.get((route.name, o.model))
         return side_fields(
             o.model,
             o.version,
@@ -165,6 +169,8 @@ class Recorder:
             None if o.latency_ms is None else round(o.latency_ms, 3),
             output,
             error,
+            None if stamp is None else stamp[0],
+            None if stamp is None else stamp[1],
         )
 
     def _input(self, route: Route, body: bytes | None) -> Any:

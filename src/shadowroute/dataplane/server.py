@@ -15,6 +15,7 @@ import socket
 from typing import cast
 
 from shadowroute.core.config import Config
+from shadowroute.core.revision import LiveRevisions
 from shadowroute.dataplane.proxy import ClientConnection, Proxy
 from shadowroute.dataplane.recorder import Recorder
 from shadowroute.dataplane.stats import DataPlaneStats
@@ -54,6 +55,8 @@ class DataPlane:
         self._pump: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.proxy: Proxy | None = None
+        self.revisions = LiveRevisions(config)
+        """Each model's revision; ``set_revision`` changes it, records carry it."""
         self.ready = False
         self._stopped = False
 
@@ -65,6 +68,7 @@ class DataPlane:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         recorder = Recorder(loop, self.queue, self.stats)
+        recorder.stamps = self.revisions.stamps()
         self.proxy = proxy = Proxy(self.config, loop, recorder)
         await self.sink.start()
         self._pump = loop.create_task(self.queue.pump(self.sink), name="record-pump")
@@ -91,6 +95,13 @@ class DataPlane:
     def set_mirroring(self, enabled: bool) -> None:
         if self.proxy is not None:
             self.proxy.mirroring = enabled
+
+    def set_revision(self, route: str, model: str, revision: str | None) -> None:
+        """A model's revision from now on (None: the config's); records built from now on
+        carry it, and the comparator starts fresh evidence for it."""
+        self.revisions.set(route, model, revision)
+        if self.proxy is not None:
+            self.proxy.recorder.stamps = self.revisions.stamps()
 
     async def stop(self) -> None:
         """Graceful shutdown; a second call does nothing."""

@@ -123,7 +123,10 @@ function traceFor(routeName, cand, metric) {
   let trace = traces.get(key);
   if (!trace) { trace = new Map(); traces.set(key, trace); }
   for (const p of seriesFromScores(cand.scores, metric)) addPoint(trace, p);
+  // only the evidence of the revision the decision is about
+  const rid = cand.decision && cand.decision.revision && cand.decision.revision.id;
   for (const item of historyItems(cand.history)) {
+    if (rid && item.revision && item.revision.id !== rid) continue;
     addPoint(trace, item.metrics && item.metrics[metric]);
   }
   const m = cand.decision && cand.decision.metrics && cand.decision.metrics[metric];
@@ -292,6 +295,13 @@ function ratesBlock(scores) {
     item("candidate timeouts", pct(rates.candidate && rates.candidate.timeout), "cand-timeout"));
 }
 
+// The revision evidence is about: the candidate's deploy revision, else its version, else the id.
+function revisionLabel(rev) {
+  if (!rev) return "";
+  const c = rev.candidate || {};
+  return c.revision || (c.version ? `v${c.version}` : "") || rev.id || "";
+}
+
 function historyTable(history) {
   const items = historyItems(history);
   if (items.length === 0) return h("div", { class: "empty" }, "no verdict yet");
@@ -302,7 +312,10 @@ function historyTable(history) {
       h("td", {}, badge(it.verdict, "small")),
       h("td", { class: "num" }, isNum(it.pairs) ? String(it.pairs) : ""),
       h("td", { class: "num" }, isNum(it.labelled) ? String(it.labelled) : ""),
-      h("td", {}, (it.reasons || [])[0] || "")))));
+      h("td", {}, it.event === "revision_change"
+        ? `new revision ${revisionLabel(it.revision)}: evidence starts afresh`
+          + (it.previous ? ` (was ${revisionLabel(it.previous.revision)}: ${it.previous.verdict})` : "")
+        : (it.reasons || [])[0] || "")))));
 }
 
 function candidateCard(routeName, prodName, cand) {
@@ -319,7 +332,8 @@ function candidateCard(routeName, prodName, cand) {
       h("span", { class: "kv" }, `vs ${prodName} · as of ${when(d.as_of)}`)),
     h("div", { class: "kv" },
       h("span", { "data-field": "pairs" }, "pairs ", h("b", { class: "num" }, String(d.pairs ?? 0))),
-      h("span", { "data-field": "labelled" }, "labelled ", h("b", { class: "num" }, String(d.labelled ?? 0)))),
+      h("span", { "data-field": "labelled" }, "labelled ", h("b", { class: "num" }, String(d.labelled ?? 0))),
+      h("span", { "data-field": "revision" }, "revision ", h("b", {}, revisionLabel(d.revision) || "—"))),
     h("ul", { class: "reasons" }, (d.reasons || []).map((r) => h("li", {}, r))),
     h("h4", {}, "metrics (candidate minus production; positive = candidate better)"),
     metricsTable(d),
