@@ -158,6 +158,13 @@ class Recorder:
                 error = "extract_failed"
                 self.stats.extract_failed += 1
                 log.debug("extraction failed for %s/%s: %s", route.name, o.model, exc.reason)
+            else:
+                for item in output:
+                    if item is not None:
+                        break
+                else:  # no instance, or only NaN / infinite ones: an answer without a prediction
+                    output = None
+                    error = "no_prediction"
         return side_fields(
             o.model,
             o.version,

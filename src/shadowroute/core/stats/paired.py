@@ -77,6 +77,9 @@ METRICS: dict[str, MetricSpec] = {
     "timeout_rate": MetricSpec(
         "timeout_rate", higher_is_better=False, bounded=True, needs_label=False
     ),
+    "availability": MetricSpec(
+        "availability", higher_is_better=True, bounded=True, needs_label=False
+    ),
 }
 
 
