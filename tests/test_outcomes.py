@@ -19,9 +19,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from proxyutil import make_config, running_proxy, settle
-from shadowroute.core.config import Config, parse_config
+from shadowroute.comparator.aggregates import (
+    CandidateState,
+    LabelledRow,
+    PairRow,
+    new_candidate_state,
+)
+from shadowroute.core.config import Config, Policy, Route, parse_config
 from shadowroute.core.sampling import sample_point
 from shadowroute.runtime import Stack, embedded_stack
 from upstreams import ModelServer, Reply, Seen, kserve_reply
@@ -368,3 +375,84 @@ async def test_a_noise_candidate_shows_the_floor_and_never_promotes(tmp_path: Pa
     assert acc["estimate"] == pytest.approx(noise_scores["quality"]["accuracy"]["estimate"])
     assert cand_scores["noise_floor"]["metrics"]["availability"]["estimate"] == 0.0
     assert cand["verdict"] == "promote", cand["reasons"]
+
+
+# --- the pure parts --------------------------------------------------------------------------
+
+
+def _route(**extra: Any) -> Route:
+    return Route.model_validate(
+        {
+            "name": "r",
+            "protocol": "kserve-v1",
+            "task": "classification",
+            "production": {"name": "prod", "url": "http://127.0.0.1:1", "version": "3"},
+            **extra,
+        }
+    )
+
+
+def _row(prod: list[Any] | None, cand: list[Any] | None, error: str | None) -> PairRow:
+    return PairRow(1, None, error, 1.0, None if error else 1.0, prod, cand)
+
+
+def test_availability_counts_each_outcome_and_leaves_out_the_proxys_limit() -> None:
+    state = new_candidate_state(_route(), "c", ["hour"])
+    state.add_pairs(
+        [
+            _row([1], [1], None),
+            _row([1, 0], [1, None], None),  # half the instances: availability 0.5
+            _row([1], None, "dropped"),
+            _row([1], None, "no_prediction"),
+            _row([1], None, "not_mirrored"),  # never sent: not the candidate's outcome
+        ]
+    )
+    assert state.pairs == 5
+    assert state.availability.n == 4
+    assert state.availability.diff_sum == pytest.approx(-2.5)  # 0, −0.5, −1, −1
+    assert state.error_rate.diff_sum == pytest.approx(-2.0)  # dropped, no_prediction
+    out = state.scores()["outcomes"]
+    assert out["candidate"]["no_prediction"] == {
+        "dropped": 1, "no_prediction": 1, "not_mirrored": 1,
+    }  # fmt: skip
+    assert out["candidate"]["with_prediction"] == 2
+    assert out["production"] == {"with_prediction": 5, "no_prediction": {}}
+
+
+def test_a_skipped_labelled_instance_is_the_candidates_worst() -> None:
+    for task, worst in (("classification", [0.0]), ("probability", [13.8155, 2.0])):
+        state = new_candidate_state(_route(task=task), "c", ["hour"])
+        prod = 1 if task == "classification" else [0.2, 0.8]
+        bad = [] if task == "classification" else "x"  # does not fit the task
+        state.add_labelled([LabelledRow(1, prod, None, 1), LabelledRow(1, prod, bad, 1)], None)
+        assert state.labelled == 2 and state.count("labelled_no_prediction") == 2
+        for metric, value in zip(state.quality.values(), worst, strict=True):
+            assert metric.cand_sum == pytest.approx(2 * value, rel=1e-4)
+    reg = new_candidate_state(_route(task="regression"), "c", ["hour"])
+    reg.add_labelled([LabelledRow(1, 1.0, None, 1.0)], None)
+    assert reg.labelled == 0 and reg.count("labelled_no_prediction") == 1
+    assert reg.count("invalid_labelled") == 1
+
+
+def test_states_stored_before_availability_still_load() -> None:
+    state = new_candidate_state(_route(), "c", ["hour"])
+    state.add_pairs([_row([1], [1], None)])
+    old = state.to_dict()
+    del old["availability"]
+    again = CandidateState.from_dict(old)
+    assert again.availability.n == 0 and again.availability.alpha == again.error_rate.alpha
+    assert again.merge(again).pairs == 2
+
+
+def test_noise_config() -> None:
+    route = _route(noise={"fraction": 0.1})
+    [noise] = route.candidates
+    assert (noise.name, noise.noise, noise.url, noise.version, noise.fraction) == (
+        "noise", True, "http://127.0.0.1:1", "3", 0.1,
+    )  # fmt: skip
+    # validating the dumped route again adds no second noise candidate
+    assert len(Route.model_validate(route.model_dump()).candidates) == 1
+    with pytest.raises(ValidationError, match="is a candidate that is not noise"):
+        _route(noise={}, candidates=[{"name": "noise", "url": "http://127.0.0.1:2"}])
+    explicit = _route(candidates=[{"name": "replica", "url": "http://127.0.0.1:2", "noise": True}])
+    assert explicit.candidates[0].noise and Policy().guardrails.availability_delta == 0.01

@@ -66,6 +66,25 @@ _DECISION = {
         "pairs": {"type": "integer"},
         "labelled": {"type": "integer"},
         "as_of": {"type": ["integer", "string", "null"], "description": "When it was computed"},
+        "noise": {
+            "type": "boolean",
+            "description": "True for a noise candidate (production against itself): always hold",
+        },
+        "noise_floor": {
+            "type": ["object", "null"],
+            "description": (
+                "The route's noise candidate, to read this candidate's figures against: "
+                "disagreement and the paired differences of the decision's metrics"
+            ),
+            "properties": {
+                "candidate": {"type": "string"},
+                "pairs": {"type": "integer"},
+                "labelled": {"type": "integer"},
+                "disagreement": {"type": ["number", "null"]},
+                "metrics": {"type": "object"},
+                "note": {"type": "string"},
+            },
+        },
     },
 }
 

@@ -182,7 +182,7 @@ class CandidateState:
                 k = f"error:production:{e}"
                 errors[k] = errors.get(k, 0) + 1
             e = r.cand_error
-            if e is not None:
+            if e is not None and e != "not_mirrored":  # (never sent: the proxy's limit)
                 cand_err.append(i)
                 if e == "timeout":
                     cand_to.append(i)
