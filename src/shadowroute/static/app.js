@@ -304,7 +304,7 @@ function noPrediction(scores) {
 function noiseFloor(decision) {
   const f = decision && decision.noise_floor;
   if (!f) return "";
-  const rows = Object.entries(f.metrics || {}).map(([name, m]) => h("tr", { "data-metric": name },
+  const rows = Object.entries(f.metrics || {}).map(([name, m]) => h("tr", { "data-floor-metric": name },
     h("td", {}, name),
     h("td", { class: "num estimate" }, signed(m.estimate)),
     h("td", { class: "num lower" }, signed(m.lower)),
