@@ -70,7 +70,7 @@ class Pairing:
         self.production = outcome
         if self.monitor and self.expected == 0:
             # A pair record carries production's side too; the production-only record is
-            # for monitored requests that yield none (not mirrored, or every mirror dropped).
+            # for monitored requests that yield none (not sampled for any candidate).
             self.recorder.submit(self, None)
         for cand in self.waiting:
             self.recorder.submit(self, cand)
