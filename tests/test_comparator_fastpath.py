@@ -157,13 +157,16 @@ def test_first_record_of_a_request_writes_one_row_for_both_entries(tmp_path: Pat
 def test_batched_request_writes_one_row_per_instance(tmp_path: Path) -> None:
     engine = _engine(tmp_path / "s.sqlite")
     engine.process(0, [(b"m", pair("m", T0, [1, 0, 1], [1, 1]))], [])
-    # production has an entry per instance; the candidate answered for two of them
-    assert _rows(engine) == [("m#0", "", SLOT), ("m#1", "", SLOT), ("m#2", "", None)]
-    assert engine.store.pending_count() == 5
+    # production has an entry per instance; the candidate answered for two of them, and its
+    # third instance waits for its label too: no prediction there is scored as its miss
+    assert _rows(engine) == [("m#0", "", SLOT), ("m#1", "", SLOT), ("m#2", "", SLOT)]
+    assert engine.store.pending_count() == 6
     labels = [LabelRecord(f"m#{i}", 1, T0 + 10) for i in range(3)]
     engine.process(0, [], labels)
     assert engine.store.pending_count() == 0
-    assert _cand(engine).labelled == 2
+    assert _cand(engine).labelled == 3
+    assert _cand(engine).count("labelled_no_prediction") == 1
+    assert _cand(engine).quality["accuracy"].cand_sum == 2.0  # right on m#0 and m#1 only
 
 
 def test_a_resent_pair_is_joined_once(tmp_path: Path) -> None:

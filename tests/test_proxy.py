@@ -453,10 +453,12 @@ async def test_in_flight_mirrors_stay_bounded_under_a_hanging_candidate(prod: Mo
         assert dp.stats.mirrors[("fraud", "hang", "dropped_full")] == 35
         dp.config.proxy.__dict__["mirror_drain_s"] = 0.1  # don't wait 2 s at shutdown
     await hang.stop()
-    # Mirrors cut at shutdown are recorded as timeouts; the 35 dropped requests yield no pair
-    # record, so production is still monitored through production-only records.
-    assert [r["candidate"]["error"] for r in sink.decoded()] == ["timeout"] * 5
-    assert len(sink.monitored()) == 35
+    # Mirrors cut at shutdown are recorded as timeouts; the 35 dropped ones as the candidate's
+    # outcome too (``dropped``): one pair record per sampled request, none production-only.
+    errors = sorted(r["candidate"]["error"] for r in sink.decoded())
+    assert errors == ["dropped"] * 35 + ["timeout"] * 5
+    assert all(r["candidate"]["output"] is None for r in sink.decoded())
+    assert sink.monitored() == []
 
 
 async def test_circuit_breaker_opens_and_recovers(prod: ModelServer) -> None:
@@ -510,7 +512,8 @@ async def test_large_bodies_are_forwarded_but_not_mirrored(
         out2 = await raw_request(dp.port, chunked)
         await settle(dp)
         assert dp.stats.mirrors[("fraud", "c", "too_large")] == 2
-        assert sink.decoded() == []
+        # still the candidate's pair: recorded, never sent
+        assert [r["candidate"]["error"] for r in sink.decoded()] == ["not_mirrored"] * 2
     assert out.startswith(b"HTTP/1.1 200") and out2.startswith(b"HTTP/1.1 200")
     assert [s.body for s in prod.seen] == [big, big]
     assert cand.seen == []

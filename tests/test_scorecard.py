@@ -185,3 +185,43 @@ async def test_scorecard_shows_what_the_api_says_on_real_demo_runs() -> None:
         first, second = seen["growth"]
         assert second > first, "the page did not update with new data"
         assert seen["screenshot"].stat().st_size > 20_000
+
+
+async def test_scorecard_shows_the_noise_floor(tmp_path: Path) -> None:
+    """A route with a noise candidate: each other candidate's card shows the floor the API
+    gives, and the noise candidate's card says hold."""
+    from shadowroute.runtime import embedded_stack
+    from test_outcomes import _answer, _config, _drive, _k, _settled, _truth
+    from upstreams import ModelServer
+
+    prod = await ModelServer(lambda s: _answer(_truth(_k(s)) if _k(s) % 5 else 0)).start()
+    good = await ModelServer(lambda s: _answer(_truth(_k(s)))).start()
+    cfg = _config(tmp_path, prod.url, [{"name": "good", "url": good.url}], noise={"fraction": 1})
+    try:
+        async with embedded_stack(cfg) as stack, pw_api.async_playwright() as pw:
+            await _drive(stack, 200, _truth)
+            cand = await _settled(stack, "good", 200, 200)
+            noise = await _settled(stack, "noise", 200, 200)
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 1600})
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                await page.goto(f"http://127.0.0.1:{stack.admin_port}/")
+                floor = '[data-candidate="good"] .noise-floor'
+                await page.wait_for_selector(floor, timeout=15_000)
+                disagreement = await page.inner_text(f'{floor} [data-field="noise-disagreement"] b')
+                pairs = await page.inner_text(f'{floor} [data-field="noise-pairs"] b')
+                acc = await page.inner_text(f'{floor} tr[data-floor-metric="accuracy"] td.estimate')
+                badge = await page.inner_text('[data-candidate="noise"] .badge.verdict')
+                no_floor = await page.locator('[data-candidate="noise"] .noise-floor').count()
+            finally:
+                await browser.close()
+    finally:
+        await prod.stop()
+        await good.stop()
+    assert errors == []
+    f = cand["noise_floor"]
+    assert disagreement == f"{100 * f['disagreement']:.1f}%" and pairs == str(f["pairs"]) == "200"
+    assert acc == signed(f["metrics"]["accuracy"]["estimate"])
+    assert badge.lower() == noise["verdict"] == "hold" and no_floor == 0

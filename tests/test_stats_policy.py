@@ -36,6 +36,8 @@ def _states(
     for name in ("error_rate", "timeout_rate"):
         if name in states:
             states[name].update(*errors)
+    if "availability" in states:  # an answer is available when it is not an error
+        states["availability"].update(1.0 - errors[0], 1.0 - errors[1])
     if "agreement" in states and outputs is not None:
         states["agreement"].update(*outputs)
     return states
@@ -47,10 +49,14 @@ def _no_errors(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_metric_alpha_is_a_bonferroni_split() -> None:
     p = Policy()
+    share = 0.05 / 4
     assert metric_alpha(p, "classification") == pytest.approx(
-        {"accuracy": 0.05 / 3, "error_rate": 0.05 / 3, "timeout_rate": 0.05 / 3}
+        {"accuracy": share, "error_rate": share, "timeout_rate": share, "availability": share}
     )
-    p2 = Policy(alpha=0.1, guardrails=Guardrails(error_rate_delta=None, agreement_floor=0.5))
+    p2 = Policy(
+        alpha=0.1,
+        guardrails=Guardrails(error_rate_delta=None, agreement_floor=0.5, availability_delta=None),
+    )
     assert metric_alpha(p2, "regression") == pytest.approx(
         {"mae": 0.1 / 3, "timeout_rate": 0.1 / 3, "agreement": 0.1 / 3}
     )

@@ -162,9 +162,13 @@ async def test_candidate_fault_is_invisible_to_the_client(fault: str) -> None:
     finished = sum(mirrors.get(k, 0) for k in ("ok", "timeout", "too_large", "error"))
     assert finished == mirrors["sent"]
     assert mirrors.get(outcome, 0) > 0
-    # One pair record per mirror sent, each naming the fault.
-    assert len(records) == mirrors["sent"]
-    assert {r["candidate"]["error"] for r in records} == {record_error}
+    # One pair record per sampled request: each mirror sent names the fault, each dropped at
+    # the bound is recorded as ``dropped``.
+    assert len(records) == total
+    dropped = [r for r in records if r["candidate"]["error"] == "dropped"]
+    assert len(dropped) == mirrors.get("dropped_full", 0)
+    assert all(r["candidate"]["output"] is None for r in dropped)
+    assert {r["candidate"]["error"] for r in records} - {"dropped"} == {record_error}
     assert all(r["production"]["error"] is None for r in records)
     if fault == "invalid_json":
         assert extract_failed == mirrors["sent"]
@@ -207,4 +211,4 @@ async def test_reset_mid_with_default_breaker_meets_the_bound() -> None:
     assert set(cmp.faulty.responses) == {expected}
     assert cmp.within, (cmp.faulty.summary(), cmp.healthy.summary())
     assert mirrors["circuit_open"] > 0 and mirrors["error"] > 0
-    assert errors == {"reset", "circuit_open"}
+    assert errors - {"dropped"} == {"reset", "circuit_open"}

@@ -79,6 +79,25 @@ _DECISION = {
             "description": "Only when ?revision= named another revision: what was asked (the "
             "verdict is then hold, and the reason says which revision the evidence is for)",
         },
+        "noise": {
+            "type": "boolean",
+            "description": "True for a noise candidate (production against itself): always hold",
+        },
+        "noise_floor": {
+            "type": ["object", "null"],
+            "description": (
+                "The route's noise candidate, to read this candidate's figures against: "
+                "disagreement and the paired differences of the decision's metrics"
+            ),
+            "properties": {
+                "candidate": {"type": "string"},
+                "pairs": {"type": "integer"},
+                "labelled": {"type": "integer"},
+                "disagreement": {"type": ["number", "null"]},
+                "metrics": {"type": "object"},
+                "note": {"type": "string"},
+            },
+        },
     },
 }
 

@@ -117,11 +117,14 @@ class CandidateState:
     error_rate: PairedMetric
     timeout_rate: PairedMetric
     quality: dict[str, PairedMetric]
+    availability: PairedMetric
+    """Paired share of instances with a prediction, per sampled request (``_available``)."""
     latency_prod: Sketch = field(default_factory=Sketch)
     latency_cand: Sketch = field(default_factory=Sketch)
     counts: dict[str, float] = field(default_factory=dict)
     """pairs, instances, labelled, invalid, orphan_pairs, similarity_{n,sum}, delta_{n,abs,rel},
-    mcnemar_b/c, and ``error:<side>:<reason>`` per model."""
+    mcnemar_b/c, ``labelled_no_prediction``, ``error:<side>:<reason>`` per model, and
+    ``no_prediction:<side>:<reason>`` for pairs where a side has no prediction at all."""
     by_window: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     last_ts: int = 0
     """The newest pair timestamp scored (ms)."""
@@ -166,6 +169,8 @@ class CandidateState:
         lp: list[float] = []
         lc: list[float] = []
         errors: dict[str, int] = {}
+        avail_p: list[float] = []
+        avail_c: list[float] = []
         agreed: list[float] = []
         agree_ts: list[int] = []
         instances = invalid = 0
@@ -181,7 +186,7 @@ class CandidateState:
                 k = f"error:production:{e}"
                 errors[k] = errors.get(k, 0) + 1
             e = r.cand_error
-            if e is not None:
+            if e is not None and e != "not_mirrored":  # (never sent: the proxy's limit)
                 cand_err.append(i)
                 if e == "timeout":
                     cand_to.append(i)
@@ -192,6 +197,18 @@ class CandidateState:
             if r.cand_latency is not None:
                 lc.append(r.cand_latency)
             po, co = r.prod_output, r.cand_output
+            n = len(po) if po else (len(co) if co else 1)
+            ap = 0.0 if r.prod_error is not None else _available(po, n)
+            ac = 0.0 if e is not None else _available(co, n)
+            if ap == 0.0:
+                k = f"no_prediction:production:{r.prod_error or 'no_prediction'}"
+                errors[k] = errors.get(k, 0) + 1
+            if ac == 0.0:
+                k = f"no_prediction:candidate:{e or 'no_prediction'}"
+                errors[k] = errors.get(k, 0) + 1
+            if e != "not_mirrored":  # the proxy's limit, not the candidate's outcome
+                avail_p.append(ap)
+                avail_c.append(ac)
             if po is None or co is None:
                 continue
             for p, q in zip(po, co, strict=False):
@@ -221,6 +238,7 @@ class CandidateState:
         pe, ce, pt, ct = (_flags(n_rows, at) for at in (prod_err, cand_err, prod_to, cand_to))
         self.error_rate.update(pe, ce)
         self.timeout_rate.update(pt, ct)
+        self.availability.update(avail_p, avail_c)
         self.latency_prod.add_many(lp)
         self.latency_cand.add_many(lc)
         self.last_ts = max(self.last_ts, max(ts))
@@ -253,10 +271,16 @@ class CandidateState:
         c = self.counts
         task = self.task
         quality = scoring.quality
+        worst = scoring.worst_quality(task)
         for r in rows:
             label = r.label
             qp = quality(task, r.prod, label, classes)
             qc = quality(task, r.cand, label, classes)
+            if qp and not qc:
+                # No usable prediction (none, NaN, or not fitting the task) where production
+                # has one: the candidate's miss, scored as its worst (docs/comparator.md).
+                _add(c, "labelled_no_prediction", 1)
+                qc = worst
             if not qp or not qc:
                 _add(c, "invalid_labelled", 1)
                 continue
@@ -306,6 +330,7 @@ class CandidateState:
             error_rate=self.error_rate.merge(other.error_rate),
             timeout_rate=self.timeout_rate.merge(other.timeout_rate),
             quality={k: m.merge(other.quality[k]) for k, m in self.quality.items()},
+            availability=self.availability.merge(other.availability),
             latency_prod=self.latency_prod.merge(other.latency_prod),
             latency_cand=self.latency_cand.merge(other.latency_cand),
             counts=counts,
@@ -324,6 +349,7 @@ class CandidateState:
             "error_rate": self.error_rate.to_dict(),
             "timeout_rate": self.timeout_rate.to_dict(),
             "quality": {k: m.to_dict() for k, m in self.quality.items()},
+            "availability": self.availability.to_dict(),
             "latency_prod": self.latency_prod.to_dict(),
             "latency_cand": self.latency_cand.to_dict(),
             "counts": dict(sorted(self.counts.items())),
@@ -337,15 +363,22 @@ class CandidateState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CandidateState:
+        error_rate = PairedMetric.from_dict(data["error_rate"])
+        avail = data.get("availability")  # absent in states stored before it was kept
         return cls(
             route=str(data["route"]),
             candidate=str(data["candidate"]),
             task=str(data["task"]),
             windows=tuple(data["windows"]),
             agreement=PairedMetric.from_dict(data["agreement"]),
-            error_rate=PairedMetric.from_dict(data["error_rate"]),
+            error_rate=error_rate,
             timeout_rate=PairedMetric.from_dict(data["timeout_rate"]),
             quality={k: PairedMetric.from_dict(v) for k, v in data["quality"].items()},
+            availability=(
+                _metric("availability", error_rate.alpha)
+                if avail is None
+                else PairedMetric.from_dict(avail)
+            ),
             latency_prod=Sketch.from_dict(data["latency_prod"]),
             latency_cand=Sketch.from_dict(data["latency_cand"]),
             counts={str(k): float(v) for k, v in data["counts"].items()},
@@ -376,6 +409,7 @@ class CandidateState:
             "agreement": self.agreement,
             "error_rate": self.error_rate,
             "timeout_rate": self.timeout_rate,
+            "availability": self.availability,
             **self.quality,
         }
 
@@ -393,6 +427,8 @@ class CandidateState:
             "agreement": _summary(self.agreement),
             "error_rate": _summary(self.error_rate),
             "timeout_rate": _summary(self.timeout_rate),
+            "availability": _summary(self.availability),
+            "outcomes": self._outcomes(),
             "rates": self._rates(pairs),
             "latency_ms": self._latency(),
             "quality": {k: _summary(m) for k, m in self.quality.items()},
@@ -412,6 +448,19 @@ class CandidateState:
                 "n": int(n),
                 "mean": _finite(c.get("similarity_sum", 0.0) / n) if n else None,
             }
+        return out
+
+    def _outcomes(self) -> dict[str, Any]:
+        """Per side: pairs with a prediction, and the reason of each without one."""
+        out: dict[str, Any] = {}
+        for side in ("production", "candidate"):
+            head = f"no_prediction:{side}:"
+            reasons = {k[len(head) :]: int(v) for k, v in self.counts.items() if k.startswith(head)}
+            out[side] = {
+                "with_prediction": self.pairs - sum(reasons.values()),
+                "no_prediction": dict(sorted(reasons.items())),
+            }
+        out["candidate"]["labelled_no_prediction"] = self.count("labelled_no_prediction")
         return out
 
     def _rates(self, pairs: int) -> dict[str, dict[str, Any]]:
@@ -503,6 +552,19 @@ class CandidateState:
         return out
 
 
+def _available(out: list[Any] | None, n: int) -> float:
+    """The share of a request's ``n`` instances with a prediction in ``out``."""
+    if not out:
+        return 0.0
+    if n == 1:
+        return 0.0 if out[0] is None else 1.0
+    k = 0
+    for v in out[:n]:
+        if v is not None:
+            k += 1
+    return k / n
+
+
 def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
@@ -544,4 +606,5 @@ def new_candidate_state(route: Route, candidate: str, windows: Sequence[str]) ->
         error_rate=make("error_rate"),
         timeout_rate=make("timeout_rate"),
         quality={name: make(name) for name in scoring.LABELLED_METRICS[route.task]},
+        availability=make("availability"),
     )

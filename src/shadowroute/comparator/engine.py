@@ -592,16 +592,20 @@ class Engine:
                 continue
             pout, cout = rec.prod_output, rec.cand_output
             rows[(name, cand)].append(rec)
-            if not pout or not cout:
+            if not pout or (not cout and rec.cand_error == "not_mirrored"):
                 continue
-            for i, key in enumerate(keys[: len(cout)]):
+            # An instance the candidate gave no prediction for joins its label too: scored
+            # as the candidate's miss (CandidateState.add_labelled).
+            nc = len(cout) if cout else 0
+            for i, key in enumerate(keys):
+                c = cout[i] if i < nc else None  # type: ignore[index]
                 if has_labels and self._join_new(
-                    partition, route, cand, key, [ts, pout[i], cout[i]], fresh, stored, b
+                    partition, route, cand, key, [ts, pout[i], c], fresh, stored, b
                 ):
                     continue
                 if existing and (key, cand) in existing:
                     continue
-                _pend(pending, key, cand, (name, expires, ts, pout[i], cout[i], idx))
+                _pend(pending, key, cand, (name, expires, ts, pout[i], c, idx))
         for route_name, cand in rows:
             b.touched.add(("cand", route_name, cand, partition))
 

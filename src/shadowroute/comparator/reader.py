@@ -252,6 +252,12 @@ class Verdicts:
             "as_of": _as_of(state),
             "revision": rev,
         }
+        if _is_noise(route, cand):
+            out["noise"] = True
+            out["verdict"] = "hold"
+            out["reasons"] = [NOISE_REASON, *_noise_alerts(state), *out["reasons"]]
+        elif any(c.noise for c in route.candidates):
+            out["noise_floor"] = noise_floor(self.view, route, list(decision.metrics))
         out["metrics"] = json_safe(out["metrics"])
         with self._lock:
             self._current[key] = (decision, out)
@@ -324,6 +330,10 @@ class Reader:
         if state is None:
             return body | {"pairs": 0, "labelled": 0}
         cleaned: dict[str, Any] = json_safe(state.scores())
+        if _is_noise(r, candidate):
+            cleaned["noise"] = True
+        elif any(c.noise for c in r.candidates):
+            cleaned["noise_floor"] = noise_floor(self.view, r, None)
         return body | cleaned
 
     def history(self, route: str, candidate: str) -> dict[str, Any]:
@@ -438,6 +448,59 @@ class Reader:
                     role = "production" if m is r.production else "candidate"
                     out.append({"route": r.name, "model": m.name, "role": role, "age_days": age})
         return out
+
+
+NOISE_REASON = (
+    "noise candidate: production compared with itself, shown beside every candidate as the "
+    "noise floor; never promoted"
+)
+
+
+def _is_noise(route: Route, cand: str) -> bool:
+    return any(c.noise and c.name == cand for c in route.candidates)
+
+
+def _noise_alerts(state: CandidateState | None) -> list[str]:
+    """Production disagreeing with itself is worth a look (STATISTICS.md §6, item 4)."""
+    if state is None or state.agreement.n == 0:
+        return []
+    lower, _ = state.agreement.interval()
+    if lower <= 0.0:
+        return []
+    return [
+        f"production disagrees with itself on at least {lower:.3%} of instances: "
+        "a model that should be deterministic is not (batching, hardware, float jitter)"
+    ]
+
+
+def noise_floor(view: StateView, route: Route, metrics: list[str] | None) -> dict[str, Any] | None:
+    """The route's noise candidate's figures (the first, when there are several), to read a
+    candidate's against: disagreement and the paired differences of ``metrics`` (default:
+    every CS-backed metric), each with its interval. ``None`` when the route has none."""
+    name = next((c.name for c in route.candidates if c.noise), None)
+    if name is None:
+        return None
+    state = view.candidate(route.name, name)
+    out: dict[str, Any] = {"candidate": name, "pairs": 0, "disagreement": None, "metrics": {}}
+    if state is None:
+        return out
+    every = state.metrics()
+    agreement = state.agreement.summary()["estimate"]
+    out["pairs"] = state.pairs
+    out["labelled"] = state.labelled
+    out["disagreement"] = None if state.agreement.n == 0 else 1.0 - float(agreement or 0.0)
+    for m in every if metrics is None else metrics:
+        pm = every.get(m)
+        if pm is None:
+            continue
+        s = pm.summary()
+        out["metrics"][m] = {k: s[k] for k in ("estimate", "lower", "upper", "n")}
+    out["note"] = (
+        "production against itself: a candidate's disagreement or paired difference within "
+        "these is indistinguishable from production's own noise"
+    )
+    result: dict[str, Any] = json_safe(out)
+    return result
 
 
 def _age_days(trained_through: str | None, today: date) -> float | None:

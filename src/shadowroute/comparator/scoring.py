@@ -32,6 +32,7 @@ __all__ = [
     "prob_vector",
     "quality",
     "similarity",
+    "worst_quality",
 ]
 
 REGRESSION_ABS_TOL: Final = 1e-6
@@ -193,6 +194,18 @@ def quality(task: str, pred: Any, label: Any, classes: Sequence[str] | None) -> 
     if isinstance(pred, str) and isinstance(label, str):
         return (1.0 if pred == label else 0.0,)
     return ()
+
+
+def worst_quality(task: str) -> tuple[float, ...]:
+    """The quality values a labelled instance gets when the model gave no usable prediction
+    for it: wrong (accuracy, exact match), the clipped log-loss ``−log 1e-6`` and the largest
+    Brier score 2. Regression errors have no worst value: ``()`` (the instance is not scored;
+    the availability guardrail counts it)."""
+    if task == "probability":
+        return (-math.log(LOG_EPS), 2.0)
+    if task == "regression":
+        return ()
+    return _WRONG
 
 
 def class_name(v: Any, classes: Sequence[str] | None) -> str | None:

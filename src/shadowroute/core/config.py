@@ -239,6 +239,19 @@ class Candidate(Model):
     """Share of the route's requests mirrored to this candidate, sampled from the request id."""
     max_in_flight: int = Field(128, ge=1, le=100_000)
     """Mirrors awaiting an answer at most; beyond it mirrors are dropped and counted."""
+    noise: bool = False
+    """
+    A noise candidate: production itself (or a replica of it) at `url`. Its disagreement and
+    paired differences are shown beside every other candidate as the noise floor; it is never
+    promoted (see docs/comparator.md).
+    """
+
+
+class Noise(_Strict):
+    fraction: float = Field(0.05, gt=0.0, le=1.0)
+    """Share of the route's requests mirrored to production's own URL."""
+    name: Name = "noise"
+    """The noise candidate's name (must not be another model's)."""
 
 
 class Capture(_Strict):
@@ -291,6 +304,11 @@ class Guardrails(_Strict):
     """Largest tolerated candidate/production p99 latency ratio (none: off)."""
     agreement_floor: float | None = Field(None, ge=0, le=1)
     """Lowest tolerated agreement with production (none: off; agreement is reported either way)."""
+    availability_delta: float | None = Field(0.01, ge=0, le=1)
+    """
+    Largest tolerated drop in the candidate's availability (share of sampled requests it gave a
+    prediction for: not dropped, not failed, not NaN) below production's (none: off).
+    """
 
 
 class Policy(_Strict):
@@ -340,6 +358,11 @@ class Route(_Strict):
     """The production model: every request goes there and the client gets its answer."""
     candidates: list[Candidate] = []
     """Candidate models that get a mirrored copy of a fraction of the requests."""
+    noise: Noise | None = None
+    """
+    Mirror a fraction to production's own URL as a noise candidate (`noise: true`, with
+    production's timeout and headers): the floor every candidate is read against.
+    """
     monitor_fraction: float = Field(1.0, ge=0.0, le=1.0)
     """
     Share of requests (of the mirrored methods) whose production answer is recorded for
@@ -365,6 +388,17 @@ class Route(_Strict):
             raise ValueError(f"path_prefix must start with '/', got {self.path_prefix!r}")
         if self.protocol == "jsonpath" and not self.jsonpath:
             raise ValueError("protocol 'jsonpath' needs 'jsonpath' (e.g. '$.prediction')")
+        same = [c for c in self.candidates if self.noise and c.name == self.noise.name]
+        if same and not same[0].noise:
+            raise ValueError(f"noise.name {same[0].name!r} is a candidate that is not noise")
+        if self.noise is not None and not same:
+            p = self.production
+            self.candidates.append(
+                Candidate(
+                    name=self.noise.name, url=p.url, timeout_s=p.timeout_s, version=p.version,
+                    headers=p.headers, fraction=self.noise.fraction, noise=True,
+                )
+            )  # fmt: skip
         names = [self.production.name, *(c.name for c in self.candidates)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

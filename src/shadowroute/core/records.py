@@ -64,6 +64,10 @@ ERRORS: Final = (
     "circuit_open",  # not sent: the candidate's circuit breaker is open
     "too_large",  # the response exceeded the capture limit
     "reset",  # the connection closed before the response was complete
+    "bad_response",  # the response was not valid HTTP/1.1
+    "no_prediction",  # a 2xx response with no instance, or only NaN / infinite predictions
+    "dropped",  # not sent: the candidate's mirrors in flight were at max_in_flight
+    "not_mirrored",  # not sent: the request body exceeded mirror.capture_limit_bytes
 )
 
 _MAX_ID: Final = 256

@@ -21,6 +21,8 @@ from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.dataplane.upstream import Exchange, Outcome, UpstreamConnection, UpstreamPool
 
 MAX_MIRROR_RESPONSE = 16 << 20
+NOT_SENT = ("dropped", "circuit_open", "not_mirrored")
+"""Record error reasons of a sampled request's mirror that was not sent (``records.ERRORS``)."""
 
 
 class CircuitBreaker:
@@ -95,6 +97,12 @@ class MirrorTarget:
         self._ok = (route, cfg.name, "ok")
         self.stats.mirrors_in_flight[self._key] = 0
         self._unsent: list[MirrorExchange] = []  # to be written at the end of this loop turn
+        # The candidate's outcome for a sampled request that was not sent, made once: a mirror
+        # not sent costs the client's path a counter and a reference, nothing more.
+        self.not_sent = {
+            reason: Outcome(cfg.name, cfg.version, None, None, None, None, None, reason)
+            for reason in NOT_SENT
+        }
 
     def write_soon(self, ex: MirrorExchange) -> None:
         unsent = self._unsent
@@ -112,22 +120,24 @@ class MirrorTarget:
     def count(self, outcome: str) -> None:
         self.stats.mirrors[(self.route, self.name, outcome)] += 1
 
-    def send(self, request: bytes, done: MirrorDone) -> bool:
-        """Start a mirror; False (already counted) when it is not sent."""
+    def send(self, request: bytes, done: MirrorDone) -> str | None:
+        """Start a mirror; when it is not sent, the reason (``dropped`` at the in-flight
+        bound, ``circuit_open``), already counted. ``not_sent[reason]`` is the candidate's
+        outcome for the request then."""
         if self.in_flight >= self.max_in_flight:
             self.count("dropped_full")
-            return False
+            return "dropped"
         now = time.monotonic()
         if not self.breaker.allow(now):
             self.count("circuit_open")
-            return False
+            return "circuit_open"
         self.in_flight += 1
         self.stats.mirrors_in_flight[self._key] = self.in_flight
         self.stats.mirrors[self._sent] += 1
         ex = MirrorExchange(self, request, done)
         self.active.add(ex)
         ex.start()
-        return True
+        return None
 
     def finished(self, result: Outcome) -> None:
         self.in_flight -= 1

@@ -173,6 +173,7 @@ class Request(Exchange):
     prod: UpstreamConnection | None = None
     monitored = False
     mirror_buf: list[bytes] | None = None
+    unmirrored: list[CandidateRuntime] | None = None  # sampled; body over the capture limit
     mirror_size = 0
     pairing: Pairing | None = None
     head_sent = False
@@ -253,7 +254,7 @@ class Request(Exchange):
         self.body_done = True
         if self.prod is not None and self.chunked_in:
             self.up_pending.append(http1.LAST_CHUNK)
-        if self.mirror_to or self.monitored:
+        if self.mirror_to or self.monitored or self.unmirrored:
             body = b"".join(self.mirror_buf) if self.mirror_buf is not None else None
             pairing = Pairing(
                 self.conn.proxy.recorder,
@@ -266,12 +267,18 @@ class Request(Exchange):
             self.pairing = pairing
             if self.mirror_to and body is not None:
                 self._send_mirrors(body, pairing)
+            if self.unmirrored:
+                for c in self.unmirrored:
+                    pairing.expected += 1
+                    pairing.candidate_done(c.target.not_sent["not_mirrored"])
         self.mirror_buf = None
 
     def _skip_mirrors(self, outcome: str) -> None:
         for c in self.mirror_to:
             c.target.count(outcome)
-        self.mirror_to = []
+        if self.mirror_to:
+            self.unmirrored = self.mirror_to  # still recorded, as ``not_mirrored``
+            self.mirror_to = []
         if not (self.monitored and self.route.needs_input):
             self.mirror_buf = None
 
@@ -283,14 +290,10 @@ class Request(Exchange):
                  c.static, length)
             )  # fmt: skip
             target = c.target
-            if target.send(head + body, pairing.candidate_done):
-                pairing.expected += 1
-            elif target.breaker.state == "open":
-                pairing.expected += 1
-                pairing.candidate_done(
-                    Outcome(target.name, target.version, None, None, None, None, None,
-                            "circuit_open")
-                )  # fmt: skip
+            pairing.expected += 1  # a mirror not sent is the candidate's outcome too
+            reason = target.send(head + body, pairing.candidate_done)
+            if reason is not None:
+                pairing.candidate_done(target.not_sent[reason])
 
     # --- response side (Exchange) ------------------------------------------------------
 

@@ -70,7 +70,7 @@ class Pairing:
         self.production = outcome
         if self.monitor and self.expected == 0:
             # A pair record carries production's side too; the production-only record is
-            # for monitored requests that yield none (not mirrored, or every mirror dropped).
+            # for monitored requests that yield none (not sampled for any candidate).
             self.recorder.submit(self, None)
         for cand in self.waiting:
             self.recorder.submit(self, cand)
@@ -161,6 +161,13 @@ class Recorder:
                 error = "extract_failed"
                 self.stats.extract_failed += 1
                 log.debug("extraction failed for %s/%s: %s", route.name, o.model, exc.reason)
+            else:
+                for item in output:
+                    if item is not None:
+                        break
+                else:  # no instance, or only NaN / infinite ones: an answer without a prediction
+                    output = None
+                    error = "no_prediction"
         stamp = self.stamps.get((route.name, o.model))
         return side_fields(
             o.model,

@@ -23,10 +23,14 @@ POLICY: dict[str, Any] = {
     "min_labelled": 100,
     "primary_metric": "accuracy",
     "mode": "superiority",
-    # An error-rate guardrail of δ needs about 19/δ clean pairs before it can pass (the
-    # confidence sequence of an all-zero difference narrows like 19/n at α/3): 0.05 lets a
+    # An error-rate guardrail of δ needs about 20/δ clean pairs before it can pass (the
+    # confidence sequence of an all-zero difference narrows like 20/n at α/4): 0.05 lets a
     # one-minute demo decide; production configs usually keep the default 0.01.
-    "guardrails": {"error_rate_delta": 0.05, "timeout_rate_delta": 0.05},
+    "guardrails": {
+        "error_rate_delta": 0.05,
+        "timeout_rate_delta": 0.05,
+        "availability_delta": 0.05,
+    },
 }
 
 

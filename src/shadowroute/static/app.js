@@ -278,7 +278,7 @@ function metricsTable(decision) {
 
 function primaryMetric(decision) {
   const names = Object.keys((decision && decision.metrics) || {});
-  const guard = new Set(["error_rate", "timeout_rate", "agreement", "latency_p99_ratio"]);
+  const guard = new Set(["error_rate", "timeout_rate", "agreement", "availability", "latency_p99_ratio"]);
   return names.find((n) => !guard.has(n)) || names[0];
 }
 
@@ -292,7 +292,35 @@ function ratesBlock(scores) {
     item("production errors", pct(rates.production && rates.production.error), "prod-error"),
     item("candidate errors", pct(rates.candidate && rates.candidate.error), "cand-error"),
     item("production timeouts", pct(rates.production && rates.production.timeout), "prod-timeout"),
-    item("candidate timeouts", pct(rates.candidate && rates.candidate.timeout), "cand-timeout"));
+    item("candidate timeouts", pct(rates.candidate && rates.candidate.timeout), "cand-timeout"),
+    item("candidate without prediction", noPrediction(scores), "cand-no-prediction"));
+}
+
+function noPrediction(scores) {
+  const o = scores.outcomes && scores.outcomes.candidate;
+  if (!o || !o.no_prediction) return "—";
+  const parts = Object.entries(o.no_prediction).map(([k, v]) => `${k} ${v}`);
+  return parts.length ? parts.join(", ") : "none";
+}
+
+// The noise floor: production against itself, the yardstick for every candidate's figures.
+function noiseFloor(decision) {
+  const f = decision && decision.noise_floor;
+  if (!f) return "";
+  const rows = Object.entries(f.metrics || {}).map(([name, m]) => h("tr", { "data-floor-metric": name },
+    h("td", {}, name),
+    h("td", { class: "num estimate" }, signed(m.estimate)),
+    h("td", { class: "num lower" }, signed(m.lower)),
+    h("td", { class: "num upper" }, signed(m.upper)),
+    h("td", { class: "num n" }, isNum(m.n) ? String(m.n) : "0")));
+  return h("div", { class: "noise-floor", "data-noise": f.candidate },
+    h("h4", {}, `noise floor (${f.candidate}: production against itself)`),
+    h("div", { class: "kv" },
+      h("span", { "data-field": "noise-pairs" }, "pairs ", h("b", { class: "num" }, String(f.pairs ?? 0))),
+      h("span", { "data-field": "noise-disagreement" }, "disagreement ", h("b", { class: "num" }, pct(f.disagreement)))),
+    rows.length ? h("table", { class: "metrics" },
+      h("thead", {}, h("tr", {}, ["metric", "estimate", "lower", "upper", "n"].map((t, i) => h("th", { class: i > 0 ? "num" : "" }, t)))),
+      h("tbody", {}, rows)) : "");
 }
 
 // The revision evidence is about: the candidate's deploy revision, else its version, else the id.
@@ -337,6 +365,7 @@ function candidateCard(routeName, prodName, cand) {
     h("ul", { class: "reasons" }, (d.reasons || []).map((r) => h("li", {}, r))),
     h("h4", {}, "metrics (candidate minus production; positive = candidate better)"),
     metricsTable(d),
+    noiseFloor(d),
     h("div", { class: "grid2" },
       h("div", {},
         h("h4", {}, `${primary || "primary metric"}: interval as samples grow`),

@@ -100,6 +100,9 @@ METRICS: dict[str, MetricSpec] = {
     "timeout_rate": MetricSpec(
         "timeout_rate", higher_is_better=False, bounded=True, needs_label=False, v_opt=RARE_V_OPT
     ),
+    "availability": MetricSpec(
+        "availability", higher_is_better=True, bounded=True, needs_label=False, v_opt=RARE_V_OPT
+    ),
 }
 
 

@@ -69,6 +69,8 @@ def guardrail_thresholds(policy: Policy) -> dict[str, float]:
         out["timeout_rate"] = -g.timeout_rate_delta
     if g.agreement_floor is not None:
         out["agreement"] = g.agreement_floor
+    if g.availability_delta is not None:
+        out["availability"] = -g.availability_delta
     return out
 
 
