@@ -2,7 +2,7 @@
 
 The verdict is read after every batch of labelled pairs, as deploy tooling polling
 ``/decision`` would read it, under the default policy (superiority, α = 0.05 split between
-accuracy and the two error guardrails) for a classification route. Each scenario simulates
+accuracy and the default guardrails) for a classification route. Each scenario simulates
 paired correctness differences ``d ∈ {−1, 0, +1}`` with known per-request conditional means, so
 the target of the verdict, the average of those means over the traffic seen so far, is known
 at every read.
@@ -133,7 +133,8 @@ def guardrails_pass_from() -> int:
         ok = True
         for name, threshold in thresholds.items():
             m = PairedMetric.create(name, ALPHAS[name])
-            m.update(np.zeros(n), np.zeros(n))
+            same = np.ones(n) if name == "availability" else np.zeros(n)
+            m.update(same, same)
             ok = ok and m.interval()[0] > threshold
         if ok:
             return n
@@ -167,9 +168,10 @@ def self_check(d: np.ndarray, got: Verdicts, runs: int = 3) -> None:
             chunk = d[r, seen:look]
             prod = (chunk < 0).astype(np.float64)
             states["accuracy"].update(prod, prod + chunk)
-            zeros = np.zeros(chunk.size)
-            states["error_rate"].update(zeros, zeros)
-            states["timeout_rate"].update(zeros, zeros)
+            for name, m in states.items():
+                if name != "accuracy":  # no errors, every answer with a prediction
+                    same = np.ones(chunk.size) if name == "availability" else np.zeros(chunk.size)
+                    m.update(same, same)
             seen = int(look)
             want = decide(POLICY, "classification", states, None, seen, seen).verdict
             code = {"promote": 1, "hold": 0, "reject": -1}[want]

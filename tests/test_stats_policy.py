@@ -224,9 +224,10 @@ def test_verdict_comes_back_from_promote_when_later_traffic_is_worse() -> None:
     for n, better, worse in phases:
         prod, cand = _discordant(rng, n, better, worse)
         states["accuracy"].update(prod, cand)
-        zeros = np.zeros(n)
-        states["error_rate"].update(zeros, zeros)
-        states["timeout_rate"].update(zeros, zeros)
+        for name in states:
+            if name != "accuracy":  # no errors, every answer with a prediction
+                same = np.ones(n) if name == "availability" else np.zeros(n)
+                states[name].update(same, same)
         total += n
         d = decide(p, "classification", states, None, total, total)
         ev = d.metrics["accuracy"]
