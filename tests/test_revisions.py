@@ -544,9 +544,10 @@ async def test_serve_a_revision_change_mid_stream_starts_fresh_evidence(tmp_path
             base = f"{api}/v1/routes/{ROUTE}/candidates/{CAND}"
             auth = {"authorization": f"Bearer {TOKEN}"}
             # revision a (from the config): a much better candidate
-            await _traffic(client, proxy, 0, 600)
-            await _labels(client, api, 0, 600)
-            d = await _until(client, f"{base}/decision", lambda d: d["labelled"] == 600)
+            # (800 pairs: with no errors the guardrails pass from about 700)
+            await _traffic(client, proxy, 0, 800)
+            await _labels(client, api, 0, 800)
+            d = await _until(client, f"{base}/decision", lambda d: d["labelled"] == 800)
             assert d["verdict"] == "promote", d["reasons"]
             assert d["revision"]["candidate"] == {"url": cand.url, "version": "8", "revision": "a"}
             assert d["revision"]["production"] == {"url": prod.url, "version": "7",
@@ -572,8 +573,8 @@ async def test_serve_a_revision_change_mid_stream_starts_fresh_evidence(tmp_path
             routes = (await client.get(f"{api}/v1/routes")).json()["routes"]
             assert routes[0]["candidates"][0]["revision"] == "b"
 
-            await _traffic(client, proxy, 600, 120)
-            await _labels(client, api, 600, 120)
+            await _traffic(client, proxy, 800, 120)
+            await _labels(client, api, 800, 120)
             d = await _until(client, f"{base}/decision", lambda d: d["labelled"] == 120)
             assert d["pairs"] == 120  # fresh: nothing of revision a
             assert d["revision"]["candidate"]["revision"] == "b"
@@ -604,7 +605,7 @@ async def test_serve_a_revision_change_mid_stream_starts_fresh_evidence(tmp_path
             r = await client.put(f"{api}/v1/routes/{ROUTE}/production/revision",
                                  json={"revision": "p2"}, headers=auth)  # fmt: skip
             assert r.status_code == 200 and r.json()["role"] == "production"
-            await _traffic(client, proxy, 720, 40)
+            await _traffic(client, proxy, 920, 40)
             d = await _until(client, f"{base}/decision", lambda d: d["pairs"] == 40)
             assert d["revision"]["production"]["revision"] == "p2"
             assert d["revision"]["candidate"]["revision"] == "b"
