@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
+import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -456,3 +458,35 @@ def test_noise_config() -> None:
         _route(noise={}, candidates=[{"name": "noise", "url": "http://127.0.0.1:2"}])
     explicit = _route(candidates=[{"name": "replica", "url": "http://127.0.0.1:2", "noise": True}])
     assert explicit.candidates[0].noise and Policy().guardrails.availability_delta == 0.01
+
+
+async def test_a_client_that_goes_away_still_leaves_the_candidates_pair() -> None:
+    """The client closes its connection before production answers: production's answer is not
+    awaited (``abandoned``), the candidate's outcome is still recorded."""
+    slow = await ModelServer(lambda s: Reply(body=b'{"predictions": [1]}', delay=0.5)).start()
+    cand = await ModelServer().start()
+    cfg = make_config(slow.url, [{"name": "c", "url": cand.url}])
+    async with running_proxy(cfg) as (dp, sink):
+        _, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+        writer.write(
+            b"POST /p HTTP/1.1\r\nHost: h\r\nx-request-id: gone-1\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+        )
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the mirror has gone out; production is still thinking
+        sock = writer.get_extra_info("socket")  # gone, not half-closed: a reset (SO_LINGER 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.1)
+        await settle(dp)
+    await slow.stop()
+    await cand.stop()
+    [rec] = sink.decoded()
+    assert rec["id"] == "gone-1" and rec["production"]["error"] == "abandoned"
+    assert rec["production"]["output"] is None
+    assert rec["candidate"]["error"] is None and rec["candidate"]["output"] == [2.5]
+    state = new_candidate_state(_route(), "c", ["hour"])
+    state.add_pairs([PairRow(1, "abandoned", None, None, 1.0, None, [1])])
+    assert state.availability.n == 0 and state.error_rate.diff_sum == 0.0
+    assert state.scores()["outcomes"]["production"]["no_prediction"] == {"abandoned": 1}

@@ -179,7 +179,7 @@ class CandidateState:
             t = r.ts
             ts.append(t)
             e = r.prod_error
-            if e is not None:
+            if e is not None and e != "abandoned":  # (the client went away: not production's)
                 prod_err.append(i)
                 if e == "timeout":
                     prod_to.append(i)
@@ -206,7 +206,8 @@ class CandidateState:
             if ac == 0.0:
                 k = f"no_prediction:candidate:{e or 'no_prediction'}"
                 errors[k] = errors.get(k, 0) + 1
-            if e != "not_mirrored":  # the proxy's limit, not the candidate's outcome
+            # Neither the proxy's limit nor a client gone is evidence about either model.
+            if e != "not_mirrored" and r.prod_error != "abandoned":
                 avail_p.append(ap)
                 avail_c.append(ac)
             if po is None or co is None:

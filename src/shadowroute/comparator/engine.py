@@ -575,7 +575,8 @@ class Engine:
                     if drift is None:
                         drift = self._drift(route, partition, b)
                     out = rec.prod_output
-                    requests[name].append((ts, rec.prod_error is not None, len(keys)))
+                    failed = rec.prod_error is not None and rec.prod_error != "abandoned"
+                    requests[name].append((ts, failed, len(keys)))
                     drift.add(ts - ts % window_ms, rec.input, out)
                     n = len(out) if out else 0
                     for i, key in enumerate(keys):

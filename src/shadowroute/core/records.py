@@ -68,6 +68,7 @@ ERRORS: Final = (
     "no_prediction",  # a 2xx response with no instance, or only NaN / infinite predictions
     "dropped",  # not sent: the candidate's mirrors in flight were at max_in_flight
     "not_mirrored",  # not sent: the request body exceeded mirror.capture_limit_bytes
+    "abandoned",  # production's answer was not awaited: the client went away first
 )
 
 _MAX_ID: Final = 256

@@ -426,11 +426,19 @@ class Request(Exchange):
             self.conn.request_done(self)
 
     def abandon(self) -> None:
-        """The client went away before production answered."""
+        """The client went away before production answered. Production's answer is not
+        awaited; the request's pairs are still recorded (production ``abandoned``), with
+        whatever the candidates did."""
         self.done = True
         if self.prod is not None:
             self.prod.abandon()
             self.prod = None
+        pairing = self.pairing
+        if pairing is not None and pairing.production is None:
+            cfg = self.route.cfg.production
+            pairing.production_done(
+                Outcome(cfg.name, cfg.version, None, None, None, None, None, "abandoned")
+            )
 
 
 class ClientConnection:
@@ -474,7 +482,7 @@ class ClientConnection:
         if self.active is not None and not self.active.done:
             self.active.abandon()
         for req in self.queue:
-            req.done = True
+            req.abandon()
         self.queue.clear()
         self.transport = None
 
