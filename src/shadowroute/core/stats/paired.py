@@ -263,13 +263,11 @@ class PairedMetric:
         self.diff_sq += float(np.sum(d * d))
 
     def merge(self, other: PairedMetric) -> PairedMetric:
-        if (other.spec, other.alpha, other.t_opt, other.v_opt) != (
-            self.spec,
-            self.alpha,
-            self.t_opt,
-            self.v_opt,
-        ):
-            raise ValueError(f"cannot merge {self.name} aggregates with different settings")
+        """The aggregate of the union. The sums do not depend on alpha, ``t_opt`` or
+        ``v_opt`` (they only shape the interval when it is read), so states made under another
+        policy's alpha split merge too, and the result reads with this one's settings."""
+        if other.spec.name != self.spec.name or other.spec.scale != self.spec.scale:
+            raise ValueError(f"cannot merge {self.name} aggregates with {other.name}'s")
         asym = (
             self.asym.merge(other.asym)
             if self.asym is not None and other.asym is not None
