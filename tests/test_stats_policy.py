@@ -255,3 +255,22 @@ def test_decision_is_json_serialisable() -> None:
         "status",
     }
     assert back["metrics"]["log_loss"]["lower"] is None  # infinite before two observations
+
+
+def test_states_made_under_another_alpha_split_are_read_at_the_policys_share() -> None:
+    """The sums do not depend on alpha: a state stored under an older split (three metrics)
+    is decided exactly like one made under the current split."""
+    rng = np.random.default_rng(12)
+    p = Policy()
+    n = 3000
+    prod, cand = _discordant(rng, n, 0.07, 0.03)
+    now = {k: PairedMetric.create(k, a) for k, a in metric_alpha(p, "classification").items()}
+    old = {k: PairedMetric.create(k, 0.05 / 3) for k in now}
+    for states in (now, old):
+        states["accuracy"].update(prod, cand)
+        for name in ("error_rate", "timeout_rate"):
+            states[name].update(np.zeros(n), np.zeros(n))
+        states["availability"].update(np.ones(n), np.ones(n))
+    a = decide(p, "classification", now, None, n, n)
+    b = decide(p, "classification", old, None, n, n)
+    assert a.to_dict() == b.to_dict()

@@ -288,15 +288,17 @@ class PairedMetric:
             asym=asym,
         )
 
-    def interval(self) -> tuple[float, float]:
+    def interval(self, alpha: float | None = None) -> tuple[float, float]:
         """The CS for the mean difference (or the rate), on the metric's scale; it always
-        contains the estimate ``diff_sum / n``.
+        contains the estimate ``diff_sum / n``. ``alpha`` (default: the metric's own) is the
+        level to read it at: the sums do not depend on it.
 
         Bounded metrics: each end is a one-sided time-uniform bound at level ``alpha`` (the
         lower one decides promotion, the upper one rejection), so the pair is a
         ``(1 − 2·alpha)`` CS. Unbounded metrics: the two-sided ``(1 − alpha)`` asymptotic CS,
         whose ends are therefore each at least as strict.
         """
+        level = self.alpha if alpha is None else alpha
         if self.spec.bounded:
             k = self.spec.scale
             lo, hi, centre = self.spec.range
@@ -304,7 +306,7 @@ class PairedMetric:
                 self.n,
                 self.diff_sum * k,
                 self.diff_sq * k * k,
-                2.0 * self.alpha,
+                2.0 * level,
                 lo=lo,
                 hi=hi,
                 centre=centre,
@@ -312,7 +314,7 @@ class PairedMetric:
             )
             return lower / k, upper / k
         assert self.asym is not None
-        return self.asym.interval(self.alpha, self.t_opt)
+        return self.asym.interval(level, self.t_opt)
 
     def summary(self) -> dict[str, float | int | None]:
         """``estimate, lower, upper, n, prod_mean, cand_mean`` (means NaN when empty)."""

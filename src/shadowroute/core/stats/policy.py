@@ -106,13 +106,15 @@ def _cs_evidence(
     metric: PairedMetric | None,
     threshold: float,
     min_n: int,
+    alpha: float,
 ) -> tuple[dict[str, Any], str]:
-    """Evidence for one CS-backed metric and a one-line explanation of its status."""
+    """Evidence for one CS-backed metric, read at its share of the policy's alpha (whatever
+    the split was when its state was made), and a one-line explanation of its status."""
     if metric is None or metric.n == 0:
         ev: dict[str, Any] = {"estimate": None, "lower": None, "upper": None, "n": 0}
         ev |= {"threshold": threshold, "status": "inconclusive"}
         return ev, f"{name}: no observations yet"
-    lower, upper = metric.interval()
+    lower, upper = metric.interval(alpha)
     estimate = metric.diff_sum / metric.n
     status: Status = _status(lower, upper, threshold)
     why = f"interval [{_fmt(_finite(lower))}, {_fmt(_finite(upper))}]"
@@ -175,9 +177,12 @@ def decide(
     thresholds = {primary: _primary_threshold(policy), **guardrail_thresholds(policy)}
     evidence: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
+    alphas = metric_alpha(policy, task)
     for name, threshold in thresholds.items():
         min_n = policy.min_labelled if metric_spec(name).needs_label else policy.min_pairs
-        evidence[name], notes[name] = _cs_evidence(name, metrics.get(name), threshold, min_n)
+        evidence[name], notes[name] = _cs_evidence(
+            name, metrics.get(name), threshold, min_n, alphas[name]
+        )
     if policy.guardrails.latency_p99_ratio is not None:
         evidence[LATENCY], notes[LATENCY] = _latency_evidence(
             policy.guardrails.latency_p99_ratio, latency, policy.min_pairs
