@@ -72,6 +72,7 @@ class RouteRuntime:
                 max_idle=pcfg.pool_size,
                 keepalive_s=pcfg.upstream_keepalive_s,
                 connect_timeout_s=pcfg.connect_timeout_s,
+                framing=proxy.stats.framing,
             )
 
         def static(p: UpstreamPool, headers: dict[str, str]) -> bytes:
@@ -215,6 +216,7 @@ class Request(Exchange):
         self.prod = up
         remaining = self.route.prod_timeout - (time.perf_counter() - self.t0)
         up.start(self, max(remaining, 0.001))
+        up.request_done = self.body_done  # else set when the body ends
         pending = self.up_pending
         pending.append(self.upstream_head)
         if self.out_buf:
@@ -233,6 +235,8 @@ class Request(Exchange):
             pending.clear()
 
     def add_body(self, piece: bytes) -> None:
+        if self.done:
+            return  # production answered before the body ended: the rest is read and dropped
         if self.mirror_buf is not None:
             self.mirror_size += len(piece)
             if self.mirror_size > self.conn.proxy.capture_limit:
@@ -251,8 +255,19 @@ class Request(Exchange):
 
     def body_complete(self) -> None:
         self.body_done = True
-        if self.prod is not None and self.chunked_in:
-            self.up_pending.append(http1.LAST_CHUNK)
+        if self.done:
+            # Production answered (or failed) before the body ended, and its connection was
+            # not reused: no pair for a request it never read whole.
+            if self.status is not None:
+                self._skip_mirrors("early_answer")
+            self.mirror_to = []
+            self.mirror_buf = None
+            return
+        prod = self.prod
+        if prod is not None:
+            prod.request_done = True
+            if self.chunked_in:
+                self.up_pending.append(http1.LAST_CHUNK)
         if self.mirror_to or self.monitored:
             body = b"".join(self.mirror_buf) if self.mirror_buf is not None else None
             pairing = Pairing(
@@ -421,6 +436,26 @@ class Request(Exchange):
         if not self.done:
             self.done = True
             self.conn.request_done(self)
+
+    def refuse(self, status: int, message: str) -> None:
+        """The client's body turned out malformed while it was being forwarded: production's
+        connection is closed (it never gets a complete request) and the client gets
+        ``status`` at once if nothing of the answer was sent yet."""
+        self.done = True
+        self.close_after = True
+        proxy = self.conn.proxy
+        up = self.prod
+        self.prod = None
+        if up is not None:
+            up.abandon()
+            proxy.stats.framing["client_aborted"] += 1
+        if not self.head_sent:
+            self.head_sent = True
+            self.conn.write(
+                http1.error_response(status, message, proxy.rid_header, self.request_id, close=True)
+            )
+        else:
+            proxy.stats.requests[(self.route.name, "aborted")] += 1
 
     def abandon(self) -> None:
         """The client went away before production answered."""
@@ -607,10 +642,9 @@ class ClientConnection:
         expect = head.expect
         length: int | None = None
         if head.length is not None:
-            try:
-                length = int(head.length)
-            except ValueError:
-                raise _Reject(400, "invalid content-length") from None
+            length = http1.content_length(head.length)
+            if length is None:
+                raise _Reject(400, "invalid content-length")
         if request_id is None:
             request_id = proxy.new_id()
         elif not rid.is_valid(request_id):
@@ -752,6 +786,10 @@ class ClientConnection:
                     rej.status, rej.message, self.proxy.rid_header, None, close=True
                 )
             )
+            self.close()
+        elif not self.active.body_done:
+            # The bad bytes are in the body being forwarded: stop it now, answer, close.
+            self.active.refuse(rej.status, rej.message)
             self.close()
         else:
             self.active.close_after = True

@@ -29,6 +29,7 @@ MIRROR_OUTCOMES = (
     "too_large",
     "method_skipped",
     "disabled",
+    "early_answer",
 )
 
 
@@ -59,6 +60,9 @@ class DataPlaneStats:
     mirrors_in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
     # reason -> count of malformed / refused client requests
     rejected: Counter[str] = field(default_factory=Counter)
+    # reason -> upstream connections closed instead of reused because a direction did not end
+    # on its framing (``early_answer``, ``extra_bytes``, ``client_aborted``)
+    framing: Counter[str] = field(default_factory=Counter)
     records_built: int = 0
     extract_failed: int = 0
     open_connections: int = 0
@@ -77,6 +81,7 @@ class DataPlaneStats:
             "mirrors": [[*k, v] for k, v in self.mirrors.items()],
             "mirrors_in_flight": [[*k, v] for k, v in self.mirrors_in_flight.items()],
             "rejected": [[k, v] for k, v in self.rejected.items()],
+            "framing": [[k, v] for k, v in self.framing.items()],
             "records_built": self.records_built,
             "extract_failed": self.extract_failed,
             "open_connections": self.open_connections,
@@ -94,6 +99,8 @@ class DataPlaneStats:
             self.mirrors_in_flight[key] = self.mirrors_in_flight.get(key, 0) + v
         for reason, v in snap["rejected"]:
             self.rejected[reason] += v
+        for reason, v in snap.get("framing", ()):
+            self.framing[reason] += v
         self.records_built += snap["records_built"]
         self.extract_failed += snap["extract_failed"]
         self.open_connections += snap["open_connections"]
