@@ -28,6 +28,7 @@ DATAPLANE_METRICS = (
     "shadowroute_mirror_in_flight",
     "shadowroute_requests_rejected_total",
     "shadowroute_upstream_framing_closed_total",
+    "shadowroute_limits_hit_total",
     "shadowroute_records_built_total",
     "shadowroute_extract_failed_total",
     "shadowroute_client_connections",
@@ -109,6 +110,17 @@ class DataPlaneCollector(Collector):
         for reason, v in sorted(s.framing.items()):
             framing.add_metric([reason], v)
         yield framing
+
+        limits = CounterMetricFamily(
+            "shadowroute_limits_hit",
+            "Times a bound on client or upstream input was hit (head_timeout: 408; "
+            "max_connections: 503; upstream_backpressure: a client paused while production "
+            "read slower; response_too_large: an answer not copied for the record).",
+            labels=["limit"],
+        )
+        for limit, v in sorted(s.limits.items()):
+            limits.add_metric([limit], v)
+        yield limits
 
         yield CounterMetricFamily(
             "shadowroute_records_built", "Pair records built.", value=s.records_built

@@ -79,12 +79,16 @@ class DataPlane:
         log.info("proxy listening on %s:%d", self.config.listen.host, self.port)
 
     async def _sweep_idle(self) -> None:
+        """Close idle keep-alive connections, and refuse (408) heads that take too long."""
         assert self.proxy is not None
         idle_s = self.config.proxy.idle_timeout_s
+        head_s = self.config.proxy.head_timeout_s
         while True:
-            await asyncio.sleep(min(1.0, idle_s / 2))
+            await asyncio.sleep(min(1.0, idle_s / 2, head_s / 2))
             now = asyncio.get_running_loop().time()
             for conn in list(self.proxy.connections):
+                if conn.head_timeout(now):
+                    continue
                 if conn.idle and now - conn.last_active > idle_s:
                     conn.close()
 

@@ -33,6 +33,14 @@ MIRROR_OUTCOMES = (
 )
 
 
+LIMITS = (
+    "head_timeout",  # a client's request head did not arrive in time: 408
+    "max_connections",  # a client connection over the per-process cap: 503
+    "upstream_backpressure",  # a client paused while production's write buffer was full
+    "response_too_large",  # production's answer not copied for the record
+)
+
+
 @dataclass(slots=True)
 class LatencyHistogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -63,6 +71,8 @@ class DataPlaneStats:
     # reason -> upstream connections closed instead of reused because a direction did not end
     # on its framing (``early_answer``, ``extra_bytes``, ``client_aborted``)
     framing: Counter[str] = field(default_factory=Counter)
+    # bound -> times a bound on outsider-controlled input or work was hit (``LIMITS``)
+    limits: Counter[str] = field(default_factory=Counter)
     records_built: int = 0
     extract_failed: int = 0
     open_connections: int = 0
@@ -82,6 +92,7 @@ class DataPlaneStats:
             "mirrors_in_flight": [[*k, v] for k, v in self.mirrors_in_flight.items()],
             "rejected": [[k, v] for k, v in self.rejected.items()],
             "framing": [[k, v] for k, v in self.framing.items()],
+            "limits": [[k, v] for k, v in self.limits.items()],
             "records_built": self.records_built,
             "extract_failed": self.extract_failed,
             "open_connections": self.open_connections,
@@ -101,6 +112,8 @@ class DataPlaneStats:
             self.rejected[reason] += v
         for reason, v in snap.get("framing", ()):
             self.framing[reason] += v
+        for limit, v in snap.get("limits", ()):
+            self.limits[limit] += v
         self.records_built += snap["records_built"]
         self.extract_failed += snap["extract_failed"]
         self.open_connections += snap["open_connections"]

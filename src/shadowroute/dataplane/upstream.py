@@ -64,6 +64,12 @@ class Exchange:
         """The exchange failed: ``connect``, ``reset``, ``timeout`` or ``bad_response``."""
         raise NotImplementedError
 
+    def pause_source(self) -> None:
+        """The connection's write buffer is full: stop producing request bytes."""
+
+    def resume_source(self) -> None:
+        """The write buffer drained: request bytes are welcome again."""
+
 
 class Outcome:
     """What one upstream (production or a candidate) did with one request, for the record."""
@@ -124,6 +130,7 @@ class UpstreamConnection:
         "timeout_key",
         "transport",
         "tunnel",
+        "write_paused",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -150,12 +157,15 @@ class UpstreamConnection:
         # The request was written whole (its owner says so when it streams a body): only then
         # may the connection carry another one.
         self.request_done = True
+        self.write_paused = False  # the transport's write buffer is over its high-water mark
 
     # --- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = t = cast(asyncio.Transport, transport)
+        if self.pool.write_high:
+            t.set_write_buffer_limits(high=self.pool.write_high)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -172,10 +182,16 @@ class UpstreamConnection:
         self._fail("reset")
 
     def pause_writing(self) -> None:
-        pass
+        self.write_paused = True
+        ex = self.exchange
+        if ex is not None:
+            ex.pause_source()
 
     def resume_writing(self) -> None:
-        pass
+        self.write_paused = False
+        ex = self.exchange
+        if ex is not None:
+            ex.resume_source()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -391,11 +407,15 @@ class UpstreamPool:
         connect_timeout_s: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
         framing: Counter[str] | None = None,
+        write_high: int = 0,
     ) -> None:
         parts = urlsplit(url)
         # Connections closed because a direction did not end on its framing, by reason
         # (``early_answer``, ``extra_bytes``): the data plane's counter, shared by its pools.
         self.framing: Counter[str] = framing if framing is not None else Counter()
+        # The connections' write-buffer high-water mark (0: the loop's default): above it the
+        # exchange is asked to stop producing request bytes (``Exchange.pause_source``).
+        self.write_high = write_high
         self.loop = loop
         self.deadlines = deadlines  # the exchanges' timeouts (owned by the data plane's Proxy)
         self.scheme = parts.scheme

@@ -1,0 +1,299 @@
+"""Bounds on what one client or one upstream can make the data plane hold: flow control
+towards production, a paused client resumed when its connection arrives, the production body
+copied for the record, a deadline for request heads and a cap on client connections. Each
+bound is hit on purpose, counted (``shadowroute_limits_hit_total``) and shown harmless to the
+next client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, cast
+
+import orjson
+from relhelp import report
+
+from proxyutil import make_config, running_proxy, settle
+from shadowroute.dataplane.server import DataPlane
+from upstreams import ModelServer, Reply
+
+BIG_BODY_MIB = 48
+
+
+def _config(prod_url: str, *, proxy: dict[str, Any] | None = None, **top: Any) -> Any:
+    return make_config(
+        prod_url,
+        production={"name": "prod-v1", "url": prod_url, "timeout_s": 10, "version": "1"},
+        top={"proxy": proxy or {}, **top},
+    )
+
+
+def limits(dp: DataPlane) -> dict[str, int]:
+    assert dp.proxy is not None
+    return dict(getattr(dp.proxy.stats, "limits", {}))
+
+
+async def until_open(dp: DataPlane, n: int) -> None:
+    async with asyncio.timeout(5):
+        while dp.proxy is None or dp.proxy.stats.open_connections != n:
+            await asyncio.sleep(0.01)
+
+
+def post_head(length: int) -> bytes:
+    return (
+        b"POST /v1/models/m:predict HTTP/1.1\r\nHost: proxy.local\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % length
+    )
+
+
+async def read_response(reader: asyncio.StreamReader, timeout: float = 20) -> tuple[bytes, bytes]:
+    async with asyncio.timeout(timeout):
+        head = (await reader.readuntil(b"\r\n\r\n")).lower()
+        length = int(head.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
+        return head, await reader.readexactly(length)
+
+
+class _StallingProduction(asyncio.Protocol):
+    """Reads a request head, stops reading for ``stall_s``, then reads the body whole and
+    answers with the number of body bytes it got."""
+
+    def __init__(self, server: StallingProduction) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.length = -1
+        self.got = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.length < 0:
+            self.buf += data
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].lower()
+            self.length = int(head.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
+            data = self.buf[end + 4 :]
+            self.transport.pause_reading()
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.server.stall_s, self.transport.resume_reading)
+        self.got += len(data)
+        if self.got >= self.length:
+            self.server.received.append(self.got)
+            body = b"%d" % self.got
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+
+
+class StallingProduction:
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self.received: list[int] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _StallingProduction(self), "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def buffered_for_production(dp: DataPlane) -> int:
+    """Bytes the data plane holds for production right now: its connections' write buffers
+    and any body queued before a connection."""
+    assert dp.proxy is not None
+    total = 0
+    for route in dp.proxy.routes:
+        for conn in route.prod_pool._all:
+            if conn.transport is not None:
+                total += conn.transport.get_write_buffer_size()
+    for client in dp.proxy.connections:
+        req = client.active
+        if req is not None:
+            total += req.out_size + sum(map(len, req.up_pending))
+    return total
+
+
+async def test_a_production_that_stops_reading_pauses_the_client() -> None:
+    """One client pushes 48 MiB at a production that reads nothing for 1.5 s: the data plane
+    holds at most about its buffer bound, not the upload, and the whole body arrives once
+    production reads again."""
+    prod = StallingProduction(stall_s=1.5)
+    url = await prod.start()
+    size = BIG_BODY_MIB << 20
+    try:
+        async with running_proxy(_config(url)) as (dp, _):  # the default bound: 1 MiB
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+
+            async def upload() -> None:
+                writer.write(post_head(size))
+                block = b"b" * (1 << 20)
+                for _ in range(BIG_BODY_MIB):
+                    writer.write(block)
+                    await writer.drain()
+
+            task = asyncio.get_running_loop().create_task(upload())
+            peak = 0
+            t_end = time.monotonic() + 1.2
+            while time.monotonic() < t_end:
+                peak = max(peak, buffered_for_production(dp))
+                await asyncio.sleep(0.01)
+            head, body = await read_response(reader)
+            await task
+            writer.close()
+            report(
+                "bounds: production stops reading a 48 MiB upload",
+                peak_buffered_kib=peak // 1024,
+                limits=limits(dp),
+                status=head[9:12].decode(),
+            )
+            assert head.startswith(b"http/1.1 200") and body == b"%d" % size
+            assert prod.received == [size]
+            assert peak < 3 << 20, peak  # the bound (1 MiB) plus what one read brings
+            assert limits(dp).get("upstream_backpressure", 0) >= 1
+    finally:
+        prod.close()
+
+
+async def test_a_large_upload_on_a_cold_pool_is_resumed_when_the_connection_arrives() -> None:
+    prod = await ModelServer(lambda s: Reply(body=b"%d" % len(s.body))).start()
+    size = 20 << 20
+    try:
+        async with running_proxy(_config(prod.url)) as (dp, _):
+            results = []
+            for _ in range(3):  # each on a cold pool: production closes after each answer
+                reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+                t0 = time.perf_counter()
+                head = post_head(size).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                writer.write(head + b"u" * size)
+                got = await read_response(reader)
+                results.append((got[0][9:12].decode(), round(time.perf_counter() - t0, 2)))
+                writer.close()
+                assert got[0].startswith(b"http/1.1 200") and got[1] == b"%d" % size
+                dp.proxy.routes[0].prod_pool._idle.clear() if dp.proxy else None
+            report("bounds: 20 MiB uploads on a cold pool", results=results)
+    finally:
+        await prod.stop()
+
+
+async def test_production_body_over_the_capture_cap_reaches_the_client_whole() -> None:
+    big = orjson.dumps({"predictions": [1.5], "pad": "p" * (3 << 20)})
+    prod = await ModelServer(
+        lambda s: Reply(body=big, headers=[(b"content-type", b"application/json")])
+    ).start()
+    try:
+        cfg = _config(prod.url, records={"max_response_bytes": 1 << 20})
+        async with running_proxy(cfg) as (dp, sink):
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+            body = b'{"instances": [[1]]}'
+            writer.write(post_head(len(body)) + body)
+            head, got = await read_response(reader)
+            writer.close()
+            await settle(dp)
+            records = sink.all_decoded()
+            report(
+                "bounds: 3 MiB production answer, 1 MiB capture cap",
+                client_bytes=len(got),
+                record_error=records[0]["production"]["error"],
+                limits=limits(dp),
+            )
+            assert got == big
+            assert records[0]["production"]["error"] == "too_large"
+            assert records[0]["production"]["output"] is None
+            assert limits(dp) == {"response_too_large": 1}
+    finally:
+        await prod.stop()
+
+
+async def test_slowloris_heads_get_408_and_are_closed() -> None:
+    prod = await ModelServer().start()
+    try:
+        cfg = _config(prod.url, proxy={"head_timeout_s": 1.0})
+        async with running_proxy(cfg) as (dp, _):
+            n = 20
+            conns = [await asyncio.open_connection("127.0.0.1", dp.port) for _ in range(n)]
+            silent = await asyncio.open_connection("127.0.0.1", dp.port)
+            head = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: h\r\nx-pad: " + b"a" * 100
+
+            async def trickle(w: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError):
+                    for byte in head:
+                        w.write(bytes([byte]))
+                        await asyncio.sleep(0.2)
+                        if w.is_closing():
+                            return
+
+            tasks = [asyncio.get_running_loop().create_task(trickle(w)) for _, w in conns]
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(10):  # read each until the proxy closes it
+                    outs = await asyncio.gather(*(r.read() for r, _ in [*conns, silent]))
+            finally:
+                closed_in = time.perf_counter() - t0
+                for t in tasks:
+                    t.cancel()
+                for _, w in [*conns, silent]:
+                    w.close()
+            statuses = {o[:12] for o in outs}
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+            body = b'{"instances": [[1]]}'
+            writer.write(post_head(len(body)) + body)
+            ok, _ = await read_response(reader)
+            writer.close()
+            report(
+                "bounds: 20 slowloris heads and a silent connection, head timeout 1 s",
+                statuses=sorted(s.decode() for s in statuses),
+                closed_within_s=round(closed_in, 2),
+                limits=limits(dp),
+            )
+            assert statuses == {b"HTTP/1.1 408"}
+            assert closed_in < 5.0  # 1 s, checked every 0.5 s (slack for a loaded machine)
+            assert limits(dp) == {"head_timeout": n + 1}
+            assert ok.startswith(b"http/1.1 200")
+    finally:
+        await prod.stop()
+
+
+async def test_connections_over_the_cap_get_503() -> None:
+    prod = await ModelServer().start()
+    try:
+        cfg = _config(prod.url, proxy={"max_connections": 5})
+        async with running_proxy(cfg) as (dp, _):
+            held = [await asyncio.open_connection("127.0.0.1", dp.port) for _ in range(5)]
+            try:
+                await until_open(dp, 5)
+                r, w = await asyncio.open_connection("127.0.0.1", dp.port)
+                async with asyncio.timeout(5):
+                    refused = await r.read()
+                w.close()
+                held[0][1].close()
+                await until_open(dp, 4)
+                reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+                body = b'{"instances": [[1]]}'
+                writer.write(post_head(len(body)) + body)
+                ok, _ = await read_response(reader)
+                writer.close()
+            finally:
+                for _, hw in held:
+                    hw.close()
+            assert dp.proxy is not None
+            report(
+                "bounds: connection cap 5",
+                refused=refused[:12].decode(),
+                limits=limits(dp),
+                open=dp.proxy.stats.open_connections,
+            )
+            assert refused.startswith(b"HTTP/1.1 503") and b"connection: close" in refused
+            assert ok.startswith(b"http/1.1 200")
+            assert limits(dp) == {"max_connections": 1}
+            assert dp.proxy.stats.rejected["503"] == 1
+    finally:
+        await prod.stop()
