@@ -297,3 +297,124 @@ async def test_connections_over_the_cap_get_503() -> None:
             assert dp.proxy.stats.rejected["503"] == 1
     finally:
         await prod.stop()
+
+
+# --- what one answer or one request can put into a record --------------------------------------
+
+
+def _mirrored(prod_url: str, cand_url: str, **records: Any) -> Any:
+    return make_config(
+        prod_url,
+        [{"name": "cand", "url": cand_url}],
+        production={"name": "prod-v1", "url": prod_url, "timeout_s": 10, "version": "1"},
+        capture={"input": True},
+        top={"records": records} if records else {},
+    )
+
+
+async def _one(dp: DataPlane, body: bytes) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+    writer.write(post_head(len(body)) + body)
+    try:
+        return await read_response(reader)
+    finally:
+        writer.close()
+
+
+def _predictions(n: int) -> Reply:
+    body = orjson.dumps({"predictions": [0.25] * n})
+    return Reply(body=body, headers=[(b"content-type", b"application/json")])
+
+
+async def test_too_many_predictions_are_not_recorded() -> None:
+    prod = await ModelServer(lambda s: _predictions(20_000)).start()
+    cand = await ModelServer(lambda s: _predictions(3)).start()
+    try:
+        cfg = _mirrored(prod.url, cand.url, max_predictions=1000)
+        async with running_proxy(cfg) as (dp, sink):
+            head, got = await _one(dp, b'{"instances": [[1], [2], [3]]}')
+            await settle(dp)
+            (rec,) = sink.decoded()
+            report(
+                "bounds: 20000 predictions, cap 1000",
+                production=rec["production"]["error"],
+                candidate=rec["candidate"]["error"],
+                limits=limits(dp),
+            )
+            assert got == _predictions(20_000).body  # the client gets all of it
+            assert rec["production"]["error"] == "too_large"
+            assert rec["production"]["output"] is None
+            assert rec["candidate"]["error"] is None and rec["candidate"]["output"] == [0.25] * 3
+            assert limits(dp) == {"predictions_too_large": 1}
+    finally:
+        await prod.stop()
+        await cand.stop()
+
+
+async def test_too_many_instances_are_not_recorded() -> None:
+    prod = await ModelServer().start()
+    cand = await ModelServer().start()
+    try:
+        cfg = _mirrored(prod.url, cand.url, max_instances=1000)
+        async with running_proxy(cfg) as (dp, sink):
+            body = orjson.dumps({"instances": [[i] for i in range(5000)]})
+            head, got = await _one(dp, body)
+            await settle(dp)
+            (rec,) = sink.decoded()
+            report(
+                "bounds: 5000 instances, cap 1000",
+                input=rec["input"],
+                production=rec["production"]["error"],
+                limits=limits(dp),
+            )
+            assert (
+                head.startswith(b"http/1.1 200") and len(orjson.loads(got)["predictions"]) == 5000
+            )
+            assert rec["input"] is None
+            assert rec["production"]["error"] == "too_large"
+            assert rec["candidate"]["error"] == "too_large"
+            assert limits(dp) == {"instances_too_large": 1}
+    finally:
+        await prod.stop()
+        await cand.stop()
+
+
+async def test_a_huge_candidate_answer_does_not_stall_the_loop() -> None:
+    """A 15 MiB candidate answer (under the mirror's 16 MiB cap) is not parsed for the record
+    on the event loop: other clients' requests are not held up while it is recorded."""
+    prod = await ModelServer(lambda s: _predictions(1)).start()
+    huge = _predictions(1_500_000)  # ~7.5 MiB, made once (not on the loop during the test)
+    cand = await ModelServer(lambda s: huge).start()
+    try:
+        async with running_proxy(_mirrored(prod.url, cand.url)) as (dp, sink):
+            loop = asyncio.get_running_loop()
+            gaps: list[float] = []
+            stop = False
+
+            async def ticker() -> None:
+                last = loop.time()
+                while not stop:
+                    await asyncio.sleep(0.002)
+                    now = loop.time()
+                    gaps.append(now - last)
+                    last = now
+
+            tick = loop.create_task(ticker())
+            await _one(dp, b'{"instances": [[1]]}')
+            await settle(dp, timeout=10)
+            stop = True
+            await tick
+            (rec,) = sink.decoded()
+            worst_ms = max(gaps) * 1000
+            report(
+                "bounds: 7.5 MiB candidate answer",
+                candidate=rec["candidate"]["error"],
+                worst_loop_gap_ms=round(worst_ms, 1),
+                limits=limits(dp),
+            )
+            assert rec["candidate"]["error"] == "too_large"
+            assert limits(dp).get("extract_too_large") == 1
+            assert worst_ms < 150, worst_ms
+    finally:
+        await prod.stop()
+        await cand.stop()

@@ -115,7 +115,8 @@ class DataPlaneCollector(Collector):
             "shadowroute_limits_hit",
             "Times a bound on client or upstream input was hit (head_timeout: 408; "
             "max_connections: 503; upstream_backpressure: a client paused while production "
-            "read slower; response_too_large: an answer not copied for the record).",
+            "read slower; response_too_large, extract_too_large, predictions_too_large, "
+            "instances_too_large: an answer or a request too large for its record).",
             labels=["limit"],
         )
         for limit, v in sorted(s.limits.items()):

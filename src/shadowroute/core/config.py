@@ -407,9 +407,16 @@ class ProxySettings(_Strict):
 class Records(_Strict):
     queue_size: int = Field(65_536, ge=16)
     """Records waiting for the sink at most; beyond it records are dropped and counted."""
-    max_response_bytes: int = Field(4 << 20, ge=1024)
-    """Production responses larger than this are passed to the client whole but not copied
-    for the record, which says `too_large`."""
+    max_response_bytes: int = Field(1 << 20, ge=1024)
+    """Responses larger than this are not kept or parsed for the record, which says
+    `too_large` (production's still reaches the client whole): one answer's prediction
+    extraction runs on the data plane's event loop, and this bounds it."""
+    max_predictions: int = Field(10_000, ge=1)
+    """Predictions one response may contribute to a record; beyond it that side says
+    `too_large` and carries no output."""
+    max_instances: int = Field(10_000, ge=1)
+    """Instances (rows of `instances` / `inputs`, or of a top-level list) a captured request
+    body may hold; beyond it the record carries no input and both sides say `too_large`."""
     jsonl_path: str | None = None
     """Also write every pair record to rotating JSONL files under this path."""
     jsonl_max_bytes: int = Field(64 << 20, ge=1024)

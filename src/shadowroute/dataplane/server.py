@@ -64,7 +64,15 @@ class DataPlane:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        recorder = Recorder(loop, self.queue, self.stats)
+        rcfg = self.config.records
+        recorder = Recorder(
+            loop,
+            self.queue,
+            self.stats,
+            max_body=rcfg.max_response_bytes,
+            max_predictions=rcfg.max_predictions,
+            max_instances=rcfg.max_instances,
+        )
         self.proxy = proxy = Proxy(self.config, loop, recorder)
         await self.sink.start()
         self._pump = loop.create_task(self.queue.pump(self.sink), name="record-pump")

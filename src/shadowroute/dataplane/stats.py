@@ -38,6 +38,9 @@ LIMITS = (
     "max_connections",  # a client connection over the per-process cap: 503
     "upstream_backpressure",  # a client paused while production's write buffer was full
     "response_too_large",  # production's answer not copied for the record
+    "extract_too_large",  # an answer too large to parse for its prediction
+    "predictions_too_large",  # an answer with more predictions than a record may carry
+    "instances_too_large",  # a captured request with more instances than a record may carry
 )
 
 
