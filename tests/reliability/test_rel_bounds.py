@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
-from relhelp import report
+import pytest
+import yaml
+from relhelp import free_port, report
 
 from proxyutil import make_config, running_proxy, settle
-from shadowroute.dataplane.server import DataPlane
+from shadowroute.dataplane.server import DataPlane, listen_socket
 from upstreams import ModelServer, Reply
 
 BIG_BODY_MIB = 48
@@ -418,3 +423,32 @@ async def test_a_huge_candidate_answer_does_not_stall_the_loop() -> None:
     finally:
         await prod.stop()
         await cand.stop()
+
+
+# --- a port another process already serves ---------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "0"])
+def test_serve_refuses_a_port_another_process_serves(tmp_path: Path, workers: str) -> None:
+    """A second ``serve`` on a port a running one holds (its workers bind with SO_REUSEPORT)
+    must not start and silently take a share of the traffic."""
+    holder = listen_socket("127.0.0.1", 0, reuse_port=True)  # as a running worker holds it
+    port = holder.getsockname()[1]
+    cfg = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "comparator": {"state_path": str(tmp_path / "state.sqlite")},
+        "routes": [{"name": "r", "protocol": "kserve-v1",
+                    "production": {"name": "p", "url": "http://127.0.0.1:1"}}],
+    }  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "shadowroute", "serve", "-c", str(path), "--workers", workers]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        holder.close()
+    report("ops: serve on a port already served", workers=workers, exit=out.returncode)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"127.0.0.1:{port} is already in use" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from typing import cast
@@ -24,13 +25,46 @@ from shadowroute.stream.sink import Sink
 log = logging.getLogger("shadowroute.dataplane")
 
 
+class PortInUse(OSError):
+    """The client port is already served by another process."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"{host}:{port} is already in use by another process (is another shadowroute "
+            "serving it?); refusing to start",
+        )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``PortInUse`` when another socket is bound to ``host:port``. The workers of
+    ``serve --workers N`` bind with SO_REUSEPORT, which would let a second, unrelated server on
+    the same port take a share of the traffic silently; their supervisor checks first with a
+    bind that does not share."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(host, port) from None
+            raise
+
+
 def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from None
+        raise
     sock.listen(1024)
     sock.setblocking(False)
     return sock
