@@ -274,10 +274,17 @@ class UpstreamConnection:
             self._finish()
             return
         if low.find(http1.TRANSFER_ENCODING) >= 0:
-            self._chunks = http1.ChunkedEnd()
+            te = http1.header_value(low, low, http1.TRANSFER_ENCODING)
+            if te is not None and te.endswith(b"chunked"):
+                self._chunks = http1.ChunkedEnd()
+            else:
+                self._until_close = True  # another coding last: read until the close
         elif low.find(http1.CONTENT_LENGTH) >= 0:
             cl = http1.header_value(head, low, http1.CONTENT_LENGTH)
-            self._left = int(cl) if cl is not None else 0  # llhttp checked it
+            length = http1.content_length(cl) if cl is not None else None
+            if length is None:  # llhttp accepted it, so this does not happen; refuse anyway
+                raise httptools.HttpParserError("invalid content-length")
+            self._left = length
         else:
             self._until_close = True
         self._in_body = True
