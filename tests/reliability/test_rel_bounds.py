@@ -452,3 +452,24 @@ def test_serve_refuses_a_port_another_process_serves(tmp_path: Path, workers: st
     assert out.returncode == 1, out.stderr[-2000:]
     assert f"127.0.0.1:{port} is already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_a_deeply_nested_input_does_not_lose_the_record() -> None:
+    """orjson encodes at most 255 levels: a captured body nested 300 deep used to make the
+    record unencodable, and the record was dropped."""
+    prod = await ModelServer().start()
+    cand = await ModelServer().start()
+    try:
+        async with running_proxy(_mirrored(prod.url, cand.url)) as (dp, sink):
+            deep = b'{"instances": [[1]], "x": ' + b"[" * 300 + b"]" * 300 + b"}"
+            head, got = await _one(dp, deep)
+            await settle(dp)
+            records = sink.decoded()
+            report("bounds: input nested 300 deep", records=len(records), limits=limits(dp))
+            assert head.startswith(b"http/1.1 200")
+            assert len(records) == 1 and records[0]["input"] is None
+            assert records[0]["production"]["output"] == [2.0]
+            assert limits(dp) == {"input_unencodable": 1}
+    finally:
+        await prod.stop()
+        await cand.stop()

@@ -178,14 +178,16 @@ class Recorder:
             inp, prod = None, {**prod, "output": None, "error": "too_large"}
             if cand_side is not None:
                 cand_side = {**cand_side, "output": None, "error": "too_large"}
-        record = encode_pair_fields(
-            pairing.request_id.decode("ascii"),
-            route.name,
-            pairing.ts_ms,
-            prod,
-            cand_side,
-            inp,
-        )
+        rid = pairing.request_id.decode("ascii")
+        try:
+            record = encode_pair_fields(rid, route.name, pairing.ts_ms, prod, cand_side, inp)
+        except ValueError:
+            if inp is None:
+                raise
+            # The captured input cannot be encoded (nested deeper than orjson goes): the
+            # record is kept without it.
+            self.stats.limits["input_unencodable"] += 1
+            record = encode_pair_fields(rid, route.name, pairing.ts_ms, prod, cand_side, None)
         self.stats.records_built += 1
         self.queue.put(pairing.request_id, record)
 

@@ -41,6 +41,7 @@ LIMITS = (
     "extract_too_large",  # an answer too large to parse for its prediction
     "predictions_too_large",  # an answer with more predictions than a record may carry
     "instances_too_large",  # a captured request with more instances than a record may carry
+    "input_unencodable",  # a captured request kept out of its record (nested too deep)
 )
 
 
