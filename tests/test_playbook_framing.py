@@ -153,3 +153,21 @@ def test_early_answer_closes_production_and_drops_the_rest_of_the_body(pb: Playb
     assert line == b"POST /p HTTP/1.1" and rest == b"ok"
     assert b"/admin" not in pb.upstream(0).sent + pb.upstream(1).sent
     assert pb.stats.framing == {"early_answer": 1}
+
+
+def test_head_deadline_spares_a_client_the_proxy_is_not_reading(pb: Playbook) -> None:
+    """A pipelining client paused by the proxy (too many requests queued) is not blamed for
+    the head it could not finish sending; one that stalls on its own is."""
+    get = b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n"
+    pb.client_sends(get * 34 + b"GET /p HT")
+    assert pb.client_t.paused
+    late = pb.loop.time() + 3600
+    assert not pb.client.head_timeout(late)
+    slow = Playbook(CONFIG)
+    try:
+        slow.client_sends(b"GET /p HT")
+        assert slow.client.head_timeout(late)
+        assert slow.client_t.sent.startswith(b"HTTP/1.1 408 ") and slow.client_t.closed
+        assert slow.stats.limits == {"head_timeout": 1}
+    finally:
+        slow.close()

@@ -818,6 +818,7 @@ class ClientConnection:
     def resume_reading(self) -> None:
         if self.paused and self.transport is not None:
             self.paused = False
+            self.head_since = self.proxy.loop.time()  # a head's time runs while it is read
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -828,7 +829,12 @@ class ClientConnection:
     def head_timeout(self, now: float) -> bool:
         """Refuse (408) and close when a request head has been arriving for longer than the
         head timeout; True when it did."""
-        if self._in_head and not self.closing and now - self.head_since > self.proxy.head_timeout:
+        if (
+            self._in_head
+            and not self.closing
+            and not self.paused  # not read by us (pipelining, backpressure): not its fault
+            and now - self.head_since > self.proxy.head_timeout
+        ):
             self.proxy.stats.limits["head_timeout"] += 1
             self._refuse(_Reject(408, "the request head did not arrive in time"))
             return True
