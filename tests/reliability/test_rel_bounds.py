@@ -72,6 +72,7 @@ class _StallingProduction(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.server.live.append(self.transport)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -99,6 +100,7 @@ class StallingProduction:
     def __init__(self, stall_s: float) -> None:
         self.stall_s = stall_s
         self.received: list[int] = []
+        self.live: list[asyncio.Transport] = []
         self._server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -106,9 +108,12 @@ class StallingProduction:
         self._server = await loop.create_server(lambda: _StallingProduction(self), "127.0.0.1", 0)
         return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for t in self.live:
+            t.abort()
+        await asyncio.sleep(0.01)
 
 
 def buffered_for_production(dp: DataPlane) -> int:
@@ -165,7 +170,58 @@ async def test_a_production_that_stops_reading_pauses_the_client() -> None:
             assert peak < 3 << 20, peak  # the bound (1 MiB) plus what one read brings
             assert limits(dp).get("upstream_backpressure", 0) >= 1
     finally:
-        prod.close()
+        await prod.close()
+
+
+async def test_a_production_that_never_reads_gets_a_504_and_frees_the_upload() -> None:
+    """Production reads the head and then nothing: the client is paused, gets 504 at the
+    timeout, and the upstream connection (with what it buffered) is closed."""
+    prod = StallingProduction(stall_s=3600)
+    url = await prod.start()
+    size = BIG_BODY_MIB << 20
+    try:
+        cfg = make_config(
+            url, production={"name": "prod-v1", "url": url, "timeout_s": 1, "version": "1"}
+        )
+        async with running_proxy(cfg) as (dp, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+
+            async def upload() -> None:
+                writer.write(post_head(size))
+                block = b"b" * (1 << 20)
+                with contextlib.suppress(OSError):
+                    for _ in range(BIG_BODY_MIB):
+                        writer.write(block)
+                        await writer.drain()
+
+            task = asyncio.get_running_loop().create_task(upload())
+            peak = 0
+            t0 = time.perf_counter()
+            reading = asyncio.get_running_loop().create_task(read_response(reader))
+            while not reading.done():
+                peak = max(peak, buffered_for_production(dp))
+                await asyncio.sleep(0.01)
+            head, _ = reading.result()
+            answered_s = time.perf_counter() - t0
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            writer.close()
+            await asyncio.sleep(0.05)
+            left = buffered_for_production(dp)
+            report(
+                "bounds: production never reads a 48 MiB upload (timeout 1 s)",
+                status=head[9:12].decode(),
+                answered_s=round(answered_s, 2),
+                peak_buffered_kib=peak // 1024,
+                buffered_after_kib=left // 1024,
+            )
+            assert head.startswith(b"http/1.1 504")
+            assert answered_s < 3
+            assert peak < 3 << 20, peak
+            assert left == 0
+    finally:
+        await prod.close()
 
 
 async def test_a_large_upload_on_a_cold_pool_is_resumed_when_the_connection_arrives() -> None:

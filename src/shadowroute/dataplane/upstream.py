@@ -389,8 +389,15 @@ class UpstreamConnection:
 
     def close(self) -> None:
         self._closed = True
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is not None:
+            if t.get_write_buffer_size():
+                # Request bytes production has not read: they are never wanted once the
+                # connection is given up, and a graceful close would keep them (and the
+                # connection) until production reads them, which it may never do.
+                t.abort()
+            else:
+                t.close()
 
     @property
     def usable(self) -> bool:
