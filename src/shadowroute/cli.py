@@ -117,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("error: --workers needs a fixed listen.port (not 0)", file=sys.stderr)
         return EXIT_USAGE
     from shadowroute import workers
+    from shadowroute.dataplane.server import PortInUse
     from shadowroute.stream.kafka import CopartitionError
 
     if cfg.transport.kind == "embedded" and not _state_ok(cfg):
@@ -126,6 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return workers.serve_workers(cfg, args.workers)
         _run(runtime.serve(cfg))
         return EXIT_OK
+    except PortInUse as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
     except CopartitionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -28,7 +28,7 @@ import orjson
 from shadowroute import build_info
 from shadowroute.core.config import Config
 from shadowroute.core.revision import LiveRevisions
-from shadowroute.dataplane.server import DataPlane, listen_socket
+from shadowroute.dataplane.server import DataPlane, check_port_free, listen_socket
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.stream.sink import KeyValue, Sink
 
@@ -196,6 +196,8 @@ async def supervise(config: Config, n: int) -> None:
     from shadowroute.stream.kafka import KafkaSink
     from shadowroute.stream.sink import ChannelSink
 
+    # Another process on the port would share it with the workers (SO_REUSEPORT): refuse.
+    check_port_free(config.listen.host, config.listen.port)
     if config.transport.kind == "kafka":
         # A configuration error stops us before any worker exists.
         await runtime.verify_kafka_topics(config)

@@ -27,6 +27,8 @@ DATAPLANE_METRICS = (
     "shadowroute_mirror_requests_total",
     "shadowroute_mirror_in_flight",
     "shadowroute_requests_rejected_total",
+    "shadowroute_upstream_framing_closed_total",
+    "shadowroute_limits_hit_total",
     "shadowroute_records_built_total",
     "shadowroute_extract_failed_total",
     "shadowroute_client_connections",
@@ -96,6 +98,31 @@ class DataPlaneCollector(Collector):
         for status, v in sorted(s.rejected.items()):
             rej.add_metric([status], v)
         yield rej
+
+        framing = CounterMetricFamily(
+            "shadowroute_upstream_framing_closed",
+            "Upstream connections closed instead of reused because a direction did not end on "
+            "its framing (early_answer: answered before the request was written whole; "
+            "extra_bytes: bytes after the response; client_aborted: the client's body was "
+            "malformed).",
+            labels=["reason"],
+        )
+        for reason, v in sorted(s.framing.items()):
+            framing.add_metric([reason], v)
+        yield framing
+
+        limits = CounterMetricFamily(
+            "shadowroute_limits_hit",
+            "Times a bound on client or upstream input was hit (head_timeout: 408; "
+            "max_connections: 503; upstream_backpressure: a client paused while production "
+            "read slower; response_too_large, extract_too_large, predictions_too_large, "
+            "instances_too_large: an answer or a request too large for its record; "
+            "input_unencodable: a captured input nested too deep to encode).",
+            labels=["limit"],
+        )
+        for limit, v in sorted(s.limits.items()):
+            limits.add_metric([limit], v)
+        yield limits
 
         yield CounterMetricFamily(
             "shadowroute_records_built", "Pair records built.", value=s.records_built

@@ -445,6 +445,16 @@ class ProxySettings(_Strict):
     """Time allowed to open an upstream connection."""
     idle_timeout_s: float = Field(60.0, gt=0)
     """Idle client keep-alive connections are closed after this."""
+    head_timeout_s: float = Field(10.0, gt=0)
+    """A client connection must send a whole request head within this from its first byte
+    (or from being opened); else it gets 408 and is closed. Checked about once a second."""
+    max_connections: int = Field(10_000, ge=1)
+    """Client connections open at most per data-plane process; beyond it a new connection gets
+    503 and is closed."""
+    max_body_buffer_bytes: int = Field(1 << 20, ge=64 << 10)
+    """Bytes of one request body held for production at most (while a connection is being
+    opened, or in the connection's write buffer while production reads slower than the client
+    sends); beyond it the client is not read until production catches up."""
     pool_size: int = Field(256, ge=1)
     """Idle keep-alive connections kept per upstream."""
     upstream_keepalive_s: float = Field(4.0, gt=0)
@@ -461,6 +471,16 @@ class ProxySettings(_Strict):
 class Records(_Strict):
     queue_size: int = Field(65_536, ge=16)
     """Records waiting for the sink at most; beyond it records are dropped and counted."""
+    max_response_bytes: int = Field(1 << 20, ge=1024)
+    """Responses larger than this are not kept or parsed for the record, which says
+    `too_large` (production's still reaches the client whole): one answer's prediction
+    extraction runs on the data plane's event loop, and this bounds it."""
+    max_predictions: int = Field(10_000, ge=1)
+    """Predictions one response may contribute to a record; beyond it that side says
+    `too_large` and carries no output."""
+    max_instances: int = Field(10_000, ge=1)
+    """Instances (rows of `instances` / `inputs`, or of a top-level list) a captured request
+    body may hold; beyond it the record carries no input and both sides say `too_large`."""
     jsonl_path: str | None = None
     """Also write every pair record to rotating JSONL files under this path."""
     jsonl_max_bytes: int = Field(64 << 20, ge=1024)

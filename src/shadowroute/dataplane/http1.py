@@ -32,6 +32,7 @@ REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
@@ -75,6 +76,12 @@ CONTENT_ENCODING = b"\r\ncontent-encoding:"
 CONTENT_TYPE = b"\r\ncontent-type:"
 _HOP_LINE = re.compile(rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP)) + rb"):")
 _CONNECTION_OPTIONS = frozenset({b"", b"keep-alive", b"close"})
+# Headers an upstream's Connection header may name but never takes away: the framing of the
+# body the client is about to read (the proxy decides it, and dropping it would leave the body
+# unframed on a keep-alive connection). The request id is kept the same way, by its mark.
+_NEVER_HOP = frozenset({b"content-length", b"transfer-encoding"})
+MAX_CONTENT_LENGTH = (1 << 63) - 1
+"""The largest Content-Length accepted from a client (what a signed 64-bit length holds)."""
 
 
 def header_mark(name: bytes) -> bytes:
@@ -118,10 +125,11 @@ def client_response_head(
     request_id: bytes,
 ) -> bytes:
     r"""Rewrite an upstream response head for the client: hop-by-hop headers removed (and
-    those named in Connection), except Transfer-Encoding when the body is passed through
-    chunked; the request id header line (``rid_prefix`` + ``request_id``) added when the
-    upstream did not echo it (found by ``rid_mark``); and our own Connection header. ``low``
-    is ``head.lower()``, and ``head`` ends with the blank line.
+    those named in Connection, but never Content-Length, Transfer-Encoding or the request id:
+    the body's framing is not the upstream's to take away), except Transfer-Encoding when the
+    body is passed through chunked; the request id header line (``rid_prefix`` +
+    ``request_id``) added when the upstream did not echo it (found by ``rid_mark``); and our
+    own Connection header. ``low`` is ``head.lower()``, and ``head`` ends with the blank line.
 
     >>> h = b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\n"
     >>> client_response_head(h, h.lower(), dechunk=False, close=False, keep_alive_header=False,
@@ -147,11 +155,12 @@ def client_response_head(
     if options:
         for option in options:  # headers the upstream named hop-by-hop in Connection
             mark = b"\r\n" + option + b":"
+            if option in _NEVER_HOP or mark == rid_mark:
+                continue  # framing and the request id are never the upstream's to drop
             i = low.find(mark)
             while i >= 0:
                 end = low.find(b"\r\n", i + len(mark))
-                if option != b"transfer-encoding" or dechunk:
-                    cuts.append((i + 2, end + 2))
+                cuts.append((i + 2, end + 2))
                 i = low.find(mark, end)
         cuts.sort()
     pieces: list[bytes] = []
@@ -257,3 +266,73 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def content_length(value: bytes) -> int | None:
+    """A client's Content-Length value as a number, or None when it is not plain ASCII digits
+    or exceeds ``MAX_CONTENT_LENGTH`` (llhttp accepts up to 2^64 - 1; no server behind us
+    should be handed a length it may read as negative).
+
+    >>> content_length(b"12"), content_length(b"9223372036854775808"), content_length(b"1_0")
+    (12, None, None)
+    """
+    v = value.strip(b" \t")
+    if not v.isdigit() or len(v) > 19:
+        return None
+    n = int(v)
+    return n if n <= MAX_CONTENT_LENGTH else None
+
+
+MAX_CHUNK_LINE = 16 << 10
+
+
+class ChunkedEnd:
+    r"""Follows a chunked body's framing read by read, to find the exact offset where it ends
+    (llhttp says that a message ended, not where). Syntax is llhttp's to check: this only
+    counts.
+
+    >>> c = ChunkedEnd()
+    >>> c.feed(b"3\r\nab"), c.feed(b"c\r\n0\r\nx-t: 1\r\n\r\nHTTP/1.1 200 OK\r\n")
+    (-1, 16)
+    """
+
+    __slots__ = ("left", "line", "state")
+
+    def __init__(self) -> None:
+        self.state = 0  # 0: a size line, 1: chunk data and its CRLF, 2: trailer lines
+        self.left = 0  # state 1: bytes of the chunk (and its CRLF) still to come
+        self.line = b""  # an incomplete size or trailer line
+
+    def feed(self, data: bytes) -> int:
+        """-1 while the body goes on, else the offset in ``data`` just past its end. Raises
+        ValueError on a size line that is not hexadecimal or is too long."""
+        pos = 0
+        n = len(data)
+        while pos < n:
+            if self.state == 1:
+                take = min(self.left, n - pos)
+                pos += take
+                self.left -= take
+                if self.left == 0:
+                    self.state = 0
+                continue
+            lf = data.find(b"\n", pos)
+            if lf < 0:
+                self.line += data[pos:]
+                if len(self.line) > MAX_CHUNK_LINE:
+                    raise ValueError("chunk line too long")
+                return -1
+            line = self.line + data[pos:lf] if self.line else data[pos:lf]
+            self.line = b""
+            pos = lf + 1
+            if self.state == 2:
+                if not line.rstrip(b"\r"):
+                    return pos
+                continue
+            size = int(line.split(b";", 1)[0].strip(b" \t\r"), 16)
+            if size == 0:
+                self.state = 2
+            else:
+                self.state = 1
+                self.left = size + 2
+        return -1

@@ -32,7 +32,6 @@ log = logging.getLogger("shadowroute.proxy")
 
 STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 MAX_PIPELINED = 32
-MAX_BUFFERED = 1 << 20
 
 
 class _Reject(Exception):
@@ -72,6 +71,8 @@ class RouteRuntime:
                 max_idle=pcfg.pool_size,
                 keepalive_s=pcfg.upstream_keepalive_s,
                 connect_timeout_s=pcfg.connect_timeout_s,
+                framing=proxy.stats.framing,
+                write_high=pcfg.max_body_buffer_bytes,
             )
 
         def static(p: UpstreamPool, headers: dict[str, str]) -> bytes:
@@ -126,6 +127,10 @@ class Proxy:
         self.capture_limit = config.mirror.capture_limit_bytes
         self.max_header_bytes = pcfg.max_header_bytes
         self.max_headers = pcfg.max_headers
+        self.head_timeout = pcfg.head_timeout_s
+        self.max_connections = pcfg.max_connections
+        self.max_buffered = pcfg.max_body_buffer_bytes
+        self.max_response = config.records.max_response_bytes
         self.proto = pcfg.forwarded_proto.encode()
         self.proto_line = b"\r\nx-forwarded-proto: " + self.proto + b"\r\n"
         self.rid_prefix = self.rid_header + b": "
@@ -184,6 +189,8 @@ class Request(Exchange):
     ce: bytes | None = None
     ct: bytes | None = None
     prod_body: list[bytes] | None = None
+    prod_size = 0
+    prod_too_large = False
     t0 = 0.0
 
     def __init__(self, conn: ClientConnection, route: RouteRuntime, method: bytes) -> None:
@@ -216,6 +223,7 @@ class Request(Exchange):
         self.prod = up
         remaining = self.route.prod_timeout - (time.perf_counter() - self.t0)
         up.start(self, max(remaining, 0.001))
+        up.request_done = self.body_done  # else set when the body ends
         pending = self.up_pending
         pending.append(self.upstream_head)
         if self.out_buf:
@@ -223,8 +231,14 @@ class Request(Exchange):
             self.out_buf = []
         if self.body_done and self.chunked_in:
             pending.append(http1.LAST_CHUNK)
-        if not self.conn.feeding:
+        conn = self.conn
+        if not conn.feeding:
             self.flush_upstream()
+        if self.out_size:
+            # The client may have been paused while the connection was being opened.
+            self.out_size = 0
+            if not up.write_paused and len(conn.queue) <= MAX_PIPELINED:
+                conn.resume_reading()
 
     def flush_upstream(self) -> None:
         """Write what is queued for production in one call."""
@@ -234,6 +248,8 @@ class Request(Exchange):
             pending.clear()
 
     def add_body(self, piece: bytes) -> None:
+        if self.done:
+            return  # production answered before the body ended: the rest is read and dropped
         if self.mirror_buf is not None:
             self.mirror_size += len(piece)
             if self.mirror_size > self.conn.proxy.capture_limit:
@@ -247,13 +263,25 @@ class Request(Exchange):
         else:
             self.out_buf.append(data)
             self.out_size += len(data)
-            if self.out_size > MAX_BUFFERED:
+            if self.out_size > self.conn.proxy.max_buffered:
                 self.conn.pause_reading()
 
     def body_complete(self) -> None:
         self.body_done = True
-        if self.prod is not None and self.chunked_in:
-            self.up_pending.append(http1.LAST_CHUNK)
+        if self.done:
+            # Production answered (or failed) before the body ended, and its connection was
+            # not reused: no pair for a request it never read whole.
+            if self.status is not None:
+                self._skip_mirrors("early_answer")
+            self.mirror_to = []
+            self.mirror_buf = None
+            self.unmirrored = None
+            return
+        prod = self.prod
+        if prod is not None:
+            prod.request_done = True
+            if self.chunked_in:
+                self.up_pending.append(http1.LAST_CHUNK)
         if self.mirror_to or self.monitored or self.unmirrored:
             body = b"".join(self.mirror_buf) if self.mirror_buf is not None else None
             pairing = Pairing(
@@ -347,8 +375,28 @@ class Request(Exchange):
     def on_body(self, piece: bytes) -> None:
         if self.dechunk:
             self._out.append(piece)
-        if self.prod_body is not None:
-            self.prod_body.append(piece)
+        body = self.prod_body
+        if body is not None:
+            self.prod_size += len(piece)
+            if self.prod_size > self.conn.proxy.max_response:
+                # The client still gets all of it; the record says too_large.
+                self.prod_body = None
+                self.prod_too_large = True
+                self.wants_body = self.dechunk
+                self.conn.proxy.stats.limits["response_too_large"] += 1
+            else:
+                body.append(piece)
+
+    def pause_source(self) -> None:
+        """Production's write buffer is full: stop reading the client's body."""
+        if not self.body_done and not self.done:
+            self.conn.proxy.stats.limits["upstream_backpressure"] += 1
+            self.conn.pause_reading()
+
+    def resume_source(self) -> None:
+        conn = self.conn
+        if conn.paused and conn.active is self and len(conn.queue) <= MAX_PIPELINED:
+            conn.resume_reading()
 
     def on_upgrade(self, head: bytes, rest: bytes) -> bool:
         if not self.upgrade:
@@ -381,6 +429,8 @@ class Request(Exchange):
         if self.pairing is not None:
             cfg = self.route.cfg.production
             error = "http_5xx" if status >= 500 else ("http_4xx" if status >= 400 else None)
+            if error is None and self.prod_too_large:
+                error = "too_large"
             body = b"".join(self.prod_body) if self.prod_body is not None else None
             self.pairing.production_done(
                 Outcome(
@@ -425,6 +475,26 @@ class Request(Exchange):
             self.done = True
             self.conn.request_done(self)
 
+    def refuse(self, status: int, message: str) -> None:
+        """The client's body turned out malformed while it was being forwarded: production's
+        connection is closed (it never gets a complete request) and the client gets
+        ``status`` at once if nothing of the answer was sent yet."""
+        self.done = True
+        self.close_after = True
+        proxy = self.conn.proxy
+        up = self.prod
+        self.prod = None
+        if up is not None:
+            up.abandon()
+            proxy.stats.framing["client_aborted"] += 1
+        if not self.head_sent:
+            self.head_sent = True
+            self.conn.write(
+                http1.error_response(status, message, proxy.rid_header, self.request_id, close=True)
+            )
+        else:
+            proxy.stats.requests[(self.route.name, "aborted")] += 1
+
     def abandon(self) -> None:
         """The client went away before production answered. Production's answer is not
         awaited; the request's pairs are still recorded (production ``abandoned``), with
@@ -458,6 +528,7 @@ class ClientConnection:
         self.half_closed = False
         self.tunnel: Request | None = None
         self.last_active = 0.0
+        self.head_since = 0.0  # loop time the head being read began (or the connection opened)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
@@ -469,15 +540,29 @@ class ClientConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        proxy = self.proxy
+        if len(proxy.connections) >= proxy.max_connections:
+            self.closing = True
+            proxy.stats.rejected["503"] += 1
+            proxy.stats.limits["max_connections"] += 1
+            self.transport.write(
+                http1.error_response(
+                    503, "too many client connections", proxy.rid_header, None, close=True
+                )
+            )
+            self.transport.close()
+            return
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
-        self.proxy.connections.add(self)
-        self.proxy.stats.open_connections += 1
-        self.last_active = self.proxy.loop.time()
+        proxy.connections.add(self)
+        proxy.stats.open_connections += 1
+        self.last_active = self.head_since = proxy.loop.time()
+        self._in_head = True  # until a whole head arrived (``head_timeout``)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.proxy.connections.discard(self)
-        self.proxy.stats.open_connections -= 1
+        if self in self.proxy.connections:
+            self.proxy.connections.discard(self)
+            self.proxy.stats.open_connections -= 1
         self.closing = True
         if self.active is not None and not self.active.done:
             self.active.abandon()
@@ -548,6 +633,7 @@ class ClientConnection:
         self._url = b""
         self._headers = []
         self._in_head = True
+        self.head_since = self.last_active  # the time of this read
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -618,10 +704,9 @@ class ClientConnection:
         expect = head.expect
         length: int | None = None
         if head.length is not None:
-            try:
-                length = int(head.length)
-            except ValueError:
-                raise _Reject(400, "invalid content-length") from None
+            length = http1.content_length(head.length)
+            if length is None:
+                raise _Reject(400, "invalid content-length")
         if request_id is None:
             request_id = proxy.new_id()
         elif not rid.is_valid(request_id):
@@ -745,12 +830,27 @@ class ClientConnection:
     def resume_reading(self) -> None:
         if self.paused and self.transport is not None:
             self.paused = False
+            self.head_since = self.proxy.loop.time()  # a head's time runs while it is read
             self.transport.resume_reading()
 
     def close(self) -> None:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+    def head_timeout(self, now: float) -> bool:
+        """Refuse (408) and close when a request head has been arriving for longer than the
+        head timeout; True when it did."""
+        if (
+            self._in_head
+            and not self.closing
+            and not self.paused  # not read by us (pipelining, backpressure): not its fault
+            and now - self.head_since > self.proxy.head_timeout
+        ):
+            self.proxy.stats.limits["head_timeout"] += 1
+            self._refuse(_Reject(408, "the request head did not arrive in time"))
+            return True
+        return False
 
     def _refuse(self, rej: _Reject) -> None:
         """Answer a request we will not forward, then close (the stream may be out of sync)."""
@@ -763,6 +863,10 @@ class ClientConnection:
                     rej.status, rej.message, self.proxy.rid_header, None, close=True
                 )
             )
+            self.close()
+        elif not self.active.body_done:
+            # The bad bytes are in the body being forwarded: stop it now, answer, close.
+            self.active.refuse(rej.status, rej.message)
             self.close()
         else:
             self.active.close_after = True

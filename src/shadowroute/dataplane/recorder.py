@@ -29,6 +29,39 @@ from shadowroute.stream.queue import RecordQueue
 log = logging.getLogger("shadowroute.recorder")
 
 BUILD_INTERVAL_S = 0.002
+_TOO_MANY: Any = object()  # ``Recorder._input``: the body holds more instances than allowed
+
+
+def instance_count(obj: object, cap: int) -> int:
+    """How many instances a request body holds: the rows of its ``instances`` or ``inputs``
+    list (or of an Open Inference tensor's ``data``), or of a top-level list; counting stops
+    once past ``cap``.
+
+    >>> instance_count({"instances": [[1], [2]]}, 10), instance_count([1, 2, 3], 10)
+    (2, 3)
+    >>> instance_count({"inputs": [{"name": "x", "data": [1] * 50}]}, 10)
+    50
+    """
+    if isinstance(obj, list):
+        return len(obj)
+    if not isinstance(obj, dict):
+        return 1
+    n = 1
+    for key in ("instances", "inputs"):
+        rows = obj.get(key)
+        if isinstance(rows, list):
+            n = max(n, len(rows))
+            if n > cap:
+                return n
+            for row in rows:
+                data = row.get("data") if isinstance(row, dict) else None
+                if isinstance(data, list):
+                    n = max(n, len(data))
+        elif isinstance(rows, dict):
+            for data in rows.values():
+                if isinstance(data, list):
+                    n = max(n, len(data))
+    return n
 
 
 class Pairing:
@@ -96,8 +129,15 @@ class Recorder:
         queue: RecordQueue,
         stats: DataPlaneStats,
         hash_salt: bytes = b"shadowroute",
+        *,
+        max_body: int = 1 << 20,
+        max_predictions: int = 10_000,
+        max_instances: int = 10_000,
     ) -> None:
         self.loop = loop
+        self.max_body = max_body  # answers larger are not parsed (``too_large``)
+        self.max_predictions = max_predictions
+        self.max_instances = max_instances
         self.queue = queue
         self.stats = stats
         self.salt = hash_salt
@@ -134,14 +174,23 @@ class Recorder:
 
     def _emit(self, pairing: Pairing, cand: Outcome | None) -> None:
         route = pairing.route
-        record = encode_pair_fields(
-            pairing.request_id.decode("ascii"),
-            route.name,
-            pairing.ts_ms,
-            pairing.production_side(),
-            None if cand is None else self.side(route, cand),
-            self._input(route, pairing.input),
-        )
+        prod = pairing.production_side()
+        cand_side = None if cand is None else self.side(route, cand)
+        inp = self._input(route, pairing.input)
+        if inp is _TOO_MANY:  # the request's instances are over the cap: nothing of it kept
+            inp, prod = None, {**prod, "output": None, "error": "too_large"}
+            if cand_side is not None:
+                cand_side = {**cand_side, "output": None, "error": "too_large"}
+        rid = pairing.request_id.decode("ascii")
+        try:
+            record = encode_pair_fields(rid, route.name, pairing.ts_ms, prod, cand_side, inp)
+        except ValueError:
+            if inp is None:
+                raise
+            # The captured input cannot be encoded (nested deeper than orjson goes): the
+            # record is kept without it.
+            self.stats.limits["input_unencodable"] += 1
+            record = encode_pair_fields(rid, route.name, pairing.ts_ms, prod, cand_side, None)
         self.stats.records_built += 1
         self.queue.put(pairing.request_id, record)
 
@@ -149,7 +198,10 @@ class Recorder:
         """One side of the pair record (``records.side_fields``), its prediction extracted."""
         output = None
         error = o.error
-        if error is None and o.body is not None:
+        if error is None and o.body is not None and len(o.body) > self.max_body:
+            error = "too_large"  # parsing it would hold the event loop up
+            self.stats.limits["extract_too_large"] += 1
+        elif error is None and o.body is not None:
             try:
                 output = extract(
                     route,
@@ -162,12 +214,16 @@ class Recorder:
                 self.stats.extract_failed += 1
                 log.debug("extraction failed for %s/%s: %s", route.name, o.model, exc.reason)
             else:
-                for item in output:
-                    if item is not None:
-                        break
-                else:  # no instance, or only NaN / infinite ones: an answer without a prediction
-                    output = None
-                    error = "no_prediction"
+                if len(output) > self.max_predictions:
+                    output, error = None, "too_large"
+                    self.stats.limits["predictions_too_large"] += 1
+                else:
+                    for item in output:
+                        if item is not None:
+                            break
+                    else:  # no instance, or only NaN / infinite ones: no prediction
+                        output = None
+                        error = "no_prediction"
         stamp = self.stamps.get((route.name, o.model))
         return side_fields(
             o.model,
@@ -189,4 +245,7 @@ class Recorder:
             obj: object = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
+        if instance_count(obj, self.max_instances) > self.max_instances:
+            self.stats.limits["instances_too_large"] += 1
+            return _TOO_MANY
         return redact_input(obj, route.capture.drop_fields, route.capture.hash_fields, self.salt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from typing import cast
@@ -25,13 +26,46 @@ from shadowroute.stream.sink import Sink
 log = logging.getLogger("shadowroute.dataplane")
 
 
+class PortInUse(OSError):
+    """The client port is already served by another process."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"{host}:{port} is already in use by another process (is another shadowroute "
+            "serving it?); refusing to start",
+        )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``PortInUse`` when another socket is bound to ``host:port``. The workers of
+    ``serve --workers N`` bind with SO_REUSEPORT, which would let a second, unrelated server on
+    the same port take a share of the traffic silently; their supervisor checks first with a
+    bind that does not share."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(host, port) from None
+            raise
+
+
 def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from None
+        raise
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -67,7 +101,15 @@ class DataPlane:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        recorder = Recorder(loop, self.queue, self.stats)
+        rcfg = self.config.records
+        recorder = Recorder(
+            loop,
+            self.queue,
+            self.stats,
+            max_body=rcfg.max_response_bytes,
+            max_predictions=rcfg.max_predictions,
+            max_instances=rcfg.max_instances,
+        )
         recorder.stamps = self.revisions.stamps()
         self.proxy = proxy = Proxy(self.config, loop, recorder)
         await self.sink.start()
@@ -83,12 +125,16 @@ class DataPlane:
         log.info("proxy listening on %s:%d", self.config.listen.host, self.port)
 
     async def _sweep_idle(self) -> None:
+        """Close idle keep-alive connections, and refuse (408) heads that take too long."""
         assert self.proxy is not None
         idle_s = self.config.proxy.idle_timeout_s
+        head_s = self.config.proxy.head_timeout_s
         while True:
-            await asyncio.sleep(min(1.0, idle_s / 2))
+            await asyncio.sleep(min(1.0, idle_s / 2, head_s / 2))
             now = asyncio.get_running_loop().time()
             for conn in list(self.proxy.connections):
+                if conn.head_timeout(now):
+                    continue
                 if conn.idle and now - conn.last_active > idle_s:
                     conn.close()
 

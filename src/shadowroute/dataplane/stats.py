@@ -29,6 +29,19 @@ MIRROR_OUTCOMES = (
     "too_large",
     "method_skipped",
     "disabled",
+    "early_answer",
+)
+
+
+LIMITS = (
+    "head_timeout",  # a client's request head did not arrive in time: 408
+    "max_connections",  # a client connection over the per-process cap: 503
+    "upstream_backpressure",  # a client paused while production's write buffer was full
+    "response_too_large",  # production's answer not copied for the record
+    "extract_too_large",  # an answer too large to parse for its prediction
+    "predictions_too_large",  # an answer with more predictions than a record may carry
+    "instances_too_large",  # a captured request with more instances than a record may carry
+    "input_unencodable",  # a captured request kept out of its record (nested too deep)
 )
 
 
@@ -59,6 +72,11 @@ class DataPlaneStats:
     mirrors_in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
     # reason -> count of malformed / refused client requests
     rejected: Counter[str] = field(default_factory=Counter)
+    # reason -> upstream connections closed instead of reused because a direction did not end
+    # on its framing (``early_answer``, ``extra_bytes``, ``client_aborted``)
+    framing: Counter[str] = field(default_factory=Counter)
+    # bound -> times a bound on outsider-controlled input or work was hit (``LIMITS``)
+    limits: Counter[str] = field(default_factory=Counter)
     records_built: int = 0
     extract_failed: int = 0
     open_connections: int = 0
@@ -77,6 +95,8 @@ class DataPlaneStats:
             "mirrors": [[*k, v] for k, v in self.mirrors.items()],
             "mirrors_in_flight": [[*k, v] for k, v in self.mirrors_in_flight.items()],
             "rejected": [[k, v] for k, v in self.rejected.items()],
+            "framing": [[k, v] for k, v in self.framing.items()],
+            "limits": [[k, v] for k, v in self.limits.items()],
             "records_built": self.records_built,
             "extract_failed": self.extract_failed,
             "open_connections": self.open_connections,
@@ -94,6 +114,10 @@ class DataPlaneStats:
             self.mirrors_in_flight[key] = self.mirrors_in_flight.get(key, 0) + v
         for reason, v in snap["rejected"]:
             self.rejected[reason] += v
+        for reason, v in snap.get("framing", ()):
+            self.framing[reason] += v
+        for limit, v in snap.get("limits", ()):
+            self.limits[limit] += v
         self.records_built += snap["records_built"]
         self.extract_failed += snap["extract_failed"]
         self.open_connections += snap["open_connections"]

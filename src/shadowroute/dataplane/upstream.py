@@ -12,7 +12,7 @@ import asyncio
 import math
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -64,6 +64,12 @@ class Exchange:
         """The exchange failed: ``connect``, ``reset``, ``timeout`` or ``bad_response``."""
         raise NotImplementedError
 
+    def pause_source(self) -> None:
+        """The connection's write buffer is full: stop producing request bytes."""
+
+    def resume_source(self) -> None:
+        """The write buffer drained: request bytes are welcome again."""
+
 
 class Outcome:
     """What one upstream (production or a candidate) did with one request, for the record."""
@@ -107,19 +113,24 @@ class UpstreamConnection:
 
     __slots__ = (
         "_buf",
+        "_chunks",
         "_closed",
         "_complete",
+        "_extra",
         "_in_body",
         "_keep_alive",
+        "_left",
         "_parser",
         "_until_close",
         "deadline",
         "exchange",
         "idle_since",
         "pool",
+        "request_done",
         "timeout_key",
         "transport",
         "tunnel",
+        "write_paused",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -137,12 +148,24 @@ class UpstreamConnection:
         self._complete = False
         self._until_close = False
         self._keep_alive = False
+        # The response's framing, followed by hand so that nothing after its end is taken
+        # for part of it: Content-Length bytes still to come (-1: not length-framed), or the
+        # chunked body's scanner.
+        self._left = -1
+        self._chunks: http1.ChunkedEnd | None = None
+        self._extra = False  # bytes came after the end of the response
+        # The request was written whole (its owner says so when it streams a body): only then
+        # may the connection carry another one.
+        self.request_done = True
+        self.write_paused = False  # the transport's write buffer is over its high-water mark
 
     # --- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = t = cast(asyncio.Transport, transport)
+        if self.pool.write_high:
+            t.set_write_buffer_limits(high=self.pool.write_high)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -159,10 +182,16 @@ class UpstreamConnection:
         self._fail("reset")
 
     def pause_writing(self) -> None:
-        pass
+        self.write_paused = True
+        ex = self.exchange
+        if ex is not None:
+            ex.pause_source()
 
     def resume_writing(self) -> None:
-        pass
+        self.write_paused = False
+        ex = self.exchange
+        if ex is not None:
+            ex.resume_source()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -170,6 +199,7 @@ class UpstreamConnection:
             return
         if self.exchange is None:
             # Bytes with no request outstanding: the connection is unusable.
+            self.pool.framing["extra_bytes"] += 1
             self.close()
             return
         try:
@@ -239,11 +269,24 @@ class UpstreamConnection:
         if ex.head_only or status in (204, 304) or self._complete:
             if ex.head_only:
                 self._parser = httptools.HttpResponseParser(self)
+            if rest:
+                self._extra = True  # never the client's: the connection is closed
             self._finish()
             return
-        self._until_close = (
-            low.find(http1.CONTENT_LENGTH) < 0 and low.find(http1.TRANSFER_ENCODING) < 0
-        )
+        if low.find(http1.TRANSFER_ENCODING) >= 0:
+            te = http1.header_value(low, low, http1.TRANSFER_ENCODING)
+            if te is not None and te.endswith(b"chunked"):
+                self._chunks = http1.ChunkedEnd()
+            else:
+                self._until_close = True  # another coding last: read until the close
+        elif low.find(http1.CONTENT_LENGTH) >= 0:
+            cl = http1.header_value(head, low, http1.CONTENT_LENGTH)
+            length = http1.content_length(cl) if cl is not None else None
+            if length is None:  # llhttp accepted it, so this does not happen; refuse anyway
+                raise httptools.HttpParserError("invalid content-length")
+            self._left = length
+        else:
+            self._until_close = True
         self._in_body = True
         if rest:
             self._body(rest)
@@ -251,7 +294,28 @@ class UpstreamConnection:
     def _body(self, data: bytes) -> None:
         ex = self.exchange
         assert ex is not None
+        # Where the response ends in this read, if it does: what follows is never forwarded.
+        end = -1
+        left = self._left
+        if left >= 0:
+            if len(data) >= left:
+                end = left
+            else:
+                self._left = left - len(data)
+        elif self._chunks is not None:
+            try:
+                end = self._chunks.feed(data)
+            except ValueError:
+                raise httptools.HttpParserError("invalid chunk size line") from None
+        if 0 <= end < len(data):
+            self._extra = True
+            data = data[:end]
         self._parser.feed_data(data)
+        if self.exchange is not ex:
+            return
+        if self._complete != (end >= 0):
+            # llhttp and the framing followed here disagree on where the response ends.
+            raise httptools.HttpParserError("response framing mismatch")
         ex.on_raw(data)
         if self._complete and self.exchange is ex:
             self._finish()
@@ -265,11 +329,21 @@ class UpstreamConnection:
         self._in_body = False
         self._complete = False
         self._until_close = False
+        self._left = -1
+        self._chunks = None
         self.deadline = math.inf
 
     def _finish(self) -> None:
         ex = self.exchange
+        # Reused only when both directions ended exactly on their framing.
         keep = not self._until_close and self._keep_alive and not self._closed
+        if self._extra:
+            keep = False
+            self._extra = False
+            self.pool.framing["extra_bytes"] += 1
+        elif not self.request_done:
+            keep = False
+            self.pool.framing["early_answer"] += 1
         self._reset_state()
         self.exchange = None
         if keep:
@@ -290,7 +364,10 @@ class UpstreamConnection:
     # --- used by the owner of the exchange -----------------------------------------------
 
     def start(self, exchange: Exchange, timeout_s: float) -> None:
+        """Begin an exchange; its owner sets ``request_done = False`` while it still has
+        request bytes to write."""
         self.exchange = exchange
+        self.request_done = True
         pool = self.pool
         self.deadline = pool.loop.time() + timeout_s
         pool.deadlines.add(self)
@@ -312,8 +389,15 @@ class UpstreamConnection:
 
     def close(self) -> None:
         self._closed = True
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is not None:
+            if t.get_write_buffer_size():
+                # Request bytes production has not read: they are never wanted once the
+                # connection is given up, and a graceful close would keep them (and the
+                # connection) until production reads them, which it may never do.
+                t.abort()
+            else:
+                t.close()
 
     @property
     def usable(self) -> bool:
@@ -336,8 +420,16 @@ class UpstreamPool:
         keepalive_s: float = 4.0,
         connect_timeout_s: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
+        framing: Counter[str] | None = None,
+        write_high: int = 0,
     ) -> None:
         parts = urlsplit(url)
+        # Connections closed because a direction did not end on its framing, by reason
+        # (``early_answer``, ``extra_bytes``): the data plane's counter, shared by its pools.
+        self.framing: Counter[str] = framing if framing is not None else Counter()
+        # The connections' write-buffer high-water mark (0: the loop's default): above it the
+        # exchange is asked to stop producing request bytes (``Exchange.pause_source``).
+        self.write_high = write_high
         self.loop = loop
         self.deadlines = deadlines  # the exchanges' timeouts (owned by the data plane's Proxy)
         self.scheme = parts.scheme

@@ -1,0 +1,134 @@
+"""Playbooks for the data plane, without sockets: the real protocol objects (a client's
+``ClientConnection``, production's pooled ``UpstreamConnection``) on transports that only
+record. A test feeds raw client bytes and raw production bytes in, and reads what each side
+was sent, and whether it was closed or paused. The event loop is never run: no timer fires,
+no socket is opened; production connections are handed to the pool ready-made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from shadowroute.core.config import Config
+from shadowroute.dataplane.proxy import ClientConnection, Proxy
+from shadowroute.dataplane.recorder import Recorder
+from shadowroute.dataplane.stats import DataPlaneStats
+from shadowroute.dataplane.upstream import UpstreamConnection
+from shadowroute.stream.queue import RecordQueue
+
+
+class Recording(asyncio.Transport):
+    """A transport that keeps what is written to it."""
+
+    def __init__(self, peer: tuple[str, int] = ("10.1.2.3", 40000)) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.closed = False
+        self.paused = False
+        self.peer = peer
+        self.lost = False  # connection_lost was delivered
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.sent += data
+
+    def take(self) -> bytes:
+        out = bytes(self.sent)
+        self.sent.clear()
+        return out
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_reading(self) -> bool:
+        return not self.paused
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class Playbook:
+    """One client connection through the data plane to production, played by hand."""
+
+    def __init__(self, config: Config) -> None:
+        self.loop = asyncio.new_event_loop()  # never run
+        self.stats = DataPlaneStats()
+        self.queue = RecordQueue(config.records.queue_size)
+        self.recorder = Recorder(self.loop, self.queue, self.stats)
+        self.proxy = Proxy(config, self.loop, self.recorder)
+        self.client = ClientConnection(self.proxy)
+        self.client_t = Recording()
+        self.client.connection_made(self.client_t)
+        self.upstreams: list[tuple[UpstreamConnection, Recording]] = []
+        self.ready_upstream()
+
+    @property
+    def pool(self) -> Any:
+        return self.proxy.routes[0].prod_pool
+
+    def ready_upstream(self) -> None:
+        """Put a fresh production connection in the pool (as if it had just been opened)."""
+        conn = UpstreamConnection(self.pool)
+        t = Recording(("127.0.0.1", 9000))
+        conn.connection_made(t)
+        conn.idle_since = time.monotonic()
+        self.pool._all.add(conn)
+        self.pool._idle.append(conn)
+        self.upstreams.append((conn, t))
+
+    def client_sends(self, data: bytes) -> None:
+        self.client.data_received(data)
+        self._settle()
+
+    def production_sends(self, data: bytes, index: int = -1) -> None:
+        conn, _ = self.upstreams[index]
+        conn.data_received(data)
+        self._settle()
+
+    def upstream(self, index: int = -1) -> Recording:
+        return self.upstreams[index][1]
+
+    def _settle(self) -> None:
+        """Deliver connection_lost to what was closed, as the loop would after this step."""
+        for conn, t in self.upstreams:
+            if t.closed and not t.lost:
+                t.lost = True
+                conn.connection_lost(None)
+        if self.client_t.closed and not self.client_t.lost:
+            self.client_t.lost = True
+            self.client.connection_lost(None)
+
+    def close(self) -> None:
+        self.proxy.close_pools()
+        self.loop.close()
+
+
+def split_request(raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """Request line, headers (lower-cased names) and what follows the head."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    line, *lines = head.split(b"\r\n")
+    headers = {}
+    for h in lines:
+        name, _, value = h.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return line, headers, rest

@@ -1,0 +1,531 @@
+"""Bounds on what one client or one upstream can make the data plane hold: flow control
+towards production, a paused client resumed when its connection arrives, the production body
+copied for the record, a deadline for request heads and a cap on client connections. Each
+bound is hit on purpose, counted (``shadowroute_limits_hit_total``) and shown harmless to the
+next client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+import yaml
+from relhelp import free_port, report
+
+from proxyutil import make_config, running_proxy, settle
+from shadowroute.dataplane.server import DataPlane, listen_socket
+from upstreams import ModelServer, Reply
+
+BIG_BODY_MIB = 48
+
+
+def _config(prod_url: str, *, proxy: dict[str, Any] | None = None, **top: Any) -> Any:
+    return make_config(
+        prod_url,
+        production={"name": "prod-v1", "url": prod_url, "timeout_s": 10, "version": "1"},
+        top={"proxy": proxy or {}, **top},
+    )
+
+
+def limits(dp: DataPlane) -> dict[str, int]:
+    assert dp.proxy is not None
+    return dict(getattr(dp.proxy.stats, "limits", {}))
+
+
+async def until_open(dp: DataPlane, n: int) -> None:
+    async with asyncio.timeout(5):
+        while dp.proxy is None or dp.proxy.stats.open_connections != n:
+            await asyncio.sleep(0.01)
+
+
+def post_head(length: int) -> bytes:
+    return (
+        b"POST /v1/models/m:predict HTTP/1.1\r\nHost: proxy.local\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % length
+    )
+
+
+async def read_response(reader: asyncio.StreamReader, timeout: float = 20) -> tuple[bytes, bytes]:
+    async with asyncio.timeout(timeout):
+        head = (await reader.readuntil(b"\r\n\r\n")).lower()
+        length = int(head.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
+        return head, await reader.readexactly(length)
+
+
+class _StallingProduction(asyncio.Protocol):
+    """Reads a request head, stops reading for ``stall_s``, then reads the body whole and
+    answers with the number of body bytes it got."""
+
+    def __init__(self, server: StallingProduction) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.length = -1
+        self.got = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.live.append(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.length < 0:
+            self.buf += data
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].lower()
+            self.length = int(head.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
+            data = self.buf[end + 4 :]
+            self.transport.pause_reading()
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.server.stall_s, self.transport.resume_reading)
+        self.got += len(data)
+        if self.got >= self.length:
+            self.server.received.append(self.got)
+            body = b"%d" % self.got
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+
+
+class StallingProduction:
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self.received: list[int] = []
+        self.live: list[asyncio.Transport] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _StallingProduction(self), "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in self.live:
+            t.abort()
+        await asyncio.sleep(0.01)
+
+
+def buffered_for_production(dp: DataPlane) -> int:
+    """Bytes the data plane holds for production right now: its connections' write buffers
+    and any body queued before a connection."""
+    assert dp.proxy is not None
+    total = 0
+    for route in dp.proxy.routes:
+        for conn in route.prod_pool._all:
+            if conn.transport is not None:
+                total += conn.transport.get_write_buffer_size()
+    for client in dp.proxy.connections:
+        req = client.active
+        if req is not None:
+            total += req.out_size + sum(map(len, req.up_pending))
+    return total
+
+
+async def test_a_production_that_stops_reading_pauses_the_client() -> None:
+    """One client pushes 48 MiB at a production that reads nothing for 1.5 s: the data plane
+    holds at most about its buffer bound, not the upload, and the whole body arrives once
+    production reads again."""
+    prod = StallingProduction(stall_s=1.5)
+    url = await prod.start()
+    size = BIG_BODY_MIB << 20
+    try:
+        async with running_proxy(_config(url)) as (dp, _):  # the default bound: 1 MiB
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+
+            async def upload() -> None:
+                writer.write(post_head(size))
+                block = b"b" * (1 << 20)
+                for _ in range(BIG_BODY_MIB):
+                    writer.write(block)
+                    await writer.drain()
+
+            task = asyncio.get_running_loop().create_task(upload())
+            peak = 0
+            t_end = time.monotonic() + 1.2
+            while time.monotonic() < t_end:
+                peak = max(peak, buffered_for_production(dp))
+                await asyncio.sleep(0.01)
+            head, body = await read_response(reader)
+            await task
+            writer.close()
+            report(
+                "bounds: production stops reading a 48 MiB upload",
+                peak_buffered_kib=peak // 1024,
+                limits=limits(dp),
+                status=head[9:12].decode(),
+            )
+            assert head.startswith(b"http/1.1 200") and body == b"%d" % size
+            assert prod.received == [size]
+            assert peak < 3 << 20, peak  # the bound (1 MiB) plus what one read brings
+            assert limits(dp).get("upstream_backpressure", 0) >= 1
+    finally:
+        await prod.close()
+
+
+async def test_a_production_that_never_reads_gets_a_504_and_frees_the_upload() -> None:
+    """Production reads the head and then nothing: the client is paused, gets 504 at the
+    timeout, and the upstream connection (with what it buffered) is closed."""
+    prod = StallingProduction(stall_s=3600)
+    url = await prod.start()
+    size = BIG_BODY_MIB << 20
+    try:
+        cfg = make_config(
+            url, production={"name": "prod-v1", "url": url, "timeout_s": 1, "version": "1"}
+        )
+        async with running_proxy(cfg) as (dp, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+
+            async def upload() -> None:
+                writer.write(post_head(size))
+                block = b"b" * (1 << 20)
+                with contextlib.suppress(OSError):
+                    for _ in range(BIG_BODY_MIB):
+                        writer.write(block)
+                        await writer.drain()
+
+            task = asyncio.get_running_loop().create_task(upload())
+            peak = 0
+            t0 = time.perf_counter()
+            reading = asyncio.get_running_loop().create_task(read_response(reader))
+            while not reading.done():
+                peak = max(peak, buffered_for_production(dp))
+                await asyncio.sleep(0.01)
+            head, _ = reading.result()
+            answered_s = time.perf_counter() - t0
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            writer.close()
+            await asyncio.sleep(0.05)
+            left = buffered_for_production(dp)
+            report(
+                "bounds: production never reads a 48 MiB upload (timeout 1 s)",
+                status=head[9:12].decode(),
+                answered_s=round(answered_s, 2),
+                peak_buffered_kib=peak // 1024,
+                buffered_after_kib=left // 1024,
+            )
+            assert head.startswith(b"http/1.1 504")
+            assert answered_s < 3
+            assert peak < 3 << 20, peak
+            assert left == 0
+    finally:
+        await prod.close()
+
+
+async def test_a_large_upload_on_a_cold_pool_is_resumed_when_the_connection_arrives() -> None:
+    prod = await ModelServer(lambda s: Reply(body=b"%d" % len(s.body))).start()
+    size = 20 << 20
+    try:
+        async with running_proxy(_config(prod.url)) as (dp, _):
+            results = []
+            for _ in range(3):  # each on a cold pool: production closes after each answer
+                reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+                t0 = time.perf_counter()
+                head = post_head(size).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                writer.write(head + b"u" * size)
+                got = await read_response(reader)
+                results.append((got[0][9:12].decode(), round(time.perf_counter() - t0, 2)))
+                writer.close()
+                assert got[0].startswith(b"http/1.1 200") and got[1] == b"%d" % size
+                dp.proxy.routes[0].prod_pool._idle.clear() if dp.proxy else None
+            report("bounds: 20 MiB uploads on a cold pool", results=results)
+    finally:
+        await prod.stop()
+
+
+async def test_production_body_over_the_capture_cap_reaches_the_client_whole() -> None:
+    big = orjson.dumps({"predictions": [1.5], "pad": "p" * (3 << 20)})
+    prod = await ModelServer(
+        lambda s: Reply(body=big, headers=[(b"content-type", b"application/json")])
+    ).start()
+    try:
+        cfg = _config(prod.url, records={"max_response_bytes": 1 << 20})
+        async with running_proxy(cfg) as (dp, sink):
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+            body = b'{"instances": [[1]]}'
+            writer.write(post_head(len(body)) + body)
+            head, got = await read_response(reader)
+            writer.close()
+            await settle(dp)
+            records = sink.all_decoded()
+            report(
+                "bounds: 3 MiB production answer, 1 MiB capture cap",
+                client_bytes=len(got),
+                record_error=records[0]["production"]["error"],
+                limits=limits(dp),
+            )
+            assert got == big
+            assert records[0]["production"]["error"] == "too_large"
+            assert records[0]["production"]["output"] is None
+            assert limits(dp) == {"response_too_large": 1}
+    finally:
+        await prod.stop()
+
+
+async def test_slowloris_heads_get_408_and_are_closed() -> None:
+    prod = await ModelServer().start()
+    try:
+        cfg = _config(prod.url, proxy={"head_timeout_s": 1.0})
+        async with running_proxy(cfg) as (dp, _):
+            n = 20
+            conns = [await asyncio.open_connection("127.0.0.1", dp.port) for _ in range(n)]
+            silent = await asyncio.open_connection("127.0.0.1", dp.port)
+            head = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: h\r\nx-pad: " + b"a" * 100
+
+            async def trickle(w: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError):
+                    for byte in head:
+                        w.write(bytes([byte]))
+                        await asyncio.sleep(0.2)
+                        if w.is_closing():
+                            return
+
+            tasks = [asyncio.get_running_loop().create_task(trickle(w)) for _, w in conns]
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(10):  # read each until the proxy closes it
+                    outs = await asyncio.gather(*(r.read() for r, _ in [*conns, silent]))
+            finally:
+                closed_in = time.perf_counter() - t0
+                for t in tasks:
+                    t.cancel()
+                for _, w in [*conns, silent]:
+                    w.close()
+            statuses = {o[:12] for o in outs}
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+            body = b'{"instances": [[1]]}'
+            writer.write(post_head(len(body)) + body)
+            ok, _ = await read_response(reader)
+            writer.close()
+            report(
+                "bounds: 20 slowloris heads and a silent connection, head timeout 1 s",
+                statuses=sorted(s.decode() for s in statuses),
+                closed_within_s=round(closed_in, 2),
+                limits=limits(dp),
+            )
+            assert statuses == {b"HTTP/1.1 408"}
+            assert closed_in < 5.0  # 1 s, checked every 0.5 s (slack for a loaded machine)
+            assert limits(dp) == {"head_timeout": n + 1}
+            assert ok.startswith(b"http/1.1 200")
+    finally:
+        await prod.stop()
+
+
+async def test_connections_over_the_cap_get_503() -> None:
+    prod = await ModelServer().start()
+    try:
+        cfg = _config(prod.url, proxy={"max_connections": 5})
+        async with running_proxy(cfg) as (dp, _):
+            held = [await asyncio.open_connection("127.0.0.1", dp.port) for _ in range(5)]
+            try:
+                await until_open(dp, 5)
+                r, w = await asyncio.open_connection("127.0.0.1", dp.port)
+                async with asyncio.timeout(5):
+                    refused = await r.read()
+                w.close()
+                held[0][1].close()
+                await until_open(dp, 4)
+                reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+                body = b'{"instances": [[1]]}'
+                writer.write(post_head(len(body)) + body)
+                ok, _ = await read_response(reader)
+                writer.close()
+            finally:
+                for _, hw in held:
+                    hw.close()
+            assert dp.proxy is not None
+            report(
+                "bounds: connection cap 5",
+                refused=refused[:12].decode(),
+                limits=limits(dp),
+                open=dp.proxy.stats.open_connections,
+            )
+            assert refused.startswith(b"HTTP/1.1 503") and b"connection: close" in refused
+            assert ok.startswith(b"http/1.1 200")
+            assert limits(dp) == {"max_connections": 1}
+            assert dp.proxy.stats.rejected["503"] == 1
+    finally:
+        await prod.stop()
+
+
+# --- what one answer or one request can put into a record --------------------------------------
+
+
+def _mirrored(prod_url: str, cand_url: str, **records: Any) -> Any:
+    return make_config(
+        prod_url,
+        [{"name": "cand", "url": cand_url}],
+        production={"name": "prod-v1", "url": prod_url, "timeout_s": 10, "version": "1"},
+        capture={"input": True},
+        top={"records": records} if records else {},
+    )
+
+
+async def _one(dp: DataPlane, body: bytes) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", dp.port)
+    writer.write(post_head(len(body)) + body)
+    try:
+        return await read_response(reader)
+    finally:
+        writer.close()
+
+
+def _predictions(n: int) -> Reply:
+    body = orjson.dumps({"predictions": [0.25] * n})
+    return Reply(body=body, headers=[(b"content-type", b"application/json")])
+
+
+async def test_too_many_predictions_are_not_recorded() -> None:
+    prod = await ModelServer(lambda s: _predictions(20_000)).start()
+    cand = await ModelServer(lambda s: _predictions(3)).start()
+    try:
+        cfg = _mirrored(prod.url, cand.url, max_predictions=1000)
+        async with running_proxy(cfg) as (dp, sink):
+            head, got = await _one(dp, b'{"instances": [[1], [2], [3]]}')
+            await settle(dp)
+            (rec,) = sink.decoded()
+            report(
+                "bounds: 20000 predictions, cap 1000",
+                production=rec["production"]["error"],
+                candidate=rec["candidate"]["error"],
+                limits=limits(dp),
+            )
+            assert got == _predictions(20_000).body  # the client gets all of it
+            assert rec["production"]["error"] == "too_large"
+            assert rec["production"]["output"] is None
+            assert rec["candidate"]["error"] is None and rec["candidate"]["output"] == [0.25] * 3
+            assert limits(dp) == {"predictions_too_large": 1}
+    finally:
+        await prod.stop()
+        await cand.stop()
+
+
+async def test_too_many_instances_are_not_recorded() -> None:
+    prod = await ModelServer().start()
+    cand = await ModelServer().start()
+    try:
+        cfg = _mirrored(prod.url, cand.url, max_instances=1000)
+        async with running_proxy(cfg) as (dp, sink):
+            body = orjson.dumps({"instances": [[i] for i in range(5000)]})
+            head, got = await _one(dp, body)
+            await settle(dp)
+            (rec,) = sink.decoded()
+            report(
+                "bounds: 5000 instances, cap 1000",
+                input=rec["input"],
+                production=rec["production"]["error"],
+                limits=limits(dp),
+            )
+            assert (
+                head.startswith(b"http/1.1 200") and len(orjson.loads(got)["predictions"]) == 5000
+            )
+            assert rec["input"] is None
+            assert rec["production"]["error"] == "too_large"
+            assert rec["candidate"]["error"] == "too_large"
+            assert limits(dp) == {"instances_too_large": 1}
+    finally:
+        await prod.stop()
+        await cand.stop()
+
+
+async def test_a_huge_candidate_answer_does_not_stall_the_loop() -> None:
+    """A 15 MiB candidate answer (under the mirror's 16 MiB cap) is not parsed for the record
+    on the event loop: other clients' requests are not held up while it is recorded."""
+    prod = await ModelServer(lambda s: _predictions(1)).start()
+    huge = _predictions(1_500_000)  # ~7.5 MiB, made once (not on the loop during the test)
+    cand = await ModelServer(lambda s: huge).start()
+    try:
+        async with running_proxy(_mirrored(prod.url, cand.url)) as (dp, sink):
+            loop = asyncio.get_running_loop()
+            gaps: list[float] = []
+            stop = False
+
+            async def ticker() -> None:
+                last = loop.time()
+                while not stop:
+                    await asyncio.sleep(0.002)
+                    now = loop.time()
+                    gaps.append(now - last)
+                    last = now
+
+            tick = loop.create_task(ticker())
+            await _one(dp, b'{"instances": [[1]]}')
+            await settle(dp, timeout=10)
+            stop = True
+            await tick
+            (rec,) = sink.decoded()
+            worst_ms = max(gaps) * 1000
+            report(
+                "bounds: 7.5 MiB candidate answer",
+                candidate=rec["candidate"]["error"],
+                worst_loop_gap_ms=round(worst_ms, 1),
+                limits=limits(dp),
+            )
+            assert rec["candidate"]["error"] == "too_large"
+            assert limits(dp).get("extract_too_large") == 1
+            assert worst_ms < 150, worst_ms
+    finally:
+        await prod.stop()
+        await cand.stop()
+
+
+# --- a port another process already serves ---------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "0"])
+def test_serve_refuses_a_port_another_process_serves(tmp_path: Path, workers: str) -> None:
+    """A second ``serve`` on a port a running one holds (its workers bind with SO_REUSEPORT)
+    must not start and silently take a share of the traffic."""
+    holder = listen_socket("127.0.0.1", 0, reuse_port=True)  # as a running worker holds it
+    port = holder.getsockname()[1]
+    cfg = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "comparator": {"state_path": str(tmp_path / "state.sqlite")},
+        "routes": [{"name": "r", "protocol": "kserve-v1",
+                    "production": {"name": "p", "url": "http://127.0.0.1:1"}}],
+    }  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "shadowroute", "serve", "-c", str(path), "--workers", workers]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        holder.close()
+    report("ops: serve on a port already served", workers=workers, exit=out.returncode)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"127.0.0.1:{port} is already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+async def test_a_deeply_nested_input_does_not_lose_the_record() -> None:
+    """orjson encodes at most 255 levels: a captured body nested 300 deep used to make the
+    record unencodable, and the record was dropped."""
+    prod = await ModelServer().start()
+    cand = await ModelServer().start()
+    try:
+        async with running_proxy(_mirrored(prod.url, cand.url)) as (dp, sink):
+            deep = b'{"instances": [[1]], "x": ' + b"[" * 300 + b"]" * 300 + b"}"
+            head, got = await _one(dp, deep)
+            await settle(dp)
+            records = sink.decoded()
+            report("bounds: input nested 300 deep", records=len(records), limits=limits(dp))
+            assert head.startswith(b"http/1.1 200")
+            assert len(records) == 1 and records[0]["input"] is None
+            assert records[0]["production"]["output"] == [2.0]
+            assert limits(dp) == {"input_unencodable": 1}
+    finally:
+        await prod.stop()
+        await cand.stop()
