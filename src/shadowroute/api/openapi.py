@@ -66,6 +66,15 @@ _DECISION = {
         "pairs": {"type": "integer"},
         "labelled": {"type": "integer"},
         "as_of": {"type": ["integer", "string", "null"], "description": "When it was computed"},
+        "integrity": {
+            "type": "object",
+            "description": "Evidence the comparator refused to take at face value (all routes)",
+            "properties": {
+                "duplicate_ids": {"type": "integer"},
+                "duplicate_labels": {"type": "integer"},
+                "conflicting_labels": {"type": "integer"},
+            },
+        },
     },
 }
 

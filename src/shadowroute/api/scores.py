@@ -38,6 +38,7 @@ COMPARATOR_METRICS = (
     "shadowroute_label_delay_seconds",
     "shadowroute_label_coverage_ratio",
     "shadowroute_duplicate_labels_total",
+    "shadowroute_duplicate_ids_total",
     "shadowroute_model_age_days",
 )
 VERDICTS = ("promote", "hold", "reject")
@@ -166,6 +167,12 @@ class ScoresCollector(Collector):
             "shadowroute_duplicate_labels",
             "Labels for an already-labelled request key (counted, not joined again).",
             value=counts.get("duplicate_labels", 0),
+        )
+        yield CounterMetricFamily(
+            "shadowroute_duplicate_ids",
+            "Pairs under a request id (and candidate) already waiting for its label: kept out "
+            "of the evidence, the first one stays.",
+            value=counts.get("duplicate_ids", 0),
         )
 
     def _production(self, prods: dict[str, dict[str, Any]]) -> Iterator[Metric]:

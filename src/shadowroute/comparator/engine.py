@@ -388,6 +388,9 @@ class Engine:
                 labelled[(route_name, cand)].append(LabelledRow(ts, p, entry[2], label))
                 touched.add(("cand", route_name, cand, partition))
             joined.append((key, kind))
+            existing.add((key, kind))  # a later pair under this key is a duplicate id
+            if cand is not None:
+                existing.add((key, cand))
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
@@ -469,6 +472,8 @@ class Engine:
         existing = b.existing
         drifts = b.drift
         requests = b.requests
+        seen: set[tuple[str, str]] = set()
+        duplicates = 0
         for idx, rec in enumerate(records):
             keys = rec.keys
             name = rec.route
@@ -505,13 +510,21 @@ class Engine:
             if not pout or not cout:
                 continue
             for i, key in enumerate(keys[: len(cout)]):
+                # A second request under an id whose (key, candidate) is already pending or
+                # came earlier in this batch: kept out of the evidence and counted; the
+                # first stays (docs/comparator.md "Duplicate request ids").
+                kc = (key, cand)
+                if kc in seen or (existing and kc in existing):
+                    duplicates += 1
+                    continue
+                seen.add(kc)
                 if has_labels and self._join_new(
                     partition, route, cand, key, [ts, pout[i], cout[i]], fresh, stored, b
                 ):
                     continue
-                if existing and (key, cand) in existing:
-                    continue
                 _pend(pending, key, cand, (name, expires, ts, pout[i], cout[i], idx))
+        if duplicates:
+            self._count(partition, "duplicate_ids", duplicates)
         for route_name, cand in rows:
             b.touched.add(("cand", route_name, cand, partition))
 
