@@ -71,7 +71,9 @@ def test_a_resent_label_with_another_value_does_not_change_the_scores(tmp_path: 
     engine.process(0, [], flipped)
     cand, _, part = _states(engine)
     assert cand.to_dict() == before
-    assert part["duplicate_labels"] == 200
+    assert part["conflicting_labels"] == 200  # another value: a conflict, the first stays
+    assert "duplicate_labels" not in part
+    assert engine.label_outcomes == ["conflict"] * 200
 
 
 async def test_duplicates_and_model_age_are_exported(tmp_path: Path) -> None:

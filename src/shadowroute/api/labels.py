@@ -3,7 +3,12 @@
 The body is a JSON array, JSON lines or CSV (by Content-Type, sniffed when absent). Good
 records are always accepted and written, even when other lines are bad: the answer is 202
 when every line was good, and 400 naming each bad line (with the count that was accepted)
-otherwise.
+otherwise. A record must also meet the label rules (``core.label_rules``: ``ts`` near the
+time of receipt, a bounded value), or it is refused by id with the reason.
+
+With the embedded comparator the answer comes after the labels are committed, and says what
+became of each one that was not simply taken (``labels``: a duplicate, a conflict with the
+label already kept, or refused because the route's backlog of waiting labels is full: 429).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from shadowroute.api.app import check_token, error, json_response
+from shadowroute.api.app import CONTEXT, check_token, error, json_response
+from shadowroute.core.label_rules import LabelRules
 from shadowroute.core.records import (
     LabelRecord,
     encode_label,
@@ -27,7 +33,10 @@ MAX_REPORTED_ERRORS = 1000
 
 
 class LabelWriter(Protocol):
-    async def write_labels(self, labels: Sequence[LabelRecord]) -> None: ...
+    async def write_labels(self, labels: Sequence[LabelRecord]) -> Sequence[str] | None:
+        """Write labels durably; returns what became of each (``Engine.label_outcomes``)
+        when that is known now, ``None`` when the comparator decides later."""
+        ...
 
 
 class SinkLabelWriter:
@@ -37,11 +46,15 @@ class SinkLabelWriter:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
-    async def write_labels(self, labels: Sequence[LabelRecord]) -> None:
+    async def write_labels(self, labels: Sequence[LabelRecord]) -> Sequence[str] | None:
         await self.sink.write([(label_partition_key(lab.id), encode_label(lab)) for lab in labels])
+        return None
 
 
-def label_routes(writer: LabelWriter) -> list[web.RouteDef]:
+def label_routes(writer: LabelWriter, rules: LabelRules | None = None) -> list[web.RouteDef]:
+    """``POST /v1/labels`` writing to ``writer``, under ``rules`` (default: from the app's
+    config)."""
+
     async def post_labels(request: web.Request) -> web.Response:
         denied = check_token(request)
         if denied is not None:
@@ -51,20 +64,69 @@ def label_routes(writer: LabelWriter) -> list[web.RouteDef]:
         except web.HTTPRequestEntityTooLarge:
             return error(413, "label batch too large; send it in several requests")
         now_ms = int(time.time() * 1000)
-        good, bad = parse_label_batch(body, request.headers.get("Content-Type"), now_ms)
+        parsed, bad = parse_label_batch(body, request.headers.get("Content-Type"), now_ms)
+        checks = rules if rules is not None else LabelRules.of(request.app[CONTEXT].config)
+        good, refused = checks.split(parsed, now_ms)
+        outcomes: Sequence[str] | None = None
         if good:
-            await writer.write_labels(good)
-        result = {"accepted": len(good), "rejected": len(bad)}
-        if not bad:
-            if not good:
-                return error(400, "no label records in the body", **result)
-            return json_response(result, status=202)
+            try:
+                outcomes = await writer.write_labels(good)
+            except Exception as exc:  # answered: nothing of this batch was kept
+                return error(503, f"labels not stored, send them again: {exc}")
+        return _answer(good, bad, refused, outcomes)
+
+    return [web.post("/v1/labels", post_labels)]
+
+
+def _answer(
+    good: Sequence[LabelRecord],
+    bad: Sequence[tuple[int, str]],
+    refused: list[tuple[str, str]],
+    outcomes: Sequence[str] | None,
+) -> web.Response:
+    """The answer to a batch: 202 when every record was taken (duplicates and conflicts are
+    taken, and named); 400 when lines were bad or records refused by the rules; 429 when the
+    only refusals were a full backlog. Good records are written in every case."""
+    statuses: list[dict[str, str]] = [
+        {"id": i, "status": "refused", "reason": r} for i, r in refused
+    ]
+    counts = {"duplicate": 0, "conflict": 0, "refused": len(refused), "backlog": 0}
+    for lab, outcome in zip(good, outcomes or (), strict=False):
+        if outcome == "accepted":
+            continue
+        if outcome in ("duplicate", "conflict"):
+            counts[outcome] += 1
+            statuses.append({"id": lab.id, "status": outcome})
+        else:
+            reason = outcome.removeprefix("refused:")
+            counts["backlog" if reason == "backlog_full" else "refused"] += 1
+            statuses.append({"id": lab.id, "status": "refused", "reason": reason})
+    not_kept = counts["refused"] - len(refused) + counts["backlog"]
+    result: dict[str, object] = {
+        "accepted": len(good) - not_kept,
+        "rejected": len(bad) + counts["refused"] + counts["backlog"],
+        "duplicates": counts["duplicate"],
+        "conflicts": counts["conflict"],
+    }
+    if outcomes is None:
+        result["committed"] = False  # the comparator reads them from Kafka and decides
+    if statuses:
+        result["labels"] = statuses[:MAX_REPORTED_ERRORS]
+    if bad or counts["refused"]:
         errors = [{"line": n, "reason": r} for n, r in bad[:MAX_REPORTED_ERRORS]]
         return error(
             400,
-            f"{len(bad)} bad label record(s); {len(good)} good one(s) were accepted",
+            f"{len(bad) + counts['refused']} bad or refused label record(s); "
+            f"{result['accepted']} good one(s) were accepted",
             **result,
             errors=errors,
         )
-
-    return [web.post("/v1/labels", post_labels)]
+    if counts["backlog"]:
+        return error(
+            429,
+            f"{counts['backlog']} label(s) refused: too many labels wait for their pair",
+            **result,
+        )
+    if not good:
+        return error(400, "no label records in the body", **result)
+    return json_response(result, status=202)

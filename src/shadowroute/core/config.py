@@ -412,6 +412,20 @@ class Comparator(_Strict):
     """Time windows scores are kept for, besides the cumulative ones."""
 
 
+class Labels(_Strict):
+    max_future_s: float = Field(300.0, ge=0)
+    """A label whose `ts` is further than this ahead of the time it is received is refused
+    (`ts_in_future`): the clocks of the sender and the router may differ by this much."""
+    max_age_s: float | None = Field(None, gt=0)
+    """A label whose `ts` is further than this behind the time it is received is refused
+    (`ts_too_old`); none: the longest `label_ttl_s` of the routes (it could join nothing)."""
+    max_value_bytes: int = Field(4096, ge=16)
+    """Largest label value, as JSON, accepted (`label_too_large` beyond)."""
+    max_waiting_per_route: int = Field(1_000_000, ge=1)
+    """Labels kept waiting for their pair, per route (labels without a route count as one
+    more route); beyond it new ones that join nothing are refused (`backlog_full`, 429)."""
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     """Client traffic."""
@@ -427,6 +441,8 @@ class Config(_Strict):
     """The pair record queue and optional JSONL copy."""
     comparator: Comparator = Comparator()
     """Comparator state and windows."""
+    labels: Labels = Labels()
+    """Rules for ground-truth labels: time bounds, value size, waiting backlog."""
     routes: list[Route] = Field(min_length=1)
     """At least one route."""
 
