@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,8 +19,10 @@ from typing import Any
 
 import httpx
 import orjson
-from relhelp import report
+import yaml
+from relhelp import free_port, report
 
+from proxyutil import wait_ready
 from shadowroute.core.config import Config, parse_config
 from shadowroute.runtime import Stack, embedded_stack
 from upstreams import ModelServer, Reply, Seen, kserve_reply
@@ -164,3 +170,160 @@ async def test_a_client_id_already_pending_is_counted_not_merged(tmp_path: Path)
     assert d["integrity"]["duplicate_ids"] == len(ids)
     assert f"shadowroute_duplicate_ids_total {float(len(ids))}" in metrics
     assert d["verdict"] == "reject"
+
+
+async def honest_traffic(client: httpx.AsyncClient, admin: httpx.AsyncClient, n: int) -> list[str]:
+    ids = [await predict(client, HONEST_X) for _ in range(n)]
+    r = await post_labels(admin, [{"id": i, "label": TRUE_LABEL} for i in ids])
+    assert r.status_code == 202, r.text
+    return ids
+
+
+async def test_a_label_from_the_future_is_refused_and_moves_no_watermark(
+    tmp_path: Path,
+) -> None:
+    """Attack 2: one label with ``ts`` = 9e15 used to raise the labels watermark so that every
+    pending pair expired at once (60 pairs + 60 honest labels → labelled 0)."""
+    async with forgery_stack(tmp_path) as (stack, client):
+        admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}", timeout=10)
+        async with admin:
+            ids = [await predict(client, HONEST_X) for _ in range(60)]
+            await asyncio.sleep(0.5)  # the pairs are committed, pending their labels
+            far = [{"id": "nobody", "label": 0, "ts": 9 * 10**15},
+                   {"id": "nobody-2", "label": 0, "ts": 1}]  # fmt: skip
+            r_far = await post_labels(admin, far)
+            r = await post_labels(admin, [{"id": i, "label": TRUE_LABEL} for i in ids])
+            assert r.status_code == 202, r.text
+            d = await decision(admin, 60)
+        assert stack.comparator is not None
+        wm = stack.comparator.positions().labels_wm
+    report("forgery: label from the future", status=r_far.status_code, answer=r_far.json(),
+           labelled=d["labelled"], labels_wm=wm)  # fmt: skip
+    assert r_far.status_code == 400
+    reasons = {x["id"]: x["reason"] for x in r_far.json()["labels"]}
+    assert reasons == {"nobody": "ts_in_future", "nobody-2": "ts_too_old"}
+    assert d["labelled"] == 60
+    assert wm <= time.time() * 1000 + 1000
+
+
+async def test_a_conflicting_label_is_reported_and_decides_nothing(tmp_path: Path) -> None:
+    """Attack 3: a second label for an id with another value used to be answered 202
+    ``accepted`` and silently dropped; whoever posted first decided. Policy: the first label
+    stays; a later one with another value is a conflict, named in the answer and counted
+    (``integrity.conflicting_labels``, ``shadowroute_conflicting_labels_total``); the same
+    value again is an idempotent duplicate."""
+    async with forgery_stack(tmp_path) as (stack, client):
+        admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}", timeout=10)
+        async with admin:
+            ids = await honest_traffic(client, admin, 40)
+            forged = await post_labels(admin, [{"id": i, "label": HONEST_X + 5} for i in ids])
+            again = await post_labels(admin, [{"id": i, "label": TRUE_LABEL} for i in ids[:5]])
+            d = await decision(admin, 40)
+            metrics = (await admin.get("/metrics")).text
+    body = forged.json()
+    report("forgery: conflicting labels", status=forged.status_code, conflicts=body["conflicts"],
+           integrity=d["integrity"], verdict=d["verdict"])  # fmt: skip
+    assert forged.status_code == 202
+    assert body["accepted"] == 0 and body["conflicts"] == 40
+    assert {x["status"] for x in body["labels"]} == {"conflict"}
+    assert again.status_code == 202 and again.json()["duplicates"] == 5
+    assert d["integrity"]["conflicting_labels"] == 40
+    assert d["integrity"]["duplicate_labels"] == 5
+    assert "shadowroute_conflicting_labels_total 40.0" in metrics
+    assert d["labelled"] == 40 and d["verdict"] == "reject"
+
+
+async def test_label_values_and_the_waiting_backlog_are_bounded(tmp_path: Path) -> None:
+    """Attack 5: labels for ids that never existed, or huge label values, were all answered
+    202 and kept for the TTL. Now a value over ``labels.max_value_bytes`` is refused (400,
+    ``label_too_large``), and once ``labels.max_waiting_per_route`` labels wait for their
+    pair new ones are refused (429, ``backlog_full``, counted); honest labels whose pair is
+    there still join."""
+    top = {"labels": {"max_waiting_per_route": 100}}
+    async with forgery_stack(tmp_path, **top) as (stack, client):
+        admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}", timeout=10)
+        async with admin:
+            huge = await post_labels(admin, [{"id": "big", "label": "x" * (1 << 20)}])
+            flood = [{"id": f"never-{i}", "label": 1} for i in range(150)]
+            r_flood = await post_labels(admin, flood)
+            ids = await honest_traffic(client, admin, 30)
+            d = await decision(admin, 30)
+            metrics = (await admin.get("/metrics")).text
+    body = r_flood.json()
+    report("forgery: label flood", huge=huge.status_code, flood=r_flood.status_code,
+           accepted=body["accepted"], rejected=body["rejected"])  # fmt: skip
+    assert huge.status_code == 400
+    assert huge.json()["labels"] == [
+        {"id": "big", "status": "refused", "reason": "label_too_large"}
+    ]
+    assert r_flood.status_code == 429
+    assert body["accepted"] == 100 and body["rejected"] == 50
+    assert {x["reason"] for x in body["labels"]} == {"backlog_full"}
+    assert 'shadowroute_labels_waiting{route=""} 100.0' in metrics
+    assert 'shadowroute_deadletter_records_total{reason="label:backlog_full"} 50.0' in metrics
+    assert d["labelled"] == len(ids)
+
+
+async def test_labels_answered_202_survive_kill_9(tmp_path: Path) -> None:
+    """Attack 6: labels answered 202 in the last ~60 ms before a ``kill -9`` were lost,
+    though producers are told not to resend accepted labels. Now the embedded router answers
+    only after the commit: every acknowledged label is in the store after the kill."""
+    prod = await ModelServer(kserve_reply).start()
+    admin_port = free_port()
+    state = tmp_path / "state.sqlite"
+    cfg = {
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "comparator": {"state_path": str(state)},
+        "routes": [{"name": "fraud", "protocol": "kserve-v1", "task": "regression",
+                    "production": {"name": "p", "url": prod.url}}],
+    }  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, killed below
+        [sys.executable, "-m", "shadowroute", "serve", "-c", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    acked: list[str] = []
+    sent = 0
+    stop = asyncio.Event()
+
+    async def poster(w: int) -> None:
+        nonlocal sent
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}", timeout=5) as c:
+            for b in range(10_000):
+                if stop.is_set():
+                    return
+                ids = [f"w{w}-b{b}-{i}" for i in range(20)]
+                sent += len(ids)
+                try:
+                    r = await post_labels(c, [{"id": i, "label": 1} for i in ids])
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 202:
+                    acked.extend(ids)
+
+    try:
+        await wait_ready(f"http://127.0.0.1:{admin_port}/readyz")
+        tasks = [asyncio.create_task(poster(w)) for w in range(4)]
+        await asyncio.sleep(1.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        await prod.stop()
+    conn = sqlite3.connect(str(state))  # opening recovers the WAL, as a restart does
+    try:
+        stored = {row[0] for row in conn.execute("SELECT key FROM labels")}
+    finally:
+        conn.close()
+    lost = [i for i in acked if i not in stored]
+    report("forgery: labels answered 202 across kill -9", sent=sent, acknowledged=len(acked),
+           stored=len(stored), lost=len(lost))  # fmt: skip
+    assert len(acked) >= 200  # the kill came under load
+    assert not lost

@@ -84,8 +84,8 @@ def _answer(
     refused: list[tuple[str, str]],
     outcomes: Sequence[str] | None,
 ) -> web.Response:
-    """The answer to a batch: 202 when every record was taken (duplicates and conflicts are
-    taken, and named); 400 when lines were bad or records refused by the rules; 429 when the
+    """The answer to a batch: 202 when no record was bad or refused (``accepted`` counts the
+    new labels kept; duplicates and conflicts are counted and named apart); 400 when lines were bad or records refused by the rules; 429 when the
     only refusals were a full backlog. Good records are written in every case."""
     statuses: list[dict[str, str]] = [
         {"id": i, "status": "refused", "reason": r} for i, r in refused
@@ -103,7 +103,7 @@ def _answer(
             statuses.append({"id": lab.id, "status": "refused", "reason": reason})
     not_kept = counts["refused"] - len(refused) + counts["backlog"]
     result: dict[str, object] = {
-        "accepted": len(good) - not_kept,
+        "accepted": len(good) - not_kept - counts["duplicate"] - counts["conflict"],
         "rejected": len(bad) + counts["refused"] + counts["backlog"],
         "duplicates": counts["duplicate"],
         "conflicts": counts["conflict"],
