@@ -84,9 +84,10 @@ def _answer(
     refused: list[tuple[str, str]],
     outcomes: Sequence[str] | None,
 ) -> web.Response:
-    """The answer to a batch: 202 when no record was bad or refused (``accepted`` counts the
-    new labels kept; duplicates and conflicts are counted and named apart); 400 when lines were bad or records refused by the rules; 429 when the
-    only refusals were a full backlog. Good records are written in every case."""
+    """The answer to a batch: 202 when no record was bad or refused (``accepted`` counts
+    the new labels kept; duplicates and conflicts are counted and named apart); 400 when lines
+    were bad or records refused by the rules; 429 when the only refusals were a full backlog.
+    Good records are written in every case."""
     statuses: list[dict[str, str]] = [
         {"id": i, "status": "refused", "reason": r} for i, r in refused
     ]
