@@ -19,12 +19,15 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import yaml
 from relhelp import free_port, report
+from relkafka import consume_keys, kafka_transport, unique_prefix
 
 from proxyutil import wait_ready
 from shadowroute.core.config import Config, parse_config
 from shadowroute.runtime import Stack, embedded_stack
+from shadowroute.stream.kafka import create_topics
 from upstreams import ModelServer, Reply, Seen, kserve_reply
 
 HONEST_X = 1.5
@@ -264,66 +267,127 @@ async def test_label_values_and_the_waiting_backlog_are_bounded(tmp_path: Path) 
     assert d["labelled"] == len(ids)
 
 
-async def test_labels_answered_202_survive_kill_9(tmp_path: Path) -> None:
-    """Attack 6: labels answered 202 in the last ~60 ms before a ``kill -9`` were lost,
-    though producers are told not to resend accepted labels. Now the embedded router answers
-    only after the commit: every acknowledged label is in the store after the kill."""
-    prod = await ModelServer(kserve_reply).start()
-    admin_port = free_port()
-    state = tmp_path / "state.sqlite"
-    cfg = {
-        "listen": {"host": "127.0.0.1", "port": free_port()},
-        "admin": {"host": "127.0.0.1", "port": admin_port},
-        "comparator": {"state_path": str(state)},
-        "routes": [{"name": "fraud", "protocol": "kserve-v1", "task": "regression",
-                    "production": {"name": "p", "url": prod.url}}],
-    }  # fmt: skip
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, killed below
-        [sys.executable, "-m", "shadowroute", "serve", "-c", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    acked: list[str] = []
-    sent = 0
-    stop = asyncio.Event()
+class LabelPosters:
+    """Concurrent label posters against one admin port; remembers every id answered 202."""
 
-    async def poster(w: int) -> None:
-        nonlocal sent
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}", timeout=5) as c:
+    def __init__(self, admin_port: int, workers: int = 4) -> None:
+        self.base = f"http://127.0.0.1:{admin_port}"
+        self.workers = workers
+        self.acked: list[str] = []
+        self.sent = 0
+        self.stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._post(w)) for w in range(self.workers)]
+
+    async def join(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self._tasks), 30)
+
+    async def _post(self, w: int) -> None:
+        async with httpx.AsyncClient(base_url=self.base, timeout=15) as c:
             for b in range(10_000):
-                if stop.is_set():
+                if self.stop.is_set():
                     return
                 ids = [f"w{w}-b{b}-{i}" for i in range(20)]
-                sent += len(ids)
+                self.sent += len(ids)
                 try:
                     r = await post_labels(c, [{"id": i, "label": 1} for i in ids])
                 except httpx.HTTPError:
                     return
                 if r.status_code == 202:
-                    acked.extend(ids)
+                    self.acked.extend(ids)
 
+
+def serve_process(cfg: dict[str, Any], tmp: Path) -> subprocess.Popen[bytes]:
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.Popen(
+        [sys.executable, "-m", "shadowroute", "serve", "-c", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def serve_config(prod: ModelServer, admin_port: int, **top: Any) -> dict[str, Any]:
+    return {
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "routes": [{"name": "fraud", "protocol": "kserve-v1", "task": "regression",
+                    "production": {"name": "p", "url": prod.url}}],
+        **top,
+    }  # fmt: skip
+
+
+async def kill_9_under_label_load(cfg: dict[str, Any], tmp: Path) -> LabelPosters:
+    """Start ``shadowroute serve``, post labels from 4 clients, ``kill -9`` it after 1.5 s."""
+    proc = serve_process(cfg, tmp)
+    posters = LabelPosters(cfg["admin"]["port"])
     try:
-        await wait_ready(f"http://127.0.0.1:{admin_port}/readyz")
-        tasks = [asyncio.create_task(poster(w)) for w in range(4)]
+        await wait_ready(f"{posters.base}/readyz")
+        posters.start()
         await asyncio.sleep(1.5)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        await asyncio.to_thread(proc.wait, 10)
+        await posters.join()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+    return posters
+
+
+async def test_labels_answered_202_survive_kill_9(tmp_path: Path) -> None:
+    """Attack 6: labels answered 202 in the last ~60 ms before a ``kill -9`` were lost,
+    though producers are told not to resend accepted labels. Now the embedded router answers
+    only after the commit: every acknowledged label is in the store after the kill."""
+    prod = await ModelServer(kserve_reply).start()
+    state = tmp_path / "state.sqlite"
+    cfg = serve_config(prod, free_port(), comparator={"state_path": str(state)})
+    try:
+        posters = await kill_9_under_label_load(cfg, tmp_path)
+    finally:
         await prod.stop()
     conn = sqlite3.connect(str(state))  # opening recovers the WAL, as a restart does
     try:
         stored = {row[0] for row in conn.execute("SELECT key FROM labels")}
     finally:
         conn.close()
-    lost = [i for i in acked if i not in stored]
-    report("forgery: labels answered 202 across kill -9", sent=sent, acknowledged=len(acked),
-           stored=len(stored), lost=len(lost))  # fmt: skip
-    assert len(acked) >= 200  # the kill came under load
+    lost = [i for i in posters.acked if i not in stored]
+    report("forgery: labels answered 202 across kill -9", sent=posters.sent,
+           acknowledged=len(posters.acked), stored=len(stored), lost=len(lost))  # fmt: skip
+    assert len(posters.acked) >= 200  # the kill came under load
+    assert not lost
+
+
+@pytest.mark.kafka
+async def test_labels_answered_202_survive_kill_9_with_kafka(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Attack 6 with the Kafka transport: a label answered 202 was acknowledged by the broker
+    or written to the spool first; after the kill a restarted router drains the spool, and
+    every acknowledged label is in the labels topic."""
+    transport = kafka_transport(kafka_bootstrap, unique_prefix(), tmp_path / "spool")
+    await create_topics(transport)
+    prod = await ModelServer(kserve_reply).start()
+    kafka = {"kind": "kafka", "bootstrap": kafka_bootstrap, "topic_prefix": transport.topic_prefix,
+             "spool": {"path": str(tmp_path / "spool")}}  # fmt: skip
+    cfg = serve_config(prod, free_port(), transport=kafka)
+    try:
+        posters = await kill_9_under_label_load(cfg, tmp_path)
+        again = serve_process(cfg, tmp_path)  # drains what the first one spooled
+        try:
+            await wait_ready(f"{posters.base}/readyz")
+            topic = f"{transport.topic_prefix}.labels"
+            keys, _ = await consume_keys(kafka_bootstrap, topic, len(posters.acked))
+        finally:
+            again.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(again.wait, 30)
+    finally:
+        await prod.stop()
+    lost = [i for i in posters.acked if i.encode() not in keys]
+    report("forgery: labels answered 202 across kill -9 (kafka)", sent=posters.sent,
+           acknowledged=len(posters.acked), in_topic=len(keys), lost=len(lost))  # fmt: skip
+    assert len(posters.acked) >= 200
     assert not lost

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
@@ -39,15 +39,26 @@ class LabelWriter(Protocol):
         ...
 
 
+@runtime_checkable
+class AckedSink(Protocol):
+    async def write_acked(self, batch: Sequence[tuple[bytes, bytes]]) -> int: ...
+
+
 class SinkLabelWriter:
     """Labels to a record sink (the Kafka labels topic), keyed by request id so that a label
-    lands in its pair's partition (``X`` for an instance label ``X#i``)."""
+    lands in its pair's partition (``X`` for an instance label ``X#i``). A sink that can
+    (``KafkaSink.write_acked``) returns only once the broker acknowledged the labels or they
+    are in the spool, so a label answered 202 survives a crash."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
     async def write_labels(self, labels: Sequence[LabelRecord]) -> Sequence[str] | None:
-        await self.sink.write([(label_partition_key(lab.id), encode_label(lab)) for lab in labels])
+        batch = [(label_partition_key(lab.id), encode_label(lab)) for lab in labels]
+        if isinstance(self.sink, AckedSink):
+            await self.sink.write_acked(batch)
+        else:
+            await self.sink.write(batch)
         return None
 
 
