@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import relhelp
 import yaml
 from relhelp import free_port, report
 from relkafka import consume_keys, kafka_transport, unique_prefix
 
-from proxyutil import wait_ready
+from proxyutil import running_proxy, settle, wait_ready
 from shadowroute.core.config import Config, parse_config
 from shadowroute.runtime import Stack, embedded_stack
 from shadowroute.stream.kafka import create_topics
@@ -391,3 +392,126 @@ async def test_labels_answered_202_survive_kill_9_with_kafka(
            acknowledged=len(posters.acked), in_topic=len(keys), lost=len(lost))  # fmt: skip
     assert len(posters.acked) >= 200
     assert not lost
+
+
+# --- attack 7: shadow controls belong to the operator ---------------------------------------
+
+ADMIN_TOKEN = "Adm1n-t0ken-for-tests"
+
+
+def shadow_config(
+    prod: ModelServer, cands: list[dict[str, Any]], *, environ: dict[str, str] | None = None,
+    **mirror: Any,
+) -> Config:  # fmt: skip
+    raw = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"token": ADMIN_TOKEN},
+        "mirror": mirror,
+        "routes": [{"name": "fraud", "protocol": "kserve-v1", "task": "regression",
+                    "production": {"name": "p", "url": prod.url}, "candidates": cands}],
+    }  # fmt: skip
+    return parse_config(raw, environ=environ or {})
+
+
+def raw_post(extra: bytes = b"", rid: bytes | None = None) -> bytes:
+    return relhelp.post(b'{"instances": [[1.5]]}', rid=rid, extra=extra)
+
+
+async def send_all(port: int, requests: list[bytes]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for data in requests:
+            writer.write(data)
+            status, _, _ = await asyncio.wait_for(relhelp.read_response(reader), 10)
+            assert status.startswith(b"HTTP/1.1 200"), status
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def test_clients_cannot_force_or_skip_mirroring(tmp_path: Path) -> None:
+    """Attack 7a: any client could send ``X-Shadow-Mirror: force`` and so choose the requests
+    the candidate is judged on (at fraction 0.05, 200 of 200 forced requests mirrored). Now
+    the header counts only from ``mirror.control_from`` or with the admin token; otherwise it
+    is ignored, counted and never forwarded."""
+    prod = await ModelServer(kserve_reply).start()
+    cand = await ModelServer(kserve_reply).start()
+    cands = [{"name": "c", "url": cand.url, "fraction": 0.05}]
+    try:
+        cfg = shadow_config(prod, cands)
+        async with running_proxy(cfg) as (dp, _):
+            forced = [raw_post(b"X-Shadow-Mirror: force\r\n", b"f-%d" % i) for i in range(200)]
+            await send_all(dp.port, forced)
+            await settle(dp)
+            by_client = len(cand.seen)
+            skipped = [raw_post(b"x-shadow-mirror: skip\r\n", b"s-%d" % i) for i in range(200)]
+            await send_all(dp.port, skipped)
+            await settle(dp)
+            skipped_mirrored = len(cand.seen) - by_client
+            with_token = [
+                raw_post(b"X-Shadow-Mirror: force; token=" + ADMIN_TOKEN.encode() + b"\r\n")
+                for _ in range(20)
+            ]
+            await send_all(dp.port, with_token)
+            await settle(dp)
+            by_operator = len(cand.seen) - by_client - skipped_mirrored
+            ignored = getattr(dp.stats, "control_ignored", 0)  # absent before the fix
+        trusted = shadow_config(prod, cands, control_from=["127.0.0.0/8"])
+        async with running_proxy(trusted) as (dp, _):
+            before = len(cand.seen)
+            await send_all(dp.port, [raw_post(b"X-Shadow-Mirror: force\r\n") for _ in range(20)])
+            await settle(dp)
+            from_allowed = len(cand.seen) - before
+    finally:
+        await prod.stop()
+        await cand.stop()
+    report("forgery: client mirror control", forced_mirrored=by_client,
+           skipped_mirrored=skipped_mirrored, token_mirrored=by_operator,
+           allow_listed_mirrored=from_allowed, ignored=ignored)  # fmt: skip
+    assert by_client <= 30  # sampled at 0.05 as any request: ~10 of 200, not 200
+    assert skipped_mirrored >= 1  # skip was not honoured either: sampled as usual
+    assert ignored == 400
+    assert by_operator == 20 and from_allowed == 20
+    assert all(b"x-shadow-mirror" not in s.headers for s in prod.seen + cand.seen)
+
+
+async def test_client_marker_and_credentials_stay_where_they_belong(tmp_path: Path) -> None:
+    """Attack 7b: a client-sent ``X-Shadow-Request: 1`` reached production (which may skip side
+    effects for shadow copies), and the client's ``Authorization`` and ``Cookie`` went to every
+    candidate. Now the marker is removed before production and candidates, credentials go to
+    production only unless a candidate forwards them, and a candidate can carry its own
+    secret header (from an environment variable or a file)."""
+    prod = await ModelServer(kserve_reply).start()
+    plain = await ModelServer(kserve_reply).start()
+    trusted = await ModelServer(kserve_reply).start()
+    key_file = tmp_path / "key"
+    key_file.write_text("file-secret-9\n")
+    cands = [
+        {"name": "plain", "url": plain.url, "secret_headers": {"X-Api-Key": "env:CAND_KEY"}},
+        {"name": "trusted", "url": trusted.url, "forward_private_headers": True,
+         "secret_headers": {"X-Api-Key": f"file:{key_file}"}},
+    ]  # fmt: skip
+    creds = b"Authorization: Bearer client-secret\r\nCookie: session=client-cookie\r\n"
+    try:
+        cfg = shadow_config(prod, cands, environ={"CAND_KEY": "env-secret-7"})
+        async with running_proxy(cfg) as (dp, _):
+            await send_all(dp.port, [raw_post(b"X-Shadow-Request: 1\r\n" + creds)])
+            await settle(dp)
+    finally:
+        for s in (prod, plain, trusted):
+            await s.stop()
+    [p], [c1], [c2] = prod.seen, plain.seen, trusted.seen
+    report("forgery: marker and credentials", production=sorted(k.decode() for k in p.headers),
+           plain=sorted(k.decode() for k in c1.headers))  # fmt: skip
+    assert b"x-shadow-request" not in p.headers
+    assert p.headers[b"authorization"] == b"Bearer client-secret"
+    assert p.headers[b"cookie"] == b"session=client-cookie"
+    assert b"x-api-key" not in p.headers
+    assert c1.headers[b"x-shadow-request"] == b"1"  # the router's own marker, once
+    assert b"authorization" not in c1.headers and b"cookie" not in c1.headers
+    assert c1.headers[b"x-api-key"] == b"env-secret-7"
+    assert c2.headers[b"authorization"] == b"Bearer client-secret"
+    assert c2.headers[b"cookie"] == b"session=client-cookie"
+    assert c2.headers[b"x-api-key"] == b"file-secret-9"
+    assert c1.body == c2.body == p.body

@@ -7,6 +7,7 @@ are errors. The reference is ``docs/config.md``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 Protocol = Literal["openinference", "kserve-v1", "tfserving", "openai", "jsonpath"]
 Task = Literal["classification", "probability", "regression", "text"]
@@ -192,16 +201,29 @@ class Model(_Strict):
     """Model version, carried into records and lineage."""
     headers: dict[str, str] = {}
     """Extra headers sent to this upstream (e.g. an API key for the model server)."""
+    secret_headers: dict[str, str] = {}
+    """Extra headers whose values are secrets, each `env:VARIABLE` (an environment variable)
+    or `file:PATH` (a file's content, e.g. a mounted Kubernetes secret; trailing newline
+    removed), read at start."""
     lineage: Lineage | None = None
     """What this version was trained on (for `/v1/models/{model}/lineage`)."""
+    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _url(self) -> Model:
         _check_url(self.url)
-        bad = [h for h in self.headers if h.lower() in HOP_BY_HOP or not h.isascii()]
+        names = [*self.headers, *self.secret_headers]
+        bad = [h for h in names if h.lower() in HOP_BY_HOP or not h.isascii()]
         if bad:
             raise ValueError(f"headers: cannot set hop-by-hop or non-ASCII header(s) {bad}")
+        refs = [r for r in self.secret_headers.values() if not r.startswith(("env:", "file:"))]
+        if refs:
+            raise ValueError("secret_headers: each value must be env:VARIABLE or file:PATH")
         return self
+
+    def secret_header_values(self) -> dict[str, str]:
+        """The secret headers, resolved at start (``parse_config``)."""
+        return {k: v.get_secret_value() for k, v in self._secrets.items()}
 
 
 class Candidate(Model):
@@ -209,6 +231,8 @@ class Candidate(Model):
     """Share of the route's requests mirrored to this candidate, sampled from the request id."""
     max_in_flight: int = Field(128, ge=1, le=100_000)
     """Mirrors awaiting an answer at most; beyond it mirrors are dropped and counted."""
+    forward_private_headers: bool = False
+    """Send this candidate the client's `mirror.private_headers` (credentials) too."""
 
 
 class Capture(_Strict):
@@ -360,11 +384,28 @@ class Mirror(_Strict):
     control_header: str = "x-shadow-mirror"
     """A request header: ``force`` mirrors regardless of sampling, ``skip`` never mirrors."""
     marker_header: str = "x-shadow-request"
-    """Sent to candidates (value ``1``) so they can avoid side effects."""
+    """Sent to candidates (value ``1``) so they can avoid side effects. A client's own copy
+    is removed before production and candidates see the request."""
+    control_from: list[str] = []
+    """Client addresses or networks (`10.0.0.0/8`) whose `control_header` is honoured. From
+    anywhere else it is honoured only with the admin token (`force; token=<admin.token>`),
+    and otherwise ignored and counted; it is never forwarded."""
+    private_headers: list[str] = ["authorization", "cookie"]
+    """Client headers (credentials) sent to production but not to candidates, unless a
+    candidate sets `forward_private_headers`."""
     capture_limit_bytes: int = Field(1 << 20, ge=0)
     """Requests with bodies larger than this are forwarded but not mirrored (counted)."""
     breaker: Breaker = Breaker()
     """The per-candidate circuit breaker."""
+
+    @model_validator(mode="after")
+    def _networks(self) -> Mirror:
+        for net in self.control_from:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"control_from: not an address or network: {net!r}") from None
+        return self
 
 
 class ProxySettings(_Strict):
@@ -540,10 +581,41 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(["(top level): must be a mapping of keys to values"])
     raw = apply_env(raw, os.environ if environ is None else environ)
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         problems = [f"{_loc(_strip_model_loc(e['loc']))}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError(problems) from None
+    _resolve_secrets(config, os.environ if environ is None else environ)
+    return config
+
+
+def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> None:
+    """Read every model's ``secret_headers`` (environment variable or file) once, at start."""
+    problems: list[str] = []
+    for i, route in enumerate(config.routes):
+        models = [("production", route.production)]
+        models += [(f"candidates[{j}]", c) for j, c in enumerate(route.candidates)]
+        for where, model in models:
+            for header, ref in model.secret_headers.items():
+                path = f"routes[{i}].{where}.secret_headers.{header}"
+                kind, _, name = ref.partition(":")
+                if kind == "env":
+                    value = environ.get(name)
+                    if value is None:
+                        problems.append(f"{path}: environment variable {name} is not set")
+                        continue
+                else:
+                    try:
+                        value = Path(name).read_text(encoding="utf-8").rstrip("\r\n")
+                    except OSError as exc:
+                        problems.append(f"{path}: cannot read {name}: {exc.strerror or exc}")
+                        continue
+                if not value.isascii() or "\n" in value or "\r" in value:
+                    problems.append(f"{path}: the value must be one line of ASCII")
+                    continue
+                model._secrets[header] = SecretStr(value)
+    if problems:
+        raise ConfigError(problems)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -2,8 +2,8 @@
 bounded value. Pure functions over the config's ``labels`` section.
 
 >>> from shadowroute.core.config import parse_config
->>> cfg = parse_config({"routes": [{"name": "r", "production": {"name": "p",
-...     "url": "http://127.0.0.1:1"}}]}, environ={})
+>>> cfg = parse_config({"routes": [{"name": "r", "protocol": "kserve-v1",
+...     "production": {"name": "p", "url": "http://127.0.0.1:1"}}]}, environ={})
 >>> rules = LabelRules.of(cfg)
 >>> rules.check(LabelRecord("a", 1, 1_000, None), now_ms=1_000)
 >>> rules.check(LabelRecord("a", 1, 9 * 10**15, None), now_ms=1_000)
