@@ -87,7 +87,7 @@ async def test_labels_intake_good_bad_and_mixed(prod: ModelServer) -> None:
     app = create_app(bare_context(cfg))
     app.router.add_routes(label_routes(writer))
     runner, base = await serve_app(app)
-    auth = {"Authorization": "Bearer tok"}
+    auth = {"Authorization": "Bearer tok", "Content-Type": "application/x-ndjson"}
     try:
         async with httpx.AsyncClient(base_url=base) as c:
             ts = int(time.time() * 1000) - 60_000

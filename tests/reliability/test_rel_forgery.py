@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sqlite3
@@ -26,7 +27,7 @@ from relhelp import free_port, report
 from relkafka import consume_keys, kafka_transport, unique_prefix
 
 from proxyutil import running_proxy, settle, wait_ready
-from shadowroute.core.config import Config, parse_config
+from shadowroute.core.config import Config, ConfigError, parse_config
 from shadowroute.runtime import Stack, embedded_stack
 from shadowroute.stream.kafka import create_topics
 from upstreams import ModelServer, Reply, Seen, kserve_reply
@@ -178,6 +179,7 @@ async def test_a_client_id_already_pending_is_counted_not_merged(tmp_path: Path)
 
 async def honest_traffic(client: httpx.AsyncClient, admin: httpx.AsyncClient, n: int) -> list[str]:
     ids = [await predict(client, HONEST_X) for _ in range(n)]
+    await asyncio.sleep(0.5)  # the pairs are committed (a label that comes first waits)
     r = await post_labels(admin, [{"id": i, "label": TRUE_LABEL} for i in ids])
     assert r.status_code == 202, r.text
     return ids
@@ -515,3 +517,101 @@ async def test_client_marker_and_credentials_stay_where_they_belong(tmp_path: Pa
     assert c2.headers[b"cookie"] == b"session=client-cookie"
     assert c2.headers[b"x-api-key"] == b"file-secret-9"
     assert c1.body == c2.body == p.body
+
+
+# --- attack 4: the admin port, safe by default ------------------------------------------------
+
+
+def test_the_admin_port_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
+    """Attack 4a: no token by default, even with the admin port on every interface. Now a
+    config that puts the admin plane beyond loopback without a token is refused (``serve``
+    does not start), unless ``admin.insecure`` says so on purpose."""
+    route = {"name": "r", "protocol": "kserve-v1",
+             "production": {"name": "p", "url": "http://127.0.0.1:1"}}  # fmt: skip
+    refused = []
+    for host in ("0.0.0.0", "::", "10.1.2.3", "shadowroute.example.com"):
+        try:
+            parse_config({"admin": {"host": host}, "routes": [route]}, environ={})
+        except ConfigError as exc:
+            refused.append(host)
+            assert "admin: host" in str(exc) and "token" in str(exc)
+    assert refused == ["0.0.0.0", "::", "10.1.2.3", "shadowroute.example.com"]
+    for ok in (
+        {"admin": {"host": "127.0.0.1"}},
+        {"admin": {"host": "::1"}},
+        {"admin": {"host": "0.0.0.0", "insecure": True}},
+        {"admin": {"host": "0.0.0.0", "token": "t"}},
+    ):
+        parse_config({**ok, "routes": [route]}, environ={})
+    parse_config({"admin": {"host": "0.0.0.0"}, "routes": [route]},
+                 environ={"SHADOWROUTE_API_TOKEN": "from-env"})  # fmt: skip
+    path = tmp_path / "open.yaml"
+    open_cfg = {"admin": {"host": "0.0.0.0", "port": free_port()},
+                "listen": {"port": free_port()}, "routes": [route]}  # fmt: skip
+    path.write_text(yaml.safe_dump(open_cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWROUTE_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "shadowroute", "serve", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    report("forgery: admin beyond loopback without a token", refused=refused,
+           serve_exit=out.returncode)  # fmt: skip
+    assert out.returncode != 0 and "insecure" in out.stderr
+
+
+async def test_browsers_and_rebinding_pages_cannot_write(tmp_path: Path) -> None:
+    """Attack 4b: labels were accepted as ``text/plain`` or form bodies from a foreign
+    ``Origin`` (no CORS preflight needed), and the Host header was not checked, so a
+    DNS-rebinding page reached ``PUT /v1/mirroring``. Now: 415 for other content types, 403
+    for a foreign Origin on a write, 421 for an unknown Host, each counted; reads can need a
+    token too."""
+    admin_cfg = {"token": ADMIN_TOKEN, "read_token": "r3ad", "allowed_hosts": ["*.svc"]}
+    async with forgery_stack(tmp_path, admin=admin_cfg) as (stack, _):
+        base = f"http://127.0.0.1:{stack.admin_port}"
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        label = b'{"id": "a", "label": 1}'
+        got: dict[str, int] = {}
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            form = "application/x-www-form-urlencoded"
+            for name, ctype in (("text/plain", "text/plain"), ("form", form), ("none", None)):
+                h = dict(auth) if ctype is None else {**auth, "Content-Type": ctype}
+                got[f"labels {name}"] = (
+                    await c.post("/v1/labels", content=label, headers=h)
+                ).status_code
+            cross = {**auth, "Origin": "https://evil.example", "Content-Type": "application/json"}
+            got["labels cross-origin"] = (
+                await c.post("/v1/labels", content=label, headers=cross)
+            ).status_code
+            put = await c.put("/v1/mirroring", content=b'{"enabled": false}', headers=cross)
+            got["mirroring cross-origin"] = put.status_code
+            rebind = {**auth, "Host": f"rebind.evil.example:{stack.admin_port}"}
+            got["mirroring rebinding"] = (
+                await c.put("/v1/mirroring", content=b'{"enabled": false}', headers=rebind)
+            ).status_code
+            got["routes rebinding"] = (await c.get("/v1/routes", headers=rebind)).status_code
+            got["routes no read token"] = (await c.get("/v1/routes")).status_code
+            got["routes read token"] = (
+                await c.get("/v1/routes", headers={"Authorization": "Bearer r3ad"})
+            ).status_code
+            got["healthz"] = (await c.get("/healthz")).status_code
+            same = {**auth, "Origin": base, "Content-Type": "application/json"}
+            got["labels same-origin"] = (
+                await c.post("/v1/labels", content=label, headers=same)
+            ).status_code
+            svc = {**auth, "Host": "shadowroute.ml.svc:9090", "Content-Type": "application/json"}
+            got["labels allowed host"] = (
+                await c.post("/v1/labels", content=b'{"id": "b", "label": 1}', headers=svc)
+            ).status_code
+            mirroring = (await c.get("/v1/mirroring", headers=auth)).json()["enabled"]
+            metrics = (await c.get("/metrics")).text
+    report("forgery: browser and rebinding writes", statuses=got)
+    assert got == {
+        "labels text/plain": 415, "labels form": 415, "labels none": 415,
+        "labels cross-origin": 403, "mirroring cross-origin": 403, "mirroring rebinding": 421,
+        "routes rebinding": 421, "routes no read token": 401, "routes read token": 200,
+        "healthz": 200, "labels same-origin": 202, "labels allowed host": 202,
+    }  # fmt: skip
+    assert mirroring is True  # nothing switched it off
+    assert 'shadowroute_admin_refused_total{reason="origin"} 2.0' in metrics
+    assert 'shadowroute_admin_refused_total{reason="host"} 2.0' in metrics
+    assert 'shadowroute_admin_refused_total{reason="read_token"} 1.0' in metrics

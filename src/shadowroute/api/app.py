@@ -5,6 +5,7 @@ It reads the rest of the system through the narrow ``ControlContext`` below and 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -127,7 +128,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(ctx: ControlContext) -> web.Application:
-    app = web.Application(client_max_size=64 << 20)
+    from shadowroute.api.admin_guard import AdminGuard, GuardCollector
+
+    guard = AdminGuard.of(ctx.config.admin)
+    with contextlib.suppress(ValueError):  # an app made twice from one context: counted once
+        ctx.registry.register(GuardCollector(guard))
+    app = web.Application(client_max_size=64 << 20, middlewares=[guard.middleware()])
     app[CONTEXT] = ctx
     app.add_routes(
         [

@@ -30,6 +30,15 @@ from shadowroute.core.records import (
 from shadowroute.stream.sink import Sink
 
 MAX_REPORTED_ERRORS = 1000
+CONTENT_TYPES = (
+    "application/json",
+    "application/x-ndjson",
+    "application/jsonl",
+    "application/json-lines",
+    "text/csv",
+)
+"""The media types a label batch may be sent as. Any other (``text/plain``, form bodies, none)
+is refused with 415: those are what a web page can post cross-site without a preflight."""
 
 
 class LabelWriter(Protocol):
@@ -70,6 +79,13 @@ def label_routes(writer: LabelWriter, rules: LabelRules | None = None) -> list[w
         denied = check_token(request)
         if denied is not None:
             return denied
+        media = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if media not in CONTENT_TYPES:
+            return error(
+                415,
+                f"labels must be sent as one of {', '.join(CONTENT_TYPES)} "
+                f"(got {media or 'no Content-Type'})",
+            )
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:

@@ -72,7 +72,40 @@ class Admin(_Strict):
     port: int = Field(9090, ge=0, le=65535)
     """Port of the admin plane."""
     token: SecretStr | None = None
-    """Bearer token required by write endpoints (``POST /v1/labels``) when set."""
+    """Bearer token required by write endpoints (`POST /v1/labels`, `PUT /v1/mirroring`).
+    Required when `host` is not a loopback address, unless `insecure` is set."""
+    insecure: bool = False
+    """Allow the admin plane beyond loopback without a token (anyone who reaches the port can
+    post labels and switch mirroring)."""
+    read_token: SecretStr | None = None
+    """When set, reads (the API, the scorecard, OpenAPI) need this token or `token`;
+    `/healthz`, `/readyz` and `/metrics` stay open."""
+    allowed_hosts: list[str] = []
+    """Host header values the admin plane answers (port ignored) besides IP addresses,
+    `localhost` and `host` itself: names (`shadowroute.ml.svc`), `*.suffix` patterns, or `*`
+    for any. Anything else is refused (421): a DNS-rebinding page cannot reach the API."""
+    allowed_origins: list[str] = []
+    """Origins (`https://ops.example.com`) allowed to send writes from a browser besides the
+    admin plane's own; any other `Origin` on a write is refused (403)."""
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> Admin:
+        if self.token is None and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is reachable beyond this machine: set token (or "
+                "SHADOWROUTE_API_TOKEN), bind to 127.0.0.1, or set insecure: true"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class KafkaSecurity(_Strict):
