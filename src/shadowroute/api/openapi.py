@@ -196,6 +196,7 @@ def document() -> dict[str, Any]:
                     ),
                     "401": _json(_ERROR, "Missing or wrong bearer token"),
                     "413": _json(_ERROR, "Body too large"),
+                    "415": _json(_ERROR, "Not one of the label content types"),
                     "429": _json(
                         _LABEL_RESULT, "Labels refused: the route's waiting backlog is full"
                     ),
@@ -268,7 +269,12 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "shadowroute",
             "version": __version__,
-            "description": "Verdicts, scores and ground truth intake for shadow-deployed models.",
+            "description": (
+                "Verdicts, scores and ground truth intake for shadow-deployed models. Every "
+                "path answers 421 for an unknown Host (admin.allowed_hosts), 403 for a write "
+                "from a foreign Origin, and, with admin.read_token, 401 for a read without it "
+                "(but /healthz, /readyz, /metrics)."
+            ),
         },
         "paths": paths,
         "components": {
