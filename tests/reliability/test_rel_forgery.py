@@ -267,6 +267,8 @@ async def test_label_values_and_the_waiting_backlog_are_bounded(tmp_path: Path) 
     assert {x["reason"] for x in body["labels"]} == {"backlog_full"}
     assert 'shadowroute_labels_waiting{route=""} 100.0' in metrics
     assert 'shadowroute_deadletter_records_total{reason="label:backlog_full"} 50.0' in metrics
+    assert 'shadowroute_labels_refused_total{reason="backlog_full"} 50.0' in metrics
+    assert 'shadowroute_labels_refused_total{reason="label_too_large"} 1.0' in metrics
     assert d["labelled"] == len(ids)
 
 
@@ -615,3 +617,4 @@ async def test_browsers_and_rebinding_pages_cannot_write(tmp_path: Path) -> None
     assert 'shadowroute_admin_refused_total{reason="origin"} 2.0' in metrics
     assert 'shadowroute_admin_refused_total{reason="host"} 2.0' in metrics
     assert 'shadowroute_admin_refused_total{reason="read_token"} 1.0' in metrics
+    assert 'shadowroute_labels_refused_total{reason="content_type"} 3.0' in metrics

@@ -9,7 +9,8 @@
 - **Read token.** With ``admin.read_token`` set, reads need it (or ``admin.token``), except
   ``/healthz``, ``/readyz`` and ``/metrics``.
 
-Refusals are counted by reason (``shadowroute_admin_refused_total{reason}``).
+Refusals are counted by reason (``shadowroute_admin_refused_total{reason}``); label records
+refused at intake in ``shadowroute_labels_refused_total{reason}``.
 
 >>> g = AdminGuard.of(Admin(host="0.0.0.0", token="t", allowed_hosts=["*.svc", "sr"]))
 >>> [g.host_allowed(h) for h in ("10.0.0.7:9090", "[::1]:9090", "sr", "a.ns.svc", "evil.com")]
@@ -32,7 +33,9 @@ from prometheus_client.registry import Collector
 
 from shadowroute.core.config import Admin
 
-__all__ = ["AdminGuard", "GuardCollector"]
+__all__ = ["ADMIN_METRICS", "AdminGuard", "GuardCollector"]
+
+ADMIN_METRICS = ("shadowroute_admin_refused_total", "shadowroute_labels_refused_total")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -64,6 +67,8 @@ class AdminGuard:
     origins: frozenset[str]
     read_tokens: tuple[bytes, ...]
     refused: Counter[str] = field(default_factory=Counter)
+    labels_refused: Counter[str] = field(default_factory=Counter)
+    """Label records refused at intake, by reason (``POST /v1/labels``)."""
 
     @classmethod
     def of(cls, admin: Admin) -> AdminGuard:
@@ -155,3 +160,13 @@ class GuardCollector(Collector):
         for reason in REASONS:
             fam.add_metric([reason], self._guard.refused[reason])
         yield fam
+        labels = CounterMetricFamily(
+            "shadowroute_labels_refused",
+            "Label records refused by POST /v1/labels, by reason: a rule (ts_in_future, "
+            "ts_too_old, label_too_large), backlog_full, a bad line (bad_record) or a whole "
+            "batch of the wrong content type (content_type).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._guard.labels_refused.items()):
+            labels.add_metric([reason], n)
+        yield labels

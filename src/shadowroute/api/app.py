@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from shadowroute.api.admin_guard import AdminGuard, GuardCollector
 from shadowroute.core.config import Config
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -32,6 +33,7 @@ class ControlContext:
 
 
 CONTEXT = web.AppKey("context", ControlContext)
+GUARD = web.AppKey("guard", AdminGuard)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -128,13 +130,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(ctx: ControlContext) -> web.Application:
-    from shadowroute.api.admin_guard import AdminGuard, GuardCollector
-
     guard = AdminGuard.of(ctx.config.admin)
     with contextlib.suppress(ValueError):  # an app made twice from one context: counted once
         ctx.registry.register(GuardCollector(guard))
     app = web.Application(client_max_size=64 << 20, middlewares=[guard.middleware()])
     app[CONTEXT] = ctx
+    app[GUARD] = guard
     app.add_routes(
         [
             web.get("/healthz", healthz),

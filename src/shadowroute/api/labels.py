@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
-from shadowroute.api.app import CONTEXT, check_token, error, json_response
+from shadowroute.api.app import CONTEXT, GUARD, check_token, error, json_response
 from shadowroute.core.label_rules import LabelRules
 from shadowroute.core.records import (
     LabelRecord,
@@ -80,7 +80,9 @@ def label_routes(writer: LabelWriter, rules: LabelRules | None = None) -> list[w
         if denied is not None:
             return denied
         media = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        refused_counts = request.app[GUARD].labels_refused
         if media not in CONTENT_TYPES:
+            refused_counts["content_type"] += 1
             return error(
                 415,
                 f"labels must be sent as one of {', '.join(CONTENT_TYPES)} "
@@ -100,7 +102,9 @@ def label_routes(writer: LabelWriter, rules: LabelRules | None = None) -> list[w
                 outcomes = await writer.write_labels(good)
             except Exception as exc:  # answered: nothing of this batch was kept
                 return error(503, f"labels not stored, send them again: {exc}")
-        return _answer(good, bad, refused, outcomes)
+        answer, reasons = _answer(good, bad, refused, outcomes)
+        refused_counts.update(reasons)
+        return answer
 
     return [web.post("/v1/labels", post_labels)]
 
@@ -110,11 +114,11 @@ def _answer(
     bad: Sequence[tuple[int, str]],
     refused: list[tuple[str, str]],
     outcomes: Sequence[str] | None,
-) -> web.Response:
+) -> tuple[web.Response, list[str]]:
     """The answer to a batch: 202 when no record was bad or refused (``accepted`` counts
     the new labels kept; duplicates and conflicts are counted and named apart); 400 when lines
     were bad or records refused by the rules; 429 when the only refusals were a full backlog.
-    Good records are written in every case."""
+    Good records are written in every case. Also returns the reason of each refusal."""
     statuses: list[dict[str, str]] = [
         {"id": i, "status": "refused", "reason": r} for i, r in refused
     ]
@@ -140,21 +144,17 @@ def _answer(
         result["committed"] = False  # the comparator reads them from Kafka and decides
     if statuses:
         result["labels"] = statuses[:MAX_REPORTED_ERRORS]
+    reasons = ["bad_record"] * len(bad) + [x["reason"] for x in statuses if "reason" in x]
     if bad or counts["refused"]:
         errors = [{"line": n, "reason": r} for n, r in bad[:MAX_REPORTED_ERRORS]]
-        return error(
-            400,
+        message = (
             f"{len(bad) + counts['refused']} bad or refused label record(s); "
-            f"{result['accepted']} good one(s) were accepted",
-            **result,
-            errors=errors,
+            f"{result['accepted']} good one(s) were accepted"
         )
+        return error(400, message, **result, errors=errors), reasons
     if counts["backlog"]:
-        return error(
-            429,
-            f"{counts['backlog']} label(s) refused: too many labels wait for their pair",
-            **result,
-        )
+        message = f"{counts['backlog']} label(s) refused: too many labels wait for their pair"
+        return error(429, message, **result), reasons
     if not good:
-        return error(400, "no label records in the body", **result)
-    return json_response(result, status=202)
+        return error(400, "no label records in the body", **result), reasons
+    return json_response(result, status=202), reasons
