@@ -15,8 +15,13 @@ A pair and a label join only when their timestamps are at most the TTL apart.
 
 Within a batch, pairs first join the batch's own labels in memory; only the other keys are
 looked up in the store, and each new label is stored once, with its join flags. A label whose
-key already has one (stored, or earlier in the batch) is a duplicate: counted
-(``duplicate_labels``), never joined again.
+key already has one (stored, or earlier in the batch) is never joined: counted as a
+duplicate (``duplicate_labels``, same value) or a conflict (``conflicting_labels``). A pair
+whose (key, candidate) is already pending, or joined in this batch, is a duplicate request id
+(``duplicate_ids``): kept out of the evidence. Labels that join nothing wait, at most
+``labels.max_waiting_per_route`` per route (``waiting:<route>`` counters); beyond it they go
+to the dead letters (``label:backlog_full``). ``label_outcomes`` says, after a batch, what
+became of each label.
 """
 
 from __future__ import annotations
@@ -100,9 +105,9 @@ class _Batch:
     """(key, kind) already pending in the store and not joined in this batch."""
     joined: list[tuple[str, str]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
+    """Stored labels joined in this batch: key -> 1 if production's entry joined it."""
     unwaited: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Stored labels that joined for the first time in this batch, by waiting counter."""
-    """Stored labels joined in this batch: key -> 1 if production's entry joined it."""
     touched: set[StateKey] = field(default_factory=set)
     requests: dict[str, list[tuple[int, bool, int]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -142,8 +147,10 @@ class Engine:
         self.rules = LabelRules.of(config)
         self.max_waiting = config.labels.max_waiting_per_route
         self.label_outcomes: list[str] = []
-        """After ``process``: per label given, in order, what became of it (``LABEL_OUTCOMES``
-        or ``refused:<reason>``)."""
+        """After ``process``: per label given, in order, what became of it: ``accepted``,
+        ``duplicate`` (same value as the label kept), ``conflict`` (another value) or
+        ``refused:<reason>`` (a dead letter: unparseable, unknown route, ``ts_in_future``,
+        ``backlog_full``)."""
         self._label_idx: list[int] = []
         self._fresh_idx: dict[str, int] = {}
         self.states: dict[StateKey, Any] = {}
