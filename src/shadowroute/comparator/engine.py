@@ -540,7 +540,8 @@ class Engine:
         existing = b.existing
         drifts = b.drift
         requests = b.requests
-        seen: set[tuple[str, str]] = set()
+        seen: dict[tuple[str, str], bool] = {}
+        """(key, candidate) of this batch's pairs: True once one joined a label."""
         duplicates = 0
         for idx, rec in enumerate(records):
             keys = rec.keys
@@ -578,19 +579,28 @@ class Engine:
             if not pout or not cout:
                 continue
             for i, key in enumerate(keys[: len(cout)]):
-                # A second request under an id whose (key, candidate) is already pending or
-                # came earlier in this batch: kept out of the evidence and counted; the
-                # first stays (docs/comparator.md "Duplicate request ids").
+                # A second request under an id whose (key, candidate) is already pending,
+                # or joined, or came earlier in this batch: counted and kept out of the
+                # evidence (docs/comparator.md "Duplicate request ids"). Of two pending in
+                # one batch, the row that sorts first stays, as a replay would keep it.
                 kc = (key, cand)
-                if kc in seen or (existing and kc in existing):
+                entry = (name, expires, ts, pout[i], cout[i], idx)
+                if existing and kc in existing:
                     duplicates += 1
                     continue
-                seen.add(kc)
+                done = seen.get(kc)
+                if done is not None:
+                    duplicates += 1
+                    if not done:
+                        _pend(pending, key, cand, entry)
+                    continue
                 if has_labels and self._join_new(
                     partition, route, cand, key, [ts, pout[i], cout[i]], fresh, stored, b
                 ):
+                    seen[kc] = True
                     continue
-                _pend(pending, key, cand, (name, expires, ts, pout[i], cout[i], idx))
+                seen[kc] = False
+                _pend(pending, key, cand, entry)
         if duplicates:
             self._count(partition, "duplicate_ids", duplicates)
         for route_name, cand in rows:
