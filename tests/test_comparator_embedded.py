@@ -95,6 +95,10 @@ async def test_api_routes_and_404(tmp_path: Path) -> None:
         assert set(body) == {
             "route", "candidate", "verdict", "reasons", "metrics", "pairs", "labelled", "as_of",
             "revision",
+            "integrity",
+        }  # fmt: skip
+        assert body["integrity"] == {
+            "duplicate_ids": 0, "duplicate_labels": 0, "conflicting_labels": 0
         }  # fmt: skip
         assert set(body["metrics"]["accuracy"]) == {
             "estimate", "lower", "upper", "n", "threshold", "status"

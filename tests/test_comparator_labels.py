@@ -71,7 +71,9 @@ def test_a_resent_label_with_another_value_does_not_change_the_scores(tmp_path: 
     engine.process(0, [], flipped)
     cand, _, part = _states(engine)
     assert cand.to_dict() == before
-    assert part["duplicate_labels"] == 200
+    assert part["conflicting_labels"] == 200  # another value: a conflict, the first stays
+    assert "duplicate_labels" not in part
+    assert engine.label_outcomes == ["conflict"] * 200
 
 
 async def test_duplicates_and_model_age_are_exported(tmp_path: Path) -> None:
@@ -171,3 +173,44 @@ def _full_label(obj: dict[str, Any], now_ms: int | None) -> LabelRecord:
         return decode_label(obj, now_ms)
     finally:
         records._fast_label = original
+
+
+def _bounded_engine(path: Path, max_waiting: int) -> Engine:
+    cfg = config(str(path)).model_copy(
+        update={"labels": config(str(path)).labels.model_copy(
+            update={"max_waiting_per_route": max_waiting})}
+    )  # fmt: skip
+    return Engine(cfg, Store(path))
+
+
+def test_labels_waiting_for_their_pair_are_bounded_and_leave_the_backlog_when_joined(
+    tmp_path: Path,
+) -> None:
+    engine = _bounded_engine(tmp_path / "s.sqlite", 5)
+    labels = [LabelRecord(f"r{i}", 1, T0 + i) for i in range(7)]
+    engine.process(0, [], labels)
+    part = engine.states[("part", "", "", 0)]
+    assert engine.label_outcomes == ["accepted"] * 5 + ["refused:backlog_full"] * 2
+    assert part["waiting:"] == 5 and part["deadletter:label:backlog_full"] == 2
+    # two of the waiting labels meet their pairs: they leave the backlog, room for two more
+    engine.process(0, [(b"r0", pair("r0", T0, [1], [1])), (b"r1", pair("r1", T0, [1], [0]))], [])
+    assert part["waiting:"] == 3
+    engine.process(0, [], [LabelRecord(f"n{i}", 0, T0 + i) for i in range(3)])
+    assert engine.label_outcomes == ["accepted", "accepted", "refused:backlog_full"]
+    assert part["waiting:"] == 5
+    # a label whose pair is in the same batch joins at once and never waits
+    engine.process(0, [(b"x", pair("x", T0, [1], [1]))], [LabelRecord("x", 1, T0)])
+    assert engine.label_outcomes == ["accepted"] and part["waiting:"] == 5
+
+
+def test_a_second_pair_under_a_pending_id_is_counted_and_kept_out(tmp_path: Path) -> None:
+    engine = _engine(tmp_path / "s.sqlite")
+    first = [(b"a", pair("a", T0, [1], [1]))]
+    second = [(b"a", pair("a", T0 + 5, [1], [0]))]  # another request under the same id
+    engine.process(0, first, [])
+    engine.process(0, second + second, [])
+    engine.process(0, [], [LabelRecord("a", 1, T0 + 10)])
+    cand, _, part = _states(engine)
+    assert part["duplicate_ids"] == 2
+    assert cand.labelled == 1 and cand.quality["accuracy"].n == 1
+    assert cand.pairs == 3  # its unlabelled figures still count: a real request each

@@ -93,7 +93,8 @@ async def test_serve_produces_pairs_and_labels_to_kafka(
                                  headers={"x-request-id": f"k-{i}"})  # fmt: skip
                 assert r.status_code == 200
             labels = b"\n".join(b'{"id": "k-%d", "label": 2.0}' % i for i in range(n))
-            r = await c.post(f"http://127.0.0.1:{admin}/v1/labels", content=labels)
+            ndjson = {"Content-Type": "application/x-ndjson"}
+            r = await c.post(f"http://127.0.0.1:{admin}/v1/labels", content=labels, headers=ndjson)
             assert r.status_code == 202
         pairs = await consume(kafka_bootstrap, f"{prefix}.pairs", n)
         got_labels = await consume(kafka_bootstrap, f"{prefix}.labels", n)

@@ -21,6 +21,7 @@ from shadowroute.api.scorecard import scorecard_routes
 from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.embedded import Comparator
 from shadowroute.core.config import Config
+from shadowroute.core.label_rules import LabelRules
 from shadowroute.core.records import LabelRecord
 from shadowroute.dataplane.server import DataPlane, listen_socket
 from shadowroute.stream.jsonl import JsonlSink
@@ -116,8 +117,9 @@ class ComparatorLabelWriter:
     def __init__(self, comparator: Comparator) -> None:
         self.comparator = comparator
 
-    async def write_labels(self, labels: Sequence[LabelRecord]) -> None:
-        await self.comparator.consume_labels(labels)
+    async def write_labels(self, labels: Sequence[LabelRecord]) -> Sequence[str] | None:
+        """Returns once the labels are committed (so a 202 survives a crash)."""
+        return await self.comparator.commit_labels(labels)
 
 
 async def verify_kafka_topics(config: Config, timeout_s: float = 10.0) -> None:
@@ -160,7 +162,7 @@ def control_plane(
         routes += score_routes(comparator.reader)
         ctx.registry.register(ScoresCollector(comparator.reader))
     if labels is not None:
-        routes += label_routes(labels)
+        routes += label_routes(labels, LabelRules.of(config))
     routes += scorecard_routes()
     ctx.extra_routes = routes
     return ctx

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import string
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from proxyutil import CollectingSink, make_config
 from shadowroute.api.app import ControlContext, create_app
 from shadowroute.api.labels import label_routes
 from shadowroute.core.config import Config, ConfigError, load_config, parse_config
+from shadowroute.core.label_rules import LabelRules
 from shadowroute.core.records import LabelRecord, RecordError, decode_pair, parse_label_batch
 from shadowroute.dataplane.server import DataPlane, listen_socket
 from upstreams import ModelServer
@@ -203,6 +205,7 @@ class ListWriter:
 
     async def write_labels(self, labels: Sequence[LabelRecord]) -> None:
         self.labels.extend(labels)
+        return None
 
 
 def control_context(cfg: Config, writer: ListWriter, **kw: Any) -> ControlContext:
@@ -233,8 +236,12 @@ def labels_api() -> Iterator[tuple[str, ListWriter]]:
         lt.run(runner.cleanup())
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _good_line(i: int) -> dict[str, Any]:
-    return {"id": f"good-{i}", "label": i % 2, "ts": 1764100000000 + i}
+    return {"id": f"good-{i}", "label": i % 2, "ts": _now_ms() - i}
 
 
 @FAST
@@ -250,7 +257,10 @@ def test_label_endpoint_keeps_good_lines_and_names_bad_ones(
         body, ctype = orjson.dumps(items), "application/json"
     else:
         body, ctype = b"\n".join(orjson.dumps(x) for x in items), "application/x-ndjson"
-    expected_good, expected_bad = parse_label_batch(body, ctype, 1764100000000)
+    now = _now_ms()
+    parsed, expected_bad = parse_label_batch(body, ctype, now)
+    rules = LabelRules.of(make_config("http://127.0.0.1:1"))
+    expected_good, refused = rules.split(parsed, now)  # ts near receipt, bounded values
     before = len(writer.labels)
     r = httpx.post(
         url + "/v1/labels",
@@ -263,10 +273,11 @@ def test_label_endpoint_keeps_good_lines_and_names_bad_ones(
     assert [lab.id for lab in new] == [g.id for g in expected_good]  # nothing good dropped
     goods = [x for x in items if isinstance(x, dict) and str(x.get("id", "")).startswith("good-")]
     assert {x["id"] for x in goods} <= {lab.id for lab in new}
-    if expected_bad:
+    if expected_bad or refused:
         assert r.status_code == 400
         assert [e["line"] for e in doc["errors"]] == [n for n, _ in expected_bad]
         assert all(e["reason"] for e in doc["errors"])
+        assert [(x["id"], x["reason"]) for x in doc.get("labels", [])] == refused
     elif expected_good:
         assert r.status_code == 202
     else:

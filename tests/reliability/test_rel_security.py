@@ -39,7 +39,8 @@ async def test_write_endpoints_refuse_without_the_token() -> None:
             for auth in (None, "Bearer wrong", "Basic " + TOKEN, "Bearer " + TOKEN):
                 h = {"Authorization": auth} if auth else {}
                 put = await c.put("/v1/mirroring", content=b'{"enabled": false}', headers=h)
-                lab = await c.post("/v1/labels", content=label, headers=h)
+                ndjson = {**h, "Content-Type": "application/x-ndjson"}
+                lab = await c.post("/v1/labels", content=label, headers=ndjson)
                 results[auth or "none"] = (put, lab)
     finally:
         await runner.cleanup()

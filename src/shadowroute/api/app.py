@@ -5,6 +5,7 @@ It reads the rest of the system through the narrow ``ControlContext`` below and 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from shadowroute.api.admin_guard import AdminGuard, GuardCollector
 from shadowroute.core.config import Config, Model
 from shadowroute.core.records import MAX_REVISION
 from shadowroute.core.revision import LiveRevisions
@@ -37,6 +39,7 @@ class ControlContext:
 
 
 CONTEXT = web.AppKey("context", ControlContext)
+GUARD = web.AppKey("guard", AdminGuard)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -213,8 +216,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(ctx: ControlContext) -> web.Application:
-    app = web.Application(client_max_size=64 << 20)
+    guard = AdminGuard.of(ctx.config.admin)
+    with contextlib.suppress(ValueError):  # an app made twice from one context: counted once
+        ctx.registry.register(GuardCollector(guard))
+    app = web.Application(client_max_size=64 << 20, middlewares=[guard.middleware()])
     app[CONTEXT] = ctx
+    app[GUARD] = guard
     app.add_routes(
         [
             web.get("/healthz", healthz),

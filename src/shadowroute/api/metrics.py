@@ -36,6 +36,7 @@ DATAPLANE_METRICS = (
     "shadowroute_records_dropped_total",
     "shadowroute_mirroring_enabled",
     "shadowroute_circuit_open",
+    "shadowroute_mirror_control_ignored_total",
 )
 
 
@@ -134,6 +135,12 @@ class DataPlaneCollector(Collector):
         )
         yield GaugeMetricFamily(
             "shadowroute_client_connections", "Open client connections.", value=s.open_connections
+        )
+        yield CounterMetricFamily(
+            "shadowroute_mirror_control_ignored",
+            "Mirror control headers (force/skip) ignored: the client was neither in "
+            "mirror.control_from nor sent the admin token.",
+            value=s.control_ignored,
         )
         q = self._queue
         yield GaugeMetricFamily(

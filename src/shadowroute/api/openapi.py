@@ -98,6 +98,15 @@ _DECISION = {
                 "note": {"type": "string"},
             },
         },
+        "integrity": {
+            "type": "object",
+            "description": "Evidence the comparator refused to take at face value (all routes)",
+            "properties": {
+                "duplicate_ids": {"type": "integer"},
+                "duplicate_labels": {"type": "integer"},
+                "conflicting_labels": {"type": "integer"},
+            },
+        },
     },
 }
 
@@ -183,8 +192,25 @@ _LABEL_RESULT = {
     "type": "object",
     "required": ["accepted", "rejected"],
     "properties": {
-        "accepted": {"type": "integer"},
+        "accepted": {"type": "integer", "description": "New labels kept"},
         "rejected": {"type": "integer"},
+        "duplicates": {"type": "integer", "description": "Same value as the label kept"},
+        "conflicts": {"type": "integer", "description": "Another value than the label kept"},
+        "committed": {
+            "type": "boolean",
+            "description": "false: handed to Kafka; the comparator judges them later",
+        },
+        "labels": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "status": {"enum": ["duplicate", "conflict", "refused"]},
+                    "reason": {"type": "string"},
+                },
+            },
+        },
         "error": {"type": "string"},
         "errors": {
             "type": "array",
@@ -260,7 +286,9 @@ def document() -> dict[str, Any]:
                 "summary": "Ground truth intake: a JSON array, JSON lines or CSV of label records",
                 "description": (
                     "Good records are accepted and written even when others are bad: 202 when "
-                    "all were good, 400 naming each bad line (1-based) otherwise. Schema: "
+                    "all were good, 400 naming each bad line (1-based) or label refused by the "
+                    "rules (by id) otherwise, 429 when only the backlog was full. Duplicates "
+                    "and conflicts with the first label are named in `labels`. Schema: "
                     "src/shadowroute/schemas/label.v1.json."
                 ),
                 "security": _BEARER,
@@ -278,6 +306,11 @@ def document() -> dict[str, Any]:
                     ),
                     "401": _json(_ERROR, "Missing or wrong bearer token"),
                     "413": _json(_ERROR, "Body too large"),
+                    "415": _json(_ERROR, "Not one of the label content types"),
+                    "429": _json(
+                        _LABEL_RESULT, "Labels refused: the route's waiting backlog is full"
+                    ),
+                    "503": _json(_ERROR, "Not committed; nothing of the batch was kept"),
                 },
             }
         },
@@ -367,7 +400,12 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "shadowroute",
             "version": __version__,
-            "description": "Verdicts, scores and ground truth intake for shadow-deployed models.",
+            "description": (
+                "Verdicts, scores and ground truth intake for shadow-deployed models. Every "
+                "path answers 421 for an unknown Host (admin.allowed_hosts), 403 for a write "
+                "from a foreign Origin, and, with admin.read_token, 401 for a read without it "
+                "(but /healthz, /readyz, /metrics)."
+            ),
         },
         "paths": paths,
         "components": {

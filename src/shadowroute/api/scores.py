@@ -39,6 +39,9 @@ COMPARATOR_METRICS = (
     "shadowroute_label_coverage_ratio",
     "shadowroute_duplicate_labels_total",
     "shadowroute_revisions_evicted_total",
+    "shadowroute_duplicate_ids_total",
+    "shadowroute_conflicting_labels_total",
+    "shadowroute_labels_waiting",
     "shadowroute_model_age_days",
 )
 VERDICTS = ("promote", "hold", "reject")
@@ -168,7 +171,8 @@ class ScoresCollector(Collector):
         yield dl
         yield CounterMetricFamily(
             "shadowroute_duplicate_labels",
-            "Labels for an already-labelled request key (counted, not joined again).",
+            "Labels re-sent with the same value for an already-labelled request key (counted, "
+            "not joined again).",
             value=counts.get("duplicate_labels", 0),
         )
         yield CounterMetricFamily(
@@ -177,6 +181,28 @@ class ScoresCollector(Collector):
             "revisions kept per candidate and partition, the oldest (history stays).",
             value=counts.get("revisions_evicted", 0),
         )
+        yield CounterMetricFamily(
+            "shadowroute_duplicate_ids",
+            "Pairs under a request id (and candidate) already waiting for its label: kept out "
+            "of the evidence, the first one stays.",
+            value=counts.get("duplicate_ids", 0),
+        )
+        yield CounterMetricFamily(
+            "shadowroute_conflicting_labels",
+            "Labels for an already-labelled request key with another value (the first stays): "
+            "a label source that contradicts itself.",
+            value=counts.get("conflicting_labels", 0),
+        )
+        waiting = GaugeMetricFamily(
+            "shadowroute_labels_waiting",
+            "Labels kept waiting for their pair, by route (empty: labels without a route); "
+            "bounded by labels.max_waiting_per_route.",
+            labels=["route"],
+        )
+        for k, v in sorted(counts.items()):
+            if k.startswith("waiting:"):
+                waiting.add_metric([k.split(":", 1)[1]], v)
+        yield waiting
 
     def _production(self, prods: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         quality = GaugeMetricFamily(

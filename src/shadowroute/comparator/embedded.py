@@ -44,6 +44,12 @@ class DeadLetters:
             self.recent.append(item)
 
 
+def _answer(waiters: list[tuple[int, int, asyncio.Future[list[str]]]], outcomes: list[str]) -> None:
+    for start, end, fut in waiters:
+        if not fut.done():
+            fut.set_result(outcomes[start:end])
+
+
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -77,6 +83,8 @@ class Comparator:
         self.max_buffer = max_buffer
         self._pairs: list[tuple[bytes, bytes]] = []
         self._labels: list[LabelRecord] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[list[str]]]] = []
+        """(start, end, future) of label batches whose sender waits for the commit."""
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -122,6 +130,19 @@ class Comparator:
         self._labels.extend(labels)
         await self._maybe_flush()
 
+    async def commit_labels(self, labels: Sequence[LabelRecord]) -> list[str]:
+        """Buffer labels and return once they are committed (with the next flush, which
+        this wakes): what became of each, in order (``Engine.label_outcomes``). Raises if
+        the commit failed; the labels are then not kept."""
+        if not labels:
+            return []
+        start = len(self._labels)
+        self._labels.extend(labels)
+        done: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((start, len(self._labels), done))
+        self._wake.set()
+        return await asyncio.shield(done)
+
     async def _maybe_flush(self) -> None:
         if len(self._pairs) + len(self._labels) >= self.max_buffer:
             await self.flush()  # back-pressure: the producer waits for the commit
@@ -129,31 +150,46 @@ class Comparator:
     async def flush(self) -> None:
         """Process and commit everything buffered so far."""
         async with self._flush_lock:
-            pairs, labels = self._pairs, self._labels
+            pairs, labels, waiters = self._pairs, self._labels, self._waiters
             if not pairs and not labels:
                 return
-            self._pairs, self._labels = [], []
+            self._pairs, self._labels, self._waiters = [], [], []
             work = asyncio.ensure_future(asyncio.to_thread(self._commit, pairs, labels))
             try:
                 # The worker thread cannot be interrupted: even when the caller is cancelled,
                 # the store stays locked until the commit (or rollback) has finished.
-                await asyncio.shield(work)
+                outcomes = await asyncio.shield(work)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
-                    await work
+                    outcomes = await work
+                    _answer(waiters, outcomes)
                 raise
-            except Exception:
+            except Exception as exc:
+                # Labels whose sender waits are answered with the failure (it resends them);
+                # the others are kept for the next flush.
+                kept = labels
+                if waiters:
+                    taken = {i for a, b, _ in waiters for i in range(a, b)}
+                    kept = [lab for i, lab in enumerate(labels) if i not in taken]
+                    for _, _, fut in waiters:
+                        if not fut.done():
+                            fut.set_exception(RuntimeError(f"labels not committed: {exc!r}"))
                 self._pairs[:0] = pairs
-                self._labels[:0] = labels
+                self._labels[:0] = kept
+                for n, (a, b, fut) in enumerate(self._waiters):
+                    self._waiters[n] = (a + len(kept), b + len(kept), fut)
                 raise
+            _answer(waiters, outcomes)
 
-    def _commit(self, pairs: list[tuple[bytes, bytes]], labels: list[LabelRecord]) -> None:
+    def _commit(self, pairs: list[tuple[bytes, bytes]], labels: list[LabelRecord]) -> list[str]:
         self.engine.process(0, pairs, labels)
+        outcomes = self.engine.label_outcomes
         self.view.update(self.engine.snapshot())
         gone = self.engine.take_evicted()
         if gone:
             self.view.remove(gone)
         self.verdicts.refresh()
+        return outcomes
 
     # --- reading ----------------------------------------------------------------------------
 

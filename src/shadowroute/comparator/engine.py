@@ -15,8 +15,13 @@ A pair and a label join only when their timestamps are at most the TTL apart.
 
 Within a batch, pairs first join the batch's own labels in memory; only the other keys are
 looked up in the store, and each new label is stored once, with its join flags. A label whose
-key already has one (stored, or earlier in the batch) is a duplicate: counted
-(``duplicate_labels``), never joined again.
+key already has one (stored, or earlier in the batch) is never joined: counted as a
+duplicate (``duplicate_labels``, same value) or a conflict (``conflicting_labels``). A pair
+whose (key, candidate) is already pending, or joined in this batch, is a duplicate request id
+(``duplicate_ids``): kept out of the evidence. Labels that join nothing wait, at most
+``labels.max_waiting_per_route`` per route (``waiting:<route>`` counters); beyond it they go
+to the dead letters (``label:backlog_full``). ``label_outcomes`` says, after a batch, what
+became of each label.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from shadowroute.comparator.reading import Label, Pair, read_label, read_pair
 from shadowroute.comparator.reference import reference_for
 from shadowroute.comparator.store import PROD, LabelRow, Positions, Store
 from shadowroute.core.config import Config, Route
+from shadowroute.core.label_rules import LabelRules, same_label
 from shadowroute.core.records import (
     LabelRecord,
     RecordError,
@@ -108,6 +114,8 @@ class _Batch:
     joined: list[tuple[str, str]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
     """Stored labels joined in this batch: key -> 1 if production's entry joined it."""
+    unwaited: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Stored labels that joined for the first time in this batch, by waiting counter."""
     touched: set[StateKey] = field(default_factory=set)
     requests: dict[str, list[tuple[int, bool, int]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -153,6 +161,15 @@ class Engine:
         self._slots: dict[tuple[str, str, Identity | None, Identity], str] = {}
         self._revisions: dict[tuple[str, str], dict[str, Any]] = {}
         """(route, slot) -> the ``revision`` of its ``CandidateState``."""
+        self.rules = LabelRules.of(config)
+        self.max_waiting = config.labels.max_waiting_per_route
+        self.label_outcomes: list[str] = []
+        """After ``process``: per label given, in order, what became of it: ``accepted``,
+        ``duplicate`` (same value as the label kept), ``conflict`` (another value) or
+        ``refused:<reason>`` (a dead letter: unparseable, unknown route, ``ts_in_future``,
+        ``backlog_full``)."""
+        self._label_idx: list[int] = []
+        self._fresh_idx: dict[str, int] = {}
         self.states: dict[StateKey, Any] = {}
         self.evicted: list[StateKey] = []
         """States dropped (``MAX_REVISIONS``) and committed, not yet taken by the reader side
@@ -294,6 +311,7 @@ class Engine:
         dead: list[DeadLetter] = []
         batch = self._batch = _Batch()
         batch.touched.add(("part", "", "", partition))
+        self.label_outcomes = ["accepted"] * len(labels)
         good_labels = self._decode_labels(partition, labels, dead)
         records = self._decode_pairs(partition, pairs, dead)
         if good_labels:
@@ -304,7 +322,7 @@ class Engine:
         try:
             fresh, prod_pending = self._join_labels(partition, good_labels, batch)
             self._join_pairs(partition, records, fresh, prod_pending, batch)
-            self._write(partition, fresh, batch)
+            self._write(partition, fresh, batch, dead)
             self._apply(partition, batch)
             self._expire(partition, pos, batch)
             gone = self._evict(partition, batch) if batch.new_slots else []
@@ -373,8 +391,13 @@ class Engine:
         self, partition: int, labels: Sequence[LabelInput], dead: list[DeadLetter]
     ) -> list[Label]:
         out: list[Label] = []
+        idx = self._label_idx = []
+        outcomes = self.label_outcomes
         routes = self.routes
-        for item in labels:
+        # Labels from the future are refused where the engine has a clock (embedded): one
+        # would move the labels watermark and expire every pending pair at once.
+        horizon = self.clock() + self.rules.max_future_ms if self.clock is not None else None
+        for i, item in enumerate(labels):
             if isinstance(item, LabelRecord):
                 lab = Label.of(item)
             else:
@@ -382,12 +405,20 @@ class Engine:
                     lab = read_label(item)
                 except RecordError as exc:
                     dead.append((b"", item, f"label:{exc.reason}"))
+                    outcomes[i] = f"refused:{exc.reason}"
                     continue
+            reason = None
             if lab.route is not None and lab.route not in routes:
+                reason = "unknown_route"
+            elif horizon is not None and lab.ts > horizon:
+                reason = "ts_in_future"
+            if reason is not None:
                 value = item if isinstance(item, bytes) else _label_bytes(item)
-                dead.append((lab.id.encode(), value, "label:unknown_route"))
+                dead.append((lab.id.encode(), value, f"label:{reason}"))
+                outcomes[i] = f"refused:{reason}"
                 continue
             out.append(lab)
+            idx.append(i)
         return out
 
     def _decode_pairs(
@@ -424,17 +455,34 @@ class Engine:
         fresh: dict[str, Label] = {}
         if not labels:
             return fresh, set()
-        duplicates = 0
-        for lab in labels:
+        outcomes, idx = self.label_outcomes, self._label_idx
+        later: list[tuple[int, Label]] = []
+        firsts: dict[str, int] = {}
+        for n, lab in enumerate(labels):
             if lab.id in fresh:
-                duplicates += 1
+                later.append((n, lab))
             else:
                 fresh[lab.id] = lab
-        for k in self.store.labels_for(list(fresh)):
-            duplicates += 1
-            del fresh[k]
+                firsts[lab.id] = n
+        values: dict[str, Any] = {}
+        for k, row in self.store.labels_for(list(fresh)).items():
+            values[k] = row.value
+            later.append((firsts[k], fresh.pop(k)))
+        duplicates = conflicts = 0
+        for n, lab in later:
+            # The first label for a key stays; a later one joins nothing. An identical one is
+            # a re-send, a different one a conflict (docs/comparator.md "Duplicate labels").
+            first = values[lab.id] if lab.id in values else fresh[lab.id].label
+            if same_label(first, lab.label):
+                duplicates += 1
+                outcomes[idx[n]] = "duplicate"
+            else:
+                conflicts += 1
+                outcomes[idx[n]] = "conflict"
         if duplicates:
             self._count(partition, "duplicate_labels", duplicates)
+        if conflicts:
+            self._count(partition, "conflicting_labels", conflicts)
         prod_pending: set[str] = set()
         existing, joined = b.existing, b.joined
         # Timestamps are whole ms: |Δ| > ttl_s·1000 exactly when |Δ| > int(ttl_s·1000).
@@ -470,13 +518,36 @@ class Engine:
                 labelled[(route_name, cand)].append(LabelledRow(ts, p, entry[2], label))
                 touched.add(("cand", route_name, cand, partition))
             joined.append((key, kind))
+            existing.add((key, kind))  # a later pair under this key is a duplicate id
+            if cand is not None:
+                existing.add((key, cand))
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
         self._count(partition, "labels", len(fresh))
+        self._fresh_idx = {k: idx[firsts[k]] for k in fresh}
         return fresh, prod_pending
 
-    def _store_labels(self, partition: int, fresh: dict[str, Label]) -> None:
+    def _store_labels(
+        self, partition: int, fresh: dict[str, Label], dead: list[DeadLetter]
+    ) -> None:
+        if not fresh:
+            return
+        # Labels that joined nothing wait for their pair, at most ``max_waiting`` per route;
+        # beyond it a new one is refused (``backlog_full``), so labels for ids that never
+        # existed cannot fill the disk.
+        part = self._part(partition)
+        for key in sorted(fresh):
+            lab = fresh[key]
+            if lab.joined:
+                continue
+            counter = _waiting(lab.route)
+            if part.get(counter, 0) >= self.max_waiting:
+                del fresh[key]
+                self.label_outcomes[self._fresh_idx[key]] = "refused:backlog_full"
+                dead.append((key.encode(), _label_bytes_of(lab), "label:backlog_full"))
+            else:
+                part[counter] = part.get(counter, 0) + 1
         if not fresh:
             return
         ttl_ms, default = self._ttl_ms, self.max_ttl_ms
@@ -552,18 +623,21 @@ class Engine:
         drifts = b.drift
         requests = b.requests
         prod_revs = b.prod_revisions
+        seen: dict[tuple[str, str], bool] = {}
+        """(key, candidate) of this batch's pairs: True once one joined a label."""
+        duplicates = 0
         for idx, rec in enumerate(records):
             keys = rec.keys
             name = rec.route
             route = routes[name]
             ts = rec.ts
-            seen = prod_revs[name].get(rec.prod_ident)
-            if seen is None:
+            span = prod_revs[name].get(rec.prod_ident)
+            if span is None:
                 prod_revs[name][rec.prod_ident] = [ts, ts]
-            elif ts < seen[0]:
-                seen[0] = ts
-            elif ts > seen[1]:
-                seen[1] = ts
+            elif ts < span[0]:
+                span[0] = ts
+            elif ts > span[1]:
+                span[1] = ts
             expires = ts + ttl_ms[name]
             first = keys[0]
             if first not in prod_seen:
@@ -600,13 +674,30 @@ class Engine:
             nc = len(cout) if cout else 0
             for i, key in enumerate(keys):
                 c = cout[i] if i < nc else None  # type: ignore[index]
+                # A second request under an id whose (key, candidate) is already pending,
+                # or joined, or came earlier in this batch: counted and kept out of the
+                # evidence (docs/comparator.md "Duplicate request ids"). Of two pending in
+                # one batch, the row that sorts first stays, as a replay would keep it.
+                kc = (key, cand)
+                entry = (name, expires, ts, pout[i], c, idx)
+                if existing and kc in existing:
+                    duplicates += 1
+                    continue
+                done = seen.get(kc)
+                if done is not None:
+                    duplicates += 1
+                    if not done:
+                        _pend(pending, key, cand, entry)
+                    continue
                 if has_labels and self._join_new(
                     partition, route, cand, key, [ts, pout[i], c], fresh, stored, b
                 ):
+                    seen[kc] = True
                     continue
-                if existing and (key, cand) in existing:
-                    continue
-                _pend(pending, key, cand, (name, expires, ts, pout[i], c, idx))
+                seen[kc] = False
+                _pend(pending, key, cand, entry)
+        if duplicates:
+            self._count(partition, "duplicate_ids", duplicates)
         for route_name, cand in rows:
             b.touched.add(("cand", route_name, cand, partition))
 
@@ -627,6 +718,9 @@ class Engine:
         old = stored.get(key)
         if old is None or not _joinable(old.route, old.ts, route, entry[0]):
             return False
+        if not old.joined:
+            old.joined = True
+            b.unwaited[_waiting(old.route)] += 1
         self._join_one(partition, route, kind, entry, old.value, old.ts, b)
         if kind == PROD:
             b.marks[key] = 1
@@ -645,10 +739,13 @@ class Engine:
         )
         return drift
 
-    def _write(self, partition: int, fresh: dict[str, Label], b: _Batch) -> None:
+    def _write(
+        self, partition: int, fresh: dict[str, Label], b: _Batch, dead: list[DeadLetter]
+    ) -> None:
         """Write what the joins decided: new labels, joined and new pending entries, and
         stored labels that joined."""
-        self._store_labels(partition, fresh)
+        self._store_labels(partition, fresh, dead)
+        self._unwait(partition, b.unwaited)
         self.store.drop_pending(b.joined)
         self.store.add_pending(_pending_rows(partition, b.pending))
         self.store.mark_labels([(prod, key) for key, prod in sorted(b.marks.items())])
@@ -695,9 +792,33 @@ class Engine:
             else:
                 self._cand(r, kind, partition).add_orphans(n)
                 b.touched.add(("cand", route, kind, partition))
-        for joined, _ in self.store.expire_labels(partition, max(pos.pairs_wm, now)):
+        gone: dict[str, int] = defaultdict(int)
+        for joined, label_route in self.store.expire_labels(partition, max(pos.pairs_wm, now)):
             if not joined:
                 self._count(partition, "orphan_labels")
+                gone[_waiting(label_route)] += 1
+        self._unwait(partition, gone)
+
+    def _unwait(self, partition: int, counts: Mapping[str, int]) -> None:
+        """Labels that no longer wait for their pair (joined, or expired)."""
+        if not counts:
+            return
+        part = self._part(partition)
+        for counter, n in counts.items():
+            # Never below 0: labels stored before these counters existed were not counted.
+            part[counter] = max(0, part.get(counter, 0) - n)
+
+
+def _waiting(route: str | None) -> str:
+    """The partition counter of labels waiting for their pair on a route (``waiting:`` for
+    labels without one)."""
+    return "waiting:" + (route or "")
+
+
+def _label_bytes_of(lab: Label) -> bytes:
+    return orjson.dumps(
+        {"v": 1, "id": lab.id, "label": lab.label, "ts": lab.ts, "route": lab.route}
+    )
 
 
 def _pend(pending: dict[str, dict[str, _Entry]], key: str, kind: str, entry: _Entry) -> None:

@@ -173,6 +173,12 @@ def _as_of(state: CandidateState | None) -> int | None:
     return state.last_ts if state is not None and state.last_ts else None
 
 
+INTEGRITY_COUNTS = ("duplicate_ids", "duplicate_labels", "conflicting_labels")
+"""Comparator counters shown as a decision's ``integrity``: a second request under an id
+still pending (``duplicate_ids``), an identical label re-sent (``duplicate_labels``), a second
+label for a key with a different value (``conflicting_labels``)."""
+
+
 class Verdicts:
     """The current verdict per (route, candidate); changes go to the history table."""
 
@@ -313,10 +319,16 @@ class Reader:
     def decision(self, route: str, candidate: str, revision: str | None = None) -> dict[str, Any]:
         """The current decision; with ``revision``, hold unless the evidence is about it."""
         self._check(route, candidate)
-        out = self.verdicts.current(route, candidate)
+        out = {**self.verdicts.current(route, candidate), "integrity": self.integrity()}
         if revision is not None:
             return stale_revision(out, revision) or out
         return out
+
+    def integrity(self) -> dict[str, int]:
+        """Counts of evidence the comparator refused to take at face value, over every route
+        (``INTEGRITY_COUNTS``; docs/api.md "Evidence integrity")."""
+        counts = self.view.partition_counts()
+        return {name: counts.get(name, 0) for name in INTEGRITY_COUNTS}
 
     def scores(self, route: str, candidate: str) -> dict[str, Any]:
         r = self._check(route, candidate)

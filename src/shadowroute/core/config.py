@@ -7,6 +7,7 @@ are errors. The reference is ``docs/config.md``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 Protocol = Literal["openinference", "kserve-v1", "tfserving", "openai", "jsonpath"]
 Task = Literal["classification", "probability", "regression", "text"]
@@ -63,7 +72,40 @@ class Admin(_Strict):
     port: int = Field(9090, ge=0, le=65535)
     """Port of the admin plane."""
     token: SecretStr | None = None
-    """Bearer token required by write endpoints (``POST /v1/labels``) when set."""
+    """Bearer token required by write endpoints (`POST /v1/labels`, `PUT /v1/mirroring`).
+    Required when `host` is not a loopback address, unless `insecure` is set."""
+    insecure: bool = False
+    """Allow the admin plane beyond loopback without a token (anyone who reaches the port can
+    post labels and switch mirroring)."""
+    read_token: SecretStr | None = None
+    """When set, reads (the API, the scorecard, OpenAPI) need this token or `token`;
+    `/healthz`, `/readyz` and `/metrics` stay open."""
+    allowed_hosts: list[str] = []
+    """Host header values the admin plane answers (port ignored) besides IP addresses,
+    `localhost` and `host` itself: names (`shadowroute.ml.svc`), `*.suffix` patterns, or `*`
+    for any. Anything else is refused (421): a DNS-rebinding page cannot reach the API."""
+    allowed_origins: list[str] = []
+    """Origins (`https://ops.example.com`) allowed to send writes from a browser besides the
+    admin plane's own; any other `Origin` on a write is refused (403)."""
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> Admin:
+        if self.token is None and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is reachable beyond this machine: set token (or "
+                "SHADOWROUTE_API_TOKEN), bind to 127.0.0.1, or set insecure: true"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class KafkaSecurity(_Strict):
@@ -222,16 +264,29 @@ class Model(_Strict):
     """
     headers: dict[str, str] = {}
     """Extra headers sent to this upstream (e.g. an API key for the model server)."""
+    secret_headers: dict[str, str] = {}
+    """Extra headers whose values are secrets, each `env:VARIABLE` (an environment variable)
+    or `file:PATH` (a file's content, e.g. a mounted Kubernetes secret; trailing newline
+    removed), read at start."""
     lineage: Lineage | None = None
     """What this version was trained on (for `/v1/models/{model}/lineage`)."""
+    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _url(self) -> Model:
         _check_url(self.url)
-        bad = [h for h in self.headers if h.lower() in HOP_BY_HOP or not h.isascii()]
+        names = [*self.headers, *self.secret_headers]
+        bad = [h for h in names if h.lower() in HOP_BY_HOP or not h.isascii()]
         if bad:
             raise ValueError(f"headers: cannot set hop-by-hop or non-ASCII header(s) {bad}")
+        refs = [r for r in self.secret_headers.values() if not r.startswith(("env:", "file:"))]
+        if refs:
+            raise ValueError("secret_headers: each value must be env:VARIABLE or file:PATH")
         return self
+
+    def secret_header_values(self) -> dict[str, str]:
+        """The secret headers, resolved at start (``parse_config``)."""
+        return {k: v.get_secret_value() for k, v in self._secrets.items()}
 
 
 class Candidate(Model):
@@ -245,6 +300,8 @@ class Candidate(Model):
     paired differences are shown beside every other candidate as the noise floor; it is never
     promoted (see docs/comparator.md).
     """
+    forward_private_headers: bool = False
+    """Send this candidate the client's `mirror.private_headers` (credentials) too."""
 
 
 class Noise(_Strict):
@@ -424,11 +481,28 @@ class Mirror(_Strict):
     control_header: str = "x-shadow-mirror"
     """A request header: ``force`` mirrors regardless of sampling, ``skip`` never mirrors."""
     marker_header: str = "x-shadow-request"
-    """Sent to candidates (value ``1``) so they can avoid side effects."""
+    """Sent to candidates (value ``1``) so they can avoid side effects. A client's own copy
+    is removed before production and candidates see the request."""
+    control_from: list[str] = []
+    """Client addresses or networks (`10.0.0.0/8`) whose `control_header` is honoured. From
+    anywhere else it is honoured only with the admin token (`force; token=<admin.token>`),
+    and otherwise ignored and counted; it is never forwarded."""
+    private_headers: list[str] = ["authorization", "cookie"]
+    """Client headers (credentials) sent to production but not to candidates, unless a
+    candidate sets `forward_private_headers`."""
     capture_limit_bytes: int = Field(1 << 20, ge=0)
     """Requests with bodies larger than this are forwarded but not mirrored (counted)."""
     breaker: Breaker = Breaker()
     """The per-candidate circuit breaker."""
+
+    @model_validator(mode="after")
+    def _networks(self) -> Mirror:
+        for net in self.control_from:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"control_from: not an address or network: {net!r}") from None
+        return self
 
 
 class ProxySettings(_Strict):
@@ -503,6 +577,20 @@ class Comparator(_Strict):
     """
 
 
+class Labels(_Strict):
+    max_future_s: float = Field(300.0, ge=0)
+    """A label whose `ts` is further than this ahead of the time it is received is refused
+    (`ts_in_future`): the clocks of the sender and the router may differ by this much."""
+    max_age_s: float | None = Field(None, gt=0)
+    """A label whose `ts` is further than this behind the time it is received is refused
+    (`ts_too_old`); none: the longest `label_ttl_s` of the routes (it could join nothing)."""
+    max_value_bytes: int = Field(4096, ge=16)
+    """Largest label value, as JSON, accepted (`label_too_large` beyond)."""
+    max_waiting_per_route: int = Field(1_000_000, ge=1)
+    """Labels kept waiting for their pair, per route (labels without a route count as one
+    more route); beyond it new ones that join nothing are refused (`backlog_full`, 429)."""
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     """Client traffic."""
@@ -518,6 +606,8 @@ class Config(_Strict):
     """The pair record queue and optional JSONL copy."""
     comparator: Comparator = Comparator()
     """Comparator state and windows."""
+    labels: Labels = Labels()
+    """Rules for ground-truth labels: time bounds, value size, waiting backlog."""
     routes: list[Route] = Field(min_length=1)
     """At least one route."""
 
@@ -618,10 +708,41 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(["(top level): must be a mapping of keys to values"])
     raw = apply_env(raw, os.environ if environ is None else environ)
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         problems = [f"{_loc(_strip_model_loc(e['loc']))}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError(problems) from None
+    _resolve_secrets(config, os.environ if environ is None else environ)
+    return config
+
+
+def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> None:
+    """Read every model's ``secret_headers`` (environment variable or file) once, at start."""
+    problems: list[str] = []
+    for i, route in enumerate(config.routes):
+        models = [("production", route.production)]
+        models += [(f"candidates[{j}]", c) for j, c in enumerate(route.candidates)]
+        for where, model in models:
+            for header, ref in model.secret_headers.items():
+                path = f"routes[{i}].{where}.secret_headers.{header}"
+                kind, _, name = ref.partition(":")
+                if kind == "env":
+                    value = environ.get(name)
+                    if value is None:
+                        problems.append(f"{path}: environment variable {name} is not set")
+                        continue
+                else:
+                    try:
+                        value = Path(name).read_text(encoding="utf-8").rstrip("\r\n")
+                    except OSError as exc:
+                        problems.append(f"{path}: cannot read {name}: {exc.strerror or exc}")
+                        continue
+                if not value.isascii() or "\n" in value or "\r" in value:
+                    problems.append(f"{path}: the value must be one line of ASCII")
+                    continue
+                model._secrets[header] = SecretStr(value)
+    if problems:
+        raise ConfigError(problems)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -186,12 +186,13 @@ class RequestHead:
     """What the proxy needs from a client's request headers, read in one pass."""
 
     __slots__ = (
-        "chunked", "common", "control", "expect", "host", "length", "request_id", "upgrade",
-        "xff",
+        "chunked", "common", "control", "expect", "host", "length", "private", "request_id",
+        "upgrade", "xff",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.common = b""
+        self.private = b""
         self.host: bytes | None = None
         self.xff: bytes | None = None
         self.request_id: bytes | None = None
@@ -203,10 +204,15 @@ class RequestHead:
 
 
 def read_request_head(
-    headers: list[tuple[bytes, bytes]], rid_header: bytes, control_header: bytes
-) -> RequestHead:
+    headers: list[tuple[bytes, bytes]], rid_header: bytes, control_header: bytes,
+    special: frozenset[bytes] = frozenset(), private: frozenset[bytes] = frozenset(),
+) -> RequestHead:  # fmt: skip
     r"""One pass over the client's headers: the block forwarded upstream (hop-by-hop and
     rebuilt headers left out) and the values the proxy acts on.
+
+    Names in ``special`` are not in ``common``: those also in ``private`` (client
+    credentials) go to ``private``, for production only; the others (client copies of the
+    router's own headers) are dropped.
 
     >>> h = read_request_head(
     ...     [(b"Host", b"a"), (b"Connection", b"X-A"), (b"X-A", b"1"), (b"Accept", b"*/*"),
@@ -246,6 +252,10 @@ def read_request_head(
             continue
         if low == control_header:
             out.control = value.strip().lower()
+            continue
+        if low in special:
+            if low in private:
+                out.private += name + b": " + value + b"\r\n"
             continue
         kept.append(low)
         pieces.append(name)

@@ -22,6 +22,7 @@ from shadowroute.core import request_id as rid
 from shadowroute.core.config import Config, Route
 from shadowroute.core.sampling import sample_point
 from shadowroute.dataplane import http1
+from shadowroute.dataplane.control import ControlGuard
 from shadowroute.dataplane.deadlines import Deadlines
 from shadowroute.dataplane.mirror import MirrorTarget
 from shadowroute.dataplane.recorder import Pairing, Recorder
@@ -41,12 +42,15 @@ class _Reject(Exception):
 
 
 class CandidateRuntime:
-    __slots__ = ("base_path", "static", "target")
+    __slots__ = ("base_path", "forward_private", "static", "target")
 
-    def __init__(self, target: MirrorTarget, static: bytes, base_path: bytes) -> None:
+    def __init__(
+        self, target: MirrorTarget, static: bytes, base_path: bytes, forward_private: bool = False
+    ) -> None:
         self.target = target
         self.static = static
         self.base_path = base_path
+        self.forward_private = forward_private
 
 
 class RouteRuntime:
@@ -80,7 +84,8 @@ class RouteRuntime:
             return b"host: " + p.host_header.encode() + b"\r\n" + extra
 
         self.prod_pool = pool(cfg.production.url)
-        self.prod_static = static(self.prod_pool, cfg.production.headers)
+        prod_headers = {**cfg.production.headers, **cfg.production.secret_header_values()}
+        self.prod_static = static(self.prod_pool, prod_headers)
         self.prod_base = self.prod_pool.base_path.encode()
         self.prod_timeout = cfg.production.timeout_s
         self.prod_latency: LatencyHistogram = proxy.stats.latency_of(
@@ -91,9 +96,12 @@ class RouteRuntime:
         for c in cfg.candidates:
             p = pool(c.url)
             target = MirrorTarget(cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats)
-            self.candidates.append(
-                CandidateRuntime(target, static(p, c.headers) + marker, p.base_path.encode())
+            headers = {**c.headers, **c.secret_header_values()}
+            base = p.base_path.encode()
+            runtime = CandidateRuntime(
+                target, static(p, headers) + marker, base, c.forward_private_headers
             )
+            self.candidates.append(runtime)
 
     def status_key(self, status: int) -> tuple[str, str]:
         """The request counter's key for a response with ``status``."""
@@ -124,6 +132,14 @@ class Proxy:
         self.rid_header = pcfg.request_id_header.lower().encode()
         self.rid_mark = http1.header_mark(self.rid_header)
         self.control_header = config.mirror.control_header.lower().encode()
+        # Client headers that are not forwarded as they came (decided once, here): the
+        # router's own marker is dropped, credentials go to production only.
+        mcfg = config.mirror
+        self.private = frozenset(h.lower().encode() for h in mcfg.private_headers)
+        self.special = self.private | {mcfg.marker_header.lower().encode()}
+        self.control_guard = ControlGuard(
+            mcfg.control_from, config.admin.token.get_secret_value() if config.admin.token else None
+        )
         self.capture_limit = config.mirror.capture_limit_bytes
         self.max_header_bytes = pcfg.max_header_bytes
         self.max_headers = pcfg.max_headers
@@ -168,6 +184,7 @@ class Request(Exchange):
     request_id = b""
     upstream_head = b""
     mirror_common = b""
+    mirror_private = b""
     url = b""
     chunked_in = False
     body_done = False
@@ -315,7 +332,7 @@ class Request(Exchange):
         for c in self.mirror_to:
             head = b"".join(
                 (self.method, b" ", c.base_path, self.url, b" HTTP/1.1\r\n", self.mirror_common,
-                 c.static, length)
+                 self.mirror_private if c.forward_private else b"", c.static, length)
             )  # fmt: skip
             target = c.target
             pairing.expected += 1  # a mirror not sent is the candidate's outcome too
@@ -519,6 +536,8 @@ class ClientConnection:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
+        self.control_ok = False
+        """Whether this client's mirror control header is honoured without the token."""
         self.current: Request | None = None  # being parsed
         self.active: Request | None = None  # being answered
         self.queue: deque[Request] = deque()
@@ -554,6 +573,7 @@ class ClientConnection:
             return
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
+        self.control_ok = proxy.control_guard.trusts(peer[0] if peer else None)
         proxy.connections.add(self)
         proxy.stats.open_connections += 1
         self.last_active = self.head_since = proxy.loop.time()
@@ -694,12 +714,18 @@ class ClientConnection:
                 url = b"/"
             else:
                 raise _Reject(400, "only origin-form request targets (/path) are accepted")
-        head = http1.read_request_head(self._headers, proxy.rid_header, proxy.control_header)
+        head = http1.read_request_head(
+            self._headers, proxy.rid_header, proxy.control_header, proxy.special, proxy.private
+        )
         common, host, xff = head.common, head.host, head.xff
         if upgrade:
             common += head.upgrade + b"connection: upgrade\r\n"
         request_id = head.request_id
         control = head.control
+        if control is not None and not self.control_ok:
+            control = proxy.control_guard.check(control)
+            if control is None:
+                proxy.stats.control_ignored += 1
         chunked = head.chunked
         expect = head.expect
         length: int | None = None
@@ -726,7 +752,8 @@ class ClientConnection:
         if upgrade:
             req.keep_alive = False  # the connection ends with the tunnel or the refusal
         # The forwarding headers and the request id, after the client's own lines: one join.
-        parts = [common, b"x-forwarded-for: "]
+        private = head.private
+        parts = [common, private, b"x-forwarded-for: "]
         if xff:
             parts.append(xff)
             parts.append(b", ")
@@ -752,7 +779,13 @@ class ClientConnection:
         )  # fmt: skip
         if method in route.methods and not upgrade:
             self._plan_records(req, route, control, length)
-            req.mirror_common = common
+            if private and req.mirror_to:
+                # Candidates get the client's credentials only if they forward them.
+                parts[1] = b""
+                req.mirror_common = b"".join(parts)
+                req.mirror_private = private
+            else:
+                req.mirror_common = common
         else:
             for c in route.candidates:
                 c.target.count("method_skipped")

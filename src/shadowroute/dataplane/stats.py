@@ -80,6 +80,8 @@ class DataPlaneStats:
     records_built: int = 0
     extract_failed: int = 0
     open_connections: int = 0
+    control_ignored: int = 0
+    """Mirror control headers ignored: neither from ``mirror.control_from`` nor with the token."""
 
     def latency_of(self, route: str, model: str, role: str) -> LatencyHistogram:
         key = (route, model, role)
@@ -100,6 +102,7 @@ class DataPlaneStats:
             "records_built": self.records_built,
             "extract_failed": self.extract_failed,
             "open_connections": self.open_connections,
+            "control_ignored": self.control_ignored,
         }
 
     def add_snapshot(self, snap: dict[str, Any]) -> None:
@@ -121,3 +124,4 @@ class DataPlaneStats:
         self.records_built += snap["records_built"]
         self.extract_failed += snap["extract_failed"]
         self.open_connections += snap["open_connections"]
+        self.control_ignored += snap.get("control_ignored", 0)

@@ -375,6 +375,45 @@ class KafkaSink:
                 async with asyncio.timeout(self.enqueue_timeout_s):
                     await taken.wait()
 
+    async def write_acked(self, batch: Sequence[KeyValue], timeout_s: float = 10.0) -> int:
+        """Write ``batch`` and return once every record is either acknowledged by the broker
+        or in the spool (handed to the OS: a crash of this process loses none). Returns how
+        many went to the spool. Raises ``OSError`` when the spool could not take them all.
+
+        A record whose acknowledgement does not come within ``timeout_s`` is spooled too, so
+        it may reach the topic twice (a consumer must treat a repeat as a duplicate)."""
+        if not batch:
+            return 0
+        dropped = self.records_dropped
+        producer = self._producer
+        failed: list[KeyValue] = []
+        if self._closed or producer is None or self.spool:
+            self._spool_pending()
+            failed = list(batch)
+        else:
+            parts = producer.client.cluster.partitions_for_topic(self.topic)
+            if parts:
+                self._num_partitions = len(parts)
+            handed: list[tuple[asyncio.Future[Any], list[KeyValue]]] = []
+            for partition, chunk in self._group(batch):
+                took, rest = await self._hand_over(
+                    producer, partition, chunk, self.enqueue_timeout_s
+                )
+                handed += took
+                failed += rest
+            if handed:
+                done, _ = await asyncio.wait([f for f, _ in handed], timeout=timeout_s)
+                for fut, records in handed:
+                    if fut in done and not fut.cancelled() and fut.exception() is None:
+                        self.records_sent += len(records)
+                    else:
+                        failed += records
+        if failed:
+            self._to_spool(failed)
+        if self.records_dropped > dropped:
+            raise OSError(f"spool full: {self.records_dropped - dropped} record(s) not kept")
+        return len(failed)
+
     def _cancel_flush_timer(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
