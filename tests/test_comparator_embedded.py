@@ -98,7 +98,8 @@ async def test_api_routes_and_404(tmp_path: Path) -> None:
             "integrity",
         }  # fmt: skip
         assert body["integrity"] == {
-            "duplicate_ids": 0, "duplicate_labels": 0, "conflicting_labels": 0
+            "duplicate_pairs": 0, "duplicate_ids": 0, "duplicate_labels": 0,
+            "conflicting_labels": 0,
         }  # fmt: skip
         assert set(body["metrics"]["accuracy"]) == {
             "estimate", "lower", "upper", "n", "threshold", "status"

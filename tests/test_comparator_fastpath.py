@@ -169,18 +169,21 @@ def test_batched_request_writes_one_row_per_instance(tmp_path: Path) -> None:
     assert _cand(engine).quality["accuracy"].cand_sum == 2.0  # right on m#0 and m#1 only
 
 
-def test_a_resent_pair_is_joined_once(tmp_path: Path) -> None:
-    """A pair record sent again (same request, same candidate) counts as a pair each time, but
-    its pending entry is kept once, as before a label: the label joins it once."""
+def test_a_resent_pair_is_counted_and_joined_once(tmp_path: Path) -> None:
+    """A pair record sent again (same request, candidate and time: a Kafka re-delivery) is
+    skipped whole and counted as a duplicate, before its label and after it, so the label
+    joins it once and it is one pair."""
     engine = _engine(tmp_path / "s.sqlite")
     value = pair("a", T0, [1], [0])
     engine.process(0, [(b"a", value)], [])
     engine.process(0, [(b"a", value), (b"a", value)], [])
     assert engine.store.pending_count() == 2
     engine.process(0, [], [LabelRecord("a", 1, T0 + 10)])
-    assert _cand(engine).pairs == 3
+    engine.process(0, [(b"a", value)], [])  # after its label joined
+    assert _cand(engine).pairs == 1
     assert _cand(engine).labelled == 1
     assert _prod(engine).counts["requests"] == 1
+    assert engine.states[("part", "", "", 0)]["duplicate_pairs"] == 3
 
 
 def test_of_two_entries_in_a_batch_the_earlier_stays(tmp_path: Path) -> None:

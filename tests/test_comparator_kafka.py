@@ -400,3 +400,55 @@ async def test_a_comparator_that_lost_its_disk_rebuilds_from_the_topics(
 def _delete_state(directory: Path, name: str) -> None:
     for f in directory.glob(name + "*"):
         f.unlink()
+
+
+async def test_a_pair_record_sent_again_is_counted_once(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    """Exactly-once counting over Kafka: pair records written to their partition again (as a
+    producer retry after a full outage does) — some before their label, some after it joined,
+    across a comparator restart — move no count: the state equals the recomputation from the
+    records as first written, and every re-sent record is counted as ``duplicate_pairs``."""
+    cfg_path, config = _cfg(tmp_path, kafka_bootstrap, prefix, "a")
+    items = _stream(1500, seed=3)
+    pairs = [it for it in items if it[0] == "pairs" and it[2] != b"{broken"]
+    half = len(items) // 2
+    proc = _spawn(cfg_path)
+    try:
+        await _produce(kafka_bootstrap, prefix, items[:half])
+        # re-sent while their labels may still be on the way, and again after the restart
+        early = [it for it in pairs[:40] if it in items[:half]][:20]
+        await _produce(kafka_bootstrap, prefix, early)
+        await asyncio.sleep(2.0)
+        _stop(proc)
+        proc = _spawn(cfg_path)
+        await _produce(kafka_bootstrap, prefix, items[half:])
+        await _produce(kafka_bootstrap, prefix, pairs[100:130] + early[:5])  # long after
+        _, ends = await _offline(tmp_path, config, kafka_bootstrap, prefix)
+        await _wait_done([tmp_path / "a.sqlite"], ends)
+    finally:
+        _stop(proc)
+    resent = len(early) + 30 + 5
+    # what the comparator should hold: the records as first written, in one batch each
+    want = Engine(config, Store(tmp_path / "want.sqlite"))
+    by_part: dict[int, tuple[list[tuple[bytes, bytes]], list[bytes]]] = {}
+    from shadowroute.stream.murmur2 import partition_for
+
+    for kind, key, value in items:
+        p = partition_for(key, PARTS)
+        entry = by_part.setdefault(p, ([], []))
+        if kind == "pairs":
+            entry[0].append((key, value))
+        else:
+            entry[1].append(value)
+    for p, (ps, ls) in by_part.items():
+        want.process(p, ps, ls)
+    got = Engine(config, Store(tmp_path / "a.sqlite"))
+    for p in range(PARTS):
+        g = got.states[cand_key(got.states, ROUTE, CAND, p)]
+        w = want.states[cand_key(want.states, ROUTE, CAND, p)]
+        assert isinstance(g, CandidateState) and isinstance(w, CandidateState)
+        assert (g.pairs, g.labelled) == (w.pairs, w.labelled), p
+        _assert_equal_states(g, w)
+    dup = sum(got.states[("part", "", "", p)].get("duplicate_pairs", 0) for p in range(PARTS))
+    assert dup == resent

@@ -207,10 +207,12 @@ def test_a_second_pair_under_a_pending_id_is_counted_and_kept_out(tmp_path: Path
     engine = _engine(tmp_path / "s.sqlite")
     first = [(b"a", pair("a", T0, [1], [1]))]
     second = [(b"a", pair("a", T0 + 5, [1], [0]))]  # another request under the same id
+    third = [(b"a", pair("a", T0 + 7, [1], [0]))]  # and another
     engine.process(0, first, [])
-    engine.process(0, second + second, [])
+    engine.process(0, second + third + second, [])  # the second one re-delivered, too
     engine.process(0, [], [LabelRecord("a", 1, T0 + 10)])
     cand, _, part = _states(engine)
     assert part["duplicate_ids"] == 2
+    assert part["duplicate_pairs"] == 1  # the same record again is not another request
     assert cand.labelled == 1 and cand.quality["accuracy"].n == 1
     assert cand.pairs == 3  # its unlabelled figures still count: a real request each

@@ -21,7 +21,7 @@ def test_drop_pending_and_mark_labels_touch_exactly_their_keys(
     store.add_pending(
         [(k, kind, 0, "r", 100, "[1,1,null]", None) for k in keys for kind in (PROD, "c1", "c2")]
     )
-    store.add_labels([(k, 0, 1, 100, None, "1", 0, 0) for k in keys])
+    store.add_labels([(k, 0, 1, 100, None, "1", 0, 0, "") for k in keys])
     gone = [(k, PROD) for k in keys[:7]] + [(k, "c2") for k in keys[3:]]
     store.drop_pending(gone)
     store.mark_labels([(1, k) for k in keys[:5]] + [(0, k) for k in keys[5:8]])

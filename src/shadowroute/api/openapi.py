@@ -102,6 +102,7 @@ _DECISION = {
             "type": "object",
             "description": "Evidence the comparator refused to take at face value (all routes)",
             "properties": {
+                "duplicate_pairs": {"type": "integer"},
                 "duplicate_ids": {"type": "integer"},
                 "duplicate_labels": {"type": "integer"},
                 "conflicting_labels": {"type": "integer"},

@@ -39,6 +39,7 @@ COMPARATOR_METRICS = (
     "shadowroute_label_coverage_ratio",
     "shadowroute_duplicate_labels_total",
     "shadowroute_revisions_evicted_total",
+    "shadowroute_duplicate_pairs_total",
     "shadowroute_duplicate_ids_total",
     "shadowroute_conflicting_labels_total",
     "shadowroute_labels_waiting",
@@ -180,6 +181,12 @@ class ScoresCollector(Collector):
             "Candidate revisions whose evidence was dropped from the state: beyond the "
             "revisions kept per candidate and partition, the oldest (history stays).",
             value=counts.get("revisions_evicted", 0),
+        )
+        yield CounterMetricFamily(
+            "shadowroute_duplicate_pairs",
+            "Pair records for a request id and candidate already counted within the TTL (a "
+            "Kafka re-delivery, a reused id): skipped whole, never counted twice.",
+            value=counts.get("duplicate_pairs", 0),
         )
         yield CounterMetricFamily(
             "shadowroute_duplicate_ids",

@@ -114,6 +114,8 @@ class _Batch:
     joined: list[tuple[str, str]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
     """Stored labels joined in this batch: key -> 1 if production's entry joined it."""
+    slot_marks: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    """Stored labels joined in this batch: key -> the candidate slots that joined it."""
     unwaited: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Stored labels that joined for the first time in this batch, by waiting counter."""
     touched: set[StateKey] = field(default_factory=set)
@@ -521,6 +523,9 @@ class Engine:
             existing.add((key, kind))  # a later pair under this key is a duplicate id
             if cand is not None:
                 existing.add((key, cand))
+                new.slots.append(f"{cand}/{int(entry[0])}")
+            elif kind != PROD:
+                new.slots.append(f"{kind}/{int(entry[0])}")
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
@@ -562,6 +567,7 @@ class Engine:
                     _label_json(lab.label),
                     int(lab.joined),
                     int(lab.prod_done),
+                    " ".join(lab.slots),
                 )
                 for lab in map(fresh.__getitem__, sorted(fresh))
             ]
@@ -626,6 +632,18 @@ class Engine:
         seen: dict[tuple[str, str], bool] = {}
         """(key, candidate) of this batch's pairs: True once one joined a label."""
         duplicates = 0
+        # The first of the batch's identical records (first key, candidate, time) counts.
+        counted: dict[tuple[str, str, int], int] = {}
+        for idx, rec in enumerate(records):
+            if rec.candidate is not None:
+                counted.setdefault((rec.keys[0], rec.candidate, rec.ts), idx)
+        again_of = [
+            (rec.keys[0], rec.candidate)
+            for rec in records
+            if rec.candidate is not None and existing and (rec.keys[0], rec.candidate) in existing
+        ]
+        pending_ts = self.store.pending_ts(again_of) if again_of else {}
+        again = 0
         for idx, rec in enumerate(records):
             keys = rec.keys
             name = rec.route
@@ -640,9 +658,11 @@ class Engine:
                 span[1] = ts
             expires = ts + ttl_ms[name]
             first = keys[0]
-            if first not in prod_seen:
+            monitored = first in prod_seen
+            if not monitored:
                 lab0 = (fresh.get(first) or stored.get(first)) if has_labels else None
-                if lab0 is None or not lab0.prod_done:
+                monitored = lab0 is not None and lab0.prod_done
+                if not monitored:
                     # production's own monitoring, once per request (the first record seen)
                     prod_seen.update(keys)
                     drift = drifts.get(name)
@@ -664,6 +684,22 @@ class Engine:
                         _pend(pending, key, PROD, (name, expires, ts, p, None, idx))
             cand = rec.candidate
             if cand is None:
+                # a production-only record is a request's only one: seen before, it is the
+                # same record again
+                if monitored:
+                    again += 1
+                continue
+            # The same pair record again (same id, candidate and time: a Kafka re-delivery)
+            # — still pending, or joined to its label (the label remembers the entries that
+            # joined it), or earlier in this batch — is skipped whole (counts, rates, joins)
+            # and counted, so no pair is counted twice within the TTL. Another request under
+            # the same id (another time) is not this: see ``duplicate_ids`` below.
+            if (
+                counted[(first, cand, ts)] != idx
+                or pending_ts.get((first, cand)) == ts
+                or _joined_by(first, f"{cand}/{ts}", fresh, stored)
+            ):
+                again += 1
                 continue
             pout, cout = rec.prod_output, rec.cand_output
             rows[(name, cand)].append(rec)
@@ -698,6 +734,8 @@ class Engine:
                 _pend(pending, key, cand, entry)
         if duplicates:
             self._count(partition, "duplicate_ids", duplicates)
+        if again:
+            self._count(partition, "duplicate_pairs", again)
         for route_name, cand in rows:
             b.touched.add(("cand", route_name, cand, partition))
 
@@ -714,6 +752,8 @@ class Engine:
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
+            else:
+                new.slots.append(f"{kind}/{int(entry[0])}")
             return True
         old = stored.get(key)
         if old is None or not _joinable(old.route, old.ts, route, entry[0]):
@@ -726,6 +766,7 @@ class Engine:
             b.marks[key] = 1
         else:
             b.marks.setdefault(key, 0)
+            b.slot_marks[key].append(f"{kind}/{int(entry[0])}")
         return True
 
     def _drift(self, route: Route, partition: int, b: _Batch) -> DriftBatch:
@@ -749,6 +790,9 @@ class Engine:
         self.store.drop_pending(b.joined)
         self.store.add_pending(_pending_rows(partition, b.pending))
         self.store.mark_labels([(prod, key) for key, prod in sorted(b.marks.items())])
+        self.store.add_label_slots(
+            [(" ".join(slots), key) for key, slots in sorted(b.slot_marks.items())]
+        )
 
     def _apply(self, partition: int, b: _Batch) -> None:
         """Update the aggregates with the batch (no store access)."""
@@ -877,6 +921,18 @@ def _label_json(label: Any) -> str:
     if type(label) is int and -(1 << 63) <= label < 1 << 64:
         return str(label)
     return _dumps(label)
+
+
+def _joined_by(
+    key: str, slot: str, fresh: Mapping[str, Label], stored: Mapping[str, LabelRow]
+) -> bool:
+    """Whether the label under ``key`` (new in this batch, or stored) was joined by the entry
+    ``slot`` (``<candidate slot>/<ts>``)."""
+    new = fresh.get(key)
+    if new is not None and slot in new.slots:
+        return True
+    old = stored.get(key)
+    return old is not None and slot in old.slots
 
 
 def _joinable(label_route: str | None, label_ts: int, route: Route, pair_ts: int) -> bool:

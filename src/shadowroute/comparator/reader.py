@@ -173,10 +173,12 @@ def _as_of(state: CandidateState | None) -> int | None:
     return state.last_ts if state is not None and state.last_ts else None
 
 
-INTEGRITY_COUNTS = ("duplicate_ids", "duplicate_labels", "conflicting_labels")
-"""Comparator counters shown as a decision's ``integrity``: a second request under an id
-still pending (``duplicate_ids``), an identical label re-sent (``duplicate_labels``), a second
-label for a key with a different value (``conflicting_labels``)."""
+INTEGRITY_COUNTS = ("duplicate_pairs", "duplicate_ids", "duplicate_labels", "conflicting_labels")
+"""Comparator counters shown as a decision's ``integrity``: a pair record for an (id,
+candidate) already counted within the TTL, skipped whole (``duplicate_pairs``: a Kafka
+re-delivery or a reused id), a second instance under a key still pending (``duplicate_ids``),
+an identical label re-sent (``duplicate_labels``), a second label for a key with a different
+value (``conflicting_labels``)."""
 
 
 class Verdicts:

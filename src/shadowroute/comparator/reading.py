@@ -124,7 +124,7 @@ class Label:
     """A valid label record, with the flags of its joins in the batch that first sees it
     (``joined``: some pair instance joined it; ``prod_done``: production's entry did)."""
 
-    __slots__ = ("id", "joined", "label", "prod_done", "route", "ts")
+    __slots__ = ("id", "joined", "label", "prod_done", "route", "slots", "ts")
 
     def __init__(self, rid: str, label: Any, ts: int, route: str | None) -> None:
         self.id = rid
@@ -133,6 +133,7 @@ class Label:
         self.route = route
         self.joined = False
         self.prod_done = False
+        self.slots: list[str] = []  # ``slot/ts`` of the candidate entries that joined it
 
     @classmethod
     def of(cls, lab: LabelRecord) -> Label:

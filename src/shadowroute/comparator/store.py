@@ -11,6 +11,8 @@ Tables:
   record's candidate, whose entry it also stands for (``data`` is then the candidate's entry,
   from which production's follows);
 - ``labels`` — labels, kept until their TTL ends (several candidates may join one label);
+  ``slots`` lists the ``slot/ts`` of the candidate entries that joined each (space-separated),
+  so a pair record that comes again after its label joined (a Kafka re-delivery) is known;
 - ``decisions`` — the verdict history;
 - ``meta`` — what the file is about: the config fingerprint (``comparator.statefile``).
 
@@ -53,7 +55,7 @@ CREATE INDEX IF NOT EXISTS pending_expiry ON pending(partition, expires);
 CREATE TABLE IF NOT EXISTS labels(
   key TEXT PRIMARY KEY, partition INTEGER NOT NULL, ts INTEGER NOT NULL,
   expires INTEGER NOT NULL, route TEXT, label BLOB NOT NULL, joined INTEGER NOT NULL,
-  prod_done INTEGER NOT NULL) WITHOUT ROWID;
+  prod_done INTEGER NOT NULL, slots TEXT NOT NULL DEFAULT '') WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS labels_expiry ON labels(partition, expires);
 CREATE TABLE IF NOT EXISTS decisions(
   id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, candidate TEXT NOT NULL,
@@ -83,6 +85,8 @@ class LabelRow:
     value: Any
     joined: bool
     prod_done: bool
+    slots: frozenset[str] = frozenset()
+    """``slot/ts`` of the candidate entries that joined it."""
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -93,14 +97,19 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.executescript(_SCHEMA)
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(pending)")}
-    if "cand" not in columns:  # a file written before combined entries
-        try:
-            conn.execute("ALTER TABLE pending ADD COLUMN cand TEXT")
-        except sqlite3.OperationalError as exc:  # another connection added it meanwhile
-            if "duplicate column" not in str(exc):
-                raise
+    _add_column(conn, "pending", "cand", "TEXT")  # a file written before combined entries
+    _add_column(conn, "labels", "slots", "TEXT NOT NULL DEFAULT ''")  # before slot tracking
     return conn
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) -> None:
+    if column in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+        return
+    try:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    except sqlite3.OperationalError as exc:  # another connection added it meanwhile
+        if "duplicate column" not in str(exc):
+            raise
 
 
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
@@ -175,12 +184,18 @@ class Store:
         out: dict[str, LabelRow] = {}
         for chunk in _chunks(keys):
             q = (
-                "SELECT key, ts, route, label, joined, prod_done FROM labels WHERE key IN "
+                "SELECT key, ts, route, label, joined, prod_done, slots FROM labels WHERE key IN "
                 f"({','.join('?' * len(chunk))})"
             )
             for r in self.conn.execute(q, chunk):
                 out[r[0]] = LabelRow(
-                    r[0], int(r[1]), r[2], orjson.loads(r[3]), bool(r[4]), bool(r[5])
+                    r[0],
+                    int(r[1]),
+                    r[2],
+                    orjson.loads(r[3]),
+                    bool(r[4]),
+                    bool(r[5]),
+                    frozenset(r[6].split()) if r[6] else frozenset(),
                 )
         return out
 
@@ -210,6 +225,17 @@ class Store:
                     out.add((key, cand))
         return out
 
+    def pending_ts(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The timestamp of the pending entry of each (key, candidate slot) that has one (a
+        candidate's own row, or a combined row standing for it)."""
+        want = set(wanted)
+        out: dict[tuple[str, str], int] = {}
+        for key, kind, _, data, cand in self.pending_for(sorted({k for k, _ in want})):
+            slot = cand if cand is not None else kind
+            if (key, slot) in want:
+                out[(key, slot)] = int(orjson.loads(data)[0])
+        return out
+
     def add_pending(self, rows: Sequence[tuple[str, str, int, str, int, str, str | None]]) -> None:
         """(key, kind, partition, route, expires, data, cand); an existing row is kept."""
         self.conn.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
@@ -223,10 +249,22 @@ class Store:
             self._where_keys("DELETE FROM pending WHERE kind = ? AND", (kind,), keys)
 
     def add_labels(
-        self, rows: Sequence[tuple[str, int, int, int, str | None, str, int, int]]
+        self, rows: Sequence[tuple[str, int, int, int, str | None, str, int, int, str]]
     ) -> None:
-        """(key, partition, ts, expires, route, label, joined, prod_done)."""
-        self.conn.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        """(key, partition, ts, expires, route, label, joined, prod_done, slots)."""
+        self.conn.executemany(
+            "INSERT INTO labels(key, partition, ts, expires, route, label, joined, prod_done, "
+            "slots) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def add_label_slots(self, rows: Sequence[tuple[str, str]]) -> None:
+        """(slots, key): these ``slot/ts`` (space-separated) joined the stored label."""
+        self.conn.executemany(
+            "UPDATE labels SET slots = CASE WHEN slots = '' THEN ? ELSE slots || ' ' || ? END "
+            "WHERE key = ?",
+            [(slots, slots, key) for slots, key in rows],
+        )
 
     def mark_labels(self, rows: Sequence[tuple[int, str]]) -> None:
         """(prod_done, key): the label has joined (and production's entry if prod_done)."""
