@@ -174,7 +174,11 @@ async def _load(port: int, admin: int, told: dict[str, int]) -> None:
                 told["answered"] += 1
                 batch.append(orjson.dumps({"id": rid, "label": float(i % 7) + 1.0}))
             if len(batch) >= LABEL_BATCH or (i == N_REQUESTS - 1 and batch):
-                r = await c.post(f"http://127.0.0.1:{admin}/v1/labels", content=b"\n".join(batch))
+                r = await c.post(
+                    f"http://127.0.0.1:{admin}/v1/labels",
+                    content=b"\n".join(batch),
+                    headers={"content-type": "application/x-ndjson"},
+                )
                 if r.status_code == 202:
                     told["labels"] += len(batch)
                 batch = []
