@@ -415,6 +415,8 @@ def shadowroute_config(
         f"listen: {{host: 127.0.0.1, port: {port}}}",
         f"admin: {{host: 127.0.0.1, port: {admin}}}",
         transport,
+        # each case a state file of its own (a file holds one config's evidence)
+        f"comparator: {{state_path: '{workdir / (name + '.sqlite')}'}}",
         "routes:",
         "  - name: bench",
         "    path_prefix: /",
