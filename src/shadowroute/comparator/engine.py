@@ -632,17 +632,7 @@ class Engine:
         seen: dict[tuple[str, str], bool] = {}
         """(key, candidate) of this batch's pairs: True once one joined a label."""
         duplicates = 0
-        # The first of the batch's identical records (first key, candidate, time) counts.
-        counted: dict[tuple[str, str, int], int] = {}
-        for idx, rec in enumerate(records):
-            if rec.candidate is not None:
-                counted.setdefault((rec.keys[0], rec.candidate, rec.ts), idx)
-        again_of = [
-            (rec.keys[0], rec.candidate)
-            for rec in records
-            if rec.candidate is not None and existing and (rec.keys[0], rec.candidate) in existing
-        ]
-        pending_ts = self.store.pending_ts(again_of) if again_of else {}
+        counted: set[tuple[str, str, int]] = set()  # (first key, candidate, time) seen
         again = 0
         for idx, rec in enumerate(records):
             keys = rec.keys
@@ -694,13 +684,15 @@ class Engine:
             # joined it), or earlier in this batch — is skipped whole (counts, rates, joins)
             # and counted, so no pair is counted twice within the TTL. Another request under
             # the same id (another time) is not this: see ``duplicate_ids`` below.
+            same = (first, cand, ts)
             if (
-                counted[(first, cand, ts)] != idx
-                or pending_ts.get((first, cand)) == ts
-                or _joined_by(first, f"{cand}/{ts}", fresh, stored)
+                same in counted
+                or (existing and (first, cand) in existing and self._pending_at(first, cand, ts))
+                or (has_labels and _joined_by(first, f"{cand}/{ts}", fresh, stored))
             ):
                 again += 1
                 continue
+            counted.add(same)
             pout, cout = rec.prod_output, rec.cand_output
             rows[(name, cand)].append(rec)
             if not pout or (not cout and rec.cand_error == "not_mirrored"):
@@ -738,6 +730,11 @@ class Engine:
             self._count(partition, "duplicate_pairs", again)
         for route_name, cand in rows:
             b.touched.add(("cand", route_name, cand, partition))
+
+    def _pending_at(self, key: str, slot: str, ts: int) -> bool:
+        """Whether the entry pending for (key, candidate slot) has this timestamp (asked only
+        for a key already pending for the slot: rare)."""
+        return self.store.pending_ts([(key, slot)]).get((key, slot)) == ts
 
     def _join_new(
         self, partition: int, route: Route, kind: str, key: str, entry: list[Any],
