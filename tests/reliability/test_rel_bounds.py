@@ -294,9 +294,18 @@ async def test_slowloris_heads_get_408_and_are_closed() -> None:
 
             tasks = [asyncio.get_running_loop().create_task(trickle(w)) for _, w in conns]
             t0 = time.perf_counter()
+
+            async def answer(r: asyncio.StreamReader) -> bytes:
+                # A client still writing when the proxy closes can get a reset before it reads
+                # the 408 (no lingering close): that connection was closed all the same.
+                try:
+                    return await r.read()
+                except ConnectionResetError:
+                    return b"(reset)"
+
             try:
                 async with asyncio.timeout(10):  # read each until the proxy closes it
-                    outs = await asyncio.gather(*(r.read() for r, _ in [*conns, silent]))
+                    outs = await asyncio.gather(*(answer(r) for r, _ in [*conns, silent]))
             finally:
                 closed_in = time.perf_counter() - t0
                 for t in tasks:
@@ -315,7 +324,8 @@ async def test_slowloris_heads_get_408_and_are_closed() -> None:
                 closed_within_s=round(closed_in, 2),
                 limits=limits(dp),
             )
-            assert statuses == {b"HTTP/1.1 408"}
+            assert b"HTTP/1.1 408" in statuses and statuses <= {b"HTTP/1.1 408", b"(reset)"}
+            assert outs[-1].startswith(b"HTTP/1.1 408")  # the silent one reads its answer
             assert closed_in < 5.0  # 1 s, checked every 0.5 s (slack for a loaded machine)
             assert limits(dp) == {"head_timeout": n + 1}
             assert ok.startswith(b"http/1.1 200")
