@@ -41,14 +41,8 @@ class BrokerError(RuntimeError):
 
 
 class KafkaBroker:
-    def __init__(
-        self,
-        data_dir: Path | None = None,
-        start_timeout_s: float = 90.0,
-        extra_props: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, data_dir: Path | None = None, start_timeout_s: float = 90.0) -> None:
         self._own_dir = data_dir is None
-        self.extra_props = dict(extra_props or {})
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="shadowroute-kafka-"))
         self.start_timeout_s = start_timeout_s
         self.port = 0
@@ -93,9 +87,7 @@ class KafkaBroker:
             self.port = kb.free_port()
             self.controller_port = kb.free_port()
             try:
-                self._props = kb.prepare(
-                    self._lib, self.data_dir, self.port, self.controller_port, self.extra_props
-                )
+                self._props = kb.prepare(self._lib, self.data_dir, self.port, self.controller_port)
             except RuntimeError as exc:
                 raise BrokerError(str(exc)) from exc
         assert self._lib is not None
@@ -163,12 +155,12 @@ class KafkaBroker:
 
 
 @contextlib.contextmanager
-def started_broker(extra_props: dict[str, str] | None = None) -> Iterator[KafkaBroker]:
+def started_broker() -> Iterator[KafkaBroker]:
     """A broker of the caller's own (free to stop, restart, pause or kill); a broker that
-    cannot start fails the test, never skips it. ``extra_props`` adds server settings."""
+    cannot start fails the test, never skips it."""
     import pytest
 
-    broker = KafkaBroker(extra_props=extra_props)
+    broker = KafkaBroker()
     try:
         broker.start()
     except Exception as exc:
