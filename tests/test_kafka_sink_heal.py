@@ -74,3 +74,44 @@ async def test_sink_replaces_a_producer_the_broker_no_longer_accepts(
     assert len(episodes) == 1, [r.getMessage() for r in episodes]
     recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
     assert len(recovered) == 1
+
+
+async def test_an_acknowledged_write_is_bounded_while_the_broker_hangs(tmp_path: Path) -> None:
+    """A label batch (``write_acked``) to a broker that stops answering (SIGSTOP) returns
+    within the ack bound with its records in the spool, the writes after it do not wait, and
+    everything reaches the topic once the broker answers again."""
+    import os
+    import signal
+    import time
+
+    with started_broker() as broker:
+        transport = _transport(broker.bootstrap, _prefix(), tmp_path / "spool", partitions=1)
+        await create_topics(transport)
+        sink = KafkaSink.for_labels(transport, retry_interval_s=0.2, ack_timeout_s=1.0)
+        await sink.start()
+        try:
+            assert await sink.write_acked(_records(10)) == 0, "acknowledged, nothing spooled"
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                began = time.monotonic()
+                spooled = await sink.write_acked(_records(10, start=10))
+                first_s = time.monotonic() - began
+                began = time.monotonic()
+                spooled_next = await sink.write_acked(_records(10, start=20))
+                next_s = time.monotonic() - began
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            assert spooled == 10 and spooled_next == 10
+            assert first_s < 1.0 + 0.75, first_s
+            assert next_s < 0.25, f"a write after a timed-out one waited {next_s:.2f} s"
+            assert not sink.connected
+            for _ in range(600):
+                if not sink.spool and sink.inflight_records == 0 and sink.connected:
+                    break
+                await asyncio.sleep(0.1)
+            got = await _consume(
+                broker.bootstrap, topic_name(transport.topic_prefix, "labels"), 30
+            )
+        finally:
+            await sink.close()
+    assert {m.key for m in got} == {k for k, _ in _records(30)}, "every record reached the topic"

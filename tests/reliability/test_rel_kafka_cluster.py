@@ -174,10 +174,14 @@ async def _load(port: int, admin: int, told: dict[str, int]) -> None:
                 told["answered"] += 1
                 batch.append(orjson.dumps({"id": rid, "label": float(i % 7) + 1.0}))
             if len(batch) >= LABEL_BATCH or (i == N_REQUESTS - 1 and batch):
+                sent_at = loop.time()
                 r = await c.post(
                     f"http://127.0.0.1:{admin}/v1/labels",
                     content=b"\n".join(batch),
                     headers={"content-type": "application/x-ndjson"},
+                )
+                told["label_answer_ms"] = max(
+                    told["label_answer_ms"], round((loop.time() - sent_at) * 1000)
                 )
                 if r.status_code == 202:
                     told["labels"] += len(batch)
@@ -227,7 +231,7 @@ async def _run_with_fault(
         )
         for (cmd, path), log in zip((("serve", sp), ("compare", cp)), logs, strict=True)
     ]
-    told = {"answered": 0, "labels": 0}
+    told = {"answered": 0, "labels": 0, "label_answer_ms": 0}
     try:
         await wait_ready(f"http://127.0.0.1:{serve_admin}/readyz", timeout=60)
         await wait_ready(f"http://127.0.0.1:{compare_admin}/readyz", timeout=60)
@@ -258,6 +262,7 @@ async def _run_with_fault(
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)
         for log in logs:
             log.close()
         await prod.stop()
@@ -285,6 +290,7 @@ def _check_exactly_once(result: dict[str, object], check: str) -> None:
         longest_delivery_stall_s=stalls,
         spool_kib_at_recovery=spool_kb,
         producer_replacements=log.count("replaced after"),
+        slowest_label_answer_ms=result["told"]["label_answer_ms"],  # type: ignore[index]
         comparator=result["decision"]
         and {
             k: result["decision"][k]

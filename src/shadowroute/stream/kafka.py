@@ -116,6 +116,7 @@ class KafkaSink:
         *,
         spool: Spool | None = None,
         enqueue_timeout_s: float = 0.5,
+        ack_timeout_s: float = 2.0,
         connect_timeout_s: float = 10.0,
         retry_interval_s: float = 1.0,
         close_timeout_s: float = 10.0,
@@ -130,6 +131,7 @@ class KafkaSink:
         self.headers = [("schema", schema)]
         self.spool = spool if spool is not None else Spool.from_config(transport.spool, topic)
         self.enqueue_timeout_s = enqueue_timeout_s
+        self.ack_timeout_s = ack_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.retry_interval_s = retry_interval_s
         self.close_timeout_s = close_timeout_s
@@ -375,15 +377,20 @@ class KafkaSink:
                 async with asyncio.timeout(self.enqueue_timeout_s):
                     await taken.wait()
 
-    async def write_acked(self, batch: Sequence[KeyValue], timeout_s: float = 10.0) -> int:
+    async def write_acked(self, batch: Sequence[KeyValue], timeout_s: float | None = None) -> int:
         """Write ``batch`` and return once every record is either acknowledged by the broker
         or in the spool (handed to the OS: a crash of this process loses none). Returns how
         many went to the spool. Raises ``OSError`` when the spool could not take them all.
 
-        A record whose acknowledgement does not come within ``timeout_s`` is spooled too, so
-        it may reach the topic twice (a consumer must treat a repeat as a duplicate)."""
+        The whole call takes at most about ``timeout_s`` (default ``ack_timeout_s``): records
+        the producer did not take or acknowledge by then are spooled, and the sink counts as
+        failing until an acknowledgement comes, so the writes after it go straight to the
+        spool instead of waiting too. A record spooled that way may reach the topic twice (a
+        consumer must treat a repeat as a duplicate)."""
         if not batch:
             return 0
+        wait_s = self.ack_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
         dropped = self.records_dropped
         producer = self._producer
         failed: list[KeyValue] = []
@@ -391,23 +398,32 @@ class KafkaSink:
             self._spool_pending()
             failed = list(batch)
         else:
+            generation = self._generation
             parts = producer.client.cluster.partitions_for_topic(self.topic)
             if parts:
                 self._num_partitions = len(parts)
             handed: list[tuple[asyncio.Future[Any], list[KeyValue]]] = []
             for partition, chunk in self._group(batch):
+                left = max(0.0, deadline - time.monotonic())
                 took, rest = await self._hand_over(
-                    producer, partition, chunk, self.enqueue_timeout_s
+                    producer, partition, chunk, min(self.enqueue_timeout_s, left)
                 )
                 handed += took
                 failed += rest
             if handed:
-                done, _ = await asyncio.wait([f for f, _ in handed], timeout=timeout_s)
+                left = max(0.0, deadline - time.monotonic())
+                done, late = await asyncio.wait([f for f, _ in handed], timeout=left)
                 for fut, records in handed:
                     if fut in done and not fut.cancelled() and fut.exception() is None:
                         self.records_sent += len(records)
                     else:
                         failed += records
+                if late:
+                    self._delivery_failed(
+                        TimeoutError(f"no acknowledgement within {wait_s:g} s"), generation
+                    )
+            if not failed and handed:
+                self._accepted()
         if failed:
             self._to_spool(failed)
         if self.records_dropped > dropped:
