@@ -579,3 +579,15 @@ def test_redact_edge_cases() -> None:
     assert redact_input("text", ["a"], (), SALT) == "text"
     assert redact_input([{"a": 1, "b": 2}], ["a"], (), SALT) == [{"b": 2}]
     assert redact_input({"a": [1]}, ["a.b"], (), SALT) == {"a": [1]}
+
+
+def test_request_id_check_is_exactly_printable_ascii_without_space() -> None:
+    """``is_valid_id`` accepts exactly what ``[!-~]{1,256}`` matches: every character of the
+    Latin-1 range and a few beyond, alone and inside an otherwise good id, and the bounds."""
+    import re
+
+    pattern = re.compile(r"[!-~]{1,256}")
+    cases = ["", "x" * 256, "x" * 257, "a b", "é", "ok", "\u2028", "a\u00a0b", "🙂"]
+    cases += [chr(c) for c in range(0, 0x250)] + [f"id{chr(c)}x" for c in range(0, 0x250)]
+    for value in cases:
+        assert is_valid_id(value) == (pattern.fullmatch(value) is not None), repr(value)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -64,6 +64,9 @@ from shadowroute.core.revision import Identity, describe, revision_id, slot_name
 log = logging.getLogger("shadowroute.comparator")
 
 __all__ = ["DeadLetter", "Engine", "StateKey", "label_keys", "label_partition_key"]
+
+_NO_KEY: Final = ("", "")
+"""Stands in for a (key, candidate) pair not needed (nothing to check it against)."""
 
 _Entry = tuple[str, int, int, Any, Any, int]
 """A new pending entry: (route, expires, pair ts, production output, candidate output or
@@ -171,7 +174,8 @@ class Engine:
         ``refused:<reason>`` (a dead letter: unparseable, unknown route, ``ts_in_future``,
         ``backlog_full``)."""
         self._label_idx: list[int] = []
-        self._fresh_idx: dict[str, int] = {}
+        self._fresh_first: dict[str, int] = {}
+        """The batch position (in ``_label_idx``) of each fresh label's first record."""
         self.states: dict[StateKey, Any] = {}
         self.evicted: list[StateKey] = []
         """States dropped (``MAX_REVISIONS``) and committed, not yet taken by the reader side
@@ -428,6 +432,10 @@ class Engine:
     ) -> list[Pair]:
         out: list[Pair] = []
         cands = self._cands
+        # Consecutive records nearly always name the same route, candidate and revisions:
+        # the slot of the last one is reused without a lookup (equal values, same slot).
+        last: tuple[str, str, Identity | None, Identity] | None = None
+        last_slot = ""
         for key, value in pairs:
             try:
                 rec = read_pair(value)
@@ -443,7 +451,18 @@ class Engine:
                 if cand not in names:
                     dead.append((key, value, "unknown_candidate"))
                     continue
-                rec.candidate = self._slot(rec.route, cand, rec.cand_ident, rec.prod_ident)
+                if (
+                    last is not None
+                    and last[1] == cand
+                    and last[0] == rec.route
+                    and last[2] == rec.cand_ident
+                    and last[3] == rec.prod_ident
+                ):
+                    rec.candidate = last_slot
+                else:
+                    last = (rec.route, cand, rec.cand_ident, rec.prod_ident)
+                    last_slot = self._slot(rec.route, cand, rec.cand_ident, rec.prod_ident)
+                    rec.candidate = last_slot
             out.append(rec)
         return out
 
@@ -530,7 +549,7 @@ class Engine:
             if kind == PROD:
                 new.prod_done = True
         self._count(partition, "labels", len(fresh))
-        self._fresh_idx = {k: idx[firsts[k]] for k in fresh}
+        self._fresh_first = firsts
         return fresh, prod_pending
 
     def _store_labels(
@@ -549,7 +568,8 @@ class Engine:
             counter = _waiting(lab.route)
             if part.get(counter, 0) >= self.max_waiting:
                 del fresh[key]
-                self.label_outcomes[self._fresh_idx[key]] = "refused:backlog_full"
+                at = self._label_idx[self._fresh_first[key]]
+                self.label_outcomes[at] = "refused:backlog_full"
                 dead.append((key.encode(), _label_bytes_of(lab), "label:backlog_full"))
             else:
                 part[counter] = part.get(counter, 0) + 1
@@ -601,18 +621,28 @@ class Engine:
         if not records:
             return
         lookup: dict[str, None] = {}
+        batch_keys: set[str] = set()
+        n_keys = 0
         for rec in records:
             out = rec.prod_output
             rid = rec.id
             if not out or len(out) == 1:
                 rec.keys = [rid]
+                batch_keys.add(rid)
+                n_keys += 1
                 if rid not in fresh:
                     lookup[rid] = None
                 continue
             rec.keys = keys = label_keys(rid, len(out))
+            batch_keys.update(keys)
+            n_keys += len(keys)
             for k in keys:
                 if k not in fresh:
                     lookup[k] = None
+        # No key twice in the batch (the common case): no record can repeat another of this
+        # batch, so the per-(key, candidate) bookkeeping below is skipped.
+        repeats = len(batch_keys) != n_keys
+        del batch_keys
         wanted = list(lookup)
         stored = self.store.labels_for(wanted) if wanted else {}
         in_store = self.store.pending_kinds(wanted) if wanted else set()
@@ -632,26 +662,45 @@ class Engine:
         seen: dict[tuple[str, str], bool] = {}
         """(key, candidate) of this batch's pairs: True once one joined a label."""
         duplicates = 0
-        counted: set[tuple[str, str, int]] = set()  # (first key, candidate, time) seen
+        firsts: dict[tuple[str, str], int] = {}
+        """(first key, candidate) of this batch's pair records: the time of the first."""
+        more: set[tuple[str, str, int]] = set()  # (first key, candidate, time) of the others
         again = 0
+        span_route: str | None = None
+        span_ident: Identity = (None, None, None)
+        span: list[int] = []
+        track = repeats or bool(existing)  # (key, candidate) pairs are looked up at all
         for idx, rec in enumerate(records):
             keys = rec.keys
             name = rec.route
             route = routes[name]
             ts = rec.ts
-            span = prod_revs[name].get(rec.prod_ident)
-            if span is None:
-                prod_revs[name][rec.prod_ident] = [ts, ts]
-            elif ts < span[0]:
+            ident = rec.prod_ident
+            if span_route is None or name != span_route or ident != span_ident:
+                span_route, span_ident = name, ident
+                got = prod_revs[name].get(ident)
+                if got is None:
+                    got = prod_revs[name][ident] = [ts, ts]
+                span = got
+            if ts < span[0]:
                 span[0] = ts
             elif ts > span[1]:
                 span[1] = ts
             expires = ts + ttl_ms[name]
             first = keys[0]
+            # the label under the first key, if any: new in this batch or stored (a key is
+            # looked up in the store only when the batch has no label for it)
+            new0: Label | None = None
+            old0: LabelRow | None = None
+            if has_labels:
+                new0 = fresh.get(first)
+                if new0 is None:
+                    old0 = stored.get(first)
             monitored = first in prod_seen
             if not monitored:
-                lab0 = (fresh.get(first) or stored.get(first)) if has_labels else None
-                monitored = lab0 is not None and lab0.prod_done
+                monitored = (new0 is not None and new0.prod_done) or (
+                    old0 is not None and old0.prod_done
+                )
                 if not monitored:
                     # production's own monitoring, once per request (the first record seen)
                     prod_seen.update(keys)
@@ -684,15 +733,22 @@ class Engine:
             # joined it), or earlier in this batch — is skipped whole (counts, rates, joins)
             # and counted, so no pair is counted twice within the TTL. Another request under
             # the same id (another time) is not this: see ``duplicate_ids`` below.
-            same = (first, cand, ts)
+            fc = (first, cand) if track else _NO_KEY
+            prev = firsts.get(fc) if repeats else None
             if (
-                same in counted
-                or (existing and (first, cand) in existing and self._pending_at(first, cand, ts))
-                or (has_labels and _joined_by(first, f"{cand}/{ts}", fresh, stored))
+                (prev is not None and (prev == ts or (first, cand, ts) in more))
+                or (existing and fc in existing and self._pending_at(first, cand, ts))
+                or (new0 is not None and new0.slots and _joined_at(new0.slots, cand, ts))
+                or (old0 is not None and old0.slots and _joined_at(old0.slots, cand, ts))
             ):
                 again += 1
                 continue
-            counted.add(same)
+            if not repeats:
+                pass
+            elif prev is None:
+                firsts[fc] = ts
+            else:
+                more.add((first, cand, ts))
             pout, cout = rec.prod_output, rec.cand_output
             rows[(name, cand)].append(rec)
             if not pout or (not cout and rec.cand_error == "not_mirrored"):
@@ -706,24 +762,25 @@ class Engine:
                 # or joined, or came earlier in this batch: counted and kept out of the
                 # evidence (docs/comparator.md "Duplicate request ids"). Of two pending in
                 # one batch, the row that sorts first stays, as a replay would keep it.
-                kc = (key, cand)
-                entry = (name, expires, ts, pout[i], c, idx)
+                kc = fc if i == 0 or not track else (key, cand)
                 if existing and kc in existing:
                     duplicates += 1
                     continue
-                done = seen.get(kc)
+                done = seen.get(kc) if repeats else None
                 if done is not None:
                     duplicates += 1
                     if not done:
-                        _pend(pending, key, cand, entry)
+                        _pend(pending, key, cand, (name, expires, ts, pout[i], c, idx))
                     continue
                 if has_labels and self._join_new(
                     partition, route, cand, key, [ts, pout[i], c], fresh, stored, b
                 ):
-                    seen[kc] = True
+                    if repeats:
+                        seen[kc] = True
                     continue
-                seen[kc] = False
-                _pend(pending, key, cand, entry)
+                if repeats:
+                    seen[kc] = False
+                _pend(pending, key, cand, (name, expires, ts, pout[i], c, idx))
         if duplicates:
             self._count(partition, "duplicate_ids", duplicates)
         if again:
@@ -920,16 +977,9 @@ def _label_json(label: Any) -> str:
     return _dumps(label)
 
 
-def _joined_by(
-    key: str, slot: str, fresh: Mapping[str, Label], stored: Mapping[str, LabelRow]
-) -> bool:
-    """Whether the label under ``key`` (new in this batch, or stored) was joined by the entry
-    ``slot`` (``<candidate slot>/<ts>``)."""
-    new = fresh.get(key)
-    if new is not None and slot in new.slots:
-        return True
-    old = stored.get(key)
-    return old is not None and slot in old.slots
+def _joined_at(slots: Collection[str], cand: str, ts: int) -> bool:
+    """Whether ``slots`` (a label's ``<candidate slot>/<ts>`` joins) holds this entry."""
+    return f"{cand}/{ts}" in slots
 
 
 def _joinable(label_route: str | None, label_ts: int, route: Route, pair_ts: int) -> bool:

@@ -77,7 +77,14 @@ MAX_URL: Final = 2048
 MAX_REVISION: Final = 256
 """Longest ``revision`` of a side (longer: ``bad_value``); the config and the API bound it
 alike."""
-_ID: Final = re.compile(rf"[!-~]{{1,{_MAX_ID}}}")
+
+
+def _id_ok(value: str) -> bool:
+    """1-256 characters from ``!`` to ``~`` (printable ASCII, no space): the same test as
+    ``re.fullmatch("[!-~]{1,256}")``, without a regex on every record."""
+    return (
+        0 < len(value) <= _MAX_ID and value.isascii() and value.isprintable() and (" " not in value)
+    )
 
 
 class RecordError(ValueError):
@@ -90,7 +97,7 @@ class RecordError(ValueError):
 
 def is_valid_id(value: object) -> bool:
     """A request id: 1-256 printable ASCII characters, no spaces or control characters."""
-    return isinstance(value, str) and _ID.fullmatch(value) is not None
+    return isinstance(value, str) and _id_ok(value)
 
 
 @dataclass(slots=True)
@@ -269,7 +276,7 @@ def fast_pair_fields(obj: dict[str, Any]) -> PairFields | None:
         type(version) is int
         and version == SCHEMA_VERSION
         and type(rid) is str
-        and _ID.fullmatch(rid) is not None
+        and _id_ok(rid)
         and type(route) is str
         and route
         and type(ts) is int
@@ -455,10 +462,7 @@ def fast_label_fields(
     ts = obj.get("ts", _ABSENT)
     route = obj.get("route")
     if not (
-        type(version) is int
-        and version == SCHEMA_VERSION
-        and type(rid) is str
-        and _ID.fullmatch(rid) is not None
+        type(version) is int and version == SCHEMA_VERSION and type(rid) is str and _id_ok(rid)
     ):
         return None
     kind = type(label)
