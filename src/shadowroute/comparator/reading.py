@@ -19,7 +19,7 @@ the same values.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from shadowroute.core.records import (
     LabelRecord,
@@ -35,6 +35,8 @@ from shadowroute.core.revision import Identity
 __all__ = ["Label", "Pair", "read_label", "read_pair"]
 
 _NO_IDENT: Identity = (None, None, None)
+_NO_KEYS: Final[list[str]] = []
+"""A new pair's label keys until the engine sets them (shared: never appended to)."""
 
 
 class Pair:
@@ -78,7 +80,7 @@ class Pair:
         self.cand_latency = cand_latency
         self.cand_output = cand_output
         self.input = doc
-        self.keys: list[str] = []
+        self.keys: list[str] = _NO_KEYS  # set by the engine before any use
         self.prod_ident: Identity = _NO_IDENT
         self.cand_ident: Identity | None = None
 
