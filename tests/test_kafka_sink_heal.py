@@ -109,9 +109,7 @@ async def test_an_acknowledged_write_is_bounded_while_the_broker_hangs(tmp_path:
                 if not sink.spool and sink.inflight_records == 0 and sink.connected:
                     break
                 await asyncio.sleep(0.1)
-            got = await _consume(
-                broker.bootstrap, topic_name(transport.topic_prefix, "labels"), 30
-            )
+            got = await _consume(broker.bootstrap, topic_name(transport.topic_prefix, "labels"), 30)
         finally:
             await sink.close()
     assert {m.key for m in got} == {k for k, _ in _records(30)}, "every record reached the topic"
