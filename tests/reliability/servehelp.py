@@ -100,8 +100,8 @@ def write_config(tmp_path: Path, cfg: dict[str, Any]) -> tuple[Path, int, int]:
     full = {
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
-        "comparator": {"state_path": str(tmp_path / "state.sqlite")},
         **cfg,
+        "comparator": {"state_path": str(tmp_path / "state.sqlite"), **cfg.get("comparator", {})},
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(full))

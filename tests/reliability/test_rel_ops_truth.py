@@ -8,13 +8,15 @@ real model servers, and reads it back through ``/metrics`` or the API:
   record built is either delivered or counted in ``shadowroute_records_dropped_total``;
 - a candidate's open circuit breaker: ``shadowroute_circuit_open`` has its series;
 - ``mirror.enabled: false``: ``GET /v1/mirroring`` and the metric say so;
-- orphans expire on the embedded comparator's clock when the stream goes quiet.
+- orphans expire on the embedded comparator's clock when the stream goes quiet, and on the
+  Kafka comparator's with ``comparator.idle_expiry_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +25,8 @@ import orjson
 import pytest
 from servehelp import Samples, free_port, route, running, send_requests, series, value
 
+from shadowroute.core.config import Transport
+from shadowroute.stream.kafka import create_topics
 from upstreams import ModelServer, Reply, Seen
 
 LAYOUTS = [0, 1, 2]
@@ -249,3 +253,49 @@ async def test_orphans_expire_when_the_stream_goes_quiet(
     assert value(s, "shadowroute_orphan_pairs_total", route="r", candidate="c") == 5
     assert value(s, "shadowroute_orphan_labels_total") == 1
     print(f"workers={workers}: orphans counted {waited:.1f} s after the last record (TTL 1 s)")
+
+
+@pytest.mark.kafka
+async def test_kafka_comparator_expires_idle_partitions_with_idle_expiry(
+    kafka_bootstrap: str, model: ModelServer, tmp_path: Path
+) -> None:
+    """``serve`` and ``compare`` over the real broker, ``comparator.idle_expiry_s`` 1 s and a
+    TTL of 1 s: 5 pairs without labels and a label without its pair, then nothing. The
+    comparator, read to the end of its partitions, expires them on its clock."""
+    prefix = "ox" + uuid.uuid4().hex[:8]
+    await create_topics(Transport(kind="kafka", bootstrap=kafka_bootstrap, topic_prefix=prefix))
+    cfg = {
+        "transport": {
+            "kind": "kafka",
+            "bootstrap": kafka_bootstrap,
+            "topic_prefix": prefix,
+            "linger_ms": 5,
+            "spool": {"path": str(tmp_path / "spool")},
+        },
+        "comparator": {"idle_expiry_s": 1.0},
+        "routes": [route(model.url, [{"name": "c", "url": model.url}], label_ttl_s=1.0)],
+    }
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "compare").mkdir()
+    async with (
+        running(tmp_path / "serve", cfg, ["serve"], ready_timeout_s=60) as served,
+        running(tmp_path / "compare", cfg, ["compare"], ready_timeout_s=60) as compare,
+    ):
+        assert await send_requests(served.proxy, 5) == [200] * 5
+        async with httpx.AsyncClient(base_url=compare.api, timeout=20) as c:
+            label = {"v": 1, "id": "never-requested", "label": 1.0, "ts": int(time.time() * 1000)}
+            r = await c.post("/v1/labels", json=[label])
+            assert r.status_code == 202, r.text
+        t0 = time.monotonic()
+        s = await compare.until(
+            lambda s: (
+                value(s, "shadowroute_orphan_pairs_total", candidate="c") == 5
+                and value(s, "shadowroute_orphan_labels_total") == 1
+            ),
+            timeout_s=30,
+        )
+        waited = time.monotonic() - t0
+    assert value(s, "shadowroute_candidate_pairs_total", candidate="c") == 5, compare.output()
+    assert value(s, "shadowroute_orphan_pairs_total", route="r", candidate="c") == 5
+    assert value(s, "shadowroute_orphan_labels_total") == 1
+    print(f"kafka: orphans counted {waited:.1f} s after the last record (TTL 1 s, idle 1 s)")

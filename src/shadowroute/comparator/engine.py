@@ -358,14 +358,17 @@ class Engine:
             self.version += 1
         return dead
 
-    def expire(self, partition: int) -> bool:
-        """Expire, by the clock, the pending sides of a partition whose TTL ended, with no
-        record to process: what keeps orphans counted when a stream goes quiet. Commits the
-        states it changed; the positions stay. False (nothing done) without a clock or when
-        nothing is due."""
-        if self.clock is None:
+    def expire(self, partition: int, now_ms: int | None = None) -> bool:
+        """Expire, by the clock (or at ``now_ms``), the pending sides of a partition whose TTL
+        ended, with no record to process: what keeps orphans counted when a stream goes quiet.
+        Commits the states it changed; the positions stay. False (nothing done) without a
+        clock or a time, or when nothing is due."""
+        if now_ms is not None:
+            now = now_ms
+        elif self.clock is not None:
+            now = self.clock()
+        else:
             return False
-        now = self.clock()
         pos = self.position(partition)
         if not self.store.any_expired(partition, max(pos.labels_wm, now), max(pos.pairs_wm, now)):
             return False
@@ -374,7 +377,7 @@ class Engine:
             batch.touched.add(("part", "", "", partition))
             self.store.begin()
             try:
-                self._expire(partition, pos, batch)
+                self._expire(partition, pos, batch, now)
                 serialised = {key: _to_dict(self.states[key]) for key in batch.touched}
                 self.store.put_states([(*k, orjson.dumps(d)) for k, d in serialised.items()])
                 self.store.commit()
@@ -847,8 +850,8 @@ class Engine:
                 [t for t, _, _ in items], [t for _, t, _ in items], [x for _, _, x in items]
             )
 
-    def _expire(self, partition: int, pos: Positions, b: _Batch) -> None:
-        now = self.clock() if self.clock is not None else 0
+    def _expire(self, partition: int, pos: Positions, b: _Batch, at: int | None = None) -> None:
+        now = at if at is not None else self.clock() if self.clock is not None else 0
         orphans: dict[tuple[str, str], int] = defaultdict(int)
         for kind, route, cand in self.store.expire_pending(partition, max(pos.labels_wm, now)):
             orphans[(route, kind)] += 1
