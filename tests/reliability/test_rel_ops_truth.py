@@ -219,7 +219,11 @@ async def test_mirroring_disabled_in_config_says_false(
                 await served.until(lambda s: value(s, "shadowroute_mirroring_enabled") == 1)
                 await asyncio.sleep(0.3)  # the workers read the control frame
                 assert await send_requests(served.proxy, 10) == [200] * 10
-                assert len(cand.seen) == 10
+                s = await served.until(
+                    lambda s: value(s, "shadowroute_mirror_requests_total", outcome="ok") == 10
+                )
+                assert value(s, "shadowroute_mirror_requests_total", outcome="disabled") == 10
+                assert len(cand.seen) == 10  # mirrors go out after the client's answer
     finally:
         await cand.stop()
 
