@@ -152,6 +152,35 @@ def test_injected_clock_expires_without_records(tmp_path: Path) -> None:
     assert engine.states[("prod", ROUTE, "", 0)].counts["unlabelled_expired"] == 1  # type: ignore[attr-defined]
 
 
+def test_expire_counts_orphans_by_the_clock_alone(tmp_path: Path) -> None:
+    """``Engine.expire``: no batch, no position moved; only what is due, committed (a
+    reopened engine sees it); nothing done without a clock or before the TTL ends."""
+    now = [T0]
+    path = tmp_path / "s.sqlite"
+    engine = _engine(path, cfg={"ttl_s": 10.0}, clock=lambda: now[0])
+    engine.process(0, [(b"a", pair("a", T0, [1], [1]))], [LabelRecord("zzz", 1, T0 + 5_000)])
+    pos = engine.position(0)
+    before = (pos.pairs, pos.labels, pos.pairs_wm, pos.labels_wm)
+    assert engine.expire(0) is False  # nothing due yet
+    now[0] = T0 + 10_001
+    version = engine.version
+    assert engine.expire(0) is True
+    assert engine.version == version + 1
+    assert engine.store.pending_count() == 0 and engine.store.label_count() == 1
+    assert _cand(engine).count("orphan_pairs") == 1
+    now[0] = T0 + 15_001
+    assert engine.expire(0) is True
+    assert engine.states[("part", "", "", 0)]["orphan_labels"] == 1
+    assert engine.expire(0) is False  # nothing left
+    pos = engine.position(0)
+    assert (pos.pairs, pos.labels, pos.pairs_wm, pos.labels_wm) == before
+    engine.store.close()
+    reopened = _engine(path, cfg={"ttl_s": 10.0}, clock=None)
+    assert _cand(reopened).count("orphan_pairs") == 1
+    assert reopened.states[("part", "", "", 0)]["orphan_labels"] == 1
+    assert reopened.expire(0) is False  # no clock: record time only (Kafka)
+
+
 def test_dead_letters_and_the_stream_goes_on(tmp_path: Path) -> None:
     got: list[tuple[bytes, bytes, str]] = []
     engine = _engine(tmp_path / "s.sqlite", dead_letters=got.extend)

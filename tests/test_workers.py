@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from proxyutil import wait_ready
+from shadowroute.dataplane.stats import DataPlaneStats
 from upstreams import ModelServer
 
 
@@ -175,3 +176,53 @@ async def test_workers_exit_when_the_supervisor_dies(prod: ModelServer, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class _FailingSink:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, batch: object) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(28, "No space left on device")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_supervisor_pump_counts_a_failed_sink_write_and_goes_on() -> None:
+    """The supervisor's side of a worker channel: a sink write that raises is counted as
+    ``sink_failed`` (and the next frames are still read); the workers' record losses and
+    circuits are merged from their snapshots (a circuit is open where any worker has it
+    open)."""
+    from shadowroute.workers import WorkerSet, encode_frame, encode_records
+
+    def snapshot(flow: dict[str, object], circuits: list[list[object]]) -> bytes:
+        doc = {"ready": True, "stats": DataPlaneStats().snapshot(), "records": flow}
+        return encode_frame(b"S", orjson.dumps({**doc, "circuits": circuits}))
+
+    ws = WorkerSet(2, mirroring=False)
+    assert ws.mirroring is False
+    sink = _FailingSink()
+    readers = [asyncio.StreamReader(), asyncio.StreamReader()]
+    readers[0].feed_data(encode_frame(b"R", encode_records([(b"a", b"1"), (b"b", b"2")])))
+    readers[0].feed_data(encode_frame(b"R", encode_records([(b"c", b"3")])))
+    readers[0].feed_data(
+        snapshot({"queue_depth": 3, "dropped": {"queue_full": 2}}, [["r", "c", True]])
+    )
+    readers[1].feed_data(
+        snapshot({"queue_depth": 1, "dropped": {"queue_full": 1}}, [["r", "c", False]])
+    )
+    for r in readers:
+        r.feed_eof()
+    await asyncio.gather(*(ws.pump(i, r, sink) for i, r in enumerate(readers)))
+    assert sink.calls == 2  # the pump went on after the failure
+    flow = ws.records()
+    assert flow.queue_depth == 4
+    assert flow.dropped == {"queue_full": 3, "sink_failed": 2}
+    assert ws.circuits() == [("r", "c", True)]
+    assert ws.ready()

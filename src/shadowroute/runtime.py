@@ -16,7 +16,12 @@ from aiohttp import web
 from shadowroute import build_info
 from shadowroute.api.app import ControlContext, create_app
 from shadowroute.api.labels import LabelWriter, SinkLabelWriter, label_routes
-from shadowroute.api.metrics import DataPlaneCollector, KafkaSinkCollector, new_registry
+from shadowroute.api.metrics import (
+    DataPlaneCollector,
+    KafkaSinkCollector,
+    RecordFlow,
+    new_registry,
+)
 from shadowroute.api.scorecard import scorecard_routes
 from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.embedded import Comparator
@@ -66,20 +71,41 @@ def admin_port(runner: web.AppRunner) -> int:
     return int(server[1])
 
 
-def dataplane_context(config: Config, dp: DataPlane) -> ControlContext:
+def dataplane_flow(dp: DataPlane) -> RecordFlow:
+    """The data plane's record queue depth and the records it lost (queue full, sink write
+    failed, record not built)."""
+    q = dp.queue
+    flow = RecordFlow(len(q))
+    flow.dropped["queue_full"] = q.dropped_total - q.failed_total
+    flow.dropped["sink_failed"] = q.failed_total
+    flow.dropped["build_failed"] = dp.proxy.recorder.build_failed if dp.proxy else 0
+    return flow
+
+
+def spool_losses(flow: RecordFlow, pair_sinks: Sequence[KafkaSink]) -> RecordFlow:
+    """``flow`` plus the pair records the Kafka sinks could not keep (spool full)."""
+    for s in pair_sinks:
+        flow.dropped["spool_full"] += s.records_dropped
+    return flow
+
+
+def dataplane_circuits(dp: DataPlane) -> list[tuple[str, str, bool]]:
+    """(route, candidate, open) for every candidate of the data plane."""
+    if dp.proxy is None:
+        return []
+    return [(t.route, t.name, t.breaker.state != "closed") for t in dp.proxy.targets()]
+
+
+def dataplane_context(
+    config: Config, dp: DataPlane, pair_kafka: Sequence[KafkaSink] = ()
+) -> ControlContext:
     registry = new_registry()
-
-    def circuits() -> list[tuple[str, str, bool]]:
-        if dp.proxy is None:
-            return []
-        return [(t.route, t.name, t.breaker.state != "closed") for t in dp.proxy.targets()]
-
     registry.register(
         DataPlaneCollector(
             lambda: dp.stats,
-            dp.queue,
+            lambda: spool_losses(dataplane_flow(dp), pair_kafka),
             lambda: dp.proxy.mirroring if dp.proxy else False,
-            circuits,
+            lambda: dataplane_circuits(dp),
         )
     )
     return ControlContext(
@@ -192,6 +218,7 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
         label_writer = SinkLabelWriter(kafka_labels)
     try:
         sink, kafka = pair_sinks(config, extra)
+        pair_kafka = list(kafka)
         if kafka_labels is not None:
             kafka.append(kafka_labels)
         dp = DataPlane(
@@ -201,7 +228,9 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
         )
         await dp.start()
         try:
-            ctx = control_plane(config, dataplane_context(config, dp), comparator, label_writer)
+            ctx = control_plane(
+                config, dataplane_context(config, dp, pair_kafka), comparator, label_writer
+            )
             if kafka:
                 ctx.registry.register(kafka_collector(kafka))
             async with admin_server(ctx, config.admin.host, config.admin.port) as runner:

@@ -5,9 +5,15 @@ one data plane and ships its records and a counter snapshot to the supervisor ov
 socket pair; the supervisor sends control messages (the mirroring switch) the other way.
 
 Frames: 4-byte big-endian length, 1-byte type, payload. Types: ``R`` a record batch
-(repeated 4-byte key length, key, 4-byte value length, value), ``S`` a JSON counter snapshot,
-``M`` mirroring on/off (payload ``1``/``0``), ``V`` a model's revision (JSON
+(repeated 4-byte key length, key, 4-byte value length, value), ``S`` a JSON counter snapshot
+(``ready``; ``stats``, the data plane's counters; ``records``, its record queue depth and the
+records it lost by reason; ``circuits``, ``[route, candidate, open]`` per candidate), ``M``
+mirroring on/off (payload ``1``/``0``), ``V`` a model's revision (JSON
 ``[route, model, revision or null]``).
+
+The supervisor's /metrics adds the workers' counters up; a circuit is open there when it is
+open in any worker; the records lost are the workers' plus the supervisor's own (a sink write
+that failed, the Kafka spool full).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import orjson
 
 from shadowroute import build_info
+from shadowroute.api.metrics import RecordFlow, max_circuits
 from shadowroute.core.config import Config
 from shadowroute.core.revision import LiveRevisions
 from shadowroute.dataplane.server import DataPlane, check_port_free, listen_socket
@@ -84,6 +91,8 @@ class PipeSink:
 
 
 async def _worker(config: Config, chan: socket.socket, index: int) -> None:
+    from shadowroute.runtime import dataplane_circuits, dataplane_flow, freeze_startup_heap
+
     reader, writer = await asyncio.open_unix_connection(sock=chan)
     stats = DataPlaneStats()
     dp = DataPlane(
@@ -93,8 +102,6 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
         stats=stats,
     )
     await dp.start()
-    from shadowroute.runtime import freeze_startup_heap
-
     freeze_startup_heap()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -111,10 +118,18 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
                 dp.set_revision(route, model, revision)
         stop.set()  # supervisor gone
 
+    def snapshot(ready: bool) -> bytes:
+        snap = {
+            "ready": ready,
+            "stats": stats.snapshot(),
+            "records": dataplane_flow(dp).to_json(),
+            "circuits": dataplane_circuits(dp),
+        }
+        return encode_frame(b"S", orjson.dumps(snap))
+
     async def report() -> None:
         while True:
-            snap = {"ready": dp.ready, "stats": stats.snapshot()}
-            writer.write(encode_frame(b"S", orjson.dumps(snap)))
+            writer.write(snapshot(dp.ready))
             await asyncio.sleep(0.5)
 
     tasks = [loop.create_task(control()), loop.create_task(report())]
@@ -124,7 +139,7 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
         t.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await t
-    writer.write(encode_frame(b"S", orjson.dumps({"ready": False, "stats": stats.snapshot()})))
+    writer.write(snapshot(False))
     await writer.drain()
     writer.close()
     log.info("worker %d stopped", index)
@@ -145,12 +160,17 @@ def _worker_main(
 class WorkerSet:
     """The supervisor's view of its workers: merged counters, readiness, control."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, mirroring: bool = True) -> None:
         self.n = n
         self.snapshots: dict[int, dict[str, Any]] = {}
+        self.flows: dict[int, RecordFlow] = {}
+        self.circuit_states: dict[int, list[tuple[str, str, bool]]] = {}
         self.ready_flags: dict[int, bool] = {}
         self.writers: dict[int, asyncio.StreamWriter] = {}
-        self.mirroring = True
+        self.mirroring = mirroring
+        """The switch as the workers have it: they start from ``mirror.enabled`` too."""
+        self.sink_failed = 0
+        """Records the supervisor's sink failed to take (a write that raised)."""
         self.stopping = False
         self.revisions: LiveRevisions | None = None
 
@@ -159,6 +179,17 @@ class WorkerSet:
         for snap in self.snapshots.values():
             total.add_snapshot(snap)
         return total
+
+    def records(self) -> RecordFlow:
+        """The workers' record queues and losses, plus the records this process lost."""
+        total = RecordFlow()
+        for flow in self.flows.values():
+            total.add(flow)
+        total.dropped["sink_failed"] += self.sink_failed
+        return total
+
+    def circuits(self) -> list[tuple[str, str, bool]]:
+        return max_circuits(self.circuit_states.values())
 
     def ready(self) -> bool:
         if self.stopping:
@@ -180,10 +211,22 @@ class WorkerSet:
         while (frame := await read_frame(reader)) is not None:
             kind, payload = frame
             if kind == b"R":
-                await sink.write(decode_records(payload))
+                batch = decode_records(payload)
+                try:
+                    await sink.write(batch)
+                except Exception:
+                    # Counted and logged; the worker's records keep flowing (a pump that
+                    # stopped here would fill the pipe and the worker's queue, unseen).
+                    self.sink_failed += len(batch)
+                    log.exception("sink write failed; %d records dropped", len(batch))
             elif kind == b"S":
                 doc = orjson.loads(payload)
                 self.snapshots[index] = doc["stats"]
+                if "records" in doc:
+                    self.flows[index] = RecordFlow.from_json(doc["records"])
+                self.circuit_states[index] = [
+                    (str(r), str(c), bool(o)) for r, c, o in doc.get("circuits", ())
+                ]
                 self.ready_flags[index] = bool(doc["ready"])
 
 
@@ -202,7 +245,7 @@ async def supervise(config: Config, n: int) -> None:
         # A configuration error stops us before any worker exists.
         await runtime.verify_kafka_topics(config)
     ctx_mp = multiprocessing.get_context("fork")
-    workers = WorkerSet(n)
+    workers = WorkerSet(n, mirroring=config.mirror.enabled)
     workers.revisions = LiveRevisions(config)
     procs = []
     pumps = []
@@ -234,6 +277,7 @@ async def supervise(config: Config, n: int) -> None:
         await kafka_labels.start()
         labels = SinkLabelWriter(kafka_labels)
     sink, kafka = runtime.pair_sinks(config, extra)
+    pair_kafka = list(kafka)
     if kafka_labels is not None:
         kafka.append(kafka_labels)
     await sink.start()
@@ -243,7 +287,12 @@ async def supervise(config: Config, n: int) -> None:
         pumps.append(asyncio.get_running_loop().create_task(workers.pump(i, reader, sink)))
     registry = new_registry()
     registry.register(
-        DataPlaneCollector(workers.stats, None, lambda: workers.mirroring, lambda: [])
+        DataPlaneCollector(
+            workers.stats,
+            lambda: runtime.spool_losses(workers.records(), pair_kafka),
+            lambda: workers.mirroring,
+            workers.circuits,
+        )
     )
     ctx = ControlContext(
         config=config,

@@ -7,7 +7,10 @@ family this process can export; the Grafana dashboard and alert rules are checke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,7 +22,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from shadowroute.dataplane.stats import LATENCY_BUCKETS, DataPlaneStats, LatencyHistogram
 from shadowroute.stream.kafka import KafkaSink
-from shadowroute.stream.queue import RecordQueue
 
 DATAPLANE_METRICS = (
     "shadowroute_requests_total",
@@ -40,16 +42,55 @@ DATAPLANE_METRICS = (
 )
 
 
+DROP_REASONS = ("queue_full", "sink_failed", "spool_full", "build_failed")
+"""Why a built pair record was lost (``shadowroute_records_dropped_total{reason}``):
+``queue_full`` the record queue was full (or closed at shutdown); ``sink_failed`` a sink's
+write raised (a JSON-lines file on a full disk, the channel to the supervisor gone);
+``spool_full`` the Kafka sink's spool could not keep it (full, a record over a quarter of its
+size, or a write error); ``build_failed`` the record could not be built."""
+
+
+@dataclass
+class RecordFlow:
+    """Records waiting for the sink and records lost by reason (``DROP_REASONS``), of one
+    process or added up over the workers. Plain data, so a worker can ship it."""
+
+    queue_depth: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: RecordFlow) -> None:
+        self.queue_depth += other.queue_depth
+        self.dropped.update(other.dropped)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"queue_depth": self.queue_depth, "dropped": dict(self.dropped)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RecordFlow:
+        return cls(int(doc.get("queue_depth", 0)), Counter(doc.get("dropped", {})))
+
+
+def max_circuits(
+    per_process: Iterable[Iterable[tuple[str, str, bool]]],
+) -> list[tuple[str, str, bool]]:
+    """Circuit states of several processes as one: open where any process has it open."""
+    merged: dict[tuple[str, str], bool] = {}
+    for circuits in per_process:
+        for route, cand, is_open in circuits:
+            merged[(route, cand)] = merged.get((route, cand), False) or bool(is_open)
+    return [(route, cand, is_open) for (route, cand), is_open in sorted(merged.items())]
+
+
 class DataPlaneCollector(Collector):
     def __init__(
         self,
         stats: Callable[[], DataPlaneStats],
-        queue: RecordQueue | None,
+        records: Callable[[], RecordFlow],
         mirroring: Callable[[], bool],
         open_circuits: Callable[[], Iterable[tuple[str, str, bool]]],
     ) -> None:
         self._stats = stats
-        self._queue = queue
+        self._records = records
         self._mirroring = mirroring
         self._circuits = open_circuits
 
@@ -142,17 +183,22 @@ class DataPlaneCollector(Collector):
             "mirror.control_from nor sent the admin token.",
             value=s.control_ignored,
         )
-        q = self._queue
+        flow = self._records()
         yield GaugeMetricFamily(
             "shadowroute_record_queue_depth",
             "Records waiting for the sink.",
-            value=len(q) if q else 0,
+            value=flow.queue_depth,
         )
-        yield CounterMetricFamily(
+        dropped = CounterMetricFamily(
             "shadowroute_records_dropped",
-            "Records dropped because the record queue was full or the sink failed.",
-            value=q.dropped_total if q else 0,
+            "Pair records built and lost, by reason: queue_full (the record queue was full), "
+            "sink_failed (a sink write failed), spool_full (the Kafka spool could not keep "
+            "them), build_failed (the record could not be built).",
+            labels=["reason"],
         )
+        for reason in (*DROP_REASONS, *sorted(set(flow.dropped) - set(DROP_REASONS))):
+            dropped.add_metric([reason], flow.dropped.get(reason, 0))
+        yield dropped
         yield GaugeMetricFamily(
             "shadowroute_mirroring_enabled",
             "1 when mirroring is switched on.",
@@ -160,7 +206,7 @@ class DataPlaneCollector(Collector):
         )
         circ = GaugeMetricFamily(
             "shadowroute_circuit_open",
-            "1 when a candidate's circuit breaker is open.",
+            "1 when a candidate's circuit breaker is open (with workers: in any of them).",
             labels=["route", "candidate"],
         )
         for route, cand, is_open in self._circuits():

@@ -5,6 +5,10 @@ a worker thread (``asyncio.to_thread``) every ``flush_interval_s`` (or sooner wh
 ``max_buffer`` records are waiting), commits it with the positions, and refreshes the verdicts.
 The event loop never waits on SQLite or numpy for longer than it takes to swap a list.
 
+Pending pairs and labels expire by the wall clock too: when no record has been committed for
+``expire_interval_s``, the flush task asks the engine to expire what is due (``Engine.expire``),
+so orphans are counted even when the stream goes quiet.
+
 Positions in embedded mode are counts of records committed on partition 0 (pairs, labels):
 after a crash, whoever feeds the comparator can resume from ``positions()``.
 """
@@ -64,6 +68,7 @@ class Comparator:
         state_path: str | Path | None = None,
         clock: Callable[[], int] | None = wall_clock_ms,
         flush_interval_s: float = 0.2,
+        expire_interval_s: float = 1.0,
         max_buffer: int = 20_000,
         dead_letters: Callable[[Sequence[DeadLetter]], None] | None = None,
     ) -> None:
@@ -80,6 +85,9 @@ class Comparator:
         self.verdicts = Verdicts(config, self.view, self._history)
         self.reader = Reader(config, self.view, self.verdicts, self._history)
         self.flush_interval_s = flush_interval_s
+        self.expire_interval_s = expire_interval_s
+        self._expired_at = time.monotonic()
+        """When expiry last ran (with a commit of records, or on its own)."""
         self.max_buffer = max_buffer
         self._pairs: list[tuple[bytes, bytes]] = []
         self._labels: list[LabelRecord] = []
@@ -116,8 +124,24 @@ class Comparator:
             self._wake.clear()
             try:
                 await self.flush()
+                if time.monotonic() - self._expired_at >= self.expire_interval_s:
+                    await self.expire()
             except Exception:
                 log.exception("comparator flush failed; the batch will be retried")
+
+    async def expire(self) -> bool:
+        """Expire what is due by the clock with no record to process (``Engine.expire``);
+        True when something expired (the view and verdicts are then refreshed)."""
+        async with self._flush_lock:
+            self._expired_at = time.monotonic()
+            return await asyncio.to_thread(self._expire)
+
+    def _expire(self) -> bool:
+        if not self.engine.expire(0):
+            return False
+        self.view.update(self.engine.snapshot())
+        self.verdicts.refresh()
+        return True
 
     # --- input ------------------------------------------------------------------------------
 
@@ -182,6 +206,7 @@ class Comparator:
             _answer(waiters, outcomes)
 
     def _commit(self, pairs: list[tuple[bytes, bytes]], labels: list[LabelRecord]) -> list[str]:
+        self._expired_at = time.monotonic()  # the batch expires what is due
         self.engine.process(0, pairs, labels)
         outcomes = self.engine.label_outcomes
         self.view.update(self.engine.snapshot())

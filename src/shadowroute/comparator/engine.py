@@ -11,6 +11,7 @@ instance and ``X#i`` when it has several (``i`` from 0).
 Expiry is driven by record timestamps: a pending pair expires when the labels seen on its
 partition reach ``pair ts + TTL``, a pending label when the pairs reach ``label ts + TTL``
 (or by an injected clock, whichever is later), so a replay expires exactly as the first run.
+With a clock, ``expire(partition)`` also expires by it alone, when no record comes.
 A pair and a label join only when their timestamps are at most the TTL apart.
 
 Within a batch, pairs first join the batch's own labels in memory; only the other keys are
@@ -360,6 +361,40 @@ class Engine:
             self.evicted.extend(gone)
             self.version += 1
         return dead
+
+    def expire(self, partition: int, now_ms: int | None = None) -> bool:
+        """Expire, by the clock (or at ``now_ms``), the pending sides of a partition whose TTL
+        ended, with no record to process: what keeps orphans counted when a stream goes quiet.
+        Commits the states it changed; the positions stay. False (nothing done) without a
+        clock or a time, or when nothing is due."""
+        if now_ms is not None:
+            now = now_ms
+        elif self.clock is not None:
+            now = self.clock()
+        else:
+            return False
+        pos = self.position(partition)
+        if not self.store.any_expired(partition, max(pos.labels_wm, now), max(pos.pairs_wm, now)):
+            return False
+        with gc_paused():
+            batch = self._batch = _Batch()
+            batch.touched.add(("part", "", "", partition))
+            self.store.begin()
+            try:
+                self._expire(partition, pos, batch, now)
+                serialised = {key: _to_dict(self.states[key]) for key in batch.touched}
+                self.store.put_states([(*k, orjson.dumps(d)) for k, d in serialised.items()])
+                self.store.commit()
+            except BaseException:
+                self.store.rollback()
+                self._reload_partition(partition)
+                raise
+            finally:
+                self._batch = None
+        with self._lock:
+            self._snapshot.update(serialised)
+            self.version += 1
+        return True
 
     def take_evicted(self) -> list[StateKey]:
         """The state keys dropped since the last call (for views of the snapshot)."""
@@ -872,8 +907,8 @@ class Engine:
                 [t for t, _, _ in items], [t for _, t, _ in items], [x for _, _, x in items]
             )
 
-    def _expire(self, partition: int, pos: Positions, b: _Batch) -> None:
-        now = self.clock() if self.clock is not None else 0
+    def _expire(self, partition: int, pos: Positions, b: _Batch, at: int | None = None) -> None:
+        now = at if at is not None else self.clock() if self.clock is not None else 0
         orphans: dict[tuple[str, str], int] = defaultdict(int)
         for kind, route, cand in self.store.expire_pending(partition, max(pos.labels_wm, now)):
             orphans[(route, kind)] += 1

@@ -156,6 +156,12 @@ class KafkaComparator:
         self._next_retry = 0.0
         self._retiring: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
+        self.idle_expiry_s = config.comparator.idle_expiry_s
+        self._last_record: dict[int, float] = {}
+        """When each owned partition last had a record (or was assigned), monotonic."""
+        self._idle_checked = 0.0
+        self.idle_expiries = 0
+        """Partitions whose pending sides expired on the clock while idle."""
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -196,6 +202,9 @@ class KafkaComparator:
         assert consumer is not None
         parts = sorted({tp.partition for tp in assigned})
         await asyncio.to_thread(self.engine.load, parts)
+        now = time.monotonic()
+        for p in parts:
+            self._last_record[p] = now
         from_start: list[TopicPartition] = []
         for tp in assigned:
             pos = self.engine.positions.get(tp.partition)
@@ -230,9 +239,13 @@ class KafkaComparator:
                         work = None
                     if batch:
                         work = asyncio.create_task(self._locked(batch))
-                    elif self._dirty or self._dead_backlog or self._tombstones:
-                        async with self.lock:
-                            await self._republish()
+                    else:
+                        if self._dirty or self._dead_backlog or self._tombstones:
+                            async with self.lock:
+                                await self._republish()
+                        if self.idle_expiry_s is not None:
+                            async with self.lock:
+                                await self._expire_idle(self.idle_expiry_s)
                     collector.tick()
                 if work is not None:
                     await work
@@ -263,6 +276,7 @@ class KafkaComparator:
             )
             if not pair_msgs and not label_msgs:
                 continue
+            self._last_record[partition] = time.monotonic()
             pairs = [(m.key or b"", m.value or b"") for m in pair_msgs]
             labels: list[bytes | LabelRecord] = [m.value or b"" for m in label_msgs]
             next_pairs = pair_msgs[-1].offset + 1 if pair_msgs else pos.pairs
@@ -289,6 +303,41 @@ class KafkaComparator:
             self.batches += 1
         self._tombstones.extend(self.engine.take_evicted())  # revisions dropped
         await self._republish(force=True)
+
+    async def _expire_idle(self, idle_s: float) -> None:
+        """``comparator.idle_expiry_s``: on each partition read to its end with no record for
+        ``idle_s``, expire what is due by the wall clock (at most once a second), and publish
+        the states that changed."""
+        now = time.monotonic()
+        if now - self._idle_checked < 1.0:
+            return
+        self._idle_checked = now
+        wall_ms = int(time.time() * 1000)
+        expired = []
+        for partition in sorted(self.engine.positions):
+            if now - self._last_record.get(partition, now) < idle_s:
+                continue
+            if not self._caught_up(partition):
+                continue
+            if await asyncio.to_thread(self.engine.expire, partition, wall_ms):
+                expired.append(partition)
+        if expired:
+            self.idle_expiries += len(expired)
+            self._dirty.update(expired)
+            await self._republish(force=True)
+
+    def _caught_up(self, partition: int) -> bool:
+        """Every record of the partition (both topics) up to the latest fetch's high watermark
+        is committed."""
+        consumer = self._consumer
+        pos = self.engine.positions.get(partition)
+        if consumer is None or pos is None:
+            return False
+        for topic, at in ((self.pairs_topic, pos.pairs), (self.labels_topic, pos.labels)):
+            high = consumer.highwater(TopicPartition(topic, partition))
+            if high is None or at < high:
+                return False
+        return True
 
     async def _republish(self, force: bool = False) -> None:
         """Send what is waiting (dead letters first, in order, then the states of the

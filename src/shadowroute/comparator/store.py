@@ -276,6 +276,17 @@ class Store:
                 "UPDATE labels SET joined = 1, prod_done = max(prod_done, ?) WHERE", (prod,), keys
             )
 
+    def any_expired(self, partition: int, pairs_before_ms: int, labels_before_ms: int) -> bool:
+        """Whether a pending pair expires before ``pairs_before_ms`` or a label before
+        ``labels_before_ms`` (one indexed look-up each)."""
+        for query, before in (
+            ("SELECT 1 FROM pending WHERE partition = ? AND expires < ? LIMIT 1", pairs_before_ms),
+            ("SELECT 1 FROM labels WHERE partition = ? AND expires < ? LIMIT 1", labels_before_ms),
+        ):
+            if self.conn.execute(query, (partition, before)).fetchone() is not None:
+                return True
+        return False
+
     def expire_pending(self, partition: int, now_ms: int) -> list[tuple[str, str, str | None]]:
         """Delete rows whose TTL ended; returns their (kind, route, cand)."""
         rows = self.conn.execute(

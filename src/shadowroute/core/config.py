@@ -575,6 +575,14 @@ class Comparator(_Strict):
     `reset`: move the file aside (`<state_path>.<time>.bak`) and start fresh. The command-line
     flag `--state-mode` overrides it.
     """
+    idle_expiry_s: float | None = Field(None, gt=0)
+    """
+    Kafka: when a partition has been read to its end and no record came for this long, pending
+    pairs and labels whose TTL ended by the wall clock expire, so orphans are counted on a quiet
+    stream. None (the default): by record time only, which a rebuild from the topics repeats
+    exactly; with it, a label arriving after its pair expired so is an orphan, where a rebuild
+    would join them. The embedded comparator always expires on its clock.
+    """
 
 
 class Labels(_Strict):

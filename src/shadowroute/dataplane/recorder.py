@@ -143,6 +143,8 @@ class Recorder:
         self.salt = hash_salt
         self._pending: deque[tuple[Pairing, Outcome | None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self.build_failed = 0
+        """Records lost because they could not be built (a record bug): counted as dropped."""
         self.stamps: dict[tuple[str, str], tuple[str, str | None]] = {}
         """(url, revision) written into each side, by (route, model): the model's revision
         identity with its version (``core.revision``); the data plane keeps it current."""
@@ -170,6 +172,7 @@ class Recorder:
             try:
                 self._emit(pairing, cand)
             except Exception:  # a record bug must never reach the data plane
+                self.build_failed += 1
                 log.exception("could not build a pair record for route %s", pairing.route.name)
 
     def _emit(self, pairing: Pairing, cand: Outcome | None) -> None:

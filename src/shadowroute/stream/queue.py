@@ -29,6 +29,9 @@ class RecordQueue:
         self._waiting = False  # the pump waits for _ready (a flag: Event.is_set is a call)
         self.put_total = 0
         self.dropped_total = 0
+        """Records lost here: refused (full or closed) plus those of failed sink writes."""
+        self.failed_total = 0
+        """Records of sink writes that raised (part of ``dropped_total``)."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -71,4 +74,5 @@ class RecordQueue:
                 await sink.write(batch)
             except Exception:
                 self.dropped_total += len(batch)
+                self.failed_total += len(batch)
                 log.exception("sink write failed; %d records dropped", len(batch))
