@@ -561,7 +561,13 @@ class Engine:
                     existing.add((key, cand))
                 continue
             if cand is None:
-                self._join_one(partition, route, kind, entry, new.label, new.ts, b)
+                self._join_one(
+                    partition, route, kind, int(entry[0]), entry[1], entry[2], new.label, new.ts, b
+                )
+                if kind == PROD:
+                    touched.add(("prod", route_name, "", partition))
+                else:
+                    touched.add(("cand", route_name, kind, partition))
             else:  # production's entry and the candidate's, in one row (_join_one, inline)
                 ts, p, label = int(entry[0]), entry[1], new.label
                 if p is not None:
@@ -629,23 +635,22 @@ class Engine:
         )
 
     def _join_one(
-        self, partition: int, route: Route, kind: str, entry: list[Any], label: Any,
+        self, partition: int, route: Route, kind: str, ts: int, p: Any, c: Any, label: Any,
         label_ts: int, b: _Batch,
     ) -> None:  # fmt: skip
-        """Score one (pending entry, label) join: entry = [ts, prod, cand]."""
-        ts = int(entry[0])
+        """Score one (pair entry, label) join: the entry's time and predictions (production's
+        and the candidate's; ``c`` unused for production's entry). The caller marks the state
+        touched."""
         if kind == PROD:
-            if entry[1] is None:
+            if p is None:
                 return
-            q = scoring.quality(route.task, entry[1], label, route.classes)
+            q = scoring.quality(route.task, p, label, route.classes)
             if q:
                 b.prod_labelled[route.name].append((ts, label_ts, q[0]))
-                b.touched.add(("prod", route.name, "", partition))
             else:
                 self._count(partition, "invalid_labels")
             return
-        b.labelled[(route.name, kind)].append(LabelledRow(ts, entry[1], entry[2], label))
-        b.touched.add(("cand", route.name, kind, partition))
+        b.labelled[(route.name, kind)].append(LabelledRow(ts, p, c, label))
 
     def _join_pairs(
         self, partition: int, records: list[Pair], fresh: dict[str, Label],
@@ -749,10 +754,16 @@ class Engine:
                     n = len(out) if out else 0
                     for i, key in enumerate(keys):
                         p = out[i] if i < n else None  # type: ignore[index]
-                        if has_labels and self._join_new(
-                            partition, route, PROD, key, [ts, p, None], fresh, stored, b
-                        ):
-                            continue
+                        if has_labels:
+                            if i == 0:
+                                new, old = new0, old0
+                            else:
+                                new = fresh.get(key)
+                                old = stored.get(key) if new is None else None
+                            if self._join_new(
+                                partition, route, PROD, key, ts, p, None, new, old, b
+                            ):
+                                continue
                         if existing and (key, PROD) in existing:
                             continue
                         _pend(pending, key, PROD, (name, expires, ts, p, None, idx))
@@ -807,12 +818,16 @@ class Engine:
                     if not done:
                         _pend(pending, key, cand, (name, expires, ts, pout[i], c, idx))
                     continue
-                if has_labels and self._join_new(
-                    partition, route, cand, key, [ts, pout[i], c], fresh, stored, b
-                ):
-                    if repeats:
-                        seen[kc] = True
-                    continue
+                if has_labels:
+                    if i == 0:
+                        new, old = new0, old0
+                    else:
+                        new = fresh.get(key)
+                        old = stored.get(key) if new is None else None
+                    if self._join_new(partition, route, cand, key, ts, pout[i], c, new, old, b):
+                        if repeats:
+                            seen[kc] = True
+                        continue
                 if repeats:
                     seen[kc] = False
                 _pend(pending, key, cand, (name, expires, ts, pout[i], c, idx))
@@ -829,33 +844,32 @@ class Engine:
         return self.store.pending_ts([(key, slot)]).get((key, slot)) == ts
 
     def _join_new(
-        self, partition: int, route: Route, kind: str, key: str, entry: list[Any],
-        fresh: Mapping[str, Label], stored: Mapping[str, LabelRow], b: _Batch,
+        self, partition: int, route: Route, kind: str, key: str, ts: int, p: Any, c: Any,
+        new: Label | None, old: LabelRow | None, b: _Batch,
     ) -> bool:  # fmt: skip
-        """Join a new pair instance with its label, if there is one it may join."""
-        new = fresh.get(key)
+        """Join a new pair instance with the label under its key, if there is one it may join
+        (``new``: the batch's label for the key, else ``old``: the stored one)."""
         if new is not None:
-            if not _joinable(new.route, new.ts, route, entry[0]):
+            if not _joinable(new.route, new.ts, route, ts):
                 return False
-            self._join_one(partition, route, kind, entry, new.label, new.ts, b)
+            self._join_one(partition, route, kind, ts, p, c, new.label, new.ts, b)
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
             else:
-                new.slots.append(f"{kind}/{int(entry[0])}")
+                new.slots.append(f"{kind}/{ts}")
             return True
-        old = stored.get(key)
-        if old is None or not _joinable(old.route, old.ts, route, entry[0]):
+        if old is None or not _joinable(old.route, old.ts, route, ts):
             return False
         if not old.joined:
             old.joined = True
             b.unwaited[_waiting(old.route)] += 1
-        self._join_one(partition, route, kind, entry, old.value, old.ts, b)
+        self._join_one(partition, route, kind, ts, p, c, old.value, old.ts, b)
         if kind == PROD:
             b.marks[key] = 1
         else:
             b.marks.setdefault(key, 0)
-            b.slot_marks[key].append(f"{kind}/{int(entry[0])}")
+            b.slot_marks[key].append(f"{kind}/{ts}")
         return True
 
     def _drift(self, route: Route, partition: int, b: _Batch) -> DriftBatch:
