@@ -50,7 +50,7 @@ from shadowroute.comparator.production import (
     drift_paths,
     new_production_state,
 )
-from shadowroute.comparator.reading import Label, Pair, read_label, read_pair
+from shadowroute.comparator.reading import Label, Pair, read_label, read_pair, same_text
 from shadowroute.comparator.reference import reference_for
 from shadowroute.comparator.store import PROD, LabelRow, Positions, Store
 from shadowroute.core.config import Config, Route
@@ -469,8 +469,8 @@ class Engine:
         cands = self._cands
         # Consecutive records nearly always name the same route, candidate and revisions:
         # the slot of the last one is reused without a lookup (equal values, same slot).
-        last: tuple[str, str, Identity | None, Identity] | None = None
-        last_slot = ""
+        last: Pair | None = None
+        last_cand = last_slot = ""
         for key, value in pairs:
             try:
                 rec = read_pair(value)
@@ -486,18 +486,10 @@ class Engine:
                 if cand not in names:
                     dead.append((key, value, "unknown_candidate"))
                     continue
-                if (
-                    last is not None
-                    and last[1] == cand
-                    and last[0] == rec.route
-                    and last[2] == rec.cand_ident
-                    and last[3] == rec.prod_ident
-                ):
-                    rec.candidate = last_slot
-                else:
-                    last = (rec.route, cand, rec.cand_ident, rec.prod_ident)
+                if last is None or not (cand == last_cand and _same_revisions(rec, last)):
+                    last, last_cand = rec, cand
                     last_slot = self._slot(rec.route, cand, rec.cand_ident, rec.prod_ident)
-                    rec.candidate = last_slot
+                rec.candidate = last_slot
             out.append(rec)
         return out
 
@@ -706,8 +698,7 @@ class Engine:
         """(first key, candidate) of this batch's pair records: the time of the first."""
         more: set[tuple[str, str, int]] = set()  # (first key, candidate, time) of the others
         again = 0
-        span_route: str | None = None
-        span_ident: Identity = (None, None, None)
+        span_of: Pair | None = None  # the last record whose production span was looked up
         span: list[int] = []
         track = repeats or bool(existing)  # (key, candidate) pairs are looked up at all
         for idx, rec in enumerate(records):
@@ -715,9 +706,9 @@ class Engine:
             name = rec.route
             route = routes[name]
             ts = rec.ts
-            ident = rec.prod_ident
-            if span_route is None or name != span_route or ident != span_ident:
-                span_route, span_ident = name, ident
+            if span_of is None or not _same_production(rec, span_of):
+                span_of = rec
+                ident = rec.prod_ident
                 got = prod_revs[name].get(ident)
                 if got is None:
                     got = prod_revs[name][ident] = [ts, ts]
@@ -1024,6 +1015,26 @@ def _label_json(label: Any) -> str:
     if type(label) is int and -(1 << 63) <= label < 1 << 64:
         return str(label)
     return _dumps(label)
+
+
+def _same_production(a: Pair, b: Pair) -> bool:
+    """Same route and production revision identity."""
+    return (
+        a.route == b.route
+        and same_text(a.prod_version, b.prod_version)
+        and same_text(a.prod_url, b.prod_url)
+        and same_text(a.prod_revision, b.prod_revision)
+    )
+
+
+def _same_revisions(a: Pair, b: Pair) -> bool:
+    """Same route and revision identities of both sides (candidates compared by the caller)."""
+    return (
+        _same_production(a, b)
+        and same_text(a.cand_version, b.cand_version)
+        and same_text(a.cand_url, b.cand_url)
+        and same_text(a.cand_revision, b.cand_revision)
+    )
 
 
 def _joined_at(slots: Collection[str], cand: str, ts: int) -> bool:

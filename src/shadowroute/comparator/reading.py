@@ -34,7 +34,6 @@ from shadowroute.core.revision import Identity
 
 __all__ = ["Label", "Pair", "read_label", "read_pair"]
 
-_NO_IDENT: Identity = (None, None, None)
 _NO_KEYS: Final[list[str]] = []
 """A new pair's label keys until the engine sets them (shared: never appended to)."""
 
@@ -42,23 +41,28 @@ _NO_KEYS: Final[list[str]] = []
 class Pair:
     """A valid pair record, with the fields ``CandidateState.add_pairs`` reads (``PairRow``'s)
     plus the request id, route, candidate model (``None`` in a production-only record), input
-    and, once the engine has set them, the label keys of its instances. ``prod_ident`` and
-    ``cand_ident`` are each side's revision identity (url, version, revision); the engine
-    replaces ``candidate`` by the state slot of its revision (``core.revision.slot_name``)."""
+    and, once the engine has set them, the label keys of its instances. Each side's url,
+    version and revision are its revision identity (``prod_ident``, ``cand_ident``); the
+    engine replaces ``candidate`` by the state slot of its revision
+    (``core.revision.slot_name``)."""
 
     __slots__ = (
         "cand_error",
-        "cand_ident",
         "cand_latency",
         "cand_output",
+        "cand_revision",
+        "cand_url",
+        "cand_version",
         "candidate",
         "id",
         "input",
         "keys",
         "prod_error",
-        "prod_ident",
         "prod_latency",
         "prod_output",
+        "prod_revision",
+        "prod_url",
+        "prod_version",
         "route",
         "ts",
     )
@@ -81,8 +85,23 @@ class Pair:
         self.cand_output = cand_output
         self.input = doc
         self.keys: list[str] = _NO_KEYS  # set by the engine before any use
-        self.prod_ident: Identity = _NO_IDENT
-        self.cand_ident: Identity | None = None
+        self.prod_url: str | None = None
+        self.prod_version: str | None = None
+        self.prod_revision: str | None = None
+        self.cand_url: str | None = None
+        self.cand_version: str | None = None
+        self.cand_revision: str | None = None
+
+    @property
+    def prod_ident(self) -> Identity:
+        return (self.prod_url, self.prod_version, self.prod_revision)
+
+    @property
+    def cand_ident(self) -> Identity | None:
+        """``None`` in a production-only record."""
+        if self.candidate is None:
+            return None
+        return (self.cand_url, self.cand_version, self.cand_revision)
 
     @classmethod
     def of(cls, rec: PairRecord) -> Pair:
@@ -93,8 +112,8 @@ class Pair:
         else:
             out = cls(rec.id, rec.route, rec.ts, p.error, p.latency_ms, p.output,
                       c.model, c.error, c.latency_ms, c.output, rec.input)  # fmt: skip
-            out.cand_ident = (c.url, c.version, c.revision)
-        out.prod_ident = (p.url, p.version, p.revision)
+            out.cand_url, out.cand_version, out.cand_revision = c.url, c.version, c.revision
+        out.prod_url, out.prod_version, out.prod_revision = p.url, p.version, p.revision
         return out
 
 
@@ -117,8 +136,8 @@ def _fast(obj: dict[str, Any]) -> Pair | None:
         out = Pair(rid, route, ts, p[5], p[3], p[4], None, None, None, None, inp)
     else:
         out = Pair(rid, route, ts, p[5], p[3], p[4], c[0], c[5], c[3], c[4], inp)
-        out.cand_ident = (c[6], c[1], c[7])
-    out.prod_ident = (p[6], p[1], p[7])
+        out.cand_url, out.cand_version, out.cand_revision = c[6], c[1], c[7]
+    out.prod_url, out.prod_version, out.prod_revision = p[6], p[1], p[7]
     return out
 
 
@@ -155,3 +174,10 @@ def read_label(value: bytes) -> Label:
 def _fast_label(obj: dict[str, Any]) -> Label | None:
     f = fast_label_fields(obj)
     return None if f is None else Label(f[0], f[1], f[2], f[3])
+
+
+def same_text(a: str | None, b: str | None) -> bool:
+    """``a == b`` for optional strings, cheaply when they are the same object or ``None``."""
+    if a is b:
+        return True
+    return a is not None and b is not None and a == b
