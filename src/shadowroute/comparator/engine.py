@@ -556,23 +556,18 @@ class Engine:
                 self._join_one(
                     partition, route, kind, int(entry[0]), entry[1], entry[2], new.label, new.ts, b
                 )
-                if kind == PROD:
-                    touched.add(("prod", route_name, "", partition))
-                else:
-                    touched.add(("cand", route_name, kind, partition))
             else:  # production's entry and the candidate's, in one row (_join_one, inline)
                 ts, p, label = int(entry[0]), entry[1], new.label
                 if p is not None:
                     q = quality(route.task, p, label, route.classes)
                     if q:
                         prod_labelled[route_name].append((ts, new.ts, q[0]))
-                        touched.add(("prod", route_name, "", partition))
                     else:
                         self._count(partition, "invalid_labels")
                 labelled[(route_name, cand)].append(LabelledRow(ts, p, entry[2], label))
-                touched.add(("cand", route_name, cand, partition))
-            joined.append((key, kind))
-            existing.add((key, kind))  # a later pair under this key is a duplicate id
+            row_key = (key, kind)
+            joined.append(row_key)
+            existing.add(row_key)  # a later pair under this key is a duplicate id
             if cand is not None:
                 existing.add((key, cand))
                 new.slots.append(f"{cand}/{int(entry[0])}")
@@ -581,6 +576,11 @@ class Engine:
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
+        # The states these joins feed (before this batch's pairs add theirs).
+        for route_name, cand in labelled:
+            touched.add(("cand", route_name, cand, partition))
+        for route_name in prod_labelled:
+            touched.add(("prod", route_name, "", partition))
         self._count(partition, "labels", len(fresh))
         self._fresh_first = firsts
         return fresh, prod_pending
