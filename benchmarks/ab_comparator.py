@@ -125,7 +125,14 @@ def main() -> None:
                 old = best.get((name, case), (0.0, 0.0))
                 best[(name, case)] = (max(old[0], wall), max(old[1], cpu))
                 print(f"rep {rep + 1} {case:12s} {name}: {wall:9,.0f} pairs/s ({cpu:,.0f}/CPU s)")
-    print(f"\nbest of {args.reps}, {args.pairs:,} pairs, pairs/s (per CPU second):")
+    if args.reps:
+        _table(best, args.reps, args.pairs)
+    if args.callgrind:
+        _instructions(builds, args.callgrind)
+
+
+def _table(best: dict[tuple[str, str], tuple[float, float]], reps: int, pairs: int) -> None:
+    print(f"\nbest of {reps}, {pairs:,} pairs, pairs/s (per CPU second):")
     print("| in-process | base | this | change (wall) | change (CPU) |\n|---|---|---|---|---|")
     for case in CASES:
         (bw, bc), (tw, tc) = best[("base", case)], best[("this", case)]
@@ -133,16 +140,17 @@ def main() -> None:
             f"| {case} | {bw:,.0f} ({bc:,.0f}) | {tw:,.0f} ({tc:,.0f}) | "
             f"{(tw / bw - 1) * 100:+.1f}% | {(tc / bc - 1) * 100:+.1f}% |"
         )
-    if args.callgrind:
-        if shutil.which("valgrind") is None:
-            print("\n(valgrind not installed: no instruction counts)")
-            return
-        print(f"\ninstructions per pair in Engine.process ({args.callgrind:,} pairs, callgrind):")
-        print("| in-process | base | this | change |\n|---|---|---|---|")
-        for case in CASES:
-            n = args.callgrind
-            b, t = (instructions(tree, site, n, case) for tree, site in builds.values())
-            print(f"| {case} | {b / n:,.0f} | {t / n:,.0f} | {(t / b - 1) * 100:+.1f}% |")
+
+
+def _instructions(builds: dict[str, tuple[Path, str | None]], n: int) -> None:
+    if shutil.which("valgrind") is None:
+        print("\n(valgrind not installed: no instruction counts)")
+        return
+    print(f"\ninstructions per pair in Engine.process ({n:,} pairs, callgrind):")
+    print("| in-process | base | this | change |\n|---|---|---|---|")
+    for case in CASES:
+        b, t = (instructions(tree, site, n, case) for tree, site in builds.values())
+        print(f"| {case} | {b / n:,.0f} | {t / n:,.0f} | {(t / b - 1) * 100:+.1f}% |")
 
 
 if __name__ == "__main__":
