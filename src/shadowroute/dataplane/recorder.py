@@ -143,9 +143,24 @@ class Recorder:
         self.salt = hash_salt
         self._pending: deque[tuple[Pairing, Outcome | None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
-        self.stamps: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self._stamps: dict[tuple[str, str], tuple[str, str | None]] = {}
+        # The same, by route and then model: a side looks its stamp up without a key tuple.
+        self._stamps_by_route: dict[str, dict[str, tuple[str, str | None]]] = {}
+
+    @property
+    def stamps(self) -> dict[tuple[str, str], tuple[str, str | None]]:
         """(url, revision) written into each side, by (route, model): the model's revision
-        identity with its version (``core.revision``); the data plane keeps it current."""
+        identity with its version (``core.revision``); the data plane keeps it current by
+        assigning a new mapping."""
+        return self._stamps
+
+    @stamps.setter
+    def stamps(self, value: dict[tuple[str, str], tuple[str, str | None]]) -> None:
+        by_route: dict[str, dict[str, tuple[str, str | None]]] = {}
+        for (route, model), stamp in value.items():
+            by_route.setdefault(route, {})[model] = stamp
+        self._stamps = value
+        self._stamps_by_route = by_route
 
     @property
     def pending(self) -> int:
@@ -224,7 +239,12 @@ class Recorder:
                     else:  # no instance, or only NaN / infinite ones: no prediction
                         output = None
                         error = "no_prediction"
-        stamp = self.stamps.get((route.name, o.model))
+        models = self._stamps_by_route.get(route.name)
+        stamp = None if models is None else models.get(o.model)
+        if stamp is None:
+            url = revision = None
+        else:
+            url, revision = stamp
         return side_fields(
             o.model,
             o.version,
@@ -232,8 +252,8 @@ class Recorder:
             None if o.latency_ms is None else round(o.latency_ms, 3),
             output,
             error,
-            None if stamp is None else stamp[0],
-            None if stamp is None else stamp[1],
+            url,
+            revision,
         )
 
     def _input(self, route: Route, body: bytes | None) -> Any:

@@ -273,18 +273,21 @@ class UpstreamConnection:
                 self._extra = True  # never the client's: the connection is closed
             self._finish()
             return
-        if low.find(http1.TRANSFER_ENCODING) >= 0:
+        # llhttp has read the head: it refuses a second Content-Length and one beside a
+        # Transfer-Encoding, so the first Content-Length line is the framing when there is one.
+        # The common case costs one search and one pass over the digits.
+        at = low.find(http1.CONTENT_LENGTH)
+        if at >= 0:
+            length = http1.length_at(head, at + len(http1.CONTENT_LENGTH))
+            if length < 0:  # llhttp accepted it, so this does not happen; refuse anyway
+                raise httptools.HttpParserError("invalid content-length")
+            self._left = length
+        elif low.find(http1.TRANSFER_ENCODING) >= 0:
             te = http1.header_value(low, low, http1.TRANSFER_ENCODING)
             if te is not None and te.endswith(b"chunked"):
                 self._chunks = http1.ChunkedEnd()
             else:
                 self._until_close = True  # another coding last: read until the close
-        elif low.find(http1.CONTENT_LENGTH) >= 0:
-            cl = http1.header_value(head, low, http1.CONTENT_LENGTH)
-            length = http1.content_length(cl) if cl is not None else None
-            if length is None:  # llhttp accepted it, so this does not happen; refuse anyway
-                raise httptools.HttpParserError("invalid content-length")
-            self._left = length
         else:
             self._until_close = True
         self._in_body = True
