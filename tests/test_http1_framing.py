@@ -116,6 +116,9 @@ class _Transport:
     def write(self, data: bytes) -> None:
         pass
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
     def get_write_buffer_size(self) -> int:
         return 0
 
@@ -145,42 +148,41 @@ def test_upstream_framing_by_content_length(response: bytes, outcome: str) -> No
     ends exactly at its length, and bytes after it condemn the connection."""
     import asyncio
 
-    from shadowroute.dataplane.deadlines import Deadlines
-    from shadowroute.dataplane.upstream import Exchange, UpstreamConnection, UpstreamPool
+    from shadowroute.core.config import parse_config
+    from shadowroute.dataplane.mirror import MirrorExchange
+    from shadowroute.dataplane.proxy import Proxy
+    from shadowroute.dataplane.recorder import Recorder
+    from shadowroute.dataplane.stats import DataPlaneStats
+    from shadowroute.dataplane.upstream import Outcome, UpstreamConnection
+    from shadowroute.stream.queue import RecordQueue
 
-    class Ex(Exchange):
-        def __init__(self) -> None:
-            self.events: list[str] = []
-            self.raw = b""
-
-        def on_head(self, status: int, head: bytes, low: bytes) -> None:
-            self.events.append("head")
-
-        def on_raw(self, data: bytes) -> None:
-            self.raw += data
-
-        def on_complete(self) -> None:
-            self.events.append("complete")
-
-        def on_fail(self, reason: str) -> None:
-            self.events.append(reason)
-
+    route = {
+        "name": "r",
+        "jsonpath": "$.y",
+        "production": {"name": "p", "url": "http://127.0.0.1:9"},
+        "candidates": [{"name": "c", "url": "http://127.0.0.1:10"}],
+    }
+    config = parse_config({"routes": [route]}, environ={})
     loop = asyncio.new_event_loop()
     try:
-        pool = UpstreamPool(loop, "http://127.0.0.1:9", Deadlines(loop))
-        conn = UpstreamConnection(pool)
+        stats = DataPlaneStats()
+        proxy = Proxy(config, loop, Recorder(loop, RecordQueue(1 << 20), stats))
+        target = proxy.routes[0].candidates[0].target
+        conn = UpstreamConnection(target.pool)
         transport = _Transport()
         conn.connection_made(transport)  # type: ignore[arg-type]
-        ex = Ex()
+        outcomes: list[Outcome] = []
+        ex = MirrorExchange(target, b"", outcomes.append)
         conn.start(ex, 5.0)
         conn.data_received(response)
+        assert len(outcomes) == 1
         if outcome == "bad":
-            assert ex.events[-1] == "bad_response"
+            assert outcomes[0].error == "bad_response"
             assert transport.closed
         else:
-            assert ex.events == ["head", "complete"]
-            assert ex.raw == b"hello"
+            assert outcomes[0].error is None
+            assert outcomes[0].body == b"hello"
             assert transport.closed == (outcome == "extra")
-            assert pool.framing["extra_bytes"] == (1 if outcome == "extra" else 0)
+            assert stats.framing["extra_bytes"] == (1 if outcome == "extra" else 0)
     finally:
         loop.close()

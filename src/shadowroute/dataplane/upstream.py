@@ -14,7 +14,7 @@ import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -23,6 +23,9 @@ from shadowroute.dataplane import http1
 from shadowroute.dataplane.deadlines import Deadlines
 
 MAX_RESPONSE_HEAD = 64 << 10
+# Bound once: a module attribute looked up on every use costs more than the use.
+_monotonic: Final = time.monotonic
+_INF: Final = math.inf
 
 
 class Exchange:
@@ -334,7 +337,7 @@ class UpstreamConnection:
         self._until_close = False
         self._left = -1
         self._chunks = None
-        self.deadline = math.inf
+        self.deadline = _INF
 
     def _finish(self) -> None:
         ex = self.exchange
@@ -455,7 +458,7 @@ class UpstreamPool:
     def acquire(self, on_ready: Acquired) -> None:
         """Call ``on_ready(conn, None)`` with a live connection (at once when one is idle) or
         ``on_ready(None, reason)`` when none can be had."""
-        now = time.monotonic()
+        now = _monotonic()
         while self._idle:
             conn = self._idle.pop()
             if conn.usable and now - conn.idle_since < self.keepalive_s:
@@ -497,7 +500,7 @@ class UpstreamPool:
         if self.closed or len(self._idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = _monotonic()
         self._idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
