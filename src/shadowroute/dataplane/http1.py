@@ -152,8 +152,9 @@ def client_response_head(
     options: set[bytes] | None = None
     m = _HOP_LINE.search(low)
     while m is not None:
-        name = m.group(1)
-        value_at = m.end()
+        name_at, value_at = m.span(1)  # the name (one call); the cut starts with it
+        name = low[name_at:value_at]
+        value_at += 1  # past the colon
         end = low.find(b"\r\n", value_at)
         if name != b"transfer-encoding" or dechunk:
             if name == b"connection":
@@ -161,7 +162,7 @@ def client_response_head(
                 if value != b"keep-alive" and value != b"close":  # names other headers
                     named = {t.strip(b" \t") for t in value.split(b",")} - _CONNECTION_OPTIONS
                     options = named if options is None else options | named
-            cuts.append((m.start() + 2, end + 2))
+            cuts.append((name_at, end + 2))
         m = _HOP_LINE.search(low, end)
     if options:
         for option in options:  # headers the upstream named hop-by-hop in Connection

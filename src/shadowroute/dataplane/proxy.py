@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from itertools import chain
 from typing import Final, cast
 
 import httptools
@@ -571,6 +570,7 @@ class ClientConnection:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._header_size = 0  # the head's header lines so far: names, values, 4 bytes each
         self._in_head = False
         self._reject: _Reject | None = None
 
@@ -672,6 +672,7 @@ class ClientConnection:
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._header_size = 0
         self._in_head = True
         self.head_since = self.last_active  # the time of this read
 
@@ -682,6 +683,7 @@ class ClientConnection:
         # Limits are checked once the head is complete; until then ``data_received`` bounds
         # what a head may take.
         self._headers.append((name, value))
+        self._header_size += len(name) + len(value) + 4  # ": " and CRLF
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -691,7 +693,7 @@ class ClientConnection:
         if len(headers) > proxy.max_headers:
             self._reject = _Reject(431, "too many request headers")
             raise self._reject
-        if sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) > proxy.max_header_bytes:
+        if self._header_size > proxy.max_header_bytes:
             self._reject = _Reject(431, "request head too large")
             raise self._reject
         try:
