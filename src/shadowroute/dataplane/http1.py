@@ -10,7 +10,7 @@ from typing import Final
 
 import orjson
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -24,7 +24,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Request headers the proxy sets itself (or must not forward) on top of hop-by-hop ones.
-REQUEST_REBUILT = frozenset(
+REQUEST_REBUILT: Final = frozenset(
     {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
      b"x-forwarded-host"}
 )  # fmt: skip
@@ -75,7 +75,9 @@ CONTENT_LENGTH: Final = b"\r\ncontent-length:"
 TRANSFER_ENCODING: Final = b"\r\ntransfer-encoding:"
 CONTENT_ENCODING: Final = b"\r\ncontent-encoding:"
 CONTENT_TYPE: Final = b"\r\ncontent-type:"
-_HOP_LINE = re.compile(rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP)) + rb"):")
+_HOP_LINE: Final = re.compile(
+    rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP)) + rb"):"
+)
 _CONNECTION_OPTIONS = frozenset({b"", b"keep-alive", b"close"})
 # Headers an upstream's Connection header may name but never takes away: the framing of the
 # body the client is about to read (the proxy decides it, and dropping it would leave the body

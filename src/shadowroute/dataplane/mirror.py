@@ -21,7 +21,7 @@ from shadowroute.dataplane import http1
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.dataplane.upstream import Exchange, Outcome, UpstreamConnection, UpstreamPool
 
-MAX_MIRROR_RESPONSE = 16 << 20
+MAX_MIRROR_RESPONSE: Final = 16 << 20
 # The clocks, bound once: a module attribute looked up on every call costs more than the call.
 _perf_counter: Final = time.perf_counter
 _monotonic: Final = time.monotonic

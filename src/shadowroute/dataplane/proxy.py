@@ -31,7 +31,7 @@ from shadowroute.dataplane.upstream import Exchange, Outcome, UpstreamConnection
 log = logging.getLogger("shadowroute.proxy")
 
 STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
-MAX_PIPELINED = 32
+MAX_PIPELINED: Final = 32
 # The clocks, bound once: a module attribute looked up on every call costs more than the call.
 _perf_counter: Final = time.perf_counter
 _wall_time: Final = time.time

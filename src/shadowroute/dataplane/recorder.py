@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -29,8 +29,8 @@ from shadowroute.stream.queue import RecordQueue
 
 log = logging.getLogger("shadowroute.recorder")
 
-BUILD_INTERVAL_S = 0.002
-_TOO_MANY: Any = object()  # ``Recorder._input``: the body holds more instances than allowed
+BUILD_INTERVAL_S: Final = 0.002
+_TOO_MANY: Final[Any] = object()  # ``Recorder._input``: the body holds more instances than allowed
 
 
 def _ms3(ms: float) -> float:

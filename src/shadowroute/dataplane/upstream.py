@@ -22,7 +22,7 @@ import httptools
 from shadowroute.dataplane import http1
 from shadowroute.dataplane.deadlines import Deadlines
 
-MAX_RESPONSE_HEAD = 64 << 10
+MAX_RESPONSE_HEAD: Final = 64 << 10
 # Bound once: a module attribute looked up on every use costs more than the use.
 _monotonic: Final = time.monotonic
 _INF: Final = math.inf
