@@ -3,14 +3,22 @@
 One client request goes through the real ``ClientConnection``, ``Request``, pooled
 ``UpstreamConnection``s, mirror and recorder code, on a running uvloop loop, with in-memory
 transports (writes are collected, never sent): production's and the candidate's responses are
-fed back as bytes, and the pair record is built and queued. What is left out is exactly the
-kernel's socket work, so the figure isolates the part of the proxy's CPU that the code decides.
+fed back as bytes, and the pair record is built and queued (with the revision stamps and record
+caps the data plane's recorder has). What is left out is exactly the kernel's socket work, so
+the figure isolates the part of the proxy's CPU that the code decides.
 
 Each build runs in its own process (``SHADOWROUTE_PURE=1`` for the sources); the cases are
 interleaved over repetitions and the median is reported, with the ratio.
 
     .venv/bin/python benchmarks/bench_hotpath.py            # both builds, both cases
     .venv/bin/python benchmarks/bench_hotpath.py --requests 20000 --reps 3
+
+Instructions per request, deterministic on a shared machine: one build, one case, under
+callgrind at two request counts; the difference of the totals over the difference of the
+counts leaves start-up and the warm-up out.
+
+    OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind \\
+        .venv/bin/python benchmarks/bench_hotpath.py --one mirror -n 1000   # and -n 3000
 """
 
 from __future__ import annotations
@@ -54,6 +62,15 @@ class MemoryTransport:
     def resume_reading(self) -> None:
         pass
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass
+
 
 def http_messages() -> tuple[bytes, bytes]:
     from bench_proxy import REQUEST_BODY, RESPONSE_BODY
@@ -78,6 +95,7 @@ def measure(mirror: bool, n: int) -> dict[str, object]:
     from bench_proxy import shadowroute_config
     from shadowroute import build_info
     from shadowroute.core.config import load_config
+    from shadowroute.core.revision import LiveRevisions
     from shadowroute.dataplane.proxy import ClientConnection, Proxy
     from shadowroute.dataplane.recorder import Recorder
     from shadowroute.dataplane.stats import DataPlaneStats
@@ -92,7 +110,18 @@ def measure(mirror: bool, n: int) -> dict[str, object]:
         config = load_config(str(cfg_path))
     queue = RecordQueue(1 << 30)
     stats = DataPlaneStats()
-    recorder = Recorder(loop, queue, stats)
+    rcfg = config.records
+    # As ``DataPlane.start`` makes it: the record caps, and the revision stamps every side
+    # carries.
+    recorder = Recorder(
+        loop,
+        queue,
+        stats,
+        max_body=rcfg.max_response_bytes,
+        max_predictions=rcfg.max_predictions,
+        max_instances=rcfg.max_instances,
+    )
+    recorder.stamps = LiveRevisions(config).stamps()
     proxy = Proxy(config, loop, recorder)
     route = proxy.routes[0]
 

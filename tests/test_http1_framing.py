@@ -83,3 +83,106 @@ def test_connection_naming_transfer_encoding_keeps_a_chunked_body_framed() -> No
     assert b"Transfer-Encoding: chunked\r\n" in _client_head(head)
     # De-chunked for an HTTP/1.0 client: the header goes (the proxy frames by closing).
     assert b"Transfer-Encoding" not in _client_head(head, dechunk=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"0", 0),
+        (b" 42 ", 42),
+        (b"\t7\t", 7),
+        (b"9223372036854775807", (1 << 63) - 1),
+        (b"9223372036854775808", -1),
+        (b"99999999999999999999999", -1),
+        (b"-1", -1),
+        (b"+1", -1),
+        (b"1_0", -1),
+        (b"0x10", -1),
+        (b"", -1),
+        (b"1, 1", -1),
+    ],
+)
+def test_length_at_reads_a_value_up_to_its_line_end(value: bytes, expected: int) -> None:
+    head = b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length:" + value + b"\r\nX-A: 1\r\n\r\n"
+    at = head.lower().find(http1.CONTENT_LENGTH) + len(http1.CONTENT_LENGTH)
+    assert http1.length_at(head, at) == expected
+    assert http1.length_at(head[: at + len(value)], at) == -1  # no line end: not a value
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("response", "outcome"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "complete"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", "bad"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 6\r\n\r\nhello!", "bad"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "bad"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello", "bad"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n", "extra"),
+    ],
+)
+def test_upstream_framing_by_content_length(response: bytes, outcome: str) -> None:
+    """What llhttp refuses never reaches the length read by hand; a length-framed response
+    ends exactly at its length, and bytes after it condemn the connection."""
+    import asyncio
+
+    from shadowroute.core.config import parse_config
+    from shadowroute.dataplane.mirror import MirrorExchange
+    from shadowroute.dataplane.proxy import Proxy
+    from shadowroute.dataplane.recorder import Recorder
+    from shadowroute.dataplane.stats import DataPlaneStats
+    from shadowroute.dataplane.upstream import Outcome, UpstreamConnection
+    from shadowroute.stream.queue import RecordQueue
+
+    route = {
+        "name": "r",
+        "jsonpath": "$.y",
+        "production": {"name": "p", "url": "http://127.0.0.1:9"},
+        "candidates": [{"name": "c", "url": "http://127.0.0.1:10"}],
+    }
+    config = parse_config({"routes": [route]}, environ={})
+    loop = asyncio.new_event_loop()
+    try:
+        stats = DataPlaneStats()
+        proxy = Proxy(config, loop, Recorder(loop, RecordQueue(1 << 20), stats))
+        target = proxy.routes[0].candidates[0].target
+        conn = UpstreamConnection(target.pool)
+        transport = _Transport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        outcomes: list[Outcome] = []
+        ex = MirrorExchange(target, b"", outcomes.append)
+        conn.start(ex, 5.0)
+        conn.data_received(response)
+        assert len(outcomes) == 1
+        if outcome == "bad":
+            assert outcomes[0].error == "bad_response"
+            assert transport.closed
+        else:
+            assert outcomes[0].error is None
+            assert outcomes[0].body == b"hello"
+            assert transport.closed == (outcome == "extra")
+            assert stats.framing["extra_bytes"] == (1 if outcome == "extra" else 0)
+    finally:
+        loop.close()

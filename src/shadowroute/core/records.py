@@ -72,6 +72,7 @@ ERRORS: Final = (
 )
 
 _MAX_ID: Final = 256
+_orjson_dumps: Final = orjson.dumps  # bound once: the data plane encodes a record per pair
 MAX_URL: Final = 2048
 """Longest ``url`` of a side (longer: ``bad_value``)."""
 MAX_REVISION: Final = 256
@@ -218,7 +219,7 @@ def encode_pair_fields(
         "input": input,
     }
     try:
-        encoded = orjson.dumps(record)
+        encoded = _orjson_dumps(record)
     except orjson.JSONEncodeError as exc:
         raise ValueError(f"pair record cannot be encoded: {exc}") from None
     # orjson's result keeps its over-allocated buffer (~4 KiB); a queue of records must not.

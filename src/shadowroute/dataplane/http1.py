@@ -6,10 +6,11 @@ Pure byte functions, tested without sockets.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import orjson
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -23,7 +24,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Request headers the proxy sets itself (or must not forward) on top of hop-by-hop ones.
-REQUEST_REBUILT = frozenset(
+REQUEST_REBUILT: Final = frozenset(
     {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
      b"x-forwarded-host"}
 )  # fmt: skip
@@ -41,7 +42,7 @@ REASONS = {
     504: b"Gateway Timeout",
 }
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def error_response(
@@ -70,17 +71,19 @@ def error_response(
 # starts right after a CRLF, and its name is followed directly by the colon. The hot path
 # searches with ``bytes.find``, not ``in``: CPython's ``bytes.__contains__`` first tries the
 # needle as an integer and pays for a formatted TypeError (~7x the cost of the search).
-CONTENT_LENGTH = b"\r\ncontent-length:"
-TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
-CONTENT_ENCODING = b"\r\ncontent-encoding:"
-CONTENT_TYPE = b"\r\ncontent-type:"
-_HOP_LINE = re.compile(rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP)) + rb"):")
+CONTENT_LENGTH: Final = b"\r\ncontent-length:"
+TRANSFER_ENCODING: Final = b"\r\ntransfer-encoding:"
+CONTENT_ENCODING: Final = b"\r\ncontent-encoding:"
+CONTENT_TYPE: Final = b"\r\ncontent-type:"
+_HOP_LINE: Final = re.compile(
+    rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP)) + rb"):"
+)
 _CONNECTION_OPTIONS = frozenset({b"", b"keep-alive", b"close"})
 # Headers an upstream's Connection header may name but never takes away: the framing of the
 # body the client is about to read (the proxy decides it, and dropping it would leave the body
 # unframed on a keep-alive connection). The request id is kept the same way, by its mark.
 _NEVER_HOP = frozenset({b"content-length", b"transfer-encoding"})
-MAX_CONTENT_LENGTH = (1 << 63) - 1
+MAX_CONTENT_LENGTH: Final = (1 << 63) - 1
 """The largest Content-Length accepted from a client (what a signed 64-bit length holds)."""
 
 
@@ -103,14 +106,24 @@ def header_value(head: bytes, low: bytes, mark: bytes) -> bytes | None:
     start = i + len(mark)
     end = low.find(b"\r\n", start)
     if low.find(mark, end) < 0:
-        return head[start:end].strip(b" \t")
+        return _trimmed(head, start, end)
     values = []
     while i >= 0:
         start = i + len(mark)
         end = low.find(b"\r\n", start)
-        values.append(head[start:end].strip(b" \t"))
+        values.append(_trimmed(head, start, end))
         i = low.find(mark, end)
     return values[0] if len(values) == 1 else b", ".join(values)
+
+
+def _trimmed(data: bytes, start: int, end: int) -> bytes:
+    """``data[start:end]`` without the spaces and tabs around it (``.strip(b" \\t")`` with
+    one slice and no method call)."""
+    while start < end and (data[start] == 32 or data[start] == 9):
+        start += 1
+    while end > start and (data[end - 1] == 32 or data[end - 1] == 9):
+        end -= 1
+    return data[start:end]
 
 
 def client_response_head(
@@ -141,16 +154,17 @@ def client_response_head(
     options: set[bytes] | None = None
     m = _HOP_LINE.search(low)
     while m is not None:
-        name = m.group(1)
-        value_at = m.end()
+        name_at, value_at = m.span(1)  # the name (one call); the cut starts with it
+        name = low[name_at:value_at]
+        value_at += 1  # past the colon
         end = low.find(b"\r\n", value_at)
         if name != b"transfer-encoding" or dechunk:
             if name == b"connection":
-                value = low[value_at:end].strip(b" \t")
+                value = _trimmed(low, value_at, end)
                 if value != b"keep-alive" and value != b"close":  # names other headers
                     named = {t.strip(b" \t") for t in value.split(b",")} - _CONNECTION_OPTIONS
                     options = named if options is None else options | named
-            cuts.append((m.start() + 2, end + 2))
+            cuts.append((name_at, end + 2))
         m = _HOP_LINE.search(low, end)
     if options:
         for option in options:  # headers the upstream named hop-by-hop in Connection
@@ -275,25 +289,67 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def content_length(value: bytes) -> int | None:
     """A client's Content-Length value as a number, or None when it is not plain ASCII digits
-    or exceeds ``MAX_CONTENT_LENGTH`` (llhttp accepts up to 2^64 - 1; no server behind us
-    should be handed a length it may read as negative).
+    (spaces and tabs around them allowed) or exceeds ``MAX_CONTENT_LENGTH`` (llhttp accepts up
+    to 2^64 - 1; no server behind us should be handed a length it may read as negative).
 
     >>> content_length(b"12"), content_length(b"9223372036854775808"), content_length(b"1_0")
     (12, None, None)
+    >>> content_length(b" 7\t"), content_length(b"+7"), content_length(b""), content_length(b"7 7")
+    (7, None, None, None)
     """
-    v = value.strip(b" \t")
-    if not v.isdigit() or len(v) > 19:
-        return None
-    n = int(v)
-    return n if n <= MAX_CONTENT_LENGTH else None
+    n = _length(value, 0, False)
+    return n if n >= 0 else None
 
 
-MAX_CHUNK_LINE = 16 << 10
+def length_at(head: bytes, start: int) -> int:
+    r"""The Content-Length value that starts at ``start`` in a raw head and ends at its line's
+    CR (``start`` is just past the header's colon): the number, or -1 when it is not plain
+    ASCII digits (spaces and tabs around them allowed), is longer than 19 digits or exceeds
+    ``MAX_CONTENT_LENGTH``. One pass over the value's bytes, no copy.
+
+    >>> h = b"HTTP/1.1 200 OK\r\nContent-Length:  186 \r\n\r\n"
+    >>> at = h.lower().find(CONTENT_LENGTH) + len(CONTENT_LENGTH)
+    >>> length_at(h, at), length_at(b"x:1_0\r\n", 2), length_at(b"x: 5", 2), length_at(b"x:\r\n", 2)
+    (186, -1, -1, -1)
+    """
+    return _length(head, start, True)
+
+
+def _length(data: bytes, i: int, to_cr: bool) -> int:
+    """The digits from ``i`` (optional spaces and tabs around them) up to the end of ``data``,
+    or up to a CR when ``to_cr``: their value, or -1 (not digits, more than 19 of them, over
+    ``MAX_CONTENT_LENGTH``, or no CR when one is wanted)."""
+    end = len(data)
+    while i < end and (data[i] == 32 or data[i] == 9):
+        i += 1
+    start = i
+    n = 0
+    while i < end:
+        c = data[i]
+        if c < 48 or c > 57:
+            break
+        n = n * 10 + (c - 48)
+        i += 1
+        if i - start > 19:
+            return -1
+    if i == start:
+        return -1
+    while i < end and (data[i] == 32 or data[i] == 9):
+        i += 1
+    if to_cr:
+        if i >= end or data[i] != 13:
+            return -1
+    elif i != end:
+        return -1
+    return n if n <= MAX_CONTENT_LENGTH else -1
+
+
+MAX_CHUNK_LINE: Final = 16 << 10
 
 
 class ChunkedEnd:

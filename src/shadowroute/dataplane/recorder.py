@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -28,8 +29,18 @@ from shadowroute.stream.queue import RecordQueue
 
 log = logging.getLogger("shadowroute.recorder")
 
-BUILD_INTERVAL_S = 0.002
-_TOO_MANY: Any = object()  # ``Recorder._input``: the body holds more instances than allowed
+BUILD_INTERVAL_S: Final = 0.002
+_TOO_MANY: Final[Any] = object()  # ``Recorder._input``: the body holds more instances than allowed
+
+
+def _ms3(ms: float) -> float:
+    """A latency (>= 0) to the microsecond, as ``round(ms, 3)`` but without its decimal
+    conversion (a tie may go the other way in the last digit).
+
+    >>> _ms3(0.0142), _ms3(12.3456789), _ms3(0.0)
+    (0.014, 12.346, 0.0)
+    """
+    return math.floor(ms * 1000.0 + 0.5) / 1000.0
 
 
 def instance_count(obj: object, cap: int) -> int:
@@ -145,9 +156,24 @@ class Recorder:
         self._timer: asyncio.TimerHandle | None = None
         self.build_failed = 0
         """Records lost because they could not be built (a record bug): counted as dropped."""
-        self.stamps: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self._stamps: dict[tuple[str, str], tuple[str, str | None]] = {}
+        # The same, by route and then model: a side looks its stamp up without a key tuple.
+        self._stamps_by_route: dict[str, dict[str, tuple[str, str | None]]] = {}
+
+    @property
+    def stamps(self) -> dict[tuple[str, str], tuple[str, str | None]]:
         """(url, revision) written into each side, by (route, model): the model's revision
-        identity with its version (``core.revision``); the data plane keeps it current."""
+        identity with its version (``core.revision``); the data plane keeps it current by
+        assigning a new mapping."""
+        return self._stamps
+
+    @stamps.setter
+    def stamps(self, value: dict[tuple[str, str], tuple[str, str | None]]) -> None:
+        by_route: dict[str, dict[str, tuple[str, str | None]]] = {}
+        for (route, model), stamp in value.items():
+            by_route.setdefault(route, {})[model] = stamp
+        self._stamps = value
+        self._stamps_by_route = by_route
 
     @property
     def pending(self) -> int:
@@ -227,16 +253,21 @@ class Recorder:
                     else:  # no instance, or only NaN / infinite ones: no prediction
                         output = None
                         error = "no_prediction"
-        stamp = self.stamps.get((route.name, o.model))
+        models = self._stamps_by_route.get(route.name)
+        stamp = None if models is None else models.get(o.model)
+        if stamp is None:
+            url = revision = None
+        else:
+            url, revision = stamp
         return side_fields(
             o.model,
             o.version,
             o.status,
-            None if o.latency_ms is None else round(o.latency_ms, 3),
+            None if o.latency_ms is None else _ms3(o.latency_ms),
             output,
             error,
-            None if stamp is None else stamp[0],
-            None if stamp is None else stamp[1],
+            url,
+            revision,
         )
 
     def _input(self, route: Route, body: bytes | None) -> Any:

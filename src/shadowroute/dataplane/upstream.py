@@ -14,7 +14,7 @@ import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -22,7 +22,10 @@ import httptools
 from shadowroute.dataplane import http1
 from shadowroute.dataplane.deadlines import Deadlines
 
-MAX_RESPONSE_HEAD = 64 << 10
+MAX_RESPONSE_HEAD: Final = 64 << 10
+# Bound once: a module attribute looked up on every use costs more than the use.
+_monotonic: Final = time.monotonic
+_INF: Final = math.inf
 
 
 class Exchange:
@@ -273,18 +276,21 @@ class UpstreamConnection:
                 self._extra = True  # never the client's: the connection is closed
             self._finish()
             return
-        if low.find(http1.TRANSFER_ENCODING) >= 0:
+        # llhttp has read the head: it refuses a second Content-Length and one beside a
+        # Transfer-Encoding, so the first Content-Length line is the framing when there is one.
+        # The common case costs one search and one pass over the digits.
+        at = low.find(http1.CONTENT_LENGTH)
+        if at >= 0:
+            length = http1.length_at(head, at + len(http1.CONTENT_LENGTH))
+            if length < 0:  # llhttp accepted it, so this does not happen; refuse anyway
+                raise httptools.HttpParserError("invalid content-length")
+            self._left = length
+        elif low.find(http1.TRANSFER_ENCODING) >= 0:
             te = http1.header_value(low, low, http1.TRANSFER_ENCODING)
             if te is not None and te.endswith(b"chunked"):
                 self._chunks = http1.ChunkedEnd()
             else:
                 self._until_close = True  # another coding last: read until the close
-        elif low.find(http1.CONTENT_LENGTH) >= 0:
-            cl = http1.header_value(head, low, http1.CONTENT_LENGTH)
-            length = http1.content_length(cl) if cl is not None else None
-            if length is None:  # llhttp accepted it, so this does not happen; refuse anyway
-                raise httptools.HttpParserError("invalid content-length")
-            self._left = length
         else:
             self._until_close = True
         self._in_body = True
@@ -331,7 +337,7 @@ class UpstreamConnection:
         self._until_close = False
         self._left = -1
         self._chunks = None
-        self.deadline = math.inf
+        self.deadline = _INF
 
     def _finish(self) -> None:
         ex = self.exchange
@@ -452,7 +458,7 @@ class UpstreamPool:
     def acquire(self, on_ready: Acquired) -> None:
         """Call ``on_ready(conn, None)`` with a live connection (at once when one is idle) or
         ``on_ready(None, reason)`` when none can be had."""
-        now = time.monotonic()
+        now = _monotonic()
         while self._idle:
             conn = self._idle.pop()
             if conn.usable and now - conn.idle_since < self.keepalive_s:
@@ -494,7 +500,7 @@ class UpstreamPool:
         if self.closed or len(self._idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = _monotonic()
         self._idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
