@@ -26,13 +26,26 @@ class Recording(asyncio.Transport):
         super().__init__()
         self.sent = bytearray()
         self.closed = False
+        self.eof = False  # write_eof: the proxy shut its side (a lingering close)
         self.paused = False
         self.peer = peer
         self.lost = False  # connection_lost was delivered
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert not self.closed, "write after close"
+        assert not self.eof, "write after write_eof"
         self.sent += data
+
+    @property
+    def ended(self) -> bool:
+        """The proxy is done sending on this connection: closed, or its side shut."""
+        return self.closed or self.eof
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def take(self) -> bytes:
         out = bytes(self.sent)

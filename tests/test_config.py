@@ -177,3 +177,20 @@ def test_json_log_lines() -> None:
     doc = orjson.loads(JsonFormatter().format(rec))
     assert doc["level"] == "warning" and doc["logger"] == "shadowroute.proxy"
     assert doc["msg"] == "refused x" and "ValueError: boom" in doc["exc"]
+
+
+def test_candidates_that_are_not_a_list_give_a_config_error() -> None:
+    """Found by the hostile-input property test: ``candidates: true`` raised a TypeError in
+    the environment overrides instead of naming the field."""
+    doc = {
+        "routes": [
+            {
+                "name": "r",
+                "production": {"name": "p", "url": "http://127.0.0.1:1"},
+                "candidates": True,
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, environ={})
+    assert "routes[0].candidates: Input should be a valid list" in str(err.value)

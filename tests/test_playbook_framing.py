@@ -75,7 +75,7 @@ def test_refused_before_anything_complete_reaches_production(pb: Playbook, case:
     pb.client_sends(REFUSED[case])
     out = bytes(pb.client_t.sent)
     assert out.startswith(b"HTTP/1.1 400 "), out
-    assert b"connection: close" in out and pb.client_t.closed
+    assert b"connection: close" in out and pb.client_t.ended
     sent = bytes(pb.upstream().sent)
     # Production got nothing, or a body cut short on a connection that is now closed.
     assert sent == b"" or (pb.upstream().closed and not sent.endswith(b"0\r\n\r\n"))
@@ -85,7 +85,7 @@ def test_malformed_chunk_after_production_got_the_head(pb: Playbook) -> None:
     pb.client_sends(HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
     assert pb.upstream().sent.endswith(b"5\r\nhello\r\n")
     pb.client_sends(b"zz\r\nmore\r\n0\r\n\r\n")
-    assert pb.client_t.sent.startswith(b"HTTP/1.1 400 ") and pb.client_t.closed
+    assert pb.client_t.sent.startswith(b"HTTP/1.1 400 ") and pb.client_t.ended
     assert pb.upstream().closed and pb.upstream().sent.endswith(b"5\r\nhello\r\n")
     assert pb.stats.framing == {"client_aborted": 1}
 
@@ -118,7 +118,7 @@ def test_nothing_after_the_response_reaches_the_client(pb: Playbook, case: str) 
     assert b"\r\nx-request-id: pb-1" in head
     assert pb.upstream().closed == (counted is not None)
     assert pb.stats.framing == ({counted: 1} if counted else {})
-    assert not pb.client_t.closed  # the client's connection is fine
+    assert not pb.client_t.ended  # the client's connection is fine
 
 
 def test_bytes_after_the_response_split_across_reads(pb: Playbook) -> None:
@@ -167,7 +167,7 @@ def test_head_deadline_spares_a_client_the_proxy_is_not_reading(pb: Playbook) ->
     try:
         slow.client_sends(b"GET /p HT")
         assert slow.client.head_timeout(late)
-        assert slow.client_t.sent.startswith(b"HTTP/1.1 408 ") and slow.client_t.closed
+        assert slow.client_t.sent.startswith(b"HTTP/1.1 408 ") and slow.client_t.ended
         assert slow.stats.limits == {"head_timeout": 1}
     finally:
         slow.close()

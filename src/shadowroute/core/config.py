@@ -676,7 +676,8 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
                 var = _env_key("SHADOWROUTE_ROUTE", route["name"], "PRODUCTION", key)
                 if isinstance(prod, dict) and var in environ:
                     prod[key] = environ[var]
-            for cand in route.get("candidates") or []:
+            cands = route.get("candidates")
+            for cand in cands if isinstance(cands, list) else []:
                 if isinstance(cand, dict) and isinstance(cand.get("name"), str):
                     for key in ("url", "revision"):
                         var = _env_key("SHADOWROUTE_ROUTE", route["name"], cand["name"], key)

@@ -32,6 +32,11 @@ log = logging.getLogger("shadowroute.proxy")
 
 STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 MAX_PIPELINED: Final = 32
+LINGER_S: Final = 2.0
+"""How long a connection closed after a refusal keeps reading (and dropping) what the client
+still sends, so that the client reads the answer rather than a reset."""
+LINGER_BYTES: Final = 1 << 20
+"""How much of it is read before the socket is closed anyway."""
 # The clocks, bound once: a module attribute looked up on every call costs more than the call.
 _perf_counter: Final = time.perf_counter
 _wall_time: Final = time.time
@@ -573,6 +578,8 @@ class ClientConnection:
         self._header_size = 0  # the head's header lines so far: names, values, 4 bytes each
         self._in_head = False
         self._reject: _Reject | None = None
+        self.linger_until = 0.0  # loop time a lingering close ends (0: not lingering)
+        self._linger_left = 0
 
     # --- asyncio ---------------------------------------------------------------------
 
@@ -618,6 +625,10 @@ class ClientConnection:
                 up.write(data)
             return
         if self.closing:
+            if self.linger_until:  # after a refusal: read and dropped, up to a bound
+                self._linger_left -= len(data)
+                if self._linger_left < 0:
+                    self._end_linger("linger_bytes")
             return
         self.last_active = self.proxy.loop.time()
         self.feeding = True
@@ -652,7 +663,7 @@ class ClientConnection:
 
     def eof_received(self) -> bool | None:
         """The client half-closed: answer what it already sent, then close."""
-        if self.idle or self.tunnel is not None:
+        if self.linger_until or self.idle or self.tunnel is not None:
             return None  # nothing pending (or a tunnel): let the transport close
         self.half_closed = True
         return True
@@ -893,6 +904,40 @@ class ClientConnection:
         if self.transport is not None:
             self.transport.close()
 
+    def close_lingering(self) -> None:
+        """Close after a refusal without destroying the answer: a socket closed with unread
+        bytes from the client makes the kernel send a reset, and a client still sending (a
+        body, a trickled head) may then read the reset instead of the 4xx. So the answer goes
+        out and this side is shut (FIN); what the client still sends is read and dropped
+        until it closes too, for at most ``LINGER_S`` or ``LINGER_BYTES`` (then the socket is
+        closed, counted as ``linger_timeout`` or ``linger_bytes``)."""
+        self.closing = True
+        transport = self.transport
+        if transport is None or self.linger_until:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self.linger_until = self.proxy.loop.time() + LINGER_S
+        self._linger_left = LINGER_BYTES
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        transport.write_eof()
+
+    def linger_expired(self, now: float) -> bool:
+        """Close a lingering connection whose time is up; True when it did."""
+        if self.linger_until and now >= self.linger_until:
+            self._end_linger("linger_timeout")
+            return True
+        return False
+
+    def _end_linger(self, limit: str) -> None:
+        self.linger_until = 0.0
+        self.proxy.stats.limits[limit] += 1
+        if self.transport is not None:
+            self.transport.close()
+
     def head_timeout(self, now: float) -> bool:
         """Refuse (408) and close when a request head has been arriving for longer than the
         head timeout; True when it did."""
@@ -918,11 +963,11 @@ class ClientConnection:
                     rej.status, rej.message, self.proxy.rid_header, None, close=True
                 )
             )
-            self.close()
+            self.close_lingering()
         elif not self.active.body_done:
             # The bad bytes are in the body being forwarded: stop it now, answer, close.
             self.active.refuse(rej.status, rej.message)
-            self.close()
+            self.close_lingering()
         else:
             self.active.close_after = True
             self.pause_reading()

@@ -133,7 +133,7 @@ class DataPlane:
             await asyncio.sleep(min(1.0, idle_s / 2, head_s / 2))
             now = asyncio.get_running_loop().time()
             for conn in list(self.proxy.connections):
-                if conn.head_timeout(now):
+                if conn.linger_expired(now) or conn.head_timeout(now):
                     continue
                 if conn.idle and now - conn.last_active > idle_s:
                     conn.close()
