@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from playbook import Recording
 from shadowroute.dataplane import http1
 
 BODY = b"5\r\nhello\r\n1a;ext=1\r\n" + b"z" * 26 + b"\r\n0\r\nx-trailer: 1\r\n\r\n"
@@ -109,29 +110,6 @@ def test_length_at_reads_a_value_up_to_its_line_end(value: bytes, expected: int)
     assert http1.length_at(head[: at + len(value)], at) == -1  # no line end: not a value
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-
 @pytest.mark.parametrize(
     ("response", "outcome"),
     [
@@ -169,8 +147,8 @@ def test_upstream_framing_by_content_length(response: bytes, outcome: str) -> No
         proxy = Proxy(config, loop, Recorder(loop, RecordQueue(1 << 20), stats))
         target = proxy.routes[0].candidates[0].target
         conn = UpstreamConnection(target.pool)
-        transport = _Transport()
-        conn.connection_made(transport)  # type: ignore[arg-type]
+        transport = Recording()
+        conn.connection_made(transport)
         outcomes: list[Outcome] = []
         ex = MirrorExchange(target, b"", outcomes.append)
         conn.start(ex, 5.0)

@@ -46,6 +46,36 @@ COMPARATOR_METRICS = (
     "shadowroute_model_age_days",
 )
 VERDICTS = ("promote", "hold", "reject")
+
+PARTITION_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("orphan_labels", "Labels whose pair did not come within the TTL."),
+    (
+        "duplicate_labels",
+        "Labels re-sent with the same value for an already-labelled request key (counted, "
+        "not joined again).",
+    ),
+    (
+        "revisions_evicted",
+        "Candidate revisions whose evidence was dropped from the state: beyond the "
+        "revisions kept per candidate and partition, the oldest (history stays).",
+    ),
+    (
+        "duplicate_pairs",
+        "Pair records for a request id and candidate already counted within the TTL (a "
+        "Kafka re-delivery, a reused id): skipped whole, never counted twice.",
+    ),
+    (
+        "duplicate_ids",
+        "Pairs under a request id (and candidate) already waiting for its label: kept out "
+        "of the evidence, the first one stays.",
+    ),
+    (
+        "conflicting_labels",
+        "Labels for an already-labelled request key with another value (the first stays): "
+        "a label source that contradicts itself.",
+    ),
+)
+"""The partition counters exported as they are: (count name, help)."""
 DRIFT_STATES = ("stable", "minor", "major", "insufficient", "collecting_reference")
 
 
@@ -158,58 +188,27 @@ class ScoresCollector(Collector):
         yield from (pairs, labelled, orphans)
 
     def _partition(self, counts: dict[str, int]) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "shadowroute_orphan_labels",
-            "Labels whose pair did not come within the TTL.",
-            value=counts.get("orphan_labels", 0),
+        for name, doc in PARTITION_COUNTERS:
+            yield CounterMetricFamily(f"shadowroute_{name}", doc, value=counts.get(name, 0))
+        yield _by_prefix(
+            CounterMetricFamily(
+                "shadowroute_deadletter_records",
+                "Records sent to the dead letters.",
+                labels=["reason"],
+            ),
+            counts,
+            "deadletter:",
         )
-        dl = CounterMetricFamily(
-            "shadowroute_deadletter_records", "Records sent to the dead letters.", labels=["reason"]
+        yield _by_prefix(
+            GaugeMetricFamily(
+                "shadowroute_labels_waiting",
+                "Labels kept waiting for their pair, by route (empty: labels without a route); "
+                "bounded by labels.max_waiting_per_route.",
+                labels=["route"],
+            ),
+            counts,
+            "waiting:",
         )
-        for k, v in sorted(counts.items()):
-            if k.startswith("deadletter:"):
-                dl.add_metric([k.split(":", 1)[1]], v)
-        yield dl
-        yield CounterMetricFamily(
-            "shadowroute_duplicate_labels",
-            "Labels re-sent with the same value for an already-labelled request key (counted, "
-            "not joined again).",
-            value=counts.get("duplicate_labels", 0),
-        )
-        yield CounterMetricFamily(
-            "shadowroute_revisions_evicted",
-            "Candidate revisions whose evidence was dropped from the state: beyond the "
-            "revisions kept per candidate and partition, the oldest (history stays).",
-            value=counts.get("revisions_evicted", 0),
-        )
-        yield CounterMetricFamily(
-            "shadowroute_duplicate_pairs",
-            "Pair records for a request id and candidate already counted within the TTL (a "
-            "Kafka re-delivery, a reused id): skipped whole, never counted twice.",
-            value=counts.get("duplicate_pairs", 0),
-        )
-        yield CounterMetricFamily(
-            "shadowroute_duplicate_ids",
-            "Pairs under a request id (and candidate) already waiting for its label: kept out "
-            "of the evidence, the first one stays.",
-            value=counts.get("duplicate_ids", 0),
-        )
-        yield CounterMetricFamily(
-            "shadowroute_conflicting_labels",
-            "Labels for an already-labelled request key with another value (the first stays): "
-            "a label source that contradicts itself.",
-            value=counts.get("conflicting_labels", 0),
-        )
-        waiting = GaugeMetricFamily(
-            "shadowroute_labels_waiting",
-            "Labels kept waiting for their pair, by route (empty: labels without a route); "
-            "bounded by labels.max_waiting_per_route.",
-            labels=["route"],
-        )
-        for k, v in sorted(counts.items()):
-            if k.startswith("waiting:"):
-                waiting.add_metric([k.split(":", 1)[1]], v)
-        yield waiting
 
     def _production(self, prods: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         quality = GaugeMetricFamily(
@@ -275,3 +274,13 @@ class ScoresCollector(Collector):
                 if x is not None:
                     coverage.add_metric([route], x)
         yield from (quality, degraded, deg_est, psi, state, delay, coverage)
+
+
+def _by_prefix(
+    family: CounterMetricFamily | GaugeMetricFamily, counts: dict[str, int], prefix: str
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """``family`` with one sample per count named ``<prefix><label>``."""
+    for k, v in sorted(counts.items()):
+        if k.startswith(prefix):
+            family.add_metric([k.removeprefix(prefix)], v)
+    return family

@@ -339,13 +339,7 @@ class Engine:
             self._count(partition, "labels_read", len(labels))
             for _, _, reason in dead:
                 self._count(partition, f"deadletter:{reason}")
-            rows = []
-            serialised: dict[StateKey, dict[str, Any]] = {}
-            for key in batch.touched:
-                d = _to_dict(self.states[key])
-                serialised[key] = d
-                rows.append((*key, orjson.dumps(d)))
-            self.store.put_states(rows)
+            serialised = self._put_states(batch.touched)
             self.store.put_positions(partition, pos)
             self.store.commit()
         except BaseException:
@@ -354,13 +348,26 @@ class Engine:
             raise
         finally:
             self._batch = None
+        self._publish(serialised, gone)
+        return dead
+
+    def _put_states(self, touched: set[StateKey]) -> dict[StateKey, dict[str, Any]]:
+        """Write the touched states to the store (in the open transaction); returns them
+        serialised, for the snapshot once committed."""
+        serialised = {key: _to_dict(self.states[key]) for key in touched}
+        self.store.put_states([(*key, orjson.dumps(d)) for key, d in serialised.items()])
+        return serialised
+
+    def _publish(
+        self, serialised: dict[StateKey, dict[str, Any]], gone: Sequence[StateKey] = ()
+    ) -> None:
+        """Show committed states (and the evicted ones gone) to readers of the snapshot."""
         with self._lock:
             self._snapshot.update(serialised)
             for key in gone:
                 self._snapshot.pop(key, None)
             self.evicted.extend(gone)
             self.version += 1
-        return dead
 
     def expire(self, partition: int, now_ms: int | None = None) -> bool:
         """Expire, by the clock (or at ``now_ms``), the pending sides of a partition whose TTL
@@ -382,8 +389,7 @@ class Engine:
             self.store.begin()
             try:
                 self._expire(partition, pos, batch, now)
-                serialised = {key: _to_dict(self.states[key]) for key in batch.touched}
-                self.store.put_states([(*k, orjson.dumps(d)) for k, d in serialised.items()])
+                serialised = self._put_states(batch.touched)
                 self.store.commit()
             except BaseException:
                 self.store.rollback()
@@ -391,9 +397,7 @@ class Engine:
                 raise
             finally:
                 self._batch = None
-        with self._lock:
-            self._snapshot.update(serialised)
-            self.version += 1
+        self._publish(serialised)
         return True
 
     def take_evicted(self) -> list[StateKey]:
