@@ -22,6 +22,7 @@ HOT_PATH = [
     "src/shadowroute/dataplane/deadlines.py",
     "src/shadowroute/dataplane/upstream.py",
     "src/shadowroute/dataplane/mirror.py",
+    "src/shadowroute/dataplane/planner.py",
     "src/shadowroute/dataplane/proxy.py",
     "src/shadowroute/dataplane/recorder.py",
     "src/shadowroute/dataplane/stats.py",

@@ -8,10 +8,14 @@ no socket is opened; production connections are handed to the pool ready-made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
+import httptools
+
 from shadowroute.core.config import Config
+from shadowroute.dataplane.planner import Head
 from shadowroute.dataplane.proxy import ClientConnection, Proxy
 from shadowroute.dataplane.recorder import Recorder
 from shadowroute.dataplane.stats import DataPlaneStats
@@ -145,3 +149,41 @@ def split_request(raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
         name, _, value = h.partition(b":")
         headers[name.strip().lower()] = value.strip()
     return line, headers, rest
+
+
+class _HeadReader:
+    """httptools callbacks that keep one request head, read as the data plane reads it (the
+    parser's flags inside ``on_headers_complete``)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: Head | None = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self.head = Head(
+            parser.get_method(),
+            self.url,
+            self.headers,
+            upgrade=parser.should_upgrade(),
+            keep_alive=parser.should_keep_alive(),
+            http10=parser.get_http_version() == "1.0",
+        )
+
+
+def head_of(raw: bytes) -> Head:
+    """The ``Head`` llhttp reads from the raw bytes of a request head (what the data plane
+    hands its planner), without a socket."""
+    reader = _HeadReader()
+    with contextlib.suppress(httptools.HttpParserUpgrade):  # an upgrade's head is whole
+        reader.parser.feed_data(raw)
+    assert reader.head is not None, f"not a whole head: {raw!r}"
+    return reader.head

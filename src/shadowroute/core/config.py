@@ -398,7 +398,8 @@ class Route(_Strict):
     name: Name
     """Route name; it labels records, scores and metrics."""
     path_prefix: str = "/"
-    """Requests whose path starts with this go to this route (the longest prefix wins)."""
+    """Requests whose path starts with this go to this route (the longest prefix wins; at
+    equal prefixes, a route with a `host` wins over one without)."""
     host: str | None = None
     """When set, only requests with this Host (port ignored) match."""
     protocol: Protocol = "jsonpath"

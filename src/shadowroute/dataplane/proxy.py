@@ -19,11 +19,19 @@ import httptools
 
 from shadowroute.core import request_id as rid
 from shadowroute.core.config import Config, Route
-from shadowroute.core.sampling import sample_point
 from shadowroute.dataplane import http1
 from shadowroute.dataplane.control import ControlGuard
 from shadowroute.dataplane.deadlines import Deadlines
 from shadowroute.dataplane.mirror import MirrorTarget
+from shadowroute.dataplane.planner import (
+    CandidatePlan,
+    Head,
+    Plan,
+    Planner,
+    Refusal,
+    RoutePlan,
+    static_headers,
+)
 from shadowroute.dataplane.recorder import Pairing, Recorder
 from shadowroute.dataplane.stats import LatencyHistogram
 from shadowroute.dataplane.upstream import Exchange, Outcome, UpstreamConnection, UpstreamPool
@@ -42,36 +50,24 @@ _perf_counter: Final = time.perf_counter
 _wall_time: Final = time.time
 
 
-class _Reject(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        self.message = message
-
-
-class CandidateRuntime:
-    __slots__ = ("base_path", "forward_private", "static", "target")
+class CandidateRuntime(CandidatePlan):
+    """A route's candidate: its mirror target and the header bytes its requests carry."""
 
     def __init__(
         self, target: MirrorTarget, static: bytes, base_path: bytes, forward_private: bool = False
     ) -> None:
+        super().__init__(target.name, target.fraction)
         self.target = target
         self.static = static
         self.base_path = base_path
         self.forward_private = forward_private
 
 
-class RouteRuntime:
+class RouteRuntime(RoutePlan):
     """A configured route with its upstream pools and precomputed header bytes."""
 
     def __init__(self, cfg: Route, proxy: Proxy) -> None:
         loop, pcfg = proxy.loop, proxy.config.proxy
-        self.cfg = cfg
-        self.name = cfg.name
-        self.prefix = cfg.path_prefix.encode()
-        self.host = cfg.host.lower().encode() if cfg.host else None
-        self.methods = frozenset(m.upper().encode() for m in cfg.mirror_methods)
-        self.monitor_fraction = cfg.monitor_fraction
-        self.needs_input = cfg.capture.input or bool(cfg.drift.fields or cfg.drift.categorical)
         self._status_keys: dict[int, tuple[str, str]] = {}
 
         def pool(url: str) -> UpstreamPool:
@@ -86,31 +82,33 @@ class RouteRuntime:
                 write_high=pcfg.max_body_buffer_bytes,
             )
 
-        def static(p: UpstreamPool, headers: dict[str, str]) -> bytes:
-            extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
-            return b"host: " + p.host_header.encode() + b"\r\n" + extra
-
-        self.prod_pool = pool(cfg.production.url)
+        self.prod_pool = prod_pool = pool(cfg.production.url)
         prod_headers = {**cfg.production.headers, **cfg.production.secret_header_values()}
-        self.prod_static = static(self.prod_pool, prod_headers)
-        self.prod_base = self.prod_pool.base_path.encode()
+        marker = proxy.config.mirror.marker_header.encode() + b": 1\r\n"
+        runtimes: list[CandidateRuntime] = []
+        for c in cfg.candidates:
+            p = pool(c.url)
+            target = MirrorTarget(cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats)
+            headers = {**c.headers, **c.secret_header_values()}
+            static = static_headers(p.host_header, headers) + marker
+            runtimes.append(
+                CandidateRuntime(target, static, p.base_path.encode(), c.forward_private_headers)
+            )
+        plans: list[CandidatePlan] = list(runtimes)
+        super().__init__(
+            cfg,
+            prod_pool.base_path.encode(),
+            static_headers(prod_pool.host_header, prod_headers),
+            plans,
+        )
+        self.runtimes = runtimes
+        """The candidates, as the data plane runs them (the same objects as ``candidates``)."""
         self.prod_timeout = cfg.production.timeout_s
         self.prod_name = cfg.production.name  # for the outcomes (config attributes cost more)
         self.prod_version = cfg.production.version
         self.prod_latency: LatencyHistogram = proxy.stats.latency_of(
             cfg.name, cfg.production.name, "production"
         )
-        marker = proxy.config.mirror.marker_header.encode() + b": 1\r\n"
-        self.candidates: list[CandidateRuntime] = []
-        for c in cfg.candidates:
-            p = pool(c.url)
-            target = MirrorTarget(cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats)
-            headers = {**c.headers, **c.secret_header_values()}
-            base = p.base_path.encode()
-            runtime = CandidateRuntime(
-                target, static(p, headers) + marker, base, c.forward_private_headers
-            )
-            self.candidates.append(runtime)
 
     def status_key(self, status: int) -> tuple[str, str]:
         """The request counter's key for a response with ``status``."""
@@ -120,13 +118,8 @@ class RouteRuntime:
             key = keys[status] = (self.name, STATUS_CLASS.get(status // 100, "xxx"))
         return key
 
-    def matches(self, host: bytes | None, path: bytes) -> bool:
-        if self.host is not None and (host is None or host.split(b":", 1)[0].lower() != self.host):
-            return False
-        return path.startswith(self.prefix)
-
     def pools(self) -> list[UpstreamPool]:
-        return [self.prod_pool, *(c.target.pool for c in self.candidates)]
+        return [self.prod_pool, *(c.target.pool for c in self.runtimes)]
 
 
 class Proxy:
@@ -140,42 +133,28 @@ class Proxy:
         pcfg = config.proxy
         self.rid_header = pcfg.request_id_header.lower().encode()
         self.rid_mark = http1.header_mark(self.rid_header)
-        self.control_header = config.mirror.control_header.lower().encode()
-        # Client headers that are not forwarded as they came (decided once, here): the
-        # router's own marker is dropped, credentials go to production only.
-        mcfg = config.mirror
-        self.private = frozenset(h.lower().encode() for h in mcfg.private_headers)
-        self.special = self.private | {mcfg.marker_header.lower().encode()}
+        self.rid_prefix = self.rid_header + b": "
         self.control_guard = ControlGuard(
-            mcfg.control_from, config.admin.token.get_secret_value() if config.admin.token else None
+            config.mirror.control_from,
+            config.admin.token.get_secret_value() if config.admin.token else None,
         )
         self.capture_limit = config.mirror.capture_limit_bytes
         self.max_header_bytes = pcfg.max_header_bytes
-        self.max_headers = pcfg.max_headers
         self.head_timeout = pcfg.head_timeout_s
         self.max_connections = pcfg.max_connections
         self.max_buffered = pcfg.max_body_buffer_bytes
         self.max_response = config.records.max_response_bytes
-        self.proto = pcfg.forwarded_proto.encode()
-        self.proto_line = b"\r\nx-forwarded-proto: " + self.proto + b"\r\n"
-        self.rid_prefix = self.rid_header + b": "
         self.mirroring = config.mirror.enabled
         self.deadlines = Deadlines(loop)  # every exchange's timeout, for all the pools
-        self.routes = sorted(
-            (RouteRuntime(r, self) for r in config.routes), key=lambda r: -len(r.prefix)
-        )
+        self.routes = [RouteRuntime(r, self) for r in config.routes]
+        self.new_id = rid.IdGenerator()
+        self.planner = Planner(config, self.routes, self.new_id)
+        """What is done with each request, decided from its head (``planner``): no I/O."""
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        self.new_id = rid.IdGenerator()
-
-    def route_for(self, host: bytes | None, path: bytes) -> RouteRuntime | None:
-        for r in self.routes:
-            if r.matches(host, path):
-                return r
-        return None
 
     def targets(self) -> list[MirrorTarget]:
-        return [c.target for r in self.routes for c in r.candidates]
+        return [c.target for r in self.routes for c in r.runtimes]
 
     def close_pools(self) -> None:
         for r in self.routes:
@@ -219,15 +198,38 @@ class Request(Exchange):
     prod_too_large = False
     t0 = 0.0
 
-    def __init__(self, conn: ClientConnection, route: RouteRuntime, method: bytes) -> None:
+    def __init__(self, conn: ClientConnection, plan: Plan) -> None:
+        # The planner matched one of the data plane's own routes: a RouteRuntime, whose
+        # candidates are CandidateRuntimes.
         self.conn = conn
-        self.route = route
-        self.method = method
+        self.route = route = cast(RouteRuntime, plan.route)
+        self.method = method = plan.method
         self.head_only = method == b"HEAD"
+        self.request_id = plan.request_id
+        self.url = plan.url
+        self.upstream_head = plan.upstream_head
+        self.mirror_common = plan.mirror_common
+        self.mirror_private = plan.mirror_private
+        self.chunked_in = plan.chunked
+        self.expect_continue = plan.expect_continue
+        self.keep_alive = plan.keep_alive
+        self.http10 = plan.http10
+        self.upgrade = plan.upgrade
+        self.monitored = plan.monitored
+        self.mirror_to: list[CandidateRuntime] = cast(list[CandidateRuntime], plan.mirror_to)
         self.out_buf: list[bytes] = []
-        self.mirror_to: list[CandidateRuntime] = []
         self._out: list[bytes] = []
         self.up_pending: list[bytes] = []
+        # What the plan says is counted or set aside.
+        skipped = plan.skipped
+        if skipped:
+            for c in route.runtimes:
+                if c not in self.mirror_to:
+                    c.target.count(skipped)
+        if plan.too_large:
+            self._skip_mirrors("too_large")
+        elif plan.capture:
+            self.mirror_buf = []
 
     # --- request side ----------------------------------------------------------------
 
@@ -577,7 +579,7 @@ class ClientConnection:
         self._head_bytes = 0
         self._header_size = 0  # the head's header lines so far: names, values, 4 bytes each
         self._in_head = False
-        self._reject: _Reject | None = None
+        self._reject: Refusal | None = None
         self.linger_until = 0.0  # loop time a lingering close ends (0: not lingering)
         self._linger_left = 0
 
@@ -638,7 +640,7 @@ class ClientConnection:
                 # Still inside a head after this chunk: bound what llhttp may buffer.
                 self._head_bytes += len(data)
                 if self._head_bytes > 2 * self.proxy.max_header_bytes:
-                    self._refuse(_Reject(431, "request head too large"))
+                    self._refuse(Refusal(431, "request head too large"))
         except httptools.HttpParserUpgrade:
             req = self.queue[-1] if self.queue else None
             if req is not None and req.upgrade:
@@ -650,11 +652,11 @@ class ClientConnection:
                     pending.append(data[offset:])
                 self.pause_reading()
             else:
-                self._refuse(_Reject(501, "connection upgrades are not supported by this proxy"))
+                self._refuse(Refusal(501, "connection upgrades are not supported by this proxy"))
         except httptools.HttpParserCallbackError:
-            self._refuse(self._reject or _Reject(400, "bad request"))
+            self._refuse(self._reject or Refusal(400, "bad request"))
         except httptools.HttpParserError as exc:
-            self._refuse(_Reject(400, f"malformed HTTP request: {exc}"))
+            self._refuse(Refusal(400, f"malformed HTTP request: {exc}"))
         finally:
             self.feeding = False
         active = self.active
@@ -699,19 +701,24 @@ class ClientConnection:
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
-        headers = self._headers
+        parser = self.parser
         proxy = self.proxy
-        if len(headers) > proxy.max_headers:
-            self._reject = _Reject(431, "too many request headers")
-            raise self._reject
-        if self._header_size > proxy.max_header_bytes:
-            self._reject = _Reject(431, "request head too large")
-            raise self._reject
-        try:
-            req = self._new_request()
-        except _Reject as rej:
-            self._reject = rej
-            raise
+        head = Head(
+            parser.get_method(),
+            self._url,
+            self._headers,
+            upgrade=parser.should_upgrade(),
+            keep_alive=parser.should_keep_alive(),
+            http10=parser.get_http_version() == "1.0",
+        )
+        head.header_size = self._header_size
+        plan = proxy.planner.plan(head, self.peer, self.control_ok, proxy.mirroring)
+        if isinstance(plan, Refusal):
+            self._reject = plan
+            raise plan
+        if plan.control_ignored:
+            proxy.stats.control_ignored += 1
+        req = Request(self, plan)
         self.current = req
         self.queue.append(req)
         if self.active is None:
@@ -731,129 +738,6 @@ class ClientConnection:
             req.body_complete()
 
     # --- requests ----------------------------------------------------------------------
-
-    def _new_request(self) -> Request:
-        proxy = self.proxy
-        parser = self.parser
-        method = parser.get_method()
-        url = self._url
-        if method == b"CONNECT":
-            raise _Reject(405, "CONNECT is not supported")
-        upgrade = parser.should_upgrade()
-        if upgrade and proxy.config.proxy.upgrade == "refuse":
-            raise _Reject(501, "connection upgrades are not supported by this proxy")
-        if not url.startswith(b"/"):
-            if url == b"*" and method == b"OPTIONS":
-                url = b"/"
-            else:
-                raise _Reject(400, "only origin-form request targets (/path) are accepted")
-        head = http1.read_request_head(
-            self._headers, proxy.rid_header, proxy.control_header, proxy.special, proxy.private
-        )
-        common, host, xff = head.common, head.host, head.xff
-        if upgrade:
-            common += head.upgrade + b"connection: upgrade\r\n"
-        request_id = head.request_id
-        control = head.control
-        if control is not None and not self.control_ok:
-            control = proxy.control_guard.check(control)
-            if control is None:
-                proxy.stats.control_ignored += 1
-        chunked = head.chunked
-        expect = head.expect
-        length: int | None = None
-        if head.length is not None:
-            length = http1.content_length(head.length)
-            if length is None:
-                raise _Reject(400, "invalid content-length")
-        if request_id is None:
-            request_id = proxy.new_id()
-        elif not rid.is_valid(request_id):
-            raise _Reject(400, f"invalid {proxy.rid_header.decode()} header")
-        path = url.split(b"?", 1)[0]
-        route = proxy.route_for(host, path)
-        if route is None:
-            raise _Reject(404, "no route matches this request")
-        req = Request(self, route, method)
-        req.request_id = request_id
-        req.url = url
-        req.chunked_in = chunked
-        req.expect_continue = expect
-        req.keep_alive = parser.should_keep_alive()
-        req.http10 = parser.get_http_version() == "1.0"
-        req.upgrade = upgrade
-        if upgrade:
-            req.keep_alive = False  # the connection ends with the tunnel or the refusal
-        # The forwarding headers and the request id, after the client's own lines: one join.
-        private = head.private
-        parts = [common, private, b"x-forwarded-for: "]
-        if xff:
-            parts.append(xff)
-            parts.append(b", ")
-        parts.append(self.peer)
-        parts.append(proxy.proto_line)
-        if host is not None:
-            parts.append(b"x-forwarded-host: ")
-            parts.append(host)
-            parts.append(b"\r\n")
-        parts.append(proxy.rid_prefix)
-        parts.append(request_id)
-        parts.append(b"\r\n")
-        common = b"".join(parts)
-        if chunked:
-            framing = b"transfer-encoding: chunked\r\n"
-        elif length is not None:
-            framing = b"content-length: %d\r\n" % length
-        else:
-            framing = b""
-        req.upstream_head = b"".join(
-            (method, b" ", route.prod_base, url, b" HTTP/1.1\r\n", common, framing,
-             route.prod_static, b"\r\n")
-        )  # fmt: skip
-        if method in route.methods and not upgrade:
-            self._plan_records(req, route, control, length)
-            if private and req.mirror_to:
-                # Candidates get the client's credentials only if they forward them.
-                parts[1] = b""
-                req.mirror_common = b"".join(parts)
-                req.mirror_private = private
-            else:
-                req.mirror_common = common
-        else:
-            for c in route.candidates:
-                c.target.count("method_skipped")
-        return req
-
-    def _plan_records(
-        self, req: Request, route: RouteRuntime, control: bytes | None, length: int | None
-    ) -> None:
-        """Decide whether this request is monitored and which candidates get a mirror."""
-        f = route.monitor_fraction
-        u = sample_point(req.request_id) if route.candidates or 0.0 < f < 1.0 else 0.0
-        req.monitored = f >= 1.0 or u < f
-        too_large = length is not None and length > self.proxy.capture_limit
-        if req.monitored and route.needs_input and not too_large:
-            req.mirror_buf = []
-        if not route.candidates or control == b"skip":
-            return
-        forced = control == b"force"
-        if not self.proxy.mirroring:
-            for c in route.candidates:
-                c.target.count("disabled")
-            return
-        chosen = []
-        for c in route.candidates:
-            if forced or u < c.target.fraction:
-                chosen.append(c)
-            else:
-                c.target.count("sampled_out")
-        if not chosen:
-            return
-        req.mirror_to = chosen
-        if too_large:
-            req._skip_mirrors("too_large")
-        else:
-            req.mirror_buf = []
 
     def _activate(self) -> None:
         if not self.queue:
@@ -948,11 +832,11 @@ class ClientConnection:
             and now - self.head_since > self.proxy.head_timeout
         ):
             self.proxy.stats.limits["head_timeout"] += 1
-            self._refuse(_Reject(408, "the request head did not arrive in time"))
+            self._refuse(Refusal(408, "the request head did not arrive in time"))
             return True
         return False
 
-    def _refuse(self, rej: _Reject) -> None:
+    def _refuse(self, rej: Refusal) -> None:
         """Answer a request we will not forward, then close (the stream may be out of sync)."""
         self.proxy.stats.rejected[str(rej.status)] += 1
         log.info("refused a request from %s: %d %s", self.peer.decode(), rej.status, rej.message)

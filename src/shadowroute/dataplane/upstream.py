@@ -15,12 +15,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
 
 import httptools
 
 from shadowroute.dataplane import http1
 from shadowroute.dataplane.deadlines import Deadlines
+from shadowroute.dataplane.planner import UpstreamTarget
 
 MAX_RESPONSE_HEAD: Final = 64 << 10
 # Bound once: a module attribute looked up on every use costs more than the use.
@@ -429,7 +429,7 @@ class UpstreamPool:
         framing: Counter[str] | None = None,
         write_high: int = 0,
     ) -> None:
-        parts = urlsplit(url)
+        target = UpstreamTarget(url)
         # Connections closed because a direction did not end on its framing, by reason
         # (``early_answer``, ``extra_bytes``): the data plane's counter, shared by its pools.
         self.framing: Counter[str] = framing if framing is not None else Counter()
@@ -438,17 +438,16 @@ class UpstreamPool:
         self.write_high = write_high
         self.loop = loop
         self.deadlines = deadlines  # the exchanges' timeouts (owned by the data plane's Proxy)
-        self.scheme = parts.scheme
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        default_port = self.port == (443 if parts.scheme == "https" else 80)
-        self.host_header = self.host if default_port else f"{self.host}:{self.port}"
-        self.base_path = parts.path.rstrip("/")
+        self.scheme = target.scheme
+        self.host = target.host
+        self.port = target.port
+        self.host_header = target.host_header
+        self.base_path = target.base_path
         self.max_idle = max_idle
         self.keepalive_s = keepalive_s
         self.connect_timeout_s = connect_timeout_s
         self.ssl: ssl.SSLContext | None = None
-        if parts.scheme == "https":
+        if target.scheme == "https":
             self.ssl = ssl_context or ssl.create_default_context()
         self._idle: deque[UpstreamConnection] = deque()
         self._all: set[UpstreamConnection] = set()
