@@ -25,6 +25,7 @@ HOT_PATH = [
     "src/shadowroute/dataplane/planner.py",
     "src/shadowroute/dataplane/proxy.py",
     "src/shadowroute/dataplane/recorder.py",
+    "src/shadowroute/dataplane/rewrite.py",
     "src/shadowroute/dataplane/stats.py",
     "src/shadowroute/stream/queue.py",
     "src/shadowroute/core/extraction.py",

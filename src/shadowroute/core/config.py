@@ -30,6 +30,7 @@ Protocol = Literal["openinference", "kserve-v1", "tfserving", "openai", "jsonpat
 Task = Literal["classification", "probability", "regression", "text"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_MODEL_IN_PATH = frozenset({"kserve-v1", "openinference", "tfserving"})
 Name = Annotated[str, Field(pattern=_NAME)]
 HOP_BY_HOP = frozenset(
     {
@@ -289,6 +290,44 @@ class Model(_Strict):
         return {k: v.get_secret_value() for k, v in self._secrets.items()}
 
 
+class Rewrite(_Strict):
+    """What changes in the requests a candidate served under its own name is sent (api.md)."""
+
+    model: Name | None = None
+    """The candidate's model name, put where the request path names production's model: the
+    segment after `/models/` (KServe v1 and TF Serving `/v1/models/<name>:predict`, Open
+    Inference `/v2/models/<name>/infer`). Version segments are kept."""
+    path_prefix: str | None = None
+    """Replaces the route's `path_prefix` at the start of the path (literally:
+    `/v1/models/fraud` → `/v1/models/fraud-v2`)."""
+    path: str | None = None
+    """A fixed path for every mirror (the query string is kept); `{tail}` stands for what
+    follows the route's `path_prefix` in the request path."""
+    remove_headers: list[str] = []
+    """Client headers not sent to this candidate. (The candidate's own `headers` and
+    `secret_headers` always replace the client's headers of the same name.)"""
+
+    @model_validator(mode="after")
+    def _rewrite(self) -> Rewrite:
+        if self.path is not None and self.path_prefix is not None:
+            raise ValueError("set one of path and path_prefix, not both")
+        for key in ("path", "path_prefix"):
+            value = getattr(self, key)
+            if value is not None and (not value.startswith("/") or not _path_ok(value)):
+                raise ValueError(
+                    f"{key} must start with '/' and hold no spaces, '?', '#' or control "
+                    f"characters, got {value!r}"
+                )
+        bad = [h for h in self.remove_headers if not h.isascii() or not h or ":" in h]
+        if bad:
+            raise ValueError(f"remove_headers: not header names: {bad}")
+        return self
+
+
+def _path_ok(value: str) -> bool:
+    return value.isascii() and not any(c in value for c in " ?#") and value.isprintable()
+
+
 class Candidate(Model):
     fraction: float = Field(1.0, ge=0.0, le=1.0)
     """Share of the route's requests mirrored to this candidate, sampled from the request id."""
@@ -302,6 +341,9 @@ class Candidate(Model):
     """
     forward_private_headers: bool = False
     """Send this candidate the client's `mirror.private_headers` (credentials) too."""
+    rewrite: Rewrite | None = None
+    """What changes in the requests this candidate is sent: its model name in the path, the
+    path, client headers left out (for a candidate deployed under its own name)."""
 
 
 class Noise(_Strict):
@@ -446,6 +488,13 @@ class Route(_Strict):
             raise ValueError(f"path_prefix must start with '/', got {self.path_prefix!r}")
         if self.protocol == "jsonpath" and not self.jsonpath:
             raise ValueError("protocol 'jsonpath' needs 'jsonpath' (e.g. '$.prediction')")
+        named = [c.name for c in self.candidates if c.rewrite and c.rewrite.model]
+        if named and self.protocol not in _MODEL_IN_PATH:
+            raise ValueError(
+                f"rewrite.model (candidates {named}) needs a protocol that names the model in "
+                f"the path ({', '.join(sorted(_MODEL_IN_PATH))}); use rewrite.path with "
+                f"protocol {self.protocol!r}"
+            )
         same = [c for c in self.candidates if self.noise and c.name == self.noise.name]
         if same and not same[0].noise:
             raise ValueError(f"noise.name {same[0].name!r} is a candidate that is not noise")

@@ -18,7 +18,7 @@ from typing import Final, cast
 import httptools
 
 from shadowroute.core import request_id as rid
-from shadowroute.core.config import Config, Route
+from shadowroute.core.config import Config, Rewrite, Route
 from shadowroute.dataplane import http1
 from shadowroute.dataplane.control import ControlGuard
 from shadowroute.dataplane.deadlines import Deadlines
@@ -33,6 +33,7 @@ from shadowroute.dataplane.planner import (
     static_headers,
 )
 from shadowroute.dataplane.recorder import Pairing, Recorder
+from shadowroute.dataplane.rewrite import Rewriter
 from shadowroute.dataplane.stats import LatencyHistogram
 from shadowroute.dataplane.upstream import Exchange, Outcome, UpstreamConnection, UpstreamPool
 
@@ -54,13 +55,20 @@ class CandidateRuntime(CandidatePlan):
     """A route's candidate: its mirror target and the header bytes its requests carry."""
 
     def __init__(
-        self, target: MirrorTarget, static: bytes, base_path: bytes, forward_private: bool = False
+        self,
+        target: MirrorTarget,
+        static: bytes,
+        base_path: bytes,
+        forward_private: bool = False,
+        rewrite: Rewriter | None = None,
     ) -> None:
         super().__init__(target.name, target.fraction)
         self.target = target
         self.static = static
         self.base_path = base_path
         self.forward_private = forward_private
+        self.rewrite = rewrite
+        """What this candidate's requests change (None: nothing, the common case)."""
 
 
 class RouteRuntime(RoutePlan):
@@ -91,8 +99,14 @@ class RouteRuntime(RoutePlan):
             target = MirrorTarget(cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats)
             headers = {**c.headers, **c.secret_header_values()}
             static = static_headers(p.host_header, headers) + marker
+            rewriter = None
+            if c.rewrite is not None or headers:
+                own = frozenset(h.lower().encode() for h in headers)
+                rewriter = Rewriter(cfg.path_prefix.encode(), c.rewrite or Rewrite(), own)
             runtimes.append(
-                CandidateRuntime(target, static, p.base_path.encode(), c.forward_private_headers)
+                CandidateRuntime(
+                    target, static, p.base_path.encode(), c.forward_private_headers, rewriter
+                )
             )
         plans: list[CandidatePlan] = list(runtimes)
         super().__init__(
@@ -341,10 +355,18 @@ class Request(Exchange):
     def _send_mirrors(self, body: bytes, pairing: Pairing) -> None:
         length = b"content-length: %d\r\n\r\n" % len(body)
         for c in self.mirror_to:
-            head = b"".join(
-                (self.method, b" ", c.base_path, self.url, b" HTTP/1.1\r\n", self.mirror_common,
-                 self.mirror_private if c.forward_private else b"", c.static, length)
-            )  # fmt: skip
+            private = self.mirror_private if c.forward_private else b""
+            rw = c.rewrite
+            if rw is None:
+                head = b"".join(
+                    (self.method, b" ", c.base_path, self.url, b" HTTP/1.1\r\n",
+                     self.mirror_common, private, c.static, length)
+                )  # fmt: skip
+            else:  # a candidate served under its own name, or with headers of its own
+                head = b"".join(
+                    (self.method, b" ", c.base_path, rw.target(self.url), b" HTTP/1.1\r\n",
+                     rw.headers(self.mirror_common), rw.headers(private), c.static, length)
+                )  # fmt: skip
             target = c.target
             pairing.expected += 1  # a mirror not sent is the candidate's outcome too
             reason = target.send(head + body, pairing.candidate_done)
