@@ -43,6 +43,10 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RateLimitFilter())
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    if level != "debug":
+        # The HTTP client logs a line per request at INFO: the CLI's own output says enough.
+        for chatty in ("httpx", "httpcore"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -29,11 +29,14 @@ from shadowroute.core.config import Config
 from shadowroute.core.label_rules import LabelRules
 from shadowroute.core.records import LabelRecord
 from shadowroute.dataplane.server import DataPlane, listen_socket
+from shadowroute.dataplane.stats import DataPlaneStats
+from shadowroute.oplog import Sample, Watch, sample_of, startup_lines, watch_loop
 from shadowroute.stream.jsonl import JsonlSink
 from shadowroute.stream.kafka import KafkaSink
 from shadowroute.stream.sink import ChannelSink, FanoutSink, Sink
 
 log = logging.getLogger("shadowroute")
+ops_log = logging.getLogger("shadowroute.ops")
 
 
 def pair_sinks(config: Config, extra: list[Sink] | None = None) -> tuple[Sink, list[KafkaSink]]:
@@ -96,6 +99,45 @@ def dataplane_circuits(dp: DataPlane) -> list[tuple[str, str, bool]]:
     return [(t.route, t.name, t.breaker.state != "closed") for t in dp.proxy.targets()]
 
 
+def ops_sample(
+    stats: Callable[[], DataPlaneStats],
+    flow: Callable[[], RecordFlow],
+    circuits: Callable[[], Iterable[tuple[str, str, bool]]],
+) -> Callable[[], Sample]:
+    """What the operator's log watches, from the same sources as ``/metrics``."""
+
+    def sample() -> Sample:
+        s = stats()
+        return sample_of(s.mirrors, s.mirror_errors, flow().dropped, circuits())
+
+    return sample
+
+
+@contextlib.asynccontextmanager
+async def operator_log(
+    config: Config, sample: Callable[[], Sample], listen: str, admin: str
+) -> AsyncIterator[None]:
+    """Say what is served where, then log changes of state until the block ends."""
+    for line in startup_lines(config, listen, admin):
+        ops_log.info("%s", line)
+    o = config.ops_log
+    watch = Watch(
+        min_mirrors=o.min_mirrors,
+        fail_share=o.fail_share,
+        recover_share=o.recover_share,
+        repeat_s=o.repeat_s,
+    )
+    task = asyncio.get_running_loop().create_task(
+        watch_loop(sample, interval_s=o.interval_s, watch=watch)
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def dataplane_context(
     config: Config, dp: DataPlane, pair_kafka: Sequence[KafkaSink] = ()
 ) -> ControlContext:
@@ -127,6 +169,8 @@ class Stack:
     dataplane: DataPlane
     comparator: Comparator | None
     admin_runner: web.AppRunner
+    sample: Callable[[], Sample]
+    """The counters the operator's log watches."""
 
     @property
     def proxy_port(self) -> int:
@@ -234,7 +278,12 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
             if kafka:
                 ctx.registry.register(kafka_collector(kafka))
             async with admin_server(ctx, config.admin.host, config.admin.port) as runner:
-                stack = Stack(config, dp, comparator, runner)
+                sample = ops_sample(
+                    lambda: dp.stats,
+                    lambda: spool_losses(dataplane_flow(dp), pair_kafka),
+                    lambda: dataplane_circuits(dp),
+                )
+                stack = Stack(config, dp, comparator, runner, sample)
                 try:
                     yield stack
                 finally:
@@ -279,5 +328,8 @@ async def serve(config: Config) -> None:
             config.listen.host, stack.proxy_port, config.admin.host, stack.admin_port,
             build_info.describe(),
         )  # fmt: skip
-        await wait_for_signal()
+        listen = f"{config.listen.host}:{stack.proxy_port}"
+        admin = f"{config.admin.host}:{stack.admin_port}"
+        async with operator_log(config, stack.sample, listen, admin):
+            await wait_for_signal()
         log.info("shutting down: readiness off, draining")

@@ -306,13 +306,20 @@ async def supervise(config: Config, n: int) -> None:
     ctx = runtime.control_plane(config, ctx, comparator, labels)
     if kafka:
         registry.register(runtime.kafka_collector(kafka))
-    async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
+    async with runtime.admin_server(ctx, config.admin.host, config.admin.port) as runner:
         runtime.freeze_startup_heap()
         log.info(
             "%d workers serving on %s:%d (%s)",
             n, config.listen.host, config.listen.port, build_info.describe(),
         )  # fmt: skip
-        await runtime.wait_for_signal()
+        sample = runtime.ops_sample(
+            workers.stats, lambda: runtime.spool_losses(workers.records(), pair_kafka),
+            workers.circuits,
+        )  # fmt: skip
+        listen = f"{config.listen.host}:{config.listen.port}"
+        admin = f"{config.admin.host}:{runtime.admin_port(runner)}"
+        async with runtime.operator_log(config, sample, listen, admin):
+            await runtime.wait_for_signal()
         log.info("stopping workers")
         workers.stopping = True
         for p in procs:

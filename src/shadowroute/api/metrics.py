@@ -27,6 +27,7 @@ DATAPLANE_METRICS = (
     "shadowroute_requests_total",
     "shadowroute_upstream_latency_seconds",
     "shadowroute_mirror_requests_total",
+    "shadowroute_mirror_errors_total",
     "shadowroute_mirror_in_flight",
     "shadowroute_requests_rejected_total",
     "shadowroute_upstream_framing_closed_total",
@@ -122,6 +123,16 @@ class DataPlaneCollector(Collector):
         for (route, cand, outcome), v in sorted(s.mirrors.items()):
             mir.add_metric([route, cand, outcome], v)
         yield mir
+
+        errs = CounterMetricFamily(
+            "shadowroute_mirror_errors",
+            "Mirrors that ended without a prediction, by the record's error reason "
+            "(http_4xx, http_5xx, connect, timeout, reset, bad_json, extract_failed, ...).",
+            labels=["route", "candidate", "reason"],
+        )
+        for (route, cand, reason), v in sorted(s.mirror_errors.items()):
+            errs.add_metric([route, cand, reason], v)
+        yield errs
 
         inflight = GaugeMetricFamily(
             "shadowroute_mirror_in_flight",

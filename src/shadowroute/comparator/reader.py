@@ -8,6 +8,7 @@ verdict, with its evidence, to the decision history. ``Reader`` answers the API.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,9 @@ from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, Route
 from shadowroute.core.revision import matches, split_slot
 from shadowroute.core.stats.policy import Decision, decide
+
+ops_log = logging.getLogger("shadowroute.ops")
+"""The operator's log (``shadowroute.oplog``): one line per verdict change."""
 
 __all__ = ["NotFound", "Reader", "ScoresReader", "StateView", "Verdicts"]
 
@@ -181,6 +185,19 @@ an identical label re-sent (``duplicate_labels``), a second label for a key with
 value (``conflicting_labels``)."""
 
 
+def verdict_line(change: dict[str, object], before: str | None) -> str:
+    """One line for a verdict change (a history entry of the comparator's ``Verdicts``)."""
+    route, cand, verdict = change.get("route"), change.get("candidate"), change.get("verdict")
+    reasons = change.get("reasons")
+    reason = reasons[0] if isinstance(reasons, list) and reasons else "no reason given"
+    pairs, labelled = change.get("pairs"), change.get("labelled")
+    was = f"{before} -> " if before is not None else ""
+    if change.get("event") == "revision_change":
+        what = "new revision, evidence starts again"
+        return f"verdict {route}/{cand}: {was}{verdict} ({what}; {reason})"
+    return f"verdict {route}/{cand}: {was}{verdict} ({reason}; {pairs} pairs, {labelled} labelled)"
+
+
 class Verdicts:
     """The current verdict per (route, candidate); changes go to the history table."""
 
@@ -227,6 +244,7 @@ class Verdicts:
                     self._last[key] = (last[0], rid, last[2] or bool(out.get("pairs")))
                     continue
                 self._last[key] = (out["verdict"], rid, bool(out.get("pairs")))
+                ops_log.info("%s", verdict_line(out, last[0] if last is not None else None))
                 self.store.add_decision(
                     route.name, cand.name, cand.name, out["verdict"], out["as_of"],
                     self.now_ms(), orjson.dumps(out),

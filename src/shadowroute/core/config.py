@@ -649,6 +649,29 @@ class Labels(_Strict):
     more route); beyond it new ones that join nothing are refused (`backlog_full`, 429)."""
 
 
+class OpsLog(_Strict):
+    """When the operator's log speaks (logger `shadowroute.ops`): the counters are read every
+    `interval_s`; one line per change of state, a lasting condition said again every
+    `repeat_s`."""
+
+    interval_s: float = Field(10.0, ge=0.1, le=3600)
+    """How often the data plane's counters are read (the window a line speaks of)."""
+    min_mirrors: int = Field(20, ge=1)
+    """Mirrors that must end in a window before a candidate can be called failing."""
+    fail_share: float = Field(0.5, gt=0.0, le=1.0)
+    """Share of a window's mirrors ending without a prediction that makes a candidate failing."""
+    recover_share: float = Field(0.1, ge=0.0, le=1.0)
+    """Share under which a failing candidate is said to answer again."""
+    repeat_s: float = Field(300.0, ge=1.0)
+    """A lasting condition (failing, dropping) is said again after this long."""
+
+    @model_validator(mode="after")
+    def _shares(self) -> OpsLog:
+        if self.recover_share > self.fail_share:
+            raise ValueError("recover_share must not exceed fail_share")
+        return self
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     """Client traffic."""
@@ -666,6 +689,8 @@ class Config(_Strict):
     """Comparator state and windows."""
     labels: Labels = Labels()
     """Rules for ground-truth labels: time bounds, value size, waiting backlog."""
+    ops_log: OpsLog = OpsLog()
+    """What the router logs of itself: start-up summary, breakers, failing candidates, drops."""
     routes: list[Route] = Field(min_length=1)
     """At least one route."""
 

@@ -150,10 +150,12 @@ class MirrorTarget:
         self.breaker.record(error is None or error == "http_4xx", _monotonic())
         if error is None:
             self.stats.mirrors[self._ok] += 1
-        elif error == "timeout" or error == "too_large":
-            self.count(error)
         else:
-            self.count("error")
+            if error == "timeout" or error == "too_large":
+                self.count(error)
+            else:
+                self.count("error")
+            self.stats.mirror_errors[(self.route, self.name, error)] += 1
         if result.latency_ms is not None:
             self.latency.observe(result.latency_ms / 1000.0)
 

@@ -68,6 +68,10 @@ class DataPlaneStats:
     latency: dict[tuple[str, str, str], LatencyHistogram] = field(default_factory=dict)
     # (route, candidate, outcome) -> count
     mirrors: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # (route, candidate, reason) -> mirrors that ended without a prediction, by the record's
+    # error reason (``http_4xx``, ``connect``, ...): the ``error`` outcome above, and
+    # ``timeout`` / ``too_large``, by what went wrong
+    mirror_errors: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # (route, candidate) -> in flight now (gauge)
     mirrors_in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
     # reason -> count of malformed / refused client requests
@@ -96,6 +100,7 @@ class DataPlaneStats:
             "latency": [[*k, list(h.counts), h.total] for k, h in self.latency.items()],
             "mirrors": [[*k, v] for k, v in self.mirrors.items()],
             "mirrors_in_flight": [[*k, v] for k, v in self.mirrors_in_flight.items()],
+            "mirror_errors": [[*k, v] for k, v in self.mirror_errors.items()],
             "rejected": [[k, v] for k, v in self.rejected.items()],
             "framing": [[k, v] for k, v in self.framing.items()],
             "limits": [[k, v] for k, v in self.limits.items()],
@@ -115,6 +120,8 @@ class DataPlaneStats:
         for route, cand, v in snap["mirrors_in_flight"]:
             key = (route, cand)
             self.mirrors_in_flight[key] = self.mirrors_in_flight.get(key, 0) + v
+        for route, cand, reason, v in snap.get("mirror_errors", ()):
+            self.mirror_errors[(route, cand, reason)] += v
         for reason, v in snap["rejected"]:
             self.rejected[reason] += v
         for reason, v in snap.get("framing", ()):
