@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from proxyutil import settle
-from shadowroute.cli_client import cmd_labels_send, cmd_labels_waiting
+from shadowroute.cli_client import EXIT_REJECT, cmd_decision, cmd_labels_send, cmd_labels_waiting
 from shadowroute.core.config import Config, parse_config
 from shadowroute.runtime import Stack, embedded_stack
 from upstreams import ModelServer, Reply, Seen
@@ -163,15 +163,28 @@ async def test_labels_say_what_matched_and_what_waits(
 
 
 async def test_a_404_candidate_is_rejected_naming_its_error_and_holds_say_what_they_need(
-    tmp_path: Path, servers: tuple[ModelServer, ModelServer, ModelServer]
+    tmp_path: Path,
+    servers: tuple[ModelServer, ModelServer, ModelServer],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     prod, good, missing = servers
     cfg = _config(tmp_path, prod.url, good.url, missing.url)
     async with embedded_stack(cfg) as stack:
         await _requests(stack, 40)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}") as admin:
+        api = f"http://127.0.0.1:{stack.admin_port}"
+        async with httpx.AsyncClient(base_url=api) as admin:
             bad = await _decision(admin, "missing", 40)
             ok = await _decision(admin, "good", 40)
+        # the CLI's decision output carries the same reasons and fields
+        args = _args(
+            api, route="r", candidate="missing", revision=None, wait=False, timeout=5.0,
+            interval=1.0,
+        )  # fmt: skip
+        code = await asyncio.to_thread(cmd_decision, args)
+        printed = orjson.loads(capsys.readouterr().out)
+    assert code == EXIT_REJECT
+    assert printed["metrics"]["error_rate"]["errors"] == bad["metrics"]["error_rate"]["errors"]
+    assert any("mostly http_4xx: 40 of 40 mirrors" in r for r in printed["reasons"])
     assert bad["verdict"] == "reject", bad["reasons"]
     err = bad["metrics"]["error_rate"]
     assert err["status"] == "fail"

@@ -96,6 +96,11 @@ async def test_serve_produces_pairs_and_labels_to_kafka(
             ndjson = {"Content-Type": "application/x-ndjson"}
             r = await c.post(f"http://127.0.0.1:{admin}/v1/labels", content=labels, headers=ndjson)
             assert r.status_code == 202
+            # written to the topic: what matched is the comparator's to say, later
+            answer = r.json()
+            assert answer["accepted"] == n and answer["committed"] is False
+            assert answer["matched"] is None and answer["waiting"] is None
+            assert "shadowroute_labels_waiting" in answer["note"]
         pairs = await consume(kafka_bootstrap, f"{prefix}.pairs", n)
         got_labels = await consume(kafka_bootstrap, f"{prefix}.labels", n)
     finally:
