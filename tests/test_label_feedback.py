@@ -106,13 +106,6 @@ async def test_labels_say_what_matched_and_what_waits(
         ids = await _requests(stack, 30)
         api = f"http://127.0.0.1:{stack.admin_port}"
         async with httpx.AsyncClient(base_url=api) as admin:
-            # the ids the proxy returned: every label matches a request now
-            right = [{"id": i, "label": k % 2, "route": "r"} for k, i in enumerate(ids[:20])]
-            r = await admin.post("/v1/labels", json=right)
-            assert r.status_code == 202, r.text
-            body = r.json()
-            assert body["accepted"] == 20 and body["matched"] == 20 and body["waiting"] == 0
-            assert "hint" not in body and "waiting_ids" not in body
             # one's own row ids: accepted, but they match nothing and wait, with the hint
             rows = [{"id": f"row-{k}", "label": 1, "route": "r"} for k in range(7)]
             r = await admin.post("/v1/labels", json=rows)
@@ -121,6 +114,22 @@ async def test_labels_say_what_matched_and_what_waits(
             assert body["accepted"] == 7 and body["matched"] == 0 and body["waiting"] == 7
             assert body["waiting_ids"] == [f"row-{k}" for k in range(5)]
             assert "x-request-id" in body["hint"]
+            # the decision's labelled shortfall says why: the labels wait for their pair
+            d = await _decision(admin, "good", 30)
+            assert d["labelled"] == 0 and d["labels_waiting"] == 7
+            at = next(i for i, r in enumerate(d["reasons"]) if r.startswith("needs 10 labelled"))
+            assert d["reasons"][at + 1].startswith("7 label(s) wait for their pair")
+            assert "x-request-id" in d["reasons"][at + 1]
+            # the ids the proxy returned: every label matches a request now
+            right = [{"id": i, "label": k % 2, "route": "r"} for k, i in enumerate(ids[:20])]
+            r = await admin.post("/v1/labels", json=right)
+            assert r.status_code == 202, r.text
+            body = r.json()
+            assert body["accepted"] == 20 and body["matched"] == 20 and body["waiting"] == 0
+            assert "hint" not in body and "waiting_ids" not in body
+            d = await _decision(admin, "good", 30)
+            assert d["labelled"] == 20
+            assert not any("wait for their pair" in r for r in d["reasons"])
             # a mixed batch: the counts split
             mixed = [{"id": ids[25], "label": 1}, {"id": "row-99", "label": 0}]
             body = (await admin.post("/v1/labels", json=mixed)).json()

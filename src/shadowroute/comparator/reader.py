@@ -273,10 +273,29 @@ class Verdicts:
             out["reasons"] = [NOISE_REASON, *_noise_alerts(state), *out["reasons"]]
         elif any(c.noise for c in route.candidates):
             out["noise_floor"] = noise_floor(self.view, route, list(decision.metrics))
+        out["reasons"] = self._waiting_hint(route, out["reasons"])
         out["metrics"] = json_safe(out["metrics"])
         with self._lock:
             self._current[key] = (decision, out)
         return out
+
+    def _waiting_hint(self, route: Route, reasons: list[str]) -> list[str]:
+        """After a shortfall of labelled pairs, the labels that wait for their pair on the
+        route (and without one), if any: labels that matched no request seen so far, most
+        often sent under ids other than the proxy's request ids."""
+        head = f"needs {route.policy.min_labelled} labelled pairs,"
+        at = next((i for i, r in enumerate(reasons) if r.startswith(head)), None)
+        if at is None:
+            return reasons
+        counts = self.view.partition_counts()
+        waiting = counts.get("waiting:" + route.name, 0) + counts.get("waiting:", 0)
+        if waiting <= 0:
+            return reasons
+        hint = (
+            f"{waiting} label(s) wait for their pair: they matched no request seen so far; "
+            "label by the x-request-id the proxy returned, not your own row ids"
+        )
+        return [*reasons[: at + 1], hint, *reasons[at + 1 :]]
 
     def current(self, route: str, cand: str) -> dict[str, Any]:
         with self._lock:
