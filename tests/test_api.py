@@ -12,7 +12,7 @@ from aiohttp import web
 
 from proxyutil import make_config, running_proxy
 from shadowroute.api.app import ControlContext, create_app
-from shadowroute.api.labels import label_routes
+from shadowroute.api.labels import KAFKA_NOTE, label_routes
 from shadowroute.api.metrics import DATAPLANE_METRICS, new_registry
 from shadowroute.api.openapi import document
 from shadowroute.core.config import Config
@@ -98,7 +98,8 @@ async def test_labels_intake_good_bad_and_mixed(prod: ModelServer) -> None:
             r = await c.post("/v1/labels", content=good, headers=auth)
             assert r.status_code == 202, r.text
             assert r.json() == {
-                "accepted": 2, "rejected": 0, "duplicates": 0, "conflicts": 0, "committed": False
+                "accepted": 2, "rejected": 0, "duplicates": 0, "conflicts": 0, "committed": False,
+                "matched": None, "waiting": None, "note": KAFKA_NOTE,
             }  # fmt: skip
             mixed = b'{"id": "c", "label": 1}\nnot json\n{"label": 3}\n{"id": "d", "label": 2}\n'
             r = await c.post("/v1/labels", content=mixed, headers=auth)

@@ -95,8 +95,9 @@ async def test_api_routes_and_404(tmp_path: Path) -> None:
         assert set(body) == {
             "route", "candidate", "verdict", "reasons", "metrics", "pairs", "labelled", "as_of",
             "revision",
-            "integrity",
+            "integrity", "labels_waiting",
         }  # fmt: skip
+        assert body["labels_waiting"] == 0
         assert body["integrity"] == {
             "duplicate_pairs": 0, "duplicate_ids": 0, "duplicate_labels": 0,
             "conflicting_labels": 0,

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.kafka_source import ScoresFollower
-from shadowroute.comparator.reader import StateView, Verdicts
+from shadowroute.comparator.reader import Reader, StateView, Verdicts
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, parse_config
 from shadowroute.core.records import LabelRecord, encode_label
@@ -281,6 +281,16 @@ async def test_sigkill_three_times_then_equal_to_offline(
     for c in cand[1:]:
         want = want.merge(c)  # type: ignore[union-attr,arg-type]
     _assert_equal_states(merged, want)  # type: ignore[arg-type]
+    # the labels waiting for their pair, per route, as the comparator's API reads them from
+    # the scores topic: the partitions' counters summed (these labels carry no route)
+    history = Store(tmp_path / "reader.sqlite")
+    reader = Reader(config, view, Verdicts(config, view, history), history)
+    waiting = reader.production(ROUTE)["labels"]
+    parts = [got.states[("part", "", "", p)] for p in range(PARTS)]
+    assert waiting["waiting_without_route"] == sum(pt.get("waiting:", 0) for pt in parts)
+    assert waiting["waiting"] == sum(pt.get(f"waiting:{ROUTE}", 0) for pt in parts) == 0
+    assert reader.decision(ROUTE, CAND)["labels_waiting"] == 0
+    history.close()
     dead = await _read_all(kafka_bootstrap, topic_name(prefix, "deadletter"))
     reasons = {dict(m.headers)["reason"] for msgs in dead.values() for m in msgs}
     assert {b"unparseable", b"label:bad_type:id"} <= reasons

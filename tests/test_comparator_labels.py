@@ -191,6 +191,7 @@ def test_labels_waiting_for_their_pair_are_bounded_and_leave_the_backlog_when_jo
     engine.process(0, [], labels)
     part = engine.states[("part", "", "", 0)]
     assert engine.label_outcomes == ["accepted"] * 5 + ["refused:backlog_full"] * 2
+    assert engine.labels_kept_waiting == [0, 1, 2, 3, 4]
     assert part["waiting:"] == 5 and part["deadletter:label:backlog_full"] == 2
     # two of the waiting labels meet their pairs: they leave the backlog, room for two more
     engine.process(0, [(b"r0", pair("r0", T0, [1], [1])), (b"r1", pair("r1", T0, [1], [0]))], [])
@@ -201,6 +202,12 @@ def test_labels_waiting_for_their_pair_are_bounded_and_leave_the_backlog_when_jo
     # a label whose pair is in the same batch joins at once and never waits
     engine.process(0, [(b"x", pair("x", T0, [1], [1]))], [LabelRecord("x", 1, T0)])
     assert engine.label_outcomes == ["accepted"] and part["waiting:"] == 5
+    assert engine.labels_kept_waiting == []
+    # a pair already pending: its label matches at once; a re-sent label is a duplicate
+    engine.process(0, [(b"y", pair("y", T0, [1], [1]))], [])
+    engine.process(0, [], [LabelRecord("y", 1, T0), LabelRecord("x", 1, T0)])
+    assert engine.label_outcomes == ["accepted", "duplicate"]
+    assert engine.labels_kept_waiting == [] and part["waiting:"] == 5
 
 
 def test_a_second_pair_under_a_pending_id_is_counted_and_kept_out(tmp_path: Path) -> None:

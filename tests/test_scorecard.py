@@ -115,11 +115,15 @@ async def _watch(browser: Any, scenario: str, candidate: str, verdict: str) -> d
         seen["revision"] = await page.inner_text(f'{card} [data-field="revision"] b')
         seen["reasons"] = await page.locator(f"{card} ul.reasons li").all_inner_texts()
         seen["metrics"] = {}
+        seen["needed"] = {}
         for name in decision["metrics"]:
             row = f'{card} tr[data-metric="{name}"]'
             seen["metrics"][name] = [
                 await page.inner_text(f"{row} td.{k}") for k in ("estimate", "lower", "upper")
             ]
+            seen["needed"][name] = await page.inner_text(f"{row} td.needed")
+        seen["labels_waiting"] = await page.inner_text('[data-field="labels-waiting"]')
+        seen["labels_waiting_api"] = production["labels"]["waiting"]
         seen["history_rows"] = await page.locator(f"{card} table.history tbody tr").count()
         seen["history_api"] = len(history["history"])
         seen["drift_rows"] = await page.locator("tr[data-drift-field]").count()
@@ -156,6 +160,15 @@ async def _watch(browser: Any, scenario: str, candidate: str, verdict: str) -> d
     return seen
 
 
+def _needed_text(needed: dict[str, Any] | None) -> str:
+    """What the page shows in a metric's "more needed (estimate)" cell."""
+    if needed is None:
+        return ""
+    if needed["more"] is None:
+        return "n/a"
+    return f"≈{needed['more']:,} {needed['unit']}"
+
+
 async def test_scorecard_shows_what_the_api_says_on_real_demo_runs() -> None:
     async with pw_api.async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -177,6 +190,8 @@ async def test_scorecard_shows_what_the_api_says_on_real_demo_runs() -> None:
         assert seen["reasons"] == api["reasons"]
         for name, ev in api["metrics"].items():
             assert seen["metrics"][name] == [signed(ev[k]) for k in ("estimate", "lower", "upper")]
+            assert seen["needed"][name] == _needed_text(ev.get("needed"))
+        assert seen["labels_waiting"] == str(seen["labels_waiting_api"])
         assert seen["history_rows"] == seen["history_api"] >= 1
         assert seen["drift_rows"] == seen["drift_api"] == 7  # six inputs and the output
         assert seen["latency_bars"] == 6 and seen["p50_api"] > 0

@@ -3,6 +3,7 @@ posted labels reach their topics, co-partitioned; mismatched topics stop it with
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from proxyutil import wait_ready
+from shadowroute.cli_client import cmd_labels_send
 from shadowroute.core.config import Transport
 from shadowroute.stream.kafka import create_topics
 from upstreams import ModelServer
@@ -73,7 +75,10 @@ async def consume(bootstrap: str, topic: str, want: int) -> list[tuple[int, byte
 
 
 async def test_serve_produces_pairs_and_labels_to_kafka(
-    kafka_bootstrap: str, models: tuple[ModelServer, ModelServer], tmp_path: Path
+    kafka_bootstrap: str,
+    models: tuple[ModelServer, ModelServer],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     prefix = "s" + uuid.uuid4().hex[:8]
     await create_topics(Transport(kind="kafka", bootstrap=kafka_bootstrap, topic_prefix=prefix))
@@ -96,8 +101,23 @@ async def test_serve_produces_pairs_and_labels_to_kafka(
             ndjson = {"Content-Type": "application/x-ndjson"}
             r = await c.post(f"http://127.0.0.1:{admin}/v1/labels", content=labels, headers=ndjson)
             assert r.status_code == 202
+            # written to the topic: what matched is the comparator's to say, later
+            answer = r.json()
+            assert answer["accepted"] == n and answer["committed"] is False
+            assert answer["matched"] is None and answer["waiting"] is None
+            assert "shadowroute_labels_waiting" in answer["note"]
         pairs = await consume(kafka_bootstrap, f"{prefix}.pairs", n)
         got_labels = await consume(kafka_bootstrap, f"{prefix}.labels", n)
+        # the CLI says what a Kafka router can: written, matched later by the comparator
+        again = tmp_path / "again.jsonl"
+        again.write_bytes(b'{"id": "k-0", "label": 2.0}\n{"id": "k-1", "label": 2.0}\n')
+        args = argparse.Namespace(
+            api=f"http://127.0.0.1:{admin}", token=None, file=str(again), format="auto"
+        )
+        assert await asyncio.to_thread(cmd_labels_send, args) == 0
+        out = capsys.readouterr().out
+        assert "2 label(s) accepted" in out
+        assert "the comparator matches them later" in out and "matched a request" not in out
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)

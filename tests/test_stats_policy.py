@@ -253,7 +253,9 @@ def test_decision_is_json_serialisable() -> None:
         "n",
         "threshold",
         "status",
+        "needed",  # inconclusive: the estimated further labelled pairs
     }
+    assert back["metrics"]["log_loss"]["needed"]["more"] is None  # one observation: no variance
     assert back["metrics"]["log_loss"]["lower"] is None  # infinite before two observations
 
 

@@ -1,4 +1,5 @@
-"""CLI commands that talk to a running shadowroute API: ``decision`` and ``labels send``."""
+"""CLI commands that talk to a running shadowroute API: ``decision``, ``labels send`` and
+``labels waiting``."""
 
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def cmd_labels_send(args: argparse.Namespace) -> int:
     if len(bad) > 50:
         print(f"... and {len(bad) - 50} more bad lines", file=sys.stderr)
     sent = 0
+    matched: int | None = 0
+    waiting: int | None = 0
+    examples: list[str] = []
     url = f"{args.api.rstrip('/')}/v1/labels"
     with httpx.Client(timeout=30.0, headers=_headers(args.token)) as client:
         for i in range(0, len(good), LABEL_CHUNK):
@@ -81,9 +85,69 @@ def cmd_labels_send(args: argparse.Namespace) -> int:
             if r.status_code != 202:
                 print(f"error: {r.status_code}: {r.text[:500]} ({sent} sent)", file=sys.stderr)
                 return EXIT_ERROR
-            sent += int(r.json()["accepted"])
+            doc = r.json()
+            sent += int(doc["accepted"])
+            if doc.get("matched") is None or doc.get("waiting") is None:
+                matched = waiting = None  # Kafka: the comparator matches them later
+            elif matched is not None and waiting is not None:
+                matched += int(doc["matched"])
+                waiting += int(doc["waiting"])
+                examples += [str(i) for i in doc.get("waiting_ids", [])][: 5 - len(examples)]
     print(f"{sent} label(s) accepted, {len(bad)} bad line(s) not sent")
+    _print_matching(matched, waiting, examples)
     return EXIT_ERROR if bad else 0
+
+
+NONE_MATCHED = (
+    "hint: none of these ids matched a request seen so far; use the x-request-id the proxy "
+    "returned with each answer (or the one you sent on the request) as the label's id, not "
+    "your own row ids. Labels that match nothing wait until the route's label_ttl_s ends."
+)
+
+
+def _print_matching(matched: int | None, waiting: int | None, examples: list[str]) -> None:
+    """What became of the accepted labels: matched a request now, or waiting for its pair;
+    the hint when none matched."""
+    if matched is None or waiting is None:
+        print(
+            "labels written to the labels topic; the comparator matches them later: see "
+            "labels.waiting in GET /v1/routes/<route>/production on its API, or the "
+            "shadowroute_labels_waiting metric"
+        )
+        return
+    print(f"{matched} matched a request seen so far, {waiting} waiting for their pair")
+    if waiting and not matched:
+        print(NONE_MATCHED, file=sys.stderr)
+        if examples:
+            print(f"hint: waiting ids, e.g. {', '.join(examples)}", file=sys.stderr)
+
+
+def cmd_labels_waiting(args: argparse.Namespace) -> int:
+    """Print, per route, the labels kept waiting for their pair."""
+    base = args.api.rstrip("/")
+    with httpx.Client(timeout=10.0, headers=_headers(args.token)) as client:
+        try:
+            r = client.get(f"{base}/v1/routes")
+            if r.status_code != 200:
+                print(f"error: {r.status_code} from {base}/v1/routes", file=sys.stderr)
+                return EXIT_ERROR
+            unrouted = None
+            for route in r.json()["routes"]:
+                name = route["name"]
+                p = client.get(f"{base}/v1/routes/{name}/production")
+                if p.status_code != 200:
+                    print(f"error: {p.status_code} from {p.url}", file=sys.stderr)
+                    return EXIT_ERROR
+                labels = p.json().get("labels") or {}
+                cap = labels.get("max_waiting_per_route")
+                print(f"{name}: {labels.get('waiting', 0)} label(s) waiting (at most {cap})")
+                unrouted = labels.get("waiting_without_route", unrouted)
+        except httpx.HTTPError as exc:
+            print(f"error: cannot reach {args.api}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+    if unrouted is not None:
+        print(f"(no route): {unrouted} label(s) waiting")
+    return 0
 
 
 def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,3 +178,7 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     s.add_argument("--token", default=None)
     s.add_argument("--format", choices=["auto", "jsonl", "csv"], default="auto")
     s.set_defaults(func=cmd_labels_send)
+    w = lsub.add_parser("waiting", help="labels waiting for their pair, per route")
+    w.add_argument("--api", default="http://127.0.0.1:9090")
+    w.add_argument("--token", default=None)
+    w.set_defaults(func=cmd_labels_waiting)

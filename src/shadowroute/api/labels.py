@@ -8,7 +8,16 @@ time of receipt, a bounded value), or it is refused by id with the reason.
 
 With the embedded comparator the answer comes after the labels are committed, and says what
 became of each one that was not simply taken (``labels``: a duplicate, a conflict with the
-label already kept, or refused because the route's backlog of waiting labels is full: 429).
+label already kept, or refused because the route's backlog of waiting labels is full: 429),
+and how many of the accepted ones matched a request seen so far (``matched``) and how many
+wait for their pair (``waiting``, with a few of their ids in ``waiting_ids``). A label is
+keyed by the request id the proxy returned (``x-request-id``): labels under one's own row ids
+match nothing and wait until ``label_ttl_s`` ends.
+
+With the Kafka transport the labels go to the labels topic and the comparator, another
+process, joins them later: the answer can only say they were written (``committed: false``,
+``matched`` and ``waiting`` null); the comparator's ``labels.waiting`` per route
+(``GET /v1/routes/{route}/production``) and ``shadowroute_labels_waiting`` tell how many wait.
 """
 
 from __future__ import annotations
@@ -30,6 +39,20 @@ from shadowroute.core.records import (
 from shadowroute.stream.sink import Sink
 
 MAX_REPORTED_ERRORS = 1000
+MAX_WAITING_IDS = 5
+"""How many ids of labels kept waiting the answer names (``waiting_ids``): enough to see
+whether they look like the proxy's request ids."""
+NONE_MATCHED_HINT = (
+    "none of these ids matched a request seen so far; they wait for their pair until "
+    "label_ttl_s ends. Use the x-request-id the proxy returned with each answer (or sent it "
+    "on the request), not your own row ids"
+)
+KAFKA_NOTE = (
+    "written to the labels topic; the comparator matches them with their pairs later, so "
+    "how many matched is not known here: see labels.waiting in "
+    "GET /v1/routes/{route}/production on the comparator's API, or the "
+    "shadowroute_labels_waiting metric"
+)
 CONTENT_TYPES = (
     "application/json",
     "application/x-ndjson",
@@ -123,8 +146,12 @@ def _answer(
         {"id": i, "status": "refused", "reason": r} for i, r in refused
     ]
     counts = {"duplicate": 0, "conflict": 0, "refused": len(refused), "backlog": 0}
+    waiting: list[str] = []
     for lab, outcome in zip(good, outcomes or (), strict=False):
         if outcome == "accepted":
+            continue
+        if outcome == "waiting":
+            waiting.append(lab.id)
             continue
         if outcome in ("duplicate", "conflict"):
             counts[outcome] += 1
@@ -134,14 +161,25 @@ def _answer(
             counts["backlog" if reason == "backlog_full" else "refused"] += 1
             statuses.append({"id": lab.id, "status": "refused", "reason": reason})
     not_kept = counts["refused"] - len(refused) + counts["backlog"]
+    accepted = len(good) - not_kept - counts["duplicate"] - counts["conflict"]
     result: dict[str, object] = {
-        "accepted": len(good) - not_kept - counts["duplicate"] - counts["conflict"],
+        "accepted": accepted,
         "rejected": len(bad) + counts["refused"] + counts["backlog"],
         "duplicates": counts["duplicate"],
         "conflicts": counts["conflict"],
     }
     if outcomes is None:
         result["committed"] = False  # the comparator reads them from Kafka and decides
+        result["matched"] = result["waiting"] = None
+        if good:
+            result["note"] = KAFKA_NOTE
+    else:
+        result["matched"] = accepted - len(waiting)
+        result["waiting"] = len(waiting)
+        if waiting:
+            result["waiting_ids"] = waiting[:MAX_WAITING_IDS]
+        if waiting and accepted == len(waiting):
+            result["hint"] = NONE_MATCHED_HINT
     if statuses:
         result["labels"] = statuses[:MAX_REPORTED_ERRORS]
     reasons = ["bad_record"] * len(bad) + [x["reason"] for x in statuses if "reason" in x]

@@ -42,6 +42,49 @@ _METRIC = {
         "n": {"type": "integer"},
         "threshold": {"type": ["number", "null"]},
         "status": {"enum": ["pass", "fail", "inconclusive"]},
+        "needed": {
+            "type": "object",
+            "description": (
+                "Only when inconclusive: an ESTIMATE of the further observations needed before "
+                "the interval excludes the threshold, if the effect and variance stay as now"
+            ),
+            "required": ["more", "total", "unit", "estimate"],
+            "properties": {
+                "more": {"type": ["integer", "null"], "description": "null: cannot estimate"},
+                "total": {"type": ["integer", "null"]},
+                "unit": {"enum": ["pairs", "labelled pairs"]},
+                "estimate": {"const": True},
+                "why": {"type": "string", "description": "Why it cannot be estimated"},
+            },
+        },
+        "errors": {
+            "type": "object",
+            "description": (
+                "error_rate only, when it does not pass: the candidate's most frequent error "
+                "reason, its count over the pairs, and a plain-words hint"
+            ),
+            "required": ["reason", "count", "of"],
+            "properties": {
+                "reason": {"type": "string", "description": "e.g. http_4xx, timeout, connect"},
+                "count": {"type": "integer"},
+                "of": {"type": "integer"},
+                "hint": {"type": ["string", "null"]},
+            },
+        },
+    },
+}
+
+_LABELS_WAITING = {
+    "type": "object",
+    "description": "Labels kept waiting for their pair (they matched no request seen so far)",
+    "required": ["waiting", "waiting_without_route", "max_waiting_per_route"],
+    "properties": {
+        "waiting": {"type": "integer", "description": "Labels of this route"},
+        "waiting_without_route": {
+            "type": "integer",
+            "description": "Labels sent without a route (any route's pair may join them)",
+        },
+        "max_waiting_per_route": {"type": "integer"},
     },
 }
 
@@ -97,6 +140,10 @@ _DECISION = {
                 "metrics": {"type": "object"},
                 "note": {"type": "string"},
             },
+        },
+        "labels_waiting": {
+            "type": "integer",
+            "description": "Labels of this route waiting for their pair (see production)",
         },
         "integrity": {
             "type": "object",
@@ -201,6 +248,31 @@ _LABEL_RESULT = {
             "type": "boolean",
             "description": "false: handed to Kafka; the comparator judges them later",
         },
+        "matched": {
+            "type": ["integer", "null"],
+            "description": (
+                "Accepted labels that matched a request seen so far (embedded comparator); "
+                "null with Kafka, where the comparator matches them later"
+            ),
+        },
+        "waiting": {
+            "type": ["integer", "null"],
+            "description": (
+                "Accepted labels kept waiting for their pair until label_ttl_s ends "
+                "(embedded); null with Kafka: see labels.waiting of GET "
+                "/v1/routes/{route}/production and shadowroute_labels_waiting"
+            ),
+        },
+        "waiting_ids": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "A few ids of the labels kept waiting",
+        },
+        "hint": {
+            "type": "string",
+            "description": "When none matched: label by the x-request-id the proxy returned",
+        },
+        "note": {"type": "string", "description": "With Kafka: what the answer cannot say"},
         "labels": {
             "type": "array",
             "items": {
@@ -357,7 +429,13 @@ def document() -> dict[str, Any]:
                 "summary": "Production quality over time, drift and label freshness",
                 "parameters": [_ROUTE_CAND[0]],
                 "responses": {
-                    "200": _json({"type": "object"}, "Production health"),
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"labels": _ref("LabelsWaiting")},
+                        },
+                        "Production health, and the route's labels waiting for their pair",
+                    ),
                     "404": _NOT_FOUND,
                 },
             }
@@ -416,6 +494,7 @@ def document() -> dict[str, Any]:
                 "EvidenceRevision": _EVIDENCE_REVISION,
                 "ModelRevision": _MODEL_REVISION,
                 "MetricEvidence": _METRIC,
+                "LabelsWaiting": _LABELS_WAITING,
                 "Label": {
                     "type": "object",
                     "required": ["id", "label"],

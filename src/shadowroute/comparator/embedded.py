@@ -156,7 +156,8 @@ class Comparator:
 
     async def commit_labels(self, labels: Sequence[LabelRecord]) -> list[str]:
         """Buffer labels and return once they are committed (with the next flush, which
-        this wakes): what became of each, in order (``Engine.label_outcomes``). Raises if
+        this wakes): what became of each, in order (``Engine.label_outcomes``, with
+        ``waiting`` for an accepted label that matched no request seen so far). Raises if
         the commit failed; the labels are then not kept."""
         if not labels:
             return []
@@ -208,7 +209,10 @@ class Comparator:
     def _commit(self, pairs: list[tuple[bytes, bytes]], labels: list[LabelRecord]) -> list[str]:
         self._expired_at = time.monotonic()  # the batch expires what is due
         self.engine.process(0, pairs, labels)
-        outcomes = self.engine.label_outcomes
+        outcomes = list(self.engine.label_outcomes)
+        for i in self.engine.labels_kept_waiting:
+            if outcomes[i] == "accepted":
+                outcomes[i] = "waiting"  # kept, but matched no request seen so far
         self.view.update(self.engine.snapshot())
         gone = self.engine.take_evicted()
         if gone:

@@ -174,6 +174,10 @@ class Engine:
         ``duplicate`` (same value as the label kept), ``conflict`` (another value) or
         ``refused:<reason>`` (a dead letter: unparseable, unknown route, ``ts_in_future``,
         ``backlog_full``)."""
+        self.labels_kept_waiting: list[int] = []
+        """After ``process``: the positions (in the labels given) of the accepted labels that
+        joined no pair instance and were kept waiting for their pair; the other accepted ones
+        matched a request seen so far."""
         self._label_idx: list[int] = []
         self._fresh_first: dict[str, int] = {}
         """The batch position (in ``_label_idx``) of each fresh label's first record."""
@@ -319,6 +323,7 @@ class Engine:
         batch = self._batch = _Batch()
         batch.touched.add(("part", "", "", partition))
         self.label_outcomes = ["accepted"] * len(labels)
+        self.labels_kept_waiting = []
         good_labels = self._decode_labels(partition, labels, dead)
         records = self._decode_pairs(partition, pairs, dead)
         if good_labels:
@@ -610,6 +615,7 @@ class Engine:
                 dead.append((key.encode(), _label_bytes_of(lab), "label:backlog_full"))
             else:
                 part[counter] = part.get(counter, 0) + 1
+                self.labels_kept_waiting.append(self._label_idx[self._fresh_first[key]])
         if not fresh:
             return
         ttl_ms, default = self._ttl_ms, self.max_ttl_ms

@@ -173,6 +173,12 @@ def stale_revision(out: Mapping[str, Any], asked: str) -> dict[str, Any] | None:
     return {**out, "verdict": "hold", "reasons": [reason], "asked_revision": asked}
 
 
+def _candidate_errors(state: CandidateState) -> dict[str, int]:
+    """The candidate's error counts by reason (``error:candidate:<reason>`` counters)."""
+    head = "error:candidate:"
+    return {k[len(head) :]: int(v) for k, v in state.counts.items() if k.startswith(head)}
+
+
 def _as_of(state: CandidateState | None) -> int | None:
     return state.last_ts if state is not None and state.last_ts else None
 
@@ -267,6 +273,7 @@ class Verdicts:
                 (state.latency_prod, state.latency_cand),
                 state.pairs,
                 state.labelled,
+                _candidate_errors(state),
             )
             pairs, labelled = state.pairs, state.labelled
         out = {
@@ -284,10 +291,29 @@ class Verdicts:
             out["reasons"] = [NOISE_REASON, *_noise_alerts(state), *out["reasons"]]
         elif any(c.noise for c in route.candidates):
             out["noise_floor"] = noise_floor(self.view, route, list(decision.metrics))
+        out["reasons"] = self._waiting_hint(route, out["reasons"])
         out["metrics"] = json_safe(out["metrics"])
         with self._lock:
             self._current[key] = (decision, out)
         return out
+
+    def _waiting_hint(self, route: Route, reasons: list[str]) -> list[str]:
+        """After a shortfall of labelled pairs, the labels that wait for their pair on the
+        route (and without one), if any: labels that matched no request seen so far, most
+        often sent under ids other than the proxy's request ids."""
+        head = f"needs {route.policy.min_labelled} labelled pairs,"
+        at = next((i for i, r in enumerate(reasons) if r.startswith(head)), None)
+        if at is None:
+            return reasons
+        counts = self.view.partition_counts()
+        waiting = counts.get("waiting:" + route.name, 0) + counts.get("waiting:", 0)
+        if waiting <= 0:
+            return reasons
+        hint = (
+            f"{waiting} label(s) wait for their pair: they matched no request seen so far; "
+            "label by the x-request-id the proxy returned, not your own row ids"
+        )
+        return [*reasons[: at + 1], hint, *reasons[at + 1 :]]
 
     def current(self, route: str, cand: str) -> dict[str, Any]:
         with self._lock:
@@ -340,6 +366,7 @@ class Reader:
         """The current decision; with ``revision``, hold unless the evidence is about it."""
         self._check(route, candidate)
         out = {**self.verdicts.current(route, candidate), "integrity": self.integrity()}
+        out["labels_waiting"] = self.labels_waiting(route)["waiting"]
         if revision is not None:
             return stale_revision(out, revision) or out
         return out
@@ -349,6 +376,17 @@ class Reader:
         (``INTEGRITY_COUNTS``; docs/api.md "Evidence integrity")."""
         counts = self.view.partition_counts()
         return {name: counts.get(name, 0) for name in INTEGRITY_COUNTS}
+
+    def labels_waiting(self, route: str) -> dict[str, int]:
+        """Labels kept waiting for their pair: on ``route``, and without a route (they may
+        join any route's pair), with the cap per route (``labels.max_waiting_per_route``).
+        A label that waits matched no request seen so far."""
+        counts = self.view.partition_counts()
+        return {
+            "waiting": counts.get("waiting:" + route, 0),
+            "waiting_without_route": counts.get("waiting:", 0),
+            "max_waiting_per_route": self.config.labels.max_waiting_per_route,
+        }
 
     def scores(self, route: str, candidate: str) -> dict[str, Any]:
         r = self._check(route, candidate)
@@ -406,6 +444,7 @@ class Reader:
         r = self._route(route)
         state = self.view.production(route)
         body: dict[str, Any] = {"route": route, "model": r.production.name, "task": r.task}
+        body["labels"] = self.labels_waiting(route)
         if state is None:
             return body | {"counts": {}, "quality": [], "drift": {}}
         return body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)

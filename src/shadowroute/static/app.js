@@ -261,8 +261,9 @@ function metricsTable(decision) {
   const names = Object.keys(metrics);
   if (names.length === 0) return h("div", { class: "empty" }, "no metrics yet");
   return h("table", { class: "metrics" },
-    h("thead", {}, h("tr", {}, ["metric", "estimate", "lower", "upper", "n", "threshold", "status"]
-      .map((t, i) => h("th", { class: i > 0 && i < 6 ? "num" : "" }, t)))),
+    h("thead", {}, h("tr", {}, ["metric", "estimate", "lower", "upper", "n", "threshold", "status",
+      "more needed (estimate)"]
+      .map((t, i) => h("th", { class: (i > 0 && i < 6) || i === 7 ? "num" : "" }, t)))),
     h("tbody", {}, names.map((name) => {
       const m = metrics[name];
       return h("tr", { "data-metric": name },
@@ -272,8 +273,24 @@ function metricsTable(decision) {
         h("td", { class: "num upper" }, signed(m.upper)),
         h("td", { class: "num n" }, isNum(m.n) ? String(m.n) : "0"),
         h("td", { class: "num threshold" }, signed(m.threshold)),
-        h("td", { class: "status" }, badge(m.status, "small")));
+        h("td", { class: "status" }, badge(m.status, "small")),
+        h("td", { class: "num needed", title: neededTitle(m) }, neededText(m)));
     })));
+}
+
+// The estimated further pairs (or labelled pairs) an inconclusive metric needs.
+function neededText(m) {
+  const nd = m.needed;
+  if (!nd) return "";
+  if (!isNum(nd.more)) return "n/a";
+  return `≈${Math.round(nd.more).toLocaleString("en")} ${nd.unit || "pairs"}`;
+}
+
+function neededTitle(m) {
+  const nd = m.needed;
+  if (!nd) return "";
+  if (!isNum(nd.more)) return `cannot be estimated: ${nd.why || ""}`;
+  return "an estimate at the current effect and variance, not a promise";
 }
 
 function primaryMetric(decision) {
@@ -430,7 +447,11 @@ function productionCard(route, prod) {
       h("span", {}, "worse than reference by ", h("b", { class: "num" }, signed(deg.estimate)),
         ` [${signed(deg.lower)}, ${signed(deg.upper)}]`),
       h("span", {}, "label delay p50 / p90 ",
-        h("b", { class: "num" }, `${ms(delay.p50)} / ${ms(delay.p90)}`))),
+        h("b", { class: "num" }, `${ms(delay.p50)} / ${ms(delay.p90)}`)),
+      h("span", { title: "labels that matched no request seen so far (label by the x-request-id the proxy returned)" },
+        "labels waiting for their pair ",
+        h("b", { class: "num", "data-field": "labels-waiting" },
+          String((prod.labels && prod.labels.waiting) ?? 0)))),
     deg.note ? h("div", { class: "reasons" }, deg.note) : "",
     h("div", { class: "grid2" },
       h("div", {}, h("h4", {}, `${prod.metric || "quality"} per ${prod.window || "window"}`),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shadowroute.core.config import Policy
+from shadowroute.core.stats.needed import observations_needed
 from shadowroute.core.stats.paired import METRICS, PairedMetric, metric_spec
 from shadowroute.core.stats.sketch import Sketch
 
@@ -101,6 +102,31 @@ def _status(lower: float, upper: float, threshold: float) -> Status:
     return "inconclusive"
 
 
+def _count_text(n: int) -> str:
+    """A count for a reason, rounded to two significant digits past 100 (an estimate)."""
+    if n >= 100:
+        digits = len(str(n)) - 2
+        n = round(n, -digits)
+    return f"{n:,}"
+
+
+def _needed(
+    name: str, metric: PairedMetric | None, threshold: float, min_n: int, alpha: float
+) -> tuple[dict[str, Any], str]:
+    """The ``needed`` field of an inconclusive metric and its clause for the reason: the
+    estimated further observations (``core.stats.needed``)."""
+    unit = "labelled pairs" if metric_spec(name).needs_label else "pairs"
+    burn_in = 0 if metric_spec(name).bounded else min_n
+    est = observations_needed(metric, threshold, alpha, min_n=burn_in)
+    field = est.to_dict(unit)
+    if est.more is None:
+        return field, f"; further {unit} needed: cannot be estimated ({est.why})"
+    return field, (
+        f"; about {_count_text(est.more)} more {unit} needed at the current effect and "
+        "variance (an estimate)"
+    )
+
+
 def _cs_evidence(
     name: str,
     metric: PairedMetric | None,
@@ -109,10 +135,13 @@ def _cs_evidence(
     alpha: float,
 ) -> tuple[dict[str, Any], str]:
     """Evidence for one CS-backed metric, read at its share of the policy's alpha (whatever
-    the split was when its state was made), and a one-line explanation of its status."""
+    the split was when its state was made), and a one-line explanation of its status. An
+    inconclusive metric also says how many more observations it is estimated to need
+    (``needed``)."""
     if metric is None or metric.n == 0:
         ev: dict[str, Any] = {"estimate": None, "lower": None, "upper": None, "n": 0}
         ev |= {"threshold": threshold, "status": "inconclusive"}
+        ev["needed"], _ = _needed(name, metric, threshold, min_n, alpha)
         return ev, f"{name}: no observations yet"
     lower, upper = metric.interval(alpha)
     estimate = metric.diff_sum / metric.n
@@ -135,7 +164,48 @@ def _cs_evidence(
         "threshold": threshold,
         "status": status,
     }
-    return ev, f"{name}: estimate {_fmt(_finite(estimate))}, {why} (n={metric.n})"
+    text = f"{name}: estimate {_fmt(_finite(estimate))}, {why} (n={metric.n})"
+    if status == "inconclusive":
+        ev["needed"], clause = _needed(name, metric, threshold, min_n, alpha)
+        text += clause
+    return ev, text
+
+
+ERROR_HINTS: dict[str, str] = {
+    "http_4xx": "the candidate refused the requests with a 4xx status: check its path, model "
+    "name and headers (a model served under another name answers 404)",
+    "http_5xx": "the candidate failed with a 5xx status: see its logs",
+    "connect": "the candidate could not be reached: check its URL and that it is up",
+    "timeout": "the candidate did not answer within its timeout_s",
+    "bad_json": "the candidate answered 2xx with a body that is not JSON",
+    "extract_failed": "the prediction could not be extracted from the candidate's answer: "
+    "check the route's protocol or jsonpath",
+    "circuit_open": "not sent: the candidate's circuit breaker is open after earlier failures",
+    "too_large": "the candidate's answers exceed the capture limit",
+    "reset": "the candidate closed connections before answering",
+    "bad_response": "the candidate's answers are not valid HTTP/1.1",
+    "dropped": "not sent: the candidate's mirrors in flight were at max_in_flight (it is slow)",
+}
+"""A plain-words hint per candidate error reason (``core.records.ERRORS``)."""
+
+
+def dominant_error(errors: Mapping[str, int] | None, pairs: int) -> dict[str, Any] | None:
+    """The candidate's most frequent error reason: ``{reason, count, of, hint}`` (``of``: the
+    pairs the error rate is over), or ``None`` without errors."""
+    if not errors or pairs <= 0:
+        return None
+    counted = {k: v for k, v in errors.items() if v > 0}
+    if not counted:
+        return None
+    reason = max(sorted(counted), key=lambda k: counted[k])
+    out: dict[str, Any] = {"reason": reason, "count": int(counted[reason]), "of": int(pairs)}
+    out["hint"] = ERROR_HINTS.get(reason)
+    return out
+
+
+def _error_clause(top: dict[str, Any]) -> str:
+    text = f"; mostly {top['reason']}: {top['count']:,} of {top['of']:,} mirrors"
+    return text + (f" ({top['hint']})" if top["hint"] else "")
 
 
 def _latency_evidence(
@@ -166,8 +236,11 @@ def decide(
     latency: tuple[Sketch, Sketch] | None,
     pairs: int,
     labelled: int,
+    errors: Mapping[str, int] | None = None,
 ) -> Decision:
-    """The verdict now, from the evidence now. ``latency`` is ``(production, candidate)``.
+    """The verdict now, from the evidence now. ``latency`` is ``(production, candidate)``;
+    ``errors`` the candidate's error counts by reason, to name the dominant one of an
+    error-rate guardrail that does not pass.
 
     Nothing is carried over from earlier reads: each read's intervals cover the traffic seen
     so far, so a verdict can move from promote back to hold or reject when later traffic shows
@@ -183,6 +256,12 @@ def decide(
         evidence[name], notes[name] = _cs_evidence(
             name, metrics.get(name), threshold, min_n, alphas[name]
         )
+    rate = evidence.get("error_rate")
+    if rate is not None and rate["status"] != "pass":
+        top = dominant_error(errors, rate["n"])
+        if top is not None:
+            rate["errors"] = top
+            notes["error_rate"] += _error_clause(top)
     if policy.guardrails.latency_p99_ratio is not None:
         evidence[LATENCY], notes[LATENCY] = _latency_evidence(
             policy.guardrails.latency_p99_ratio, latency, policy.min_pairs
