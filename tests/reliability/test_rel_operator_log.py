@@ -57,7 +57,7 @@ async def test_serve_tells_the_story_of_a_run(
     async with running(tmp_path, cfg, ["serve", "--workers", str(workers)]) as served:
         statuses = await send_requests(served.proxy, 40)
         assert statuses == [200] * 40  # the client gets production's answer
-        text = await log_until(served, "http_4xx")
+        text = await log_until(served, "mirrors failed")
         verdict = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "shadowroute", "decision", "r", "v2", "--api", served.api],
