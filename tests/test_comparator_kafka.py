@@ -166,7 +166,7 @@ async def _wait_done(
 def _spawn(cfg: Path, *extra: str) -> subprocess.Popen[bytes]:
     with open(cfg.with_suffix(".log"), "ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "shadowroute.comparator.kafka_source", "-c", str(cfg), *extra],
+            [sys.executable, "-m", "shadowroute", "compare", "-c", str(cfg), *extra],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -462,3 +462,19 @@ async def test_a_pair_record_sent_again_is_counted_once(
         _assert_equal_states(g, w)
     dup = sum(got.states[("part", "", "", p)].get("duplicate_pairs", 0) for p in range(PARTS))
     assert dup == resent
+
+
+def test_compare_takes_every_comparator_option() -> None:
+    """``shadowroute compare`` is the one way to run the Kafka comparator: its options are
+    the comparator's (there is no second, module-level command line)."""
+    from shadowroute.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["compare", "-c", "x.yaml", "--instance-id", "pod-0", "--session-timeout-ms", "6000"]
+    )
+    assert (args.instance_id, args.session_timeout_ms) == ("pod-0", 6000)
+    defaults = build_parser().parse_args(["compare", "-c", "x.yaml"])
+    assert (defaults.instance_id, defaults.session_timeout_ms) == (None, 10_000)
+    import shadowroute.comparator.kafka_source as ks
+
+    assert not hasattr(ks, "main") and not hasattr(ks, "run_compare")

@@ -150,12 +150,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from shadowroute.comparator.kafka_source import run_compare
+    from shadowroute.runtime import run_compare
 
     cfg = _with_state_mode(cfg, args.state_mode)
     if not _state_ok(cfg):
         return EXIT_ERROR
-    _run(run_compare(cfg))
+    _run(
+        run_compare(
+            cfg,
+            group_instance_id=args.instance_id,
+            session_timeout_ms=args.session_timeout_ms,
+        )
+    )
     return EXIT_OK
 
 
@@ -259,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="run a comparator (Kafka consumer group member) and the API"
     )
     cmp_.add_argument("-c", "--config", required=True, help="YAML config file (transport kafka)")
+    cmp_.add_argument(
+        "--instance-id",
+        default=None,
+        help="static consumer group membership: a member restarted under the same id gets its "
+        "partitions back at once instead of after its session times out (e.g. the pod name)",
+    )
+    cmp_.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=10_000,
+        help="how long the group waits for a silent member before reassigning its partitions",
+    )
     _state_mode_arg(cmp_)
     cmp_.set_defaults(func=cmd_compare)
 

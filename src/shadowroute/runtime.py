@@ -25,6 +25,8 @@ from shadowroute.api.metrics import (
 from shadowroute.api.scorecard import scorecard_routes
 from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.embedded import Comparator
+from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config
 from shadowroute.core.label_rules import LabelRules
 from shadowroute.core.records import LabelRecord
@@ -295,6 +297,84 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
             await comparator.close()
         if kafka_labels is not None:
             await kafka_labels.close()
+
+
+async def run_compare(
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    group_instance_id: str | None = None,
+    session_timeout_ms: int = 10_000,
+) -> None:
+    """``shadowroute compare``: the comparator group member, the scores follower and the API
+    (on ``admin``), until ``stop`` is set (or SIGTERM/SIGINT when not given).
+
+    Start order: the labels sink, the group member, the follower, then the admin plane. Stop
+    order: the admin plane, then the member and the follower finish their batch (30 s at
+    most) and stop; the labels sink and the history store go last.
+
+    ``group_instance_id`` makes the member static: restarted under the same id it gets its
+    partitions back at once, without waiting for its old session to time out."""
+    from shadowroute.comparator.kafka_source import (
+        ConsumerLagCollector,
+        KafkaComparator,
+        ScoresFollower,
+    )
+
+    comparator = KafkaComparator(
+        config, group_instance_id=group_instance_id, session_timeout_ms=session_timeout_ms
+    )
+    history = Store(config.comparator.state_path)
+    view = StateView()
+    verdicts = Verdicts(config, view, history)
+    follower = ScoresFollower(config, view, verdicts)
+    reader = Reader(config, view, verdicts, history)
+    registry = new_registry()
+    registry.register(ScoresCollector(reader))
+    registry.register(ConsumerLagCollector(comparator))
+    # Labels posted to this API go to the labels topic, keyed to their pair's partition.
+    labels_sink = KafkaSink.for_labels(config.transport)
+    await labels_sink.start()
+    try:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await comparator.start()
+            await follower.start()
+            ctx = ControlContext(
+                config=config,
+                registry=registry,
+                ready=lambda: True,
+                extra_routes=[
+                    *score_routes(reader),
+                    *label_routes(SinkLabelWriter(labels_sink), LabelRules.of(config)),
+                    *scorecard_routes(),
+                ],
+            )
+            async with admin_server(ctx, config.admin.host, config.admin.port):
+                tasks = [
+                    asyncio.create_task(comparator.run()),
+                    asyncio.create_task(follower.run()),
+                ]
+                waiter = asyncio.create_task(stop.wait() if stop else wait_for_signal())
+                done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                for t in done:
+                    if t is not waiter and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+        finally:
+            comparator.stopping.set()
+            follower.stopping.set()
+            if tasks:
+                _, late = await asyncio.wait(tasks, timeout=30)  # a batch in progress ends
+                for t in late:
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+            await follower.stop()
+            await comparator.stop()
+    finally:
+        await labels_sink.close()
+        history.close()
 
 
 def freeze_startup_heap() -> None:

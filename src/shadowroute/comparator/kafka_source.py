@@ -13,16 +13,13 @@ keeps the most advanced state per key and merges them: any number of comparators
 verdict one would. Dead letters go to ``<prefix>.deadletter`` with the reason in a header and
 the original bytes as the value (at least once).
 
-``python -m shadowroute.comparator.kafka_source -c FILE`` runs ``run_compare``.
+``shadowroute compare`` runs these in a process of its own (``runtime.run_compare``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -30,27 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shadowroute.api.app import ControlContext, create_app
-from shadowroute.api.labels import SinkLabelWriter, label_routes
-from shadowroute.api.metrics import new_registry
-from shadowroute.api.scorecard import scorecard_routes
-from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.engine import Engine, StateKey
 from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
-from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.reader import StateView, Verdicts
 from shadowroute.comparator.statefile import check_state_file
 from shadowroute.comparator.store import Store
-from shadowroute.core.config import Config, load_config
+from shadowroute.core.config import Config
 from shadowroute.core.records import LabelRecord
 from shadowroute.stream.kafka import (
     FATAL_PRODUCER_ERRORS,
-    KafkaSink,
     check_copartitioned,
     security_kwargs,
     topic_name,
@@ -67,7 +57,6 @@ __all__ = [
     "ConsumerLagCollector",
     "KafkaComparator",
     "ScoresFollower",
-    "run_compare",
     "scores_key",
 ]
 
@@ -571,103 +560,8 @@ class ScoresFollower:
         await self._consumer.stop()
 
 
-async def run_compare(
-    config: Config,
-    *,
-    stop: asyncio.Event | None = None,
-    group_instance_id: str | None = None,
-    session_timeout_ms: int = 10_000,
-) -> None:
-    """``shadowroute compare``: the comparator group member, the scores follower and the API
-    (on ``admin``), until ``stop`` is set (or SIGTERM/SIGINT when not given).
-
-    ``group_instance_id`` makes the member static: restarted under the same id it gets its
-    partitions back at once, without waiting for its old session to time out."""
-    stop = stop or _signal_event()
-    comparator = KafkaComparator(
-        config, group_instance_id=group_instance_id, session_timeout_ms=session_timeout_ms
-    )
-    history = Store(config.comparator.state_path)
-    view = StateView()
-    verdicts = Verdicts(config, view, history)
-    follower = ScoresFollower(config, view, verdicts)
-    reader = Reader(config, view, verdicts, history)
-    registry = new_registry()
-    registry.register(ScoresCollector(reader))
-    registry.register(ConsumerLagCollector(comparator))
-    # Labels posted to this API go to the labels topic, keyed to their pair's partition.
-    labels_sink = KafkaSink.for_labels(config.transport)
-    await labels_sink.start()
-    ctx = ControlContext(
-        config=config,
-        registry=registry,
-        ready=lambda: True,
-        extra_routes=[
-            *score_routes(reader),
-            *label_routes(SinkLabelWriter(labels_sink)),
-            *scorecard_routes(),
-        ],
-    )
-    runner = web.AppRunner(create_app(ctx), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.admin.host, config.admin.port)
-    await comparator.start()
-    await follower.start()
-    await site.start()
-    tasks = [asyncio.create_task(comparator.run()), asyncio.create_task(follower.run())]
-    try:
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        for t in done:
-            if t is not waiter and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-    finally:
-        comparator.stopping.set()
-        follower.stopping.set()
-        _, late = await asyncio.wait(tasks, timeout=30)  # a batch in progress completes
-        for t in late:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await follower.stop()
-        await comparator.stop()
-        await runner.cleanup()
-        await labels_sink.close()
-        history.close()
-
-
 def _from_offset(msgs: list[Any], offset: int) -> list[Any]:
     """The messages at or after ``offset`` (one partition's, in offset order)."""
     if not msgs or msgs[0].offset >= offset:
         return msgs
     return [m for m in msgs if m.offset >= offset]
-
-
-def _signal_event() -> asyncio.Event:
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, event.set)
-    return event
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m shadowroute.comparator.kafka_source")
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("--instance-id", default=None, help="static group membership id")
-    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_config(args.config)
-    asyncio.run(
-        run_compare(
-            config,
-            group_instance_id=args.instance_id,
-            session_timeout_ms=args.session_timeout_ms,
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()

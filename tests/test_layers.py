@@ -1,0 +1,45 @@
+"""The layer map (ARCHITECTURE.md, "Layers") is checked, not only written down: the
+import-linter contract in pyproject.toml holds for the package, and an upward import breaks it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def lint(src: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=cwd,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_package_keeps_its_layers(tmp_path: Path) -> None:
+    out = lint(ROOT / "src", tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 kept, 0 broken" in out.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
+    """core importing the data plane (an upward import) is caught, naming the line."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT / "src" / "shadowroute",
+        src / "shadowroute",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__", "static"),
+    )
+    sampling = src / "shadowroute" / "core" / "sampling.py"
+    sampling.write_text(sampling.read_text() + "\nfrom shadowroute.dataplane import http1\n")
+    out = lint(src, tmp_path)
+    assert out.returncode != 0
+    assert "BROKEN" in out.stdout
+    assert "shadowroute.core.sampling -> shadowroute.dataplane.http1" in out.stdout
