@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy, ks_2samp, wasserstein_distance
 
+from shadowroute.comparator.reference import load_reference
 from shadowroute.core import drift, drift_fields
 from shadowroute.core.drift import (
     DriftAccumulator,
@@ -23,7 +24,6 @@ from shadowroute.core.drift import (
     drift_summary,
     js_distance,
     ks_binned,
-    load_reference,
     psi,
     reference_from_rows,
     wasserstein_binned,

@@ -16,14 +16,11 @@ is a function of two count vectors. The formulas and thresholds are documented i
 
 from __future__ import annotations
 
-import csv
-import importlib
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -42,9 +39,7 @@ __all__ = [
     "drift_summary",
     "js_distance",
     "ks_binned",
-    "load_reference",
     "psi",
-    "read_rows",
     "reference_from_rows",
     "wasserstein_binned",
     "wasserstein_binned_normed",
@@ -418,61 +413,3 @@ def reference_from_rows(
         except ValueError as exc:
             raise ValueError(f"reference field {f!r}: {exc}") from exc
     return out
-
-
-def read_rows(path: str | Path) -> Iterator[Mapping[str, Any]]:
-    """Rows of a reference file by extension: .csv, .jsonl/.ndjson, .json (array), .parquet."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix == ".csv":
-        with p.open(newline="", encoding="utf-8") as fh:
-            yield from csv.DictReader(fh)
-    elif suffix in (".jsonl", ".ndjson"):
-        with p.open("rb") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    yield _json_row(line, p, lineno)
-    elif suffix == ".json":
-        data = orjson.loads(p.read_bytes())
-        if not isinstance(data, list):
-            raise ValueError(f"{p}: a .json reference must hold an array of objects")
-        yield from data
-    elif suffix == ".parquet":
-        yield from _parquet_rows(p)
-    else:
-        raise ValueError(
-            f"{p}: unsupported reference format {suffix!r} (csv, jsonl, json, parquet)"
-        )
-
-
-def _json_row(line: bytes, path: Path, lineno: int) -> Mapping[str, Any]:
-    try:
-        row = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{lineno}: invalid JSON: {exc}") from exc
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}:{lineno}: expected a JSON object")
-    return row
-
-
-def _parquet_rows(path: Path) -> Iterator[Mapping[str, Any]]:
-    try:
-        pq = importlib.import_module("pyarrow.parquet")
-    except ImportError as exc:
-        raise ValueError(
-            f"{path}: reading Parquet needs the optional 'pyarrow' package; "
-            "install it or convert the reference to CSV or JSONL"
-        ) from exc
-    table = pq.read_table(path)
-    yield from table.to_pylist()
-
-
-def load_reference(
-    path: str | Path,
-    fields: Sequence[str],
-    categorical: Sequence[str] = (),
-    n_bins: int = 10,
-    top_k: int = 20,
-) -> dict[str, FrozenBins]:
-    """``reference_from_rows`` over the rows of a reference file."""
-    return reference_from_rows(read_rows(path), fields, categorical, n_bins, top_k)
