@@ -7,11 +7,14 @@
 The proxy runs as users run it: ``python -m shadowroute serve --workers 1`` (a supervisor with
 the API and the embedded comparator, beside one data-plane worker), records to the in-process
 channel (``transport: embedded``, no Kafka). The model servers are small uvloop + httptools
-servers in their own process (``--upstream``, started from this file): production, a healthy
-candidate and a candidate whose every answer is ``--big-candidate-mib`` MiB.
+servers in processes of their own (``--upstream``, started from this file): production and a
+healthy candidate in one; in another (``nice``d, so that copying big bodies does not delay the
+normal answers) a second production that serves the big answers and takes the uploads, and a
+candidate whose every answer is ``--big-candidate-mib`` MiB.
 
 Routes: ``/`` (100% mirrored to the healthy candidate: the normal load), ``/bigcand/`` (100%
-mirrored to the big candidate) and ``/capture/`` (100% mirrored, ``capture.input: true``).
+mirrored to the big candidate), ``/capture/`` (100% mirrored, ``capture.input: true``) and
+``/heavy/`` (the second production, 100% mirrored to the healthy candidate).
 
 Each round has two phases of ``--seconds`` each: **clean** (normal load only) then **hostile**
 (the same normal load, plus the attackers in a process of their own, ``nice``d so that their
@@ -173,11 +176,12 @@ def _error_class(exc: BaseException) -> str:
 class UpstreamConn(asyncio.Protocol):
     """HTTP/1.1 keep-alive model server by role, stateless but for a few counters.
 
-    ``prod``: POSTs under ``/early`` are answered 404 as soon as their head is read (as stock
-    aiohttp answers an unknown path), the body is then read as the framing says; a URL with
-    ``bigans`` gets a big answer; ``/smuggled`` is counted (it must never arrive as a request);
-    every other request gets the fixed KServe-v1 answer. ``cand``: the fixed answer.
-    ``bigcand``: the big answer. ``GET /__stats``: the counters as JSON.
+    ``prod`` and ``heavyprod``: POSTs under ``/early`` are answered 404 as soon as their head
+    is read (as stock aiohttp answers an unknown path), the body is then read as the framing
+    says; ``/smuggled`` or ``Host: forged.example`` is counted (it must never arrive as a
+    request); on ``heavyprod`` a URL with ``bigans`` gets the big production answer; every
+    other request gets the fixed KServe-v1 answer. ``cand``: the fixed answer. ``bigcand``:
+    the big candidate answer. ``GET /__stats``: the counters as JSON.
     """
 
     def __init__(self, role: str, stats: Counter[str], big: dict[str, bytes]) -> None:
@@ -215,7 +219,7 @@ class UpstreamConn(asyncio.Protocol):
             self.host = value
 
     def on_headers_complete(self) -> None:
-        if self.role == "prod" and self.url.startswith(b"/early"):
+        if self.role in ("prod", "heavyprod") and self.url.startswith(b"/early"):
             self.early = True
             self.stats["early_answers"] += 1
             self.reply(b'{"error": "not found"}', b"404 Not Found")
@@ -231,7 +235,7 @@ class UpstreamConn(asyncio.Protocol):
             self.reply(json.dumps(self.stats).encode())
         elif self.role == "bigcand":
             self.reply(self.big["cand"])
-        elif self.role == "prod" and b"bigans" in self.url:
+        elif self.role == "heavyprod" and b"bigans" in self.url:
             self.reply(self.big["prod"])
         else:
             self.reply(RESPONSE_BODY.encode())
@@ -254,14 +258,14 @@ def big_answer(mib: float) -> bytes:
     return b'{"predictions": [1.5], "pad": "' + b"x" * pad + b'"}'
 
 
-def run_upstreams(ports: list[int], big_prod_mib: float, big_cand_mib: float) -> None:
+def run_upstreams(roles: dict[str, int], big_prod_mib: float, big_cand_mib: float) -> None:
     import uvloop
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         big = {"prod": big_answer(big_prod_mib), "cand": big_answer(big_cand_mib)}
         servers = []
-        for role, port in zip(("prod", "cand", "bigcand"), ports, strict=True):
+        for role, port in roles.items():
             stats: Counter[str] = Counter()
 
             def factory(role: str = role, stats: Counter[str] = stats) -> UpstreamConn:
@@ -483,7 +487,7 @@ class Attacks:
     async def upload_once(self) -> str:
         reader, writer = await self.connect()
         try:
-            data = post(NORMAL_PATH, self.upload)
+            data = post(b"/heavy/v1/models/m:predict", self.upload)
             for i in range(0, len(data), 256 << 10):
                 writer.write(data[i : i + (256 << 10)])
                 await writer.drain()
@@ -496,7 +500,8 @@ class Attacks:
         reader, writer = await self.connect(rcvbuf=32 << 10)
         try:
             small = post(NORMAL_PATH, REQUEST_BODY.encode())
-            writer.write(post(b"/v1/models/bigans:predict", REQUEST_BODY.encode()) + small * 3)
+            big = post(b"/heavy/v1/models/bigans:predict", REQUEST_BODY.encode())
+            writer.write(big + small * 3)
             await asyncio.sleep(min(self.spec["hold"], max(0.0, self.left() - 1.0)))
             statuses = [(await read_answer(reader))[0] for _ in range(4)]
             return "200x4" if statuses == [200] * 4 else "+".join(map(str, statuses))
@@ -642,19 +647,22 @@ def worker_pids(root: int) -> list[int]:
 
 
 def write_config(workdir: Path, port: int, admin: int, ups: dict[str, int], a: Any) -> Path:
-    prod = f'{{name: prod, url: "http://127.0.0.1:{ups["prod"]}", timeout_s: 5}}'
+    def prod(role: str) -> str:
+        return f'{{name: prod, url: "http://127.0.0.1:{ups[role]}", timeout_s: 5}}'
 
     def cand(name: str, role: str) -> str:
         url = f"http://127.0.0.1:{ups[role]}"
         return f'      - {{name: {name}, url: "{url}", fraction: 1.0, timeout_s: 5}}'
 
-    def route(name: str, prefix: str, cand_line: str, capture: bool = False) -> list[str]:
+    def route(
+        name: str, prefix: str, cand_line: str, capture: bool = False, prod_role: str = "prod"
+    ) -> list[str]:
         return [
             f"  - name: {name}",
             f"    path_prefix: {prefix}",
             "    protocol: kserve-v1",
             "    task: regression",
-            f"    production: {prod}",
+            f"    production: {prod(prod_role)}",
             "    candidates:",
             cand_line,
             *(["    capture: {input: true}"] if capture else []),
@@ -670,6 +678,7 @@ def write_config(workdir: Path, port: int, admin: int, ups: dict[str, int], a: A
         *route("bench", "/", cand("cand", "cand")),
         *route("bigcand", "/bigcand/", cand("big", "bigcand")),
         *route("capture", "/capture/", cand("cand", "cand"), capture=True),
+        *route("heavy", "/heavy/", cand("cand", "cand"), prod_role="heavyprod"),
     ]
     path = workdir / "soak.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -732,7 +741,7 @@ class Soak:
             time.sleep(0.01)
         rss0, fds0 = proc_status(pid)
         cpu0 = {c: core_busy(c) for c in ("0", "1")}
-        others = {"upstreams": self.procs.procs["upstreams"].pid}
+        others = {n: self.procs.procs[n].pid for n in ("upstreams", "heavy-upstreams")}
         if hostile is not None:
             others["attackers"] = hostile.pid
         proc_cpu0 = proc_cpu(pid), proc_cpu(root), {k: proc_cpu(v) for k, v in others.items()}
@@ -993,7 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostile", metavar="SPEC", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.upstream:
-        run_upstreams([int(x) for x in a.upstream.split(",")], a.big_prod_mib, a.big_candidate_mib)
+        roles = {r: int(p) for r, p in (x.split(":") for x in a.upstream.split(","))}
+        run_upstreams(roles, a.big_prod_mib, a.big_candidate_mib)
         return 0
     if a.loadgen or a.hostile:
         run_child("loadgen" if a.loadgen else "hostile", a.loadgen or a.hostile)
@@ -1018,16 +1028,33 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     pin = not a.no_pin
     try:
-        ups = {"prod": free_port(), "cand": free_port(), "bigcand": free_port()}
-        up = procs.start(
-            "upstreams",
-            [sys.executable, str(Path(__file__).resolve()), "--upstream",
-             ",".join(str(v) for v in ups.values()), "--big-prod-mib", str(a.big_prod_mib),
-             "--big-candidate-mib", str(a.big_candidate_mib)],
-            LOAD_CPU if pin else None,
-        )  # fmt: skip
-        for port in ups.values():
-            wait_port(port, up)
+        ups: dict[str, int] = {}
+        # The normal load's model servers in one process; the ones that serve big bodies (the
+        # 8 MiB production answers, the uploads, the big candidate) in another, niced like the
+        # attackers, so that their copying does not delay the normal answers.
+        for name, roles, nice in (
+            ("upstreams", ("prod", "cand"), []),
+            ("heavy-upstreams", ("heavyprod", "bigcand"), ["nice", "-n", "10"]),
+        ):
+            mine = {role: free_port() for role in roles}
+            up = procs.start(
+                name,
+                [
+                    *nice,
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--upstream",
+                    ",".join(f"{r}:{p}" for r, p in mine.items()),
+                    "--big-prod-mib",
+                    str(a.big_prod_mib),
+                    "--big-candidate-mib",
+                    str(a.big_candidate_mib),
+                ],
+                LOAD_CPU if pin else None,
+            )
+            for port in mine.values():
+                wait_port(port, up)
+            ups.update(mine)
         port, admin = free_port(), free_port()
         cfg = write_config(workdir, port, admin, ups, a)
         argv_sr = [sys.executable, "-m", "shadowroute", "--log-level", "warning", "serve",
@@ -1071,7 +1098,9 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(max(0.0, 5.0 - a.settle))
         soak.idle = proc_status(worker_pids(sr.pid)[0])
         soak.say(f"  worker idle after the soak: RSS {soak.idle[0]:.1f} MiB, {soak.idle[1]} fds")
-        prod_stats = upstream_stats(ups["prod"])
+        prod_stats = dict(
+            Counter(upstream_stats(ups["prod"])) + Counter(upstream_stats(ups["heavyprod"]))
+        )
         soak.say(f"  production's counters: {json.dumps(prod_stats, sort_keys=True)}")
         if sr.poll() is not None:
             raise RuntimeError(f"shadowroute exited with {sr.returncode}")
