@@ -1,6 +1,6 @@
 """Hostile soak: normal clients' latency and the worker's memory with attackers mixed in.
 
-    .venv/bin/python benchmarks/bench_hostile_soak.py                         # 3 x (20 s + 20 s)
+    .venv/bin/python benchmarks/bench_hostile_soak.py                         # 4 x (20 s + 20 s)
     .venv/bin/python benchmarks/bench_hostile_soak.py --rounds 1 --seconds 8  # a short trial
     .venv/bin/python benchmarks/bench_hostile_soak.py --out                   # also write results
 
@@ -973,7 +973,7 @@ def summarise(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--rate", type=float, default=400.0, help="normal requests a second in all")
     p.add_argument("--conns", type=int, default=16, help="normal keep-alive connections")
