@@ -534,12 +534,13 @@ class Attacks:
             "many_headers": (0.25, self.many_headers),
             "upload": (1.0, self.upload_once),
             "many_instances": (1.0, lambda: self.answer_of(post(b"/capture/m", self.instances))),
-            "big_candidate": (1.0, lambda: self.answer_of(big)),
             "deep_json": (0.5, lambda: self.answer_of(post(b"/capture/m", self.deep))),
         }
         for attack, (interval, once) in table.items():
             if attack in want:
                 every(attack, interval, once)
+        for _ in range(s["big_candidates"] if "big_candidate" in want else 0):
+            every("big_candidate", 1.0, lambda: self.answer_of(big))
         for _ in range(s["stop_readers"] if "stop_reading" in want else 0):
             every("stop_reading", s["hold"] + 0.5, self.stop_reading)
         await asyncio.gather(*jobs)
@@ -733,6 +734,7 @@ class Soak:
                 "port": port, "seconds": a.seconds, "start_at": start_at, "attacks": a.attacks,
                 "slowloris": a.slowloris, "flood": a.flood, "head_timeout": a.head_timeout,
                 "upload_mib": a.upload_mib, "hold": a.hold, "stop_readers": a.stop_readers,
+                "big_candidates": a.big_candidates,
             }  # fmt: skip
             hostile = self.child("hostile", spec, LOAD_CPU, nice=10)
         load = self.child("loadgen", load_spec, LOAD_CPU)
@@ -986,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upload-mib", type=int, default=6)
     p.add_argument("--big-prod-mib", type=float, default=8.0, help="answer stop-readers ask for")
     p.add_argument("--big-candidate-mib", type=float, default=12.0)
+    p.add_argument("--big-candidates", type=int, default=1, help="big_candidate loops at once")
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument(
         "--slow-ms",
