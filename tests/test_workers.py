@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -176,6 +177,45 @@ async def test_workers_exit_when_the_supervisor_dies(prod: ModelServer, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_kernel_stops_a_worker_whose_supervisor_died() -> None:
+    """The second line behind the channel's end-of-file: a process that called ``_die_with``
+    gets SIGTERM from the kernel when its parent is killed with -9, even with nothing else
+    to notice it (a worker once kept serving, its channel never read, after its supervisor
+    was killed under load)."""
+    script = textwrap.dedent(
+        """
+        import os, time
+        from shadowroute.workers import _die_with
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _die_with(parent)
+            time.sleep(60)  # no channel, no loop: only the kernel can end this
+            os._exit(3)
+        print(pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        time.sleep(0.5)  # the child has asked for the signal by now
+        assert _alive(child)
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the child outlived its parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 class _FailingSink:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ import signal
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -139,17 +140,40 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
         t.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await t
-    writer.write(snapshot(False))
-    await writer.drain()
+    with contextlib.suppress(ConnectionError):  # the supervisor may be gone already
+        writer.write(snapshot(False))
+        await writer.drain()
     writer.close()
     log.info("worker %d stopped", index)
 
 
+PR_SET_PDEATHSIG: Final = 1  # prctl(2)
+
+
+def _die_with(supervisor: int) -> None:
+    """Ask the kernel (Linux) to send this worker SIGTERM when its supervisor dies, however
+    it dies (a kill -9 too): the end-of-file on the channel says the same, this is the
+    second line. A supervisor already gone by now: stop at once."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the channel's end-of-file alone
+        pass
+    if os.getppid() != supervisor:
+        os._exit(0)
+
+
 def _worker_main(
-    config: Config, chan: socket.socket, index: int, inherited: list[socket.socket]
+    config: Config,
+    chan: socket.socket,
+    index: int,
+    inherited: list[socket.socket],
+    supervisor: int | None = None,
 ) -> None:
     import uvloop
 
+    if supervisor is not None:
+        _die_with(supervisor)
     # Close the supervisor's ends of the other workers' channels that the fork copied here,
     # so each worker sees end-of-file (and stops) when the supervisor goes away.
     for other in inherited:
@@ -259,7 +283,7 @@ async def supervise(config: Config, n: int) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         proc = ctx_mp.Process(
             target=_worker_main,
-            args=(config, child, i, [parent, *channels]),
+            args=(config, child, i, [parent, *channels], os.getpid()),
             name=f"worker-{i}",
             daemon=True,  # never outlive the supervisor, whatever stops it
         )
