@@ -36,7 +36,7 @@ Attackers (each a loop bounded in count and time, at a modest rate):
   many_headers    150 headers (cap 100): 431
   upload          a --upload-mib MiB body to production: 200 (not mirrored: over the capture cap)
   many_instances  250,000 one-value instances (~1 MB) on the capturing route: 200, record
-                  without input (instances_too_large)
+                  without input (input_too_large: not parsed)
   big_candidate   a normal request on /bigcand/: 200 from production; the candidate's big answer
                   is not parsed for the record (extract_too_large)
   stop_reading    a request for an --big-prod-mib MiB production answer plus 3 pipelined ones,

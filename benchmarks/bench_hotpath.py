@@ -120,6 +120,7 @@ def measure(mirror: bool, n: int) -> dict[str, object]:
         max_body=rcfg.max_response_bytes,
         max_predictions=rcfg.max_predictions,
         max_instances=rcfg.max_instances,
+        max_values=rcfg.max_json_values,
     )
     recorder.stamps = LiveRevisions(config).stamps()
     proxy = Proxy(config, loop, recorder)

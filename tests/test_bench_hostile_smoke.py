@@ -49,7 +49,7 @@ def test_a_short_hostile_soak_runs_and_every_attack_is_refused_or_served(tmp_pat
     hostile = verdict["metrics"]["hostile"]
     for key in (
         "limits_hit{head_timeout}",
-        "limits_hit{instances_too_large}",
+        "limits_hit{input_too_large}",
         "limits_hit{input_unencodable}",
         "limits_hit{extract_too_large}",
         "requests_rejected{400}",

@@ -605,6 +605,12 @@ class Records(_Strict):
     max_instances: int = Field(10_000, ge=1)
     """Instances (rows of `instances` / `inputs`, or of a top-level list) a captured request
     body may hold; beyond it the record carries no input and both sides say `too_large`."""
+    max_json_values: int = Field(100_000, ge=100)
+    """JSON values (numbers, strings, arrays, objects) a captured request body or a model's
+    answer may hold to be parsed on the data plane's event loop, counted from the bytes
+    before parsing (commas and brackets: a scan, not a parse). An answer over it is
+    `too_large`; a request body over it leaves the record without `input` (the predictions
+    are still compared). At the default one parse holds the loop for roughly 5-15 ms."""
     jsonl_path: str | None = None
     """Also write every pair record to rotating JSONL files under this path."""
     jsonl_max_bytes: int = Field(64 << 20, ge=1024)

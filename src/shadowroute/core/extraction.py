@@ -39,6 +39,7 @@ __all__ = [
     "compile_path",
     "decode_body",
     "extract",
+    "json_values_bound",
 ]
 
 MAX_DECODED_BYTES: Final = 64 << 20
@@ -55,7 +56,7 @@ REASONS: Final = (
     "bad_path",  # the route's JSON path cannot be compiled
     "decode",  # the Content-Encoding could not be decoded (corrupt or truncated)
     "unsupported_encoding",  # a Content-Encoding other than gzip / deflate / identity
-    "too_large",  # the decoded body exceeds MAX_DECODED_BYTES
+    "too_large",  # the decoded body exceeds MAX_DECODED_BYTES, or may hold over max_values values
     "internal",  # a bug: should never happen
 )
 
@@ -69,15 +70,34 @@ class ExtractError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+def json_values_bound(data: bytes) -> int:
+    """An upper bound on the JSON values (numbers, strings, arrays, objects, ...) ``data``
+    holds, from its bytes without parsing it: every value but the first of a container
+    follows a comma, and every container opens with a bracket (commas and brackets inside
+    strings only raise the bound). Three scans at memory speed, where a parse of a body
+    of many small values costs about 0.1 µs a value.
+
+    >>> json_values_bound(b'{"instances": [[1, 2], [3, 4]]}')  # an object, 3 arrays, 4 ints
+    8
+    >>> json_values_bound(b"7")
+    1
+    """
+    return data.count(b",") + data.count(b"[") + data.count(b"{") + 1
+
+
 def extract(
     route: Route,
     body: bytes,
     content_encoding: str | None = None,
     content_type: str | None = None,
+    max_values: int = 0,
 ) -> list[Any]:
-    """Return one normalised prediction per instance in ``body``."""
+    """Return one normalised prediction per instance in ``body``; a body that may hold more
+    than ``max_values`` JSON values (when not 0) is not parsed: ``ExtractError("too_large")``."""
     try:
         raw = decode_body(body, content_encoding)
+        if max_values and json_values_bound(raw) > max_values:
+            raise ExtractError("too_large", f"more than {max_values} JSON values")
         instances = _instances(raw, route, content_type)
         # Direct calls, not a table of functions: the compiled build calls these natively.
         task = route.task

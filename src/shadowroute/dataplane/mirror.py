@@ -81,6 +81,7 @@ class MirrorTarget:
         pool: UpstreamPool,
         breaker: Breaker,
         stats: DataPlaneStats,
+        keep_bytes: int = 1 << 20,
     ) -> None:
         self.route = route
         self.cfg = cfg
@@ -95,6 +96,9 @@ class MirrorTarget:
         self.max_in_flight = cfg.max_in_flight
         self.fraction = cfg.fraction
         self.timeout_s = cfg.timeout_s
+        self.keep_bytes = keep_bytes
+        """Answer bytes kept for the record (``records.max_response_bytes``): beyond them the
+        answer is read to its end and dropped, and the record says ``too_large``."""
         self.latency = stats.latency_of(route, cfg.name, "candidate")
         self._key = (route, cfg.name)
         self._sent = (route, cfg.name, "sent")
@@ -218,13 +222,17 @@ class MirrorExchange(Exchange):
         self._ct = http1.header_value(head, low, http1.CONTENT_TYPE)
 
     def on_body(self, piece: bytes) -> None:
-        self._size += len(piece)
-        if self._size > MAX_MIRROR_RESPONSE:
+        kept = self._size
+        self._size = size = kept + len(piece)
+        if size > MAX_MIRROR_RESPONSE:
             if self._conn is not None:
                 self._conn.abandon()
             self._finish(self._status, "too_large")
             return
-        self._body.append(piece)
+        if kept <= self.target.keep_bytes:
+            # Up to the first piece past the record's cap: enough for the recorder to see the
+            # answer is too large, without holding (and joining) the rest.
+            self._body.append(piece)
 
     def on_complete(self) -> None:
         status = self._status

@@ -96,7 +96,9 @@ class RouteRuntime(RoutePlan):
         runtimes: list[CandidateRuntime] = []
         for c in cfg.candidates:
             p = pool(c.url)
-            target = MirrorTarget(cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats)
+            target = MirrorTarget(
+                cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats, proxy.max_response
+            )
             headers = {**c.headers, **c.secret_header_values()}
             static = static_headers(p.host_header, headers) + marker
             rewriter = None

@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from shadowroute.core.config import Route
-from shadowroute.core.extraction import ExtractError, extract
+from shadowroute.core.extraction import ExtractError, extract, json_values_bound
 from shadowroute.core.records import encode_pair_fields, redact_input, side_fields
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.dataplane.upstream import Outcome
@@ -144,11 +144,13 @@ class Recorder:
         max_body: int = 1 << 20,
         max_predictions: int = 10_000,
         max_instances: int = 10_000,
+        max_values: int = 100_000,
     ) -> None:
         self.loop = loop
         self.max_body = max_body  # answers larger are not parsed (``too_large``)
         self.max_predictions = max_predictions
         self.max_instances = max_instances
+        self.max_values = max_values
         self.queue = queue
         self.stats = stats
         self.salt = hash_salt
@@ -237,11 +239,16 @@ class Recorder:
                     o.body,
                     o.content_encoding.decode("latin-1") if o.content_encoding else None,
                     o.content_type.decode("latin-1") if o.content_type else None,
+                    self.max_values,
                 )
             except ExtractError as exc:
-                error = "extract_failed"
-                self.stats.extract_failed += 1
-                log.debug("extraction failed for %s/%s: %s", route.name, o.model, exc.reason)
+                if exc.reason == "too_large":  # not parsed: it would hold the event loop up
+                    error = "too_large"
+                    self.stats.limits["extract_too_large"] += 1
+                else:
+                    error = "extract_failed"
+                    self.stats.extract_failed += 1
+                    log.debug("extraction failed for %s/%s: %s", route.name, o.model, exc.reason)
             else:
                 if len(output) > self.max_predictions:
                     output, error = None, "too_large"
@@ -274,6 +281,10 @@ class Recorder:
         """The record's ``input``: the request body, redacted. The proxy passes the body only
         for routes that capture input or watch drift (``RouteRuntime.needs_input``)."""
         if body is None:
+            return None
+        if json_values_bound(body) > self.max_values:
+            # Parsing it would hold the event loop up: the record goes without its input.
+            self.stats.limits["input_too_large"] += 1
             return None
         try:
             obj: object = orjson.loads(body)

@@ -109,6 +109,7 @@ class DataPlane:
             max_body=rcfg.max_response_bytes,
             max_predictions=rcfg.max_predictions,
             max_instances=rcfg.max_instances,
+            max_values=rcfg.max_json_values,
         )
         recorder.stamps = self.revisions.stamps()
         self.proxy = proxy = Proxy(self.config, loop, recorder)

@@ -38,9 +38,10 @@ LIMITS = (
     "max_connections",  # a client connection over the per-process cap: 503
     "upstream_backpressure",  # a client paused while production's write buffer was full
     "response_too_large",  # production's answer not copied for the record
-    "extract_too_large",  # an answer too large to parse for its prediction
+    "extract_too_large",  # an answer too large (bytes or JSON values) to parse for its prediction
     "predictions_too_large",  # an answer with more predictions than a record may carry
     "instances_too_large",  # a captured request with more instances than a record may carry
+    "input_too_large",  # a captured request with more JSON values than is parsed on the loop
     "input_unencodable",  # a captured request kept out of its record (nested too deep)
 )
 
