@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,14 +18,18 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
+
+from shadowroute.core.drift_fields import PathError, compile_path
 
 Protocol = Literal["openinference", "kserve-v1", "tfserving", "openai", "jsonpath"]
 Task = Literal["classification", "probability", "regression", "text"]
@@ -53,6 +58,15 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class FieldProblem(ValueError):
+    """Raised by a validator of a section about one of its keys: the problem is reported at
+    ``<section>.<loc>``, not at the section."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        self.loc = loc
+        super().__init__(message)
 
 
 class _Strict(BaseModel):
@@ -224,11 +238,17 @@ class Transport(_Strict):
 def _check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+        raise ValueError("must be an http:// or https:// URL, like http://10.0.0.5:8000")
     if not parts.hostname:
-        raise ValueError(f"has no host: {url!r}")
+        raise ValueError("has no host: write it as http://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
     if parts.query or parts.fragment:
-        raise ValueError(f"must not carry a query or fragment: {url!r}")
+        raise ValueError("must not carry a query or fragment: write only scheme, host, port, path")
     return url
 
 
@@ -272,17 +292,25 @@ class Model(_Strict):
     """What this version was trained on (for `/v1/models/{model}/lineage`)."""
     _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _url(self) -> Model:
-        _check_url(self.url)
-        names = [*self.headers, *self.secret_headers]
-        bad = [h for h in names if h.lower() in HOP_BY_HOP or not h.isascii()]
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _check_url(url)
+
+    @field_validator("headers", "secret_headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        bad = [h for h in headers if h.lower() in HOP_BY_HOP or not h.isascii()]
         if bad:
-            raise ValueError(f"headers: cannot set hop-by-hop or non-ASCII header(s) {bad}")
-        refs = [r for r in self.secret_headers.values() if not r.startswith(("env:", "file:"))]
-        if refs:
-            raise ValueError("secret_headers: each value must be env:VARIABLE or file:PATH")
-        return self
+            raise ValueError(f"cannot set hop-by-hop or non-ASCII header(s) {bad}")
+        return headers
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_refs(cls, headers: dict[str, str]) -> dict[str, str]:
+        if any(not r.startswith(("env:", "file:")) for r in headers.values()):
+            raise ValueError("each value must be env:VARIABLE or file:PATH")
+        return headers
 
     def secret_header_values(self) -> dict[str, str]:
         """The secret headers, resolved at start (``parse_config``)."""
@@ -322,10 +350,21 @@ class Capture(_Strict):
     """Headers never captured or logged, on top of Authorization, Cookie, Set-Cookie."""
 
 
+def _drift_path(path: str) -> str:
+    try:
+        compile_path(path)
+    except PathError as exc:
+        raise ValueError(f"{exc}; a path looks like $.instances[*].amount") from None
+    return path
+
+
+DriftPath = Annotated[str, AfterValidator(_drift_path)]
+
+
 class Drift(_Strict):
-    fields: list[str] = []
+    fields: list[DriftPath] = []
     """JSON paths into the request body (e.g. ``$.instances[*].amount``) to monitor for drift."""
-    categorical: list[str] = []
+    categorical: list[DriftPath] = []
     """JSON paths of categorical fields to monitor (top-K categories plus `other`)."""
     reference_file: str | None = None
     """
@@ -439,12 +478,26 @@ class Route(_Strict):
     label_ttl_s: float = Field(3 * 86400, gt=0)
     """How long a pair waits for its label (and a label for its pair) before it is an orphan."""
 
+    @field_validator("jsonpath")
+    @classmethod
+    def _jsonpath(cls, path: str | None) -> str | None:
+        if path is not None:
+            from shadowroute.core.extraction import ExtractError
+            from shadowroute.core.extraction import compile_path as compile_jsonpath
+
+            try:
+                compile_jsonpath(path)
+            except ExtractError as exc:
+                raise ValueError(f"{exc.detail}; a path looks like $.result.score") from None
+        return path
+
     @model_validator(mode="after")
     def _route(self) -> Route:
         if not self.path_prefix.startswith("/"):
             raise ValueError(f"path_prefix must start with '/', got {self.path_prefix!r}")
         if self.protocol == "jsonpath" and not self.jsonpath:
-            raise ValueError("protocol 'jsonpath' needs 'jsonpath' (e.g. '$.prediction')")
+            loc, message = protocol_problem("protocol" in self.model_fields_set)
+            raise FieldProblem(loc, message)
         same = [c for c in self.candidates if self.noise and c.name == self.noise.name]
         if same and not same[0].noise:
             raise ValueError(f"noise.name {same[0].name!r} is a candidate that is not noise")
@@ -702,7 +755,9 @@ def _describe(err: Mapping[str, Any]) -> str:
         return "unknown key"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if kind != "missing" and "input" in err and not isinstance(err["input"], dict | list):
-        msg += f" (got {err['input']!r})"
+        shown = repr(err["input"])
+        if shown not in msg:
+            msg += f" (got {shown})"
     return msg
 
 
@@ -711,22 +766,213 @@ def _strip_model_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
-def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Config:
-    """Validate an already-parsed document (a dict) into a Config."""
+def _problem(err: Mapping[str, Any]) -> str:
+    loc = _strip_model_loc(err["loc"])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldProblem):
+        loc = (*loc, *cause.loc)
+    return f"{_loc(loc)}: {_describe(err)}"
+
+
+# --- checks across sections -------------------------------------------------------------------
+# They read the raw document (after environment overrides), so they run, and report, even when
+# other parts of it do not validate: every problem comes out of one pass.
+
+PROTOCOLS: tuple[str, ...] = typing.get_args(Protocol)
+
+
+def protocol_problem(given: bool) -> tuple[tuple[int | str, ...], str]:
+    """Where and what to report for a route with protocol ``jsonpath`` and no ``jsonpath``:
+    about ``protocol`` when the user left it out (the default is not theirs to fix), about
+    ``jsonpath`` when they chose ``protocol: jsonpath``."""
+    if given:
+        return ("jsonpath",), (
+            "protocol 'jsonpath' needs 'jsonpath', where the prediction lives in the model "
+            "server's answer (e.g. '$.prediction')"
+        )
+    return ("protocol",), (
+        "missing: say which protocol the model server speaks: openinference (Open Inference "
+        "Protocol v2: MLServer, Triton, KServe v2), kserve-v1, tfserving, openai, or jsonpath "
+        "together with jsonpath: '$.prediction'"
+    )
+
+
+def _default(model: type[BaseModel], key: str) -> Any:
+    return model.model_fields[key].default
+
+
+def _port_of(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and 1 <= value <= 65535 else None
+
+
+def address_of(
+    raw: Mapping[str, Any], section: str, model: type[BaseModel]
+) -> tuple[str, int] | None:
+    """``(host, port)`` of the listen or admin section as written (or defaulted); None when it
+    does not validate (that is reported elsewhere) or the port is 0 (any free port)."""
+    node = raw.get(section, {})
+    if node is None:
+        node = {}
+    if not isinstance(node, Mapping):
+        return None
+    host = node.get("host", _default(model, "host"))
+    port = _port_of(node.get("port", _default(model, "port")))
+    if not isinstance(host, str) or port is None:
+        return None
+    return host, port
+
+
+def _host_key(host: str) -> str:
+    """A host as compared for overlaps: ``*`` for any address, loopback names made one."""
+    h = host.strip("[]").lower()
+    if h in ("", "localhost"):
+        return "127.0.0.1" if h else "*"
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return h
+    if ip.is_unspecified:
+        return "*"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return "127.0.0.1" if ip == ipaddress.ip_address("::1") else str(ip)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether servers bound to hosts ``a`` and ``b`` would share an address."""
+    ka, kb = _host_key(a), _host_key(b)
+    return ka == kb or "*" in (ka, kb)
+
+
+def _reaches(url_host: str, bound: str) -> bool:
+    """Whether a connection to ``url_host`` reaches a server bound to ``bound`` (for names
+    other than loopback, only when they are the same name)."""
+    ku, kb = _host_key(url_host), _host_key(bound)
+    if ku == "*":  # connecting to 0.0.0.0 reaches this machine
+        ku = "127.0.0.1"
+    if ku == kb:
+        return True
+    return kb == "*" and (ku == "127.0.0.1" or ku.startswith("127."))
+
+
+def _url_address(url: object) -> tuple[str, int] | None:
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _route_models(route: Mapping[str, Any]) -> list[tuple[tuple[int | str, ...], object]]:
+    """``(loc, url)`` of a raw route's production and candidates."""
+    out: list[tuple[tuple[int | str, ...], object]] = []
+    prod = route.get("production")
+    if isinstance(prod, Mapping):
+        out.append((("production", "url"), prod.get("url")))
+    cands = route.get("candidates")
+    for j, cand in enumerate(cands if isinstance(cands, list) else []):
+        if isinstance(cand, Mapping):
+            out.append((("candidates", j, "url"), cand.get("url")))
+    return out
+
+
+def cross_problems(raw: Mapping[str, Any]) -> list[tuple[tuple[int | str, ...], str]]:
+    """Problems that span sections, found on the raw document: a route that leaves out its
+    protocol, the listen and admin planes on one port, a model URL that points back at the
+    proxy (a loop) or at its admin plane. Pure: no I/O.
+
+    >>> raw = {"listen": {"port": 8080}, "admin": {"port": 8080}, "routes": [
+    ...     {"name": "r", "production": {"name": "p", "url": "http://localhost:8080"}}]}
+    >>> [".".join(map(str, loc)) for loc, _ in cross_problems(raw)]
+    ['routes.0.protocol', 'admin.port', 'routes.0.production.url']
+    """
+    out: list[tuple[tuple[int | str, ...], str]] = []
+    routes = raw.get("routes")
+    routes = routes if isinstance(routes, list) else []
+    for i, route in enumerate(routes):
+        if isinstance(route, Mapping) and "protocol" not in route and not route.get("jsonpath"):
+            loc, message = protocol_problem(False)
+            out.append((("routes", i, *loc), message))
+    listen = address_of(raw, "listen", Listen)
+    admin = address_of(raw, "admin", Admin)
+    if listen and admin and listen[1] == admin[1] and _overlap(listen[0], admin[0]):
+        out.append(
+            (
+                ("admin", "port"),
+                f"the same port as listen.port ({listen[1]}) on an overlapping address: the "
+                "proxy and the admin plane need a port each; change one of them",
+            )
+        )
+    for i, route in enumerate(routes):
+        if not isinstance(route, Mapping):
+            continue
+        for loc, url in _route_models(route):
+            target = _url_address(url)
+            if target is None:
+                continue
+            if listen and target[1] == listen[1] and _reaches(target[0], listen[0]):
+                out.append(
+                    (
+                        ("routes", i, *loc),
+                        f"points at this proxy's own listen address ({listen[0]}:{listen[1]}): "
+                        "every request would come back to the proxy, in a loop; use the "
+                        "model server's address",
+                    )
+                )
+            elif admin and target[1] == admin[1] and _reaches(target[0], admin[0]):
+                out.append(
+                    (
+                        ("routes", i, *loc),
+                        f"points at this router's admin plane ({admin[0]}:{admin[1]}), not at a "
+                        "model server; use the model server's address",
+                    )
+                )
+    return out
+
+
+def config_problems(
+    raw: object, environ: Mapping[str, str] | None = None
+) -> tuple[Config | None, list[str]]:
+    """Validate an already-parsed document: the config (None when there is any problem) and
+    every problem found, each ``path: what is wrong`` — the model's own checks, the checks
+    across sections and the secret headers, all in one pass."""
     if not isinstance(raw, dict):
-        raise ConfigError(["(top level): must be a mapping of keys to values"])
-    raw = apply_env(raw, os.environ if environ is None else environ)
+        return None, ["(top level): must be a mapping of keys to values"]
+    env = os.environ if environ is None else environ
+    raw = apply_env(raw, env)
+    problems: list[str] = []
+    config: Config | None = None
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{_loc(_strip_model_loc(e['loc']))}: {_describe(e)}" for e in exc.errors()]
-        raise ConfigError(problems) from None
-    _resolve_secrets(config, os.environ if environ is None else environ)
+        problems += [_problem(e) for e in exc.errors()]
+    problems += [f"{_loc(loc)}: {message}" for loc, message in cross_problems(raw)]
+    if config is not None:
+        problems += _resolve_secrets(config, env)
+    problems = list(dict.fromkeys(problems))
+    return (None if problems else config), problems
+
+
+def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed document (a dict) into a Config."""
+    config, problems = config_problems(raw, environ)
+    if config is None:
+        raise ConfigError(problems)
     return config
 
 
-def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> None:
-    """Read every model's ``secret_headers`` (environment variable or file) once, at start."""
+def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """Read every model's ``secret_headers`` (environment variable or file) once, at start;
+    the problems found."""
     problems: list[str] = []
     for i, route in enumerate(config.routes):
         models = [("production", route.production)]
@@ -750,12 +996,12 @@ def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> None:
                     problems.append(f"{path}: the value must be one line of ASCII")
                     continue
                 model._secrets[header] = SecretStr(value)
-    if problems:
-        raise ConfigError(problems)
+    return problems
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override from the environment, and validate a YAML config file."""
+def read_document(path: str | Path) -> object:
+    """The YAML document at ``path`` (``{}`` when empty); ``ConfigError`` when it cannot be
+    read or is not YAML."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -767,4 +1013,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}:{where}: invalid YAML: {problem}"]) from None
-    return parse_config(raw if raw is not None else {}, environ)
+    return raw if raw is not None else {}
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate a YAML config file."""
+    return parse_config(read_document(path), environ)
