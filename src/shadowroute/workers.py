@@ -94,14 +94,11 @@ class PipeSink:
 async def _worker(config: Config, chan: socket.socket, index: int) -> None:
     from shadowroute.runtime import dataplane_circuits, dataplane_flow, freeze_startup_heap
 
+    # Bind first: a worker that cannot has opened nothing else to leave behind.
+    sock = listen_socket(config.listen.host, config.listen.port, reuse_port=True)
     reader, writer = await asyncio.open_unix_connection(sock=chan)
     stats = DataPlaneStats()
-    dp = DataPlane(
-        config,
-        PipeSink(writer),
-        sock=listen_socket(config.listen.host, config.listen.port, reuse_port=True),
-        stats=stats,
-    )
+    dp = DataPlane(config, PipeSink(writer), sock=sock, stats=stats)
     await dp.start()
     freeze_startup_heap()
     loop = asyncio.get_running_loop()
