@@ -121,6 +121,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 async def test_serve_stops_with_exit_1_when_a_worker_dies(
     prod: ModelServer, tmp_path: Path
 ) -> None:
@@ -151,9 +159,9 @@ async def test_serve_stops_with_exit_1_when_a_worker_dies(
     assert "stopped on its own (exit code -9); stopping serve" in text
     assert "Traceback" not in text
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
+    while time.monotonic() < deadline and any(_alive(k) for k in kids):
         await asyncio.sleep(0.1)
-    assert not [k for k in kids if Path(f"/proc/{k}").exists()], "a worker outlived serve"
+    assert not [k for k in kids if _alive(k)], "a worker outlived serve"
 
 
 def test_a_worker_that_cannot_bind_says_so_and_exits_3(
