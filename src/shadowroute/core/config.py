@@ -441,7 +441,8 @@ class Route(_Strict):
     host: str | None = None
     """When set, only requests with this Host (port ignored) match."""
     protocol: Protocol = "jsonpath"
-    """Where the prediction lives in the model server's response."""
+    """The protocol the model server speaks, which says where the prediction lives in its
+    answer. Left out, it is `jsonpath`, and `jsonpath` must be given."""
     task: Task = "classification"
     """How predictions are compared and scored."""
     output: str | None = None
