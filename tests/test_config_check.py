@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shadowroute.core.config import ConfigError, config_problems, cross_problems, parse_config
+from shadowroute.core.config import ConfigError, config_problems, parse_config
+from shadowroute.core.config_cross import cross_problems
 from shadowroute.preflight import Report, check_document
 
 

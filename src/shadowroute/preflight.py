@@ -33,10 +33,10 @@ from shadowroute.core.config import (
     Config,
     ConfigError,
     Listen,
-    address_of,
     config_problems,
     read_document,
 )
+from shadowroute.core.config_cross import address_of
 
 __all__ = ["Problem", "Report", "check_document", "check_file", "file_problems", "port_problems"]
 
