@@ -105,9 +105,13 @@ def test_a_malformed_jsonpath_is_reported_on_jsonpath(tmp_path: Path) -> None:
 def test_a_missing_reference_file_says_where_it_looked(tmp_path: Path) -> None:
     doc = base(tmp_path)
     doc["routes"][0]["drift"] = {"fields": ["$.x"], "reference_file": "ref/train.csv"}
-    text = only(check(doc))
+    report = check(doc)
+    text = only(report)
     assert text.startswith("routes[0].drift.reference_file: file not found: ref/train.csv")
     assert "relative to the working directory" in text
+    # The file may be on the machine the config is for (a pod's volume): a warning for
+    # `config check`, an error for `serve`.
+    assert report.problems[0].environment and report.config is not None
 
 
 def test_a_reference_file_is_loaded_as_the_comparator_would(tmp_path: Path) -> None:
@@ -234,7 +238,9 @@ def test_left_out_protocol_with_a_jsonpath_is_fine(tmp_path: Path) -> None:
 def test_the_state_file_directory_must_exist(tmp_path: Path) -> None:
     doc = base(tmp_path)
     doc["comparator"]["state_path"] = str(tmp_path / "no-such-dir" / "state.sqlite")
-    assert only(check(doc)).startswith("comparator.state_path: the directory ")
+    report = check(doc)
+    assert only(report).startswith("comparator.state_path: the directory ")
+    assert report.problems[0].environment
 
 
 def test_a_port_in_use_is_an_environment_problem(tmp_path: Path) -> None:

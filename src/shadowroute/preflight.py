@@ -7,12 +7,13 @@ problem found at once, each ``path: what is wrong and what to do``:
 - the config model's own validation and its checks across sections (``core.config``): field
   values, URLs (on ``.url``), drift and extraction paths, the listen and admin ports, a model URL
   that points back at the proxy, secret headers;
-- files the run reads at start: each route's ``drift.reference_file`` (present, readable, of a
-  known format, and, once the config is valid, loaded as the comparator loads it), the
-  directory of the embedded comparator's state file, Kafka TLS files;
-- this machine, now: whether the listen and admin addresses can be bound (a port already in
-  use, an address this machine does not have). These are ``environment`` problems: warnings
-  for ``config check`` (the config may be meant for another machine), errors for ``serve``.
+- files the run reads at start: each route's ``drift.reference_file`` (of a known format and,
+  when present and the config is valid, loaded as the comparator loads it);
+- this machine, now: whether the files a run reads are there (the reference files, the
+  directory of the embedded comparator's state file, Kafka TLS files) and whether the listen
+  and admin addresses can be bound (a port already in use, an address this machine does not
+  have). These are ``environment`` problems: warnings for ``config check`` (the config may be
+  meant for another machine: a pod's volumes, its ports), errors for ``serve``.
 
 No event loop; the only effects are reads of the files named and a bind of a probe socket,
 closed at once.
@@ -90,7 +91,9 @@ def _file_problem(name: str, *, purpose: str) -> str | None:
 
 def file_problems(raw: Mapping[str, Any]) -> list[Problem]:
     """Files named by the raw document (after environment overrides) that a run reads at start
-    and cannot: reference files, the state file's directory, Kafka TLS files."""
+    and cannot: reference files, the state file's directory, Kafka TLS files. That a file is
+    missing here is an environment problem (it may be on the machine the config is for); a
+    reference file of an unknown format is not."""
     out: list[Problem] = []
     for i, route in enumerate(_route_list(raw)):
         drift = route.get("drift")
@@ -98,17 +101,20 @@ def file_problems(raw: Mapping[str, Any]) -> list[Problem]:
         if not isinstance(ref, str):
             continue
         loc = f"routes[{i}].drift.reference_file"
+        if Path(ref).suffix.lower() not in REFERENCE_FORMATS:
+            out.append(
+                Problem(
+                    f"{loc}: {ref}: unknown format {Path(ref).suffix!r}; the file must end in "
+                    + ", ".join(REFERENCE_FORMATS)
+                )
+            )
+            continue
         wrong = _file_problem(
             ref, purpose="give the training data's path, or leave reference_file out to "
             "freeze the bins from the first requests"
         )  # fmt: skip
-        if wrong is None and Path(ref).suffix.lower() not in REFERENCE_FORMATS:
-            wrong = (
-                f"{ref}: unknown format {Path(ref).suffix!r}; the file must end in "
-                + ", ".join(REFERENCE_FORMATS)
-            )
         if wrong:
-            out.append(Problem(f"{loc}: {wrong}"))
+            out.append(Problem(f"{loc}: {wrong}", environment=True))
     transport = raw.get("transport")
     transport = transport if isinstance(transport, Mapping) else {}
     if transport.get("kind", "embedded") == "embedded":
@@ -121,12 +127,16 @@ def file_problems(raw: Mapping[str, Any]) -> list[Problem]:
                 out.append(
                     Problem(
                         f"comparator.state_path: the directory {parent} does not exist; "
-                        "create it or choose a path in an existing directory"
+                        "create it or choose a path in an existing directory",
+                        environment=True,
                     )
                 )
             elif not os.access(parent, os.W_OK | os.X_OK):
                 out.append(
-                    Problem(f"comparator.state_path: the directory {parent} is not writable")
+                    Problem(
+                        f"comparator.state_path: the directory {parent} is not writable",
+                        environment=True,
+                    )
                 )
     security = transport.get("security")
     if transport.get("kind") == "kafka" and isinstance(security, Mapping):
@@ -135,7 +145,7 @@ def file_problems(raw: Mapping[str, Any]) -> list[Problem]:
             if isinstance(name, str):
                 wrong = _file_problem(name, purpose="give the path of the PEM file")
                 if wrong:
-                    out.append(Problem(f"transport.security.{key}: {wrong}"))
+                    out.append(Problem(f"transport.security.{key}: {wrong}", environment=True))
     return out
 
 
@@ -203,7 +213,7 @@ def check_document(
     if isinstance(raw, Mapping):  # environment overrides are applied to ``raw`` in place
         problems += file_problems(raw)
         if config is not None and not problems:
-            problems += reference_problems(config)
+            problems += reference_problems(config)  # the files are there: read them
         if ports:
             problems += port_problems(raw)
     valid = config is not None and not any(not p.environment for p in problems)
