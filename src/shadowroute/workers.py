@@ -355,10 +355,12 @@ async def supervise(config: Config, n: int) -> int:
             )  # fmt: skip
             rc = await _until_stopped(procs, pumps)
             log.info("stopping workers")
+            # Readiness off; the admin plane (metrics, labels) stays up while they drain.
             workers.stopping = True
+            await _stop_workers(config, procs, pumps)
     finally:
         workers.stopping = True
-        await _stop_workers(config, procs, pumps)
+        await _stop_workers(config, procs, pumps)  # when start failed; a no-op after a stop
         if sink is not None:
             await sink.close()
         if comparator is not None:
