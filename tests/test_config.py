@@ -59,7 +59,7 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> None:
         (
             "routes.0.candidates.0.url",
             "ftp://x",
-            "routes[0].candidates[0]: must be an http:// or https:// URL",
+            "routes[0].candidates[0].url: must be an http:// or https:// URL",
         ),
         (
             "routes.0.production.timeout_s",

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from shadowroute.core.config import Route
 from shadowroute.core.extraction import (
@@ -509,12 +510,22 @@ def test_jsonpath(path: str, task: str, doc: Any, expected: list[Any]) -> None:
         ("$.a[*]", {"a": 1}, "no_output"),
         ("$.a[*].b", {"a": [{"b": 1}, {"c": 2}]}, "no_output"),
         ("$.a", {"a": "x"}, "bad_type"),
-        ("$.a..b", {"a": 1}, "bad_path"),
     ],
 )
 def test_jsonpath_malformed(path: str, doc: Any, reason: str) -> None:
     route = make_route("jsonpath", "regression", jsonpath=path)
     assert reason_of(route, orjson.dumps(doc)) == reason
+
+
+def test_a_jsonpath_that_cannot_be_read_is_a_config_error() -> None:
+    """Refused when the config is validated (``config check``), at ``jsonpath``; extraction
+    still answers ``bad_path`` for a route that was built around validation."""
+    with pytest.raises(ValidationError) as info:
+        make_route("jsonpath", "regression", jsonpath="$.a..b")
+    (err,) = info.value.errors()
+    assert err["loc"] == ("jsonpath",) and "cannot read from column 4" in err["msg"]
+    route = make_route("jsonpath", "regression").model_copy(update={"jsonpath": "$.a..b"})
+    assert reason_of(route, orjson.dumps({"a": 1})) == "bad_path"
 
 
 # --- content encodings ------------------------------------------------------------------------

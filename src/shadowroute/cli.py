@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shadowroute import __version__
 from shadowroute.core.config import Config, ConfigError, load_config
 from shadowroute.logfilter import RateLimitFilter
+
+if TYPE_CHECKING:
+    from shadowroute.preflight import Report
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -58,6 +62,12 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError in words, with the file it is about: ``No such file or directory: x.csv``."""
+    text = exc.strerror or str(exc)
+    return f"{text}: {exc.filename}" if exc.filename else text
+
+
 def _load(path: str) -> Config | None:
     """The config, or None after printing what is wrong with it."""
     try:
@@ -85,17 +95,42 @@ def _state_ok(cfg: Config) -> bool:
     except StateMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return False
+    except (OSError, sqlite3.Error) as exc:
+        what = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"error: comparator.state_path {cfg.comparator.state_path}: {what}", file=sys.stderr)
+        return False
     return True
 
 
+def _print_problems(report: Report, *, environment_is_error: bool) -> None:
+    """A report's problems on stderr: the config's as one block, those of this machine (a
+    port in use) as errors or warnings."""
+    errors = report.config_errors
+    if errors:
+        n = len(errors)
+        print(
+            f"invalid configuration ({n} problem{'s' if n > 1 else ''}):\n"
+            + "\n".join(f"  {p}" for p in errors),
+            file=sys.stderr,
+        )
+    word = "error" if environment_is_error else "warning"
+    for p in report.environment:
+        print(f"{word}: {p}", file=sys.stderr)
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
+    from shadowroute.preflight import check_file
+
+    report = check_file(args.file)
+    _print_problems(report, environment_is_error=False)
+    cfg = report.config
     if cfg is None:
         return EXIT_ERROR
     n_cand = sum(len(r.candidates) for r in cfg.routes)
     print(
         f"{args.file}: OK ({len(cfg.routes)} route(s), {n_cand} candidate(s), "
         f"transport {cfg.transport.kind})"
+        + (f", {len(report.environment)} warning(s)" if report.environment else "")
     )
     return EXIT_OK
 
@@ -108,20 +143,22 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_ERROR
-    cfg = _with_state_mode(cfg, args.state_mode)
-    from shadowroute import runtime
-
     if args.workers < 0:
         print("error: --workers must be 0 (one process) or more", file=sys.stderr)
         return EXIT_USAGE
+    from shadowroute.preflight import check_file
+
+    # Everything that can be known before binding, reported at once (`config check` runs the
+    # same); a port in use here is an error.
+    report = check_file(args.config)
+    _print_problems(report, environment_is_error=True)
+    if report.config is None or report.environment:
+        return EXIT_ERROR
+    cfg = _with_state_mode(report.config, args.state_mode)
     if cfg.listen.port == 0 and args.workers > 1:
         print("error: --workers needs a fixed listen.port (not 0)", file=sys.stderr)
         return EXIT_USAGE
-    from shadowroute import workers
-    from shadowroute.dataplane.server import PortInUse
+    from shadowroute import runtime, workers
     from shadowroute.stream.kafka import CopartitionError
 
     if cfg.transport.kind == "embedded" and not _state_ok(cfg):
@@ -131,11 +168,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return workers.serve_workers(cfg, args.workers)
         _run(runtime.serve(cfg))
         return EXIT_OK
-    except PortInUse as exc:
-        print(f"error: {exc.strerror}", file=sys.stderr)
-        return EXIT_ERROR
-    except CopartitionError as exc:
+    except (CopartitionError, runtime.StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        # The environment changed since the checks (a port taken meanwhile, a file gone):
+        # one line, no traceback.
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except sqlite3.Error as exc:
+        print(f"error: comparator.state_path {cfg.comparator.state_path}: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -59,12 +59,23 @@ def pair_sinks(config: Config, extra: list[Sink] | None = None) -> tuple[Sink, l
     return FanoutSink(sinks), kafka
 
 
+class StartError(RuntimeError):
+    """A process of ``serve`` cannot start for a reason of its configuration or of this
+    machine (an address in use); ``str()`` says which in one line."""
+
+
 @contextlib.asynccontextmanager
 async def admin_server(ctx: ControlContext, host: str, port: int) -> AsyncIterator[web.AppRunner]:
     runner = web.AppRunner(create_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartError(
+            f"admin plane: cannot listen on {host}:{port} (admin.port): {exc.strerror or exc}"
+        ) from None
     try:
         yield runner
     finally:

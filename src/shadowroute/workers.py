@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -94,14 +95,11 @@ class PipeSink:
 async def _worker(config: Config, chan: socket.socket, index: int) -> None:
     from shadowroute.runtime import dataplane_circuits, dataplane_flow, freeze_startup_heap
 
+    # Bind first: a worker that cannot has opened nothing else to leave behind.
+    sock = listen_socket(config.listen.host, config.listen.port, reuse_port=True)
     reader, writer = await asyncio.open_unix_connection(sock=chan)
     stats = DataPlaneStats()
-    dp = DataPlane(
-        config,
-        PipeSink(writer),
-        sock=listen_socket(config.listen.host, config.listen.port, reuse_port=True),
-        stats=stats,
-    )
+    dp = DataPlane(config, PipeSink(writer), sock=sock, stats=stats)
     await dp.start()
     freeze_startup_heap()
     loop = asyncio.get_running_loop()
@@ -178,7 +176,18 @@ def _worker_main(
     # so each worker sees end-of-file (and stops) when the supervisor goes away.
     for other in inherited:
         other.close()
-    uvloop.run(_worker(config, chan, index))
+    try:
+        uvloop.run(_worker(config, chan, index))
+    except OSError as exc:
+        # An address in use, a file gone: one line and a non-zero exit (the supervisor sees
+        # the channel close and stops serve), no traceback.
+        text = exc.strerror or str(exc)
+        print(f"error: worker {index}: {text}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_WORKER_FAILED)
+
+
+EXIT_WORKER_FAILED = 3
+"""A worker's exit code when it could not serve (printed its reason on stderr)."""
 
 
 class WorkerSet:
@@ -231,6 +240,24 @@ class WorkerSet:
         for w in self.writers.values():
             w.write(encode_frame(b"V", orjson.dumps([route, model, revision])))
 
+    async def wait_started(
+        self, pumps: Sequence[asyncio.Future[None]], timeout_s: float, pause_s: float = 0.05
+    ) -> str | None:
+        """Until every worker has reported that it serves: None; else why not, in words.
+        A pump that ended (its worker closed the channel: it exited) before its worker was
+        ready means that worker could not start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.ready():
+            for i, pump in enumerate(pumps):
+                if pump.done():
+                    return f"worker {i} could not start"
+            if loop.time() > deadline:
+                waiting = sorted(set(range(self.n)) - {i for i, r in self.ready_flags.items() if r})
+                return f"worker(s) {waiting} not ready after {timeout_s:g} s"
+            await asyncio.sleep(pause_s)
+        return None
+
     async def pump(self, index: int, reader: asyncio.StreamReader, sink: Sink) -> None:
         while (frame := await read_frame(reader)) is not None:
             kind, payload = frame
@@ -254,7 +281,14 @@ class WorkerSet:
                 self.ready_flags[index] = bool(doc["ready"])
 
 
-async def supervise(config: Config, n: int) -> None:
+START_TIMEOUT_S = 60.0
+"""How long the supervisor waits for every worker to serve before it gives up."""
+
+
+async def supervise(config: Config, n: int) -> int:
+    """Run ``n`` workers and the supervisor's side until SIGTERM/SIGINT (0), or until a worker
+    cannot serve, at start or later (1: the others are stopped too; ``serve`` never runs on
+    with part of its processes gone)."""
     from shadowroute import runtime
     from shadowroute.api.app import ControlContext
     from shadowroute.api.labels import LabelWriter, SinkLabelWriter
@@ -271,11 +305,12 @@ async def supervise(config: Config, n: int) -> None:
     ctx_mp = multiprocessing.get_context("fork")
     workers = WorkerSet(n, mirroring=config.mirror.enabled)
     workers.revisions = LiveRevisions(config)
-    procs = []
-    pumps = []
+    procs: list[multiprocessing.process.BaseProcess] = []
+    pumps: list[asyncio.Task[None]] = []
     comparator: Comparator | None = None
     labels: LabelWriter
     kafka_labels: KafkaSink | None = None
+    sink: Sink | None = None
     extra: list[Sink] = []
     # Fork the workers before this process opens SQLite files or Kafka connections.
     channels: list[socket.socket] = []
@@ -291,81 +326,125 @@ async def supervise(config: Config, n: int) -> None:
         child.close()
         procs.append(proc)
         channels.append(parent)
-    if config.transport.kind == "embedded":
-        comparator = Comparator(config)
-        await comparator.start()
-        extra.append(ChannelSink(comparator))
-        labels = runtime.ComparatorLabelWriter(comparator)
-    else:
-        kafka_labels = KafkaSink.for_labels(config.transport)
-        await kafka_labels.start()
-        labels = SinkLabelWriter(kafka_labels)
-    sink, kafka = runtime.pair_sinks(config, extra)
-    pair_kafka = list(kafka)
-    if kafka_labels is not None:
-        kafka.append(kafka_labels)
-    await sink.start()
-    for i, parent in enumerate(channels):
-        reader, writer = await asyncio.open_unix_connection(sock=parent)
-        workers.writers[i] = writer
-        pumps.append(asyncio.get_running_loop().create_task(workers.pump(i, reader, sink)))
-    registry = new_registry()
-    registry.register(
-        DataPlaneCollector(
-            workers.stats,
-            lambda: runtime.spool_losses(workers.records(), pair_kafka),
-            lambda: workers.mirroring,
-            workers.circuits,
+    rc = 0
+    try:
+        if config.transport.kind == "embedded":
+            comparator = Comparator(config)
+            await comparator.start()
+            extra.append(ChannelSink(comparator))
+            labels = runtime.ComparatorLabelWriter(comparator)
+        else:
+            kafka_labels = KafkaSink.for_labels(config.transport)
+            await kafka_labels.start()
+            labels = SinkLabelWriter(kafka_labels)
+        sink, kafka = runtime.pair_sinks(config, extra)
+        pair_kafka = list(kafka)
+        if kafka_labels is not None:
+            kafka.append(kafka_labels)
+        await sink.start()
+        for i, parent in enumerate(channels):
+            reader, writer = await asyncio.open_unix_connection(sock=parent)
+            workers.writers[i] = writer
+            pumps.append(asyncio.get_running_loop().create_task(workers.pump(i, reader, sink)))
+        registry = new_registry()
+        registry.register(
+            DataPlaneCollector(
+                workers.stats,
+                lambda: runtime.spool_losses(workers.records(), pair_kafka),
+                lambda: workers.mirroring,
+                workers.circuits,
+            )
         )
-    )
-    ctx = ControlContext(
-        config=config,
-        registry=registry,
-        ready=workers.ready,
-        get_mirroring=lambda: workers.mirroring,
-        set_mirroring=workers.set_mirroring,
-        revisions=workers.revisions,
-        set_revision=workers.set_revision,
-    )
-    ctx = runtime.control_plane(config, ctx, comparator, labels)
-    if kafka:
-        registry.register(runtime.kafka_collector(kafka))
-    async with runtime.admin_server(ctx, config.admin.host, config.admin.port) as runner:
-        runtime.freeze_startup_heap()
-        log.info(
-            "%d workers serving on %s:%d (%s)",
-            n, config.listen.host, config.listen.port, build_info.describe(),
-        )  # fmt: skip
-        sample = runtime.ops_sample(
-            workers.stats, lambda: runtime.spool_losses(workers.records(), pair_kafka),
-            workers.circuits,
-        )  # fmt: skip
-        listen = f"{config.listen.host}:{config.listen.port}"
-        admin = f"{config.admin.host}:{runtime.admin_port(runner)}"
-        async with runtime.operator_log(config, sample, listen, admin):
-            await runtime.wait_for_signal()
-        log.info("stopping workers")
+        ctx = ControlContext(
+            config=config,
+            registry=registry,
+            ready=workers.ready,
+            get_mirroring=lambda: workers.mirroring,
+            set_mirroring=workers.set_mirroring,
+            revisions=workers.revisions,
+            set_revision=workers.set_revision,
+        )
+        ctx = runtime.control_plane(config, ctx, comparator, labels)
+        if kafka:
+            registry.register(runtime.kafka_collector(kafka))
+        async with runtime.admin_server(ctx, config.admin.host, config.admin.port) as runner:
+            failed = await workers.wait_started(pumps, START_TIMEOUT_S)
+            if failed is not None:
+                log.error("%s; stopping (see the worker's error above)", failed)
+                return 1
+            runtime.freeze_startup_heap()
+            log.info(
+                "%d workers serving on %s:%d (%s)",
+                n, config.listen.host, config.listen.port, build_info.describe(),
+            )  # fmt: skip
+            sample = runtime.ops_sample(
+                workers.stats, lambda: runtime.spool_losses(workers.records(), pair_kafka),
+                workers.circuits,
+            )  # fmt: skip
+            listen = f"{config.listen.host}:{config.listen.port}"
+            admin = f"{config.admin.host}:{runtime.admin_port(runner)}"
+            async with runtime.operator_log(config, sample, listen, admin):
+                rc = await _until_stopped(procs, pumps)
+            log.info("stopping workers")
+            # Readiness off; the admin plane (metrics, labels) stays up while they drain.
+            workers.stopping = True
+            await _stop_workers(config, procs, pumps)
+    finally:
         workers.stopping = True
-        for p in procs:
-            if p.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
-        grace = config.proxy.shutdown_timeout_s + config.proxy.mirror_drain_s + 5
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*pumps), grace)
-        for p in procs:
-            p.join(timeout=1)
-            if p.is_alive():
-                p.kill()
-        await sink.close()
+        await _stop_workers(config, procs, pumps)  # when start failed; a no-op after a stop
+        if sink is not None:
+            await sink.close()
         if comparator is not None:
             await comparator.close()
         if kafka_labels is not None:
             await kafka_labels.close()
+    return rc
+
+
+async def _until_stopped(
+    procs: Sequence[multiprocessing.process.BaseProcess], pumps: Sequence[asyncio.Task[None]]
+) -> int:
+    """Until SIGTERM/SIGINT (0), or until a worker exits on its own (1: it cannot serve any
+    more, and a ``serve`` with part of its workers gone would look healthy while it is not)."""
+    from shadowroute import runtime
+
+    signalled = asyncio.get_running_loop().create_task(runtime.wait_for_signal())
+    done, _ = await asyncio.wait([signalled, *pumps], return_when=asyncio.FIRST_COMPLETED)
+    if signalled in done:
+        return 0
+    signalled.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await signalled
+    gone = next(i for i, p in enumerate(pumps) if p in done)
+    procs[gone].join(timeout=2)
+    log.error(
+        "worker %d stopped on its own (exit code %s); stopping serve", gone, procs[gone].exitcode
+    )
+    return 1
+
+
+async def _stop_workers(
+    config: Config,
+    procs: Sequence[multiprocessing.process.BaseProcess],
+    pumps: Sequence[asyncio.Task[None]],
+) -> None:
+    """SIGTERM to every worker, their last records read within the drain time, then gone."""
+    for p in procs:
+        if p.pid is not None and p.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+    grace = config.proxy.shutdown_timeout_s + config.proxy.mirror_drain_s + 5
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*pumps, return_exceptions=True), grace)
+    for t in pumps:
+        t.cancel()
+    for p in procs:
+        await asyncio.to_thread(p.join, 1)
+        if p.is_alive():
+            p.kill()
 
 
 def serve_workers(config: Config, n: int) -> int:
     import uvloop
 
-    uvloop.run(supervise(config, n))
-    return 0
+    return uvloop.run(supervise(config, n))

@@ -17,14 +17,19 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
+
+from shadowroute.core.config_cross import cross_problems, protocol_problem
+from shadowroute.core.drift_fields import PathError, compile_path
 
 Protocol = Literal["openinference", "kserve-v1", "tfserving", "openai", "jsonpath"]
 Task = Literal["classification", "probability", "regression", "text"]
@@ -54,6 +59,15 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class FieldProblem(ValueError):
+    """Raised by a validator of a section about one of its keys: the problem is reported at
+    ``<section>.<loc>``, not at the section."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        self.loc = loc
+        super().__init__(message)
 
 
 class _Strict(BaseModel):
@@ -225,11 +239,17 @@ class Transport(_Strict):
 def _check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+        raise ValueError("must be an http:// or https:// URL, like http://10.0.0.5:8000")
     if not parts.hostname:
-        raise ValueError(f"has no host: {url!r}")
+        raise ValueError("has no host: write it as http://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
     if parts.query or parts.fragment:
-        raise ValueError(f"must not carry a query or fragment: {url!r}")
+        raise ValueError("must not carry a query or fragment: write only scheme, host, port, path")
     return url
 
 
@@ -273,17 +293,25 @@ class Model(_Strict):
     """What this version was trained on (for `/v1/models/{model}/lineage`)."""
     _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _url(self) -> Model:
-        _check_url(self.url)
-        names = [*self.headers, *self.secret_headers]
-        bad = [h for h in names if h.lower() in HOP_BY_HOP or not h.isascii()]
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _check_url(url)
+
+    @field_validator("headers", "secret_headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        bad = [h for h in headers if h.lower() in HOP_BY_HOP or not h.isascii()]
         if bad:
-            raise ValueError(f"headers: cannot set hop-by-hop or non-ASCII header(s) {bad}")
-        refs = [r for r in self.secret_headers.values() if not r.startswith(("env:", "file:"))]
-        if refs:
-            raise ValueError("secret_headers: each value must be env:VARIABLE or file:PATH")
-        return self
+            raise ValueError(f"cannot set hop-by-hop or non-ASCII header(s) {bad}")
+        return headers
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_refs(cls, headers: dict[str, str]) -> dict[str, str]:
+        if any(not r.startswith(("env:", "file:")) for r in headers.values()):
+            raise ValueError("each value must be env:VARIABLE or file:PATH")
+        return headers
 
     def secret_header_values(self) -> dict[str, str]:
         """The secret headers, resolved at start (``parse_config``)."""
@@ -364,10 +392,21 @@ class Capture(_Strict):
     """Headers never captured or logged, on top of Authorization, Cookie, Set-Cookie."""
 
 
+def _drift_path(path: str) -> str:
+    try:
+        compile_path(path)
+    except PathError as exc:
+        raise ValueError(f"{exc}; a path looks like $.instances[*].amount") from None
+    return path
+
+
+DriftPath = Annotated[str, AfterValidator(_drift_path)]
+
+
 class Drift(_Strict):
-    fields: list[str] = []
+    fields: list[DriftPath] = []
     """JSON paths into the request body (e.g. ``$.instances[*].amount``) to monitor for drift."""
-    categorical: list[str] = []
+    categorical: list[DriftPath] = []
     """JSON paths of categorical fields to monitor (top-K categories plus `other`)."""
     reference_file: str | None = None
     """
@@ -445,7 +484,8 @@ class Route(_Strict):
     host: str | None = None
     """When set, only requests with this Host (port ignored) match."""
     protocol: Protocol = "jsonpath"
-    """Where the prediction lives in the model server's response."""
+    """The protocol the model server speaks, which says where the prediction lives in its
+    answer. Left out, it is `jsonpath`, and `jsonpath` must be given."""
     task: Task = "classification"
     """How predictions are compared and scored."""
     output: str | None = None
@@ -482,12 +522,26 @@ class Route(_Strict):
     label_ttl_s: float = Field(3 * 86400, gt=0)
     """How long a pair waits for its label (and a label for its pair) before it is an orphan."""
 
+    @field_validator("jsonpath")
+    @classmethod
+    def _jsonpath(cls, path: str | None) -> str | None:
+        if path is not None:
+            from shadowroute.core.extraction import ExtractError
+            from shadowroute.core.extraction import compile_path as compile_jsonpath
+
+            try:
+                compile_jsonpath(path)
+            except ExtractError as exc:
+                raise ValueError(f"{exc.detail}; a path looks like $.result.score") from None
+        return path
+
     @model_validator(mode="after")
     def _route(self) -> Route:
         if not self.path_prefix.startswith("/"):
             raise ValueError(f"path_prefix must start with '/', got {self.path_prefix!r}")
         if self.protocol == "jsonpath" and not self.jsonpath:
-            raise ValueError("protocol 'jsonpath' needs 'jsonpath' (e.g. '$.prediction')")
+            loc, message = protocol_problem("protocol" in self.model_fields_set)
+            raise FieldProblem(loc, message)
         named = [c.name for c in self.candidates if c.rewrite and c.rewrite.model]
         if named and self.protocol not in _MODEL_IN_PATH:
             raise ValueError(
@@ -783,7 +837,9 @@ def _describe(err: Mapping[str, Any]) -> str:
         return "unknown key"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if kind != "missing" and "input" in err and not isinstance(err["input"], dict | list):
-        msg += f" (got {err['input']!r})"
+        shown = repr(err["input"])
+        if shown not in msg:
+            msg += f" (got {shown})"
     return msg
 
 
@@ -792,22 +848,48 @@ def _strip_model_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
-def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Config:
-    """Validate an already-parsed document (a dict) into a Config."""
+def _problem(err: Mapping[str, Any]) -> str:
+    loc = _strip_model_loc(err["loc"])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldProblem):
+        loc = (*loc, *cause.loc)
+    return f"{_loc(loc)}: {_describe(err)}"
+
+
+def config_problems(
+    raw: object, environ: Mapping[str, str] | None = None
+) -> tuple[Config | None, list[str]]:
+    """Validate an already-parsed document: the config (None when there is any problem) and
+    every problem found, each ``path: what is wrong`` — the model's own checks, the checks
+    across sections and the secret headers, all in one pass."""
     if not isinstance(raw, dict):
-        raise ConfigError(["(top level): must be a mapping of keys to values"])
-    raw = apply_env(raw, os.environ if environ is None else environ)
+        return None, ["(top level): must be a mapping of keys to values"]
+    env = os.environ if environ is None else environ
+    raw = apply_env(raw, env)
+    problems: list[str] = []
+    config: Config | None = None
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{_loc(_strip_model_loc(e['loc']))}: {_describe(e)}" for e in exc.errors()]
-        raise ConfigError(problems) from None
-    _resolve_secrets(config, os.environ if environ is None else environ)
+        problems += [_problem(e) for e in exc.errors()]
+    problems += [f"{_loc(loc)}: {message}" for loc, message in cross_problems(raw)]
+    if config is not None:
+        problems += _resolve_secrets(config, env)
+    problems = list(dict.fromkeys(problems))
+    return (None if problems else config), problems
+
+
+def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed document (a dict) into a Config."""
+    config, problems = config_problems(raw, environ)
+    if config is None:
+        raise ConfigError(problems)
     return config
 
 
-def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> None:
-    """Read every model's ``secret_headers`` (environment variable or file) once, at start."""
+def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """Read every model's ``secret_headers`` (environment variable or file) once, at start;
+    the problems found."""
     problems: list[str] = []
     for i, route in enumerate(config.routes):
         models = [("production", route.production)]
@@ -831,12 +913,12 @@ def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> None:
                     problems.append(f"{path}: the value must be one line of ASCII")
                     continue
                 model._secrets[header] = SecretStr(value)
-    if problems:
-        raise ConfigError(problems)
+    return problems
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override from the environment, and validate a YAML config file."""
+def read_document(path: str | Path) -> object:
+    """The YAML document at ``path`` (``{}`` when empty); ``ConfigError`` when it cannot be
+    read or is not YAML."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -848,4 +930,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}:{where}: invalid YAML: {problem}"]) from None
-    return parse_config(raw if raw is not None else {}, environ)
+    return raw if raw is not None else {}
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate a YAML config file."""
+    return parse_config(read_document(path), environ)
