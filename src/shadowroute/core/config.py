@@ -531,9 +531,13 @@ class ProxySettings(_Strict):
     sends); beyond it the client is not read until production catches up."""
     pool_size: int = Field(256, ge=1)
     """Idle keep-alive connections kept per upstream."""
-    upstream_keepalive_s: float = Field(4.0, gt=0)
-    """Idle pooled upstream connections older than this are not reused (keep it below the
-    model server's own keep-alive timeout)."""
+    upstream_keepalive_s: float = Field(1.5, gt=0)
+    """A pooled upstream connection idle for this long is not reused (a new one is opened).
+    Keep it below the model servers' own idle keep-alive timeouts (gunicorn 2 s, uvicorn and
+    Node 5 s): a request written on a connection the server is closing meets the close. A
+    server's `Keep-Alive: timeout=N` shortens it for that server (to N less a margin of 10%,
+    at least 0.25 s); `Connection: close` or `Keep-Alive: max=0` ends the connection after the
+    answer."""
     shutdown_timeout_s: float = Field(10.0, gt=0)
     """On SIGTERM, how long in-flight client requests may take to finish."""
     mirror_drain_s: float = Field(2.0, ge=0)

@@ -74,7 +74,7 @@ class RouteRuntime:
         self.needs_input = cfg.capture.input or bool(cfg.drift.fields or cfg.drift.categorical)
         self._status_keys: dict[int, tuple[str, str]] = {}
 
-        def pool(url: str) -> UpstreamPool:
+        def pool(url: str, model: str, role: str) -> UpstreamPool:
             return UpstreamPool(
                 loop,
                 url,
@@ -84,13 +84,15 @@ class RouteRuntime:
                 connect_timeout_s=pcfg.connect_timeout_s,
                 framing=proxy.stats.framing,
                 write_high=pcfg.max_body_buffer_bytes,
+                events=proxy.stats.upstream,
+                labels=(cfg.name, model, role),
             )
 
         def static(p: UpstreamPool, headers: dict[str, str]) -> bytes:
             extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
             return b"host: " + p.host_header.encode() + b"\r\n" + extra
 
-        self.prod_pool = pool(cfg.production.url)
+        self.prod_pool = pool(cfg.production.url, cfg.production.name, "production")
         prod_headers = {**cfg.production.headers, **cfg.production.secret_header_values()}
         self.prod_static = static(self.prod_pool, prod_headers)
         self.prod_base = self.prod_pool.base_path.encode()
@@ -103,7 +105,7 @@ class RouteRuntime:
         marker = proxy.config.mirror.marker_header.encode() + b": 1\r\n"
         self.candidates: list[CandidateRuntime] = []
         for c in cfg.candidates:
-            p = pool(c.url)
+            p = pool(c.url, c.name, "candidate")
             target = MirrorTarget(cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats)
             headers = {**c.headers, **c.secret_header_values()}
             base = p.base_path.encode()
@@ -427,6 +429,9 @@ class Request(Exchange):
         conn = self.conn
         if conn.paused and conn.active is self and len(conn.queue) <= MAX_PIPELINED:
             conn.resume_reading()
+
+    def moved(self, conn: UpstreamConnection) -> None:
+        self.prod = conn  # sent again on a new connection (``keepalive.may_resend``)
 
     def on_upgrade(self, head: bytes, rest: bytes) -> bool:
         if not self.upgrade:
