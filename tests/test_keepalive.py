@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from kaserver import KeepAliveServer, Received
-from proxyutil import make_config, running_proxy, settle
+from proxyutil import make_config, running_proxy, settle, wait_ready
 from shadowroute.core.config import ProxySettings
 from shadowroute.dataplane import keepalive
 from shadowroute.dataplane.deadlines import Deadlines
@@ -229,9 +232,14 @@ async def test_no_stalls_when_the_server_closes_idle_connections_after_our_expir
             assert len(records) == 200
             assert [r for r in records if r["candidate"]["error"]] == []
             lat = sorted(r["candidate"]["latency_ms"] for r in records)
+            ev = events(dp)
+            print(
+                f"FIGURE keepalive post: max client {max(t for _, t in results) * 1000:.1f} ms, "
+                f"candidate p50 {lat[100]:.2f} ms (direct {direct:.2f} ms), max {lat[-1]:.1f} ms, "
+                f"production {dict(ev)}, candidate {dict(events(dp, 'candidate'))}"
+            )
             assert lat[100] < direct + 20.0, (lat[100], direct)
             assert lat[-1] < 1000.0
-            ev = events(dp)
             assert ev["idle_expired"] + ev["idle_closed_by_server"] > 0
             assert ev["not_resent"] == 0
 
@@ -255,9 +263,14 @@ async def test_no_failures_when_the_server_closes_sooner_than_our_expiry() -> No
             assert Counter(s for s, _ in results) == {200: 200}
             assert max(t for _, t in results) < 1.0
             ev = events(dp)
+            records = sink.decoded()
+            print(
+                f"FIGURE keepalive get: max client {max(t for _, t in results) * 1000:.1f} ms, "
+                f"candidate max {max(r['candidate']['latency_ms'] for r in records):.1f} ms, "
+                f"production {dict(ev)}, candidate {dict(events(dp, 'candidate'))}"
+            )
             assert ev["idle_closed_by_server"] > 0
             assert ev["not_resent"] == 0
-            records = sink.decoded()
             assert [r for r in records if r["candidate"]["error"]] == []
             assert max(r["candidate"]["latency_ms"] for r in records) < 1000.0
 
@@ -539,3 +552,72 @@ async def test_a_pooled_connection_left_paused_reads_again() -> None:
         finally:
             pool.close()
             deadlines.close()
+
+
+# --- uvicorn, the server of the report ----------------------------------------------------------
+
+_UVICORN_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    body = b'{"predictions": [1.0]}'
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+@pytest.mark.slow
+async def test_uvicorn_closing_idle_connections_gives_no_stalls(tmp_path: Path) -> None:
+    """uvicorn (``--timeout-keep-alive 1``) as production and candidate, the proxy's expiry
+    below it (0.75 s, as the default 1.5 s is below uvicorn's default 5 s): 40 POSTs paused
+    0.5–1.3 s, around both timeouts. None slow, none failed, no candidate error, and the
+    candidate's recorded latency near its direct latency."""
+    (tmp_path / "ka_app.py").write_text(_UVICORN_APP)
+    ports = [_free_port(), _free_port()]
+    procs = []
+    for port in ports:
+        args = ["-m", "uvicorn", "ka_app:app", "--app-dir", str(tmp_path), "--host"]
+        args += ["127.0.0.1", "--port", str(port), "--timeout-keep-alive", "1"]
+        args += ["--log-level", "warning"]
+        procs.append(await asyncio.create_subprocess_exec(sys.executable, *args))
+    try:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        for url in urls:
+            await wait_ready(url + "/")
+        direct = await _direct_ms(urls[1], post())
+        cfg = make_config(
+            urls[0],
+            [{"name": "c", "url": urls[1], "fraction": 1.0}],
+            top={"proxy": {"upstream_keepalive_s": 0.75}},
+        )
+        async with running_proxy(cfg) as (dp, sink):
+            results = await _load(dp.port, post(), clients=2, each=20, pauses=(0.5, 1.3))
+            await settle(dp)
+            assert Counter(s for s, _ in results) == {200: 40}
+            assert max(t for _, t in results) < 1.0
+            records = sink.decoded()
+            assert len(records) == 40
+            assert [r for r in records if r["candidate"]["error"]] == []
+            lat = sorted(r["candidate"]["latency_ms"] for r in records)
+            print(
+                f"FIGURE keepalive uvicorn: max client {max(t for _, t in results) * 1000:.1f} "
+                f"ms, candidate p50 {lat[20]:.2f} ms (direct {direct:.2f} ms), max "
+                f"{lat[-1]:.1f} ms, production {dict(events(dp))}"
+            )
+            assert lat[20] < direct + 20.0
+            assert lat[-1] < 1000.0
+            assert events(dp)["not_resent"] == 0
+    finally:
+        for proc in procs:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
