@@ -357,6 +357,14 @@ class Guardrails(_Strict):
     """Largest tolerated rise in the candidate's error rate over production's (none: off)."""
     timeout_rate_delta: float | None = Field(0.01, ge=0, le=1)
     """Largest tolerated rise in the candidate's timeout rate (none: off)."""
+    latency_p95_ratio: float | None = Field(1.5, gt=0)
+    """Largest tolerated candidate/production p95 latency ratio, beyond `latency_p95_slack_ms`
+    (none: off). On by default: the candidate fails when its p95 exceeds 1.5 × production's
+    p95 + 25 ms, once both sides have `min_pairs` latencies (a point estimate from the latency
+    sketches, no interval). Shadow hardware slower than production's needs a larger ratio."""
+    latency_p95_slack_ms: float = Field(25.0, ge=0)
+    """Milliseconds a candidate's p95 may exceed `latency_p95_ratio` × production's p95 and
+    still pass: a few milliseconds over a very fast production is noise, not a regression."""
     latency_p99_ratio: float | None = Field(None, gt=0)
     """Largest tolerated candidate/production p99 latency ratio (none: off)."""
     agreement_floor: float | None = Field(None, ge=0, le=1)
