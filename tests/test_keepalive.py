@@ -10,16 +10,20 @@ import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kaserver import KeepAliveServer, Received
+from playbook import Recording
 from proxyutil import make_config, running_proxy, settle, wait_ready
-from shadowroute.core.config import ProxySettings
+from shadowroute.core.config import Breaker, Candidate, ProxySettings
 from shadowroute.dataplane import keepalive
 from shadowroute.dataplane.deadlines import Deadlines
-from shadowroute.dataplane.upstream import Exchange, UpstreamConnection, UpstreamPool
+from shadowroute.dataplane.mirror import MirrorExchange, MirrorTarget
+from shadowroute.dataplane.stats import DataPlaneStats
+from shadowroute.dataplane.upstream import Outcome, UpstreamConnection, UpstreamPool
 
 BODY = b'{"instances": [[1.5]]}'
 
@@ -275,28 +279,6 @@ async def test_no_failures_when_the_server_closes_sooner_than_our_expiry() -> No
             assert max(r["candidate"]["latency_ms"] for r in records) < 1000.0
 
 
-async def test_idle_connection_closed_by_the_server_leaves_the_pool_at_once() -> None:
-    async with KeepAliveServer(idle_s=None) as srv:
-        loop = asyncio.get_running_loop()
-        deadlines = Deadlines(loop)
-        pool = UpstreamPool(loop, srv.url, deadlines, keepalive_s=30.0)
-        try:
-            ex = Recorder()
-            conn = await _exchange(pool, ex, GET)
-            assert ex.status == 200 and pool._idle
-            srv.close_connection(0)
-            await _until(lambda: not pool._idle)
-            assert not conn.usable
-            assert pool.events[("", "", "", "idle_closed_by_server")] == 1
-            ex2 = Recorder()
-            conn2 = await _exchange(pool, ex2, GET)
-            assert conn2 is not conn and ex2.status == 200
-            assert len(srv.conns) == 2
-        finally:
-            pool.close()
-            deadlines.close()
-
-
 async def test_keep_alive_timeout_announced_by_the_server_is_honoured() -> None:
     """``Keep-Alive: timeout=1``: reused after 0.4 s idle, not after 0.9 s (1 s less the
     margin), although the proxy's own expiry is 1.5 s and the server would still answer."""
@@ -409,149 +391,143 @@ async def test_a_fresh_connection_closed_before_answering_is_not_sent_again() ->
             assert events(dp)["resent"] == 0
 
 
-# --- the pool itself, with exchanges that hold their request ----------------------------------
+# --- the pool itself, with the data plane's own exchanges (mirrors) -----------------------------
+# The exchanges are the compiled classes: the compiled build allows no subclass of them here.
 
 
-class Recorder(Exchange):
-    """An exchange that keeps what it got; ``whole`` is the request it holds (as a mirror
-    does), None for one that does not (as production's streamed request)."""
+class Mirrors:
+    """A candidate's pool and mirror target against ``url``, with the outcomes its mirrors
+    gave."""
 
-    def __init__(self, whole: bytes | None = None) -> None:
-        self.whole = whole
-        self.status: int | None = None
-        self.failed: str | None = None
-        self.conn: UpstreamConnection | None = None
-        self.done = asyncio.Event()
+    def __init__(self, url: str, keepalive_s: float = 30.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(self.loop)
+        self.pool = UpstreamPool(self.loop, url, self.deadlines, keepalive_s=keepalive_s)
+        cfg = Candidate(name="c", url=url)
+        self.target = MirrorTarget("r", cfg, self.pool, Breaker(), DataPlaneStats())
+        self.outcomes: list[Outcome] = []
 
-    def on_head(self, status: int, head: bytes, low: bytes) -> None:
-        self.status = status
+    def exchange(self, request: bytes) -> MirrorExchange:
+        return MirrorExchange(self.target, request, self.outcomes.append)
 
-    def on_complete(self) -> None:
-        self.done.set()
+    async def send(self, request: bytes) -> Outcome:
+        n = len(self.outcomes)
+        assert self.target.send(request, self.outcomes.append) is None
+        await _until(lambda: len(self.outcomes) > n)
+        return self.outcomes[n]
 
-    def on_fail(self, reason: str) -> None:
-        self.failed = reason
-        self.done.set()
+    def event(self, name: str) -> int:
+        return self.pool.events[("", "", "", name)]
 
-    def whole_request(self) -> bytes | None:
-        return self.whole
+    def close(self) -> None:
+        self.pool.close()
+        self.deadlines.close()
 
-    def moved(self, conn: UpstreamConnection) -> None:
-        self.conn = conn
-
-
-async def _acquire(pool: UpstreamPool) -> UpstreamConnection:
-    got: asyncio.Future[UpstreamConnection] = asyncio.get_running_loop().create_future()
-    pool.acquire(lambda c, err: got.set_result(c) if c else got.set_exception(OSError(err)))
-    return await got
-
-
-async def _exchange(pool: UpstreamPool, ex: Recorder, request: bytes) -> UpstreamConnection:
-    conn = await _acquire(pool)
-    conn.start(ex, 5.0)
-    conn.write(request)
-    await asyncio.wait_for(ex.done.wait(), 5)
-    return conn
+    def reused_connection(self) -> tuple[UpstreamConnection, Recording]:
+        """A pooled connection that carried an exchange before, on a recording transport:
+        its server's close is delivered by hand."""
+        conn = UpstreamConnection(self.pool)
+        transport = Recording()
+        conn.connection_made(transport)
+        conn.reused = True
+        return conn, transport
 
 
-async def _until(cond: object, timeout: float = 3.0) -> None:
+async def _until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
         assert loop.time() < end, "condition not met in time"
         await asyncio.sleep(0.005)
 
 
-@pytest.mark.parametrize("holds_request", [True, False])
-async def test_a_close_before_anything_was_written(holds_request: bool) -> None:
-    """A reused connection closes after the exchange started but before its request was
-    written (a mirror writes at the end of the loop turn). An exchange holding its whole
-    request (a mirror) has it sent on a new connection, whatever the method: the server never
-    saw it. One that does not hold it fails with ``reset``."""
+async def test_idle_connection_closed_by_the_server_leaves_the_pool_at_once() -> None:
     async with KeepAliveServer(idle_s=None) as srv:
-        loop = asyncio.get_running_loop()
-        deadlines = Deadlines(loop)
-        pool = UpstreamPool(loop, srv.url, deadlines)
+        m = Mirrors(srv.url)
         try:
-            await _exchange(pool, Recorder(), GET)
-            conn = await _acquire(pool)
-            assert conn.reused
-            ex = Recorder(post() if holds_request else None)
-            conn.start(ex, 5.0)
+            assert (await m.send(GET)).status == 200
+            assert len(m.pool._idle) == 1
             srv.close_connection(0)
-            await asyncio.wait_for(ex.done.wait(), 5)
-            if holds_request:
-                assert ex.status == 200 and ex.failed is None
-                assert ex.conn is not None and ex.conn is not conn
-                assert [(r.conn, r.method) for r in srv.received] == [(0, b"GET"), (1, b"POST")]
-                assert pool.events[("", "", "", "resent")] == 1
-            else:
-                assert ex.failed == "reset"
-                assert len(srv.received) == 1
-                assert pool.events[("", "", "", "not_resent")] == 1
+            await _until(lambda: not m.pool._idle)  # as the close arrives: no request needed
+            assert m.event("idle_closed_by_server") == 1
+            assert (await m.send(GET)).status == 200
+            assert len(srv.conns) == 2
         finally:
-            pool.close()
-            deadlines.close()
+            m.close()
+
+
+async def test_a_mirror_whose_connection_closed_before_it_was_written_is_sent_again() -> None:
+    """A mirror writes at the end of the loop turn: its reused connection may close after the
+    exchange started and before the request went out. The server never saw it, so even a POST
+    is sent again, on a new connection."""
+    async with KeepAliveServer(idle_s=None) as srv:
+        m = Mirrors(srv.url)
+        try:
+            conn, transport = m.reused_connection()
+            conn.start(m.exchange(post()), 5.0)
+            conn.connection_lost(None)  # the server's close, before anything was written
+            await _until(lambda: bool(m.outcomes))
+            assert transport.sent == b""
+            assert m.outcomes[0].status == 200 and m.outcomes[0].error is None
+            assert [(r.conn, r.method, r.body) for r in srv.received] == [(0, b"POST", BODY)]
+            assert m.event("resent") == 1
+        finally:
+            m.close()
+
+
+async def test_a_written_post_whose_connection_closed_is_not_sent_again() -> None:
+    async with KeepAliveServer(idle_s=None) as srv:
+        m = Mirrors(srv.url)
+        try:
+            conn, transport = m.reused_connection()
+            ex = m.exchange(post())
+            conn.start(ex, 5.0)
+            conn.write(post())  # what the mirror's batched write does
+            conn.connection_lost(None)
+            await _until(lambda: bool(m.outcomes))
+            assert transport.sent == post()
+            assert m.outcomes[0].error == "reset"
+            assert srv.received == [] and srv.conns == []
+            assert m.event("not_resent") == 1 and m.event("resent") == 0
+        finally:
+            m.close()
 
 
 async def test_a_resend_given_up_when_the_exchange_is_abandoned() -> None:
-    class AbandonedWhileConnecting(UpstreamPool):
-        def resend(
-            self, old: UpstreamConnection, ex: Exchange, data: bytes, deadline: float
-        ) -> None:
-            super().resend(old, ex, data, deadline)
-            assert old.resend_of is ex
-            old.abandon()  # the client went away while the new connection was opening
-
-    async with KeepAliveServer(idle_s=None, action=_drop_second_on_first_conn) as srv:
-        loop = asyncio.get_running_loop()
-        deadlines = Deadlines(loop)
-        pool = AbandonedWhileConnecting(loop, srv.url, deadlines)
+    async with KeepAliveServer(idle_s=None) as srv:
+        m = Mirrors(srv.url)
         try:
-            await _exchange(pool, Recorder(), GET)
-            conn = await _acquire(pool)
-            ex = Recorder()
-            conn.start(ex, 5.0)
-            conn.write(GET)
-            await _until(lambda: len(srv.conns) == 2)  # the new connection was opened
+            conn, _ = m.reused_connection()
+            conn.start(m.exchange(GET), 5.0)
+            conn.connection_lost(None)
+            assert conn.resend_of is not None  # a new connection is being opened
+            conn.abandon()  # the exchange's owner gave up meanwhile (a client gone, shutdown)
+            await _until(lambda: len(srv.conns) == 1)
             await asyncio.sleep(0.05)
-            assert ex.status is None and ex.failed is None and ex.conn is None
-            assert len(srv.received) == 2  # the copy was never written
-            assert len(pool._idle) == 1  # the new connection went to the pool unused
-            assert pool.events[("", "", "", "resent")] == 1
+            assert m.outcomes == [] and srv.received == []  # the copy was never written
+            assert len(m.pool._idle) == 1  # the new connection went to the pool unused
         finally:
-            pool.close()
-            deadlines.close()
+            m.close()
 
 
 async def test_a_pooled_connection_left_paused_reads_again() -> None:
-    """A client slow to read pauses production's connection; when the answer completes the
-    connection goes back to the pool reading, so the server's close is seen at once."""
-
-    class PausesOnComplete(Recorder):
-        def on_complete(self) -> None:
-            # what a client whose buffer fills on the answer's last write does to production
-            assert self.conn is not None and self.conn.transport is not None
-            self.conn.transport.pause_reading()
-            super().on_complete()
-
+    """A client slow to read pauses production's connection; its last write may do so after
+    the connection went back to the pool. The pooled connection reads again, so its server's
+    close (and its next answer) are seen."""
     async with KeepAliveServer(idle_s=None) as srv:
-        loop = asyncio.get_running_loop()
-        deadlines = Deadlines(loop)
-        pool = UpstreamPool(loop, srv.url, deadlines, keepalive_s=30.0)
+        m = Mirrors(srv.url)
         try:
-            conn = await _acquire(pool)
-            ex = PausesOnComplete()
-            ex.conn = conn
-            conn.start(ex, 5.0)
-            conn.write(GET)
-            await asyncio.wait_for(ex.done.wait(), 5)
-            assert conn.transport is not None and conn.transport.is_reading()
-            srv.close_connection(0)
-            await _until(lambda: not pool._idle)
+            conn, transport = m.reused_connection()
+
+            def done(outcome: Outcome) -> None:
+                transport.pause_reading()  # what the slow client's backpressure does
+
+            conn.start(MirrorExchange(m.target, GET, done), 5.0)
+            conn.data_received(KeepAliveServer().answer())
+            assert list(m.pool._idle) == [conn]
+            assert transport.is_reading()
         finally:
-            pool.close()
-            deadlines.close()
+            m.close()
 
 
 # --- uvicorn, the server of the report ----------------------------------------------------------

@@ -416,7 +416,7 @@ class UpstreamConnection:
             self.close()
         if ex is not None:
             ex.on_complete()
-            if keep and self.exchange is None and not self._closed:
+            if keep and self.current() is None and not self._closed:
                 t = self.transport
                 if t is not None and not t.is_reading():
                     # Paused for a client slow to read (its last write may do it, after the
