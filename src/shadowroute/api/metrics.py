@@ -161,7 +161,8 @@ class DataPlaneCollector(Collector):
             "the same close, the request not sent again as it may have been acted on; "
             "idle_expired: an idle connection closed at its idle limit instead of reused; "
             "idle_closed_by_server: an idle connection the server closed; connection_close: "
-            "the server said it closes; keep_alive_max: the server said Keep-Alive max=0).",
+            "the server said it closes (Connection: close, HTTP/1.0 or Keep-Alive max=0); "
+            "keep_alive_max: of those, the ones that said Keep-Alive max=0).",
             labels=["route", "model", "role", "event"],
         )
         for key, v in sorted(s.upstream.items()):
