@@ -181,6 +181,49 @@ def test_latency_guardrail() -> None:
     assert decide(p, "classification", states, None, n, n).verdict == "hold"
 
 
+def test_latency_p95_guardrail_is_on_by_default() -> None:
+    """The default policy rejects a candidate whose p95 is far over production's (the report:
+    production 30-60 ms, the candidate's recorded p50 8-13 s), and passes one a little slower,
+    or a few milliseconds over a very fast production (the slack)."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    p = Policy()
+    assert p.guardrails.latency_p95_ratio == 1.5 and p.guardrails.latency_p95_slack_ms == 25.0
+    states = _states(p, "classification", _discordant(rng, n, 0.10, 0.02), _no_errors(n))
+
+    def sketch(values: np.ndarray) -> Sketch:
+        sk = Sketch()
+        sk.add_many(values)
+        return sk
+
+    prod = sketch(rng.uniform(30.0, 60.0, n))
+    cases = {
+        "stalled": (prod, sketch(rng.uniform(8000.0, 13000.0, n)), "fail"),
+        "a bit slower": (prod, sketch(rng.uniform(33.0, 66.0, n)), "pass"),
+        "2x but within the slack": (
+            sketch(rng.uniform(1.0, 2.0, n)),
+            sketch(rng.uniform(2.0, 4.0, n)),
+            "pass",
+        ),
+        "1.5x + 25 ms is the edge": (prod, sketch(rng.uniform(100.0, 130.0, n)), "fail"),
+    }
+    for case, (lp, lc, status) in cases.items():
+        d = decide(p, "classification", states, (lp, lc), n, n)
+        assert d.metrics["latency_p95_ratio"]["status"] == status, (case, d.reasons)
+        assert d.verdict == ("reject" if status == "fail" else "promote"), (case, d.reasons)
+    stalled = decide(p, "classification", states, cases["stalled"][:2], n, n)
+    assert any(r.startswith("shown worse: latency_p95_ratio: p95") for r in stalled.reasons)
+    few = (sketch(rng.uniform(30.0, 60.0, 50)), sketch(rng.uniform(8000.0, 13000.0, 50)))
+    short = decide(p, "classification", states, few, n, n)
+    assert short.metrics["latency_p95_ratio"]["status"] == "inconclusive"  # n < min_pairs
+    assert "latency_p95_ratio" not in decide(p, "classification", states, None, n, n).metrics
+    empty = decide(p, "classification", states, (Sketch(), Sketch()), n, n)
+    assert empty.verdict == "hold" and empty.metrics["latency_p95_ratio"]["n"] == 0
+    off = Policy(guardrails=Guardrails(latency_p95_ratio=None))
+    off_d = decide(off, "classification", states, cases["stalled"][:2], n, n)
+    assert "latency_p95_ratio" not in off_d.metrics and off_d.verdict == "promote"
+
+
 def test_agreement_floor_guardrail() -> None:
     rng = np.random.default_rng(9)
     n = 5000

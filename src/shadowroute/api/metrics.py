@@ -31,6 +31,7 @@ DATAPLANE_METRICS = (
     "shadowroute_mirror_in_flight",
     "shadowroute_requests_rejected_total",
     "shadowroute_upstream_framing_closed_total",
+    "shadowroute_upstream_keepalive_total",
     "shadowroute_limits_hit_total",
     "shadowroute_records_built_total",
     "shadowroute_extract_failed_total",
@@ -163,6 +164,21 @@ class DataPlaneCollector(Collector):
         for reason, v in sorted(s.framing.items()):
             framing.add_metric([reason], v)
         yield framing
+
+        keep = CounterMetricFamily(
+            "shadowroute_upstream_keepalive",
+            "Pooled upstream connections, by event (resent: a request sent again on a new "
+            "connection after a reused one closed before any byte of the answer; not_resent: "
+            "the same close, the request not sent again as it may have been acted on; "
+            "idle_expired: an idle connection closed at its idle limit instead of reused; "
+            "idle_closed_by_server: an idle connection the server closed; connection_close: "
+            "the server said it closes (Connection: close, HTTP/1.0 or Keep-Alive max=0); "
+            "keep_alive_max: of those, the ones that said Keep-Alive max=0).",
+            labels=["route", "model", "role", "event"],
+        )
+        for key, v in sorted(s.upstream.items()):
+            keep.add_metric(list(key), v)
+        yield keep
 
         limits = CounterMetricFamily(
             "shadowroute_limits_hit",

@@ -438,6 +438,14 @@ class Guardrails(_Strict):
     """Largest tolerated rise in the candidate's error rate over production's (none: off)."""
     timeout_rate_delta: float | None = Field(0.01, ge=0, le=1)
     """Largest tolerated rise in the candidate's timeout rate (none: off)."""
+    latency_p95_ratio: float | None = Field(1.5, gt=0)
+    """Largest tolerated candidate/production p95 latency ratio, beyond `latency_p95_slack_ms`
+    (none: off). On by default: the candidate fails when its p95 exceeds 1.5 × production's
+    p95 + 25 ms, once both sides have `min_pairs` latencies (a point estimate from the latency
+    sketches, no interval). Shadow hardware slower than production's needs a larger ratio."""
+    latency_p95_slack_ms: float = Field(25.0, ge=0)
+    """Milliseconds a candidate's p95 may exceed `latency_p95_ratio` × production's p95 and
+    still pass: a few milliseconds over a very fast production is noise, not a regression."""
     latency_p99_ratio: float | None = Field(None, gt=0)
     """Largest tolerated candidate/production p99 latency ratio (none: off)."""
     agreement_floor: float | None = Field(None, ge=0, le=1)
@@ -635,9 +643,13 @@ class ProxySettings(_Strict):
     sends); beyond it the client is not read until production catches up."""
     pool_size: int = Field(256, ge=1)
     """Idle keep-alive connections kept per upstream."""
-    upstream_keepalive_s: float = Field(4.0, gt=0)
-    """Idle pooled upstream connections older than this are not reused (keep it below the
-    model server's own keep-alive timeout)."""
+    upstream_keepalive_s: float = Field(1.5, gt=0)
+    """A pooled upstream connection idle for this long is not reused (a new one is opened).
+    Keep it below the model servers' own idle keep-alive timeouts (gunicorn 2 s, uvicorn and
+    Node 5 s): a request written on a connection the server is closing meets the close. A
+    server's `Keep-Alive: timeout=N` shortens it for that server (to N less a margin of 10%,
+    at least 0.25 s); `Connection: close` or `Keep-Alive: max=0` ends the connection after the
+    answer."""
     shutdown_timeout_s: float = Field(10.0, gt=0)
     """On SIGTERM, how long in-flight client requests may take to finish."""
     mirror_drain_s: float = Field(2.0, ge=0)

@@ -1,7 +1,9 @@
 """Sending a mirrored copy of a request to one candidate, off the client's path.
 
 Per candidate: a bounded number of mirrors in flight (beyond it the mirror is dropped and
-counted), a timeout, a circuit breaker, and no retries. The outcome goes to a callback.
+counted), a timeout, a circuit breaker, and no retries — except the one resend the pool makes
+when a reused connection was closed by the candidate before any byte of its answer and the
+request cannot have been acted on (``keepalive.may_resend``). The outcome goes to a callback.
 
 Mirrors are written once per turn of the event loop, after every request read in that turn has
 gone to production: the candidate is then woken once per batch rather than once per request,
@@ -177,6 +179,7 @@ class MirrorExchange(Exchange):
         "_status",
         "_t0",
         "_wait",
+        "_written",
         "request",
         "target",
     )
@@ -193,6 +196,7 @@ class MirrorExchange(Exchange):
         self._ct: bytes | None = None
         self._t0 = 0.0
         self._wait = 0.0  # from start to a connection in hand
+        self._written = False
 
     def start(self) -> None:
         self._t0 = _perf_counter()
@@ -211,9 +215,23 @@ class MirrorExchange(Exchange):
         """Write the request (``now``: the batch's write time), unless the exchange has
         already ended (the connection was lost, or shutdown cancelled it)."""
         conn = self._conn
-        if conn is not None and conn.exchange is self and conn.transport is not None:
+        if (
+            conn is not None
+            and conn.exchange is self
+            and conn.transport is not None
+            and not self._written
+        ):
+            self._written = True
             self._t0 = now - self._wait
             conn.write(self.request)
+
+    def whole_request(self) -> bytes | None:
+        return self.request
+
+    def moved(self, conn: UpstreamConnection) -> None:
+        # The pool writes the request there (its first connection closed before answering).
+        self._conn = conn
+        self._written = True
 
     def on_head(self, status: int, head: bytes, low: bytes) -> None:
         self._status = status

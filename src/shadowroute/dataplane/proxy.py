@@ -78,7 +78,7 @@ class RouteRuntime(RoutePlan):
         loop, pcfg = proxy.loop, proxy.config.proxy
         self._status_keys: dict[int, tuple[str, str]] = {}
 
-        def pool(url: str) -> UpstreamPool:
+        def pool(url: str, model: str, role: str) -> UpstreamPool:
             return UpstreamPool(
                 loop,
                 url,
@@ -88,14 +88,16 @@ class RouteRuntime(RoutePlan):
                 connect_timeout_s=pcfg.connect_timeout_s,
                 framing=proxy.stats.framing,
                 write_high=pcfg.max_body_buffer_bytes,
+                events=proxy.stats.upstream,
+                labels=(cfg.name, model, role),
             )
 
-        self.prod_pool = prod_pool = pool(cfg.production.url)
+        self.prod_pool = prod_pool = pool(cfg.production.url, cfg.production.name, "production")
         prod_headers = {**cfg.production.headers, **cfg.production.secret_header_values()}
         marker = proxy.config.mirror.marker_header.encode() + b": 1\r\n"
         runtimes: list[CandidateRuntime] = []
         for c in cfg.candidates:
-            p = pool(c.url)
+            p = pool(c.url, c.name, "candidate")
             target = MirrorTarget(
                 cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats, proxy.max_response
             )
@@ -453,6 +455,9 @@ class Request(Exchange):
         conn = self.conn
         if conn.paused and conn.active is self and len(conn.queue) <= MAX_PIPELINED:
             conn.resume_reading()
+
+    def moved(self, conn: UpstreamConnection) -> None:
+        self.prod = conn  # sent again on a new connection (``keepalive.may_resend``)
 
     def on_upgrade(self, head: bytes, rest: bytes) -> bool:
         if not self.upgrade:

@@ -33,6 +33,16 @@ MIRROR_OUTCOMES = (
 )
 
 
+UPSTREAM_EVENTS = (
+    "resent",  # a request sent again after a reused connection closed before any answer byte
+    "not_resent",  # the same close, the request not sent again (it may have been acted on)
+    "idle_expired",  # an idle connection past its idle limit, closed instead of reused
+    "idle_closed_by_server",  # an idle pooled connection the server closed
+    "connection_close",  # the server said it closes (Connection: close, HTTP/1.0)
+    "keep_alive_max",  # the server said it takes no more requests (Keep-Alive: max=0)
+)
+
+
 LIMITS = (
     "head_timeout",  # a client's request head did not arrive in time: 408
     "max_connections",  # a client connection over the per-process cap: 503
@@ -80,6 +90,8 @@ class DataPlaneStats:
     # reason -> upstream connections closed instead of reused because a direction did not end
     # on its framing (``early_answer``, ``extra_bytes``, ``client_aborted``)
     framing: Counter[str] = field(default_factory=Counter)
+    # (route, model, role, event) -> what pooled upstream connections did (``UPSTREAM_EVENTS``)
+    upstream: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     # bound -> times a bound on outsider-controlled input or work was hit (``LIMITS``)
     limits: Counter[str] = field(default_factory=Counter)
     records_built: int = 0
@@ -104,6 +116,7 @@ class DataPlaneStats:
             "mirror_errors": [[*k, v] for k, v in self.mirror_errors.items()],
             "rejected": [[k, v] for k, v in self.rejected.items()],
             "framing": [[k, v] for k, v in self.framing.items()],
+            "upstream": [[*k, v] for k, v in self.upstream.items()],
             "limits": [[k, v] for k, v in self.limits.items()],
             "records_built": self.records_built,
             "extract_failed": self.extract_failed,
@@ -127,6 +140,8 @@ class DataPlaneStats:
             self.rejected[reason] += v
         for reason, v in snap.get("framing", ()):
             self.framing[reason] += v
+        for route, model, role, event, v in snap.get("upstream", ()):
+            self.upstream[(route, model, role, event)] += v
         for limit, v in snap.get("limits", ()):
             self.limits[limit] += v
         self.records_built += snap["records_built"]

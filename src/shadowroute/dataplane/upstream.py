@@ -18,11 +18,12 @@ from typing import Any, Final, cast
 
 import httptools
 
-from shadowroute.dataplane import http1
+from shadowroute.dataplane import http1, keepalive
 from shadowroute.dataplane.deadlines import Deadlines
 from shadowroute.dataplane.planner import UpstreamTarget
 
 MAX_RESPONSE_HEAD: Final = 64 << 10
+KEEP_ALIVE: Final = b"\r\nkeep-alive:"
 # Bound once: a module attribute looked up on every use costs more than the use.
 _monotonic: Final = time.monotonic
 _INF: Final = math.inf
@@ -72,6 +73,15 @@ class Exchange:
 
     def resume_source(self) -> None:
         """The write buffer drained: request bytes are welcome again."""
+
+    def whole_request(self) -> bytes | None:
+        """The whole request, when the exchange holds it (a mirror does): it may then be sent
+        again on a new connection even if none of it was written yet."""
+        return None
+
+    def moved(self, conn: UpstreamConnection) -> None:
+        """The request was sent again on ``conn`` (the first connection closed before any byte
+        of the answer: ``keepalive.may_resend``); the answer comes from there."""
 
 
 class Outcome:
@@ -125,11 +135,17 @@ class UpstreamConnection:
         "_left",
         "_parser",
         "_until_close",
+        "answered",
         "deadline",
         "exchange",
+        "idle_limit",
         "idle_since",
         "pool",
+        "replay",
         "request_done",
+        "resend_of",
+        "reused",
+        "sent",
         "timeout_key",
         "transport",
         "tunnel",
@@ -161,6 +177,16 @@ class UpstreamConnection:
         # may the connection carry another one.
         self.request_done = True
         self.write_paused = False  # the transport's write buffer is over its high-water mark
+        # Keep-alive (``keepalive``): idle for this long at most before reuse (the pool's
+        # default, or less when the server announced its own timeout); whether the connection
+        # carried an exchange before this one; and, on a reused connection, the request bytes
+        # written for this exchange (kept for a resend while no byte of the answer came).
+        self.idle_limit = pool.keepalive_s
+        self.reused = False
+        self.answered = False  # a byte of this exchange's answer arrived
+        self.sent = 0  # request bytes written in this exchange (counted on reused connections)
+        self.replay: list[bytes] = []
+        self.resend_of: Exchange | None = None  # the exchange being sent again elsewhere
 
     # --- asyncio callbacks ---------------------------------------------------------------
 
@@ -171,18 +197,30 @@ class UpstreamConnection:
             t.set_write_buffer_limits(high=self.pool.write_high)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        by_us = self._closed
         self._closed = True
-        self.pool.discard(self)
+        pool = self.pool
+        pool.discard(self)
         if self.tunnel is not None:
             self.tunnel.on_fail("reset")
             return
         ex = self.exchange
         if ex is None:
+            if not by_us:  # an idle connection the server closed: seen at once, never reused
+                pool.count("idle_closed_by_server")
             return
         if self._in_body and self._until_close:
             self._finish()
             return
+        if not self.answered and self.reused and self._resend(ex):
+            return
         self._fail("reset")
+
+    def eof_received(self) -> bool | None:
+        """The server closed its side: the connection is never used again (the transport
+        closes it, and ``connection_lost`` follows)."""
+        self.pool.discard(self)
+        return None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -197,6 +235,7 @@ class UpstreamConnection:
             ex.resume_source()
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         if self.tunnel is not None:
             self.tunnel.on_tunnel(data)
             return
@@ -266,6 +305,8 @@ class UpstreamConnection:
                 self._fail("bad_response")
             return
         low = head.lower()
+        if self._keep_alive and low.find(KEEP_ALIVE) >= 0:
+            self._announced(head, low)
         ex.on_head(status, head, low)
         if self.exchange is not ex:  # the exchange gave up (client gone)
             return
@@ -331,6 +372,18 @@ class UpstreamConnection:
         if ex is not None and ex.wants_body:
             ex.on_body(piece)
 
+    def _announced(self, head: bytes, low: bytes) -> None:
+        """The server said how long it keeps this connection idle, or how many more requests
+        it takes (``Keep-Alive: timeout=N, max=M``)."""
+        value = http1.header_value(head, low, KEEP_ALIVE)
+        if value is None:
+            return
+        timeout, most = keepalive.parse_keep_alive(value)
+        self.idle_limit = keepalive.announced_limit(timeout, self.pool.keepalive_s)
+        if most == 0:
+            self._keep_alive = False
+            self.pool.count("keep_alive_max")
+
     def _reset_state(self) -> None:
         self._in_body = False
         self._complete = False
@@ -341,8 +394,13 @@ class UpstreamConnection:
 
     def _finish(self) -> None:
         ex = self.exchange
-        # Reused only when both directions ended exactly on their framing.
+        # Reused only when both directions ended exactly on their framing, and the server did
+        # not say it closes (``Connection: close``, ``Keep-Alive: max=0``, HTTP/1.0).
         keep = not self._until_close and self._keep_alive and not self._closed
+        if self.replay:
+            self.replay.clear()
+        if not self._keep_alive:
+            self.pool.count("connection_close")
         if self._extra:
             keep = False
             self._extra = False
@@ -358,14 +416,52 @@ class UpstreamConnection:
             self.close()
         if ex is not None:
             ex.on_complete()
+            if keep and self.current() is None and not self._closed:
+                t = self.transport
+                if t is not None and not t.is_reading():
+                    # Paused for a client slow to read (its last write may do it, after the
+                    # release): an idle connection must read, or the server's close (and the
+                    # next answer) would go unseen until a timeout.
+                    t.resume_reading()
 
     def _fail(self, reason: str) -> None:
         ex = self.exchange
         self._reset_state()
         self.exchange = None
+        if self.replay:
+            self.replay.clear()
         self.close()
         if ex is not None:
             ex.on_fail(reason)
+
+    def _resend(self, ex: Exchange) -> bool:
+        """The server closed this reused connection before any byte of the answer: send the
+        request again on a new connection when ``keepalive.may_resend`` allows it. True when
+        that is under way (the exchange then goes on there)."""
+        pool = self.pool
+        sent = self.sent
+        whole = ex.whole_request()
+        data = whole
+        if data is None and 0 < sent <= keepalive.REPLAY_MAX:
+            replay = self.replay
+            data = replay[0] if len(replay) == 1 else b"".join(replay)
+        if not keepalive.may_resend(
+            reused=True,
+            answered=False,
+            whole=data is not None and self.request_done,
+            written=sent > 0,
+            repeatable=data is not None and keepalive.idempotent(data),
+        ):
+            pool.count("not_resent")
+            return False
+        assert data is not None
+        deadline = self.deadline
+        self._reset_state()
+        self.exchange = None
+        self.replay.clear()
+        self.resend_of = ex
+        pool.resend(self, ex, data, deadline)
+        return True
 
     # --- used by the owner of the exchange -----------------------------------------------
 
@@ -374,6 +470,8 @@ class UpstreamConnection:
         request bytes to write."""
         self.exchange = exchange
         self.request_done = True
+        self.answered = False
+        self.sent = 0
         pool = self.pool
         self.deadline = pool.loop.time() + timeout_s
         pool.deadlines.add(self)
@@ -381,6 +479,11 @@ class UpstreamConnection:
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+        if self.reused:  # kept for a resend (``_resend``) up to a bound
+            n = self.sent + len(data)
+            self.sent = n
+            if n <= keepalive.REPLAY_MAX:
+                self.replay.append(data)
 
     def on_timeout(self) -> None:
         """The deadline passed (called by ``Deadlines``)."""
@@ -388,9 +491,13 @@ class UpstreamConnection:
             self._fail("timeout")
 
     def abandon(self) -> None:
-        """The exchange's owner no longer wants the response: drop the connection."""
+        """The exchange's owner no longer wants the response: drop the connection (and a
+        resend of its request still under way)."""
         self.exchange = None
+        self.resend_of = None
         self._reset_state()
+        if self.replay:
+            self.replay.clear()
         self.close()
 
     def close(self) -> None:
@@ -414,7 +521,13 @@ Acquired = Callable[[UpstreamConnection | None, str | None], None]
 
 
 class UpstreamPool:
-    """Idle keep-alive connections to one upstream (scheme, host, port)."""
+    """Idle keep-alive connections to one upstream (scheme, host, port).
+
+    An idle connection is reused only while it has been idle for less than its limit
+    (``keepalive``); one the server closes is dropped as soon as the close arrives. What the
+    connections did is counted in ``events`` under ``(*labels, event)``: ``resent``,
+    ``not_resent``, ``idle_expired``, ``idle_closed_by_server``, ``connection_close``,
+    ``keep_alive_max``."""
 
     def __init__(
         self,
@@ -423,13 +536,21 @@ class UpstreamPool:
         deadlines: Deadlines,
         *,
         max_idle: int = 256,
-        keepalive_s: float = 4.0,
+        keepalive_s: float = keepalive.DEFAULT_IDLE_S,
         connect_timeout_s: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
         framing: Counter[str] | None = None,
         write_high: int = 0,
+        events: Counter[tuple[str, str, str, str]] | None = None,
+        labels: tuple[str, str, str] = ("", "", ""),
     ) -> None:
         target = UpstreamTarget(url)
+        # The data plane's counter of connection events (shared by its pools), and this
+        # pool's (route, model, role) in it.
+        self.events: Counter[tuple[str, str, str, str]] = (
+            events if events is not None else Counter()
+        )
+        self.labels = labels
         # Connections closed because a direction did not end on its framing, by reason
         # (``early_answer``, ``extra_bytes``): the data plane's counter, shared by its pools.
         self.framing: Counter[str] = framing if framing is not None else Counter()
@@ -454,15 +575,21 @@ class UpstreamPool:
         self._connecting: set[asyncio.Task[Any]] = set()
         self.closed = False
 
+    def count(self, event: str) -> None:
+        route, model, role = self.labels
+        self.events[(route, model, role, event)] += 1
+
     def acquire(self, on_ready: Acquired) -> None:
         """Call ``on_ready(conn, None)`` with a live connection (at once when one is idle) or
         ``on_ready(None, reason)`` when none can be had."""
         now = _monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.usable and now - conn.idle_since < self.keepalive_s:
-                on_ready(conn, None)
-                return
+            if conn.usable:
+                if now - conn.idle_since < conn.idle_limit:
+                    on_ready(conn, None)
+                    return
+                self.count("idle_expired")
             conn.close()
         if self.closed:
             on_ready(None, "connect")
@@ -496,11 +623,66 @@ class UpstreamPool:
         on_ready(conn, None)
 
     def release(self, conn: UpstreamConnection) -> None:
-        if self.closed or len(self._idle) >= self.max_idle:
+        idle = self._idle
+        if self.closed or len(idle) >= self.max_idle or conn.idle_limit <= 0:
             conn.close()
             return
-        conn.idle_since = _monotonic()
-        self._idle.append(conn)
+        now = _monotonic()
+        conn.idle_since = now
+        conn.reused = True
+        if idle:
+            # The oldest idle connection is never taken while newer ones are (last in, first
+            # out): close it here once it is past its limit, so it is not left to the server.
+            old = idle[0]
+            if now - old.idle_since >= old.idle_limit:
+                idle.popleft()
+                self.count("idle_expired")
+                old.close()
+        idle.append(conn)
+
+    def resend(self, old: UpstreamConnection, ex: Exchange, data: bytes, deadline: float) -> None:
+        """Send ``data`` (the whole request of ``ex``, which ``old`` was carrying when its
+        server closed it) on a new connection; the exchange goes on there. Given up when the
+        exchange's owner abandons ``old`` meanwhile."""
+        self.count("resent")
+        if self.closed:
+            old.resend_of = None
+            ex.on_fail("reset")
+            return
+        task = self.loop.create_task(self._connect())
+        self._connecting.add(task)
+        task.add_done_callback(lambda t: self._resent(t, old, ex, data, deadline))
+
+    def _resent(
+        self,
+        task: asyncio.Task[UpstreamConnection],
+        old: UpstreamConnection,
+        ex: Exchange,
+        data: bytes,
+        deadline: float,
+    ) -> None:
+        self._connecting.discard(task)
+        wanted = old.resend_of is ex
+        old.resend_of = None
+        conn: UpstreamConnection | None = None
+        reason = "connect"
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is None:
+                conn = task.result()
+                self._all.add(conn)
+            elif isinstance(exc, TimeoutError):
+                reason = "timeout"
+        if not wanted:
+            if conn is not None:
+                self.release(conn)
+            return
+        if conn is None:
+            ex.on_fail(reason)
+            return
+        conn.start(ex, max(deadline - self.loop.time(), 0.001))
+        ex.moved(conn)
+        conn.write(data)
 
     def discard(self, conn: UpstreamConnection) -> None:
         self._all.discard(conn)

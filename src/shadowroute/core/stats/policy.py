@@ -34,6 +34,7 @@ DEFAULT_PRIMARY: dict[str, str] = {
     "text": "exact_match",
 }
 LATENCY = "latency_p99_ratio"
+LATENCY_P95 = "latency_p95_ratio"
 
 
 @dataclass(frozen=True)
@@ -209,23 +210,35 @@ def _error_clause(top: dict[str, Any]) -> str:
 
 
 def _latency_evidence(
-    ratio_max: float, latency: tuple[Sketch, Sketch] | None, min_pairs: int
+    name: str,
+    q: float,
+    ratio_max: float,
+    slack_ms: float,
+    latency: tuple[Sketch, Sketch] | None,
+    min_pairs: int,
 ) -> tuple[dict[str, Any], str]:
-    """p99(candidate)/p99(production) from the sketches: a point estimate, no interval."""
+    """The ``q`` quantile of the candidate's latency over production's, from the sketches (in
+    ms): a point estimate, no interval. It fails when the candidate's quantile is over
+    ``ratio_max`` × production's + ``slack_ms``."""
     ev: dict[str, Any] = {"estimate": None, "lower": None, "upper": None, "n": 0}
     ev["threshold"] = ratio_max
     if latency is None or min(latency[0].count, latency[1].count) == 0:
         ev["status"] = "inconclusive"
-        return ev, f"{LATENCY}: no latency observations yet"
+        return ev, f"{name}: no latency observations yet"
     prod, cand = latency
     n = min(prod.count, cand.count)
-    p99_prod, p99_cand = prod.quantile(0.99), cand.quantile(0.99)
-    ratio = p99_cand / p99_prod if p99_prod > 0 else (math.inf if p99_cand > 0 else 1.0)
-    status: Status = "pass" if ratio <= ratio_max else "fail"
+    q_prod, q_cand = prod.quantile(q), cand.quantile(q)
+    ratio = q_cand / q_prod if q_prod > 0 else (math.inf if q_cand > 0 else 1.0)
+    status: Status = "pass" if q_cand <= ratio_max * q_prod + slack_ms else "fail"
     if n < min_pairs:
         status = "inconclusive"
     ev |= {"estimate": _finite(ratio), "n": n, "status": status}
-    text = f"{LATENCY}: p99 candidate/production = {ratio:.3g} (limit {ratio_max:.3g}, n={n})"
+    p = f"p{round(q * 100)}"
+    limit = f"limit {ratio_max:.3g}" + (f" + {slack_ms:.3g} ms" if slack_ms else "")
+    text = (
+        f"{name}: {p} candidate/production = {ratio:.3g} ({q_cand:.4g} vs {q_prod:.4g} ms; "
+        f"{limit}, n={n})"
+    )
     return ev, text
 
 
@@ -262,9 +275,21 @@ def decide(
         if top is not None:
             rate["errors"] = top
             notes["error_rate"] += _error_clause(top)
-    if policy.guardrails.latency_p99_ratio is not None:
+    g = policy.guardrails
+    if g.latency_p95_ratio is not None and latency is not None:
+        # On by default, so judged only on evidence that carries latencies (the comparator's
+        # always does); the opt-in p99 ratio below holds without them.
+        evidence[LATENCY_P95], notes[LATENCY_P95] = _latency_evidence(
+            LATENCY_P95,
+            0.95,
+            g.latency_p95_ratio,
+            g.latency_p95_slack_ms,
+            latency,
+            policy.min_pairs,
+        )
+    if g.latency_p99_ratio is not None:
         evidence[LATENCY], notes[LATENCY] = _latency_evidence(
-            policy.guardrails.latency_p99_ratio, latency, policy.min_pairs
+            LATENCY, 0.99, g.latency_p99_ratio, 0.0, latency, policy.min_pairs
         )
     failed = [n for n, ev in evidence.items() if ev["status"] == "fail"]
     if failed:
