@@ -454,6 +454,12 @@ class Route(_Strict):
     """For protocol ``jsonpath``: where the prediction lives, e.g. ``$.result.score``."""
     classes: list[str] | None = None
     """Class names, in output order, for class-probability outputs."""
+    max_classes: int = Field(20, ge=2, le=200)
+    """
+    Classification: classes tracked in the per-class views when `classes` is not declared (the
+    first ones seen); the rest count in `other`. Also the Bonferroni divisor of the per-class
+    intervals (docs/comparator.md "Per-class views").
+    """
     production: Model
     """The production model: every request goes there and the client gets its answer."""
     candidates: list[Candidate] = []
