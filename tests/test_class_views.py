@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from shadowroute.api.scores import ScoresCollector
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.classes import NONE, OTHER, ClassCounts
 from shadowroute.comparator.engine import Engine
@@ -193,6 +195,16 @@ def test_the_class_cap_folds_the_rest_into_other_and_counts_them(tmp_path: Path)
         1 for y, p, c in rows if y not in tracked or p not in tracked or (c and c not in tracked)
     )
     assert view["untracked"] == outside > 0
+    cfg = engine.config
+    sv = StateView()
+    sv.update(engine.snapshot())
+    registry = CollectorRegistry()
+    registry.register(
+        ScoresCollector(Reader(cfg, sv, Verdicts(cfg, sv, engine.store), engine.store))
+    )
+    text = generate_latest(registry).decode()
+    metric = 'shadowroute_classes_untracked_total{candidate="fraud-v8",route="fraud"}'
+    assert f"{metric} {float(outside)}" in text
     assert view["confusion"]["labels"] == [*tracked, OTHER]
     assert sum(map(sum, view["confusion"]["production"])) == len(rows)
 

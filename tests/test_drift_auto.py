@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from shadowroute.api.scores import ScoresCollector
 from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.production import ProductionState
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
@@ -102,6 +104,10 @@ def test_every_field_is_watched_up_to_the_cap_and_the_rest_is_counted(tmp_path: 
     assert auto["enabled"] is True and auto["max_fields"] == 3 and auto["fields"] == want
     assert auto["untracked_values"] == 1500 and auto["untracked_examples"] == ["$.meta.flag"]
     assert set(out["drift"]) == {*want, "output"}
+    registry = CollectorRegistry()
+    registry.register(ScoresCollector(reader))
+    text = generate_latest(registry).decode()
+    assert 'shadowroute_drift_untracked_values_total{route="fraud"} 1500.0' in text
     # a numeric field gets quantile bins, a string one categories (frozen after 1,000 values)
     amount = prod.drift["$.instances[*].amount"]
     assert amount.bins is not None and amount.bins.kind == "numeric"

@@ -440,6 +440,11 @@ class Reader:
                         "candidate": c.name,
                         "decision": self.verdicts.current(r.name, c.name),
                         "orphan_pairs": 0 if state is None else state.count("orphan_pairs"),
+                        "classes_untracked": (
+                            0
+                            if state is None or state.class_counts is None
+                            else state.class_counts.untracked
+                        ),
                     }
                 )
         prods = {r.name: self.production(r.name) for r in self.config.routes}
