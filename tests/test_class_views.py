@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from shadowroute.api.openapi import document
 from shadowroute.api.scores import ScoresCollector
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.classes import NONE, OTHER, ClassCounts
@@ -252,9 +254,12 @@ def test_partitions_merge_to_the_single_partition_figures_and_survive_a_restart(
     merged2 = view2.candidate("fraud", "fraud-v8")
     assert merged2 is not None
     assert merged2.scores()["classes"] == b
-    # and the API gives it
+    # and the API gives it, in the documented shape
     reader = Reader(cfg, view2, Verdicts(cfg, view2, again.store), again.store)
-    assert reader.scores("fraud", "fraud-v8")["classes"]["per_class"] == b["per_class"]
+    scores = reader.scores("fraud", "fraud-v8")
+    assert scores["classes"]["per_class"] == b["per_class"]
+    components = document()["components"]
+    jsonschema.validate(scores, {"$ref": "#/components/schemas/Scores", "components": components})
 
 
 def test_a_merge_beyond_the_cap_folds_into_other() -> None:

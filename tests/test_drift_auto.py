@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from shadowroute.api.openapi import document
 from shadowroute.api.scores import ScoresCollector
 from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.production import ProductionState
@@ -104,6 +106,9 @@ def test_every_field_is_watched_up_to_the_cap_and_the_rest_is_counted(tmp_path: 
     assert auto["enabled"] is True and auto["max_fields"] == 3 and auto["fields"] == want
     assert auto["untracked_values"] == 1500 and auto["untracked_examples"] == ["$.meta.flag"]
     assert set(out["drift"]) == {*want, "output"}
+    components = document()["components"]
+    schema = {"$ref": "#/components/schemas/Production", "components": components}
+    jsonschema.validate(out, schema)
     registry = CollectorRegistry()
     registry.register(ScoresCollector(reader))
     text = generate_latest(registry).decode()
