@@ -390,7 +390,10 @@ class Reader:
         body: dict[str, Any] = {"route": route, "model": r.production.name, "task": r.task}
         if state is None:
             return body | {"counts": {}, "quality": [], "drift": {}}
-        return body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)
+        out = body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)
+        if r.task == "text":
+            out["metric"] = "exact_match"  # (kept as the monitor's accuracy of exact matches)
+        return out
 
     def lineage(self, model: str) -> dict[str, Any]:
         for r in self.config.routes:
