@@ -262,6 +262,14 @@ def test_partitions_merge_to_the_single_partition_figures_and_survive_a_restart(
     jsonschema.validate(scores, {"$ref": "#/components/schemas/Scores", "components": components})
 
 
+def test_long_or_reserved_class_names_are_not_tracked() -> None:
+    c = ClassCounts.create(0.05, None, 5)
+    c.add("x" * 201, "a", "a", False, False)
+    c.add(OTHER, NONE, "a", False, False)
+    assert c.classes == ["a"] and c.untracked == 2
+    assert c.prod[OTHER] == {"a": 1, OTHER: 1}
+
+
 def test_a_merge_beyond_the_cap_folds_into_other() -> None:
     a = ClassCounts.create(0.05, None, 2)
     b = ClassCounts.create(0.05, None, 2)

@@ -5,7 +5,8 @@ per-class recall difference with an anytime-valid interval.
 Everything is counts, so partitions merge by adding them. Classes come from model outputs and
 labels, which outsiders control: at most ``max_classes`` are tracked (the route's declared
 ``classes`` when it has them, else the first ones seen); anything else counts in the ``other``
-bucket and in ``untracked`` (instances with a label or a prediction outside the tracked set).
+bucket and in ``untracked`` (instances with a label or a prediction outside the tracked set), as
+does a class name longer than ``MAX_NAME`` characters.
 
 The recall difference of class ``k`` is the mean of ``d = 1[C right] − 1[P right]`` over the
 labelled instances whose label is ``k`` — a paired bounded mean like the accuracy comparison,
@@ -38,6 +39,8 @@ OTHER: Final = "__other__"
 """The bucket of every class beyond the tracked ones (its diagonal mixes classes: not right)."""
 NONE: Final = "__none__"
 """The candidate's column for labelled instances it gave no usable prediction for."""
+MAX_NAME: Final = 200
+"""A class name longer than this is never tracked (it counts in ``OTHER``)."""
 V_OPT: Final = 50.0
 """Where each class's interval is tightest, in discordant pairs of that class."""
 
@@ -85,7 +88,12 @@ class ClassCounts:
     def _slot(self, name: str) -> str:
         if name in self._known:
             return name
-        if self.declared or len(self.classes) >= self.max_classes or name in (OTHER, NONE):
+        if (
+            self.declared
+            or len(self.classes) >= self.max_classes
+            or len(name) > MAX_NAME
+            or name in (OTHER, NONE)
+        ):
             return OTHER
         self.classes.append(name)
         self._known.add(name)
