@@ -277,6 +277,9 @@ class CandidateState:
         quality = scoring.quality
         worst = scoring.worst_quality(task)
         per_class = self.class_counts
+        # per-class counts: one dict increment per row here, class names once per distinct
+        # (label, production, candidate) after the loop
+        tally: dict[tuple[Any, Any, Any], int] = {}
         for r in rows:
             label = r.label
             qp = quality(task, r.prod, label, classes)
@@ -292,10 +295,13 @@ class CandidateState:
                 _add(c, "invalid_labelled", 1)
                 continue
             if per_class is not None:
-                _count_class(per_class, r, classes, qp[0], qc[0], missed)
+                k = (label, r.prod, None if missed else r.cand)
+                tally[k] = tally.get(k, 0) + 1
             prod_vals.append(qp)
             cand_vals.append(qc)
             ts.append(r.ts)
+        if tally and per_class is not None:
+            _count_classes(per_class, tally, classes)
         if not prod_vals:
             return
         p = np.asarray(prod_vals, dtype=np.float64)
@@ -580,19 +586,21 @@ def _available(out: list[Any] | None, n: int) -> float:
     return k / n
 
 
-def _count_class(
-    counts: ClassCounts, r: LabelledRow, classes: Sequence[str] | None, qp: float, qc: float,
-    missed: bool,
-) -> None:  # fmt: skip
-    """One labelled classification instance into the per-class counts (rows the accuracy
-    comparison scores, and only those)."""
+def _count_classes(
+    counts: ClassCounts, tally: dict[tuple[Any, Any, Any], int], classes: Sequence[str] | None
+) -> None:
+    """Labelled classification instances into the per-class counts: (label, production's
+    prediction, the candidate's or None for its miss) -> instances, in the order first seen
+    (the rows the accuracy comparison scores, and only those; right means the same class
+    name, as ``scoring.quality`` decides)."""
     name = scoring.class_name
-    y = name(r.label, classes)
-    p = name(r.prod, classes)
-    if y is None or p is None:
-        return
-    q = None if missed else name(r.cand, classes)
-    counts.add(y, p, q, qp == 1.0, qc == 1.0)
+    for (label, prod, cand), n in tally.items():
+        y = name(label, classes)
+        p = name(prod, classes)
+        if y is None or p is None:
+            continue
+        q = None if cand is None else name(cand, classes)
+        counts.add(y, p, q, p == y, q == y, n)
 
 
 def _merge_classes(a: ClassCounts | None, b: ClassCounts | None) -> ClassCounts | None:

@@ -99,24 +99,26 @@ class ClassCounts:
         self._known.add(name)
         return name
 
-    def add(self, label: str, prod: str, cand: str | None, p_right: bool, c_right: bool) -> None:
-        """One labelled instance: the label's class, both predictions' classes (``None``: the
-        candidate gave no usable prediction) and whether each model was right."""
+    def add(
+        self, label: str, prod: str, cand: str | None, p_right: bool, c_right: bool, n: int = 1
+    ) -> None:
+        """``n`` labelled instances: the label's class, both predictions' classes (``None``:
+        the candidate gave no usable prediction) and whether each model was right."""
         y = self._slot(label)
         p = self._slot(prod)
         c = NONE if cand is None else self._slot(cand)
         if y == OTHER or p == OTHER or c == OTHER:
-            self.untracked += 1
-        _bump(self.prod, y, p)
-        _bump(self.cand, y, c)
+            self.untracked += n
+        _bump(self.prod, y, p, n)
+        _bump(self.cand, y, c, n)
         pr = self.paired.get(y)
         if pr is None:
             pr = self.paired[y] = [0, 0, 0]
-        pr[0] += 1
+        pr[0] += n
         if c_right and not p_right:
-            pr[1] += 1
+            pr[1] += n
         elif p_right and not c_right:
-            pr[2] += 1
+            pr[2] += n
 
     # --- merge and serialisation ------------------------------------------------------------
 
