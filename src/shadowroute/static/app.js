@@ -21,9 +21,9 @@ function duration(msv) {
   if (!isNum(msv)) return "n/a";
   if (msv < 1000) return `${Math.round(msv)} ms`;
   const sec = msv / 1000;
-  if (sec < 60) return `${sec < 10 ? sec.toFixed(1) : Math.round(sec)} s`;
+  if (sec < 60) return `${sec < 10 ? (Math.floor(sec * 10) / 10).toFixed(1) : Math.floor(sec)} s`;
   const min = Math.floor(sec / 60);
-  if (min < 60) { const r = Math.round(sec - 60 * min); return r ? `${min} min ${r} s` : `${min} min`; }
+  if (min < 60) { const r = Math.floor(sec - 60 * min); return r ? `${min} min ${r} s` : `${min} min`; }
   const hr = Math.floor(min / 60);
   if (hr < 24) { const r = min - 60 * hr; return r ? `${hr} h ${r} min` : `${hr} h`; }
   const d = Math.floor(hr / 24), r = hr - 24 * d;
