@@ -39,6 +39,7 @@ HOT_PATH = [
     "src/shadowroute/core/stats/paired.py",
     "src/shadowroute/comparator/reading.py",
     "src/shadowroute/comparator/scoring.py",
+    "src/shadowroute/comparator/classes.py",
     "src/shadowroute/comparator/aggregates.py",
     "src/shadowroute/comparator/production.py",
     "src/shadowroute/comparator/engine.py",

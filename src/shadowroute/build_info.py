@@ -42,6 +42,7 @@ HOT_PATH = (
     "shadowroute.core.stats.paired",
     "shadowroute.comparator.reading",
     "shadowroute.comparator.scoring",
+    "shadowroute.comparator.classes",
     "shadowroute.comparator.aggregates",
     "shadowroute.comparator.production",
     "shadowroute.comparator.engine",

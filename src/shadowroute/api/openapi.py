@@ -88,6 +88,110 @@ _LABELS_WAITING = {
     },
 }
 
+_NUM = {"type": ["number", "null"]}
+_FIGURES = {
+    "type": "object",
+    "required": ["true_positives", "predicted", "precision", "recall", "f1"],
+    "properties": {
+        "true_positives": {"type": "integer"},
+        "predicted": {"type": "integer", "description": "Instances the model gave this class"},
+        "precision": _NUM,
+        "recall": _NUM,
+        "f1": _NUM,
+    },
+}
+_MATRIX = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
+_CLASS_VIEWS = {
+    "type": "object",
+    "description": (
+        "Classification routes: per-class figures of production and the candidate on the same "
+        "labelled pairs (docs/comparator.md \"Per-class views\")"
+    ),
+    "required": [
+        "classes", "max_classes", "declared", "untracked", "other", "no_prediction",
+        "per_class", "macro", "confusion", "interval",
+    ],
+    "properties": {
+        "classes": {"type": "array", "items": {"type": "string"}},
+        "max_classes": {"type": "integer"},
+        "declared": {"type": "boolean", "description": "The tracked classes are routes[].classes"},
+        "untracked": {
+            "type": "integer",
+            "description": "Labelled instances with a class beyond the tracked ones (in other)",
+        },
+        "other": {"type": "string", "description": "The name of the other bucket"},
+        "no_prediction": {
+            "type": "string",
+            "description": "The candidate's column for instances it gave no prediction for",
+        },
+        "per_class": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["class", "support", "production", "candidate", "recall_diff"],
+                "properties": {
+                    "class": {"type": "string"},
+                    "support": {"type": "integer", "description": "Labelled instances"},
+                    "production": _FIGURES,
+                    "candidate": _FIGURES,
+                    "recall_diff": {
+                        "type": "object",
+                        "description": (
+                            "Candidate minus production recall on the same labelled requests, "
+                            "with an anytime-valid interval (all classes' hold together)"
+                        ),
+                        "required": ["estimate", "lower", "upper", "n"],
+                        "properties": {
+                            "estimate": _NUM,
+                            "lower": {"type": "number"},
+                            "upper": {"type": "number"},
+                            "n": {"type": "integer"},
+                            "candidate_only_right": {"type": "integer"},
+                            "production_only_right": {"type": "integer"},
+                        },
+                    },
+                },
+            },
+        },
+        "macro": {"type": "object"},
+        "confusion": {
+            "type": "object",
+            "required": ["labels", "columns", "production", "candidate"],
+            "properties": {
+                "rows": {"const": "label"},
+                "labels": {"type": "array", "items": {"type": "string"}},
+                "columns": {"type": "array", "items": {"type": "string"}},
+                "production": _MATRIX,
+                "candidate": _MATRIX,
+            },
+        },
+        "interval": {
+            "type": "object",
+            "required": ["alpha", "alpha_per_class", "note"],
+            "properties": {
+                "alpha": {"type": "number"},
+                "alpha_per_class": {"type": "number"},
+                "note": {"type": "string"},
+            },
+        },
+    },
+}  # fmt: skip
+_DRIFT_AUTO = {
+    "type": "object",
+    "description": "Automatic drift (drift.auto): the fields found and what was counted, not "
+    "tracked",
+    "required": ["enabled", "max_fields", "fields", "untracked_values", "untracked_examples"],
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "max_fields": {"type": "integer"},
+        "fields": {"type": "array", "items": {"type": "string"}},
+        "untracked_values": {"type": "integer"},
+        "untracked_examples": {"type": "array", "items": {"type": "string"}},
+        "too_deep_values": {"type": "integer"},
+        "fields_left_out_of_merge": {"type": "integer"},
+    },
+}
+
 _DECISION = {
     "type": "object",
     "required": [
@@ -412,7 +516,7 @@ def document() -> dict[str, Any]:
                 "summary": "All scores, cumulative and per window (candidate minus production, "
                 "positive = candidate better)",
                 "parameters": _ROUTE_CAND,
-                "responses": {"200": _json({"type": "object"}, "Scores"), "404": _NOT_FOUND},
+                "responses": {"200": _json(_ref("Scores"), "Scores"), "404": _NOT_FOUND},
             }
         },
         "/v1/routes/{route}/candidates/{candidate}/history": {
@@ -429,13 +533,7 @@ def document() -> dict[str, Any]:
                 "summary": "Production quality over time, drift and label freshness",
                 "parameters": [_ROUTE_CAND[0]],
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"labels": _ref("LabelsWaiting")},
-                        },
-                        "Production health, and the route's labels waiting for their pair",
-                    ),
+                    "200": _json(_ref("Production"), "Production health"),
                     "404": _NOT_FOUND,
                 },
             }
@@ -495,6 +593,39 @@ def document() -> dict[str, Any]:
                 "ModelRevision": _MODEL_REVISION,
                 "MetricEvidence": _METRIC,
                 "LabelsWaiting": _LABELS_WAITING,
+                "ClassViews": _CLASS_VIEWS,
+                "DriftAuto": _DRIFT_AUTO,
+                "Scores": {
+                    "type": "object",
+                    "required": ["route", "candidate", "task", "pairs", "labelled"],
+                    "properties": {
+                        "route": {"type": "string"},
+                        "candidate": {"type": "string"},
+                        "task": {"type": "string"},
+                        "pairs": {"type": "integer"},
+                        "labelled": {"type": "integer"},
+                        "classes": _ref("ClassViews"),
+                        "similarity": {
+                            "type": "object",
+                            "description": "Text routes: mean difflib similarity of the two "
+                            "answers (1 = identical)",
+                            "properties": {"n": {"type": "integer"}, "mean": _NUM},
+                        },
+                    },
+                },
+                "Production": {
+                    "type": "object",
+                    "required": ["route", "model", "task"],
+                    "properties": {
+                        "route": {"type": "string"},
+                        "model": {"type": "string"},
+                        "task": {"type": "string"},
+                        "metric": {"type": "string"},
+                        "drift": {"type": "object"},
+                        "drift_auto": _ref("DriftAuto"),
+                        "labels": _ref("LabelsWaiting"),
+                    },
+                },
                 "Label": {
                     "type": "object",
                     "required": ["id", "label"],

@@ -44,6 +44,8 @@ COMPARATOR_METRICS = (
     "shadowroute_conflicting_labels_total",
     "shadowroute_labels_waiting",
     "shadowroute_model_age_days",
+    "shadowroute_classes_untracked_total",
+    "shadowroute_drift_untracked_values_total",
 )
 VERDICTS = ("promote", "hold", "reject")
 
@@ -170,6 +172,12 @@ class ScoresCollector(Collector):
             "Pair instances whose label did not come within the TTL.",
             labels=rc,
         )
+        untracked = CounterMetricFamily(
+            "shadowroute_classes_untracked",
+            "Labelled instances with a class beyond the tracked ones (routes[].max_classes), "
+            "counted in the per-class views' other bucket.",
+            labels=rc,
+        )
         for c in cands:
             lab = [c["route"], c["candidate"]]
             d = c["decision"]
@@ -183,9 +191,10 @@ class ScoresCollector(Collector):
             pairs.add_metric(lab, d["pairs"])
             labelled.add_metric(lab, d["labelled"])
             orphans.add_metric(lab, c["orphan_pairs"])
+            untracked.add_metric(lab, c.get("classes_untracked", 0))
         yield verdict
         yield from fams.values()
-        yield from (pairs, labelled, orphans)
+        yield from (pairs, labelled, orphans, untracked)
 
     def _partition(self, counts: dict[str, int]) -> Iterator[Metric]:
         for name, doc in PARTITION_COUNTERS:
@@ -246,6 +255,12 @@ class ScoresCollector(Collector):
             "Labelled share of predictions in the latest window.",
             labels=["route"],
         )
+        untracked = CounterMetricFamily(
+            "shadowroute_drift_untracked_values",
+            "Input values automatic drift counted without tracking: their field is beyond "
+            "drift.max_fields.",
+            labels=["route"],
+        )
         for route, p in prods.items():
             series = [s for s in p.get("quality", []) if s.get("n")]
             if series:
@@ -273,7 +288,10 @@ class ScoresCollector(Collector):
                 x = _num(cov[-1].get("coverage"))
                 if x is not None:
                     coverage.add_metric([route], x)
-        yield from (quality, degraded, deg_est, psi, state, delay, coverage)
+            auto = p.get("drift_auto") or {}
+            if auto.get("enabled"):
+                untracked.add_metric([route], auto.get("untracked_values", 0))
+        yield from (quality, degraded, deg_est, psi, state, delay, coverage, untracked)
 
 
 def _by_prefix(

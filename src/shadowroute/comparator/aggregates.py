@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shadowroute.comparator import scoring
+from shadowroute.comparator.classes import ClassCounts
 from shadowroute.core.config import Route
 from shadowroute.core.monitor import DAY_MS, HOUR_MS
 from shadowroute.core.stats.audit import mcnemar_exact, mcnemar_midp, t_sf
@@ -132,6 +133,8 @@ class CandidateState:
     """The revision this evidence is about: ``id`` (``core.revision.revision_id``) and the
     ``candidate`` and ``production`` identities (url, version, revision); None in state
     written before revisions."""
+    class_counts: ClassCounts | None = None
+    """Classification: per-class counts of both models on the labelled pairs (``classes``)."""
 
     # --- updates ----------------------------------------------------------------------------
 
@@ -273,21 +276,32 @@ class CandidateState:
         task = self.task
         quality = scoring.quality
         worst = scoring.worst_quality(task)
+        per_class = self.class_counts
+        # per-class counts: one dict increment per row here, class names once per distinct
+        # (label, production, candidate) after the loop
+        tally: dict[tuple[Any, Any, Any], int] = {}
         for r in rows:
             label = r.label
             qp = quality(task, r.prod, label, classes)
             qc = quality(task, r.cand, label, classes)
+            missed = False
             if qp and not qc:
                 # No usable prediction (none, NaN, or not fitting the task) where production
                 # has one: the candidate's miss, scored as its worst (docs/comparator.md).
                 _add(c, "labelled_no_prediction", 1)
                 qc = worst
+                missed = True
             if not qp or not qc:
                 _add(c, "invalid_labelled", 1)
                 continue
+            if per_class is not None:
+                k = (label, r.prod, None if missed else r.cand)
+                tally[k] = tally.get(k, 0) + 1
             prod_vals.append(qp)
             cand_vals.append(qc)
             ts.append(r.ts)
+        if tally and per_class is not None:
+            _count_classes(per_class, tally, classes)
         if not prod_vals:
             return
         p = np.asarray(prod_vals, dtype=np.float64)
@@ -338,6 +352,7 @@ class CandidateState:
             by_window=by_window,
             last_ts=max(self.last_ts, other.last_ts),
             revision=self.revision if self.revision is not None else other.revision,
+            class_counts=_merge_classes(self.class_counts, other.class_counts),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,12 +375,14 @@ class CandidateState:
                 for name, wins in self.by_window.items()
             },
             "revision": self.revision,
+            "classes": None if self.class_counts is None else self.class_counts.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CandidateState:
         error_rate = PairedMetric.from_dict(data["error_rate"])
         avail = data.get("availability")  # absent in states stored before it was kept
+        per_class = data.get("classes")  # absent in states stored before per-class views
         return cls(
             route=str(data["route"]),
             candidate=str(data["candidate"]),
@@ -389,6 +406,7 @@ class CandidateState:
             },
             last_ts=int(data.get("last_ts", 0)),
             revision=data.get("revision"),
+            class_counts=None if per_class is None else ClassCounts.from_dict(per_class),
         )
 
     # --- reading ----------------------------------------------------------------------------
@@ -443,6 +461,8 @@ class CandidateState:
                 "mean_abs": _finite(c.get("delta_abs", 0.0) / n) if n else None,
                 "mean_rel": _finite(c.get("delta_rel", 0.0) / n) if n else None,
             }
+        if self.class_counts is not None:
+            out["classes"] = self.class_counts.view()
         if self.task == "text":
             n = c.get("similarity_n", 0.0)
             out["similarity"] = {
@@ -566,6 +586,29 @@ def _available(out: list[Any] | None, n: int) -> float:
     return k / n
 
 
+def _count_classes(
+    counts: ClassCounts, tally: dict[tuple[Any, Any, Any], int], classes: Sequence[str] | None
+) -> None:
+    """Labelled classification instances into the per-class counts: (label, production's
+    prediction, the candidate's or None for its miss) -> instances, in the order first seen
+    (the rows the accuracy comparison scores, and only those; right means the same class
+    name, as ``scoring.quality`` decides)."""
+    name = scoring.class_name
+    for (label, prod, cand), n in tally.items():
+        y = name(label, classes)
+        p = name(prod, classes)
+        if y is None or p is None:
+            continue
+        q = None if cand is None else name(cand, classes)
+        counts.add(y, p, q, p == y, q == y, n)
+
+
+def _merge_classes(a: ClassCounts | None, b: ClassCounts | None) -> ClassCounts | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a.merge(b)
+
+
 def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
@@ -608,4 +651,9 @@ def new_candidate_state(route: Route, candidate: str, windows: Sequence[str]) ->
         timeout_rate=make("timeout_rate"),
         quality={name: make(name) for name in scoring.LABELLED_METRICS[route.task]},
         availability=make("availability"),
+        class_counts=(
+            ClassCounts.create(alpha, route.classes, route.max_classes)
+            if route.task == "classification"
+            else None
+        ),
     )

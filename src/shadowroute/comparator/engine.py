@@ -161,6 +161,10 @@ class Engine:
             for r in config.routes
         }
         self._refs = {r.name: reference_for(r) for r in config.routes}
+        self._auto = {
+            r.name: (r.drift.max_fields, r.drift.max_depth) if r.drift.auto else (0, 0)
+            for r in config.routes
+        }
         self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
         self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
         self._window_ms = WINDOW_MS[self.windows[0]]
@@ -277,6 +281,7 @@ class Engine:
                 hists,
             )
         assert isinstance(state, ProductionState)
+        state.auto_max = self._auto[route.name][0]
         return state
 
     def _part(self, partition: int) -> dict[str, int]:
@@ -879,8 +884,9 @@ class Engine:
         self._prod(route, partition)
         b.touched.add(("prod", name, "", partition))
         fields = self._fields[name]
+        depth = self._auto[name][1]
         drift = b.drift[name] = (
-            DriftBatch(self._paths[name], fields) if fields else DriftBatch(None)
+            DriftBatch(self._paths[name], fields, depth) if fields else DriftBatch(None, (), depth)
         )
         return drift
 

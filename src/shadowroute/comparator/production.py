@@ -21,7 +21,7 @@ from typing import Any, Final
 from shadowroute.comparator.aggregates import WINDOW_MS
 from shadowroute.core.config import Monitor
 from shadowroute.core.drift import FrozenBins, Histogram, drift_summary
-from shadowroute.core.drift_fields import PathSet
+from shadowroute.core.drift_fields import PathSet, flatten_scalars
 from shadowroute.core.monitor import LabelCoverage, LabelDelay, WindowedQuality
 
 __all__ = [
@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 FREEZE_AFTER: Final = 1000
+MAX_FIELD_NAME: Final = 200
+"""Automatic drift: a field path longer than this is counted, never tracked."""
+MAX_UNTRACKED_EXAMPLES: Final = 10
 OUTPUT_FIELD: Final = "output"
 """The drift field name of production's own (numeric) output."""
 
@@ -169,6 +172,13 @@ class ProductionState:
     starts at or after it."""
     revision_last: int = 0
     """The newest record timestamp of the current revision (ms)."""
+    auto_max: int = 0
+    """Automatic drift (``drift.auto``): input fields tracked at most (0: off); the engine
+    sets it from the configuration."""
+    auto_fields: list[str] = field(default_factory=list)
+    """Input fields found and tracked by automatic drift, in the order first seen."""
+    untracked_examples: list[str] = field(default_factory=list)
+    """The first few field paths automatic drift counted without tracking them."""
 
     def note_revisions(self, seen: Mapping[str, tuple[Any, int, int]]) -> bool:
         """Production revisions seen in a batch: id -> (identity, first ts, last ts). The one
@@ -250,6 +260,25 @@ class ProductionState:
             if f is not None:
                 f.add(w, values)
 
+    def add_auto(self, window: int, name: str, values: list[Any]) -> None:
+        """Values of an input field found by automatic drift: tracked while there is room
+        (``auto_max`` fields), else counted in ``drift_untracked_values``."""
+        f = self.drift.get(name)
+        if f is None:
+            if len(self.auto_fields) >= self.auto_max or len(name) > MAX_FIELD_NAME:
+                self._count("drift_untracked_values", len(values))
+                if (
+                    len(self.untracked_examples) < MAX_UNTRACKED_EXAMPLES
+                    and name not in self.untracked_examples
+                ):
+                    self.untracked_examples.append(name[:MAX_FIELD_NAME])
+                return
+            first = values[0]
+            numeric = isinstance(first, int | float) and not isinstance(first, bool)
+            f = self.drift[name] = DriftField(categorical=not numeric)
+            self.auto_fields.append(name)
+        f.add(window, values)
+
     def add_labelled(
         self, pred_ts: Sequence[int], label_ts: Sequence[int], values: Sequence[float]
     ) -> None:
@@ -265,6 +294,24 @@ class ProductionState:
         counts = dict(self.counts)
         for k, v in other.counts.items():
             counts[k] = counts.get(k, 0) + v
+        auto = list(dict.fromkeys([*self.auto_fields, *other.auto_fields]))
+        cap = max(self.auto_max, other.auto_max)
+        if cap and len(auto) > cap:
+            # partitions found different fields: the first ``cap`` stay in the merged view
+            counts["drift_fields_left_out"] = counts.get("drift_fields_left_out", 0) + (
+                len(auto) - cap
+            )
+        kept = set(auto[:cap] if cap else auto)
+        drift: dict[str, DriftField] = {}
+        for k, f in self.drift.items():
+            if k in other.drift:
+                drift[k] = f.merge(other.drift[k])
+            elif k in kept:
+                drift[k] = f.copy()
+        for k, f in other.drift.items():
+            if k not in drift and k in kept:
+                drift[k] = f.copy()
+        examples = list(dict.fromkeys([*self.untracked_examples, *other.untracked_examples]))
         return ProductionState(
             route=self.route,
             metric=self.metric,
@@ -272,9 +319,12 @@ class ProductionState:
             quality=self.quality.merge(other.quality),
             coverage=self.coverage.merge(other.coverage),
             delay=self.delay.merge(other.delay),
-            drift={k: f.merge(other.drift[k]) for k, f in self.drift.items() if k in other.drift},
+            drift=drift,
             counts=counts,
             **_merged_revision(self, other),
+            auto_max=cap,
+            auto_fields=[k for k in auto if k in kept],
+            untracked_examples=examples[:MAX_UNTRACKED_EXAMPLES],
         )
 
     def degradation(self, alpha: float, monitor: Monitor | None = None) -> dict[str, Any]:
@@ -314,6 +364,19 @@ class ProductionState:
             "label_delay_ms": json_safe(self.delay.summary()),
             "label_coverage": json_safe(self.coverage.series()),
             "drift": {k: json_safe(f.summary(warn, alert)) for k, f in sorted(self.drift.items())},
+            "drift_auto": self._auto_summary(),
+        }
+
+    def _auto_summary(self) -> dict[str, Any]:
+        """What automatic drift tracks and what it counted without tracking."""
+        return {
+            "enabled": self.auto_max > 0,
+            "max_fields": self.auto_max,
+            "fields": list(self.auto_fields),
+            "untracked_values": self.counts.get("drift_untracked_values", 0),
+            "untracked_examples": list(self.untracked_examples),
+            "too_deep_values": self.counts.get("drift_too_deep_values", 0),
+            "fields_left_out_of_merge": self.counts.get("drift_fields_left_out", 0),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -329,6 +392,9 @@ class ProductionState:
             "revision": self.revision,
             "revision_since": self.revision_since,
             "revision_last": self.revision_last,
+            "auto_max": self.auto_max,
+            "auto_fields": list(self.auto_fields),
+            "untracked_examples": list(self.untracked_examples),
         }
 
     @classmethod
@@ -345,6 +411,9 @@ class ProductionState:
             revision=data.get("revision"),
             revision_since=int(data.get("revision_since", 0)),
             revision_last=int(data.get("revision_last", 0)),
+            auto_max=int(data.get("auto_max", 0)),
+            auto_fields=[str(k) for k in data.get("auto_fields", [])],
+            untracked_examples=[str(k) for k in data.get("untracked_examples", [])],
         )
 
 
@@ -418,10 +487,18 @@ class DriftBatch:
     ``ProductionState.add_drift_items`` would add for the same (window, value) items in the
     same order."""
 
-    __slots__ = ("_names", "_out", "_paths", "_runs", "_values")
+    __slots__ = ("_auto", "_auto_depth", "_deep", "_explicit", "_names", "_out", "_paths", "_runs",
+                 "_values")  # fmt: skip
 
-    def __init__(self, paths: PathSet | None, names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, paths: PathSet | None, names: Sequence[str] = (), auto_depth: int = 0
+    ) -> None:
         self._paths = paths
+        self._auto_depth = auto_depth
+        """Automatic drift: every scalar input field down to this depth (0: off)."""
+        self._auto: list[tuple[int, dict[str, list[Any]]]] = []
+        self._deep = 0
+        self._explicit = frozenset(names)
         n = len(paths.paths) if paths is not None else 0
         if len(names) != n:
             raise ValueError("one name per path")
@@ -437,6 +514,11 @@ class DriftBatch:
             runs.append((window, [len(v) for v in self._values]))
         if doc is not None and self._paths is not None:
             self._paths.extend(doc, self._values)
+        if doc is not None and self._auto_depth:
+            auto = self._auto
+            if not auto or auto[-1][0] != window:
+                auto.append((window, {}))
+            self._deep += flatten_scalars(doc, self._auto_depth, auto[-1][1])
         if output:
             _numeric_outputs(output, self._out)
 
@@ -462,6 +544,15 @@ class DriftBatch:
                 end = hi
             if window is not None:
                 f.add(window, values[start:end])
+        explicit = self._explicit
+        for w, found in self._auto:
+            for name, vals in found.items():
+                if name not in explicit:
+                    state.add_auto(w, name, vals)
+        if self._deep:
+            state.counts["drift_too_deep_values"] = (
+                state.counts.get("drift_too_deep_values", 0) + self._deep
+            )
 
 
 def _numeric_outputs(out: list[Any], dst: list[Any]) -> None:

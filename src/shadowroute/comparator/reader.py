@@ -447,7 +447,10 @@ class Reader:
         body["labels"] = self.labels_waiting(route)
         if state is None:
             return body | {"counts": {}, "quality": [], "drift": {}}
-        return body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)
+        out = body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)
+        if r.task == "text":
+            out["metric"] = "exact_match"  # (kept as the monitor's accuracy of exact matches)
+        return out
 
     def lineage(self, model: str) -> dict[str, Any]:
         for r in self.config.routes:
@@ -497,6 +500,11 @@ class Reader:
                         "candidate": c.name,
                         "decision": self.verdicts.current(r.name, c.name),
                         "orphan_pairs": 0 if state is None else state.count("orphan_pairs"),
+                        "classes_untracked": (
+                            0
+                            if state is None or state.class_counts is None
+                            else state.class_counts.untracked
+                        ),
                     }
                 )
         prods = {r.name: self.production(r.name) for r in self.config.routes}

@@ -417,6 +417,17 @@ class Drift(_Strict):
     """PSI at which a field's drift state becomes `minor`."""
     psi_alert: float = Field(0.25, gt=0)
     """PSI at which a field's drift state becomes `major`."""
+    auto: bool = False
+    """
+    Watch every scalar input field of the request body, found as requests come (nested objects
+    and arrays flattened to paths such as `$.instances[*].amount`), besides `fields`.
+    """
+    max_fields: int = Field(50, ge=1, le=1000)
+    """With `auto`: input fields tracked at most; values of further fields are counted, not
+    tracked."""
+    max_depth: int = Field(4, ge=1, le=16)
+    """With `auto`: how deep into nested objects and arrays fields are looked for; deeper values
+    are counted, not tracked."""
 
 
 class Monitor(_Strict):
@@ -502,6 +513,12 @@ class Route(_Strict):
     """For protocol ``jsonpath``: where the prediction lives, e.g. ``$.result.score``."""
     classes: list[str] | None = None
     """Class names, in output order, for class-probability outputs."""
+    max_classes: int = Field(20, ge=2, le=200)
+    """
+    Classification: classes tracked in the per-class views when `classes` is not declared (the
+    first ones seen); the rest count in `other`. Also the Bonferroni divisor of the per-class
+    intervals (docs/comparator.md "Per-class views").
+    """
     production: Model
     """The production model: every request goes there and the client gets its answer."""
     candidates: list[Candidate] = []

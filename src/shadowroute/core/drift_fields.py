@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FieldPath", "PathError", "PathSet", "compile_path"]
+__all__ = ["FieldPath", "PathError", "PathSet", "compile_path", "flatten_scalars"]
 
 _WILDCARD = object()
 _MISSING = object()
@@ -169,6 +169,68 @@ def _flatten(items: list[Any], out: list[Any]) -> None:
             _flatten(item, out)
         else:
             out.append(item)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
+
+
+def _member(prefix: str, name: str) -> str:
+    if _PLAIN_NAME.match(name):
+        return prefix + "." + name
+    return prefix + "['" + name.replace("\\", "\\\\").replace("'", "\\'") + "']"
+
+
+def flatten_scalars(doc: Any, max_depth: int, out: dict[str, list[Any]]) -> int:
+    """Every scalar (number, string, bool) of ``doc`` under the path that selects it: object
+    members as ``.name`` (``['odd name']`` when quoted), array elements as ``[*]``, so the
+    paths compile with ``compile_path`` and select the same values. Values deeper than
+    ``max_depth`` steps are left out; returns how many were (``None`` values are skipped).
+
+    >>> out: dict[str, list[Any]] = {}
+    >>> flatten_scalars({"a": 1, "b": {"c": "x"}, "d": [{"e": 2}, {"e": 3}]}, 4, out)
+    0
+    >>> out
+    {'$.a': [1], '$.b.c': ['x'], '$.d[*].e': [2, 3]}
+    """
+    return _flatten_into(doc, "$", max_depth, out)
+
+
+def _flatten_into(node: Any, path: str, depth: int, out: dict[str, list[Any]]) -> int:
+    if isinstance(node, dict):
+        if depth == 0:
+            return _leaves(node)
+        deep = 0
+        for k, v in node.items():
+            if v is None:
+                continue
+            deep += _flatten_into(v, _member(path, str(k)), depth - 1, out)
+        return deep
+    if isinstance(node, list):
+        if depth == 0:
+            return _leaves(node)
+        deep = 0
+        child = path + "[*]"
+        for v in node:
+            if v is not None:
+                deep += _flatten_into(v, child, depth - 1, out)
+        return deep
+    if path == "$":
+        return 0  # a bare scalar body has no field
+    values = out.get(path)
+    if values is None:
+        out[path] = [node]
+    else:
+        values.append(node)
+    return 0
+
+
+def _leaves(node: Any) -> int:
+    """How many scalars are inside ``node`` (the values too deep to watch)."""
+    if isinstance(node, dict):
+        return sum([_leaves(v) for v in node.values()])
+    if isinstance(node, list):
+        return sum([_leaves(v) for v in node])
+    return 0 if node is None else 1
 
 
 def _unescape(text: str) -> str:

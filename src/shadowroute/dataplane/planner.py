@@ -120,7 +120,9 @@ class RoutePlan:
         self.host = cfg.host.lower().encode() if cfg.host else None
         self.methods = frozenset(m.upper().encode() for m in cfg.mirror_methods)
         self.monitor_fraction = cfg.monitor_fraction
-        self.needs_input = cfg.capture.input or bool(cfg.drift.fields or cfg.drift.categorical)
+        self.needs_input = cfg.capture.input or bool(
+            cfg.drift.fields or cfg.drift.categorical or cfg.drift.auto
+        )
         self.prod_base = prod_base
         self.prod_static = prod_static
         self.candidates = candidates

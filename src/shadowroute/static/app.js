@@ -16,6 +16,24 @@ function signed(x) { return isNum(x) ? (x >= 0 ? "+" : "") + x.toFixed(3) : "n/a
 function fixed(x, d = 3) { return isNum(x) ? x.toFixed(d) : "n/a"; }
 function pct(x) { return isNum(x) ? (100 * x).toFixed(1) + "%" : "n/a"; }
 function ms(x) { return isNum(x) ? (x < 10 ? x.toFixed(2) : x.toFixed(1)) + " ms" : "n/a"; }
+// A duration in the units a person reads: "850 ms", "42 s", "3 h 12 min", "2 d 4 h".
+function duration(msv) {
+  if (!isNum(msv)) return "n/a";
+  if (msv < 1000) return `${Math.round(msv)} ms`;
+  const sec = msv / 1000;
+  if (sec < 60) return `${sec < 10 ? (Math.floor(sec * 10) / 10).toFixed(1) : Math.floor(sec)} s`;
+  const min = Math.floor(sec / 60);
+  if (min < 60) { const r = Math.floor(sec - 60 * min); return r ? `${min} min ${r} s` : `${min} min`; }
+  const hr = Math.floor(min / 60);
+  if (hr < 24) { const r = min - 60 * hr; return r ? `${hr} h ${r} min` : `${hr} h`; }
+  const d = Math.floor(hr / 24), r = hr - 24 * d;
+  return r ? `${d} d ${r} h` : `${d} d`;
+}
+// Metric names as people say them: exact match on text routes is not "accuracy".
+function metricLabel(name, task) {
+  if (name === "exact_match" || (name === "accuracy" && task === "text")) return "exact match";
+  return String(name || "").replace(/_/g, " ");
+}
 function when(ts) {
   if (!isNum(ts) && typeof ts !== "string") return "";
   const d = new Date(ts);
@@ -160,10 +178,46 @@ function niceTicks(lo, hi, count = 4) {
   return out;
 }
 
+// Fewer than three points seen (labels that came in one batch, or a page opened after they
+// did): a line through them would invent how the interval narrowed. Show the one interval
+// known now, on a value axis, and say why.
+const MIN_TRACE = 3;
+
+function singleInterval(p, threshold, metric) {
+  const W = 520, H = 96, L = 12, R = 12;
+  const vals = [p.lower, p.upper, 0].concat(isNum(threshold) ? [threshold] : []);
+  let v0 = Math.min(...vals), v1 = Math.max(...vals);
+  const pad = (v1 - v0) * 0.1 || 0.01;
+  v0 -= pad; v1 += pad;
+  const x = scale(v0, v1, L, W - R);
+  const y = 34;
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
+    "aria-label": `${metric} interval now`, class: "interval-single" });
+  for (const t of niceTicks(v0, v1, 5)) {
+    svg.append(s("line", { x1: x(t), x2: x(t), y1: 12, y2: 56, class: t === 0 ? "zero" : "axis" }),
+      s("text", { x: x(t), y: 72, "text-anchor": "middle" }, signed(t)));
+  }
+  svg.append(s("line", { x1: x(p.lower), x2: x(p.upper), y1: y, y2: y, class: "ci" }));
+  if (isNum(p.estimate)) svg.append(s("circle", { cx: x(p.estimate), cy: y, r: 4, class: "dot" }));
+  if (isNum(threshold)) {
+    svg.append(s("line", { x1: x(threshold), x2: x(threshold), y1: 8, y2: 60, class: "thr" }),
+      s("text", x(threshold) > W / 2
+        ? { x: x(threshold) - 4, y: 10, "text-anchor": "end" }
+        : { x: x(threshold) + 4, y: 10 }, `threshold ${signed(threshold)}`));
+  }
+  svg.append(s("text", { x: L, y: H - 6 },
+    `[${signed(p.lower)}, ${signed(p.upper)}] at n = ${p.n} labelled pairs`));
+  return h("div", { class: "interval-now", "data-n": p.n }, svg,
+    h("div", { class: "note" }, `The interval has been seen at ${p.n} labelled pairs only `
+      + "(labels that arrive in one batch give one interval, not a history): "
+      + "it narrows as more labelled pairs arrive, and this chart then draws it against them."));
+}
+
 // The interval [lower, upper] narrowing as n grows, with the estimate and the threshold.
 function intervalChart(points, threshold, metric) {
   const W = 520, H = 180, L = 52, R = 10, T = 10, B = 28;
   if (points.length === 0) return h("div", { class: "empty" }, `no ${metric} interval yet`);
+  if (points.length < MIN_TRACE) return singleInterval(points[points.length - 1], threshold, metric);
   const ys = points.flatMap((p) => [p.lower, p.upper]).concat(isNum(threshold) ? [threshold] : []);
   let y0 = Math.min(...ys), y1 = Math.max(...ys);
   const pad = (y1 - y0) * 0.08 || 0.01;
@@ -195,7 +249,12 @@ function intervalChart(points, threshold, metric) {
     svg.append(s("line", { x1: L, x2: W - R, y1: y(threshold), y2: y(threshold), class: "thr" }),
       s("text", { x: W - R, y: y(threshold) - 4, "text-anchor": "end" }, `threshold ${signed(threshold)}`));
   }
+  for (const p of points) {
+    svg.append(s("circle", { cx: x(p.n), cy: y(p.upper), r: 1.5, class: "seen" }),
+      s("circle", { cx: x(p.n), cy: y(p.lower), r: 1.5, class: "seen" }));
+  }
   svg.append(s("text", { x: L, y: H - 8 }, `n = ${n0}`),
+    s("text", { x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle" }, "labelled pairs"),
     s("text", { x: W - R, y: H - 8, "text-anchor": "end" }, `n = ${n1}`));
   return svg;
 }
@@ -256,7 +315,7 @@ function qualityChart(series, metric) {
 
 // ---- cards ------------------------------------------------------------------------------------
 
-function metricsTable(decision) {
+function metricsTable(decision, task) {
   const metrics = (decision && decision.metrics) || {};
   const names = Object.keys(metrics);
   if (names.length === 0) return h("div", { class: "empty" }, "no metrics yet");
@@ -267,7 +326,7 @@ function metricsTable(decision) {
     h("tbody", {}, names.map((name) => {
       const m = metrics[name];
       return h("tr", { "data-metric": name },
-        h("td", {}, name),
+        h("td", {}, metricLabel(name, task)),
         h("td", { class: "num estimate" }, signed(m.estimate)),
         h("td", { class: "num lower" }, signed(m.lower)),
         h("td", { class: "num upper" }, signed(m.upper)),
@@ -371,6 +430,7 @@ function candidateCard(routeName, prodName, cand) {
     return card;
   }
   const primary = primaryMetric(d);
+  const task = cand.scores && cand.scores.task;
   const threshold = primary && d.metrics[primary] ? d.metrics[primary].threshold : undefined;
   card.append(
     h("h3", {}, h("span", {}, `${cand.name}`), badge(d.verdict, "verdict"),
@@ -381,11 +441,11 @@ function candidateCard(routeName, prodName, cand) {
       h("span", { "data-field": "revision" }, "revision ", h("b", {}, revisionLabel(d.revision) || "—"))),
     h("ul", { class: "reasons" }, (d.reasons || []).map((r) => h("li", {}, r))),
     h("h4", {}, "metrics (candidate minus production; positive = candidate better)"),
-    metricsTable(d),
+    metricsTable(d, task),
     noiseFloor(d),
     h("div", { class: "grid2" },
       h("div", {},
-        h("h4", {}, `${primary || "primary metric"}: interval as samples grow`),
+        h("h4", {}, `${primary ? metricLabel(primary, task) : "primary metric"}: interval as labelled pairs grow`),
         primary ? intervalChart(traceFor(routeName, cand, primary), threshold, primary) : ""),
       h("div", {},
         h("h4", {}, "latency"),
@@ -394,9 +454,77 @@ function candidateCard(routeName, prodName, cand) {
           h("span", {}, h("i", { class: "lg-cand" }), cand.name)))),
     h("h4", {}, "agreement and errors"),
     ratesBlock(cand.scores),
+    similarityBlock(cand.scores),
+    classViews(cand.scores, prodName, cand.name),
     h("h4", {}, "decision history"),
     historyTable(cand.history));
   return card;
+}
+
+// ---- text routes: similarity of the two answers --------------------------------------------------
+
+function similarityBlock(scores) {
+  const sim = scores && scores.similarity;
+  if (!sim) return "";
+  return h("div", { class: "kv similarity" },
+    h("span", { "data-field": "similarity" }, "mean similarity to production ",
+      h("b", { class: "num" }, fixed(sim.mean))),
+    h("span", { "data-field": "similarity-n" }, "answers compared ",
+      h("b", { class: "num" }, String(sim.n ?? 0))),
+    h("span", {}, "(difflib ratio: 1 = identical text)"));
+}
+
+// ---- classification routes: per-class views -----------------------------------------------------
+
+function className(name, views) {
+  if (name === views.other) return "other";
+  if (name === views.no_prediction) return "no prediction";
+  return name;
+}
+
+function confusionTable(views, side, title) {
+  const conf = views.confusion || {};
+  const matrix = conf[side] || [];
+  const cols = (conf.columns || []).filter((c, j) => side === "candidate" || c !== views.no_prediction);
+  return h("div", {},
+    h("div", { class: "legend" }, `${title}: rows are labels, columns predictions`),
+    h("table", { class: "confusion", "data-side": side },
+      h("thead", {}, h("tr", {}, h("th", {}, "label \\ predicted"),
+        cols.map((c) => h("th", { class: "num" }, className(c, views))))),
+      h("tbody", {}, (conf.labels || []).map((y, i) => h("tr", { "data-label": y },
+        h("th", {}, className(y, views)),
+        cols.map((c, j) => h("td", { class: `num${y === c && y !== views.other ? " diag" : ""}` },
+          String((matrix[i] || [])[j] ?? 0))))))));
+}
+
+function classViews(scores, prodName, candName) {
+  const v = scores && scores.classes;
+  if (!v) return "";
+  const rows = v.per_class || [];
+  const interval = v.interval || {};
+  const cell = (x) => h("td", { class: "num" }, fixed(x));
+  return h("div", { class: "class-views" },
+    h("h4", {}, "per class (same labelled pairs)"),
+    rows.length === 0 ? h("div", { class: "empty" }, "no labelled pairs yet") : h("table", { class: "per-class" },
+      h("thead", {}, h("tr", {}, ["class", "support",
+        `${prodName} P`, "R", "F1", `${candName} P`, "R", "F1", "recall diff", "interval"]
+        .map((t, i) => h("th", { class: i > 0 ? "num" : "" }, t)))),
+      h("tbody", {}, rows.map((r) => h("tr", { "data-class": r.class },
+        h("td", {}, r.class),
+        h("td", { class: "num support" }, String(r.support)),
+        cell(r.production.precision), cell(r.production.recall), cell(r.production.f1),
+        cell(r.candidate.precision), cell(r.candidate.recall), cell(r.candidate.f1),
+        h("td", { class: "num recall-diff" }, signed(r.recall_diff.estimate)),
+        h("td", { class: "num recall-interval" },
+          `[${signed(r.recall_diff.lower)}, ${signed(r.recall_diff.upper)}]`))))),
+    h("div", { class: "legend" },
+      `P, R, F1: precision, recall, F1 of each model. Recall diff: candidate minus production on the `
+      + `requests labelled with the class; the intervals of all classes hold together at `
+      + `${pct(1 - (interval.alpha ?? 0.05))} (Bonferroni over ${v.max_classes} classes).`
+      + (v.untracked ? ` ${v.untracked} labelled instances had a class beyond the ${v.max_classes} tracked: counted under "other".` : "")),
+    h("div", { class: "grid2" },
+      confusionTable(v, "production", prodName),
+      confusionTable(v, "candidate", candName)));
 }
 
 function driftRows(drift) {
@@ -442,26 +570,38 @@ function productionCard(route, prod) {
     h("div", { class: "kv" },
       h("span", {}, "requests ", h("b", { class: "num" }, String(counts.requests ?? 0))),
       h("span", {}, "labelled ", h("b", { class: "num" }, String(counts.labelled ?? 0))),
-      h("span", {}, `${prod.metric || "quality"} now `,
+      h("span", {}, `${metricLabel(prod.metric || "quality", prod.task)} now `,
         h("b", { class: "num", "data-field": "quality-now" }, fixed(lastValue(prod.quality)))),
       h("span", {}, "worse than reference by ", h("b", { class: "num" }, signed(deg.estimate)),
         ` [${signed(deg.lower)}, ${signed(deg.upper)}]`),
       h("span", {}, "label delay p50 / p90 ",
-        h("b", { class: "num" }, `${ms(delay.p50)} / ${ms(delay.p90)}`)),
+        h("b", { class: "num", "data-field": "label-delay" }, `${duration(delay.p50)} / ${duration(delay.p90)}`)),
       h("span", { title: "labels that matched no request seen so far (label by the x-request-id the proxy returned)" },
         "labels waiting for their pair ",
         h("b", { class: "num", "data-field": "labels-waiting" },
           String((prod.labels && prod.labels.waiting) ?? 0)))),
     deg.note ? h("div", { class: "reasons" }, deg.note) : "",
     h("div", { class: "grid2" },
-      h("div", {}, h("h4", {}, `${prod.metric || "quality"} per ${prod.window || "window"}`),
+      h("div", {}, h("h4", {}, `${metricLabel(prod.metric || "quality", prod.task)} per ${prod.window || "window"}`),
         qualityChart(prod.quality, prod.metric || "quality")),
       h("div", {}, h("h4", {}, "input drift (PSI against the reference)"),
         h("table", { class: "drift" },
           h("thead", {}, h("tr", {}, ["field", "state", "PSI", "JS", "n", "ref n", ""]
             .map((t, i) => h("th", { class: i >= 2 && i <= 5 ? "num" : "" }, t)))),
-          h("tbody", {}, driftRows(prod.drift))))));
+          h("tbody", {}, driftRows(prod.drift))),
+        driftAutoNote(prod.drift_auto))));
   return card;
+}
+
+function driftAutoNote(auto) {
+  if (!auto || !auto.enabled) return "";
+  const parts = [`automatic: ${auto.fields.length} of at most ${auto.max_fields} input fields tracked`];
+  if (auto.untracked_values) {
+    parts.push(`${auto.untracked_values} values of further fields counted, not tracked`
+      + (auto.untracked_examples.length ? ` (e.g. ${auto.untracked_examples.slice(0, 3).join(", ")})` : ""));
+  }
+  if (auto.too_deep_values) parts.push(`${auto.too_deep_values} values nested too deep`);
+  return h("div", { class: "legend drift-auto", "data-field": "drift-auto" }, parts.join("; "));
 }
 
 function lastValue(series) {
