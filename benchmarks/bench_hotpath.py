@@ -62,6 +62,9 @@ class MemoryTransport:
     def resume_reading(self) -> None:
         pass
 
+    def is_reading(self) -> bool:
+        return True
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 

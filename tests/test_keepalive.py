@@ -520,7 +520,7 @@ async def test_a_pooled_connection_left_paused_reads_again() -> None:
             conn, transport = m.reused_connection()
 
             def done(outcome: Outcome) -> None:
-                transport.pause_reading()  # what the slow client's backpressure does
+                conn.pause_reading()  # what the slow client's backpressure does
 
             conn.start(MirrorExchange(m.target, GET, done), 5.0)
             conn.data_received(KeepAliveServer().answer())

@@ -96,7 +96,8 @@ def extract(
     than ``max_values`` JSON values (when not 0) is not parsed: ``ExtractError("too_large")``."""
     try:
         raw = decode_body(body, content_encoding)
-        if max_values and json_values_bound(raw) > max_values:
+        # A value takes a byte at least: only a body longer than the bound is scanned.
+        if max_values and len(raw) > max_values and json_values_bound(raw) > max_values:
             raise ExtractError("too_large", f"more than {max_values} JSON values")
         instances = _instances(raw, route, content_type)
         # Direct calls, not a table of functions: the compiled build calls these natively.

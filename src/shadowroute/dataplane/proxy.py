@@ -701,13 +701,13 @@ class ClientConnection:
 
     def pause_writing(self) -> None:
         up = self.active.prod if self.active is not None else None
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        if up is not None:
+            up.pause_reading()
 
     def resume_writing(self) -> None:
         up = self.active.prod if self.active is not None else None
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
+        if up is not None:
+            up.resume_reading()
 
     # --- httptools callbacks -----------------------------------------------------------
 
@@ -791,8 +791,8 @@ class ClientConnection:
         """Production accepted an upgrade: from now on bytes flow both ways untouched."""
         self.tunnel = req
         up = req.prod
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
+        if up is not None:
+            up.resume_reading()
         self.resume_reading()
 
     # --- transport helpers -------------------------------------------------------------

@@ -282,7 +282,7 @@ class Recorder:
         for routes that capture input or watch drift (``RouteRuntime.needs_input``)."""
         if body is None:
             return None
-        if json_values_bound(body) > self.max_values:
+        if len(body) > self.max_values and json_values_bound(body) > self.max_values:
             # Parsing it would hold the event loop up: the record goes without its input.
             self.stats.limits["input_too_large"] += 1
             return None

@@ -141,6 +141,7 @@ class UpstreamConnection:
         "idle_limit",
         "idle_since",
         "pool",
+        "read_paused",
         "replay",
         "request_done",
         "resend_of",
@@ -177,6 +178,7 @@ class UpstreamConnection:
         # may the connection carry another one.
         self.request_done = True
         self.write_paused = False  # the transport's write buffer is over its high-water mark
+        self.read_paused = False  # the data plane stopped reading it (a client slow to read)
         # Keep-alive (``keepalive``): idle for this long at most before reuse (the pool's
         # default, or less when the server announced its own timeout); whether the connection
         # carried an exchange before this one; and, on a reused connection, the request bytes
@@ -416,13 +418,11 @@ class UpstreamConnection:
             self.close()
         if ex is not None:
             ex.on_complete()
-            if keep and self.current() is None and not self._closed:
-                t = self.transport
-                if t is not None and not t.is_reading():
-                    # Paused for a client slow to read (its last write may do it, after the
-                    # release): an idle connection must read, or the server's close (and the
-                    # next answer) would go unseen until a timeout.
-                    t.resume_reading()
+            if keep and self.read_paused and self.current() is None and not self._closed:
+                # Paused for a client slow to read (its last write may do it, after the
+                # release): an idle connection must read, or the server's close (and the
+                # next answer) would go unseen until a timeout.
+                self.resume_reading()
 
     def _fail(self, reason: str) -> None:
         ex = self.exchange
@@ -484,6 +484,19 @@ class UpstreamConnection:
             self.sent = n
             if n <= keepalive.REPLAY_MAX:
                 self.replay.append(data)
+
+    def pause_reading(self) -> None:
+        """Stop reading the answer (the client is slow to read it)."""
+        t = self.transport
+        if t is not None:
+            self.read_paused = True
+            t.pause_reading()
+
+    def resume_reading(self) -> None:
+        t = self.transport
+        if t is not None:
+            self.read_paused = False
+            t.resume_reading()
 
     def on_timeout(self) -> None:
         """The deadline passed (called by ``Deadlines``)."""
