@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -39,6 +40,13 @@ class CollectingSink:
 
     def monitored(self) -> list[dict[str, Any]]:
         return [r for r in self.all_decoded() if r["candidate"] is None]
+
+
+def free_port() -> int:
+    """A loopback TCP port free at the time of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def make_config(prod_url: str, candidates: Sequence[dict[str, Any]] = (), **route: Any) -> Config:

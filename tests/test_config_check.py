@@ -13,15 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from proxyutil import free_port
 from shadowroute.core.config import ConfigError, config_problems, parse_config
 from shadowroute.core.config_cross import cross_problems
 from shadowroute.preflight import Report, check_document
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base(tmp_path: Path) -> dict[str, Any]:

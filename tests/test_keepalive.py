@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import sys
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ import pytest
 
 from kaserver import KeepAliveServer, Received
 from playbook import Recording
-from proxyutil import make_config, running_proxy, settle, wait_ready
+from proxyutil import free_port, make_config, running_proxy, settle, wait_ready
 from shadowroute.core.config import Breaker, Candidate, ProxySettings
 from shadowroute.dataplane import keepalive
 from shadowroute.dataplane.deadlines import Deadlines
@@ -553,7 +552,7 @@ async def test_uvicorn_closing_idle_connections_gives_no_stalls(tmp_path: Path) 
     0.5–1.3 s, around both timeouts. None slow, none failed, no candidate error, and the
     candidate's recorded latency near its direct latency."""
     (tmp_path / "ka_app.py").write_text(_UVICORN_APP)
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = []
     for port in ports:
         args = ["-m", "uvicorn", "ka_app:app", "--app-dir", str(tmp_path), "--host"]
@@ -591,9 +590,3 @@ async def test_uvicorn_closing_idle_connections_gives_no_stalls(tmp_path: Path) 
         for proc in procs:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

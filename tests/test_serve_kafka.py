@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,19 +18,13 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from proxyutil import wait_ready
+from proxyutil import free_port, wait_ready
 from shadowroute.cli_client import cmd_labels_send
 from shadowroute.core.config import Transport
 from shadowroute.stream.kafka import create_topics
 from upstreams import ModelServer
 
 pytestmark = pytest.mark.kafka
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

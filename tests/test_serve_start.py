@@ -20,15 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyutil import wait_ready
+from proxyutil import free_port, wait_ready
 from shadowroute.core.config import parse_config
 from upstreams import ModelServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ import orjson
 import pytest
 import yaml
 
-from proxyutil import wait_ready
-from test_workers import free_port
+from proxyutil import free_port, wait_ready
 from upstreams import ModelServer, Reply, Seen
 
 N = 6000

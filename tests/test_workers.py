@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,15 +18,9 @@ import orjson
 import pytest
 import yaml
 
-from proxyutil import wait_ready
+from proxyutil import free_port, wait_ready
 from shadowroute.dataplane.stats import DataPlaneStats
 from upstreams import ModelServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

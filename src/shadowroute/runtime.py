@@ -25,7 +25,7 @@ from shadowroute.api.metrics import (
 from shadowroute.api.scorecard import scorecard_routes
 from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.embedded import Comparator
-from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.reader import Reader, ScoresReader, StateView, Verdicts
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config
 from shadowroute.core.label_rules import LabelRules
@@ -236,14 +236,14 @@ def kafka_collector(sinks: list[KafkaSink]) -> KafkaSinkCollector:
 def control_plane(
     config: Config,
     ctx: ControlContext,
-    comparator: Comparator | None,
+    scores: ScoresReader | None,
     labels: LabelWriter | None,
 ) -> ControlContext:
     """Add the score API, labels intake, scorecard and comparator metrics to a context."""
     routes = list(ctx.extra_routes)
-    if comparator is not None:
-        routes += score_routes(comparator.reader)
-        ctx.registry.register(ScoresCollector(comparator.reader))
+    if scores is not None:
+        routes += score_routes(scores)
+        ctx.registry.register(ScoresCollector(scores))
     if labels is not None:
         routes += label_routes(labels, LabelRules.of(config))
     routes += scorecard_routes()
@@ -286,7 +286,10 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
         await dp.start()
         try:
             ctx = control_plane(
-                config, dataplane_context(config, dp, pair_kafka), comparator, label_writer
+                config,
+                dataplane_context(config, dp, pair_kafka),
+                comparator.reader if comparator is not None else None,
+                label_writer,
             )
             if kafka:
                 ctx.registry.register(kafka_collector(kafka))
@@ -341,7 +344,6 @@ async def run_compare(
     follower = ScoresFollower(config, view, verdicts)
     reader = Reader(config, view, verdicts, history)
     registry = new_registry()
-    registry.register(ScoresCollector(reader))
     registry.register(ConsumerLagCollector(comparator))
     # Labels posted to this API go to the labels topic, keyed to their pair's partition.
     labels_sink = KafkaSink.for_labels(config.transport)
@@ -351,15 +353,11 @@ async def run_compare(
         try:
             await comparator.start()
             await follower.start()
-            ctx = ControlContext(
-                config=config,
-                registry=registry,
-                ready=lambda: True,
-                extra_routes=[
-                    *score_routes(reader),
-                    *label_routes(SinkLabelWriter(labels_sink), LabelRules.of(config)),
-                    *scorecard_routes(),
-                ],
+            ctx = control_plane(
+                config,
+                ControlContext(config=config, registry=registry, ready=lambda: True),
+                reader,
+                SinkLabelWriter(labels_sink),
             )
             async with admin_server(ctx, config.admin.host, config.admin.port):
                 tasks = [

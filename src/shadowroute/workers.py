@@ -364,7 +364,9 @@ async def supervise(config: Config, n: int) -> int:
             revisions=workers.revisions,
             set_revision=workers.set_revision,
         )
-        ctx = runtime.control_plane(config, ctx, comparator, labels)
+        ctx = runtime.control_plane(
+            config, ctx, comparator.reader if comparator is not None else None, labels
+        )
         if kafka:
             registry.register(runtime.kafka_collector(kafka))
         async with runtime.admin_server(ctx, config.admin.host, config.admin.port) as runner:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import math
 import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -247,12 +246,6 @@ def rss_kib() -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def report(check: str, **figures: object) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,9 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxyutil import wait_ready
+from proxyutil import free_port, wait_ready
 
 Samples = list[tuple[str, dict[str, str], float]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_metrics(text: str) -> Samples:

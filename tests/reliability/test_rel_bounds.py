@@ -17,10 +17,10 @@ from typing import Any, cast
 import orjson
 import pytest
 import yaml
-from relhelp import free_port, report
+from relhelp import report
 
 from playbook import Playbook
-from proxyutil import make_config, running_proxy, settle
+from proxyutil import free_port, make_config, running_proxy, settle
 from shadowroute.dataplane.mirror import MirrorExchange
 from shadowroute.dataplane.server import DataPlane, listen_socket
 from upstreams import ModelServer, Reply

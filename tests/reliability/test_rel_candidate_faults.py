@@ -21,14 +21,13 @@ from relhelp import (
     LONG,
     compare_p99,
     direct_response,
-    free_port,
     post,
     report,
     run_load,
 )
 from upstream_proc import UpstreamProcess
 
-from proxyutil import make_config, running_proxy, settle
+from proxyutil import free_port, make_config, running_proxy, settle
 from shadowroute.dataplane.server import DataPlane
 
 MAX_IN_FLIGHT = 32

@@ -23,10 +23,10 @@ import orjson
 import pytest
 import relhelp
 import yaml
-from relhelp import free_port, report
+from relhelp import report
 from relkafka import consume_keys, kafka_transport, unique_prefix
 
-from proxyutil import running_proxy, settle, wait_ready
+from proxyutil import free_port, running_proxy, settle, wait_ready
 from shadowroute.core.config import Config, ConfigError, parse_config
 from shadowroute.runtime import Stack, embedded_stack
 from shadowroute.stream.kafka import create_topics

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from relhelp import report
 
 from kafka_harness import KafkaCluster, started_cluster
-from proxyutil import wait_ready
+from proxyutil import free_port, wait_ready
 from shadowroute.core.config import Topics, Transport
 from shadowroute.stream.kafka import (
     TopicSettingsError,
@@ -29,7 +29,6 @@ from shadowroute.stream.kafka import (
     describe_text,
     describe_topics,
 )
-from test_workers import free_port
 from upstreams import ModelServer
 
 pytestmark = pytest.mark.kafka

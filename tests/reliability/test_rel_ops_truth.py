@@ -23,8 +23,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from servehelp import Samples, free_port, route, running, send_requests, series, value
+from servehelp import Samples, route, running, send_requests, series, value
 
+from proxyutil import free_port
 from shadowroute.core.config import Transport
 from shadowroute.stream.kafka import create_topics
 from upstreams import ModelServer, Reply, Seen

@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 import pytest
-from relhelp import HalfThenAbortServer, free_port, post, report
+from relhelp import HalfThenAbortServer, post, report
 
-from proxyutil import make_config, running_proxy, settle
+from proxyutil import free_port, make_config, running_proxy, settle
 from upstreams import ModelServer, Reply, raw_request, split_response
 
 CLOSE = b"Connection: close\r\n"

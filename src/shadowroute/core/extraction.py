@@ -40,6 +40,7 @@ __all__ = [
     "decode_body",
     "extract",
     "json_values_bound",
+    "over_json_values",
 ]
 
 MAX_DECODED_BYTES: Final = 64 << 20
@@ -85,6 +86,18 @@ def json_values_bound(data: bytes) -> int:
     return data.count(b",") + data.count(b"[") + data.count(b"{") + 1
 
 
+def over_json_values(data: bytes, limit: int) -> bool:
+    """Whether ``data`` may hold more than ``limit`` JSON values (0: no limit). A value takes
+    a byte at least, so only a body longer than the limit is scanned.
+
+    >>> over_json_values(b"[1, 2, 3]", 3), over_json_values(b"[1, 2, 3]", 4)
+    (True, False)
+    >>> over_json_values(b"[1, 2, 3]", 0)
+    False
+    """
+    return 0 < limit < len(data) and json_values_bound(data) > limit
+
+
 def extract(
     route: Route,
     body: bytes,
@@ -96,8 +109,7 @@ def extract(
     than ``max_values`` JSON values (when not 0) is not parsed: ``ExtractError("too_large")``."""
     try:
         raw = decode_body(body, content_encoding)
-        # A value takes a byte at least: only a body longer than the bound is scanned.
-        if max_values and len(raw) > max_values and json_values_bound(raw) > max_values:
+        if over_json_values(raw, max_values):
             raise ExtractError("too_large", f"more than {max_values} JSON values")
         instances = _instances(raw, route, content_type)
         # Direct calls, not a table of functions: the compiled build calls these natively.

@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from shadowroute.core.config import Route
-from shadowroute.core.extraction import ExtractError, extract, json_values_bound
+from shadowroute.core.extraction import ExtractError, extract, over_json_values
 from shadowroute.core.records import encode_pair_fields, redact_input, side_fields
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.dataplane.upstream import Outcome
@@ -282,7 +282,7 @@ class Recorder:
         for routes that capture input or watch drift (``RouteRuntime.needs_input``)."""
         if body is None:
             return None
-        if len(body) > self.max_values and json_values_bound(body) > self.max_values:
+        if over_json_values(body, self.max_values):
             # Parsing it would hold the event loop up: the record goes without its input.
             self.stats.limits["input_too_large"] += 1
             return None
