@@ -375,22 +375,28 @@ def run_dataplane_only(config_path: str) -> None:
     with ``transport: kafka`` to the real Kafka sink."""
     import uvloop
 
-    from shadowroute import runtime
     from shadowroute.core.config import load_config
     from shadowroute.dataplane.server import DataPlane
     from shadowroute.stream.sink import FanoutSink
 
+    try:  # the runtime package
+        from shadowroute.runtime import admin, backend, lifecycle
+    except ImportError:  # a build from before it (side-by-side runs against an older build)
+        from shadowroute import runtime as admin  # type: ignore[no-redef]
+        from shadowroute import runtime as backend  # type: ignore[no-redef]
+        from shadowroute import runtime as lifecycle  # type: ignore[no-redef]
+
     async def main() -> None:
         config = load_config(config_path)
-        sink, kafka = runtime.pair_sinks(config)
+        sink, kafka = backend.pair_sinks(config)
         dp = DataPlane(config, sink if kafka else FanoutSink([]))
         await dp.start()
-        ctx = runtime.dataplane_context(config, dp)
+        ctx = admin.dataplane_context(config, dp)
         if kafka:
-            ctx.registry.register(runtime.kafka_collector(kafka))
-        async with runtime.admin_server(ctx, config.admin.host, config.admin.port):
-            runtime.freeze_startup_heap()  # as serve's workers do
-            await runtime.wait_for_signal()
+            ctx.registry.register(admin.kafka_collector(kafka))
+        async with admin.admin_server(ctx, config.admin.host, config.admin.port):
+            lifecycle.freeze_startup_heap()  # as serve's workers do
+            await lifecycle.wait_for_signal()
         await dp.stop()
 
     uvloop.run(main())

@@ -17,7 +17,7 @@ from shadowroute.api.metrics import DATAPLANE_METRICS, new_registry
 from shadowroute.api.openapi import document
 from shadowroute.core.config import Config
 from shadowroute.core.records import LabelRecord
-from shadowroute.runtime import dataplane_context
+from shadowroute.runtime.admin import dataplane_context
 from upstreams import ModelServer, raw_request
 
 

@@ -46,3 +46,25 @@ def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
     assert "0 kept, 2 broken" in out.stdout
     assert "shadowroute.core.sampling -> shadowroute.dataplane.http1" in out.stdout
     assert "shadowroute.core.records -> asyncio" in out.stdout
+
+
+PROCESS_WIRING = ("add_signal_handler", "signal.signal(", "web.AppRunner(", "web.TCPSite(")
+"""What assembles a process: signal handlers and the admin server."""
+
+OUTSIDE_RUNTIME = {("demo/server.py", "web.AppRunner("), ("demo/server.py", "web.TCPSite(")}
+"""The demo's stand-in model servers: models the demo runs, not processes of shadowroute."""
+
+
+def test_only_runtime_starts_servers_and_installs_signal_handlers() -> None:
+    """Processes are assembled in one package: outside ``runtime`` no module installs a signal
+    handler or starts the admin server (the data plane serves on the socket it is given)."""
+    pkg = ROOT / "src" / "shadowroute"
+    found = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg).as_posix()
+        if rel.startswith("runtime/"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        found += [(rel, what) for what in PROCESS_WIRING if what in text]
+    assert set(found) <= OUTSIDE_RUNTIME, sorted(set(found) - OUTSIDE_RUNTIME)
+    assert (pkg / "runtime" / "lifecycle.py").read_text().count("add_signal_handler") == 3

@@ -164,7 +164,7 @@ def test_a_worker_that_cannot_bind_says_so_and_exits_3(
     """The worker's side of a start that fails after the supervisor's checks (the port taken
     in between): one line on stderr, exit code 3, and its channel closed, which the supervisor
     reads as 'could not start'."""
-    from shadowroute.workers import EXIT_WORKER_FAILED, _worker_main
+    from shadowroute.runtime.workers import EXIT_WORKER_FAILED, _worker_main
 
     cfg = parse_config(config(tmp_path), environ={})
     with holder() as taken:
@@ -191,7 +191,7 @@ def test_a_worker_that_cannot_bind_says_so_and_exits_3(
 async def test_the_supervisor_waits_for_every_worker_before_it_serves() -> None:
     """``wait_started``: None once every worker reported ready; a worker whose channel closed
     first could not start; a worker never ready is a timeout."""
-    from shadowroute.workers import WorkerSet
+    from shadowroute.runtime.workers import WorkerSet
 
     ws = WorkerSet(2)
     loop = asyncio.get_running_loop()

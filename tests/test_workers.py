@@ -180,7 +180,7 @@ def test_the_kernel_stops_a_worker_whose_supervisor_died() -> None:
     script = textwrap.dedent(
         """
         import os, time
-        from shadowroute.workers import _die_with
+        from shadowroute.runtime.workers import _die_with
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -232,7 +232,7 @@ async def test_supervisor_pump_counts_a_failed_sink_write_and_goes_on() -> None:
     ``sink_failed`` (and the next frames are still read); the workers' record losses and
     circuits are merged from their snapshots (a circuit is open where any worker has it
     open)."""
-    from shadowroute.workers import WorkerSet, encode_frame, encode_records
+    from shadowroute.runtime.workers import WorkerSet, encode_frame, encode_records
 
     def snapshot(flow: dict[str, object], circuits: list[list[object]]) -> bytes:
         doc = {"ready": True, "stats": DataPlaneStats().snapshot(), "records": flow}

@@ -158,14 +158,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if cfg.listen.port == 0 and args.workers > 1:
         print("error: --workers needs a fixed listen.port (not 0)", file=sys.stderr)
         return EXIT_USAGE
-    from shadowroute import runtime, workers
+    from shadowroute import runtime
+    from shadowroute.runtime.workers import serve_workers
     from shadowroute.stream.kafka import CopartitionError
 
     if cfg.transport.kind == "embedded" and not _state_ok(cfg):
         return EXIT_ERROR
     try:
         if args.workers >= 1:
-            return workers.serve_workers(cfg, args.workers)
+            return serve_workers(cfg, args.workers)
         _run(runtime.serve(cfg))
         return EXIT_OK
     except (CopartitionError, runtime.StartError) as exc:

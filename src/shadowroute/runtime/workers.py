@@ -34,11 +34,22 @@ from typing import Any, Final
 import orjson
 
 from shadowroute import build_info
-from shadowroute.api.metrics import RecordFlow, max_circuits
+from shadowroute.api.app import ControlContext
+from shadowroute.api.metrics import DataPlaneCollector, RecordFlow, max_circuits, new_registry
 from shadowroute.core.config import Config
 from shadowroute.core.revision import LiveRevisions
 from shadowroute.dataplane.server import DataPlane, check_port_free, listen_socket
 from shadowroute.dataplane.stats import DataPlaneStats
+from shadowroute.runtime.admin import admin_port, admin_server, control_plane
+from shadowroute.runtime.backend import RecordsBackend, records_backend, verify_kafka_topics
+from shadowroute.runtime.lifecycle import freeze_startup_heap, stop_on_sigterm, wait_for_signal
+from shadowroute.runtime.observe import (
+    dataplane_circuits,
+    dataplane_flow,
+    operator_log,
+    ops_sample,
+    spool_losses,
+)
 from shadowroute.stream.sink import KeyValue, Sink
 
 log = logging.getLogger("shadowroute.workers")
@@ -93,8 +104,6 @@ class PipeSink:
 
 
 async def _worker(config: Config, chan: socket.socket, index: int) -> None:
-    from shadowroute.runtime import dataplane_circuits, dataplane_flow, freeze_startup_heap
-
     # Bind first: a worker that cannot has opened nothing else to leave behind.
     sock = listen_socket(config.listen.host, config.listen.port, reuse_port=True)
     reader, writer = await asyncio.open_unix_connection(sock=chan)
@@ -104,8 +113,7 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
     freeze_startup_heap()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+    stop_on_sigterm(stop)
 
     async def control() -> None:
         while (frame := await read_frame(reader)) is not None:
@@ -289,30 +297,41 @@ async def supervise(config: Config, n: int) -> int:
     """Run ``n`` workers and the supervisor's side until SIGTERM/SIGINT (0), or until a worker
     cannot serve, at start or later (1: the others are stopped too; ``serve`` never runs on
     with part of its processes gone)."""
-    from shadowroute import runtime
-    from shadowroute.api.app import ControlContext
-    from shadowroute.api.labels import LabelWriter, SinkLabelWriter
-    from shadowroute.api.metrics import DataPlaneCollector, new_registry
-    from shadowroute.comparator.embedded import Comparator
-    from shadowroute.stream.kafka import KafkaSink
-    from shadowroute.stream.sink import ChannelSink
-
     # Another process on the port would share it with the workers (SO_REUSEPORT): refuse.
     check_port_free(config.listen.host, config.listen.port)
     if config.transport.kind == "kafka":
         # A configuration error stops us before any worker exists.
-        await runtime.verify_kafka_topics(config)
-    ctx_mp = multiprocessing.get_context("fork")
+        await verify_kafka_topics(config)
     workers = WorkerSet(n, mirroring=config.mirror.enabled)
     workers.revisions = LiveRevisions(config)
-    procs: list[multiprocessing.process.BaseProcess] = []
-    pumps: list[asyncio.Task[None]] = []
-    comparator: Comparator | None = None
-    labels: LabelWriter
-    kafka_labels: KafkaSink | None = None
-    sink: Sink | None = None
-    extra: list[Sink] = []
     # Fork the workers before this process opens SQLite files or Kafka connections.
+    procs, channels = _fork_workers(config, n)
+    pumps: list[asyncio.Task[None]] = []
+    try:
+        async with records_backend(config, topics_checked=True) as backend:
+            sink = backend.pairs
+            await sink.start()
+            try:
+                for i, parent in enumerate(channels):
+                    reader, writer = await asyncio.open_unix_connection(sock=parent)
+                    workers.writers[i] = writer
+                    pumps.append(asyncio.create_task(workers.pump(i, reader, sink)))
+                return await _serve(config, workers, backend, procs, pumps)
+            finally:
+                workers.stopping = True
+                await _stop_workers(config, procs, pumps)  # a no-op after a stop
+                await sink.close()
+    finally:
+        workers.stopping = True
+        await _stop_workers(config, procs, pumps)  # when the backend could not start
+
+
+def _fork_workers(
+    config: Config, n: int
+) -> tuple[list[multiprocessing.process.BaseProcess], list[socket.socket]]:
+    """``n`` worker processes, and the supervisor's end of each one's channel."""
+    ctx_mp = multiprocessing.get_context("fork")
+    procs: list[multiprocessing.process.BaseProcess] = []
     channels: list[socket.socket] = []
     for i in range(n):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -326,80 +345,58 @@ async def supervise(config: Config, n: int) -> int:
         child.close()
         procs.append(proc)
         channels.append(parent)
-    rc = 0
-    try:
-        if config.transport.kind == "embedded":
-            comparator = Comparator(config)
-            await comparator.start()
-            extra.append(ChannelSink(comparator))
-            labels = runtime.ComparatorLabelWriter(comparator)
-        else:
-            kafka_labels = KafkaSink.for_labels(config.transport)
-            await kafka_labels.start()
-            labels = SinkLabelWriter(kafka_labels)
-        sink, kafka = runtime.pair_sinks(config, extra)
-        pair_kafka = list(kafka)
-        if kafka_labels is not None:
-            kafka.append(kafka_labels)
-        await sink.start()
-        for i, parent in enumerate(channels):
-            reader, writer = await asyncio.open_unix_connection(sock=parent)
-            workers.writers[i] = writer
-            pumps.append(asyncio.get_running_loop().create_task(workers.pump(i, reader, sink)))
-        registry = new_registry()
-        registry.register(
-            DataPlaneCollector(
-                workers.stats,
-                lambda: runtime.spool_losses(workers.records(), pair_kafka),
-                lambda: workers.mirroring,
-                workers.circuits,
-            )
+    return procs, channels
+
+
+async def _serve(
+    config: Config,
+    workers: WorkerSet,
+    backend: RecordsBackend,
+    procs: Sequence[multiprocessing.process.BaseProcess],
+    pumps: Sequence[asyncio.Task[None]],
+) -> int:
+    """The supervisor's admin plane while the workers serve; the exit code."""
+    pair_kafka = backend.pair_kafka
+    registry = new_registry()
+    registry.register(
+        DataPlaneCollector(
+            workers.stats,
+            lambda: spool_losses(workers.records(), pair_kafka),
+            lambda: workers.mirroring,
+            workers.circuits,
         )
-        ctx = ControlContext(
-            config=config,
-            registry=registry,
-            ready=workers.ready,
-            get_mirroring=lambda: workers.mirroring,
-            set_mirroring=workers.set_mirroring,
-            revisions=workers.revisions,
-            set_revision=workers.set_revision,
+    )
+    ctx = ControlContext(
+        config=config,
+        registry=registry,
+        ready=workers.ready,
+        get_mirroring=lambda: workers.mirroring,
+        set_mirroring=workers.set_mirroring,
+        revisions=workers.revisions,
+        set_revision=workers.set_revision,
+    )
+    ctx = control_plane(config, ctx, backend.scores, backend.labels, backend.kafka)
+    async with admin_server(ctx, config.admin.host, config.admin.port) as runner:
+        failed = await workers.wait_started(pumps, START_TIMEOUT_S)
+        if failed is not None:
+            log.error("%s; stopping (see the worker's error above)", failed)
+            return 1
+        freeze_startup_heap()
+        log.info(
+            "%d workers serving on %s:%d (%s)",
+            workers.n, config.listen.host, config.listen.port, build_info.describe(),
+        )  # fmt: skip
+        sample = ops_sample(
+            workers.stats, lambda: spool_losses(workers.records(), pair_kafka), workers.circuits
         )
-        ctx = runtime.control_plane(
-            config, ctx, comparator.reader if comparator is not None else None, labels
-        )
-        if kafka:
-            registry.register(runtime.kafka_collector(kafka))
-        async with runtime.admin_server(ctx, config.admin.host, config.admin.port) as runner:
-            failed = await workers.wait_started(pumps, START_TIMEOUT_S)
-            if failed is not None:
-                log.error("%s; stopping (see the worker's error above)", failed)
-                return 1
-            runtime.freeze_startup_heap()
-            log.info(
-                "%d workers serving on %s:%d (%s)",
-                n, config.listen.host, config.listen.port, build_info.describe(),
-            )  # fmt: skip
-            sample = runtime.ops_sample(
-                workers.stats, lambda: runtime.spool_losses(workers.records(), pair_kafka),
-                workers.circuits,
-            )  # fmt: skip
-            listen = f"{config.listen.host}:{config.listen.port}"
-            admin = f"{config.admin.host}:{runtime.admin_port(runner)}"
-            async with runtime.operator_log(config, sample, listen, admin):
-                rc = await _until_stopped(procs, pumps)
-            log.info("stopping workers")
-            # Readiness off; the admin plane (metrics, labels) stays up while they drain.
-            workers.stopping = True
-            await _stop_workers(config, procs, pumps)
-    finally:
+        listen = f"{config.listen.host}:{config.listen.port}"
+        admin = f"{config.admin.host}:{admin_port(runner)}"
+        async with operator_log(config, sample, listen, admin):
+            rc = await _until_stopped(procs, pumps)
+        log.info("stopping workers")
+        # Readiness off; the admin plane (metrics, labels) stays up while they drain.
         workers.stopping = True
-        await _stop_workers(config, procs, pumps)  # when start failed; a no-op after a stop
-        if sink is not None:
-            await sink.close()
-        if comparator is not None:
-            await comparator.close()
-        if kafka_labels is not None:
-            await kafka_labels.close()
+        await _stop_workers(config, procs, pumps)
     return rc
 
 
@@ -408,9 +405,7 @@ async def _until_stopped(
 ) -> int:
     """Until SIGTERM/SIGINT (0), or until a worker exits on its own (1: it cannot serve any
     more, and a ``serve`` with part of its workers gone would look healthy while it is not)."""
-    from shadowroute import runtime
-
-    signalled = asyncio.get_running_loop().create_task(runtime.wait_for_signal())
+    signalled = asyncio.get_running_loop().create_task(wait_for_signal())
     done, _ = await asyncio.wait([signalled, *pumps], return_when=asyncio.FIRST_COMPLETED)
     if signalled in done:
         return 0

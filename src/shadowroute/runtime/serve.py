@@ -1,0 +1,103 @@
+"""``shadowroute serve`` in one process: the data plane, the records backend and the admin
+plane. Resources start in order and stop in reverse order."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from shadowroute import build_info
+from shadowroute.comparator.embedded import Comparator
+from shadowroute.core.config import Config
+from shadowroute.dataplane.server import DataPlane, listen_socket
+from shadowroute.oplog import Sample
+from shadowroute.runtime.admin import admin_port, admin_server, control_plane, dataplane_context
+from shadowroute.runtime.backend import records_backend
+from shadowroute.runtime.lifecycle import freeze_startup_heap, wait_for_signal
+from shadowroute.runtime.observe import (
+    dataplane_circuits,
+    dataplane_flow,
+    operator_log,
+    ops_sample,
+    spool_losses,
+)
+
+log = logging.getLogger("shadowroute")
+
+
+@dataclass
+class Stack:
+    """What ``embedded_stack`` runs, with the ports it got."""
+
+    config: Config
+    dataplane: DataPlane
+    comparator: Comparator | None
+    admin_runner: web.AppRunner
+    sample: Callable[[], Sample]
+    """The counters the operator's log watches."""
+
+    @property
+    def proxy_port(self) -> int:
+        return self.dataplane.port
+
+    @property
+    def admin_port(self) -> int:
+        return admin_port(self.admin_runner)
+
+
+@contextlib.asynccontextmanager
+async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
+    """The data plane, its records backend (with the embedded transport the comparator),
+    plus the admin plane.
+
+    Start order: backend → data plane → admin. Stop order: readiness off, the data plane
+    drains (in-flight requests, mirrors, the record queue into the backend), the backend
+    flushes and closes, the admin plane goes last. Ports 0 in the config pick free ports.
+    """
+    async with records_backend(config) as backend:
+        dp = DataPlane(
+            config,
+            backend.pairs,
+            sock=listen_socket(config.listen.host, config.listen.port, reuse_port=False),
+        )
+        await dp.start()  # starts the pair sink; dp.stop() closes it
+        try:
+            ctx = control_plane(
+                config,
+                dataplane_context(config, dp, backend.pair_kafka),
+                backend.scores,
+                backend.labels,
+                backend.kafka,
+            )
+            async with admin_server(ctx, config.admin.host, config.admin.port) as runner:
+                sample = ops_sample(
+                    lambda: dp.stats,
+                    lambda: spool_losses(dataplane_flow(dp), backend.pair_kafka),
+                    lambda: dataplane_circuits(dp),
+                )
+                try:
+                    yield Stack(config, dp, backend.comparator, runner, sample)
+                finally:
+                    await dp.stop()
+        finally:
+            await dp.stop()
+
+
+async def serve(config: Config) -> None:
+    """Run the stack until SIGTERM/SIGINT, then shut down gracefully."""
+    async with embedded_stack(config) as stack:
+        freeze_startup_heap()
+        log.info(
+            "proxy on %s:%d, admin/API on %s:%d (%s)",
+            config.listen.host, stack.proxy_port, config.admin.host, stack.admin_port,
+            build_info.describe(),
+        )  # fmt: skip
+        listen = f"{config.listen.host}:{stack.proxy_port}"
+        admin = f"{config.admin.host}:{stack.admin_port}"
+        async with operator_log(config, stack.sample, listen, admin):
+            await wait_for_signal()
+        log.info("shutting down: readiness off, draining")
