@@ -97,7 +97,11 @@ def measure(mirror: bool, n: int) -> dict[str, object]:
 
     from bench_proxy import shadowroute_config
     from shadowroute import build_info
-    from shadowroute.core.config import load_config
+
+    try:
+        from shadowroute.configfile import load_config
+    except ImportError:  # a build from before configfile (side-by-side runs)
+        from shadowroute.core.config import load_config  # type: ignore[attr-defined,no-redef]
     from shadowroute.core.revision import LiveRevisions
     from shadowroute.dataplane.proxy import ClientConnection, Proxy
     from shadowroute.dataplane.recorder import Recorder

@@ -375,7 +375,10 @@ def run_dataplane_only(config_path: str) -> None:
     with ``transport: kafka`` to the real Kafka sink."""
     import uvloop
 
-    from shadowroute.core.config import load_config
+    try:
+        from shadowroute.configfile import load_config
+    except ImportError:  # a build from before configfile (side-by-side runs)
+        from shadowroute.core.config import load_config  # type: ignore[attr-defined,no-redef]
     from shadowroute.dataplane.server import DataPlane
     from shadowroute.stream.sink import FanoutSink
 

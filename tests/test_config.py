@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shadowroute.core.config import ConfigError, load_config, parse_config
+from shadowroute.configfile import load_config
+from shadowroute.core.config import ConfigError, parse_config
 
 EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
 
@@ -194,3 +195,19 @@ def test_candidates_that_are_not_a_list_give_a_config_error() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(doc, environ={})
     assert "routes[0].candidates: Input should be a valid list" in str(err.value)
+
+
+def test_secret_files_are_read_by_the_loader_only(tmp_path: Path) -> None:
+    """``core`` reads no files: a ``file:`` secret is read when the config is loaded from its
+    file (``configfile.load_config``), and is a clear problem when a document is validated
+    without file access."""
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    doc = minimal()
+    doc["routes"][0]["candidates"][0]["secret_headers"] = {"X-Api-Key": f"file:{key}"}
+    with pytest.raises(ConfigError, match="secret files are read only when the config is loaded"):
+        parse_config(doc, environ={})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_config(path, environ={})
+    assert cfg.routes[0].candidates[0]._secrets["X-Api-Key"].get_secret_value() == "s3cret"

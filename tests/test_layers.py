@@ -68,3 +68,26 @@ def test_only_runtime_starts_servers_and_installs_signal_handlers() -> None:
         found += [(rel, what) for what in PROCESS_WIRING if what in text]
     assert set(found) <= OUTSIDE_RUNTIME, sorted(set(found) - OUTSIDE_RUNTIME)
     assert (pkg / "runtime" / "lifecycle.py").read_text().count("add_signal_handler") == 3
+
+
+FILE_IO = {"read_text", "read_bytes", "write_text", "write_bytes", "getenv", "environ"}
+"""Attributes whose use in ``core`` would be file or environment I/O (``os.environ``,
+``Path.read_text``...), besides calling ``open``."""
+
+
+def test_core_reads_no_files_and_no_environment() -> None:
+    """``core`` validates what it is given: the config file, ``os.environ`` and secret files
+    are read by ``shadowroute.configfile``, reference files next to the comparator."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "src" / "shadowroute" / "core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            io = (isinstance(node, ast.Attribute) and node.attr in FILE_IO) or (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "open"
+            )
+            if io:
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == []

@@ -11,7 +11,8 @@ from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shadowroute import __version__
-from shadowroute.core.config import Config, ConfigError, load_config
+from shadowroute.configfile import load_config
+from shadowroute.core.config import Config, ConfigError
 from shadowroute.logfilter import RateLimitFilter
 
 if TYPE_CHECKING:

@@ -29,14 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shadowroute.core.config import (
-    Admin,
-    Config,
-    ConfigError,
-    Listen,
-    config_problems,
-    read_document,
-)
+from shadowroute.configfile import check_raw, read_document
+from shadowroute.core.config import Admin, Config, ConfigError, Listen
 from shadowroute.core.config_cross import address_of
 
 __all__ = ["Problem", "Report", "check_document", "check_file", "file_problems", "port_problems"]
@@ -208,7 +202,7 @@ def check_document(
     raw: object, environ: Mapping[str, str] | None = None, *, ports: bool = True
 ) -> Report:
     """Every problem of an already-parsed document (see the module's docstring)."""
-    config, found = config_problems(raw, environ)
+    config, found = check_raw(raw, environ)
     problems = [Problem(p) for p in found]
     if isinstance(raw, Mapping):  # environment overrides are applied to ``raw`` in place
         problems += file_problems(raw)

@@ -27,6 +27,7 @@ from relhelp import report
 from relkafka import consume_keys, kafka_transport, unique_prefix
 
 from proxyutil import free_port, running_proxy, settle, wait_ready
+from shadowroute.configfile import read_secret_file
 from shadowroute.core.config import Config, ConfigError, parse_config
 from shadowroute.runtime import Stack, embedded_stack
 from shadowroute.stream.kafka import create_topics
@@ -414,7 +415,7 @@ def shadow_config(
         "routes": [{"name": "fraud", "protocol": "kserve-v1", "task": "regression",
                     "production": {"name": "p", "url": prod.url}, "candidates": cands}],
     }  # fmt: skip
-    return parse_config(raw, environ=environ or {})
+    return parse_config(raw, environ or {}, read_secret_file)
 
 
 def raw_post(extra: bytes = b"", rid: bytes | None = None) -> bytes:

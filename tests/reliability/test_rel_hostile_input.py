@@ -26,7 +26,8 @@ from threaded import LoopThread
 from proxyutil import CollectingSink, make_config
 from shadowroute.api.app import ControlContext, create_app
 from shadowroute.api.labels import label_routes
-from shadowroute.core.config import Config, ConfigError, load_config, parse_config
+from shadowroute.configfile import load_config
+from shadowroute.core.config import Config, ConfigError, parse_config
 from shadowroute.core.label_rules import LabelRules
 from shadowroute.core.records import LabelRecord, RecordError, decode_pair, parse_label_batch
 from shadowroute.dataplane.server import DataPlane, listen_socket

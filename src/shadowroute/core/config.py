@@ -1,21 +1,21 @@
 """The typed configuration: one object built at start-up and passed down.
 
-``load_config(path)`` reads YAML, applies environment overrides and validates. Every error
-names the field path (``routes[0].candidates[1].fraction``) and what is wrong; unknown keys
-are errors. The reference is ``docs/config.md``.
+``parse_config(raw, environ)`` applies environment overrides to an already-parsed document
+and validates it. Every error names the field path (``routes[0].candidates[1].fraction``) and
+what is wrong; unknown keys are errors. The reference is ``docs/config.md``.
+
+Pure: the environment is passed in, and secret files are read through the function passed in;
+reading the YAML file, ``os.environ`` and the secret files is ``shadowroute.configfile``'s job.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -885,15 +885,28 @@ def _problem(err: Mapping[str, Any]) -> str:
     return f"{_loc(loc)}: {_describe(err)}"
 
 
+SecretReader = Callable[[str], str]
+"""Reads a secret file's text (``secret_headers: {H: file:/path}``); raises ``OSError``."""
+
+
+def no_secret_files(path: str) -> str:
+    """The ``SecretReader`` of a document validated without file access: every file secret is
+    a problem (``shadowroute.configfile`` passes the one that reads them)."""
+    raise OSError(f"{path}: secret files are read only when the config is loaded from a file")
+
+
 def config_problems(
-    raw: object, environ: Mapping[str, str] | None = None
+    raw: object,
+    environ: Mapping[str, str] | None = None,
+    read_secret: SecretReader = no_secret_files,
 ) -> tuple[Config | None, list[str]]:
     """Validate an already-parsed document: the config (None when there is any problem) and
     every problem found, each ``path: what is wrong`` — the model's own checks, the checks
-    across sections and the secret headers, all in one pass."""
+    across sections and the secret headers, all in one pass. ``environ`` (none when None)
+    overrides addresses and secrets; ``read_secret`` reads secret files."""
     if not isinstance(raw, dict):
         return None, ["(top level): must be a mapping of keys to values"]
-    env = os.environ if environ is None else environ
+    env: Mapping[str, str] = {} if environ is None else environ
     raw = apply_env(raw, env)
     problems: list[str] = []
     config: Config | None = None
@@ -903,20 +916,27 @@ def config_problems(
         problems += [_problem(e) for e in exc.errors()]
     problems += [f"{_loc(loc)}: {message}" for loc, message in cross_problems(raw)]
     if config is not None:
-        problems += _resolve_secrets(config, env)
+        problems += _resolve_secrets(config, env, read_secret)
     problems = list(dict.fromkeys(problems))
     return (None if problems else config), problems
 
 
-def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Config:
-    """Validate an already-parsed document (a dict) into a Config."""
-    config, problems = config_problems(raw, environ)
+def parse_config(
+    raw: object,
+    environ: Mapping[str, str] | None = None,
+    read_secret: SecretReader = no_secret_files,
+) -> Config:
+    """Validate an already-parsed document (a dict) into a Config; ``ConfigError`` with every
+    problem when it is not valid."""
+    config, problems = config_problems(raw, environ, read_secret)
     if config is None:
         raise ConfigError(problems)
     return config
 
 
-def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
+def _resolve_secrets(
+    config: Config, environ: Mapping[str, str], read_secret: SecretReader
+) -> list[str]:
     """Read every model's ``secret_headers`` (environment variable or file) once, at start;
     the problems found."""
     problems: list[str] = []
@@ -934,7 +954,7 @@ def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
                         continue
                 else:
                     try:
-                        value = Path(name).read_text(encoding="utf-8").rstrip("\r\n")
+                        value = read_secret(name).rstrip("\r\n")
                     except OSError as exc:
                         problems.append(f"{path}: cannot read {name}: {exc.strerror or exc}")
                         continue
@@ -943,25 +963,3 @@ def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
                     continue
                 model._secrets[header] = SecretStr(value)
     return problems
-
-
-def read_document(path: str | Path) -> object:
-    """The YAML document at ``path`` (``{}`` when empty); ``ConfigError`` when it cannot be
-    read or is not YAML."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{path}:{where}: invalid YAML: {problem}"]) from None
-    return raw if raw is not None else {}
-
-
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override from the environment, and validate a YAML config file."""
-    return parse_config(read_document(path), environ)
