@@ -82,18 +82,23 @@ async def stop_producer(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> N
     stopping = asyncio.ensure_future(producer.stop())
     await asyncio.wait([stopping], timeout=timeout_s)
     if not stopping.done():
+        # Undeliverable batches hold stop() up: end the sender task (it first waits for its
+        # requests in flight, at most ``request_timeout_ms``); stop() then closes the rest.
         _cancel_sender(producer)
         await asyncio.wait([stopping], timeout=timeout_s)
     if not stopping.done():
+        # Last resort: give up on stop() and close the client's connections and metadata task.
         stopping.cancel()
-        await asyncio.wait([stopping], timeout=1.0)
+        closing = asyncio.ensure_future(producer.client.close())
+        await asyncio.wait([stopping, closing], timeout=1.0)
     if stopping.done() and not stopping.cancelled() and stopping.exception() is not None:
         log.debug("producer stop: %r", stopping.exception())
 
 
 def _cancel_sender(producer: AIOKafkaProducer) -> None:
     """Cancel the producer's sender task, so that a ``stop()`` waiting on undeliverable batches
-    can finish: the one place the sink reaches past aiokafka's public API (aiokafka 0.14).
+    can finish: the one place the sink reaches past aiokafka's public API (read against
+    aiokafka 0.14).
 
     ``AIOKafkaProducer.stop()`` first waits until either the accumulator has flushed (every
     queued batch resolved) or the sender task has ended, and only then closes the sender and
@@ -104,10 +109,10 @@ def _cancel_sender(producer: AIOKafkaProducer) -> None:
     partition has no leader); ``send_batch`` returns ``asyncio.shield(batch.future)``, so
     cancelling the futures the sink holds leaves the batches queued; ``client.close()`` drops
     the connections but the sender reconnects; cancelling ``stop()`` itself leaves the sender
-    task running and the connections open. Ending the sender task is what lets ``stop()``
-    close the rest, so that is what this does, through the sender's public ``sender_task``
-    property; if a later aiokafka renames the attribute, nothing is cancelled and
-    ``stop_producer`` falls back to cancelling ``stop()`` after its timeout."""
+    task running. Ending the sender task is what lets ``stop()`` close the rest, so that is
+    what this does, through the sender's public ``sender_task`` property. If a later aiokafka
+    renames the attribute, nothing is cancelled and ``stop_producer`` falls back to cancelling
+    ``stop()`` after its timeout (tests/test_kafka_client.py then fails)."""
     sender = getattr(producer, "_sender", None)
     task = getattr(sender, "sender_task", None)
     if task is not None:
