@@ -1,12 +1,12 @@
 """The Kafka sink: records to one topic, through an on-disk spool when the broker is away.
 
-``KafkaSink.write`` only appends to a lingering buffer (it never waits). A flush task takes
-the buffer after ``transport.linger_ms`` (or at once when it holds ``transport.batch_bytes``),
-partitions it with the Java client's murmur2 (``stream.murmur2``) and hands one ``BatchBuilder``
-per partition to aiokafka's idempotent producer (which then sends without lingering again), so
-a label produced by any Kafka client with the default partitioner lands in the same partition
-as its pair. Per-batch costs (builders, futures, the sender's request) are paid once per
-linger period rather than once per ``write``.
+``KafkaSink.write`` only appends to a lingering buffer (``stream.linger``; it never waits). A
+flush task takes the buffer after ``transport.linger_ms`` (or at once when it holds
+``transport.batch_bytes``) and hands it to aiokafka's idempotent producer (which then sends
+without lingering again) through ``stream.handover``: grouped by partition with the Java
+client's murmur2, one ``BatchBuilder`` per partition. Per-batch costs (builders, futures, the
+sender's request) are paid once per linger period rather than once per ``write``. The same
+hand-over routine serves ``write_acked`` and the spool drain.
 
 Outage behaviour (see docs/kafka.md): ``write`` never raises and never waits. Records the
 producer cannot take (not connected, no room within ``enqueue_timeout_s``) or that it fails to
@@ -20,8 +20,12 @@ full outage the idempotent producer's sequence numbers can have a gap the broker
 accepts again) retires that producer; the background task starts a new one (a new producer
 id) and drains the spool through it. ``connected`` means "records are being accepted": it is
 false from the first failed delivery until the next acknowledged one, and ``failing_seconds``
-says for how long. Each failure episode is logged once at WARNING when it starts and once
-when it ends.
+says for how long. Each failure episode (``stream.delivery``) is logged once at WARNING when
+it starts and once when it ends.
+
+Topic administration lives in ``stream.topics`` and the producer's construction and bounded
+stop in ``stream.kafka_client``; both are re-exported here for the callers that import them
+from this module.
 """
 
 from __future__ import annotations
@@ -31,66 +35,59 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    KafkaError,
-    OutOfOrderSequenceNumber,
-    ProducerClosed,
-    ProducerFenced,
-    UnknownProducerId,
-)
-from aiokafka.helpers import create_ssl_context
+from aiokafka.errors import KafkaError
 
-from shadowroute.core.config import KafkaSecurity, Transport
-from shadowroute.stream.murmur2 import partition_list
+from shadowroute.core.config import Transport
+from shadowroute.stream.delivery import Episode, InFlight
+from shadowroute.stream.handover import Group, HandOver, group_by_partition
+from shadowroute.stream.kafka_client import (
+    FATAL_PRODUCER_ERRORS,
+    new_producer,
+    security_kwargs,
+    stop_producer,
+)
+from shadowroute.stream.linger import Linger
 from shadowroute.stream.spool import Spool
+from shadowroute.stream.topics import (
+    DESCRIBED_CONFIGS,
+    TOPIC_KINDS,
+    CopartitionError,
+    TopicSettingsError,
+    check_copartitioned,
+    create_topics,
+    describe_text,
+    describe_topics,
+    topic_name,
+    topic_partitions,
+)
+
+__all__ = [
+    "DESCRIBED_CONFIGS",
+    "FATAL_PRODUCER_ERRORS",
+    "LABEL_SCHEMA",
+    "PAIR_SCHEMA",
+    "TOPIC_KINDS",
+    "CopartitionError",
+    "KafkaSink",
+    "TopicSettingsError",
+    "check_copartitioned",
+    "create_topics",
+    "describe_text",
+    "describe_topics",
+    "security_kwargs",
+    "topic_name",
+    "topic_partitions",
+]
 
 log = logging.getLogger("shadowroute.stream.kafka")
 
 KeyValue = tuple[bytes, bytes]
 PAIR_SCHEMA = b"pair.v1"
 LABEL_SCHEMA = b"label.v1"
-TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter")
-FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
-    OutOfOrderSequenceNumber,
-    UnknownProducerId,
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    ProducerFenced,
-    ProducerClosed,
-)
-"""Producer states no retry with the same producer gets out of: the producer is replaced."""
-
-
-def topic_name(prefix: str, kind: str) -> str:
-    """``<prefix>.<kind>`` for kind in pairs, labels, scores, deadletter."""
-    if kind not in TOPIC_KINDS:
-        raise ValueError(f"unknown topic kind {kind!r}")
-    return f"{prefix}.{kind}"
-
-
-def security_kwargs(security: KafkaSecurity) -> dict[str, Any]:
-    """aiokafka client arguments for TLS and SASL (PLAIN / SCRAM)."""
-    kw: dict[str, Any] = {"security_protocol": security.protocol}
-    if security.protocol in ("SSL", "SASL_SSL"):
-        kw["ssl_context"] = create_ssl_context(
-            cafile=security.ssl_cafile,
-            certfile=security.ssl_certfile,
-            keyfile=security.ssl_keyfile,
-        )
-    if security.protocol.startswith("SASL_"):
-        password = security.sasl_password
-        kw["sasl_mechanism"] = security.sasl_mechanism
-        kw["sasl_plain_username"] = security.sasl_username
-        kw["sasl_plain_password"] = password.get_secret_value() if password else None
-    return kw
 
 
 class KafkaSink:
@@ -145,26 +142,24 @@ class KafkaSink:
         self.producer_errors = 0
         self.producer_replacements = 0
         self._dropped_outside_spool = 0
+        # The producer, which one it is (a send belongs to a generation), the ones retiring.
         self._producer: AIOKafkaProducer | None = None
-        self._generation = 0  # which producer a send belongs to
+        self._generation = 0
         self._retiring: set[asyncio.Task[None]] = set()
-        self._failing_since: float | None = None
         self._num_partitions = 0
-        self._inflight: dict[asyncio.Future[Any], tuple[list[KeyValue], float, int]] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        # Lingering: records written since the last flush, and the flush in progress.
+        self._episode = Episode(topic, log)
+        self._inflight = InFlight()
+        # Lingering, and the flush in progress.
+        self._linger = Linger(transport.batch_bytes)
         self._linger_s = transport.linger_ms / 1000
-        self._flush_bytes = transport.batch_bytes
-        self._pending: list[KeyValue] = []
-        self._pending_bytes = 0
-        self._pending_since = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_wanted = asyncio.Event()
         self._taken = asyncio.Event()
+        self._handing: HandOver | None = None
+        # Background tasks: flushing, and connecting / draining the spool.
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._handing: list[tuple[int, list[KeyValue]]] = []
-        self._handing_pos = (0, 0)
         self._closing = False
         self._closed = False
 
@@ -186,20 +181,20 @@ class KafkaSink:
     def connected(self) -> bool:
         """Records are being accepted: a producer is up and no delivery has failed since the
         last acknowledged one."""
-        return self._producer is not None and self._failing_since is None
+        return self._producer is not None and not self._episode.failing
 
     @property
     def failing_seconds(self) -> float:
         """How long deliveries have been failing (0 while they are accepted)."""
-        since = self._failing_since
-        return 0.0 if since is None else time.monotonic() - since
+        return self._episode.seconds(time.monotonic())
 
     @property
     def inflight_records(self) -> int:
         """Records written but neither acknowledged nor spooled: lingering, being handed to
         the producer, or handed and awaiting the broker's acknowledgement."""
-        acking = sum(len(r) for r, _, _ in self._inflight.values())
-        return acking + len(self._pending) + len(self._unhanded())
+        handing = self._handing
+        unhanded = len(handing.unhanded()) if handing is not None else 0
+        return self._inflight.records + len(self._linger) + unhanded
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -210,25 +205,8 @@ class KafkaSink:
         self._task = loop.create_task(self._run(), name=f"sink-{self.topic}")
         self._flusher = loop.create_task(self._flush_loop(), name=f"sink-flush-{self.topic}")
 
-    def _new_producer(self) -> AIOKafkaProducer:
-        t = self.transport
-        idempotent = t.acks == "all"
-        acks: str | int = "all" if t.acks == "all" else int(t.acks)
-        return AIOKafkaProducer(
-            bootstrap_servers=t.bootstrap,
-            client_id=f"shadowroute-{self.topic}",
-            acks=acks,
-            enable_idempotence=idempotent,
-            linger_ms=0,  # the sink lingers (transport.linger_ms) before handing batches over
-            max_batch_size=t.batch_bytes,
-            max_request_size=max(t.batch_bytes, 1 << 20),
-            compression_type=None if t.compression == "none" else t.compression,
-            request_timeout_ms=self.request_timeout_ms,
-            **security_kwargs(t.security),
-        )
-
     async def _connect(self) -> bool:
-        producer = self._new_producer()
+        producer = new_producer(self.transport, self.topic, self.request_timeout_ms)
         try:
             await asyncio.wait_for(producer.start(), self.connect_timeout_s)
             parts = await asyncio.wait_for(
@@ -236,8 +214,8 @@ class KafkaSink:
             )
         except (TimeoutError, KafkaError, OSError) as exc:
             self.producer_errors += 1
-            self._failing(f"not connected: {exc!r}")
-            await _hard_stop(producer)
+            self._episode.failed(f"not connected: {exc!r}", time.monotonic())
+            await stop_producer(producer)
             return False
         self._num_partitions = len(parts)
         self._producer = producer
@@ -247,32 +225,12 @@ class KafkaSink:
 
     # --- failure episodes and healing ------------------------------------------------------
 
-    def _failing(self, why: str) -> None:
-        """A failed connect or delivery: the episode starts (logged once) or goes on."""
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.warning(
-                "kafka delivery to %s failing (%s); records go to the spool until it recovers",
-                self.topic,
-                why,
-            )
-        else:
-            log.debug("kafka delivery to %s still failing: %s", self.topic, why)
-
     def _accepted(self) -> None:
-        since = self._failing_since
-        if since is not None:
-            self._failing_since = None
-            log.warning(
-                "kafka delivery to %s recovered after %.1f s (%d bytes waiting in the spool)",
-                self.topic,
-                time.monotonic() - since,
-                self.spool.pending_bytes,
-            )
+        self._episode.accepted(time.monotonic(), self.spool.pending_bytes)
 
     def _delivery_failed(self, exc: BaseException | None, generation: int) -> None:
         self.producer_errors += 1
-        self._failing(repr(exc))
+        self._episode.failed(repr(exc), time.monotonic())
         if isinstance(exc, FATAL_PRODUCER_ERRORS) and generation == self._generation:
             self._retire_producer(exc)
 
@@ -290,7 +248,7 @@ class KafkaSink:
             self.topic,
             exc,
         )
-        task = asyncio.get_running_loop().create_task(_hard_stop(old))
+        task = asyncio.get_running_loop().create_task(stop_producer(old))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         self._wake.set()
@@ -306,7 +264,7 @@ class KafkaSink:
         while time.monotonic() < deadline and self._producer is not None:
             if not self.spool and not self.inflight_records:
                 break
-            if self._pending:
+            if self._linger:
                 self._flush_wanted.set()
             self._wake.set()
             await asyncio.sleep(0.02)
@@ -318,19 +276,14 @@ class KafkaSink:
         self._closed = True
         self._cancel_flush_timer()
         # What was not handed over, then what lingers, go to the spool in order.
-        unhanded = self._unhanded()
-        self._handing = []
-        if unhanded:
-            self._to_spool(unhanded)
+        self._spool_unhanded()
         self._spool_pending()
         # Unacknowledged direct sends go to the spool (the broker may still have them: see
         # the duplicate window in docs/kafka.md).
-        for fut, (records, _, _) in list(self._inflight.items()):
-            if not fut.done():
-                del self._inflight[fut]
-                self._to_spool(records)
+        for records in self._inflight.unresolved():
+            self._to_spool(records)
         if self._producer is not None:
-            await _hard_stop(self._producer, self.close_timeout_s / 2)
+            await stop_producer(self._producer, self.close_timeout_s / 2)
             self._producer = None
         if self._retiring:
             await asyncio.wait(list(self._retiring), timeout=self.close_timeout_s / 2)
@@ -356,18 +309,13 @@ class KafkaSink:
             self._spool_pending()
             self._to_spool(batch)
             return
-        pending = self._pending
-        if not pending:
-            self._pending_since = time.monotonic()
+        linger = self._linger
+        if not linger.records:
+            linger.begin(time.monotonic())
             if self._flush_timer is None:
                 loop = asyncio.get_running_loop()
                 self._flush_timer = loop.call_later(self._linger_s, self._flush_wanted.set)
-        pending.extend(batch)
-        size = self._pending_bytes
-        for _, value in batch:
-            size += len(value)
-        self._pending_bytes = size
-        if size >= self._flush_bytes:
+        if linger.add(batch):
             # A full batch lingers: wait (at most enqueue_timeout_s) for the flush task to take
             # it, so a writer faster than the broker is slowed down rather than piling up.
             self._flush_wanted.set()
@@ -399,21 +347,20 @@ class KafkaSink:
             failed = list(batch)
         else:
             generation = self._generation
-            parts = producer.client.cluster.partitions_for_topic(self.topic)
-            if parts:
-                self._num_partitions = len(parts)
-            handed: list[tuple[asyncio.Future[Any], list[KeyValue]]] = []
-            for partition, chunk in self._group(batch):
+            handing = HandOver(self._group(producer, batch))
+            await handing.run(
+                producer,
+                self.topic,
+                self.headers,
+                send_timeout_s=self.enqueue_timeout_s,
+                deadline=deadline,
+            )
+            self._handing_failed(handing, generation)
+            failed = handing.unhanded()
+            if handing.handed:
                 left = max(0.0, deadline - time.monotonic())
-                took, rest = await self._hand_over(
-                    producer, partition, chunk, min(self.enqueue_timeout_s, left)
-                )
-                handed += took
-                failed += rest
-            if handed:
-                left = max(0.0, deadline - time.monotonic())
-                done, late = await asyncio.wait([f for f, _ in handed], timeout=left)
-                for fut, records in handed:
+                done, late = await asyncio.wait([f for f, _, _ in handing.handed], timeout=left)
+                for fut, _, records in handing.handed:
                     if fut in done and not fut.cancelled() and fut.exception() is None:
                         self.records_sent += len(records)
                     else:
@@ -422,7 +369,7 @@ class KafkaSink:
                     self._delivery_failed(
                         TimeoutError(f"no acknowledgement within {wait_s:g} s"), generation
                     )
-            if not failed and handed:
+            if not failed and handing.handed:
                 self._accepted()
         if failed:
             self._to_spool(failed)
@@ -438,11 +385,19 @@ class KafkaSink:
     def _spool_pending(self) -> None:
         """Move the lingering records to the spool (they are older than anything written
         after them)."""
-        if self._pending:
-            pending, self._pending, self._pending_bytes = self._pending, [], 0
+        if self._linger:
+            pending, _ = self._linger.take()
             self._taken.set()
             self._cancel_flush_timer()
             self._to_spool(pending)
+
+    def _spool_unhanded(self) -> None:
+        """Move what the flush in progress has not handed over to the spool."""
+        handing, self._handing = self._handing, None
+        if handing is not None:
+            unhanded = handing.unhanded()
+            if unhanded:
+                self._to_spool(unhanded)
 
     async def _flush_loop(self) -> None:
         wanted = self._flush_wanted
@@ -456,106 +411,51 @@ class KafkaSink:
                 # Not expected (hand-over failures are handled): spool what was not handed.
                 self.producer_errors += 1
                 log.exception("kafka sink flush error")
-                unhanded = self._unhanded()
-                self._handing = []
-                if unhanded:
-                    self._to_spool(unhanded)
+                self._spool_unhanded()
 
     async def _flush(self) -> None:
         """Hand the lingering records to the producer, one builder per partition; what it does
-        not take within ``enqueue_timeout_s`` (and everything after it) goes to the spool."""
-        batch = self._pending
-        if not batch:
+        not take within ``enqueue_timeout_s`` goes to the spool."""
+        if not self._linger:
             return
-        self._pending, self._pending_bytes = [], 0
+        batch, started = self._linger.take()
         self._taken.set()
-        started = self._pending_since
         producer = self._producer
         if self._closed or producer is None or self.spool:
             self._to_spool(batch)
             return
+        generation = self._generation
+        inflight, on_done = self._inflight, self._on_done
+
+        def handed(fut: asyncio.Future[Any], records: list[KeyValue]) -> None:
+            inflight.add(fut, records, started, generation)
+            fut.add_done_callback(on_done)
+
+        handing = self._handing = HandOver(self._group(producer, batch))
+        await handing.run(
+            producer,
+            self.topic,
+            self.headers,
+            send_timeout_s=self.enqueue_timeout_s,
+            deadline=time.monotonic() + self.enqueue_timeout_s,
+            on_handed=handed,
+        )
+        self._handing_failed(handing, generation)
+        self._spool_unhanded()
+
+    def _group(self, producer: AIOKafkaProducer, batch: Sequence[KeyValue]) -> list[Group]:
+        """``batch`` by partition, with the partition count the producer knows now."""
         parts = producer.client.cluster.partitions_for_topic(self.topic)
         if parts:
             self._num_partitions = len(parts)
-        groups = self._group(batch)
-        self._handing, self._handing_pos = groups, (0, 0)
-        generation = self._generation
-        try:
-            async with asyncio.timeout(self.enqueue_timeout_s):
-                for gi, (partition, chunk) in enumerate(groups):
-                    done = 0
-                    for builder, taken in self._builders(producer, chunk):
-                        fut = await producer.send_batch(builder, self.topic, partition=partition)
-                        self._inflight[fut] = (taken, started, generation)
-                        fut.add_done_callback(self._on_done)
-                        done += len(taken)
-                        self._handing_pos = (gi, done)
-                    self._handing_pos = (gi + 1, 0)
-        except (TimeoutError, KafkaError) as exc:
+        return group_by_partition(batch, self._num_partitions)
+
+    def _handing_failed(self, handing: HandOver, generation: int) -> None:
+        for exc in handing.errors:
             self._delivery_failed(exc, generation)
-            unhanded = self._unhanded()
-            self._handing = []
-            self._to_spool(unhanded)
-            return
-        self._handing = []
-
-    def _unhanded(self) -> list[KeyValue]:
-        """Records of the flush in progress not yet taken by the producer, in order."""
-        if not self._handing:
-            return []
-        gi, done = self._handing_pos
-        out = list(self._handing[gi][1][done:]) if gi < len(self._handing) else []
-        for _, chunk in self._handing[gi + 1 :]:
-            out.extend(chunk)
-        return out
-
-    def _group(self, batch: Sequence[KeyValue]) -> list[tuple[int, list[KeyValue]]]:
-        parts = partition_list([k for k, _ in batch], self._num_partitions)
-        groups: dict[int, list[KeyValue]] = {}
-        for p, kv in zip(parts, batch, strict=True):
-            chunk = groups.get(p)
-            if chunk is None:
-                groups[p] = [kv]
-            else:
-                chunk.append(kv)
-        return list(groups.items())
-
-    def _builders(
-        self, producer: AIOKafkaProducer, chunk: Sequence[KeyValue]
-    ) -> Iterator[tuple[Any, list[KeyValue]]]:
-        builder = producer.create_batch()
-        taken: list[KeyValue] = []
-        for key, value in chunk:
-            if builder.append(key=key, value=value, timestamp=None, headers=self.headers) is None:
-                yield builder, taken
-                builder = producer.create_batch()
-                taken = []
-                builder.append(key=key, value=value, timestamp=None, headers=self.headers)
-            taken.append((key, value))
-        if taken:
-            yield builder, taken
-
-    async def _hand_over(
-        self, producer: AIOKafkaProducer, partition: int, chunk: list[KeyValue], wait_s: float
-    ) -> tuple[list[tuple[asyncio.Future[Any], list[KeyValue]]], list[KeyValue]]:
-        """Hand ``chunk`` to the producer, one builder at a time: the (future, records) of the
-        builders it took, and the records it did not take in time (in order)."""
-        handed: list[tuple[asyncio.Future[Any], list[KeyValue]]] = []
-        done = 0
-        generation = self._generation
-        for builder, taken in self._builders(producer, chunk):
-            try:
-                async with asyncio.timeout(wait_s):
-                    fut = await producer.send_batch(builder, self.topic, partition=partition)
-            except (TimeoutError, KafkaError) as exc:
-                self._delivery_failed(exc, generation)
-                return handed, chunk[done:]
-            handed.append((fut, taken))
-            done += len(taken)
-        return handed, []
 
     def _on_done(self, fut: asyncio.Future[Any]) -> None:
-        entry = self._inflight.pop(fut, None)
+        entry = self._inflight.pop(fut)
         if entry is None:
             return  # already handled by close()
         records, started, generation = entry
@@ -614,22 +514,16 @@ class KafkaSink:
         if not records:
             self.spool.commit(pos)
             return True
-        parts = producer.client.cluster.partitions_for_topic(self.topic)
-        if parts:
-            self._num_partitions = len(parts)
-        pending = self._group(records)
+        pending = self._group(producer, records)
         generation = self._generation
         while not self._closed and self._producer is producer:
-            failed: list[tuple[int, list[KeyValue]]] = []
-            waiting: list[tuple[asyncio.Future[Any], int, list[KeyValue]]] = []
-            for partition, chunk in pending:
-                handed, rest = await self._hand_over(
-                    producer, partition, chunk, 4 * self.enqueue_timeout_s
-                )
-                waiting += [(fut, partition, taken) for fut, taken in handed]
-                if rest:
-                    failed.append((partition, rest))
-            for fut, partition, taken in waiting:
+            handing = HandOver(pending)
+            await handing.run(
+                producer, self.topic, self.headers, send_timeout_s=4 * self.enqueue_timeout_s
+            )
+            self._handing_failed(handing, generation)
+            failed = handing.unhanded_groups()
+            for fut, partition, taken in handing.handed:
                 # An idempotent producer retries until delivered: waiting for it (rather than
                 # re-sending) is what keeps a record from being written twice.
                 try:
@@ -645,231 +539,3 @@ class KafkaSink:
             pending = failed
             await self._nap()
         return False
-
-
-async def _hard_stop(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
-    """Stop a producer, flushing for up to ``timeout_s``; then stop it without flushing."""
-    stopping = asyncio.ensure_future(producer.stop())
-    await asyncio.wait([stopping], timeout=timeout_s)
-    if not stopping.done():
-        sender = getattr(producer, "_sender", None)
-        task = getattr(sender, "sender_task", None)
-        if task is not None:
-            task.cancel()
-        await asyncio.wait([stopping], timeout=timeout_s)
-    if not stopping.done():
-        stopping.cancel()
-        await asyncio.wait([stopping], timeout=1.0)
-    if stopping.done() and not stopping.cancelled() and stopping.exception() is not None:
-        log.debug("producer stop: %r", stopping.exception())
-
-
-# --- topics ------------------------------------------------------------------------------------
-
-
-class CopartitionError(RuntimeError):
-    """Pairs and labels topics do not have the same number of partitions."""
-
-
-def _admin(bootstrap: str, security: KafkaSecurity) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="shadowroute-admin",
-        request_timeout_ms=15_000,
-        **security_kwargs(security),
-    )
-
-
-async def topic_partitions(
-    bootstrap: str, security: KafkaSecurity, topics: list[str], settle_s: float = 3.0
-) -> dict[str, int]:
-    """Partition count per existing topic (missing ones left out). Topics whose metadata is
-    not yet available (just created) are asked about again for up to ``settle_s``."""
-    admin = _admin(bootstrap, security)
-    await admin.start()
-    counts: dict[str, int] = {}
-    try:
-        deadline = time.monotonic() + settle_s
-        while True:
-            described = await admin.describe_topics(topics)
-            counts = {
-                t["topic"]: len(t["partitions"])
-                for t in described
-                if t["error_code"] == 0 and t["partitions"]
-            }
-            if len(counts) == len(topics) or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-    return counts
-
-
-async def check_copartitioned(bootstrap: str, security: KafkaSecurity, prefix: str) -> int:
-    """Raise ``CopartitionError`` unless ``<prefix>.pairs`` and ``<prefix>.labels`` exist
-    with the same partition count; return that count."""
-    pairs, labels = topic_name(prefix, "pairs"), topic_name(prefix, "labels")
-    counts = await topic_partitions(bootstrap, security, [pairs, labels])
-    missing = [t for t in (pairs, labels) if t not in counts]
-    if missing:
-        raise CopartitionError(f"topic(s) missing: {', '.join(missing)}")
-    if counts[pairs] != counts[labels]:
-        raise CopartitionError(
-            f"{pairs} has {counts[pairs]} partitions but {labels} has {counts[labels]}: "
-            "pairs and labels must have the same partition count to be joined by request id"
-        )
-    return counts[pairs]
-
-
-class TopicSettingsError(ValueError):
-    """The topics asked for cannot work on this cluster (e.g. more replicas than brokers)."""
-
-
-async def create_topics(transport: Transport) -> list[str]:
-    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted) and ``.deadletter``
-    with the configured partitions, replication and ``min.insync.replicas``; topics that
-    already exist are left as they are. Returns the names created now. Raises
-    ``TopicSettingsError`` when the replication exceeds the cluster's brokers."""
-    if not transport.bootstrap:
-        raise ValueError("create_topics needs transport.bootstrap")
-    tc = transport.topics
-    retention = str(int(tc.retention_hours * 3_600_000))
-    isr = {"min.insync.replicas": str(tc.min_isr)}
-    configs = {
-        "pairs": {"retention.ms": retention, **isr},
-        "labels": {"retention.ms": retention, **isr},
-        "scores": {"cleanup.policy": "compact", **isr},
-        "deadletter": {"retention.ms": retention, **isr},
-    }
-    wanted = {topic_name(transport.topic_prefix, kind): cfg for kind, cfg in configs.items()}
-    admin = _admin(transport.bootstrap, transport.security)
-    await admin.start()
-    try:
-        brokers = len((await _retrying(admin.describe_cluster))["brokers"])
-        if tc.replication > brokers:
-            raise TopicSettingsError(
-                f"transport.topics.replication is {tc.replication} but the cluster has "
-                f"{brokers} broker(s): lower it, or add brokers"
-            )
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(name, tc.partitions, tc.replication, topic_configs=cfg)
-            for name, cfg in wanted.items()
-            if name not in existing
-        ]
-        if not new:
-            return []
-        response = await admin.create_topics(new)
-    finally:
-        await admin.close()
-    created: list[str] = []
-    problems: list[str] = []
-    for entry in response.topic_errors:
-        name, code = entry[0], entry[1]
-        if code == 0:
-            created.append(name)
-        elif code != 36:  # TOPIC_ALREADY_EXISTS: created meanwhile by someone else
-            message = entry[2] if len(entry) > 2 else ""
-            problems.append(f"{name}: error {code} {message or ''}".strip())
-    if problems:
-        raise RuntimeError("could not create topics: " + "; ".join(problems))
-    return created
-
-
-# The settings `topics describe` shows for each topic.
-DESCRIBED_CONFIGS = ("min.insync.replicas", "retention.ms", "cleanup.policy")
-
-
-async def _retrying(call: Callable[[], Any], attempts: int = 10, pause_s: float = 0.5) -> Any:
-    """An admin call, again while a node it picked is down (the client's metadata still
-    lists a dead broker until the controller fences it)."""
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except KafkaError as exc:
-            if attempt == attempts - 1 or not getattr(exc, "retriable", False):
-                raise
-            await asyncio.sleep(pause_s)
-    raise AssertionError("unreachable")
-
-
-async def describe_topics(transport: Transport) -> dict[str, Any]:
-    """The cluster's brokers and controller, and for each of the four topics its partitions
-    (leader, replicas, in-sync replicas, offline replicas) and key settings; a topic that does
-    not exist is ``{"exists": False}``."""
-    if not transport.bootstrap:
-        raise ValueError("describe_topics needs transport.bootstrap")
-    names = [topic_name(transport.topic_prefix, kind) for kind in TOPIC_KINDS]
-    admin = _admin(transport.bootstrap, transport.security)
-    await admin.start()
-    try:
-        cluster = await _retrying(admin.describe_cluster)
-        described = await _retrying(lambda: admin.describe_topics(names))
-        present = [t["topic"] for t in described if t["error_code"] == 0 and t["partitions"]]
-        resources = [
-            ConfigResource(ConfigResourceType.TOPIC, name, configs=dict.fromkeys(DESCRIBED_CONFIGS))
-            for name in present
-        ]
-        config_responses = (
-            await _retrying(lambda: admin.describe_configs(resources)) if resources else []
-        )
-    finally:
-        await admin.close()
-    settings: dict[str, dict[str, str]] = {}
-    for response in config_responses:
-        for res in response.to_object()["resources"]:
-            settings[res["resource_name"]] = {
-                e["config_names"]: e["config_value"] for e in res["config_entries"]
-            }
-    topics: dict[str, Any] = {name: {"exists": False} for name in names}
-    for t in described:
-        if t["topic"] not in present:
-            continue
-        parts = sorted(t["partitions"], key=lambda p: p["partition"])
-        topics[t["topic"]] = {
-            "exists": True,
-            "partitions": [
-                {
-                    "partition": p["partition"],
-                    "leader": p["leader"],
-                    "replicas": list(p["replicas"]),
-                    "isr": list(p["isr"]),
-                    "offline": list(p.get("offline_replicas", [])),
-                }
-                for p in parts
-            ],
-            "configs": settings.get(t["topic"], {}),
-        }
-    return {
-        "cluster_id": cluster.get("cluster_id"),
-        "controller": cluster.get("controller_id"),
-        "brokers": sorted(b["node_id"] for b in cluster["brokers"]),
-        "topics": topics,
-    }
-
-
-def describe_text(doc: dict[str, Any]) -> str:
-    """``describe_topics`` for a terminal: one line per partition, problems marked."""
-    lines = [
-        f"cluster {doc['cluster_id']}: brokers {doc['brokers']}, controller {doc['controller']}"
-    ]
-    for name, t in doc["topics"].items():
-        if not t["exists"]:
-            lines.append(f"{name}: MISSING (run `shadowroute topics create`)")
-            continue
-        cfg = ", ".join(f"{k}={v}" for k, v in sorted(t["configs"].items()))
-        lines.append(f"{name}: {len(t['partitions'])} partitions; {cfg}")
-        min_isr = int(t["configs"].get("min.insync.replicas", "1"))
-        for p in t["partitions"]:
-            flags = []
-            if p["leader"] is None or p["leader"] < 0:
-                flags.append("NO LEADER")
-            if len(p["isr"]) < len(p["replicas"]):
-                flags.append("UNDER-REPLICATED")
-            if len(p["isr"]) < min_isr:
-                flags.append("BELOW MIN ISR: acks=all writes refused")
-            lines.append(
-                f"  {p['partition']}: leader {p['leader']}, replicas {p['replicas']}, "
-                f"isr {p['isr']}" + (f"  [{'; '.join(flags)}]" if flags else "")
-            )
-    return "\n".join(lines)
