@@ -160,3 +160,29 @@ def test_an_old_state_file_goes_on_joining_its_pending_entries(tmp_path: Path) -
 def _labelled(engine: Engine, partition: int) -> int:
     states = engine.candidate_revisions("fraud", "fraud-v8", partition).values()
     return sum(s.labelled for s in states if isinstance(s, CandidateState))
+
+
+def test_state_keys_and_their_scores_topic_keys() -> None:
+    cand, prod, part = StateKey.cand("r", "c@1", 3), StateKey.prod("r", 3), StateKey.part(3)
+    assert cand == ("cand", "r", "c@1", 3) and hash(cand) == hash(("cand", "r", "c@1", 3))
+    assert prod == ("prod", "r", "", 3) and part == ("part", "", "", 3)
+    assert [k.topic_key() for k in (cand, prod, part)] == [
+        b"r|c@1|3",
+        b"r|@production|3",
+        b"@partition|@partition|3",
+    ]
+    assert StateKey.of_tombstone(b"r|c@1|3") == cand
+    assert StateKey.of_tombstone(b"a|b|c@1|3") == ("cand", "a|b", "c@1", 3)  # route with a bar
+    for other in (prod.topic_key(), part.topic_key(), b"r|c|x", b"nonsense", None):
+        assert StateKey.of_tombstone(other) is None
+
+
+def test_partition_counters_merge_and_serialise() -> None:
+    a = PartitionCounters.from_dict({"pairs_read": 3, "waiting:": "2"})
+    b = PartitionCounters({"pairs_read": 1, "orphan_labels": 4})
+    a.add("labels")
+    merged = a.merge(b)
+    assert merged == {"pairs_read": 4, "waiting:": 2, "labels": 1, "orphan_labels": 4}
+    assert a == {"pairs_read": 3, "waiting:": 2, "labels": 1}  # unchanged
+    assert orjson.dumps(merged.to_dict()) == orjson.dumps(dict(merged))
+    assert STATE_TYPES["part"] is PartitionCounters
