@@ -590,7 +590,9 @@ class Engine:
         later = joiner.first_labels(labels, b)
         fresh = b.fresh
         stored = self.store.labels_for(list(fresh))
-        rows = self.store.pending_for([k for k in fresh if k not in stored])
+        rows = self.store.pending_for(
+            [k for k in fresh if k not in stored] if stored else list(fresh)
+        )
         joiner.labels(partition, later, stored, rows, self.label_outcomes, self._label_idx, b)
 
     def _join_pairs(self, partition: int, records: list[Pair], b: Batch) -> None:
