@@ -26,7 +26,7 @@ from shadowroute.core.config import Config, parse_config
 from shadowroute.core.records import LabelRecord
 from shadowroute.core.stats.confseq import eb_interval
 from shadowroute.core.stats.paired import MetricSpec, PairedMetric
-from test_comparator_gen import T0, cand_key, pair
+from test_comparator_gen import T0, cand_key, cand_state, pair
 
 CLASSES = ["cat", "dog", "owl", "fox"]
 
@@ -77,7 +77,7 @@ def _feed(engine: Engine, rows: list[Row], partition: int = 0, start: int = 0) -
 
 
 def _state(engine: Engine, partition: int = 0) -> CandidateState:
-    state = engine.states[cand_key(engine.states, "fraud", "fraud-v8", partition)]
+    state = cand_state(engine, "fraud", "fraud-v8", partition)
     assert isinstance(state, CandidateState)
     return state
 
@@ -236,7 +236,7 @@ def test_partitions_merge_to_the_single_partition_figures_and_survive_a_restart(
     view.update(two.snapshot())
     merged = view.candidate("fraud", "fraud-v8")
     assert merged is not None and merged.class_counts is not None
-    a = one.states[cand_key(one.states, "fraud", "fraud-v8", 0)].scores()["classes"]
+    a = cand_state(one, "fraud", "fraud-v8", 0).scores()["classes"]
     b = merged.scores()["classes"]
     assert sorted(a["classes"]) == sorted(b["classes"])
     by_a = {r["class"]: r for r in a["per_class"]}
@@ -247,8 +247,11 @@ def test_partitions_merge_to_the_single_partition_figures_and_survive_a_restart(
     two.store.close()
     again = Engine(cfg, Store(tmp_path / "b.sqlite"))
     for p in (0, 1):
-        key = cand_key(again.states, "fraud", "fraud-v8", p)
-        assert again.states[key].to_dict()["classes"] == before[key]["classes"]
+        key = cand_key(before, "fraud", "fraud-v8", p)
+        assert (
+            cand_state(again, "fraud", "fraud-v8", p).to_dict()["classes"]
+            == (before[key]["classes"])
+        )
     view2 = StateView()
     view2.update(again.snapshot())
     merged2 = view2.candidate("fraud", "fraud-v8")

@@ -18,7 +18,16 @@ from shadowroute.comparator.reader import StateView
 from shadowroute.comparator.store import Store
 from shadowroute.core.records import LabelRecord, encode_label
 from shadowroute.stream.murmur2 import partition_for
-from test_comparator_gen import T0, Stream, cand_key, classification, config, interleave, pair
+from test_comparator_gen import (
+    T0,
+    Stream,
+    cand_key,
+    cand_state,
+    classification,
+    config,
+    interleave,
+    pair,
+)
 
 ROUTE, CAND = "fraud", "fraud-v8"
 
@@ -28,7 +37,7 @@ def _engine(path: Path, **kw: Any) -> Engine:
 
 
 def _cand(engine: Engine, partition: int = 0, cand: str = CAND) -> CandidateState:
-    state = engine.states[cand_key(engine.states, ROUTE, cand, partition)]
+    state = cand_state(engine, ROUTE, cand, partition)
     assert isinstance(state, CandidateState)
     return state
 
@@ -106,7 +115,7 @@ def test_join_in_either_order(tmp_path: Path, order: str) -> None:
                 [v for k, v in chunk if k == "label"],  # type: ignore[misc]
             )
     _assert_matches_truth(_cand(engine), s)
-    prod = engine.states[("prod", ROUTE, "", 0)]
+    prod = engine.production(ROUTE, 0)
     # production is watched once per instance, whichever side came first
     assert prod.counts["labelled"] == _truth(s)[1]  # type: ignore[attr-defined]
 
@@ -132,9 +141,9 @@ def test_orphans_when_the_ttl_ends(tmp_path: Path) -> None:
     # labels well after the TTL end the pending pairs; pairs well after it end the label
     engine.process(0, [], [LabelRecord("late", 0, T0 + 61_001)])
     assert _cand(engine).count("orphan_pairs") == 2
-    assert engine.states[("part", "", "", 0)].get("orphan_labels", 0) == 0
+    assert engine.counters(0).get("orphan_labels", 0) == 0
     engine.process(0, [(b"c", pair("c", T0 + 70_000, [1], [1]))], [])
-    assert engine.states[("part", "", "", 0)]["orphan_labels"] == 1
+    assert engine.counters(0)["orphan_labels"] == 1
     # "late" would match no pair either, and a late pair "a" would no longer join
     engine.process(0, [], [LabelRecord("a", 1, T0 + 200)])
     assert _cand(engine).labelled == 0
@@ -149,7 +158,7 @@ def test_injected_clock_expires_without_records(tmp_path: Path) -> None:
     engine.process(0, [], [])
     assert engine.store.pending_count() == 0
     assert _cand(engine).count("orphan_pairs") == 1
-    assert engine.states[("prod", ROUTE, "", 0)].counts["unlabelled_expired"] == 1  # type: ignore[attr-defined]
+    assert engine.production(ROUTE, 0).counts["unlabelled_expired"] == 1  # type: ignore[attr-defined]
 
 
 def test_expire_counts_orphans_by_the_clock_alone(tmp_path: Path) -> None:
@@ -170,14 +179,14 @@ def test_expire_counts_orphans_by_the_clock_alone(tmp_path: Path) -> None:
     assert _cand(engine).count("orphan_pairs") == 1
     now[0] = T0 + 15_001
     assert engine.expire(0) is True
-    assert engine.states[("part", "", "", 0)]["orphan_labels"] == 1
+    assert engine.counters(0)["orphan_labels"] == 1
     assert engine.expire(0) is False  # nothing left
     pos = engine.position(0)
     assert (pos.pairs, pos.labels, pos.pairs_wm, pos.labels_wm) == before
     engine.store.close()
     reopened = _engine(path, cfg={"ttl_s": 10.0}, clock=None)
     assert _cand(reopened).count("orphan_pairs") == 1
-    assert reopened.states[("part", "", "", 0)]["orphan_labels"] == 1
+    assert reopened.counters(0)["orphan_labels"] == 1
     assert reopened.expire(0) is False  # no clock: record time only (Kafka)
 
 
@@ -216,15 +225,15 @@ def test_dead_letters_and_the_stream_goes_on(tmp_path: Path) -> None:
     ]
     assert got[3][1] == b"{not json"  # the original bytes
     assert _cand(engine).pairs == 1 and _cand(engine).labelled == 1
-    part = engine.states[("part", "", "", 0)]
+    part = engine.counters(0)
     assert part["deadletter:unknown_route"] == 1 and part["deadletter:label:unparseable"] == 1
 
 
 def test_production_only_records_feed_only_production(tmp_path: Path) -> None:
     engine = _engine(tmp_path / "s.sqlite")
     engine.process(0, [(b"m", pair("m", T0, [1], None))], [LabelRecord("m", 1, T0 + 1)])
-    assert not any(k[0] == "cand" for k in engine.states)
-    prod = engine.states[("prod", ROUTE, "", 0)]
+    assert not any(k.kind == "cand" for k in engine.states)
+    prod = engine.production(ROUTE, 0)
     assert prod.counts == {"requests": 1, "instances": 1, "labelled": 1}  # type: ignore[attr-defined]
 
 
@@ -232,7 +241,7 @@ def test_a_request_with_two_candidates_counts_once_for_production(tmp_path: Path
     engine = _engine(tmp_path / "s.sqlite")
     engine.process(0, [(b"q", pair("q", T0, [1], [1]))], [LabelRecord("q", 1, T0 + 1)])
     engine.process(0, [(b"q", pair("q", T0, [1], [0], candidate="fraud-v9"))], [])
-    prod = engine.states[("prod", ROUTE, "", 0)]
+    prod = engine.production(ROUTE, 0)
     assert prod.counts["requests"] == 1 and prod.counts["labelled"] == 1  # type: ignore[attr-defined]
     assert _cand(engine, cand="fraud-v9").labelled == 1
 
@@ -333,7 +342,7 @@ def test_merged_partitions_equal_one_partition(tmp_path: Path) -> None:
 def single_prod_counts(tmp_path: Path, s: Stream) -> dict[str, int]:
     engine = _engine(tmp_path / "one2.sqlite")
     engine.process(0, s.pairs, s.labels)
-    return dict(engine.states[("prod", ROUTE, "", 0)].counts)  # type: ignore[attr-defined]
+    return dict(engine.production(ROUTE, 0).counts)  # type: ignore[attr-defined]
 
 
 def _rss_mib() -> float:

@@ -21,7 +21,7 @@ from shadowroute.comparator.reading import Label, Pair, read_label, read_pair
 from shadowroute.comparator.store import Store
 from shadowroute.core.records import LabelRecord, RecordError, decode_label, decode_pair
 from shadowroute.core.revision import revision_id, slot_name
-from test_comparator_gen import T0, cand_key, config, pair
+from test_comparator_gen import T0, cand_state, config, pair
 from test_comparator_labels import _SCALARS, _variants
 
 ROUTE, CAND, CAND2 = "fraud", "fraud-v8", "fraud-v9"
@@ -35,13 +35,13 @@ def _engine(path: Path, **cfg: Any) -> Engine:
 
 
 def _cand(engine: Engine, cand: str = CAND) -> CandidateState:
-    state = engine.states[cand_key(engine.states, ROUTE, cand, 0)]
+    state = cand_state(engine, ROUTE, cand, 0)
     assert isinstance(state, CandidateState)
     return state
 
 
 def _prod(engine: Engine) -> ProductionState:
-    state = engine.states[("prod", ROUTE, "", 0)]
+    state = engine.production(ROUTE, 0)
     assert isinstance(state, ProductionState)
     return state
 
@@ -183,7 +183,7 @@ def test_a_resent_pair_is_counted_and_joined_once(tmp_path: Path) -> None:
     assert _cand(engine).pairs == 1
     assert _cand(engine).labelled == 1
     assert _prod(engine).counts["requests"] == 1
-    assert engine.states[("part", "", "", 0)]["duplicate_pairs"] == 3
+    assert engine.counters(0)["duplicate_pairs"] == 3
 
 
 def test_of_two_entries_in_a_batch_the_earlier_stays(tmp_path: Path) -> None:
@@ -249,10 +249,10 @@ def test_a_store_from_before_combined_rows_is_upgraded(tmp_path: Path) -> None:
     engine.process(0, [(b"b", pair("b", T0, [0], [0]))], [LabelRecord("a", 1, T0 + 10)])
     assert engine.store.pending_count() == 2  # "b", in one row
     # the old entry joins the evidence it was written for (kept apart from the new revision's)
-    old = engine.states[("cand", ROUTE, CAND, 0)]
+    old = engine.candidate(ROUTE, CAND, 0)
     assert isinstance(old, CandidateState) and old.revision is None
     assert old.labelled == 1 and old.quality["accuracy"].prod_sum == 1.0
-    assert engine.states[("cand", ROUTE, SLOT, 0)].labelled == 0
+    assert engine.candidate(ROUTE, SLOT, 0).labelled == 0
 
 
 # --- scoring a batch of pairs in one pass -------------------------------------------------------

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shadowroute.comparator.aggregates import CandidateState
+from shadowroute.comparator.state import StateKey
 from shadowroute.core.config import Config, parse_config
 from shadowroute.core.records import LabelRecord, Side, encode_pair
 from shadowroute.core.revision import split_slot
 
-StateKey = tuple[str, str, str, int]
+if TYPE_CHECKING:
+    from shadowroute.comparator.engine import Engine
 
 T0 = 1_764_000_000_000
 
@@ -127,12 +130,23 @@ def cand_key(states: Mapping[StateKey, Any], route: str, cand: str, partition: i
     revision: ``name@revision id``)."""
     keys = [
         k
-        for k in states
-        if k[0] == "cand" and k[1] == route and k[3] == partition and split_slot(k[2])[0] == cand
+        for k in map(StateKey._make, states)
+        if k.kind == "cand"
+        and k.route == route
+        and k.partition == partition
+        and split_slot(k.candidate)[0] == cand
     ]
     if len(keys) != 1:
         raise KeyError(("cand", route, cand, partition, keys))
     return keys[0]
+
+
+def cand_state(engine: Engine, route: str, cand: str, partition: int) -> CandidateState:
+    """The state of a candidate's one revision on a partition."""
+    revisions = engine.candidate_revisions(route, cand, partition)
+    if len(revisions) != 1:
+        raise KeyError(("cand", route, cand, partition, sorted(revisions)))
+    return next(iter(revisions.values()))
 
 
 def interleave(s: Stream, seed: int = 1) -> Iterator[tuple[str, object]]:

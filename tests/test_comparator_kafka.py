@@ -28,7 +28,7 @@ from shadowroute.core.config import Config, parse_config
 from shadowroute.core.records import LabelRecord, encode_label
 from shadowroute.stream.kafka import create_topics, topic_name
 from test_comparator_engine import _assert_equal_states
-from test_comparator_gen import T0, cand_key, pair
+from test_comparator_gen import T0, cand_state, pair
 
 pytestmark = pytest.mark.kafka
 PARTS = 3
@@ -199,13 +199,13 @@ async def _offline(
 def _assert_same(got: Engine, want: Engine) -> None:
     for p in range(PARTS):
         g, w = (
-            got.states[cand_key(got.states, ROUTE, CAND, p)],
-            want.states[cand_key(want.states, ROUTE, CAND, p)],
+            cand_state(got, ROUTE, CAND, p),
+            cand_state(want, ROUTE, CAND, p),
         )
         assert isinstance(g, CandidateState) and isinstance(w, CandidateState)
         _assert_equal_states(g, w)
-        assert got.states[("part", "", "", p)] == want.states[("part", "", "", p)]
-        gp, wp = got.states[("prod", ROUTE, "", p)], want.states[("prod", ROUTE, "", p)]
+        assert got.counters(p) == want.counters(p)
+        gp, wp = got.production(ROUTE, p), want.production(ROUTE, p)
         assert gp.counts == wp.counts  # type: ignore[union-attr]
 
 
@@ -261,16 +261,16 @@ async def test_sigkill_three_times_then_equal_to_offline(
     assert kills >= 3
     got = Engine(config, Store(tmp_path / "a.sqlite"))
     _assert_same(got, offline)
-    part = offline.states[("part", "", "", 0)]
+    part = offline.counters(0)
     assert isinstance(part, dict) and part.get("labels", 0) > 0
-    total = {k: sum(offline.states[("part", "", "", p)].get(k, 0) for p in range(PARTS)) for k in (
+    total = {k: sum(offline.counters(p).get(k, 0) for p in range(PARTS)) for k in (
         "orphan_labels", "deadletter:unparseable", "deadletter:label:bad_type:id"
     )}  # fmt: skip
     broken = sum(1 for _, _, v in items if v == b"{broken")
     assert total["deadletter:unparseable"] == broken == 24
     assert total["deadletter:label:bad_type:id"] == 24
     assert total["orphan_labels"] >= 1
-    cand = [offline.states[cand_key(offline.states, ROUTE, CAND, p)] for p in range(PARTS)]
+    cand = [cand_state(offline, ROUTE, CAND, p) for p in range(PARTS)]
     assert sum(c.count("orphan_pairs") for c in cand) > 0  # type: ignore[union-attr]
     assert sum(c.labelled for c in cand) > 0  # type: ignore[union-attr]
 
@@ -286,7 +286,7 @@ async def test_sigkill_three_times_then_equal_to_offline(
     history = Store(tmp_path / "reader.sqlite")
     reader = Reader(config, view, Verdicts(config, view, history), history)
     waiting = reader.production(ROUTE)["labels"]
-    parts = [got.states[("part", "", "", p)] for p in range(PARTS)]
+    parts = [got.counters(p) for p in range(PARTS)]
     assert waiting["waiting_without_route"] == sum(pt.get("waiting:", 0) for pt in parts)
     assert waiting["waiting"] == sum(pt.get(f"waiting:{ROUTE}", 0) for pt in parts) == 0
     assert reader.decision(ROUTE, CAND)["labels_waiting"] == 0
@@ -455,12 +455,12 @@ async def test_a_pair_record_sent_again_is_counted_once(
         want.process(p, ps, ls)
     got = Engine(config, Store(tmp_path / "a.sqlite"))
     for p in range(PARTS):
-        g = got.states[cand_key(got.states, ROUTE, CAND, p)]
-        w = want.states[cand_key(want.states, ROUTE, CAND, p)]
+        g = cand_state(got, ROUTE, CAND, p)
+        w = cand_state(want, ROUTE, CAND, p)
         assert isinstance(g, CandidateState) and isinstance(w, CandidateState)
         assert (g.pairs, g.labelled) == (w.pairs, w.labelled), p
         _assert_equal_states(g, w)
-    dup = sum(got.states[("part", "", "", p)].get("duplicate_pairs", 0) for p in range(PARTS))
+    dup = sum(got.counters(p).get("duplicate_pairs", 0) for p in range(PARTS))
     assert dup == resent
 
 

@@ -20,7 +20,7 @@ from shadowroute.comparator.production import ProductionState
 from shadowroute.comparator.store import Store
 from shadowroute.core import records
 from shadowroute.core.records import LabelRecord, RecordError, decode_label, decode_pair
-from test_comparator_gen import T0, cand_key, classification, config, pair
+from test_comparator_gen import T0, cand_state, classification, config, pair
 
 ROUTE, CAND = "fraud", "fraud-v8"
 
@@ -30,9 +30,9 @@ def _engine(path: Path) -> Engine:
 
 
 def _states(engine: Engine) -> tuple[CandidateState, ProductionState, dict[str, int]]:
-    cand = engine.states[cand_key(engine.states, ROUTE, CAND, 0)]
-    prod = engine.states[("prod", ROUTE, "", 0)]
-    part = engine.states[("part", "", "", 0)]
+    cand = cand_state(engine, ROUTE, CAND, 0)
+    prod = engine.production(ROUTE, 0)
+    part = engine.counters(0)
     assert isinstance(cand, CandidateState) and isinstance(prod, ProductionState)
     return cand, prod, part
 
@@ -189,7 +189,7 @@ def test_labels_waiting_for_their_pair_are_bounded_and_leave_the_backlog_when_jo
     engine = _bounded_engine(tmp_path / "s.sqlite", 5)
     labels = [LabelRecord(f"r{i}", 1, T0 + i) for i in range(7)]
     engine.process(0, [], labels)
-    part = engine.states[("part", "", "", 0)]
+    part = engine.counters(0)
     assert engine.label_outcomes == ["accepted"] * 5 + ["refused:backlog_full"] * 2
     assert engine.labels_kept_waiting == [0, 1, 2, 3, 4]
     assert part["waiting:"] == 5 and part["deadletter:label:backlog_full"] == 2

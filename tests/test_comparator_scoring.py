@@ -12,7 +12,7 @@ from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.store import Store
 from shadowroute.core.records import LabelRecord
-from test_comparator_gen import T0, cand_key, config, pair
+from test_comparator_gen import T0, cand_state, config, pair
 
 
 def test_agreement_by_task() -> None:
@@ -71,7 +71,7 @@ def test_other_tasks_end_to_end(
 ) -> None:  # fmt: skip
     engine = Engine(config(str(tmp_path / "s.sqlite"), task=task), Store(tmp_path / "s.sqlite"))
     engine.process(0, [(b"a", pair("a", T0, prod, cand))], [LabelRecord("a", label, T0 + 1)])
-    state = engine.states[cand_key(engine.states, "fraud", "fraud-v8", 0)]
+    state = cand_state(engine, "fraud", "fraud-v8", 0)
     assert isinstance(state, CandidateState)
     m = state.quality[metric]
     assert m.n == 1 and m.diff_sum == pytest.approx(diff)  # positive: candidate better
@@ -101,7 +101,7 @@ def test_drift_against_a_reference_file(tmp_path: Path) -> None:
         for i in range(2000)
     ]
     engine.process(0, shifted, [])
-    prod = engine.states[("prod", "fraud", "", 0)]
+    prod = engine.production("fraud", 0)
     assert isinstance(prod, ProductionState)
     view = StateView()
     view.update(engine.snapshot())

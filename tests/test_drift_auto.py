@@ -93,7 +93,7 @@ def test_every_field_is_watched_up_to_the_cap_and_the_rest_is_counted(tmp_path: 
     rng = np.random.default_rng(0)
     bodies = [_body(rng) for _ in range(1500)]
     engine.process(0, [_pair(i, b) for i, b in enumerate(bodies)], [])
-    prod = engine.states[("prod", "fraud", "", 0)]
+    prod = engine.production("fraud", 0)
     assert isinstance(prod, ProductionState)
     want = ["$.instances[*].amount", "$.instances[*].country", "$.meta.client.tier"]
     assert prod.auto_fields == want
@@ -129,7 +129,7 @@ def test_deeper_values_are_counted_and_listed_fields_not_doubled(tmp_path: Path)
     rng = np.random.default_rng(1)
     deep = {"x": {"y": {"z": {"w": 1}}}}
     engine.process(0, [_pair(i, _body(rng) | deep) for i in range(100)], [])
-    prod = engine.states[("prod", "fraud", "", 0)]
+    prod = engine.production("fraud", 0)
     assert isinstance(prod, ProductionState)
     assert "$.instances[*].amount" not in prod.auto_fields  # listed: watched once
     assert prod.drift["$.instances[*].amount"].pending.__len__() == 100
@@ -172,10 +172,10 @@ def test_partitions_merge_and_a_restart_keeps_the_fields(tmp_path: Path) -> None
     engine.store.close()
     again = Engine(cfg, Store(tmp_path / "s.sqlite"))
     for p in (0, 1):
-        state = again.states[("prod", "fraud", "", p)]
+        state = again.production("fraud", p)
         assert isinstance(state, ProductionState)
         assert state.to_dict() == before[("prod", "fraud", "", p)]
-    assert again.states[("prod", "fraud", "", 1)].auto_fields == ["$.c", "$.a"]
+    assert again.production("fraud", 1).auto_fields == ["$.c", "$.a"]
 
 
 @pytest.mark.parametrize(

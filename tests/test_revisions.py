@@ -179,7 +179,7 @@ def test_a_production_revision_change_restarts_its_reference_and_the_evidence(
     p1, l1 = _stream(0, 14 * 200, revision="a", p_cand=0.8, seed=5, prod_revision="p1",
                      step_ms=step)  # fmt: skip
     engine.process(0, p1, l1)
-    prod = engine.states[("prod", ROUTE, "", 0)]
+    prod = engine.production(ROUTE, 0)
     assert isinstance(prod, ProductionState)
     assert prod.revision is not None and prod.revision["revision"] == "p1"
     assert prod.revision_since == 0  # the first revision seen: no restart
@@ -188,7 +188,7 @@ def test_a_production_revision_change_restarts_its_reference_and_the_evidence(
     p2, l2 = _stream(14 * 200, 20 * 200, revision="a", p_cand=0.8, seed=6, prod_revision="p2",
                      step_ms=step)  # fmt: skip
     engine.process(0, p2, l2)
-    prod = engine.states[("prod", ROUTE, "", 0)]
+    prod = engine.production(ROUTE, 0)
     assert isinstance(prod, ProductionState)
     switched = T0 + 14 * 200 * step
     assert prod.revision is not None and prod.revision["revision"] == "p2"
@@ -224,9 +224,9 @@ async def test_revisions_kept_per_candidate_are_bounded_and_counted(tmp_path: Pa
     assert len(kept) == MAX_REVISIONS
     names = {s.revision["candidate"]["revision"] for s in kept.values() if s.revision}
     assert names == {f"r{r}" for r in range(3, total)}  # the oldest three went
-    part = engine.states[("part", "", "", 0)]
+    part = engine.counters(0)
     assert isinstance(part, dict) and part["revisions_evicted"] == 3
-    stored = {k[2] for k in engine.store.states() if k[0] == "cand"}
+    stored = {k.candidate for k in engine.store.states() if k.kind == "cand"}
     assert stored == set(kept)
     assert len(comp.view.candidate_revisions(ROUTE, CAND)) == MAX_REVISIONS
     d = comp.reader.decision(ROUTE, CAND)
@@ -283,7 +283,7 @@ def test_bad_revision_fields_are_dead_lettered_and_counted(
     engine = Engine(config(str(tmp_path / "s.sqlite")), Store(tmp_path / "s.sqlite"))
     dead = engine.process(0, [(b"z", orjson.dumps(doc))], [])
     assert [d[2] for d in dead] == [reason]
-    part = engine.states[("part", "", "", 0)]
+    part = engine.counters(0)
     assert isinstance(part, dict) and part[f"deadletter:{reason}"] == 1
     assert not _slots(engine)
     engine.store.close()
@@ -668,10 +668,10 @@ async def test_kafka_comparator_keys_evidence_by_revision(
         _stop(proc)
     got = Engine(config, Store(tmp_path / "a.sqlite"))
     for p in range(PARTS):
-        slots = {k[2] for k in got.states if k[0] == "cand" and k[3] == p}
+        slots = {k.candidate for k in got.states if k.kind == "cand" and k.partition == p}
         assert len(slots) == 2, slots  # both revisions on every partition, apart
         for slot in slots:
-            g, w = got.states[("cand", ROUTE, slot, p)], offline.states[("cand", ROUTE, slot, p)]
+            g, w = got.candidate(ROUTE, slot, p), offline.candidate(ROUTE, slot, p)
             assert isinstance(g, CandidateState) and isinstance(w, CandidateState)
             _assert_equal_states(g, w)
 
@@ -720,12 +720,12 @@ async def test_kafka_comparator_keys_evidence_by_revision(
     finally:
         _stop(proc)
     got = Engine(config, Store(tmp_path / "a.sqlite"))
-    kept = {k[2] for k in got.states if k[0] == "cand" and k[3] == 0}
+    kept = {k.candidate for k in got.states if k.kind == "cand" and k.partition == 0}
     assert len(kept) == MAX_REVISIONS
-    assert kept == {k[2] for k in offline.states if k[0] == "cand" and k[3] == 0}
-    assert got.states[("part", "", "", 0)]["revisions_evicted"] == 2  # a and b
+    assert kept == {k.candidate for k in offline.states if k.kind == "cand" and k.partition == 0}
+    assert got.counters(0)["revisions_evicted"] == 2  # a and b
     view = await _follow(config, again, want_messages=PARTS)
-    on_zero = {k[2] for k in view._states if k[0] == "cand" and k[3] == 0}
+    on_zero = {k.candidate for k in view._states if k.kind == "cand" and k.partition == 0}
     assert on_zero == kept
 
 

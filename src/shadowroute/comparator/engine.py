@@ -5,6 +5,11 @@ go to the dead-letter callback with a reason), joins pair instances with labels 
 either order, updates the aggregates, expires pending sides whose TTL ended, and commits
 state, pending sides and the new positions in one SQLite transaction.
 
+A batch goes in three steps: the engine reads what the store holds under the batch's keys;
+``Joiner`` (no store, no aggregates) decides every join, duplicate and new pending entry
+(``PendingEntry``) into a ``Batch``; the engine writes the batch to the store and applies it
+to the states (``comparator.state``: keyed by ``StateKey``, of the types in ``STATE_TYPES``).
+
 Label keys: instance ``i`` of a request with id ``X`` is keyed ``X`` when the request has one
 instance and ``X#i`` when it has several (``i`` from 0).
 
@@ -32,7 +37,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, final
 
 import orjson
 
@@ -52,7 +57,13 @@ from shadowroute.comparator.production import (
 )
 from shadowroute.comparator.reading import Label, Pair, read_label, read_pair, same_text
 from shadowroute.comparator.reference import reference_for
-from shadowroute.comparator.store import PROD, LabelRow, Positions, Store
+from shadowroute.comparator.state import (
+    PartitionCounters,
+    State,
+    StateKey,
+    state_from_dict,
+)
+from shadowroute.comparator.store import PROD, LabelRow, PendingRow, Positions, Store
 from shadowroute.core.config import Config, Route
 from shadowroute.core.label_rules import LabelRules, same_label
 from shadowroute.core.records import (
@@ -64,24 +75,27 @@ from shadowroute.core.revision import Identity, describe, revision_id, slot_name
 
 log = logging.getLogger("shadowroute.comparator")
 
-__all__ = ["DeadLetter", "Engine", "StateKey", "label_keys", "label_partition_key"]
+__all__ = [
+    "Batch",
+    "DeadLetter",
+    "Engine",
+    "Joiner",
+    "PendingEntry",
+    "StateKey",
+    "label_keys",
+    "label_partition_key",
+]
 
 _NO_KEY: Final = ("", "")
 """Stands in for a (key, candidate) pair not needed (nothing to check it against)."""
 
-_Entry = tuple[str, int, int, Any, Any, int]
-"""A new pending entry: (route, expires, pair ts, production output, candidate output or
-``None`` for production's entry, index of the record it came from)."""
-
-StateKey = tuple[str, str, str, int]
-"""(kind, route, candidate, partition); kind is ``cand``, ``prod`` or ``part``. A candidate's
-state is kept per revision: its ``candidate`` is the slot ``<name>@<revision id>``
-(``core.revision.slot_name``; a bare name in state written before revisions)."""
 DeadLetter = tuple[bytes, bytes, str]
 """(key, value, reason) of a record that could not be used."""
 DeadLetterSink = Callable[[Sequence[DeadLetter]], None]
 Clock = Callable[[], int]
 LabelInput = bytes | LabelRecord
+PendingAt = Callable[[str, str, int], bool]
+"""Whether the entry pending in the store for (key, candidate slot) has this timestamp."""
 
 _MONITOR: Final = "__production__"
 _MAX_SLOT_CACHE: Final = 4096
@@ -98,9 +112,33 @@ def label_keys(request_id: str, instances: int) -> list[str]:
     return [f"{request_id}#{i}" for i in range(instances)]
 
 
+@final
+class PendingEntry:
+    """A new pending pair instance, waiting for its label: the route, when it expires, the
+    pair's time, production's output and the candidate's (``None`` for production's own
+    entry), and the index (in the batch) of the record it came from."""
+
+    def __init__(self, route: str, expires: int, ts: int, prod: Any, cand: Any, index: int) -> None:
+        self.route = route
+        self.expires = expires
+        self.ts = ts
+        self.prod = prod
+        self.cand = cand
+        self.index = index
+
+    def data(self) -> str:
+        """The stored form of the entry (``pending.data``): ``[ts, production, candidate]``."""
+        return _dumps([self.ts, self.prod, self.cand])
+
+    def order(self) -> tuple[str, int, str]:
+        """Where its row sorts (of two for one (key, kind), the first is kept)."""
+        return self.route, self.expires, self.data()
+
+
 @dataclass
-class _Batch:
-    """What one batch touches, gathered before the aggregates are updated."""
+class Batch:
+    """What one batch's joins decided, gathered before the store is written and the
+    aggregates are updated."""
 
     rows: dict[tuple[str, str], list[Pair]] = field(default_factory=lambda: defaultdict(list))
     labelled: dict[tuple[str, str], list[LabelledRow]] = field(
@@ -109,7 +147,7 @@ class _Batch:
     prod_labelled: dict[str, list[tuple[int, int, float]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    pending: dict[str, dict[str, _Entry]] = field(default_factory=dict)
+    pending: dict[str, dict[str, PendingEntry]] = field(default_factory=dict)
     """New pending entries by key and kind. Of two with the same (key, kind) the one whose
     row sorts first is kept, and none where the store has one (``existing``), as
     ``INSERT OR IGNORE`` of the sorted rows would."""
@@ -133,6 +171,14 @@ class _Batch:
     """Production's revision identities seen per route: [first ts, last ts]."""
     new_slots: bool = False
     """A candidate revision got its first state on the partition in this batch."""
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Partition counters the joins add to (``duplicate_ids``, ``invalid_labels``...)."""
+    fresh: dict[str, Label] = field(default_factory=dict)
+    """The labels seen for the first time (stored after the batch's pairs joined them)."""
+    firsts: dict[str, int] = field(default_factory=dict)
+    """The position (among the labels joined) of each label id's first record."""
+    prod_pending: set[str] = field(default_factory=set)
+    """Keys of fresh labels with a pending production entry in the store."""
 
 
 class Engine:
@@ -153,13 +199,6 @@ class Engine:
         self.dead_letters = dead_letters
         self.clock = clock
         self.max_ttl_ms = max(int(r.label_ttl_s * 1000) for r in config.routes)
-        self._paths = {
-            r.name: drift_paths(r.drift.fields, r.drift.categorical) for r in config.routes
-        }
-        self._fields = {
-            r.name: list(dict.fromkeys([*r.drift.fields, *r.drift.categorical]))
-            for r in config.routes
-        }
         self._refs = {r.name: reference_for(r) for r in config.routes}
         self._auto = {
             r.name: (r.drift.max_fields, r.drift.max_depth) if r.drift.auto else (0, 0)
@@ -167,7 +206,7 @@ class Engine:
         }
         self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
         self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
-        self._window_ms = WINDOW_MS[self.windows[0]]
+        self.joiner = Joiner(config, self.windows[0])
         self._slots: dict[tuple[str, str, Identity | None, Identity], str] = {}
         self._revisions: dict[tuple[str, str], dict[str, Any]] = {}
         """(route, slot) -> the ``revision`` of its ``CandidateState``."""
@@ -183,13 +222,11 @@ class Engine:
         joined no pair instance and were kept waiting for their pair; the other accepted ones
         matched a request seen so far."""
         self._label_idx: list[int] = []
-        self._fresh_first: dict[str, int] = {}
-        """The batch position (in ``_label_idx``) of each fresh label's first record."""
-        self.states: dict[StateKey, Any] = {}
+        self.states: dict[StateKey, State] = {}
         self.evicted: list[StateKey] = []
         """States dropped (``MAX_REVISIONS``) and committed, not yet taken by the reader side
         (``take_evicted``)."""
-        self._batch: _Batch | None = None
+        self._batch: Batch | None = None
         self.positions: dict[int, Positions] = {}
         self._lock = threading.Lock()
         self._snapshot: dict[StateKey, dict[str, Any]] = {}
@@ -205,21 +242,21 @@ class Engine:
         for p in wanted:
             self.positions[p] = stored.get(p, Positions())
         for key, data in self.store.states(wanted).items():
-            self.states[key] = _from_dict(key[0], orjson.loads(data))
+            self.states[key] = state_from_dict(key.kind, orjson.loads(data))
         with self._lock:
             for key, state in self.states.items():
-                self._snapshot[key] = _to_dict(state)
+                self._snapshot[key] = state.to_dict()
             self.version += 1
 
     def drop_partitions(self, partitions: Sequence[int]) -> None:
         """Forget partitions this process no longer owns (their rows stay in the store)."""
         gone = set(partitions)
-        for key in [k for k in self.states if k[3] in gone]:
+        for key in [k for k in self.states if k.partition in gone]:
             del self.states[key]
         for p in gone:
             self.positions.pop(p, None)
         with self._lock:
-            for key in [k for k in self._snapshot if k[3] in gone]:
+            for key in [k for k in self._snapshot if k.partition in gone]:
                 del self._snapshot[key]
             self.version += 1
 
@@ -231,23 +268,54 @@ class Engine:
     def position(self, partition: int) -> Positions:
         return self.positions.setdefault(partition, Positions())
 
+    def candidate(self, route: str, slot: str, partition: int) -> CandidateState | None:
+        """The state of a candidate revision (``slot``: ``name@revision id``) on a
+        partition, if it has one."""
+        state = self.states.get(StateKey.cand(route, slot, partition))
+        return state if isinstance(state, CandidateState) else None
+
+    def candidate_revisions(
+        self, route: str, cand: str, partition: int
+    ) -> dict[str, CandidateState]:
+        """The states of a candidate's revisions on a partition, by slot."""
+        return {
+            key.candidate: state
+            for key, state in self.states.items()
+            if isinstance(state, CandidateState)
+            and key.route == route
+            and key.partition == partition
+            and split_slot(key.candidate)[0] == cand
+        }
+
+    def production(self, route: str, partition: int) -> ProductionState | None:
+        """Production's monitoring state of a route on a partition, if it has one."""
+        state = self.states.get(StateKey.prod(route, partition))
+        return state if isinstance(state, ProductionState) else None
+
+    def counters(self, partition: int) -> PartitionCounters:
+        """The partition's counters (empty when it has none yet)."""
+        state = self.states.get(StateKey.part(partition))
+        return state if isinstance(state, PartitionCounters) else PartitionCounters()
+
     def _cand(self, route: Route, cand: str, partition: int) -> CandidateState:
         """The state of a candidate slot (``name@revision id``)."""
-        key = ("cand", route.name, cand, partition)
-        state = self.states.get(key)
-        if state is None:
+        key = StateKey.cand(route.name, cand, partition)
+        got = self.states.get(key)
+        if got is None:
             name, rid = split_slot(cand)
             if self._batch is not None:
                 self._batch.new_slots = True
-            state = self.states[key] = new_candidate_state(route, name, self.windows)
+            state = new_candidate_state(route, name, self.windows)
+            self.states[key] = state
             state.revision = self._revisions.get((route.name, cand)) or (
                 None if rid is None else {"id": rid, "candidate": None, "production": None}
             )
-        elif state.revision is not None and state.revision.get("candidate") is None:
+            return state
+        assert isinstance(got, CandidateState)
+        if got.revision is not None and got.revision.get("candidate") is None:
             # made by a late label (its pairs' identities unknown then): complete it
-            state.revision = self._revisions.get((route.name, cand), state.revision)
-        assert isinstance(state, CandidateState)
-        return state
+            got.revision = self._revisions.get((route.name, cand), got.revision)
+        return got
 
     def _slot(self, route: str, cand: str, ident: Identity | None, prod: Identity) -> str:
         """The state slot of a candidate's revision (against production's)."""
@@ -267,7 +335,7 @@ class Engine:
         return slot
 
     def _prod(self, route: Route, partition: int) -> ProductionState:
-        key = ("prod", route.name, "", partition)
+        key = StateKey.prod(route.name, partition)
         state = self.states.get(key)
         if state is None:
             bins, hists = self._refs[route.name]
@@ -284,17 +352,16 @@ class Engine:
         state.auto_max = self._auto[route.name][0]
         return state
 
-    def _part(self, partition: int) -> dict[str, int]:
-        key = ("part", "", "", partition)
+    def _part(self, partition: int) -> PartitionCounters:
+        key = StateKey.part(partition)
         state = self.states.get(key)
         if state is None:
-            state = self.states[key] = {}
-        assert isinstance(state, dict)
+            state = self.states[key] = PartitionCounters()
+        assert isinstance(state, PartitionCounters)
         return state
 
     def _count(self, partition: int, name: str, n: int = 1) -> None:
-        part = self._part(partition)
-        part[name] = part.get(name, 0) + n
+        self._part(partition).add(name, n)
 
     # --- one batch --------------------------------------------------------------------------
 
@@ -325,8 +392,6 @@ class Engine:
     ) -> list[DeadLetter]:
         pos = self.position(partition)
         dead: list[DeadLetter] = []
-        batch = self._batch = _Batch()
-        batch.touched.add(("part", "", "", partition))
         self.label_outcomes = ["accepted"] * len(labels)
         self.labels_kept_waiting = []
         good_labels = self._decode_labels(partition, labels, dead)
@@ -335,11 +400,11 @@ class Engine:
             pos.labels_wm = max(pos.labels_wm, max(lab.ts for lab in good_labels))
         if records:
             pos.pairs_wm = max(pos.pairs_wm, max(rec.ts for rec in records))
-        self.store.begin()
-        try:
-            fresh, prod_pending = self._join_labels(partition, good_labels, batch)
-            self._join_pairs(partition, records, fresh, prod_pending, batch)
-            self._write(partition, fresh, batch, dead)
+
+        def step(batch: Batch) -> list[StateKey]:
+            self._join_labels(partition, good_labels, batch)
+            self._join_pairs(partition, records, batch)
+            self._write(partition, batch, dead)
             self._apply(partition, batch)
             self._expire(partition, pos, batch)
             gone = self._evict(partition, batch) if batch.new_slots else []
@@ -349,8 +414,23 @@ class Engine:
             self._count(partition, "labels_read", len(labels))
             for _, _, reason in dead:
                 self._count(partition, f"deadletter:{reason}")
-            serialised = self._put_states(batch.touched)
             self.store.put_positions(partition, pos)
+            return gone
+
+        self._transaction(partition, step)
+        return dead
+
+    def _transaction(self, partition: int, step: Callable[[Batch], list[StateKey]]) -> None:
+        """Run ``step`` on a new batch of a partition in one store transaction, write the
+        states it touched and commit, then show them to readers. ``step`` returns the state
+        keys it dropped. On any error the transaction is rolled back and the partition's
+        state read again from the store."""
+        batch = self._batch = Batch()
+        batch.touched.add(StateKey.part(partition))
+        self.store.begin()
+        try:
+            gone = step(batch)
+            serialised = self._put_states(batch.touched)
             self.store.commit()
         except BaseException:
             self.store.rollback()
@@ -359,12 +439,11 @@ class Engine:
         finally:
             self._batch = None
         self._publish(serialised, gone)
-        return dead
 
     def _put_states(self, touched: set[StateKey]) -> dict[StateKey, dict[str, Any]]:
         """Write the touched states to the store (in the open transaction); returns them
         serialised, for the snapshot once committed."""
-        serialised = {key: _to_dict(self.states[key]) for key in touched}
+        serialised = {key: self.states[key].to_dict() for key in touched}
         self.store.put_states([(*key, orjson.dumps(d)) for key, d in serialised.items()])
         return serialised
 
@@ -393,21 +472,13 @@ class Engine:
         pos = self.position(partition)
         if not self.store.any_expired(partition, max(pos.labels_wm, now), max(pos.pairs_wm, now)):
             return False
+
+        def step(batch: Batch) -> list[StateKey]:
+            self._expire(partition, pos, batch, now)
+            return []
+
         with gc_paused():
-            batch = self._batch = _Batch()
-            batch.touched.add(("part", "", "", partition))
-            self.store.begin()
-            try:
-                self._expire(partition, pos, batch, now)
-                serialised = self._put_states(batch.touched)
-                self.store.commit()
-            except BaseException:
-                self.store.rollback()
-                self._reload_partition(partition)
-                raise
-            finally:
-                self._batch = None
-        self._publish(serialised)
+            self._transaction(partition, step)
         return True
 
     def take_evicted(self) -> list[StateKey]:
@@ -416,17 +487,20 @@ class Engine:
             out, self.evicted = self.evicted, []
         return out
 
-    def _evict(self, partition: int, b: _Batch) -> list[StateKey]:
+    def _evict(self, partition: int, b: Batch) -> list[StateKey]:
         """Keep at most ``MAX_REVISIONS`` revisions per candidate on the partition."""
-        groups: dict[tuple[str, str], list[StateKey]] = defaultdict(list)
-        for key in self.states:
-            if key[0] == "cand" and key[3] == partition:
-                groups[(key[1], split_slot(key[2])[0])].append(key)
+        groups: dict[tuple[str, str], list[tuple[int, str, StateKey]]] = defaultdict(list)
+        for key, state in self.states.items():
+            if isinstance(state, CandidateState) and key.partition == partition:
+                groups[(key.route, split_slot(key.candidate)[0])].append(
+                    (state.last_ts, key.candidate, key)
+                )
         gone: list[StateKey] = []
-        for keys in groups.values():
-            if len(keys) <= MAX_REVISIONS:
+        for revisions in groups.values():
+            if len(revisions) <= MAX_REVISIONS:
                 continue
-            keys.sort(key=lambda k: (self.states[k].last_ts, k[2]))
+            revisions.sort()
+            keys = [key for _, _, key in revisions]
             for key in keys[: len(keys) - MAX_REVISIONS]:
                 del self.states[key]
                 b.touched.discard(key)
@@ -437,7 +511,7 @@ class Engine:
         return gone
 
     def _reload_partition(self, partition: int) -> None:
-        for key in [k for k in self.states if k[3] == partition]:
+        for key in [k for k in self.states if k.partition == partition]:
             del self.states[key]
         self.positions.pop(partition, None)
         self.load([partition])
@@ -507,101 +581,38 @@ class Engine:
             out.append(rec)
         return out
 
-    def _join_labels(
-        self, partition: int, labels: list[Label], b: _Batch
-    ) -> tuple[dict[str, Label], set[str]]:
-        """Join new labels with pairs already pending. Returns the labels seen for the first
-        time (stored after this batch's pairs have joined them) and the keys among them that
-        have a pending production entry. A label whose key already has one is a duplicate:
-        counted, never joined again."""
-        fresh: dict[str, Label] = {}
+    def _join_labels(self, partition: int, labels: list[Label], b: Batch) -> None:
+        """Read what a batch's labels may join (labels stored under their ids, entries
+        pending under the others) and join them (``Joiner.labels``)."""
         if not labels:
-            return fresh, set()
-        outcomes, idx = self.label_outcomes, self._label_idx
-        later: list[tuple[int, Label]] = []
-        firsts: dict[str, int] = {}
-        for n, lab in enumerate(labels):
-            if lab.id in fresh:
-                later.append((n, lab))
-            else:
-                fresh[lab.id] = lab
-                firsts[lab.id] = n
-        values: dict[str, Any] = {}
-        for k, row in self.store.labels_for(list(fresh)).items():
-            values[k] = row.value
-            later.append((firsts[k], fresh.pop(k)))
-        duplicates = conflicts = 0
-        for n, lab in later:
-            # The first label for a key stays; a later one joins nothing. An identical one is
-            # a re-send, a different one a conflict (docs/comparator.md "Duplicate labels").
-            first = values[lab.id] if lab.id in values else fresh[lab.id].label
-            if same_label(first, lab.label):
-                duplicates += 1
-                outcomes[idx[n]] = "duplicate"
-            else:
-                conflicts += 1
-                outcomes[idx[n]] = "conflict"
-        if duplicates:
-            self._count(partition, "duplicate_labels", duplicates)
-        if conflicts:
-            self._count(partition, "conflicting_labels", conflicts)
-        prod_pending: set[str] = set()
-        existing, joined = b.existing, b.joined
-        # Timestamps are whole ms: |Δ| > ttl_s·1000 exactly when |Δ| > int(ttl_s·1000).
-        routes, ttl_ms = self.routes, self._ttl_ms
-        labelled, prod_labelled, touched = b.labelled, b.prod_labelled, b.touched
-        quality = scoring.quality
-        for key, kind, route_name, data, cand in self.store.pending_for(list(fresh)):
-            new = fresh[key]
-            if kind == PROD:
-                prod_pending.add(key)
-            route = routes.get(route_name)
-            entry: list[Any] | None = None
-            if route is not None and (new.route is None or new.route == route_name):
-                entry = orjson.loads(data)
-                if abs(new.ts - int(entry[0])) > ttl_ms[route_name]:
-                    entry = None
-            if route is None or entry is None:
-                existing.add((key, kind))
-                if cand is not None:
-                    existing.add((key, cand))
-                continue
-            if cand is None:
-                self._join_one(
-                    partition, route, kind, int(entry[0]), entry[1], entry[2], new.label, new.ts, b
-                )
-            else:  # production's entry and the candidate's, in one row (_join_one, inline)
-                ts, p, label = int(entry[0]), entry[1], new.label
-                if p is not None:
-                    q = quality(route.task, p, label, route.classes)
-                    if q:
-                        prod_labelled[route_name].append((ts, new.ts, q[0]))
-                    else:
-                        self._count(partition, "invalid_labels")
-                labelled[(route_name, cand)].append(LabelledRow(ts, p, entry[2], label))
-            row_key = (key, kind)
-            joined.append(row_key)
-            existing.add(row_key)  # a later pair under this key is a duplicate id
-            if cand is not None:
-                existing.add((key, cand))
-                new.slots.append(f"{cand}/{int(entry[0])}")
-            elif kind != PROD:
-                new.slots.append(f"{kind}/{int(entry[0])}")
-            new.joined = True
-            if kind == PROD:
-                new.prod_done = True
-        # The states these joins feed (before this batch's pairs add theirs).
-        for route_name, cand in labelled:
-            touched.add(("cand", route_name, cand, partition))
-        for route_name in prod_labelled:
-            touched.add(("prod", route_name, "", partition))
-        self._count(partition, "labels", len(fresh))
-        self._fresh_first = firsts
-        return fresh, prod_pending
+            return
+        joiner = self.joiner
+        later = joiner.first_labels(labels, b)
+        fresh = b.fresh
+        stored = self.store.labels_for(list(fresh))
+        rows = self.store.pending_for(
+            [k for k in fresh if k not in stored] if stored else list(fresh)
+        )
+        joiner.labels(partition, later, stored, rows, self.label_outcomes, self._label_idx, b)
 
-    def _store_labels(
-        self, partition: int, fresh: dict[str, Label], dead: list[DeadLetter]
-    ) -> None:
+    def _join_pairs(self, partition: int, records: list[Pair], b: Batch) -> None:
+        """Read what a batch's pair instances may join (labels and pending entries under
+        the keys without a label in the batch) and join them (``Joiner.pairs``)."""
+        if not records:
+            return
+        joiner = self.joiner
+        wanted, repeats = joiner.pair_keys(records, b.fresh)
+        stored = self.store.labels_for(wanted) if wanted else {}
+        in_store = self.store.pending_kinds(wanted) if wanted else set()
+        joiner.pairs(partition, records, repeats, stored, in_store, self._pending_at, b)
+
+    def _pending_at(self, key: str, slot: str, ts: int) -> bool:
+        """Whether the entry pending for (key, candidate slot) has this timestamp (asked only
+        for a key already pending for the slot: rare)."""
+        return self.store.pending_ts([(key, slot)]).get((key, slot)) == ts
+
+    def _store_labels(self, partition: int, b: Batch, dead: list[DeadLetter]) -> None:
+        fresh = b.fresh
         if not fresh:
             return
         # Labels that joined nothing wait for their pair, at most ``max_waiting`` per route;
@@ -615,12 +626,12 @@ class Engine:
             counter = _waiting(lab.route)
             if part.get(counter, 0) >= self.max_waiting:
                 del fresh[key]
-                at = self._label_idx[self._fresh_first[key]]
+                at = self._label_idx[b.firsts[key]]
                 self.label_outcomes[at] = "refused:backlog_full"
                 dead.append((key.encode(), _label_bytes_of(lab), "label:backlog_full"))
             else:
                 part[counter] = part.get(counter, 0) + 1
-                self.labels_kept_waiting.append(self._label_idx[self._fresh_first[key]])
+                self.labels_kept_waiting.append(self._label_idx[b.firsts[key]])
         if not fresh:
             return
         ttl_ms, default = self._ttl_ms, self.max_ttl_ms
@@ -641,9 +652,194 @@ class Engine:
             ]
         )
 
-    def _join_one(
-        self, partition: int, route: Route, kind: str, ts: int, p: Any, c: Any, label: Any,
-        label_ts: int, b: _Batch,
+    def _write(self, partition: int, b: Batch, dead: list[DeadLetter]) -> None:
+        """Write what the joins decided: new labels, joined and new pending entries, and
+        stored labels that joined."""
+        self._store_labels(partition, b, dead)
+        self._unwait(partition, b.unwaited)
+        self.store.drop_pending(b.joined)
+        self.store.add_pending(_pending_rows(partition, b.pending))
+        self.store.mark_labels([(prod, key) for key, prod in sorted(b.marks.items())])
+        self.store.add_label_slots(
+            [(" ".join(slots), key) for key, slots in sorted(b.slot_marks.items())]
+        )
+
+    def _apply(self, partition: int, b: Batch) -> None:
+        """Update the aggregates with the batch (no store access)."""
+        if b.counts:
+            part = self._part(partition)
+            for name, n in b.counts.items():
+                part.add(name, n)
+        for route, idents in b.prod_revisions.items():
+            seen = {
+                revision_id(None, ident): (describe(ident), first, last)
+                for ident, (first, last) in idents.items()
+            }
+            if self._prod(self.routes[route], partition).note_revisions(seen):
+                b.touched.add(StateKey.prod(route, partition))
+        for route, reqs in b.requests.items():
+            prod = self._prod(self.routes[route], partition)
+            prod.add_requests(reqs)
+            b.drift[route].apply(prod)
+        for (route, cand), rows in b.rows.items():
+            self._cand(self.routes[route], cand, partition).add_pairs(rows)
+        for (route, cand), lrows in b.labelled.items():
+            r = self.routes[route]
+            self._cand(r, cand, partition).add_labelled(lrows, r.classes)
+        for route, items in b.prod_labelled.items():
+            state = self._prod(self.routes[route], partition)
+            state.add_labelled(
+                [t for t, _, _ in items], [t for _, t, _ in items], [x for _, _, x in items]
+            )
+
+    def _expire(self, partition: int, pos: Positions, b: Batch, at: int | None = None) -> None:
+        now = at if at is not None else self.clock() if self.clock is not None else 0
+        orphans: dict[tuple[str, str], int] = defaultdict(int)
+        for kind, route, cand in self.store.expire_pending(partition, max(pos.labels_wm, now)):
+            orphans[(route, kind)] += 1
+            if cand is not None:
+                orphans[(route, cand)] += 1
+        for (route, kind), n in orphans.items():
+            r = self.routes.get(route)
+            if r is None:
+                continue
+            if kind == PROD:
+                prod = self._prod(r, partition)
+                prod.counts["unlabelled_expired"] = prod.counts.get("unlabelled_expired", 0) + n
+                b.touched.add(StateKey.prod(route, partition))
+            else:
+                self._cand(r, kind, partition).add_orphans(n)
+                b.touched.add(StateKey.cand(route, kind, partition))
+        gone: dict[str, int] = defaultdict(int)
+        for joined, label_route in self.store.expire_labels(partition, max(pos.pairs_wm, now)):
+            if not joined:
+                self._count(partition, "orphan_labels")
+                gone[_waiting(label_route)] += 1
+        self._unwait(partition, gone)
+
+    def _unwait(self, partition: int, counts: Mapping[str, int]) -> None:
+        """Labels that no longer wait for their pair (joined, or expired)."""
+        if not counts:
+            return
+        part = self._part(partition)
+        for counter, n in counts.items():
+            # Never below 0: labels stored before these counters existed were not counted.
+            part[counter] = max(0, part.get(counter, 0) - n)
+
+
+class Joiner:
+    """The joins of one batch, a pure step between reading the store and writing it.
+
+    Given a batch's decoded labels and pair records and what the store holds under their keys
+    (read by the engine beforehand), it decides every join, duplicate and new pending entry
+    into a ``Batch``; the engine then writes the batch to the store and updates the
+    aggregates. It never touches the store (nor the aggregates): its only state is the
+    config's."""
+
+    def __init__(self, config: Config, window: str) -> None:
+        self.routes: dict[str, Route] = {r.name: r for r in config.routes}
+        self.ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
+        self.window_ms = WINDOW_MS[window]
+        self._paths = {
+            r.name: drift_paths(r.drift.fields, r.drift.categorical) for r in config.routes
+        }
+        self._fields = {
+            r.name: list(dict.fromkeys([*r.drift.fields, *r.drift.categorical]))
+            for r in config.routes
+        }
+        self._depth = {r.name: r.drift.max_depth if r.drift.auto else 0 for r in config.routes}
+
+    def first_labels(self, labels: list[Label], b: Batch) -> list[tuple[int, Label]]:
+        """The first label of each id in ``b.fresh`` (and its position in ``b.firsts``);
+        returns the others, with their positions. The engine then reads the store under the
+        ids in ``b.fresh`` for ``labels``."""
+        fresh, firsts = b.fresh, b.firsts
+        later: list[tuple[int, Label]] = []
+        for n, lab in enumerate(labels):
+            if lab.id in fresh:
+                later.append((n, lab))
+            else:
+                fresh[lab.id] = lab
+                firsts[lab.id] = n
+        return later
+
+    def labels(
+        self, partition: int, later: list[tuple[int, Label]], stored: Mapping[str, LabelRow],
+        rows: Sequence[PendingRow], outcomes: list[str], idx: Sequence[int], b: Batch,
+    ) -> None:  # fmt: skip
+        """Join a batch's labels (``first_labels``) with the pairs pending for them.
+        ``stored``: the labels already stored under their ids; ``rows``: the pending rows
+        under the other ids, in (key, kind) order. Leaves in ``b.fresh`` the labels seen for
+        the first time (stored after this batch's pairs have joined them) and in
+        ``b.prod_pending`` the keys among them that have a pending production entry. A label
+        whose key already has one is a duplicate: counted (``outcomes[idx[n]]`` of the
+        ``n``-th label), never joined again."""
+        fresh, firsts = b.fresh, b.firsts
+        values: dict[str, Any] = {}
+        for k, row in stored.items():
+            values[k] = row.value
+            later.append((firsts[k], fresh.pop(k)))
+        duplicates = conflicts = 0
+        for n, lab in later:
+            # The first label for a key stays; a later one joins nothing. An identical one is
+            # a re-send, a different one a conflict (docs/comparator.md "Duplicate labels").
+            first = values[lab.id] if lab.id in values else fresh[lab.id].label
+            if same_label(first, lab.label):
+                duplicates += 1
+                outcomes[idx[n]] = "duplicate"
+            else:
+                conflicts += 1
+                outcomes[idx[n]] = "conflict"
+        counts = b.counts
+        if duplicates:
+            counts["duplicate_labels"] += duplicates
+        if conflicts:
+            counts["conflicting_labels"] += conflicts
+        prod_pending = b.prod_pending
+        existing, joined = b.existing, b.joined
+        # Timestamps are whole ms: |Δ| > ttl_s·1000 exactly when |Δ| > int(ttl_s·1000).
+        routes, ttl_ms = self.routes, self.ttl_ms
+        labelled, prod_labelled, touched = b.labelled, b.prod_labelled, b.touched
+        for key, kind, route_name, data, cand in rows:
+            new = fresh[key]
+            if kind == PROD:
+                prod_pending.add(key)
+            route = routes.get(route_name)
+            entry: list[Any] | None = None
+            if route is not None and (new.route is None or new.route == route_name):
+                entry = orjson.loads(data)
+                if abs(new.ts - int(entry[0])) > ttl_ms[route_name]:
+                    entry = None
+            if route is None or entry is None:
+                existing.add((key, kind))
+                if cand is not None:
+                    existing.add((key, cand))
+                continue
+            ts, p, c = int(entry[0]), entry[1], entry[2]
+            self.join_one(route, kind, ts, p, c, new.label, new.ts, b)
+            if cand is not None:  # production's entry and the candidate's, in one row
+                self.join_one(route, cand, ts, p, c, new.label, new.ts, b)
+            row_key = (key, kind)
+            joined.append(row_key)
+            existing.add(row_key)  # a later pair under this key is a duplicate id
+            if cand is not None:
+                existing.add((key, cand))
+                new.slots.append(f"{cand}/{ts}")
+            elif kind != PROD:
+                new.slots.append(f"{kind}/{ts}")
+            new.joined = True
+            if kind == PROD:
+                new.prod_done = True
+        # The states these joins feed (before this batch's pairs add theirs).
+        for route_name, cand in labelled:
+            touched.add(StateKey.cand(route_name, cand, partition))
+        for route_name in prod_labelled:
+            touched.add(StateKey.prod(route_name, partition))
+        counts["labels"] += len(fresh)
+
+    def join_one(
+        self, route: Route, kind: str, ts: int, p: Any, c: Any, label: Any, label_ts: int,
+        b: Batch,
     ) -> None:  # fmt: skip
         """Score one (pair entry, label) join: the entry's time and predictions (production's
         and the candidate's; ``c`` unused for production's entry). The caller marks the state
@@ -655,18 +851,13 @@ class Engine:
             if q:
                 b.prod_labelled[route.name].append((ts, label_ts, q[0]))
             else:
-                self._count(partition, "invalid_labels")
+                b.counts["invalid_labels"] += 1
             return
         b.labelled[(route.name, kind)].append(LabelledRow(ts, p, c, label))
 
-    def _join_pairs(
-        self, partition: int, records: list[Pair], fresh: dict[str, Label],
-        prod_pending: set[str], b: _Batch,
-    ) -> None:  # fmt: skip
-        """Score unlabelled facts; join with this batch's labels or stored ones, or leave
-        pending. Only keys without a label in this batch are looked up in the store."""
-        if not records:
-            return
+    def pair_keys(self, records: list[Pair], fresh: Mapping[str, Label]) -> tuple[list[str], bool]:
+        """Give each record its label keys; returns the keys to look up in the store (those
+        without a label in this batch) and whether a key comes twice in the batch."""
         lookup: dict[str, None] = {}
         batch_keys: set[str] = set()
         n_keys = 0
@@ -688,18 +879,26 @@ class Engine:
                     lookup[k] = None
         # No key twice in the batch (the common case): no record can repeat another of this
         # batch, so the per-(key, candidate) bookkeeping below is skipped.
-        repeats = len(batch_keys) != n_keys
-        del batch_keys
-        wanted = list(lookup)
-        stored = self.store.labels_for(wanted) if wanted else {}
-        in_store = self.store.pending_kinds(wanted) if wanted else set()
+        return list(lookup), len(batch_keys) != n_keys
+
+    def pairs(
+        self, partition: int, records: list[Pair], repeats: bool,
+        stored: Mapping[str, LabelRow], in_store: set[tuple[str, str]], pending_at: PendingAt,
+        b: Batch,
+    ) -> None:  # fmt: skip
+        """Score unlabelled facts; join pair instances (keys from ``pair_keys``) with this
+        batch's labels (``b.fresh``) or the stored ones under the keys looked up
+        (``stored``), or leave them pending. ``in_store``: the (key, kind) pending in the
+        store under those keys; ``pending_at`` asks the store about one of them (rare: a pair
+        record that may be a re-delivery)."""
+        fresh = b.fresh
         b.existing |= in_store
         prod_seen = {k for k, kind in in_store if kind == PROD}
-        prod_seen |= prod_pending
+        prod_seen |= b.prod_pending
         has_labels = bool(fresh) or bool(stored)
         routes = self.routes
-        ttl_ms = self._ttl_ms
-        window_ms = self._window_ms
+        ttl_ms = self.ttl_ms
+        window_ms = self.window_ms
         rows = b.rows
         pending = b.pending
         existing = b.existing
@@ -766,13 +965,11 @@ class Engine:
                             else:
                                 new = fresh.get(key)
                                 old = stored.get(key) if new is None else None
-                            if self._join_new(
-                                partition, route, PROD, key, ts, p, None, new, old, b
-                            ):
+                            if self._join_new(route, PROD, key, ts, p, None, new, old, b):
                                 continue
                         if existing and (key, PROD) in existing:
                             continue
-                        _pend(pending, key, PROD, (name, expires, ts, p, None, idx))
+                        _pend(pending, key, PROD, PendingEntry(name, expires, ts, p, None, idx))
             cand = rec.candidate
             if cand is None:
                 # a production-only record is a request's only one: seen before, it is the
@@ -789,7 +986,7 @@ class Engine:
             prev = firsts.get(fc) if repeats else None
             if (
                 (prev is not None and (prev == ts or (first, cand, ts) in more))
-                or (existing and fc in existing and self._pending_at(first, cand, ts))
+                or (existing and fc in existing and pending_at(first, cand, ts))
                 or (new0 is not None and new0.slots and _joined_at(new0.slots, cand, ts))
                 or (old0 is not None and old0.slots and _joined_at(old0.slots, cand, ts))
             ):
@@ -822,7 +1019,7 @@ class Engine:
                 if done is not None:
                     duplicates += 1
                     if not done:
-                        _pend(pending, key, cand, (name, expires, ts, pout[i], c, idx))
+                        _pend(pending, key, cand, PendingEntry(name, expires, ts, pout[i], c, idx))
                     continue
                 if has_labels:
                     if i == 0:
@@ -830,35 +1027,30 @@ class Engine:
                     else:
                         new = fresh.get(key)
                         old = stored.get(key) if new is None else None
-                    if self._join_new(partition, route, cand, key, ts, pout[i], c, new, old, b):
+                    if self._join_new(route, cand, key, ts, pout[i], c, new, old, b):
                         if repeats:
                             seen[kc] = True
                         continue
                 if repeats:
                     seen[kc] = False
-                _pend(pending, key, cand, (name, expires, ts, pout[i], c, idx))
+                _pend(pending, key, cand, PendingEntry(name, expires, ts, pout[i], c, idx))
         if duplicates:
-            self._count(partition, "duplicate_ids", duplicates)
+            b.counts["duplicate_ids"] += duplicates
         if again:
-            self._count(partition, "duplicate_pairs", again)
+            b.counts["duplicate_pairs"] += again
         for route_name, cand in rows:
-            b.touched.add(("cand", route_name, cand, partition))
-
-    def _pending_at(self, key: str, slot: str, ts: int) -> bool:
-        """Whether the entry pending for (key, candidate slot) has this timestamp (asked only
-        for a key already pending for the slot: rare)."""
-        return self.store.pending_ts([(key, slot)]).get((key, slot)) == ts
+            b.touched.add(StateKey.cand(route_name, cand, partition))
 
     def _join_new(
-        self, partition: int, route: Route, kind: str, key: str, ts: int, p: Any, c: Any,
-        new: Label | None, old: LabelRow | None, b: _Batch,
+        self, route: Route, kind: str, key: str, ts: int, p: Any, c: Any, new: Label | None,
+        old: LabelRow | None, b: Batch,
     ) -> bool:  # fmt: skip
         """Join a new pair instance with the label under its key, if there is one it may join
         (``new``: the batch's label for the key, else ``old``: the stored one)."""
         if new is not None:
             if not _joinable(new.route, new.ts, route, ts):
                 return False
-            self._join_one(partition, route, kind, ts, p, c, new.label, new.ts, b)
+            self.join_one(route, kind, ts, p, c, new.label, new.ts, b)
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
@@ -870,7 +1062,7 @@ class Engine:
         if not old.joined:
             old.joined = True
             b.unwaited[_waiting(old.route)] += 1
-        self._join_one(partition, route, kind, ts, p, c, old.value, old.ts, b)
+        self.join_one(route, kind, ts, p, c, old.value, old.ts, b)
         if kind == PROD:
             b.marks[key] = 1
         else:
@@ -878,89 +1070,17 @@ class Engine:
             b.slot_marks[key].append(f"{kind}/{ts}")
         return True
 
-    def _drift(self, route: Route, partition: int, b: _Batch) -> DriftBatch:
-        """The batch's drift values of a route (production's state created if new)."""
+    def _drift(self, route: Route, partition: int, b: Batch) -> DriftBatch:
+        """The batch's drift values of a route (production's state touched: made by
+        ``Engine._apply`` if new)."""
         name = route.name
-        self._prod(route, partition)
-        b.touched.add(("prod", name, "", partition))
+        b.touched.add(StateKey.prod(name, partition))
         fields = self._fields[name]
-        depth = self._auto[name][1]
+        depth = self._depth[name]
         drift = b.drift[name] = (
             DriftBatch(self._paths[name], fields, depth) if fields else DriftBatch(None, (), depth)
         )
         return drift
-
-    def _write(
-        self, partition: int, fresh: dict[str, Label], b: _Batch, dead: list[DeadLetter]
-    ) -> None:
-        """Write what the joins decided: new labels, joined and new pending entries, and
-        stored labels that joined."""
-        self._store_labels(partition, fresh, dead)
-        self._unwait(partition, b.unwaited)
-        self.store.drop_pending(b.joined)
-        self.store.add_pending(_pending_rows(partition, b.pending))
-        self.store.mark_labels([(prod, key) for key, prod in sorted(b.marks.items())])
-        self.store.add_label_slots(
-            [(" ".join(slots), key) for key, slots in sorted(b.slot_marks.items())]
-        )
-
-    def _apply(self, partition: int, b: _Batch) -> None:
-        """Update the aggregates with the batch (no store access)."""
-        for route, idents in b.prod_revisions.items():
-            seen = {
-                revision_id(None, ident): (describe(ident), first, last)
-                for ident, (first, last) in idents.items()
-            }
-            if self._prod(self.routes[route], partition).note_revisions(seen):
-                b.touched.add(("prod", route, "", partition))
-        for route, reqs in b.requests.items():
-            prod = self._prod(self.routes[route], partition)
-            prod.add_requests(reqs)
-            b.drift[route].apply(prod)
-        for (route, cand), rows in b.rows.items():
-            self._cand(self.routes[route], cand, partition).add_pairs(rows)
-        for (route, cand), lrows in b.labelled.items():
-            r = self.routes[route]
-            self._cand(r, cand, partition).add_labelled(lrows, r.classes)
-        for route, items in b.prod_labelled.items():
-            state = self._prod(self.routes[route], partition)
-            state.add_labelled(
-                [t for t, _, _ in items], [t for _, t, _ in items], [x for _, _, x in items]
-            )
-
-    def _expire(self, partition: int, pos: Positions, b: _Batch, at: int | None = None) -> None:
-        now = at if at is not None else self.clock() if self.clock is not None else 0
-        orphans: dict[tuple[str, str], int] = defaultdict(int)
-        for kind, route, cand in self.store.expire_pending(partition, max(pos.labels_wm, now)):
-            orphans[(route, kind)] += 1
-            if cand is not None:
-                orphans[(route, cand)] += 1
-        for (route, kind), n in orphans.items():
-            r = self.routes.get(route)
-            if r is None:
-                continue
-            if kind == PROD:
-                prod = self._prod(r, partition)
-                prod.counts["unlabelled_expired"] = prod.counts.get("unlabelled_expired", 0) + n
-                b.touched.add(("prod", route, "", partition))
-            else:
-                self._cand(r, kind, partition).add_orphans(n)
-                b.touched.add(("cand", route, kind, partition))
-        gone: dict[str, int] = defaultdict(int)
-        for joined, label_route in self.store.expire_labels(partition, max(pos.pairs_wm, now)):
-            if not joined:
-                self._count(partition, "orphan_labels")
-                gone[_waiting(label_route)] += 1
-        self._unwait(partition, gone)
-
-    def _unwait(self, partition: int, counts: Mapping[str, int]) -> None:
-        """Labels that no longer wait for their pair (joined, or expired)."""
-        if not counts:
-            return
-        part = self._part(partition)
-        for counter, n in counts.items():
-            # Never below 0: labels stored before these counters existed were not counted.
-            part[counter] = max(0, part.get(counter, 0) - n)
 
 
 def _waiting(route: str | None) -> str:
@@ -975,22 +1095,20 @@ def _label_bytes_of(lab: Label) -> bytes:
     )
 
 
-def _pend(pending: dict[str, dict[str, _Entry]], key: str, kind: str, entry: _Entry) -> None:
+def _pend(
+    pending: dict[str, dict[str, PendingEntry]], key: str, kind: str, entry: PendingEntry
+) -> None:
     """Queue a new pending entry. A second one for a (key, kind) in this batch: the one whose
     row sorts first stays."""
     kinds = pending.get(key)
     if kinds is None:
         pending[key] = {kind: entry}
-    elif kind not in kinds or _row_order(entry) < _row_order(kinds[kind]):
+    elif kind not in kinds or entry.order() < kinds[kind].order():
         kinds[kind] = entry
 
 
-def _row_order(e: _Entry) -> tuple[str, int, str]:
-    return e[0], e[1], _dumps([e[2], e[3], e[4]])
-
-
 def _pending_rows(
-    partition: int, pending: Mapping[str, dict[str, _Entry]]
+    partition: int, pending: Mapping[str, dict[str, PendingEntry]]
 ) -> list[tuple[str, str, int, str, int, str, str | None]]:
     """The rows of new pending entries, by key. Production's entry and a candidate's entry
     from the same record share one row: production's, with ``cand`` set and the candidate's
@@ -1003,16 +1121,14 @@ def _pending_rows(
             if kind == PROD:
                 continue
             e = kinds[kind]
-            data = _dumps([e[2], e[3], e[4]])
-            if prod is not None and prod[5] == e[5]:
-                rows.append((key, PROD, partition, e[0], e[1], data, kind))
+            data = e.data()
+            if prod is not None and prod.index == e.index:
+                rows.append((key, PROD, partition, e.route, e.expires, data, kind))
                 prod = None
             else:
-                rows.append((key, kind, partition, e[0], e[1], data, None))
+                rows.append((key, kind, partition, e.route, e.expires, data, None))
         if prod is not None:
-            rows.append(
-                (key, PROD, partition, prod[0], prod[1], _dumps([prod[2], prod[3], None]), None)
-            )
+            rows.append((key, PROD, partition, prod.route, prod.expires, prod.data(), None))
     return rows
 
 
@@ -1068,18 +1184,3 @@ def _label_bytes(lab: LabelRecord) -> bytes:
     return orjson.dumps(
         {"v": 1, "id": lab.id, "label": lab.label, "ts": lab.ts, "route": lab.route}
     )
-
-
-def _to_dict(state: Any) -> dict[str, Any]:
-    if isinstance(state, CandidateState | ProductionState):
-        return state.to_dict()
-    assert isinstance(state, dict)
-    return dict(state)
-
-
-def _from_dict(kind: str, data: dict[str, Any]) -> Any:
-    if kind == "cand":
-        return CandidateState.from_dict(data)
-    if kind == "prod":
-        return ProductionState.from_dict(data)
-    return {str(k): int(v) for k, v in data.items()}

@@ -32,9 +32,10 @@ from aiokafka.errors import KafkaError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shadowroute.comparator.engine import Engine, StateKey
+from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
 from shadowroute.comparator.reader import StateView, Verdicts
+from shadowroute.comparator.state import StateKey
 from shadowroute.comparator.statefile import check_state_file
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config
@@ -62,26 +63,11 @@ __all__ = [
 
 KAFKA_COMPARATOR_METRICS = ("shadowroute_kafka_consumer_lag",)
 
-PRODUCTION = "@production"
-PARTITION = "@partition"
 
-
-def _tombstone_key(raw: bytes | None) -> StateKey | None:
-    """The candidate state a scores-topic tombstone drops (``route|candidate|partition``)."""
-    parts = (raw or b"").decode("utf-8", "replace").rsplit("|", 2)
-    if len(parts) != 3 or parts[1] in (PRODUCTION, PARTITION) or not parts[2].isdigit():
-        return None
-    return ("cand", parts[0], parts[1], int(parts[2]))
-
-
-def scores_key(key: StateKey) -> bytes:
-    """The scores-topic key of a state: ``route|candidate|partition``."""
-    kind, route, cand, partition = key
-    if kind == "prod":
-        cand = PRODUCTION
-    elif kind == "part":
-        route = cand = PARTITION
-    return f"{route}|{cand}|{partition}".encode()
+def scores_key(key: tuple[str, str, str, int]) -> bytes:
+    """The scores-topic key of a state: ``route|candidate|partition``
+    (``StateKey.topic_key``)."""
+    return StateKey(*key).topic_key()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -358,7 +344,7 @@ class KafkaComparator:
                 fut = await producer.send(self.dead_topic, value, key=key, headers=headers)
                 sent.append((fut, letter))
             for skey in graves:  # a revision dropped: a tombstone on the scores topic
-                fut = await producer.send(self.scores_topic, None, key=scores_key(skey))
+                fut = await producer.send(self.scores_topic, None, key=skey.topic_key())
                 sent.append((fut, skey))
             for partition in sorted(dirty):
                 sent += [(f, partition) for f in await self._send_states(partition)]
@@ -416,19 +402,19 @@ class KafkaComparator:
         pos = self.engine.positions[partition]
         futures: list[asyncio.Future[Any]] = []
         for skey, state in self.engine.snapshot().items():
-            if skey[3] != partition:
+            if skey.partition != partition:
                 continue
             value = orjson.dumps(
                 {
-                    "kind": skey[0],
-                    "route": skey[1],
-                    "candidate": skey[2],
+                    "kind": skey.kind,
+                    "route": skey.route,
+                    "candidate": skey.candidate,
                     "partition": partition,
                     "positions": [pos.pairs, pos.labels],
                     "state": state,
                 }
             )
-            futures.append(await producer.send(self.scores_topic, value, key=scores_key(skey)))
+            futures.append(await producer.send(self.scores_topic, value, key=skey.topic_key()))
         return futures
 
     def lag(self) -> dict[tuple[str, int], int]:
@@ -522,7 +508,7 @@ class ScoresFollower:
             if isinstance(item, tuple):
                 raw_key, value = item
                 if value is None:
-                    gone = _tombstone_key(raw_key)
+                    gone = StateKey.of_tombstone(raw_key)
                     if gone is not None:
                         dropped.add(gone)
                         fresh.pop(gone, None)
@@ -531,7 +517,7 @@ class ScoresFollower:
             else:
                 value = item
             msg = orjson.loads(value)
-            key: StateKey = (msg["kind"], msg["route"], msg["candidate"], int(msg["partition"]))
+            key = StateKey(msg["kind"], msg["route"], msg["candidate"], int(msg["partition"]))
             at = (int(msg["positions"][0]), int(msg["positions"][1]))
             old = self._positions.get(key)
             if old is not None and (at[0] < old[0] or at[1] < old[1]):

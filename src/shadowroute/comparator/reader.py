@@ -19,6 +19,7 @@ import orjson
 
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.production import ProductionState, json_safe
+from shadowroute.comparator.state import StateKey, state_from_dict
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, Route
 from shadowroute.core.revision import matches, split_slot
@@ -28,8 +29,6 @@ ops_log = logging.getLogger("shadowroute.ops")
 """The operator's log (``shadowroute.oplog``): one line per verdict change."""
 
 __all__ = ["NotFound", "Reader", "ScoresReader", "StateView", "Verdicts"]
-
-StateKey = tuple[str, str, str, int]
 
 
 class NotFound(KeyError):
@@ -86,19 +85,8 @@ class StateView:
             parts = [(k[3], d) for k, d in self._states.items() if k[:3] == (kind, route, cand)]
         merged: Any = None
         for _, d in sorted(parts, key=lambda x: x[0]):
-            obj: Any
-            if kind == "cand":
-                obj = CandidateState.from_dict(d)
-            elif kind == "prod":
-                obj = ProductionState.from_dict(d)
-            else:
-                obj = {k: int(v) for k, v in d.items()}
-            if merged is None:
-                merged = obj
-            elif kind == "part":
-                merged = {k: merged.get(k, 0) + obj.get(k, 0) for k in set(merged) | set(obj)}
-            else:
-                merged = merged.merge(obj)
+            obj = state_from_dict(kind, d)
+            merged = obj if merged is None else merged.merge(obj)
         with self._lock:
             self._cache[key] = merged
         return merged

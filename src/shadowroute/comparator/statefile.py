@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from shadowroute.comparator.state import CAND, PART
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config
 from shadowroute.core.revision import differences, fingerprint, split_slot
@@ -57,10 +58,10 @@ def _inferred(store: Store) -> dict[str, Any] | None:
     None when it holds none."""
     routes: dict[str, dict[str, Any]] = {}
     for kind, route, cand in store.state_names():
-        if kind == "part" or not route:
+        if kind == PART or not route:
             continue
         entry = routes.setdefault(route, {"candidates": []})
-        if kind == "cand":
+        if kind == CAND:
             name = split_slot(cand)[0]
             if name not in entry["candidates"]:
                 entry["candidates"].append(name)

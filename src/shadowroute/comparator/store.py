@@ -34,11 +34,19 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["PROD", "Positions", "Store"]
+from shadowroute.comparator.state import StateKey
+
+__all__ = ["PROD", "LabelRow", "PendingRow", "Positions", "Store"]
 
 PROD: Final = ""
 """The ``kind`` of production's own pending entry."""
 _CHUNK: Final = 4000
+
+PendingRow = tuple[str, str, str, str | bytes, str | None]
+"""A pending row as read to join it: (key, kind, route, data, cand). ``data`` is the entry,
+``[pair ts, production output, candidate output]`` as JSON text (bytes in rows written by
+earlier versions); ``cand`` is set on a combined row (production's entry standing for that
+candidate's too)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions(
@@ -140,13 +148,12 @@ class Store:
         )
         return {int(r[0]): Positions(int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
-    def states(
-        self, partitions: Iterable[int] | None = None
-    ) -> dict[tuple[str, str, str, int], bytes]:
+    def states(self, partitions: Iterable[int] | None = None) -> dict[StateKey, bytes]:
+        """The serialised states (of the given partitions, or all) by key."""
         rows = self.conn.execute("SELECT kind, route, candidate, partition, data FROM state")
         wanted = None if partitions is None else set(partitions)
         return {
-            (str(r[0]), str(r[1]), str(r[2]), int(r[3])): bytes(r[4])
+            StateKey(str(r[0]), str(r[1]), str(r[2]), int(r[3])): bytes(r[4])
             for r in rows
             if wanted is None or int(r[3]) in wanted
         }
@@ -199,13 +206,9 @@ class Store:
                 )
         return out
 
-    def pending_for(
-        self, keys: Sequence[str]
-    ) -> list[tuple[str, str, str, str | bytes, str | None]]:
-        """(key, kind, route, data, cand) of every pending row under these keys, in
-        (key, kind) order. ``data`` is JSON text (bytes in rows written by earlier
-        versions)."""
-        out: list[tuple[str, str, str, str | bytes, str | None]] = []
+    def pending_for(self, keys: Sequence[str]) -> list[PendingRow]:
+        """Every pending row under these keys, in (key, kind) order."""
+        out: list[PendingRow] = []
         for chunk in _chunks(keys):
             q = (
                 "SELECT key, kind, route, data, cand FROM pending WHERE key IN "
@@ -306,7 +309,7 @@ class Store:
     def put_states(self, rows: Sequence[tuple[str, str, str, int, bytes]]) -> None:
         self.conn.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?)", rows)
 
-    def delete_states(self, keys: Sequence[tuple[str, str, str, int]]) -> None:
+    def delete_states(self, keys: Sequence[StateKey]) -> None:
         self.conn.executemany(
             "DELETE FROM state WHERE kind = ? AND route = ? AND candidate = ? AND partition = ?",
             keys,
