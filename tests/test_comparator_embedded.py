@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from shadowroute.api.scores import COMPARATOR_METRICS, ScoresCollector, score_routes
+from families import assert_collects_declared
+from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.embedded import Comparator
 from test_comparator_gen import classification, config
 
@@ -142,9 +143,9 @@ async def test_prometheus_collector(tmp_path: Path) -> None:
         assert (
             'shadowroute_candidate_pairs_total{candidate="fraud-v8",route="fraud"} 4000.0' in text
         )
-        for name in COMPARATOR_METRICS:
-            short = name.removesuffix("_total")
-            assert f"# HELP {name} " in text or f"# HELP {short} " in text, name
+        for family in ScoresCollector.FAMILIES:
+            assert f"# HELP {family.exposed} {family.help}" in text, family
+        assert_collects_declared(ScoresCollector(comp.reader))
     finally:
         await comp.close()
 
