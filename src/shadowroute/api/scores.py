@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shadowroute.api.app import error, json_response
+from shadowroute.comparator.documents import ModelAge, OverviewCandidate, Production
 from shadowroute.comparator.reader import NotFound, ScoresReader
 from shadowroute.core.families import Family, describe
 
@@ -153,7 +154,9 @@ _MODEL_AGE = Family(
 DRIFT_STATES = ("stable", "minor", "major", "insufficient", "collecting_reference")
 
 
-def _handler(fn: Callable[[web.Request], dict[str, Any]]) -> Callable[[web.Request], Any]:
+def _handler(
+    fn: Callable[[web.Request], Mapping[str, object]],
+) -> Callable[[web.Request], Any]:
     async def handle(request: web.Request) -> web.Response:
         try:
             return json_response(fn(request))
@@ -230,7 +233,7 @@ class ScoresCollector(Collector):
         yield from self._production(data["production"])
         yield from self._models(data.get("models", []))
 
-    def _models(self, models: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _models(self, models: list[ModelAge]) -> Iterator[Metric]:
         age = _MODEL_AGE.gauge()
         for m in models:
             x = _num(m.get("age_days"))
@@ -238,7 +241,7 @@ class ScoresCollector(Collector):
                 age.add_metric([m["route"], m["model"]], x)
         yield age
 
-    def _candidates(self, cands: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _candidates(self, cands: list[OverviewCandidate]) -> Iterator[Metric]:
         verdict = _VERDICT.gauge()
         fams = {f.name.rsplit("_", 1)[1]: f.gauge() for f in _BOUNDS}
         pairs = _PAIRS.counter()
@@ -269,7 +272,7 @@ class ScoresCollector(Collector):
         yield _by_prefix(_DEADLETTER.counter(), counts, "deadletter:")
         yield _by_prefix(_LABELS_WAITING.gauge(), counts, "waiting:")
 
-    def _production(self, prods: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    def _production(self, prods: dict[str, Production]) -> Iterator[Metric]:
         quality = _QUALITY.gauge()
         degraded = _DEGRADED.gauge()
         deg_est = _DEGRADATION.gauge()
@@ -305,9 +308,9 @@ class ScoresCollector(Collector):
                 x = _num(cov[-1].get("coverage"))
                 if x is not None:
                     coverage.add_metric([route], x)
-            auto = p.get("drift_auto") or {}
-            if auto.get("enabled"):
-                untracked.add_metric([route], auto.get("untracked_values", 0))
+            auto = p.get("drift_auto")
+            if auto is not None and auto["enabled"]:
+                untracked.add_metric([route], auto["untracked_values"])
         yield from (quality, degraded, deg_est, psi, state, delay, coverage, untracked)
 
 
