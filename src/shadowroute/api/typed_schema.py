@@ -104,8 +104,18 @@ def _typeddict(td: type, refs: Collection[str]) -> dict[str, Any]:
     doc = td.__doc__
     if doc and doc != inspect.getdoc(dict) and not doc.startswith(f"{td.__name__}("):
         out["description"] = inspect.cleandoc(doc)
-    required = [k for k in hints if k in required_keys]
+    required = [k for k, tp in hints.items() if _required(k, tp, required_keys)]
     if required:
         out["required"] = required
     out["properties"] = {k: schema_of(tp, refs) for k, tp in hints.items()}
     return out
+
+
+def _required(key: str, tp: object, required_keys: frozenset[str]) -> bool:
+    """A key is required unless ``NotRequired`` (read from the hint too: with postponed
+    annotations Python 3.11 leaves it out of ``__required_keys__``)."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) is typing.NotRequired:
+        return False
+    return typing.get_origin(tp) is typing.Required or key in required_keys
