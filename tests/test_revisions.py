@@ -572,6 +572,7 @@ async def test_serve_a_revision_change_mid_stream_starts_fresh_evidence(tmp_path
                 "route": ROUTE, "model": CAND, "role": "candidate", "url": cand.url,
                 "version": "8", "revision": "b", "source": "api",
             }  # fmt: skip
+            assert_documented(r.json(), "ModelRevision")
             assert (await client.get(f"{base}/revision")).json()["revision"] == "b"
             routes = (await client.get(f"{api}/v1/routes")).json()["routes"]
             assert routes[0]["candidates"][0]["revision"] == "b"

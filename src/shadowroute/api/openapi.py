@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shadowroute import __version__
+from shadowroute.api.documents import ModelRevision
 from shadowroute.api.typed_schema import components
 from shadowroute.comparator import documents
 
@@ -34,20 +35,6 @@ _ROUTE_CAND = [
 ]
 _NOT_FOUND = _json(_ERROR, "Unknown route, candidate or model")
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
-
-_MODEL_REVISION = {
-    "type": "object",
-    "required": ["route", "model", "role", "url", "version", "revision", "source"],
-    "properties": {
-        "route": {"type": "string"},
-        "model": {"type": "string"},
-        "role": {"enum": ["production", "candidate"]},
-        "url": {"type": "string"},
-        "version": {"type": ["string", "null"]},
-        "revision": {"type": ["string", "null"]},
-        "source": {"enum": ["config", "api"], "description": "Where the revision comes from"},
-    },
-}
 
 
 def _revision_path(params: list[dict[str, Any]], who: str) -> dict[str, Any]:
@@ -340,7 +327,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 **components(documents.COMPONENTS),
-                "ModelRevision": _MODEL_REVISION,
+                **components([ModelRevision]),
                 "Label": {
                     "type": "object",
                     "required": ["id", "label"],

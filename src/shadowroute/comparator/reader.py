@@ -514,32 +514,37 @@ class Reader:
                     continue
                 role: Role = "production" if m is r.production else "candidate"
                 lin = m.lineage
-                out: doc.Lineage = {
+                declared = None if lin is None else lin.model_dump()
+                age = _age_days(lin.trained_through if lin else None, self._today())
+                verdicts = self._decisions(r.name, model if role == "candidate" else None, model)
+                if role == "production":
+                    prod = self.production(r.name)
+                    return {
+                        "model": model,
+                        "route": r.name,
+                        "role": role,
+                        "version": m.version,
+                        "declared": declared,
+                        "age_days": age,
+                        "live_quality": {
+                            "metric": prod.get("metric"),
+                            "series": prod.get("quality", []),
+                            "degradation": prod.get("degradation"),
+                        },
+                        "drift": prod.get("drift", {}),
+                        "verdicts": verdicts,
+                    }
+                return {
                     "model": model,
                     "route": r.name,
                     "role": role,
                     "version": m.version,
-                    "declared": None if lin is None else lin.model_dump(),
-                    "age_days": _age_days(lin.trained_through if lin else None, self._today()),
-                    "live_quality": {},
-                    "verdicts": [],
+                    "declared": declared,
+                    "age_days": age,
+                    "live_quality": self.scores(r.name, model).get("quality", {}),
+                    "decision": self.decision(r.name, model),
+                    "verdicts": verdicts,
                 }
-                if role == "production":
-                    prod = self.production(r.name)
-                    out["live_quality"] = {
-                        "metric": prod.get("metric"),
-                        "series": prod.get("quality", []),
-                        "degradation": prod.get("degradation"),
-                    }
-                    out["drift"] = prod.get("drift", {})
-                else:
-                    scores = self.scores(r.name, model)
-                    out["live_quality"] = scores.get("quality", {})
-                    out["decision"] = self.decision(r.name, model)
-                out["verdicts"] = self._decisions(
-                    r.name, model if role == "candidate" else None, model
-                )
-                return out
         raise NotFound(f"unknown model {model!r}")
 
     def _today(self) -> date:
