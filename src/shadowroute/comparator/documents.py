@@ -3,7 +3,7 @@
 The comparator builds these (``CandidateState.scores``, ``ClassCounts.view``,
 ``ProductionState.summary``, the ``Reader``'s decision, scores and production documents), mypy
 checks the builders against them, and ``shadowroute.api.openapi`` generates its
-``components.schemas`` from them (``shadowroute.api.jsonschema``). A field's description is its
+``components.schemas`` from them (``shadowroute.api.typed_schema``). A field's description is its
 ``Annotated`` string; ``NotRequired`` fields are left out of ``required``; ``X | None`` is
 nullable. Declarations only: nothing here runs per record.
 
