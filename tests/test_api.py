@@ -13,7 +13,7 @@ from aiohttp import web
 from proxyutil import make_config, running_proxy
 from shadowroute.api.app import ControlContext, create_app
 from shadowroute.api.labels import KAFKA_NOTE, label_routes
-from shadowroute.api.metrics import DATAPLANE_METRICS, new_registry
+from shadowroute.api.metrics import DataPlaneCollector, new_registry
 from shadowroute.api.openapi import document
 from shadowroute.core.config import Config
 from shadowroute.core.records import LabelRecord
@@ -58,8 +58,8 @@ async def test_health_metrics_and_mirroring_switch(prod: ModelServer) -> None:
                 assert (await c.get("/healthz")).json() == {"status": "ok"}
                 assert (await c.get("/readyz")).status_code == 200
                 text = (await c.get("/metrics")).text
-                for name in DATAPLANE_METRICS:
-                    assert name in text, name
+                for family in DataPlaneCollector.FAMILIES:
+                    assert f"# TYPE {family.exposed} {family.kind}" in text, family
                 assert 'shadowroute_requests_total{class="2xx",route="fraud"} 1.0' in text
                 assert "request_id" not in text
                 r = await c.put("/v1/mirroring", json={"enabled": False})

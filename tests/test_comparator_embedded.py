@@ -12,7 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from shadowroute.api.scores import COMPARATOR_METRICS, ScoresCollector, score_routes
+from documented import assert_documented
+from families import assert_collects_declared
+from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.embedded import Comparator
 from test_comparator_gen import classification, config
 
@@ -97,6 +99,7 @@ async def test_api_routes_and_404(tmp_path: Path) -> None:
             "revision",
             "integrity", "labels_waiting",
         }  # fmt: skip
+        assert_documented(body, "Decision")
         assert body["labels_waiting"] == 0
         assert body["integrity"] == {
             "duplicate_pairs": 0, "duplicate_ids": 0, "duplicate_labels": 0,
@@ -106,17 +109,22 @@ async def test_api_routes_and_404(tmp_path: Path) -> None:
             "estimate", "lower", "upper", "n", "threshold", "status"
         }  # fmt: skip
         scores = await (await client.get(f"/v1/routes/{ROUTE}/candidates/{CAND}/scores")).json()
+        assert_documented(scores, "Scores")
         assert scores["audit"]["wilcoxon"] is None and "note" in scores["audit"]
         assert scores["quality"]["accuracy"]["n"] == 1000
         assert scores["windows"]["hour"][0]["pairs"] == 1000
         hist = await (await client.get(f"/v1/routes/{ROUTE}/candidates/{CAND}/history")).json()
         assert hist["history"]
+        assert_documented(hist, "History")
         prod = await (await client.get(f"/v1/routes/{ROUTE}/production")).json()
+        assert_documented(prod, "Production")
         assert prod["metric"] == "accuracy" and prod["counts"]["labelled"] == 1000
         assert prod["drift"]["$.amount"]["reference_n"] == 1000
         lin = await (await client.get("/v1/models/fraud-v7/lineage")).json()
+        assert_documented(lin, "Lineage")
         assert lin["declared"]["trained_through"] == "2026-10-31" and lin["age_days"] is not None
         lin8 = await (await client.get(f"/v1/models/{CAND}/lineage")).json()
+        assert_documented(lin8, "Lineage")
         assert lin8["role"] == "candidate" and lin8["verdicts"]
         for path in (
             "/v1/routes/nope/candidates/x/decision",
@@ -142,9 +150,9 @@ async def test_prometheus_collector(tmp_path: Path) -> None:
         assert (
             'shadowroute_candidate_pairs_total{candidate="fraud-v8",route="fraud"} 4000.0' in text
         )
-        for name in COMPARATOR_METRICS:
-            short = name.removesuffix("_total")
-            assert f"# HELP {name} " in text or f"# HELP {short} " in text, name
+        for family in ScoresCollector.FAMILIES:
+            assert f"# HELP {family.exposed} {family.help}" in text, family
+        assert_collects_declared(ScoresCollector(comp.reader))
     finally:
         await comp.close()
 

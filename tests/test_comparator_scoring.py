@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from documented import assert_documented
 from shadowroute.comparator import scoring
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.engine import Engine
@@ -69,7 +70,8 @@ def test_other_tasks_end_to_end(
     tmp_path: Path, task: str, prod: list[object], cand: list[object], label: object,
     metric: str, diff: float,
 ) -> None:  # fmt: skip
-    engine = Engine(config(str(tmp_path / "s.sqlite"), task=task), Store(tmp_path / "s.sqlite"))
+    cfg = config(str(tmp_path / "s.sqlite"), task=task)
+    engine = Engine(cfg, Store(tmp_path / "s.sqlite"))
     engine.process(0, [(b"a", pair("a", T0, prod, cand))], [LabelRecord("a", label, T0 + 1)])
     state = cand_state(engine, "fraud", "fraud-v8", 0)
     assert isinstance(state, CandidateState)
@@ -80,6 +82,15 @@ def test_other_tasks_end_to_end(
         assert scores["output_delta"]["n"] == 1
     else:
         assert scores["similarity"]["mean"] == 0.0
+    # the API's documents of this task, in their documented shape
+    from shadowroute.comparator.reader import Reader, StateView, Verdicts
+
+    view = StateView()
+    view.update(engine.snapshot())
+    reader = Reader(cfg, view, Verdicts(cfg, view, engine.store), engine.store)
+    assert_documented(reader.scores("fraud", "fraud-v8"), "Scores")
+    assert_documented(reader.decision("fraud", "fraud-v8"), "Decision")
+    assert_documented(reader.production("fraud"), "Production")
 
 
 def test_drift_against_a_reference_file(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ elsewhere they are skipped with the reason.
 
 from __future__ import annotations
 
-import ast
 import base64
 import copy
 import importlib
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from families import exported_metric_names
 from shadowroute.core.config import ProxySettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -490,39 +490,19 @@ def test_chart_alerts_are_a_copy_of_deploy_alerts() -> None:
     assert (CHART / "files" / "alerts.yaml").read_text() == ALERTS.read_text()
 
 
-def exported_metric_names() -> set[str]:
-    """The union of every ``*_METRICS`` tuple in the shadowroute package."""
-    pkg = ROOT / "src" / "shadowroute"
-    names: set[str] = set()
-    for path in sorted(pkg.rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        attrs = [
-            t.id
-            for node in tree.body
-            if isinstance(node, ast.Assign | ast.AnnAssign)
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
-            if isinstance(t, ast.Name) and t.id.endswith("_METRICS")
-        ]
-        if not attrs:
-            continue
-        module = ".".join(("shadowroute", *path.relative_to(pkg).with_suffix("").parts))
-        mod = importlib.import_module(module.removesuffix(".__init__"))
-        for attr in attrs:
-            value = getattr(mod, attr)
-            if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-                names.update(value)
-    return names
-
-
 def used_metric_names(text: str) -> set[str]:
     found = set(re.findall(r"\bshadowroute_[a-z0-9_]+", text))
     return {re.sub(r"_(bucket|count|sum)$", "", n) for n in found}
 
 
-def test_metric_name_discovery_finds_the_data_plane_names() -> None:
-    from shadowroute.api.metrics import DATAPLANE_METRICS
+def test_metric_name_discovery_finds_the_declared_families() -> None:
+    from shadowroute.api.metrics import DataPlaneCollector
+    from shadowroute.comparator.kafka_source import ConsumerLagCollector
 
-    assert set(DATAPLANE_METRICS) <= exported_metric_names()
+    exported = exported_metric_names()
+    assert {f.exposed for f in DataPlaneCollector.FAMILIES} <= exported
+    assert {"shadowroute_requests_total", "shadowroute_kafka_consumer_lag"} <= exported
+    assert {f.exposed for f in ConsumerLagCollector.FAMILIES} <= exported
     assert used_metric_names("rate(shadowroute_x_seconds_bucket[5m])") == {"shadowroute_x_seconds"}
 
 

@@ -23,6 +23,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from documented import assert_documented
 from proxyutil import make_config, running_proxy, settle
 from shadowroute.comparator.aggregates import (
     CandidateState,
@@ -366,6 +367,11 @@ async def test_a_noise_candidate_shows_the_floor_and_never_promotes(tmp_path: Pa
     assert "noise_floor" not in noise and noise_scores["noise"] is True
     assert {h["verdict"] for h in hist["history"]} == {"hold"}
     # the floor beside the real candidate, in its decision and its scores
+    for decision in (noise, cand):
+        assert_documented(decision, "Decision")
+    for scores in (noise_scores, cand_scores):
+        assert_documented(scores, "Scores")
+    assert_documented(hist, "History")
     floor = cand["noise_floor"]
     assert floor["candidate"] == "noise" and floor["pairs"] == n
     agreement = noise_scores["agreement"]["estimate"]

@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pytest
 
+from documented import assert_documented
 from shadowroute.cli import main as cli_main
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.embedded import Comparator
@@ -114,6 +115,7 @@ def test_a_candidate_revision_change_starts_fresh_evidence(tmp_path: Path) -> No
     stale = reader.decision(ROUTE, CAND, revision="a")
     assert stale["verdict"] == "hold" and stale["asked_revision"] == "a"
     assert "'a'" in stale["reasons"][0] and "'b'" in stale["reasons"][0]
+    assert_documented(stale, "Decision")
     assert stale["revision"]["candidate"]["revision"] == "b"
     for name in ("b", d["revision"]["id"]):  # its revision, or the revision id
         assert "asked_revision" not in reader.decision(ROUTE, CAND, revision=name)
@@ -128,6 +130,7 @@ def test_a_candidate_revision_change_starts_fresh_evidence(tmp_path: Path) -> No
     assert change["previous"]["verdict"] == "promote"
     assert change["previous"]["revision"]["id"] == rid_a
     assert change["previous"]["pairs"] == 3000
+    assert_documented(reader.history(ROUTE, CAND), "History")
 
     # more of revision b, worse than production: its own verdict, from its own evidence only
     more, more_labels = _stream(3150, 3000, revision="b", p_cand=0.3, seed=3)
@@ -569,6 +572,7 @@ async def test_serve_a_revision_change_mid_stream_starts_fresh_evidence(tmp_path
                 "route": ROUTE, "model": CAND, "role": "candidate", "url": cand.url,
                 "version": "8", "revision": "b", "source": "api",
             }  # fmt: skip
+            assert_documented(r.json(), "ModelRevision")
             assert (await client.get(f"{base}/revision")).json()["revision"] == "b"
             routes = (await client.get(f"{api}/v1/routes")).json()["routes"]
             assert routes[0]["candidates"][0]["revision"] == "b"

@@ -28,14 +28,14 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import typedefs, web
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from shadowroute.core.config import Admin
+from shadowroute.core.families import Family, describe
 
-__all__ = ["ADMIN_METRICS", "AdminGuard", "GuardCollector"]
+__all__ = ["AdminGuard", "GuardCollector"]
 
-ADMIN_METRICS = ("shadowroute_admin_refused_total", "shadowroute_labels_refused_total")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -144,29 +144,41 @@ class AdminGuard:
         return guard
 
 
+_ADMIN_REFUSED = Family(
+    "shadowroute_admin_refused",
+    "Admin-plane requests refused before any handler: unknown Host (DNS rebinding), "
+    "foreign Origin on a write, missing read token.",
+    "counter",
+    ("reason",),
+)
+_LABELS_REFUSED = Family(
+    "shadowroute_labels_refused",
+    "Label records refused by POST /v1/labels, by reason: a rule (ts_in_future, "
+    "ts_too_old, label_too_large), backlog_full, a bad line (bad_record) or a whole "
+    "batch of the wrong content type (content_type).",
+    "counter",
+    ("reason",),
+)
+
+
 class GuardCollector(Collector):
-    """``shadowroute_admin_refused_total{reason}``: requests the admin guard refused."""
+    """``shadowroute_admin_refused_total{reason}``: requests the admin guard refused, and
+    ``shadowroute_labels_refused_total{reason}``: label records refused."""
+
+    FAMILIES = (_ADMIN_REFUSED, _LABELS_REFUSED)
 
     def __init__(self, guard: AdminGuard) -> None:
         self._guard = guard
 
+    def describe(self) -> Iterator[Metric]:
+        return describe(self.FAMILIES)
+
     def collect(self) -> Iterator[Metric]:
-        fam = CounterMetricFamily(
-            "shadowroute_admin_refused",
-            "Admin-plane requests refused before any handler: unknown Host (DNS rebinding), "
-            "foreign Origin on a write, missing read token.",
-            labels=["reason"],
-        )
+        fam = _ADMIN_REFUSED.counter()
         for reason in REASONS:
             fam.add_metric([reason], self._guard.refused[reason])
         yield fam
-        labels = CounterMetricFamily(
-            "shadowroute_labels_refused",
-            "Label records refused by POST /v1/labels, by reason: a rule (ts_in_future, "
-            "ts_too_old, label_too_large), backlog_full, a bad line (bad_record) or a whole "
-            "batch of the wrong content type (content_type).",
-            labels=["reason"],
-        )
+        labels = _LABELS_REFUSED.counter()
         for reason, n in sorted(self._guard.labels_refused.items()):
             labels.add_metric([reason], n)
         yield labels

@@ -9,7 +9,7 @@ import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from shadowroute.api.admin_guard import AdminGuard, GuardCollector
+from shadowroute.api.documents import ModelRevision
 from shadowroute.core.config import Config, Model
 from shadowroute.core.records import MAX_REVISION
 from shadowroute.core.revision import LiveRevisions
@@ -145,7 +146,10 @@ async def put_mirroring(request: web.Request) -> web.Response:
     return json_response({"enabled": ctx.get_mirroring()})
 
 
-def _model_of(request: web.Request) -> tuple[str, str, str] | web.Response:
+Role = Literal["production", "candidate"]
+
+
+def _model_of(request: web.Request) -> tuple[str, str, Role] | web.Response:
     """(route, model, role) named by the path, or the 404 to send."""
     cfg = request.app[CONTEXT].config
     route = cfg.route(request.match_info["route"])
@@ -159,8 +163,9 @@ def _model_of(request: web.Request) -> tuple[str, str, str] | web.Response:
     return route.name, cand, "candidate"
 
 
-def _revision_body(live: LiveRevisions, route: str, model: str, role: str) -> dict[str, Any]:
+def _revision_body(live: LiveRevisions, route: str, model: str, role: Role) -> ModelRevision:
     url, version, revision = live.identity(route, model)
+    assert url is not None  # a configured model always has its url
     return {
         "route": route,
         "model": model,
@@ -168,7 +173,7 @@ def _revision_body(live: LiveRevisions, route: str, model: str, role: str) -> di
         "url": url,
         "version": version,
         "revision": revision,
-        "source": live.source(route, model),
+        "source": "api" if live.source(route, model) == "api" else "config",
     }
 
 

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document served at ``/openapi.json``.
 
-A test checks that every route the app serves is described here and the other way round, and
-that the documented decision shape is what the API returns.
+The read side's documents (decision, scores, production, history, lineage) are generated from
+their TypedDicts in ``shadowroute.comparator.documents``; tests validate real responses against
+them. A test checks that every route the app serves is described here and the other way round.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from shadowroute import __version__
+from shadowroute.api.documents import ModelRevision
+from shadowroute.api.typed_schema import components
+from shadowroute.comparator import documents
 
 _ERROR = {
     "type": "object",
@@ -31,272 +35,6 @@ _ROUTE_CAND = [
 ]
 _NOT_FOUND = _json(_ERROR, "Unknown route, candidate or model")
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
-
-_METRIC = {
-    "type": "object",
-    "required": ["estimate", "lower", "upper", "n", "threshold", "status"],
-    "properties": {
-        "estimate": {"type": ["number", "null"]},
-        "lower": {"type": ["number", "null"], "description": "Anytime-valid lower bound"},
-        "upper": {"type": ["number", "null"], "description": "Anytime-valid upper bound"},
-        "n": {"type": "integer"},
-        "threshold": {"type": ["number", "null"]},
-        "status": {"enum": ["pass", "fail", "inconclusive"]},
-        "needed": {
-            "type": "object",
-            "description": (
-                "Only when inconclusive: an ESTIMATE of the further observations needed before "
-                "the interval excludes the threshold, if the effect and variance stay as now"
-            ),
-            "required": ["more", "total", "unit", "estimate"],
-            "properties": {
-                "more": {"type": ["integer", "null"], "description": "null: cannot estimate"},
-                "total": {"type": ["integer", "null"]},
-                "unit": {"enum": ["pairs", "labelled pairs"]},
-                "estimate": {"const": True},
-                "why": {"type": "string", "description": "Why it cannot be estimated"},
-            },
-        },
-        "errors": {
-            "type": "object",
-            "description": (
-                "error_rate only, when it does not pass: the candidate's most frequent error "
-                "reason, its count over the pairs, and a plain-words hint"
-            ),
-            "required": ["reason", "count", "of"],
-            "properties": {
-                "reason": {"type": "string", "description": "e.g. http_4xx, timeout, connect"},
-                "count": {"type": "integer"},
-                "of": {"type": "integer"},
-                "hint": {"type": ["string", "null"]},
-            },
-        },
-    },
-}
-
-_LABELS_WAITING = {
-    "type": "object",
-    "description": "Labels kept waiting for their pair (they matched no request seen so far)",
-    "required": ["waiting", "waiting_without_route", "max_waiting_per_route"],
-    "properties": {
-        "waiting": {"type": "integer", "description": "Labels of this route"},
-        "waiting_without_route": {
-            "type": "integer",
-            "description": "Labels sent without a route (any route's pair may join them)",
-        },
-        "max_waiting_per_route": {"type": "integer"},
-    },
-}
-
-_NUM = {"type": ["number", "null"]}
-_FIGURES = {
-    "type": "object",
-    "required": ["true_positives", "predicted", "precision", "recall", "f1"],
-    "properties": {
-        "true_positives": {"type": "integer"},
-        "predicted": {"type": "integer", "description": "Instances the model gave this class"},
-        "precision": _NUM,
-        "recall": _NUM,
-        "f1": _NUM,
-    },
-}
-_MATRIX = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
-_CLASS_VIEWS = {
-    "type": "object",
-    "description": (
-        "Classification routes: per-class figures of production and the candidate on the same "
-        "labelled pairs (docs/comparator.md \"Per-class views\")"
-    ),
-    "required": [
-        "classes", "max_classes", "declared", "untracked", "other", "no_prediction",
-        "per_class", "macro", "confusion", "interval",
-    ],
-    "properties": {
-        "classes": {"type": "array", "items": {"type": "string"}},
-        "max_classes": {"type": "integer"},
-        "declared": {"type": "boolean", "description": "The tracked classes are routes[].classes"},
-        "untracked": {
-            "type": "integer",
-            "description": "Labelled instances with a class beyond the tracked ones (in other)",
-        },
-        "other": {"type": "string", "description": "The name of the other bucket"},
-        "no_prediction": {
-            "type": "string",
-            "description": "The candidate's column for instances it gave no prediction for",
-        },
-        "per_class": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["class", "support", "production", "candidate", "recall_diff"],
-                "properties": {
-                    "class": {"type": "string"},
-                    "support": {"type": "integer", "description": "Labelled instances"},
-                    "production": _FIGURES,
-                    "candidate": _FIGURES,
-                    "recall_diff": {
-                        "type": "object",
-                        "description": (
-                            "Candidate minus production recall on the same labelled requests, "
-                            "with an anytime-valid interval (all classes' hold together)"
-                        ),
-                        "required": ["estimate", "lower", "upper", "n"],
-                        "properties": {
-                            "estimate": _NUM,
-                            "lower": {"type": "number"},
-                            "upper": {"type": "number"},
-                            "n": {"type": "integer"},
-                            "candidate_only_right": {"type": "integer"},
-                            "production_only_right": {"type": "integer"},
-                        },
-                    },
-                },
-            },
-        },
-        "macro": {"type": "object"},
-        "confusion": {
-            "type": "object",
-            "required": ["labels", "columns", "production", "candidate"],
-            "properties": {
-                "rows": {"const": "label"},
-                "labels": {"type": "array", "items": {"type": "string"}},
-                "columns": {"type": "array", "items": {"type": "string"}},
-                "production": _MATRIX,
-                "candidate": _MATRIX,
-            },
-        },
-        "interval": {
-            "type": "object",
-            "required": ["alpha", "alpha_per_class", "note"],
-            "properties": {
-                "alpha": {"type": "number"},
-                "alpha_per_class": {"type": "number"},
-                "note": {"type": "string"},
-            },
-        },
-    },
-}  # fmt: skip
-_DRIFT_AUTO = {
-    "type": "object",
-    "description": "Automatic drift (drift.auto): the fields found and what was counted, not "
-    "tracked",
-    "required": ["enabled", "max_fields", "fields", "untracked_values", "untracked_examples"],
-    "properties": {
-        "enabled": {"type": "boolean"},
-        "max_fields": {"type": "integer"},
-        "fields": {"type": "array", "items": {"type": "string"}},
-        "untracked_values": {"type": "integer"},
-        "untracked_examples": {"type": "array", "items": {"type": "string"}},
-        "too_deep_values": {"type": "integer"},
-        "fields_left_out_of_merge": {"type": "integer"},
-    },
-}
-
-_DECISION = {
-    "type": "object",
-    "required": [
-        "route",
-        "candidate",
-        "verdict",
-        "reasons",
-        "metrics",
-        "pairs",
-        "labelled",
-        "as_of",
-        "revision",
-    ],
-    "properties": {
-        "route": {"type": "string"},
-        "candidate": {"type": "string"},
-        "verdict": {"enum": ["promote", "hold", "reject"]},
-        "reasons": {"type": "array", "items": {"type": "string"}},
-        "metrics": {"type": "object", "additionalProperties": _ref("MetricEvidence")},
-        "pairs": {"type": "integer"},
-        "labelled": {"type": "integer"},
-        "as_of": {"type": ["integer", "string", "null"], "description": "When it was computed"},
-        "revision": {
-            "description": (
-                "The revision the evidence is about (null before any pair, or for evidence "
-                "recorded before revisions were tracked)"
-            ),
-            "anyOf": [{"type": "null"}, {"$ref": "#/components/schemas/EvidenceRevision"}],
-        },
-        "asked_revision": {
-            "type": "string",
-            "description": "Only when ?revision= named another revision: what was asked (the "
-            "verdict is then hold, and the reason says which revision the evidence is for)",
-        },
-        "noise": {
-            "type": "boolean",
-            "description": "True for a noise candidate (production against itself): always hold",
-        },
-        "noise_floor": {
-            "type": ["object", "null"],
-            "description": (
-                "The route's noise candidate, to read this candidate's figures against: "
-                "disagreement and the paired differences of the decision's metrics"
-            ),
-            "properties": {
-                "candidate": {"type": "string"},
-                "pairs": {"type": "integer"},
-                "labelled": {"type": "integer"},
-                "disagreement": {"type": ["number", "null"]},
-                "metrics": {"type": "object"},
-                "note": {"type": "string"},
-            },
-        },
-        "labels_waiting": {
-            "type": "integer",
-            "description": "Labels of this route waiting for their pair (see production)",
-        },
-        "integrity": {
-            "type": "object",
-            "description": "Evidence the comparator refused to take at face value (all routes)",
-            "properties": {
-                "duplicate_pairs": {"type": "integer"},
-                "duplicate_ids": {"type": "integer"},
-                "duplicate_labels": {"type": "integer"},
-                "conflicting_labels": {"type": "integer"},
-            },
-        },
-    },
-}
-
-_IDENTITY = {
-    "type": ["object", "null"],
-    "properties": {
-        "url": {"type": ["string", "null"]},
-        "version": {"type": ["string", "null"]},
-        "revision": {"type": ["string", "null"]},
-    },
-}
-
-_EVIDENCE_REVISION = {
-    "type": "object",
-    "required": ["id", "candidate", "production"],
-    "properties": {
-        "id": {
-            "type": "string",
-            "description": "12 hex digits naming (candidate identity, production identity)",
-        },
-        "candidate": _IDENTITY,
-        "production": _IDENTITY,
-    },
-}
-
-_MODEL_REVISION = {
-    "type": "object",
-    "required": ["route", "model", "role", "url", "version", "revision", "source"],
-    "properties": {
-        "route": {"type": "string"},
-        "model": {"type": "string"},
-        "role": {"enum": ["production", "candidate"]},
-        "url": {"type": "string"},
-        "version": {"type": ["string", "null"]},
-        "revision": {"type": ["string", "null"]},
-        "source": {"enum": ["config", "api"], "description": "Where the revision comes from"},
-    },
-}
 
 
 def _revision_path(params: list[dict[str, Any]], who: str) -> dict[str, Any]:
@@ -525,7 +263,7 @@ def document() -> dict[str, Any]:
                 "changes (event revision_change: the evidence restarts; previous: the old "
                 "revision's last verdict)",
                 "parameters": _ROUTE_CAND,
-                "responses": {"200": _json({"type": "object"}, "History"), "404": _NOT_FOUND},
+                "responses": {"200": _json(_ref("History"), "History"), "404": _NOT_FOUND},
             }
         },
         "/v1/routes/{route}/production": {
@@ -550,7 +288,7 @@ def document() -> dict[str, Any]:
                 "parameters": [
                     {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                "responses": {"200": _json({"type": "object"}, "Lineage"), "404": _NOT_FOUND},
+                "responses": {"200": _json(_ref("Lineage"), "Lineage"), "404": _NOT_FOUND},
             }
         },
         "/": {
@@ -588,44 +326,8 @@ def document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Decision": _DECISION,
-                "EvidenceRevision": _EVIDENCE_REVISION,
-                "ModelRevision": _MODEL_REVISION,
-                "MetricEvidence": _METRIC,
-                "LabelsWaiting": _LABELS_WAITING,
-                "ClassViews": _CLASS_VIEWS,
-                "DriftAuto": _DRIFT_AUTO,
-                "Scores": {
-                    "type": "object",
-                    "required": ["route", "candidate", "task", "pairs", "labelled"],
-                    "properties": {
-                        "route": {"type": "string"},
-                        "candidate": {"type": "string"},
-                        "task": {"type": "string"},
-                        "pairs": {"type": "integer"},
-                        "labelled": {"type": "integer"},
-                        "classes": _ref("ClassViews"),
-                        "similarity": {
-                            "type": "object",
-                            "description": "Text routes: mean difflib similarity of the two "
-                            "answers (1 = identical)",
-                            "properties": {"n": {"type": "integer"}, "mean": _NUM},
-                        },
-                    },
-                },
-                "Production": {
-                    "type": "object",
-                    "required": ["route", "model", "task"],
-                    "properties": {
-                        "route": {"type": "string"},
-                        "model": {"type": "string"},
-                        "task": {"type": "string"},
-                        "metric": {"type": "string"},
-                        "drift": {"type": "object"},
-                        "drift_auto": _ref("DriftAuto"),
-                        "labels": _ref("LabelsWaiting"),
-                    },
-                },
+                **components(documents.COMPONENTS),
+                **components([ModelRevision]),
                 "Label": {
                     "type": "object",
                     "required": ["id", "label"],

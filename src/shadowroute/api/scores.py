@@ -2,13 +2,13 @@
 
 ``score_routes(reader)`` returns the aiohttp route definitions to add to the control plane;
 ``ScoresCollector(reader)`` exports the comparator's figures at scrape time. Both read through
-``ScoresReader`` only. ``COMPARATOR_METRICS`` lists every family the collector exports.
+``ScoresReader`` only. ``ScoresCollector.FAMILIES`` declares every family it exports.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -16,72 +16,147 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shadowroute.api.app import error, json_response
+from shadowroute.comparator.documents import ModelAge, OverviewCandidate, Production
 from shadowroute.comparator.reader import NotFound, ScoresReader
+from shadowroute.core.families import Family, describe
 
-__all__ = ["COMPARATOR_METRICS", "ScoresCollector", "score_routes"]
+__all__ = ["ScoresCollector", "score_routes"]
 
-COMPARATOR_METRICS = (
-    "shadowroute_verdict",
-    "shadowroute_candidate_metric_estimate",
-    "shadowroute_candidate_metric_lower",
-    "shadowroute_candidate_metric_upper",
-    "shadowroute_candidate_pairs_total",
-    "shadowroute_candidate_labelled_total",
-    "shadowroute_orphan_pairs_total",
-    "shadowroute_orphan_labels_total",
-    "shadowroute_deadletter_records_total",
-    "shadowroute_production_quality",
-    "shadowroute_production_degraded",
-    "shadowroute_production_degradation_estimate",
-    "shadowroute_drift_psi",
-    "shadowroute_drift_state",
-    "shadowroute_label_delay_seconds",
-    "shadowroute_label_coverage_ratio",
-    "shadowroute_duplicate_labels_total",
-    "shadowroute_revisions_evicted_total",
-    "shadowroute_duplicate_pairs_total",
-    "shadowroute_duplicate_ids_total",
-    "shadowroute_conflicting_labels_total",
-    "shadowroute_labels_waiting",
-    "shadowroute_model_age_days",
-    "shadowroute_classes_untracked_total",
-    "shadowroute_drift_untracked_values_total",
-)
 VERDICTS = ("promote", "hold", "reject")
 
-PARTITION_COUNTERS: tuple[tuple[str, str], ...] = (
-    ("orphan_labels", "Labels whose pair did not come within the TTL."),
-    (
-        "duplicate_labels",
-        "Labels re-sent with the same value for an already-labelled request key (counted, "
-        "not joined again).",
-    ),
-    (
-        "revisions_evicted",
-        "Candidate revisions whose evidence was dropped from the state: beyond the "
-        "revisions kept per candidate and partition, the oldest (history stays).",
-    ),
-    (
-        "duplicate_pairs",
-        "Pair records for a request id and candidate already counted within the TTL (a "
-        "Kafka re-delivery, a reused id): skipped whole, never counted twice.",
-    ),
-    (
-        "duplicate_ids",
-        "Pairs under a request id (and candidate) already waiting for its label: kept out "
-        "of the evidence, the first one stays.",
-    ),
-    (
-        "conflicting_labels",
-        "Labels for an already-labelled request key with another value (the first stays): "
-        "a label source that contradicts itself.",
-    ),
+_RC = ("route", "candidate")
+_VERDICT = Family(
+    "shadowroute_verdict",
+    "1 for the current verdict of a candidate.",
+    "gauge",
+    (*_RC, "verdict"),
 )
-"""The partition counters exported as they are: (count name, help)."""
+_BOUNDS = tuple(
+    Family(
+        f"shadowroute_candidate_metric_{k}",
+        f"The {k} of a policy metric's paired difference (positive: candidate better).",
+        "gauge",
+        (*_RC, "metric"),
+    )
+    for k in ("estimate", "lower", "upper")
+)
+_PAIRS = Family("shadowroute_candidate_pairs", "Pair records scored.", "counter", _RC)
+_LABELLED = Family(
+    "shadowroute_candidate_labelled", "Labelled pair instances scored.", "counter", _RC
+)
+_ORPHAN_PAIRS = Family(
+    "shadowroute_orphan_pairs",
+    "Pair instances whose label did not come within the TTL.",
+    "counter",
+    _RC,
+)
+_CLASSES_UNTRACKED = Family(
+    "shadowroute_classes_untracked",
+    "Labelled instances with a class beyond the tracked ones (routes[].max_classes), "
+    "counted in the per-class views' other bucket.",
+    "counter",
+    _RC,
+)
+PARTITION_COUNTERS = tuple(
+    Family(f"shadowroute_{name}", doc, "counter")
+    for name, doc in (
+        ("orphan_labels", "Labels whose pair did not come within the TTL."),
+        (
+            "duplicate_labels",
+            "Labels re-sent with the same value for an already-labelled request key (counted, "
+            "not joined again).",
+        ),
+        (
+            "revisions_evicted",
+            "Candidate revisions whose evidence was dropped from the state: beyond the "
+            "revisions kept per candidate and partition, the oldest (history stays).",
+        ),
+        (
+            "duplicate_pairs",
+            "Pair records for a request id and candidate already counted within the TTL (a "
+            "Kafka re-delivery, a reused id): skipped whole, never counted twice.",
+        ),
+        (
+            "duplicate_ids",
+            "Pairs under a request id (and candidate) already waiting for its label: kept out "
+            "of the evidence, the first one stays.",
+        ),
+        (
+            "conflicting_labels",
+            "Labels for an already-labelled request key with another value (the first stays): "
+            "a label source that contradicts itself.",
+        ),
+    )
+)
+"""The partition counters exported as they are: ``shadowroute_<count name>``."""
+_DEADLETTER = Family(
+    "shadowroute_deadletter_records", "Records sent to the dead letters.", "counter", ("reason",)
+)
+_LABELS_WAITING = Family(
+    "shadowroute_labels_waiting",
+    "Labels kept waiting for their pair, by route (empty: labels without a route); "
+    "bounded by labels.max_waiting_per_route.",
+    "gauge",
+    ("route",),
+)
+_QUALITY = Family(
+    "shadowroute_production_quality",
+    "Production's quality in the latest window with labels.",
+    "gauge",
+    ("route", "metric"),
+)
+_DEGRADED = Family(
+    "shadowroute_production_degraded",
+    "1 when production is shown worse than its reference windows.",
+    "gauge",
+    ("route",),
+)
+_DEGRADATION = Family(
+    "shadowroute_production_degradation_estimate",
+    "How much worse production is than its reference (metric units, positive: worse).",
+    "gauge",
+    ("route", "metric"),
+)
+_PSI = Family(
+    "shadowroute_drift_psi",
+    "PSI of the latest window vs the reference.",
+    "gauge",
+    ("route", "field"),
+)
+_DRIFT_STATE = Family(
+    "shadowroute_drift_state",
+    "1 for a field's current drift state.",
+    "gauge",
+    ("route", "field", "state"),
+)
+_LABEL_DELAY = Family(
+    "shadowroute_label_delay_seconds", "Label delay quantiles.", "gauge", ("route", "quantile")
+)
+_COVERAGE = Family(
+    "shadowroute_label_coverage_ratio",
+    "Labelled share of predictions in the latest window.",
+    "gauge",
+    ("route",),
+)
+_DRIFT_UNTRACKED = Family(
+    "shadowroute_drift_untracked_values",
+    "Input values automatic drift counted without tracking: their field is beyond "
+    "drift.max_fields.",
+    "counter",
+    ("route",),
+)
+_MODEL_AGE = Family(
+    "shadowroute_model_age_days",
+    "Days since the model's declared lineage.trained_through.",
+    "gauge",
+    ("route", "model"),
+)
 DRIFT_STATES = ("stable", "minor", "major", "insufficient", "collecting_reference")
 
 
-def _handler(fn: Callable[[web.Request], dict[str, Any]]) -> Callable[[web.Request], Any]:
+def _handler(
+    fn: Callable[[web.Request], Mapping[str, object]],
+) -> Callable[[web.Request], Any]:
     async def handle(request: web.Request) -> web.Response:
         try:
             return json_response(fn(request))
@@ -122,10 +197,34 @@ def _num(x: Any) -> float | None:
 
 
 class ScoresCollector(Collector):
-    """Comparator figures as Prometheus metric families (see ``COMPARATOR_METRICS``)."""
+    """Comparator figures as Prometheus metric families (declared in ``FAMILIES``)."""
 
     def __init__(self, reader: ScoresReader) -> None:
         self._reader = reader
+
+    FAMILIES = (
+        _VERDICT,
+        *_BOUNDS,
+        _PAIRS,
+        _LABELLED,
+        _ORPHAN_PAIRS,
+        _CLASSES_UNTRACKED,
+        *PARTITION_COUNTERS,
+        _DEADLETTER,
+        _LABELS_WAITING,
+        _QUALITY,
+        _DEGRADED,
+        _DEGRADATION,
+        _PSI,
+        _DRIFT_STATE,
+        _LABEL_DELAY,
+        _COVERAGE,
+        _DRIFT_UNTRACKED,
+        _MODEL_AGE,
+    )
+
+    def describe(self) -> Iterator[Metric]:
+        return describe(self.FAMILIES)
 
     def collect(self) -> Iterator[Metric]:
         data = self._reader.overview()
@@ -134,50 +233,21 @@ class ScoresCollector(Collector):
         yield from self._production(data["production"])
         yield from self._models(data.get("models", []))
 
-    def _models(self, models: list[dict[str, Any]]) -> Iterator[Metric]:
-        age = GaugeMetricFamily(
-            "shadowroute_model_age_days",
-            "Days since the model's declared lineage.trained_through.",
-            labels=["route", "model"],
-        )
+    def _models(self, models: list[ModelAge]) -> Iterator[Metric]:
+        age = _MODEL_AGE.gauge()
         for m in models:
             x = _num(m.get("age_days"))
             if x is not None:
                 age.add_metric([m["route"], m["model"]], x)
         yield age
 
-    def _candidates(self, cands: list[dict[str, Any]]) -> Iterator[Metric]:
-        rc = ["route", "candidate"]
-        verdict = GaugeMetricFamily(
-            "shadowroute_verdict",
-            "1 for the current verdict of a candidate.",
-            labels=[*rc, "verdict"],
-        )
-        fams = {
-            k: GaugeMetricFamily(
-                f"shadowroute_candidate_metric_{k}",
-                f"The {k} of a policy metric's paired difference (positive: candidate better).",
-                labels=[*rc, "metric"],
-            )
-            for k in ("estimate", "lower", "upper")
-        }
-        pairs = CounterMetricFamily(
-            "shadowroute_candidate_pairs", "Pair records scored.", labels=rc
-        )
-        labelled = CounterMetricFamily(
-            "shadowroute_candidate_labelled", "Labelled pair instances scored.", labels=rc
-        )
-        orphans = CounterMetricFamily(
-            "shadowroute_orphan_pairs",
-            "Pair instances whose label did not come within the TTL.",
-            labels=rc,
-        )
-        untracked = CounterMetricFamily(
-            "shadowroute_classes_untracked",
-            "Labelled instances with a class beyond the tracked ones (routes[].max_classes), "
-            "counted in the per-class views' other bucket.",
-            labels=rc,
-        )
+    def _candidates(self, cands: list[OverviewCandidate]) -> Iterator[Metric]:
+        verdict = _VERDICT.gauge()
+        fams = {f.name.rsplit("_", 1)[1]: f.gauge() for f in _BOUNDS}
+        pairs = _PAIRS.counter()
+        labelled = _LABELLED.counter()
+        orphans = _ORPHAN_PAIRS.counter()
+        untracked = _CLASSES_UNTRACKED.counter()
         for c in cands:
             lab = [c["route"], c["candidate"]]
             d = c["decision"]
@@ -197,70 +267,20 @@ class ScoresCollector(Collector):
         yield from (pairs, labelled, orphans, untracked)
 
     def _partition(self, counts: dict[str, int]) -> Iterator[Metric]:
-        for name, doc in PARTITION_COUNTERS:
-            yield CounterMetricFamily(f"shadowroute_{name}", doc, value=counts.get(name, 0))
-        yield _by_prefix(
-            CounterMetricFamily(
-                "shadowroute_deadletter_records",
-                "Records sent to the dead letters.",
-                labels=["reason"],
-            ),
-            counts,
-            "deadletter:",
-        )
-        yield _by_prefix(
-            GaugeMetricFamily(
-                "shadowroute_labels_waiting",
-                "Labels kept waiting for their pair, by route (empty: labels without a route); "
-                "bounded by labels.max_waiting_per_route.",
-                labels=["route"],
-            ),
-            counts,
-            "waiting:",
-        )
+        for f in PARTITION_COUNTERS:
+            yield f.counter(counts.get(f.name.removeprefix("shadowroute_"), 0))
+        yield _by_prefix(_DEADLETTER.counter(), counts, "deadletter:")
+        yield _by_prefix(_LABELS_WAITING.gauge(), counts, "waiting:")
 
-    def _production(self, prods: dict[str, dict[str, Any]]) -> Iterator[Metric]:
-        quality = GaugeMetricFamily(
-            "shadowroute_production_quality",
-            "Production's quality in the latest window with labels.",
-            labels=["route", "metric"],
-        )
-        degraded = GaugeMetricFamily(
-            "shadowroute_production_degraded",
-            "1 when production is shown worse than its reference windows.",
-            labels=["route"],
-        )
-        deg_est = GaugeMetricFamily(
-            "shadowroute_production_degradation_estimate",
-            "How much worse production is than its reference (metric units, positive: worse).",
-            labels=["route", "metric"],
-        )
-        psi = GaugeMetricFamily(
-            "shadowroute_drift_psi",
-            "PSI of the latest window vs the reference.",
-            labels=["route", "field"],
-        )
-        state = GaugeMetricFamily(
-            "shadowroute_drift_state",
-            "1 for a field's current drift state.",
-            labels=["route", "field", "state"],
-        )
-        delay = GaugeMetricFamily(
-            "shadowroute_label_delay_seconds",
-            "Label delay quantiles.",
-            labels=["route", "quantile"],
-        )
-        coverage = GaugeMetricFamily(
-            "shadowroute_label_coverage_ratio",
-            "Labelled share of predictions in the latest window.",
-            labels=["route"],
-        )
-        untracked = CounterMetricFamily(
-            "shadowroute_drift_untracked_values",
-            "Input values automatic drift counted without tracking: their field is beyond "
-            "drift.max_fields.",
-            labels=["route"],
-        )
+    def _production(self, prods: dict[str, Production]) -> Iterator[Metric]:
+        quality = _QUALITY.gauge()
+        degraded = _DEGRADED.gauge()
+        deg_est = _DEGRADATION.gauge()
+        psi = _PSI.gauge()
+        state = _DRIFT_STATE.gauge()
+        delay = _LABEL_DELAY.gauge()
+        coverage = _COVERAGE.gauge()
+        untracked = _DRIFT_UNTRACKED.counter()
         for route, p in prods.items():
             series = [s for s in p.get("quality", []) if s.get("n")]
             if series:
@@ -288,9 +308,9 @@ class ScoresCollector(Collector):
                 x = _num(cov[-1].get("coverage"))
                 if x is not None:
                     coverage.add_metric([route], x)
-            auto = p.get("drift_auto") or {}
-            if auto.get("enabled"):
-                untracked.add_metric([route], auto.get("untracked_values", 0))
+            auto = p.get("drift_auto")
+            if auto is not None and auto["enabled"]:
+                untracked.add_metric([route], auto["untracked_values"])
         yield from (quality, degraded, deg_est, psi, state, delay, coverage, untracked)
 
 

@@ -14,13 +14,28 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from shadowroute.comparator import scoring
 from shadowroute.comparator.classes import ClassCounts
+from shadowroute.comparator.documents import (
+    Audit,
+    CandidateScores,
+    LatencyMs,
+    LatencySide,
+    Mcnemar,
+    MetricSummary,
+    Outcomes,
+    PairedT,
+    Rates,
+    SideOutcomes,
+    SideRates,
+    Window,
+    WindowQuality,
+)
 from shadowroute.core.config import Route
 from shadowroute.core.monitor import DAY_MS, HOUR_MS
 from shadowroute.core.stats.audit import mcnemar_exact, mcnemar_midp, t_sf
@@ -432,11 +447,11 @@ class CandidateState:
             **self.quality,
         }
 
-    def scores(self) -> dict[str, Any]:
+    def scores(self) -> CandidateScores:
         """All scores, JSON-ready: cumulative and per window."""
         c = self.counts
         pairs = max(self.pairs, 1)
-        out: dict[str, Any] = {
+        out: CandidateScores = {
             "pairs": self.pairs,
             "instances": self.count("instances"),
             "labelled": self.labelled,
@@ -471,21 +486,22 @@ class CandidateState:
             }
         return out
 
-    def _outcomes(self) -> dict[str, Any]:
+    def _outcomes(self) -> Outcomes:
         """Per side: pairs with a prediction, and the reason of each without one."""
-        out: dict[str, Any] = {}
+        out = {}
         for side in ("production", "candidate"):
             head = f"no_prediction:{side}:"
             reasons = {k[len(head) :]: int(v) for k, v in self.counts.items() if k.startswith(head)}
-            out[side] = {
+            one: SideOutcomes = {
                 "with_prediction": self.pairs - sum(reasons.values()),
                 "no_prediction": dict(sorted(reasons.items())),
             }
+            out[side] = one
         out["candidate"]["labelled_no_prediction"] = self.count("labelled_no_prediction")
-        return out
+        return {"production": out["production"], "candidate": out["candidate"]}
 
-    def _rates(self, pairs: int) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+    def _rates(self, pairs: int) -> Rates:
+        out: dict[str, SideRates] = {}
         for side in ("production", "candidate"):
             reasons = {
                 k.split(":", 2)[2]: int(v)
@@ -499,55 +515,53 @@ class CandidateState:
                 "extract_failed": reasons.get("extract_failed", 0) / pairs if self.pairs else None,
                 "errors_by_reason": dict(sorted(reasons.items())),
             }
-        return out
+        return {"production": out["production"], "candidate": out["candidate"]}
 
-    def _latency(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for side, sk in (("production", self.latency_prod), ("candidate", self.latency_cand)):
-            out[side] = {
-                "n": sk.count,
-                **{
-                    f"p{q}": _finite(sk.quantile(q / 100)) if sk.count else None
-                    for q in (50, 90, 99)
-                },
-            }
-        ratio: dict[str, float | None] = {}
-        for q in ("p50", "p90", "p99"):
-            a, b = out["production"][q], out["candidate"][q]
-            ratio[q] = _finite(b / a) if a and b is not None else None
-        out["ratio"] = ratio
-        return out
+    def _latency(self) -> LatencyMs:
+        prod, cand = _latency_side(self.latency_prod), _latency_side(self.latency_cand)
 
-    def _audit(self) -> dict[str, Any]:
+        def ratio(a: float | None, b: float | None) -> float | None:
+            return _finite(b / a) if a and b is not None else None
+
+        return {
+            "production": prod,
+            "candidate": cand,
+            "ratio": {
+                "p50": ratio(prod["p50"], cand["p50"]),
+                "p90": ratio(prod["p90"], cand["p90"]),
+                "p99": ratio(prod["p99"], cand["p99"]),
+            },
+        }
+
+    def _audit(self) -> Audit:
         """Fixed-horizon figures for an offline audit (not anytime-valid)."""
-        out: dict[str, Any] = {}
-        names = scoring.LABELLED_METRICS[self.task]
-        if names[0] in ("accuracy", "exact_match"):
-            b, c = self.count("mcnemar_b"), self.count("mcnemar_c")
-            out["mcnemar"] = {
-                "metric": names[0],
-                "b_candidate_only_right": b,
-                "c_production_only_right": c,
-                "p_exact": mcnemar_exact(b, c),
-                "p_midp": mcnemar_midp(b, c),
-            }
-        out["paired_t"] = {k: _paired_t(m) for k, m in self.quality.items()}
-        out["wilcoxon"] = None
-        out["note"] = (
+        paired_t = {k: _paired_t(m) for k, m in self.quality.items()}
+        note = (
             "fixed-horizon tests, valid once at a sample size fixed in advance; the Wilcoxon "
             "signed-rank test needs every difference, so it is not kept in mergeable state"
         )
-        return out
-
-    def _windows(self) -> dict[str, list[dict[str, Any]]]:
         names = scoring.LABELLED_METRICS[self.task]
-        out: dict[str, list[dict[str, Any]]] = {}
+        if names[0] not in ("accuracy", "exact_match"):
+            return {"paired_t": paired_t, "wilcoxon": None, "note": note}
+        b, c = self.count("mcnemar_b"), self.count("mcnemar_c")
+        mcnemar: Mcnemar = {
+            "metric": names[0],
+            "b_candidate_only_right": b,
+            "c_production_only_right": c,
+            "p_exact": mcnemar_exact(b, c),
+            "p_midp": mcnemar_midp(b, c),
+        }
+        return {"mcnemar": mcnemar, "paired_t": paired_t, "wilcoxon": None, "note": note}
+
+    def _windows(self) -> dict[str, list[Window]]:
+        names = scoring.LABELLED_METRICS[self.task]
+        out: dict[str, list[Window]] = {}
         for wname, wins in sorted(self.by_window.items()):
             series = []
             for start, s in sorted(wins.items()):
                 n, lab = s.get("pairs", 0.0), s.get("labelled", 0.0)
                 an = s.get("agree_n", 0.0)
-                item: dict[str, Any] = {
+                item: Window = {
                     "start": start,
                     "pairs": int(n),
                     "labelled": int(lab),
@@ -561,13 +575,19 @@ class CandidateState:
                         "candidate": s.get("cand_timeout", 0.0) / n if n else None,
                     },
                 }
+                # the task's labelled metrics are further fields of the window (Window's doc)
+                per_metric = cast(dict[str, WindowQuality | None], item)
                 for name in names:
                     if lab:
                         pm, cm = s.get(f"{name}.prod", 0.0) / lab, s.get(f"{name}.cand", 0.0) / lab
                         sign = 1.0 if metric_spec(name).higher_is_better else -1.0
-                        item[name] = {"production": pm, "candidate": cm, "diff": sign * (cm - pm)}
+                        per_metric[name] = {
+                            "production": pm,
+                            "candidate": cm,
+                            "diff": sign * (cm - pm),
+                        }
                     else:
-                        item[name] = None
+                        per_metric[name] = None
                 series.append(item)
             out[wname] = series
         return out
@@ -613,14 +633,32 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _summary(m: PairedMetric) -> dict[str, Any]:
+def _summary(m: PairedMetric) -> MetricSummary:
     s = m.summary()
-    return {k: (_finite(v) if isinstance(v, float) else v) for k, v in s.items()} | {
-        "alpha": m.alpha
+
+    def num(key: str) -> float | None:
+        v = s[key]
+        return _finite(v) if isinstance(v, float) else v
+
+    return {
+        "estimate": num("estimate"),
+        "lower": num("lower"),
+        "upper": num("upper"),
+        "n": m.n,
+        "prod_mean": num("prod_mean"),
+        "cand_mean": num("cand_mean"),
+        "alpha": m.alpha,
     }
 
 
-def _paired_t(m: PairedMetric) -> dict[str, float | int | None]:
+def _latency_side(sk: Sketch) -> LatencySide:
+    def q(p: float) -> float | None:
+        return _finite(sk.quantile(p)) if sk.count else None
+
+    return {"n": sk.count, "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
+
+
+def _paired_t(m: PairedMetric) -> PairedT:
     """Paired t from n, Σd, Σd² (two-sided)."""
     n = m.n
     if n < 2:

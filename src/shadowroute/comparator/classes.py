@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from shadowroute.comparator.documents import ClassFigures, ClassRow, ClassViews
 from shadowroute.core.stats.confseq import eb_interval
 
 __all__ = ["NONE", "OTHER", "ClassCounts"]
@@ -183,10 +184,10 @@ class ClassCounts:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> ClassViews:
         """Per-class figures, confusion matrices and the paired recall differences (JSON)."""
         classes = list(self.classes)
-        per_class: list[dict[str, Any]] = []
+        per_class: list[ClassRow] = []
         k = max(self.max_classes, 1)
         level = self.alpha / k
         for name in classes:
@@ -242,7 +243,7 @@ class ClassCounts:
         }
 
 
-def _figures(m: Matrix, name: str) -> dict[str, Any]:
+def _figures(m: Matrix, name: str) -> ClassFigures:
     """Precision, recall and F1 of one class from a label x prediction matrix."""
     row = m.get(name, {})
     tp = row.get(name, 0)
@@ -257,10 +258,15 @@ def _figures(m: Matrix, name: str) -> dict[str, Any]:
     }
 
 
-def _macro(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+def _macro(rows: Sequence[ClassFigures]) -> dict[str, float | None]:
     """Unweighted means over the tracked classes that have a value."""
-    out: dict[str, float | None] = {}
-    for key in ("precision", "recall", "f1"):
-        vals = [float(r[key]) for r in rows if r[key] is not None]
-        out[key] = sum(vals) / len(vals) if vals else None
-    return out
+
+    def mean(values: list[float | None]) -> float | None:
+        vals = [float(v) for v in values if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    return {
+        "precision": mean([r["precision"] for r in rows]),
+        "recall": mean([r["recall"] for r in rows]),
+        "f1": mean([r["f1"] for r in rows]),
+    }

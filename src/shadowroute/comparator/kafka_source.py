@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from shadowroute.comparator.engine import Engine
@@ -39,6 +39,7 @@ from shadowroute.comparator.state import StateKey
 from shadowroute.comparator.statefile import check_state_file
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config
+from shadowroute.core.families import Family, describe
 from shadowroute.core.records import LabelRecord
 from shadowroute.stream.kafka import (
     FATAL_PRODUCER_ERRORS,
@@ -54,14 +55,12 @@ _Dead = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
 """A dead letter waiting to be published: value, key, headers."""
 
 __all__ = [
-    "KAFKA_COMPARATOR_METRICS",
     "ConsumerLagCollector",
     "KafkaComparator",
     "ScoresFollower",
     "scores_key",
 ]
 
-KAFKA_COMPARATOR_METRICS = ("shadowroute_kafka_consumer_lag",)
 
 
 def scores_key(key: tuple[str, str, str, int]) -> bytes:
@@ -446,19 +445,28 @@ class KafkaComparator:
         self.store.close()
 
 
+_CONSUMER_LAG = Family(
+    "shadowroute_kafka_consumer_lag",
+    "Records on an assigned partition not yet committed by this comparator "
+    "(high watermark minus the stored next offset).",
+    "gauge",
+    ("topic", "partition"),
+)
+
+
 class ConsumerLagCollector(Collector):
     """``shadowroute_kafka_consumer_lag{topic,partition}`` of one comparator group member."""
+
+    FAMILIES = (_CONSUMER_LAG,)
 
     def __init__(self, comparator: KafkaComparator) -> None:
         self._comparator = comparator
 
+    def describe(self) -> Iterator[Metric]:
+        return describe(self.FAMILIES)
+
     def collect(self) -> Iterator[Metric]:
-        lag = GaugeMetricFamily(
-            "shadowroute_kafka_consumer_lag",
-            "Records on an assigned partition not yet committed by this comparator "
-            "(high watermark minus the stored next offset).",
-            labels=["topic", "partition"],
-        )
+        lag = _CONSUMER_LAG.gauge()
         for (topic, partition), n in self._comparator.lag().items():
             lag.add_metric([topic, str(partition)], n)
         yield lag

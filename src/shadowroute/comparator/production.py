@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from shadowroute.comparator.aggregates import WINDOW_MS
+from shadowroute.comparator.documents import DriftAuto, JsonObject, ProductionSummary
 from shadowroute.core.config import Monitor
 from shadowroute.core.drift import FrozenBins, Histogram, drift_summary
 from shadowroute.core.drift_fields import PathSet, flatten_scalars
@@ -111,11 +112,11 @@ class DriftField:
     def copy(self) -> DriftField:
         return DriftField.from_dict(self.to_dict())
 
-    def summary(self, warn: float, alert: float) -> dict[str, Any]:
+    def summary(self, warn: float, alert: float) -> JsonObject:
         if self.bins is None or self.reference is None:
             return {"state": "collecting_reference", "reference_n": len(self.pending)}
         latest = max(self.windows) if self.windows else None
-        out: dict[str, Any] = {"bins": self.bins.labels(), "window": latest}
+        out: JsonObject = {"bins": self.bins.labels(), "window": latest}
         if self.conflicts:
             out["partitions_with_other_bins"] = self.conflicts
         if latest is None:
@@ -327,7 +328,7 @@ class ProductionState:
             untracked_examples=examples[:MAX_UNTRACKED_EXAMPLES],
         )
 
-    def degradation(self, alpha: float, monitor: Monitor | None = None) -> dict[str, Any]:
+    def degradation(self, alpha: float, monitor: Monitor | None = None) -> JsonObject:
         m = monitor or Monitor.model_validate({})
         since = self.revision_since
         wins = [w for w in self.quality.windows() if w >= since and self.quality.sums([w]).n > 0]
@@ -351,7 +352,7 @@ class ProductionState:
 
     def summary(
         self, alpha: float, warn: float, alert: float, monitor: Monitor | None = None
-    ) -> dict[str, Any]:
+    ) -> ProductionSummary:
         return {
             "route": self.route,
             "metric": self.metric,
@@ -359,7 +360,10 @@ class ProductionState:
             "counts": dict(sorted(self.counts.items())),
             "revision": self.revision,
             "revision_since": self.revision_since or None,
-            "quality": self.quality.series(),
+            "quality": [
+                {"start": q["start"], "n": q["n"], "value": q["value"]}
+                for q in self.quality.series()
+            ],
             "degradation": json_safe(self.degradation(alpha, monitor)),
             "label_delay_ms": json_safe(self.delay.summary()),
             "label_coverage": json_safe(self.coverage.series()),
@@ -367,7 +371,7 @@ class ProductionState:
             "drift_auto": self._auto_summary(),
         }
 
-    def _auto_summary(self) -> dict[str, Any]:
+    def _auto_summary(self) -> DriftAuto:
         """What automatic drift tracks and what it counted without tracking."""
         return {
             "enabled": self.auto_max > 0,

@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import orjson
 
+from shadowroute.comparator import documents as doc
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.production import ProductionState, json_safe
 from shadowroute.comparator.state import StateKey, state_from_dict
@@ -39,15 +40,15 @@ class NotFound(KeyError):
 
 
 class ScoresReader(Protocol):
-    def routes(self) -> dict[str, Any]: ...
-    def decision(
-        self, route: str, candidate: str, revision: str | None = None
-    ) -> dict[str, Any]: ...
-    def scores(self, route: str, candidate: str) -> dict[str, Any]: ...
-    def history(self, route: str, candidate: str) -> dict[str, Any]: ...
-    def production(self, route: str) -> dict[str, Any]: ...
-    def lineage(self, model: str) -> dict[str, Any]: ...
-    def overview(self) -> dict[str, Any]: ...
+    """The read side's documents (``comparator.documents``), as the API serves them."""
+
+    def routes(self) -> doc.Routes: ...
+    def decision(self, route: str, candidate: str, revision: str | None = None) -> doc.Decision: ...
+    def scores(self, route: str, candidate: str) -> doc.Scores: ...
+    def history(self, route: str, candidate: str) -> doc.History: ...
+    def production(self, route: str) -> doc.Production: ...
+    def lineage(self, model: str) -> doc.Lineage: ...
+    def overview(self) -> doc.Overview: ...
 
 
 class StateView:
@@ -130,26 +131,30 @@ class StateView:
             return sorted({k[3] for k in self._states})
 
 
-def _revision_id(decision: Mapping[str, Any]) -> str | None:
+def _revision_id(decision: Mapping[str, object]) -> str | None:
     rev = decision.get("revision")
     return rev.get("id") if isinstance(rev, dict) else None
 
 
-def stale_revision(out: Mapping[str, Any], asked: str) -> dict[str, Any] | None:
+def stale_revision(out: doc.Decision, asked: str) -> doc.Decision | None:
     """The decision to give when ``?revision=asked`` does not name the revision the evidence
     is about: hold, saying so (never a verdict on another revision's evidence); None when it
     does."""
     rev = out.get("revision")
-    if isinstance(rev, dict):
-        cand = rev.get("candidate") or {}
-        ident = (cand.get("url"), cand.get("version"), cand.get("revision"))
-        if matches(asked, rev.get("id"), ident):
+    if rev is not None:
+        cand = rev.get("candidate")
+        url, version, revision = (
+            (None, None, None)
+            if not cand
+            else (cand.get("url"), cand.get("version"), cand.get("revision"))
+        )
+        if matches(asked, rev.get("id"), (url, version, revision)):
             return None
         about = f"revision {rev.get('id')}"
-        if cand.get("revision") is not None:
-            about += f" (candidate revision {cand['revision']!r})"
-        elif cand.get("version") is not None:
-            about += f" (candidate version {cand['version']!r})"
+        if revision is not None:
+            about += f" (candidate revision {revision!r})"
+        elif version is not None:
+            about += f" (candidate version {version!r})"
     elif out.get("pairs"):
         about = "a revision recorded before revisions were tracked"
     else:
@@ -171,6 +176,13 @@ def _as_of(state: CandidateState | None) -> int | None:
     return state.last_ts if state is not None and state.last_ts else None
 
 
+Role = Literal["production", "candidate"]
+SIGN = (
+    "paired differences are candidate minus production, signed so that positive means the "
+    "candidate is better (for losses: production loss minus candidate loss)"
+)
+"""The scores document's ``sign``."""
+
 INTEGRITY_COUNTS = ("duplicate_pairs", "duplicate_ids", "duplicate_labels", "conflicting_labels")
 """Comparator counters shown as a decision's ``integrity``: a pair record for an (id,
 candidate) already counted within the TTL, skipped whole (``duplicate_pairs``: a Kafka
@@ -179,7 +191,7 @@ an identical label re-sent (``duplicate_labels``), a second label for a key with
 value (``conflicting_labels``)."""
 
 
-def verdict_line(change: dict[str, object], before: str | None) -> str:
+def verdict_line(change: Mapping[str, object], before: str | None) -> str:
     """One line for a verdict change (a history entry of the comparator's ``Verdicts``)."""
     route, cand, verdict = change.get("route"), change.get("candidate"), change.get("verdict")
     reasons = change.get("reasons")
@@ -203,7 +215,7 @@ class Verdicts:
         self.store = store
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._lock = threading.Lock()
-        self._current: dict[tuple[str, str], tuple[Decision, dict[str, Any]]] = {}
+        self._current: dict[tuple[str, str], tuple[Decision, doc.Decision]] = {}
         self._last: dict[tuple[str, str], tuple[str, str | None, bool]] = {}
         """(verdict, revision id, had pairs) of the newest history entry per (route,
         candidate)."""
@@ -211,7 +223,7 @@ class Verdicts:
             ev = orjson.loads(evidence)
             self._last[(route, cand)] = (verdict, _revision_id(ev), bool(ev.get("pairs")))
 
-    def refresh(self) -> list[dict[str, Any]]:
+    def refresh(self) -> list[doc.Decision]:
         """Decide every candidate now; returns the history entries appended: a change of
         verdict, or of the revision the evidence is about (``event`` says which)."""
         changes = []
@@ -228,7 +240,10 @@ class Verdicts:
                     if before is not None and _revision_id(before[1]) == last[1]:
                         old = before[1]
                         out["previous"] = {
-                            k: old.get(k) for k in ("revision", "verdict", "pairs", "labelled")
+                            "revision": old.get("revision"),
+                            "verdict": old.get("verdict"),
+                            "pairs": old.get("pairs"),
+                            "labelled": old.get("labelled"),
                         }
                     else:
                         out["previous"] = {"revision": {"id": last[1]}, "verdict": last[0]}
@@ -246,7 +261,7 @@ class Verdicts:
                 changes.append(out)
         return changes
 
-    def _decide(self, route: Route, cand: str) -> dict[str, Any]:
+    def _decide(self, route: Route, cand: str) -> doc.Decision:
         state = self.view.candidate(route.name, cand)
         key = (route.name, cand)
         rev = None if state is None else state.revision
@@ -264,14 +279,18 @@ class Verdicts:
                 _candidate_errors(state),
             )
             pairs, labelled = state.pairs, state.labelled
-        out = {
+        out: doc.Decision = {
             "route": route.name,
             "candidate": cand,
-            **decision.to_dict(),
+            "verdict": decision.verdict,
+            "reasons": list(decision.reasons),
+            # the evidence of core's policy, NaN and infinities as null
+            "metrics": cast(dict[str, doc.MetricEvidence], json_safe(decision.metrics)),
             "pairs": pairs,
             "labelled": labelled,
             "as_of": _as_of(state),
-            "revision": rev,
+            # as the state keeps it (engine: id, candidate and production identities)
+            "revision": cast(doc.EvidenceRevision | None, rev),
         }
         if _is_noise(route, cand):
             out["noise"] = True
@@ -280,7 +299,6 @@ class Verdicts:
         elif any(c.noise for c in route.candidates):
             out["noise_floor"] = noise_floor(self.view, route, list(decision.metrics))
         out["reasons"] = self._waiting_hint(route, out["reasons"])
-        out["metrics"] = json_safe(out["metrics"])
         with self._lock:
             self._current[key] = (decision, out)
         return out
@@ -303,7 +321,7 @@ class Verdicts:
         )
         return [*reasons[: at + 1], hint, *reasons[at + 1 :]]
 
-    def current(self, route: str, cand: str) -> dict[str, Any]:
+    def current(self, route: str, cand: str) -> doc.Decision:
         with self._lock:
             got = self._current.get((route, cand))
         if got is not None:
@@ -337,7 +355,7 @@ class Reader:
             raise NotFound(f"route {route!r} has no candidate {cand!r}")
         return r
 
-    def routes(self) -> dict[str, Any]:
+    def routes(self) -> doc.Routes:
         return {
             "routes": [
                 {
@@ -350,22 +368,30 @@ class Reader:
             ]
         }
 
-    def decision(self, route: str, candidate: str, revision: str | None = None) -> dict[str, Any]:
+    def decision(self, route: str, candidate: str, revision: str | None = None) -> doc.Decision:
         """The current decision; with ``revision``, hold unless the evidence is about it."""
         self._check(route, candidate)
-        out = {**self.verdicts.current(route, candidate), "integrity": self.integrity()}
+        out: doc.Decision = {
+            **self.verdicts.current(route, candidate),
+            "integrity": self.integrity(),
+        }
         out["labels_waiting"] = self.labels_waiting(route)["waiting"]
         if revision is not None:
             return stale_revision(out, revision) or out
         return out
 
-    def integrity(self) -> dict[str, int]:
+    def integrity(self) -> doc.Integrity:
         """Counts of evidence the comparator refused to take at face value, over every route
         (``INTEGRITY_COUNTS``; docs/api.md "Evidence integrity")."""
         counts = self.view.partition_counts()
-        return {name: counts.get(name, 0) for name in INTEGRITY_COUNTS}
+        return {
+            "duplicate_pairs": counts.get("duplicate_pairs", 0),
+            "duplicate_ids": counts.get("duplicate_ids", 0),
+            "duplicate_labels": counts.get("duplicate_labels", 0),
+            "conflicting_labels": counts.get("conflicting_labels", 0),
+        }
 
-    def labels_waiting(self, route: str) -> dict[str, int]:
+    def labels_waiting(self, route: str) -> doc.LabelsWaiting:
         """Labels kept waiting for their pair: on ``route``, and without a route (they may
         join any route's pair), with the cap per route (``labels.max_waiting_per_route``).
         A label that waits matched no request seen so far."""
@@ -376,25 +402,40 @@ class Reader:
             "max_waiting_per_route": self.config.labels.max_waiting_per_route,
         }
 
-    def scores(self, route: str, candidate: str) -> dict[str, Any]:
+    def scores(self, route: str, candidate: str) -> doc.Scores:
         r = self._check(route, candidate)
         state = self.view.candidate(route, candidate)
-        body: dict[str, Any] = {"route": route, "candidate": candidate, "task": r.task}
-        body["production"] = r.production.name
-        body["sign"] = (
-            "paired differences are candidate minus production, signed so that positive means "
-            "the candidate is better (for losses: production loss minus candidate loss)"
-        )
+        name = r.production.name
         if state is None:
-            return body | {"pairs": 0, "labelled": 0}
-        cleaned: dict[str, Any] = json_safe(state.scores())
+            return {
+                "route": route,
+                "candidate": candidate,
+                "task": r.task,
+                "production": name,
+                "sign": SIGN,
+                "pairs": 0,
+                "labelled": 0,
+            }
+        # the same document with NaN and infinities as null
+        cleaned = cast(doc.CandidateScores, json_safe(state.scores()))
+        out: doc.Scores = {
+            "route": route,
+            "candidate": candidate,
+            "task": r.task,
+            "production": name,
+            "sign": SIGN,
+            "pairs": cleaned["pairs"],
+            "labelled": cleaned["labelled"],
+        }
+        # every field of CandidateScores is one of Scores (NotRequired there: none before a pair)
+        out.update(cast(doc.Scores, cleaned))
         if _is_noise(r, candidate):
-            cleaned["noise"] = True
+            out["noise"] = True
         elif any(c.noise for c in r.candidates):
-            cleaned["noise_floor"] = noise_floor(self.view, r, None)
-        return body | cleaned
+            out["noise_floor"] = noise_floor(self.view, r, None)
+        return out
 
-    def history(self, route: str, candidate: str) -> dict[str, Any]:
+    def history(self, route: str, candidate: str) -> doc.History:
         self._check(route, candidate)
         return {
             "route": route,
@@ -404,13 +445,13 @@ class Reader:
 
     def _decisions(
         self, route: str | None, cand: str | None, model: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[doc.HistoryEntry]:
         with self._hlock:
             rows = self._history.decisions(route, cand, model)
         out = []
         for r, c, _, verdict, as_of, at_ms, evidence in rows:
             ev = orjson.loads(evidence)
-            entry = {
+            entry: doc.HistoryEntry = {
                 "route": r,
                 "candidate": c,
                 "verdict": verdict,
@@ -428,57 +469,78 @@ class Reader:
             out.append(entry)
         return out
 
-    def production(self, route: str) -> dict[str, Any]:
+    def production(self, route: str) -> doc.Production:
         r = self._route(route)
         state = self.view.production(route)
-        body: dict[str, Any] = {"route": route, "model": r.production.name, "task": r.task}
-        body["labels"] = self.labels_waiting(route)
+        model, labels = r.production.name, self.labels_waiting(route)
         if state is None:
-            return body | {"counts": {}, "quality": [], "drift": {}}
-        out = body | state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)
+            return {
+                "route": route,
+                "model": model,
+                "task": r.task,
+                "labels": labels,
+                "counts": {},
+                "quality": [],
+                "drift": {},
+            }
+        summary = state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)
+        out: doc.Production = {
+            "route": route,
+            "model": model,
+            "task": r.task,
+            "labels": labels,
+            **summary,
+        }
         if r.task == "text":
             out["metric"] = "exact_match"  # (kept as the monitor's accuracy of exact matches)
         return out
 
-    def lineage(self, model: str) -> dict[str, Any]:
+    def lineage(self, model: str) -> doc.Lineage:
         for r in self.config.routes:
             for m in (r.production, *r.candidates):
                 if m.name != model:
                     continue
-                role = "production" if m is r.production else "candidate"
+                role: Role = "production" if m is r.production else "candidate"
                 lin = m.lineage
-                out: dict[str, Any] = {
+                declared = None if lin is None else lin.model_dump()
+                age = _age_days(lin.trained_through if lin else None, self._today())
+                verdicts = self._decisions(r.name, model if role == "candidate" else None, model)
+                if role == "production":
+                    prod = self.production(r.name)
+                    return {
+                        "model": model,
+                        "route": r.name,
+                        "role": role,
+                        "version": m.version,
+                        "declared": declared,
+                        "age_days": age,
+                        "live_quality": {
+                            "metric": prod.get("metric"),
+                            "series": prod.get("quality", []),
+                            "degradation": prod.get("degradation"),
+                        },
+                        "drift": prod.get("drift", {}),
+                        "verdicts": verdicts,
+                    }
+                return {
                     "model": model,
                     "route": r.name,
                     "role": role,
                     "version": m.version,
-                    "declared": None if lin is None else lin.model_dump(),
-                    "age_days": _age_days(lin.trained_through if lin else None, self._today()),
+                    "declared": declared,
+                    "age_days": age,
+                    "live_quality": self.scores(r.name, model).get("quality", {}),
+                    "decision": self.decision(r.name, model),
+                    "verdicts": verdicts,
                 }
-                if role == "production":
-                    prod = self.production(r.name)
-                    out["live_quality"] = {
-                        "metric": prod.get("metric"),
-                        "series": prod.get("quality", []),
-                        "degradation": prod.get("degradation"),
-                    }
-                    out["drift"] = prod.get("drift", {})
-                else:
-                    scores = self.scores(r.name, model)
-                    out["live_quality"] = scores.get("quality", {})
-                    out["decision"] = self.decision(r.name, model)
-                out["verdicts"] = self._decisions(
-                    r.name, model if role == "candidate" else None, model
-                )
-                return out
         raise NotFound(f"unknown model {model!r}")
 
     def _today(self) -> date:
         return datetime.now(UTC).date()
 
-    def overview(self) -> dict[str, Any]:
+    def overview(self) -> doc.Overview:
         """Everything the metrics collector exports, in one read."""
-        cands = []
+        cands: list[doc.OverviewCandidate] = []
         for r in self.config.routes:
             for c in r.candidates:
                 state = self.view.candidate(r.name, c.name)
@@ -503,16 +565,16 @@ class Reader:
             "models": self._model_ages(),
         }
 
-    def _model_ages(self) -> list[dict[str, Any]]:
+    def _model_ages(self) -> list[doc.ModelAge]:
         """(route, model, role, age_days) of every model whose lineage declares
         ``trained_through``: production and candidates alike."""
         today = self._today()
-        out = []
+        out: list[doc.ModelAge] = []
         for r in self.config.routes:
             for m in (r.production, *r.candidates):
                 age = _age_days(m.lineage.trained_through if m.lineage else None, today)
                 if age is not None:
-                    role = "production" if m is r.production else "candidate"
+                    role: Role = "production" if m is r.production else "candidate"
                     out.append({"route": r.name, "model": m.name, "role": role, "age_days": age})
         return out
 
@@ -540,7 +602,7 @@ def _noise_alerts(state: CandidateState | None) -> list[str]:
     ]
 
 
-def noise_floor(view: StateView, route: Route, metrics: list[str] | None) -> dict[str, Any] | None:
+def noise_floor(view: StateView, route: Route, metrics: list[str] | None) -> doc.NoiseFloor | None:
     """The route's noise candidate's figures (the first, when there are several), to read a
     candidate's against: disagreement and the paired differences of ``metrics`` (default:
     every CS-backed metric), each with its interval. ``None`` when the route has none."""
@@ -548,7 +610,7 @@ def noise_floor(view: StateView, route: Route, metrics: list[str] | None) -> dic
     if name is None:
         return None
     state = view.candidate(route.name, name)
-    out: dict[str, Any] = {"candidate": name, "pairs": 0, "disagreement": None, "metrics": {}}
+    out: doc.NoiseFloor = {"candidate": name, "pairs": 0, "disagreement": None, "metrics": {}}
     if state is None:
         return out
     every = state.metrics()
@@ -561,12 +623,17 @@ def noise_floor(view: StateView, route: Route, metrics: list[str] | None) -> dic
         if pm is None:
             continue
         s = pm.summary()
-        out["metrics"][m] = {k: s[k] for k in ("estimate", "lower", "upper", "n")}
+        out["metrics"][m] = {
+            "estimate": s["estimate"],
+            "lower": s["lower"],
+            "upper": s["upper"],
+            "n": pm.n,
+        }
     out["note"] = (
         "production against itself: a candidate's disagreement or paired difference within "
         "these is indistinguishable from production's own noise"
     )
-    result: dict[str, Any] = json_safe(out)
+    result: doc.NoiseFloor = json_safe(out)
     return result
 
 
