@@ -62,7 +62,6 @@ __all__ = [
 ]
 
 
-
 def scores_key(key: tuple[str, str, str, int]) -> bytes:
     """The scores-topic key of a state: ``route|candidate|partition``
     (``StateKey.topic_key``)."""
