@@ -31,6 +31,15 @@ NOT_SENT = ("dropped", "circuit_open", "not_mirrored")
 """Record error reasons of a sampled request's mirror that was not sent (``records.ERRORS``)."""
 
 
+def _status_error(status: int | None) -> str | None:
+    """The outcome's error for an answer read (whole, or up to the record's cap)."""
+    if status is not None and status >= 500:
+        return "http_5xx"
+    if status is not None and status >= 400:
+        return "http_4xx"
+    return None
+
+
 class CircuitBreaker:
     """Closed → open after ``failures`` consecutive failures; after ``open_s`` one probe is let
     through (half-open): success closes the circuit, failure opens it again."""
@@ -100,7 +109,8 @@ class MirrorTarget:
         self.timeout_s = cfg.timeout_s
         self.keep_bytes = keep_bytes
         """Answer bytes kept for the record (``records.max_response_bytes``): beyond them the
-        answer is read to its end and dropped, and the record says ``too_large``."""
+        rest of the answer is not read (its connection is closed), and the record says
+        ``too_large``."""
         self.latency = stats.latency_of(route, cfg.name, "candidate")
         self._key = (route, cfg.name)
         self._sent = (route, cfg.name, "sent")
@@ -240,26 +250,27 @@ class MirrorExchange(Exchange):
         self._ct = http1.header_value(head, low, http1.CONTENT_TYPE)
 
     def on_body(self, piece: bytes) -> None:
-        kept = self._size
-        self._size = size = kept + len(piece)
+        if self._done is None:
+            return  # already finished (cut at the record's cap): the rest is not wanted
+        self._size = size = self._size + len(piece)
         if size > MAX_MIRROR_RESPONSE:
             if self._conn is not None:
                 self._conn.abandon()
             self._finish(self._status, "too_large")
             return
-        if kept <= self.target.keep_bytes:
-            # Up to the first piece past the record's cap: enough for the recorder to see the
-            # answer is too large, without holding (and joining) the rest.
-            self._body.append(piece)
+        self._body.append(piece)
+        if size > self.target.keep_bytes:
+            # The first piece past the record's cap: enough for the recorder to see the answer
+            # is too large. The rest is not read: the connection is closed (reading a hostile
+            # candidate's many MiB to their end to reuse one connection costs the event loop
+            # far more than a new connection). A whole answer as far as the breaker goes.
+            self.target.stats.limits["candidate_too_large"] += 1
+            if self._conn is not None:
+                self._conn.abandon()
+            self._finish(self._status, _status_error(self._status))
 
     def on_complete(self) -> None:
-        status = self._status
-        error = None
-        if status is not None and status >= 500:
-            error = "http_5xx"
-        elif status is not None and status >= 400:
-            error = "http_4xx"
-        self._finish(status, error)
+        self._finish(self._status, _status_error(self._status))
 
     def on_fail(self, reason: str) -> None:
         self._finish(self._status, reason)
