@@ -31,15 +31,6 @@ NOT_SENT = ("dropped", "circuit_open", "not_mirrored")
 """Record error reasons of a sampled request's mirror that was not sent (``records.ERRORS``)."""
 
 
-def _status_error(status: int | None) -> str | None:
-    """The outcome's error for an answer read (whole, or up to the record's cap)."""
-    if status is not None and status >= 500:
-        return "http_5xx"
-    if status is not None and status >= 400:
-        return "http_4xx"
-    return None
-
-
 class CircuitBreaker:
     """Closed → open after ``failures`` consecutive failures; after ``open_s`` one probe is let
     through (half-open): success closes the circuit, failure opens it again."""
@@ -108,9 +99,9 @@ class MirrorTarget:
         self.fraction = cfg.fraction
         self.timeout_s = cfg.timeout_s
         self.keep_bytes = keep_bytes
-        """Answer bytes kept for the record (``records.max_response_bytes``): beyond them the
-        rest of the answer is not read (its connection is closed), and the record says
-        ``too_large``."""
+        """Answer bytes read for the record (``records.max_response_bytes``): beyond them the
+        rest of the answer is not read (its connection is closed), and the mirror and the
+        record say ``too_large``."""
         self.latency = stats.latency_of(route, cfg.name, "candidate")
         self._key = (route, cfg.name)
         self._sent = (route, cfg.name, "sent")
@@ -163,7 +154,10 @@ class MirrorTarget:
         self.in_flight -= 1
         self.stats.mirrors_in_flight[self._key] = self.in_flight
         error = result.error
-        self.breaker.record(error is None or error == "http_4xx", _monotonic())
+        # An answer cut at the record's cap (``too_large``) is an answer: not a failure.
+        self.breaker.record(
+            error is None or error == "http_4xx" or error == "too_large", _monotonic()
+        )
         if error is None:
             self.stats.mirrors[self._ok] += 1
         else:
@@ -251,26 +245,28 @@ class MirrorExchange(Exchange):
 
     def on_body(self, piece: bytes) -> None:
         if self._done is None:
-            return  # already finished (cut at the record's cap): the rest is not wanted
+            return  # already ended (cut at the record's cap): the rest is not wanted
         self._size = size = self._size + len(piece)
-        if size > MAX_MIRROR_RESPONSE:
+        if size > self.target.keep_bytes or size > MAX_MIRROR_RESPONSE:
+            # Past the record's cap the record says ``too_large`` whatever follows, so the rest
+            # is not read: the connection is closed. Reading a hostile candidate's many MiB to
+            # their end to reuse one connection cost the event loop far more than a new
+            # connection (the hostile soak's busiest bursts in the worker).
+            self.target.stats.limits["candidate_too_large"] += 1
             if self._conn is not None:
                 self._conn.abandon()
             self._finish(self._status, "too_large")
             return
         self._body.append(piece)
-        if size > self.target.keep_bytes:
-            # The first piece past the record's cap: enough for the recorder to see the answer
-            # is too large. The rest is not read: the connection is closed (reading a hostile
-            # candidate's many MiB to their end to reuse one connection costs the event loop
-            # far more than a new connection). A whole answer as far as the breaker goes.
-            self.target.stats.limits["candidate_too_large"] += 1
-            if self._conn is not None:
-                self._conn.abandon()
-            self._finish(self._status, _status_error(self._status))
 
     def on_complete(self) -> None:
-        self._finish(self._status, _status_error(self._status))
+        status = self._status
+        error = None
+        if status is not None and status >= 500:
+            error = "http_5xx"
+        elif status is not None and status >= 400:
+            error = "http_4xx"
+        self._finish(status, error)
 
     def on_fail(self, reason: str) -> None:
         self._finish(self._status, reason)
