@@ -51,7 +51,7 @@ def test_a_short_hostile_soak_runs_and_every_attack_is_refused_or_served(tmp_pat
         "limits_hit{head_timeout}",
         "limits_hit{input_too_large}",
         "limits_hit{input_unencodable}",
-        "limits_hit{extract_too_large}",
+        "limits_hit{candidate_too_large}",
         "requests_rejected{400}",
         "requests_rejected{408}",
         "requests_rejected{431}",

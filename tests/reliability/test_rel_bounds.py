@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import subprocess
 import sys
 import time
@@ -335,6 +336,45 @@ async def test_slowloris_heads_get_408_and_are_closed() -> None:
         await prod.stop()
 
 
+async def test_a_flood_of_late_heads_is_refused_a_batch_per_loop_turn() -> None:
+    """Idle connections opened together time out together: the sweep refuses at most
+    ``sweep_batch`` of them per turn of the event loop (800 refusals in one turn held every
+    other client up for milliseconds in the hostile soak), and all of them get their 408."""
+    prod = await ModelServer().start()
+    try:
+        cfg = _config(prod.url, proxy={"head_timeout_s": 1.0})
+        async with running_proxy(cfg) as (dp, _):
+            assert dp.proxy is not None
+            stats = dp.proxy.stats
+            dp.sweep_batch = 8
+            n = 40
+            conns = [await asyncio.open_connection("127.0.0.1", dp.port) for _ in range(n)]
+            loop = asyncio.get_running_loop()
+            seen: list[int] = []  # 408s so far, at each turn of the loop
+            stop = False
+
+            def turn() -> None:
+                seen.append(stats.rejected["408"])
+                if not stop:
+                    loop.call_soon(turn)
+
+            loop.call_soon(turn)
+            try:
+                async with asyncio.timeout(10):
+                    outs = await asyncio.gather(*(r.read() for r, _ in conns))
+            finally:
+                stop = True
+                for _, w in conns:
+                    w.close()
+            steps = [b - a for a, b in itertools.pairwise(seen)]
+            report("bounds: 40 late heads, sweep batch 8", most_in_one_turn=max(steps))
+            assert all(o.startswith(b"HTTP/1.1 408") for o in outs)
+            assert seen[-1] == n and stats.limits["head_timeout"] == n
+            assert max(steps) <= 8, max(steps)
+    finally:
+        await prod.stop()
+
+
 async def test_connections_over_the_cap_get_503() -> None:
     prod = await ModelServer().start()
     try:
@@ -500,30 +540,64 @@ async def test_an_answer_of_too_many_values_is_not_parsed() -> None:
         await cand.stop()
 
 
-def test_a_big_candidate_answer_is_read_but_not_kept() -> None:
-    """A candidate answer over ``records.max_response_bytes`` is read to its end (so its
-    connection can be reused) but only up to the first piece past the cap is kept: 128 mirrors
-    in flight of 15 MiB each no longer hold 1.9 GiB, and no 15 MiB join runs on the loop.
-    (Played on the real mirror exchange, without sockets; the record it makes is checked by
-    the test above.)"""
+def test_a_big_candidate_answer_is_cut_at_the_record_cap() -> None:
+    """A candidate answer over ``records.max_response_bytes`` is read only up to the first
+    piece past the cap: the exchange ends there (``too_large``, nothing kept) and its
+    connection is closed, so 128 mirrors in flight of 15 MiB each hold no 1.9 GiB, no join
+    runs on the loop, and the rest of a hostile candidate's answer is never read (in the
+    hostile soak, reading 12 MiB answers to their end to reuse the connection made the
+    worker's busiest bursts). Counted as ``candidate_too_large``; the breaker takes it as an
+    answer. (Played on the real mirror exchange, without sockets; the socket test below checks
+    the records.)"""
     cfg = _mirrored("http://127.0.0.1:9000", "http://127.0.0.1:9001", max_response_bytes=64 << 10)
     pb = Playbook(cfg)
     try:
         assert pb.proxy.routes[0].runtimes
         target = pb.proxy.routes[0].runtimes[0].target
-        outcomes: list[Any] = []
-        ex = MirrorExchange(target, b"", outcomes.append)
-        piece = b"x" * (16 << 10)
-        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (len(piece) * 640)
-        ex.on_head(200, head, head.lower())
-        for _ in range(640):  # 10 MiB
-            ex.on_body(piece)
-        ex.on_complete()
-        [result] = outcomes
-        assert result.error is None  # a whole answer: the breaker sees a success
-        assert (64 << 10) < len(result.body) <= (64 << 10) + len(piece)
+        for status in (200, 503):
+            outcomes: list[Any] = []
+            ex = MirrorExchange(target, b"", outcomes.append)
+            piece = b"x" * (16 << 10)
+            head = b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n" % (status, len(piece) * 640)
+            ex.on_head(status, head, head.lower())
+            for i in range(640):  # 10 MiB
+                ex.on_body(piece)
+                if i == 4:  # 80 KiB read: past the cap, the outcome is in
+                    assert len(outcomes) == 1
+            ex.on_complete()  # (a connection closed delivers nothing more; ignored anyway)
+            [result] = outcomes
+            assert result.error == "too_large" and result.body is None
+            assert result.status == status
+        assert pb.proxy.stats.limits["candidate_too_large"] == 2
+        assert target.breaker.state == "closed"  # an answer, not a failure
+        assert pb.proxy.stats.mirrors[(target.route, target.name, "too_large")] == 2
     finally:
         pb.close()
+
+
+async def test_a_big_candidate_answer_is_cut_on_a_real_connection() -> None:
+    """Against a real candidate answering 4 MiB: each mirror's record says ``too_large``,
+    each cut is counted, the client is served, and the next mirror goes out on a new
+    connection (the cut one is closed, never reused half-read)."""
+    prod = await ModelServer(lambda s: _predictions(1)).start()
+    big = _predictions(800_000)  # ~4 MiB
+    cand = await ModelServer(lambda s: big).start()
+    try:
+        cfg = _mirrored(prod.url, cand.url, max_response_bytes=64 << 10)
+        async with running_proxy(cfg) as (dp, sink):
+            for _ in range(3):
+                head, got = await _one(dp, b'{"instances": [[1]]}')
+                assert head.startswith(b"http/1.1 200") and got == _predictions(1).body
+                await settle(dp)
+            recs = sink.decoded()
+            report("bounds: 4 MiB candidate answers, cap 64 KiB", limits=limits(dp))
+            assert len(recs) == 3
+            assert all(r["candidate"]["error"] == "too_large" for r in recs)
+            assert all(r["production"]["output"] == [0.25] for r in recs)
+            assert limits(dp).get("candidate_too_large") == 3
+    finally:
+        await prod.stop()
+        await cand.stop()
 
 
 async def test_a_huge_candidate_answer_does_not_stall_the_loop() -> None:
@@ -560,7 +634,7 @@ async def test_a_huge_candidate_answer_does_not_stall_the_loop() -> None:
                 limits=limits(dp),
             )
             assert rec["candidate"]["error"] == "too_large"
-            assert limits(dp).get("extract_too_large") == 1
+            assert limits(dp).get("candidate_too_large") == 1
             assert worst_ms < 150, worst_ms
     finally:
         await prod.stop()

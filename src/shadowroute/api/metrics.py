@@ -83,7 +83,8 @@ _DP = (
         "shadowroute_limits_hit",
         "Times a bound on client or upstream input was hit (head_timeout: 408; "
         "max_connections: 503; upstream_backpressure: a client paused while production "
-        "read slower; response_too_large, extract_too_large, predictions_too_large, "
+        "read slower; response_too_large, candidate_too_large, extract_too_large, "
+        "predictions_too_large, "
         "instances_too_large: an answer or a request too large for its record; "
         "input_unencodable: a captured input nested too deep to encode; linger_timeout, "
         "linger_bytes: a client still sending after a refusal, cut off).",

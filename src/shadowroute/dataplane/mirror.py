@@ -99,8 +99,9 @@ class MirrorTarget:
         self.fraction = cfg.fraction
         self.timeout_s = cfg.timeout_s
         self.keep_bytes = keep_bytes
-        """Answer bytes kept for the record (``records.max_response_bytes``): beyond them the
-        answer is read to its end and dropped, and the record says ``too_large``."""
+        """Answer bytes read for the record (``records.max_response_bytes``): beyond them the
+        rest of the answer is not read (its connection is closed), and the mirror and the
+        record say ``too_large``."""
         self.latency = stats.latency_of(route, cfg.name, "candidate")
         self._key = (route, cfg.name)
         self._sent = (route, cfg.name, "sent")
@@ -153,7 +154,10 @@ class MirrorTarget:
         self.in_flight -= 1
         self.stats.mirrors_in_flight[self._key] = self.in_flight
         error = result.error
-        self.breaker.record(error is None or error == "http_4xx", _monotonic())
+        # An answer cut at the record's cap (``too_large``) is an answer: not a failure.
+        self.breaker.record(
+            error is None or error == "http_4xx" or error == "too_large", _monotonic()
+        )
         if error is None:
             self.stats.mirrors[self._ok] += 1
         else:
@@ -240,17 +244,20 @@ class MirrorExchange(Exchange):
         self._ct = http1.header_value(head, low, http1.CONTENT_TYPE)
 
     def on_body(self, piece: bytes) -> None:
-        kept = self._size
-        self._size = size = kept + len(piece)
-        if size > MAX_MIRROR_RESPONSE:
+        if self._done is None:
+            return  # already ended (cut at the record's cap): the rest is not wanted
+        self._size = size = self._size + len(piece)
+        if size > self.target.keep_bytes or size > MAX_MIRROR_RESPONSE:
+            # Past the record's cap the record says ``too_large`` whatever follows, so the rest
+            # is not read: the connection is closed. Reading a hostile candidate's many MiB to
+            # their end to reuse one connection cost the event loop far more than a new
+            # connection (the hostile soak's busiest bursts in the worker).
+            self.target.stats.limits["candidate_too_large"] += 1
             if self._conn is not None:
                 self._conn.abandon()
             self._finish(self._status, "too_large")
             return
-        if kept <= self.target.keep_bytes:
-            # Up to the first piece past the record's cap: enough for the recorder to see the
-            # answer is too large, without holding (and joining) the rest.
-            self._body.append(piece)
+        self._body.append(piece)
 
     def on_complete(self) -> None:
         status = self._status

@@ -25,6 +25,9 @@ from shadowroute.stream.sink import Sink
 
 log = logging.getLogger("shadowroute.dataplane")
 
+SWEEP_BATCH = 32
+"""Connections the idle sweep refuses or closes per turn of the event loop at most."""
+
 
 class PortInUse(OSError):
     """The client port is already served by another process."""
@@ -125,19 +128,31 @@ class DataPlane:
         self.ready = True
         log.info("proxy listening on %s:%d", self.config.listen.host, self.port)
 
+    sweep_batch = SWEEP_BATCH
+
     async def _sweep_idle(self) -> None:
-        """Close idle keep-alive connections, and refuse (408) heads that take too long."""
+        """Close idle keep-alive connections, and refuse (408) heads that take too long.
+
+        At most ``sweep_batch`` connections are refused or closed per turn of the event
+        loop: a flood of idle connections opened together times out together, and refusing
+        800 of them in one turn (an answer, a write and a shutdown each) held every other
+        client up for several milliseconds."""
         assert self.proxy is not None
         idle_s = self.config.proxy.idle_timeout_s
         head_s = self.config.proxy.head_timeout_s
         while True:
             await asyncio.sleep(min(1.0, idle_s / 2, head_s / 2))
             now = asyncio.get_running_loop().time()
+            acted = 0
             for conn in list(self.proxy.connections):
                 if conn.linger_expired(now) or conn.head_timeout(now):
-                    continue
-                if conn.idle and now - conn.last_active > idle_s:
+                    acted += 1
+                elif conn.idle and now - conn.last_active > idle_s:
                     conn.close()
+                    acted += 1
+                if acted >= self.sweep_batch:
+                    acted = 0
+                    await asyncio.sleep(0)  # the other clients' reads and writes first
 
     def set_mirroring(self, enabled: bool) -> None:
         if self.proxy is not None:

@@ -48,6 +48,7 @@ LIMITS = (
     "max_connections",  # a client connection over the per-process cap: 503
     "upstream_backpressure",  # a client paused while production's write buffer was full
     "response_too_large",  # production's answer not copied for the record
+    "candidate_too_large",  # a candidate's answer cut at records.max_response_bytes
     "extract_too_large",  # an answer too large (bytes or JSON values) to parse for its prediction
     "predictions_too_large",  # an answer with more predictions than a record may carry
     "instances_too_large",  # a captured request with more instances than a record may carry

@@ -178,6 +178,9 @@ def _worker_main(
 ) -> None:
     import uvloop
 
+    from shadowroute.dataplane.malloc import fix_mmap_threshold
+
+    fix_mmap_threshold()  # multi-MiB bodies go back to the system when freed
     if supervisor is not None:
         _die_with(supervisor)
     # Close the supervisor's ends of the other workers' channels that the fork copied here,
