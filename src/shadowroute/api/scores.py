@@ -91,8 +91,11 @@ def _handler(fn: Callable[[web.Request], dict[str, Any]]) -> Callable[[web.Reque
     return handle
 
 
-def score_routes(reader: ScoresReader) -> list[web.RouteDef]:
-    """GET endpoints of ARCHITECTURE.md "Public interfaces" served from ``reader``."""
+def score_routes(
+    reader: ScoresReader, registry: Callable[[str, str], dict[str, Any] | None] | None = None
+) -> list[web.RouteDef]:
+    """GET endpoints of ARCHITECTURE.md "Public interfaces" served from ``reader``; a model's
+    lineage also shows ``registry(route, model)`` (its model registry version) when given."""
     base = "/v1/routes/{route}/candidates/{candidate}"
 
     def rc(request: web.Request) -> tuple[str, str]:
@@ -110,9 +113,21 @@ def score_routes(reader: ScoresReader) -> list[web.RouteDef]:
             _handler(lambda r: reader.production(r.match_info["route"])),
         ),
         web.get(
-            "/v1/models/{model}/lineage", _handler(lambda r: reader.lineage(r.match_info["model"]))
+            "/v1/models/{model}/lineage",
+            _handler(lambda r: _lineage(reader, registry, r.match_info["model"])),
         ),
     ]
+
+
+def _lineage(
+    reader: ScoresReader,
+    registry: Callable[[str, str], dict[str, Any] | None] | None,
+    model: str,
+) -> dict[str, Any]:
+    out = reader.lineage(model)
+    if registry is not None:
+        out["registry"] = registry(out["route"], model)
+    return out
 
 
 def _num(x: Any) -> float | None:
