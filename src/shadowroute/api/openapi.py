@@ -25,6 +25,35 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
+_REGISTRY_VERSION: dict[str, Any] = {
+    "type": "object",
+    "description": "A model's version in the model registry (docs/registry.md), read at start "
+    "and every registry.refresh_s, never per request.",
+    "required": ["kind", "registered_model", "version", "run_id", "read_at", "error"],
+    "properties": {
+        "kind": {"const": "mlflow"},
+        "registered_model": {"type": "string"},
+        "alias": {**_NULLABLE_STR, "description": "The alias the version is read from"},
+        "version": {**_NULLABLE_STR, "description": "null until the first good read"},
+        "run_id": {**_NULLABLE_STR, "description": "The run that produced the version"},
+        "source": _NULLABLE_STR,
+        "aliases": {"type": "array", "items": {"type": "string"}},
+        "tags": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "The version's shadowroute.* tags (the verdict written)",
+        },
+        "url": {**_NULLABLE_STR, "description": "The version's page on the tracking server"},
+        "read_at": {"type": ["number", "null"], "description": "Unix time of the last good read"},
+        "error": {
+            **_NULLABLE_STR,
+            "description": "Why the last read failed (the last good read stays)",
+        },
+    },
+}
+
+
 _ROUTE_CAND = [
     {"name": "route", "in": "path", "required": True, "schema": {"type": "string"}},
     {"name": "candidate", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -550,7 +579,23 @@ def document() -> dict[str, Any]:
                 "parameters": [
                     {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                "responses": {"200": _json({"type": "object"}, "Lineage"), "404": _NOT_FOUND},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "registry": {
+                                    "anyOf": [_ref("RegistryVersion"), {"type": "null"}],
+                                    "description": "The model registry's version of this "
+                                    "model; null when registry.models does not bind it, absent "
+                                    "without a registry section",
+                                }
+                            },
+                        },
+                        "Lineage",
+                    ),
+                    "404": _NOT_FOUND,
+                },
             }
         },
         "/": {
@@ -595,6 +640,7 @@ def document() -> dict[str, Any]:
                 "LabelsWaiting": _LABELS_WAITING,
                 "ClassViews": _CLASS_VIEWS,
                 "DriftAuto": _DRIFT_AUTO,
+                "RegistryVersion": _REGISTRY_VERSION,
                 "Scores": {
                     "type": "object",
                     "required": ["route", "candidate", "task", "pairs", "labelled"],
