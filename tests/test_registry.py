@@ -548,3 +548,16 @@ async def test_lineage_api_shows_the_registry_version_and_run(
             lineage = body["paths"]["/v1/models/{model}/lineage"]["get"]["responses"]["200"]
             registry = lineage["content"]["application/json"]["schema"]["properties"]["registry"]
             assert {"$ref": "#/components/schemas/RegistryVersion"} in registry["anyOf"]
+
+
+async def test_a_registry_that_never_answers_times_out_within_the_bound() -> None:
+    server = await ModelServer(lambda seen: Reply(hang=True)).start()
+    try:
+        async with MlflowClient(server.url, timeout_s=0.2, retries=1, backoff_s=0.01) as client:
+            started = time.monotonic()
+            with pytest.raises(RegistryError, match=r"ReadTimeout.*after 2 attempts"):
+                await client.get_model_version("m", "1")
+            assert time.monotonic() - started < 2
+            assert client.stats.retries == 1 and client.stats.calls["failed"] == 1
+    finally:
+        await server.stop()
