@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -118,7 +118,11 @@ class RegistryLineage:
                 log.exception("registry: lineage refresh failed")
             await asyncio.sleep(self.registry.refresh_s)
 
-    def attach(self, app_cleanup: list[Any], metrics: CollectorRegistry) -> None:
+    def attach(
+        self,
+        app_cleanup: list[Callable[[web.Application], AsyncIterator[None]]],
+        metrics: CollectorRegistry,
+    ) -> None:
         """Run while an aiohttp app runs (its ``cleanup_ctx``), counters in ``metrics``."""
         metrics.register(self.collector())
 
