@@ -561,3 +561,102 @@ async def test_a_registry_that_never_answers_times_out_within_the_bound() -> Non
             assert client.stats.retries == 1 and client.stats.calls["failed"] == 1
     finally:
         await server.stop()
+
+
+# --- end to end: a real decision, its event, the tag, the evidence link, lineage -------------
+
+
+@pytest.mark.mlflow
+async def test_a_real_decision_becomes_a_tag_whose_evidence_link_answers(
+    mlflow_url: str, model: Registered, tmp_path: Any
+) -> None:
+    """The embedded stack with real model servers: a candidate that answers 404 to every
+    mirror is rejected; the verdict.changed event carrying that decision document unchanged
+    is written on the candidate's version; the evidence link on it answers the same verdict;
+    lineage shows the tag after its next read."""
+    from proxyutil import free_port, settle
+    from shadowroute.runtime import embedded_stack
+
+    json_type = [(b"content-type", b"application/json")]
+
+    def predict(seen: Seen) -> Reply:
+        k = int(orjson.loads(seen.body)["instances"][0][0])
+        return Reply(body=orjson.dumps({"predictions": [k % 2]}), headers=json_type)
+
+    prod = await ModelServer(predict).start()
+    missing = await ModelServer(lambda seen: Reply(404, b'{"error": "no"}', json_type)).start()
+    admin_port = free_port()
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    raw = {
+        "listen": {"port": 0},
+        "admin": {"port": admin_port},
+        "comparator": {"state_path": str(tmp_path / "state.sqlite")},
+        "mirror": {"breaker": {"failures": 10_000}},
+        "routes": [
+            {
+                "name": "fraud",
+                "protocol": "kserve-v1",
+                "production": {"name": "prod", "url": prod.url},
+                "candidates": [{"name": "v2", "url": missing.url, "revision": "sha256:v2"}],
+                "policy": {"min_pairs": 10, "min_labelled": 10},
+            }
+        ],
+        "registry": {
+            "tracking_uri": mlflow_url,
+            "public_base_url": admin_url,
+            "refresh_s": 1,
+            "models": [
+                {
+                    "route": "fraud",
+                    "model": "v2",
+                    "registered_model": model.name,
+                    "alias": "challenger",
+                    "promote_alias": "champion",
+                }
+            ],
+        },
+    }
+    cfg = parse_config(raw, environ={})
+    try:
+        async with embedded_stack(cfg) as stack, registry_writer(cfg) as writer:
+            assert writer is not None
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.proxy_port}") as c:
+                for k in range(30):
+                    r = await c.post("/v1/models/m:predict", json={"instances": [[k]]})
+                    assert r.status_code == 200
+            await settle(stack.dataplane)
+            async with httpx.AsyncClient(base_url=admin_url) as admin:
+                for _ in range(200):
+                    decision = (await admin.get("/v1/routes/fraud/candidates/v2/decision")).json()
+                    if decision["verdict"] == "reject":
+                        break
+                    await asyncio.sleep(0.05)
+                assert decision["verdict"] == "reject", decision["reasons"]
+                # the candidate revision the evidence is about (`revision` in the contract)
+                revision = decision["revision"]["candidate"]["revision"]
+                ev = event("reject", "hold", revision=revision)
+                ev["data"]["decision"] = decision
+                await writer.on_event(orjson.loads(orjson.dumps(ev)))
+                assert writer.stats.events["applied"] == 1, writer.stats
+                tags = model_version(mlflow_url, model.name, model.versions[1])["tags"]
+                assert tags["shadowroute.verdict"] == "reject"
+                assert tags["shadowroute.revision"] == "sha256:v2"
+                assert tags["shadowroute.interval"].startswith("accuracy ")
+                link = tags["shadowroute.evidence"]
+                assert link == (
+                    f"{admin_url}/v1/routes/fraud/candidates/v2/decision?revision=sha256%3Av2"
+                )
+                linked = (await admin.get(link)).json()
+                assert linked["verdict"] == "reject" and "asked_revision" not in linked
+                assert linked["revision"]["candidate"]["revision"] == "sha256:v2"
+                assert alias_version(mlflow_url, model.name, "champion") == model.versions[0]
+                for _ in range(100):  # lineage re-reads every second
+                    reg = (await admin.get("/v1/models/v2/lineage")).json()["registry"]
+                    if reg["tags"].get("shadowroute.verdict") == "reject":
+                        break
+                    await asyncio.sleep(0.1)
+                assert reg["tags"]["shadowroute.verdict"] == "reject"
+                assert (reg["version"], reg["run_id"]) == (model.versions[1], model.runs[1])
+    finally:
+        await prod.stop()
+        await missing.stop()
