@@ -48,3 +48,29 @@ def own_broker() -> Iterator[KafkaBroker]:
     """A broker of the test's own, free to stop, restart, pause or kill."""
     with started_broker() as broker:
         yield broker
+
+
+# --- a real MLflow tracking server (tests marked `mlflow`) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def mlflow_url() -> Iterator[str]:
+    """Base URL of a real MLflow tracking server: $SHADOWROUTE_TEST_MLFLOW if set, else
+    `mlflow server` (SQLite backend) started here for the session. A server that cannot start
+    fails the test (never a skip)."""
+    external = os.environ.get("SHADOWROUTE_TEST_MLFLOW")
+    if external:
+        yield external.rstrip("/")
+        return
+    from mlflow_harness import MlflowError, MlflowServer
+
+    server = MlflowServer()
+    try:
+        server.start()
+    except MlflowError as exc:
+        server.cleanup()
+        pytest.fail(f"could not start the MLflow tracking server: {exc}", pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.cleanup()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +37,10 @@ class ControlContext:
     set_revision: Callable[[str, str, str | None], None] | None = None
     """Sets a model's revision in ``revisions`` and the data plane(s)."""
     extra_routes: list[web.RouteDef] = field(default_factory=list)
+    cleanup_ctx: list[Callable[[web.Application], AsyncIterator[None]]] = field(
+        default_factory=list
+    )
+    """Background work that runs while the admin app runs (aiohttp ``cleanup_ctx``)."""
 
 
 CONTEXT = web.AppKey("context", ControlContext)
@@ -227,6 +231,7 @@ def create_app(ctx: ControlContext) -> web.Application:
     app = web.Application(client_max_size=64 << 20, middlewares=[guard.middleware()])
     app[CONTEXT] = ctx
     app[GUARD] = guard
+    app.cleanup_ctx.extend(ctx.cleanup_ctx)
     app.add_routes(
         [
             web.get("/healthz", healthz),

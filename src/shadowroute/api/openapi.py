@@ -29,6 +29,7 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
 _ROUTE_CAND = [
     {"name": "route", "in": "path", "required": True, "schema": {"type": "string"}},
     {"name": "candidate", "in": "path", "required": True, "schema": {"type": "string"}},

@@ -16,7 +16,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shadowroute.api.app import error, json_response
-from shadowroute.comparator.documents import ModelAge, OverviewCandidate, Production
+from shadowroute.comparator.documents import (
+    Lineage,
+    ModelAge,
+    OverviewCandidate,
+    Production,
+    RegistryVersion,
+)
 from shadowroute.comparator.reader import NotFound, ScoresReader
 from shadowroute.core.families import Family, describe
 
@@ -166,8 +172,11 @@ def _handler(
     return handle
 
 
-def score_routes(reader: ScoresReader) -> list[web.RouteDef]:
-    """GET endpoints of ARCHITECTURE.md "Public interfaces" served from ``reader``."""
+def score_routes(
+    reader: ScoresReader, registry: Callable[[str, str], RegistryVersion | None] | None = None
+) -> list[web.RouteDef]:
+    """GET endpoints of ARCHITECTURE.md "Public interfaces" served from ``reader``; a model's
+    lineage also shows ``registry(route, model)`` (its model registry version) when given."""
     base = "/v1/routes/{route}/candidates/{candidate}"
 
     def rc(request: web.Request) -> tuple[str, str]:
@@ -185,9 +194,21 @@ def score_routes(reader: ScoresReader) -> list[web.RouteDef]:
             _handler(lambda r: reader.production(r.match_info["route"])),
         ),
         web.get(
-            "/v1/models/{model}/lineage", _handler(lambda r: reader.lineage(r.match_info["model"]))
+            "/v1/models/{model}/lineage",
+            _handler(lambda r: _lineage(reader, registry, r.match_info["model"])),
         ),
     ]
+
+
+def _lineage(
+    reader: ScoresReader,
+    registry: Callable[[str, str], RegistryVersion | None] | None,
+    model: str,
+) -> Lineage:
+    out = reader.lineage(model)
+    if registry is not None:
+        out["registry"] = registry(out["route"], model)
+    return out
 
 
 def _num(x: Any) -> float | None:

@@ -50,6 +50,7 @@ __all__ = [
     "ProductionSummary",
     "QualityPoint",
     "RecallDiff",
+    "RegistryVersion",
     "RouteInfo",
     "Routes",
     "Scores",
@@ -557,6 +558,23 @@ class Routes(TypedDict):
     routes: list[RouteInfo]
 
 
+class RegistryVersion(TypedDict):
+    """A model's version in the model registry (docs/registry.md), read at start and every
+    ``registry.refresh_s``, never per request."""
+
+    kind: Literal["mlflow"]
+    registered_model: str
+    alias: Annotated[str | None, "The alias the version is read from"]
+    version: Annotated[str | None, "null until the first good read"]
+    run_id: Annotated[str | None, "The run that produced the version"]
+    source: str | None
+    aliases: list[str]
+    tags: Annotated[dict[str, str], "The version's shadowroute.* tags (the verdict written)"]
+    url: Annotated[str | None, "The version's page on the tracking server"]
+    read_at: Annotated[float | None, "Unix time of the last good read"]
+    error: Annotated[str | None, "Why the last read failed (the last good read stays)"]
+
+
 class Lineage(TypedDict):
     model: str
     route: str
@@ -571,6 +589,13 @@ class Lineage(TypedDict):
     drift: NotRequired[dict[str, JsonObject]]
     decision: NotRequired[Decision]
     verdicts: list[HistoryEntry]
+    registry: NotRequired[
+        Annotated[
+            RegistryVersion | None,
+            "The model registry's version of this model; null when registry.models does not "
+            "bind it, absent without a registry section",
+        ]
+    ]
 
 
 class OverviewCandidate(TypedDict):
@@ -608,6 +633,7 @@ COMPONENTS: tuple[type, ...] = (
     Production,
     History,
     Lineage,
+    RegistryVersion,
 )
 """The documents served as OpenAPI ``components.schemas`` (by class name); the documents they
 use are inlined."""

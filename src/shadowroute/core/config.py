@@ -782,6 +782,8 @@ class Config(_Strict):
     """What the router logs of itself: start-up summary, breakers, failing candidates, drops."""
     routes: list[Route] = Field(min_length=1)
     """At least one route."""
+    registry: Registry | None = None
+    """A model registry to write verdicts to and read versions from (docs/registry.md)."""
 
     @model_validator(mode="after")
     def _unique_routes(self) -> Config:
@@ -917,6 +919,8 @@ def config_problems(
     problems += [f"{_loc(loc)}: {message}" for loc, message in cross_problems(raw)]
     if config is not None:
         problems += _resolve_secrets(config, env, read_secret)
+        problems += [f"{_loc(loc)}: {message}" for loc, message in registry_problems(config)]
+        problems += _resolve_registry_token(config, env, read_secret)
     problems = list(dict.fromkeys(problems))
     return (None if problems else config), problems
 
@@ -963,3 +967,158 @@ def _resolve_secrets(
                     continue
                 model._secrets[header] = SecretStr(value)
     return problems
+
+
+# --- the model registry (docs/registry.md) ----------------------------------------------------
+
+_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+def _alias(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _ALIAS.match(value):
+        raise ValueError("an alias is 1 to 255 letters, digits, '_' or '-'")
+    if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
+        raise ValueError(f"{value!r} is reserved by MLflow (latest, v<number>)")
+    return value
+
+
+RegistryAlias = Annotated[str, AfterValidator(_alias)]
+
+
+class RegistryBinding(_Strict):
+    """Which registered model version a shadowroute model is (docs/registry.md)."""
+
+    route: Name
+    """The route's `name`."""
+    model: Name
+    """The model's `name` in that route: production's or a candidate's."""
+    registered_model: str = Field(min_length=1, max_length=256)
+    """The registered model's name in MLflow."""
+    version: str | None = None
+    """A fixed version of the registered model (`7`). Give `version` or `alias`."""
+    alias: RegistryAlias | None = None
+    """Or the alias that names the version (`challenger`, `champion`), read from the registry
+    when an event comes and for lineage."""
+    promote_alias: RegistryAlias | None = None
+    """Candidates only: on a `promote` verdict, point this alias (`champion`) at the
+    candidate's version (moving it away from the version that had it). Unset: tags only,
+    no alias ever moves."""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and not re.fullmatch(r"[1-9][0-9]{0,17}", value):
+            raise ValueError("must be a version number of the registered model, like 7")
+        return value
+
+    @model_validator(mode="after")
+    def _one_version(self) -> RegistryBinding:
+        if (self.version is None) == (self.alias is None):
+            raise ValueError("give exactly one of version (a number) or alias")
+        if self.promote_alias is not None and self.promote_alias == self.alias:
+            raise FieldProblem(
+                ("promote_alias",), "must differ from alias (the alias the version is read from)"
+            )
+        return self
+
+
+class Registry(_Strict):
+    """Verdicts written to a model registry, and registry versions in lineage (registry.md)."""
+
+    kind: Literal["mlflow"] = "mlflow"
+    """The registry: an MLflow tracking server (REST API 2.0)."""
+    tracking_uri: str
+    """Base URL of the MLflow tracking server, like `http://mlflow.ml.svc:5000`."""
+    token: str | None = None
+    """Bearer token sent to the server, as `env:VARIABLE` or `file:PATH` (read at start)."""
+    public_base_url: str
+    """The admin API's URL as people reach it (`https://shadowroute.example.com`): the
+    evidence link written on each version is this plus `/v1/routes/.../decision`."""
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    """Time allowed for one call to the registry."""
+    retries: int = Field(3, ge=0, le=10)
+    """Further attempts after a failed call (no answer, 429 or 5xx); 4xx are not retried."""
+    backoff_s: float = Field(0.5, ge=0, le=60)
+    """Wait before the first retry; doubled for each further one."""
+    refresh_s: float = Field(60.0, ge=1, le=86_400)
+    """How often lineage re-reads each bound model's version from the registry."""
+    models: list[RegistryBinding] = Field(min_length=1)
+    """Which registered model version each shadowroute model is."""
+    _token: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("tracking_uri", "public_base_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _check_url(url)
+
+    @field_validator("token")
+    @classmethod
+    def _token_ref(cls, ref: str | None) -> str | None:
+        if ref is not None and not ref.startswith(("env:", "file:")):
+            raise ValueError("must be env:VARIABLE or file:PATH")
+        return ref
+
+    @model_validator(mode="after")
+    def _unique(self) -> Registry:
+        seen: set[tuple[str, str]] = set()
+        for i, b in enumerate(self.models):
+            if (b.route, b.model) in seen:
+                raise FieldProblem(("models", i), f"{b.route}/{b.model} is bound twice")
+            seen.add((b.route, b.model))
+        return self
+
+    def token_value(self) -> str | None:
+        """The bearer token, resolved at start (``parse_config``)."""
+        return None if self._token is None else self._token.get_secret_value()
+
+    def binding(self, route: str, model: str) -> RegistryBinding | None:
+        return next((b for b in self.models if b.route == route and b.model == model), None)
+
+
+Config.model_rebuild()  # `Config.registry` names `Registry`, defined after it
+
+
+def registry_problems(config: Config) -> list[tuple[tuple[int | str, ...], str]]:
+    """Bindings that name no route or model of the config, and `promote_alias` on
+    production."""
+    out: list[tuple[tuple[int | str, ...], str]] = []
+    if config.registry is None:
+        return out
+    for i, b in enumerate(config.registry.models):
+        at: tuple[int | str, ...] = ("registry", "models", i)
+        route = config.route(b.route)
+        if route is None:
+            out.append(((*at, "route"), f"no route named {b.route!r}"))
+            continue
+        if b.model == route.production.name:
+            if b.promote_alias is not None:
+                out.append(((*at, "promote_alias"), "only a candidate's version can be promoted"))
+        elif b.model not in [c.name for c in route.candidates]:
+            out.append(((*at, "model"), f"route {b.route!r} has no model named {b.model!r}"))
+    return out
+
+
+def _resolve_registry_token(
+    config: Config, environ: Mapping[str, str], read_secret: SecretReader
+) -> list[str]:
+    reg = config.registry
+    if reg is None or reg.token is None:
+        return []
+    kind, _, name = reg.token.partition(":")
+    if kind == "env":
+        value = environ.get(name)
+        if value is None:
+            return [f"registry.token: environment variable {name} is not set"]
+    else:
+        try:
+            value = read_secret(name).rstrip("\r\n")
+        except OSError as exc:
+            return [f"registry.token: cannot read {name}: {exc.strerror or exc}"]
+    if not value or not value.isascii() or "\n" in value or "\r" in value:
+        return ["registry.token: the value must be one line of ASCII"]
+    reg._token = SecretStr(value)
+    return []

@@ -4,7 +4,7 @@ process adds to its control context. The only module that starts the admin serve
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
@@ -13,10 +13,12 @@ from shadowroute.api.labels import LabelWriter, label_routes
 from shadowroute.api.metrics import DataPlaneCollector, KafkaSinkCollector, new_registry
 from shadowroute.api.scorecard import scorecard_routes
 from shadowroute.api.scores import ScoresCollector, score_routes
+from shadowroute.comparator.documents import RegistryVersion
 from shadowroute.comparator.reader import ScoresReader
 from shadowroute.core.config import Config
 from shadowroute.core.label_rules import LabelRules
 from shadowroute.dataplane.server import DataPlane
+from shadowroute.registry.lineage import RegistryLineage
 from shadowroute.runtime.lifecycle import StartError
 from shadowroute.runtime.observe import dataplane_circuits, dataplane_flow, spool_losses
 from shadowroute.stream.kafka import KafkaSink
@@ -88,7 +90,7 @@ def control_plane(
     context."""
     routes = list(ctx.extra_routes)
     if scores is not None:
-        routes += score_routes(scores)
+        routes += score_routes(scores, registry_lineage(config, ctx))
         ctx.registry.register(ScoresCollector(scores))
     if labels is not None:
         routes += label_routes(labels, LabelRules.of(config))
@@ -97,3 +99,15 @@ def control_plane(
     if kafka:
         ctx.registry.register(kafka_collector(kafka))
     return ctx
+
+
+def registry_lineage(
+    config: Config, ctx: ControlContext
+) -> Callable[[str, str], RegistryVersion | None] | None:
+    """With a ``registry`` section: the registry versions of lineage, read in the background
+    while the admin plane runs."""
+    if config.registry is None:
+        return None
+    lineage = RegistryLineage(config.registry)
+    lineage.attach(ctx.cleanup_ctx, ctx.registry)
+    return lineage.lookup
