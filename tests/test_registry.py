@@ -19,9 +19,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from documented import assert_documented
 from mlflow_harness import Registered, alias_version, model_version, register_model
 from shadowroute.core.config import Config, parse_config
-from shadowroute.registry.collector import REGISTRY_METRICS
+from shadowroute.registry.collector import RegistryCollector
 from shadowroute.registry.lineage import RegistryLineage
 from shadowroute.registry.mlflow import MAX_RESPONSE_BYTES, MlflowClient, RegistryError
 from shadowroute.registry.verdicts import (
@@ -441,8 +442,8 @@ async def test_registry_writer_yields_none_without_a_section_and_exports_counter
         assert writer is not None
         await writer.on_event(event("hold", None))
         text = generate_latest(metrics).decode()
-        for name in REGISTRY_METRICS[:4]:
-            assert name in text
+        for family in RegistryCollector.FAMILIES:
+            assert family.exposed in text
         assert 'shadowroute_registry_events_total{outcome="applied"} 1.0' in text
     assert "shadowroute_registry_events_total" not in generate_latest(metrics).decode()
 
@@ -546,8 +547,12 @@ async def test_lineage_api_shows_the_registry_version_and_run(
             schema = body["components"]["schemas"]["RegistryVersion"]
             assert set(schema["required"]) <= set(reg)
             lineage = body["paths"]["/v1/models/{model}/lineage"]["get"]["responses"]["200"]
-            registry = lineage["content"]["application/json"]["schema"]["properties"]["registry"]
+            ref = lineage["content"]["application/json"]["schema"]
+            assert ref == {"$ref": "#/components/schemas/Lineage"}
+            registry = body["components"]["schemas"]["Lineage"]["properties"]["registry"]
             assert {"$ref": "#/components/schemas/RegistryVersion"} in registry["anyOf"]
+            for name in ("v2", "prod"):
+                assert_documented((await admin.get(f"/v1/models/{name}/lineage")).json(), "Lineage")
 
 
 async def test_a_registry_that_never_answers_times_out_within_the_bound() -> None:
