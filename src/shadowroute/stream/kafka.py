@@ -57,7 +57,7 @@ log = logging.getLogger("shadowroute.stream.kafka")
 KeyValue = tuple[bytes, bytes]
 PAIR_SCHEMA = b"pair.v1"
 LABEL_SCHEMA = b"label.v1"
-TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter")
+TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter", "events")
 FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
@@ -70,7 +70,7 @@ FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def topic_name(prefix: str, kind: str) -> str:
-    """``<prefix>.<kind>`` for kind in pairs, labels, scores, deadletter."""
+    """``<prefix>.<kind>`` for kind in pairs, labels, scores, deadletter, events."""
     if kind not in TOPIC_KINDS:
         raise ValueError(f"unknown topic kind {kind!r}")
     return f"{prefix}.{kind}"
@@ -726,7 +726,8 @@ class TopicSettingsError(ValueError):
 
 
 async def create_topics(transport: Transport) -> list[str]:
-    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted) and ``.deadletter``
+    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted), ``.deadletter`` and
+    ``.events`` (docs/events.md)
     with the configured partitions, replication and ``min.insync.replicas``; topics that
     already exist are left as they are. Returns the names created now. Raises
     ``TopicSettingsError`` when the replication exceeds the cluster's brokers."""
@@ -740,6 +741,7 @@ async def create_topics(transport: Transport) -> list[str]:
         "labels": {"retention.ms": retention, **isr},
         "scores": {"cleanup.policy": "compact", **isr},
         "deadletter": {"retention.ms": retention, **isr},
+        "events": {"retention.ms": retention, **isr},
     }
     wanted = {topic_name(transport.topic_prefix, kind): cfg for kind, cfg in configs.items()}
     admin = _admin(transport.bootstrap, transport.security)
@@ -794,7 +796,7 @@ async def _retrying(call: Callable[[], Any], attempts: int = 10, pause_s: float 
 
 
 async def describe_topics(transport: Transport) -> dict[str, Any]:
-    """The cluster's brokers and controller, and for each of the four topics its partitions
+    """The cluster's brokers and controller, and for each of the topics its partitions
     (leader, replicas, in-sync replicas, offline replicas) and key settings; a topic that does
     not exist is ``{"exists": False}``."""
     if not transport.bootstrap:
