@@ -195,6 +195,9 @@ class Worker:
             event, queued = await self.queue.get()
             try:
                 await self._deliver(event, queued)
+            except asyncio.CancelledError:  # close: the grace ran out during an attempt
+                self._fail("shutdown", "the process stopped during a delivery attempt")
+                raise
             except Exception:  # a bug must not stop the worker
                 log.exception("event delivery to %s failed", self.dest.name)
                 self._fail("attempts_exhausted", "internal error")
