@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 import aiohttp
-from aiohttp import web
 import pytest
 import yaml
+from aiohttp import web
 from prometheus_client import generate_latest
 
 from eventrecv import Receiver, verify
@@ -460,7 +460,6 @@ async def test_a_full_queue_drops_and_counts_and_shutdown_is_bounded(
     async def hang(request: Any) -> Any:
         await hung.wait()
         return web.Response(status=503)
-
 
     app = web.Application()
     app.router.add_post("/hook", hang)
