@@ -22,9 +22,12 @@ from aiokafka import AIOKafkaConsumer
 from eventrecv import Receiver
 from proxyutil import free_port, settle
 from shadowroute.core.config import Config, Transport, parse_config
+from shadowroute.core.records import LabelRecord, encode_label
 from shadowroute.events.cloudevents import CIRCUIT_OPENED, VERDICT_CHANGED
-from shadowroute.runtime import Stack, embedded_stack
+from shadowroute.runtime import Stack, embedded_stack, run_compare
 from shadowroute.stream.kafka import create_topics
+from test_comparator_gen import T0, pair
+from test_comparator_kafka import _produce
 from upstreams import ModelServer, Reply, Seen
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -256,3 +259,72 @@ async def test_kafka_mode_produces_the_event_to_the_events_topic(
     assert e["source"] == "/shadowroute/k" and e["data"] == {
         "route": "r", "candidate": "c", "open": True,
     }  # fmt: skip
+
+
+@pytest.mark.kafka
+async def test_compare_emits_one_verdict_change_to_kafka_and_the_webhook(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``shadowroute compare`` (run in this process): pair records of a candidate that fails
+    every mirror turn its verdict from hold to reject; one ``verdict.changed`` reaches the
+    webhook, signed, and one is on ``<prefix>.events``, with the same id."""
+
+    prefix = "v" + uuid.uuid4().hex[:8]
+    recv = await Receiver(SECRET).start()
+    raw = {
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "transport": {"kind": "kafka", "bootstrap": kafka_bootstrap, "topic_prefix": prefix,
+                      "topics": {"partitions": 2}},
+        "comparator": {"state_path": str(tmp_path / "compare.sqlite"), "windows": ["hour"]},
+        "routes": [{
+            "name": "fraud", "protocol": "kserve-v1", "task": "classification",
+            "production": {"name": "fraud-v7", "url": "http://127.0.0.1:9001"},
+            "candidates": [{"name": "fraud-v8", "url": "http://127.0.0.1:9002"}],
+            "policy": {"min_pairs": 20, "min_labelled": 20},
+        }],
+        "events": {"interval_s": 0.1, "instance": "cmp", "webhooks": [
+            {"name": "ci", "url": recv.url, "secret": "env:HOOK_SECRET",
+             "types": [VERDICT_CHANGED]},
+        ]},
+    }  # fmt: skip
+    cfg = parse_config(raw, environ={"HOOK_SECRET": SECRET})
+    await create_topics(cfg.transport)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_compare(cfg, stop=stop))
+    try:
+        await asyncio.sleep(2.0)  # joined the group; the baseline verdict is hold
+        items: list[tuple[str, bytes, bytes]] = []
+        for i in range(60):
+            rid = f"k{i}"
+            ts = T0 + 50 * i
+            items.append(("pairs", rid.encode(), pair(rid, ts, [1], None, cand_error="http_4xx")))
+            items.append(("labels", rid.encode(), encode_label(LabelRecord(rid, 1, ts + 10))))
+        await _produce(kafka_bootstrap, prefix, items)
+        await _until(lambda: len(recv.of_type(VERDICT_CHANGED)) >= 1, 60)
+        await asyncio.sleep(0.5)  # a few more ticks: no second event
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        await recv.stop()
+    [d] = recv.of_type(VERDICT_CHANGED)
+    e = d.doc
+    assert d.headers["webhook-id"] == e["id"] and e["subject"] == "fraud/fraud-v8"
+    assert e["data"]["previous"] == "hold" and e["data"]["verdict"] == "reject"
+    consumer = AIOKafkaConsumer(
+        f"{prefix}.events", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    got = []
+    try:
+        async with asyncio.timeout(30):
+            while not got:
+                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                    got += msgs
+        for msgs in (await consumer.getmany(timeout_ms=1000)).values():
+            got += msgs
+    finally:
+        await consumer.stop()
+    changes = [orjson.loads(m.value or b"") for m in got]
+    changes = [c for c in changes if c["type"] == VERDICT_CHANGED]
+    assert [c["id"] for c in changes] == [e["id"]]
+    assert [m.key for m in got] == [b"fraud/fraud-v8"] * len(got)
