@@ -511,3 +511,12 @@ async def test_subscribers_get_every_event_and_a_failing_one_is_counted() -> Non
 def test_retry_policy_defaults_are_bounded() -> None:
     p = RetryPolicy()
     assert p.max_attempts > 1 and p.give_up_after_s < float("inf")
+
+
+def test_the_deliveries_endpoint_is_in_the_openapi_document() -> None:
+    from shadowroute.api.events import event_routes
+    from shadowroute.api.openapi import document
+
+    paths = {r.path for r in event_routes(EventBus())}  # type: ignore[attr-defined]
+    assert paths <= set(document()["paths"])
+    assert "get" in document()["paths"]["/v1/events/deliveries"]
