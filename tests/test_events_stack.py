@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,11 +19,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
 from eventrecv import Receiver
-from proxyutil import free_port, settle
+from proxyutil import free_port, settle, wait_ready
 from shadowroute.core.config import Config, Transport, parse_config
 from shadowroute.core.records import LabelRecord, encode_label
 from shadowroute.events.cloudevents import CIRCUIT_OPENED, VERDICT_CHANGED
@@ -328,3 +332,55 @@ async def test_compare_emits_one_verdict_change_to_kafka_and_the_webhook(
     changes = [c for c in changes if c["type"] == VERDICT_CHANGED]
     assert [c["id"] for c in changes] == [e["id"]]
     assert [m.key for m in got] == [b"fraud/fraud-v8"] * len(got)
+
+
+async def test_serve_workers_emit_from_the_supervisor(tmp_path: Path) -> None:
+    """``serve --workers 2`` (the real CLI): a candidate that cannot be reached opens its
+    circuit in the workers; the supervisor emits one ``circuit.opened`` to the webhook and
+    shows the delivery on its API; SIGTERM stops it cleanly."""
+    prod = await ModelServer(_predict).start()
+    recv = await Receiver(SECRET).start()
+    port, admin = free_port(), free_port()
+    cfg = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "comparator": {"state_path": str(tmp_path / "state.sqlite")},
+        "mirror": {"breaker": {"failures": 2, "open_s": 60}},
+        "events": {"interval_s": 0.2, "instance": "w", "webhooks": [
+            {"name": "ops", "url": recv.url, "secret": "env:HOOK_SECRET"}]},
+        "routes": [_route(prod.url, [{"name": "c", "url": f"http://127.0.0.1:{free_port()}"}])],
+    }  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, stopped below
+        [sys.executable, "-m", "shadowroute", "serve", "-c", str(path), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HOOK_SECRET": SECRET},
+    )
+    try:
+        await wait_ready(f"http://127.0.0.1:{admin}/readyz")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            for k in range(20):
+                r = await c.post(
+                    "/p",
+                    content=orjson.dumps({"instances": [[k]]}),
+                    headers={"Connection": "close"},
+                )
+                assert r.status_code == 200
+        await _until(lambda: len(recv.of_type(CIRCUIT_OPENED)) >= 1, 20)
+        await asyncio.sleep(0.6)
+        async with httpx.AsyncClient() as c:
+            body = (await c.get(f"http://127.0.0.1:{admin}/v1/events/deliveries")).json()
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await recv.stop()
+        await prod.stop()
+    [d] = recv.of_type(CIRCUIT_OPENED)
+    assert d.valid and d.doc["subject"] == "r/c" and d.doc["source"] == "/shadowroute/w"
+    [ops] = body["destinations"]
+    assert ops["name"] == "ops" and ops["delivered"] >= 1 and ops["failed"] == 0

@@ -62,6 +62,11 @@ class WebhookDestination(Destination):
                 hook.max_attempts, hook.backoff_s, hook.max_backoff_s, hook.give_up_after_s
             ),
         )
+        if not hook.key:
+            raise ValueError(
+                f"webhook {name}: its secret was not read (load the config with "
+                "parse_config, which reads secrets)"
+            )
         self.hook = hook
         self.session = session
         self.types = frozenset(hook.types)
