@@ -520,3 +520,14 @@ def test_the_deliveries_endpoint_is_in_the_openapi_document() -> None:
     paths = {r.path for r in event_routes(EventBus())}  # type: ignore[attr-defined]
     assert paths <= set(document()["paths"])
     assert "get" in document()["paths"]["/v1/events/deliveries"]
+
+
+def test_a_template_nested_too_deep_is_refused() -> None:
+    deep: Any = "{{ data.route }}"
+    for _ in range(40):
+        deep = {"x": deep}
+    with pytest.raises(Exception, match="nested deeper than 32 levels"):
+        config([{"url": "http://127.0.0.1:9/x", "secret": "env:HOOK_SECRET", "template": deep}])
+    ok = config([{"url": "http://127.0.0.1:9/x", "secret": "env:HOOK_SECRET",
+                  "template": {"a": ["{{ id }}", 1, None, {"b": "{{event}}"}]}}])  # fmt: skip
+    assert ok.events.webhooks[0].template is not None

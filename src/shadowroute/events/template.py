@@ -7,7 +7,7 @@ A template is any JSON value. Strings in it may hold placeholders ``{{ path }}``
 exactly one placeholder is replaced by the value itself (an object stays an object, a number
 a number); a placeholder inside longer text is replaced by the value's text (JSON for objects
 and lists). A path that leads nowhere gives ``null`` (its text: empty). Keys are not
-templated.
+templated. The placeholders are checked when the config is read (``core.config.Webhook``).
 
 >>> ev = {"type": "io.shadowroute.verdict.changed", "data": {"route": "r", "n": 3}}
 >>> render({"event_type": "shadowroute-{{ data.route }}", "client_payload": "{{ data }}"}, ev)
@@ -22,39 +22,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["PLACEHOLDER", "check_template", "render"]
+__all__ = ["PLACEHOLDER", "render"]
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
-MAX_DEPTH = 32
-
-
-def check_template(template: Any) -> list[str]:
-    """What is wrong with a template (empty: nothing): placeholders that are not dotted
-    paths, or nesting deeper than ``MAX_DEPTH``."""
-    problems: list[str] = []
-
-    def walk(node: Any, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            problems.append(f"nested deeper than {MAX_DEPTH} levels")
-            return
-        if isinstance(node, str):
-            for m in PLACEHOLDER.finditer(node):
-                if not PATH.match(m.group(1)):
-                    problems.append(
-                        f"placeholder {m.group(0)!r} is not a dotted path like data.route"
-                    )
-            if "{{" in PLACEHOLDER.sub("", node):
-                problems.append(f"unclosed or nested placeholder in {node!r}")
-        elif isinstance(node, Mapping):
-            for v in node.values():
-                walk(v, depth + 1)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v, depth + 1)
-
-    walk(template, 0)
-    return problems
 
 
 def _lookup(event: Mapping[str, Any], path: str) -> Any:
