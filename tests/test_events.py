@@ -531,3 +531,36 @@ def test_a_template_nested_too_deep_is_refused() -> None:
     ok = config([{"url": "http://127.0.0.1:9/x", "secret": "env:HOOK_SECRET",
                   "template": {"a": ["{{ id }}", 1, None, {"b": "{{event}}"}]}}])  # fmt: skip
     assert ok.events.webhooks[0].template is not None
+
+
+async def test_the_watch_loop_publishes_changes_and_survives_a_failing_read() -> None:
+    from shadowroute.events.bus import watch_loop
+
+    got: list[Any] = []
+
+    async def on_event(e: Any) -> None:
+        got.append(e)
+
+    snaps = iter(
+        [
+            Snapshot(circuits={("r", "c"): False}),
+            RuntimeError("reader gone"),
+            Snapshot(circuits={("r", "c"): True}),
+        ]
+    )
+
+    def snapshot() -> Snapshot:
+        s = next(snaps, Snapshot(circuits={("r", "c"): True}))
+        if isinstance(s, Exception):
+            raise s
+        return s
+
+    bus = EventBus(subscribers=[on_event])
+    task = asyncio.create_task(watch_loop(snapshot, Detector(instance="t"), bus, interval_s=0.01))
+    await _until(lambda: len(got) >= 1)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await bus.close(1.0)
+    assert [e["type"] for e in got] == [CIRCUIT_OPENED]

@@ -104,13 +104,13 @@ async def watch_loop(
     wall: Callable[[], float] = time.time,
 ) -> None:
     """Publish what ``detector`` finds in ``snapshot()`` every ``interval_s``, until
-    cancelled. A snapshot that cannot be taken is logged and the tick skipped."""
+    cancelled. A snapshot that cannot be taken (or read) is logged and the tick skipped."""
     while True:
         try:
-            snap = snapshot()
+            events = detector.observe(snapshot(), clock(), wall())
         except Exception:
             log.exception("cannot read the state for events; trying again")
         else:
-            for event in detector.observe(snap, clock(), wall()):
+            for event in events:
                 bus.publish(event)
         await asyncio.sleep(interval_s)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
@@ -23,8 +22,6 @@ from shadowroute.events.detect import Detector
 from shadowroute.events.kafka import KafkaDestination
 from shadowroute.events.source import DecisionReader, snapshot_source
 from shadowroute.events.webhook import WebhookDestination
-
-log = logging.getLogger("shadowroute.events")
 
 
 @contextlib.asynccontextmanager
