@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("topics", help="Kafka topic tools")
     tsub = t.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
-    tc = tsub.add_parser("create", help="create the pairs, labels, scores and deadletter topics")
+    tc = tsub.add_parser("create", help="create the topics: pairs labels scores deadletter events")
     tc.add_argument("-c", "--config", required=True)
     tc.set_defaults(func=cmd_topics_create)
     td = tsub.add_parser(

@@ -139,6 +139,61 @@ _LABEL_RESULT = {
 }
 
 
+_EVENT_DESTINATION = {
+    "type": "object",
+    "required": ["name", "kind", "target", "queued", "delivered", "failed", "last_error"],
+    "properties": {
+        "name": {"type": "string", "description": "kafka, or the webhook's name"},
+        "kind": {"enum": ["kafka", "webhook"]},
+        "target": {"type": "string", "description": "The topic, or the URL without its query"},
+        "queued": {"type": "integer"},
+        "queue_size": {"type": "integer"},
+        "delivered": {"type": "integer"},
+        "attempts": {"type": "integer"},
+        "failed": {"type": "integer", "description": "Events given up"},
+        "failed_by_reason": {
+            "type": "object",
+            "description": "queue_full, rejected, attempts_exhausted, expired, shutdown",
+            "additionalProperties": {"type": "integer"},
+        },
+        "retries_by_reason": {
+            "type": "object",
+            "description": "Failed attempts: http_5xx, http_429, http_4xx, http_3xx, timeout, "
+            "connect, kafka, error",
+            "additionalProperties": {"type": "integer"},
+        },
+        "last_error": {"type": ["string", "null"]},
+        "last_error_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_delivered_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_event_id": {"type": ["string", "null"]},
+    },
+}
+_EVENT_DELIVERIES = {
+    "get": {
+        "summary": "Event delivery per destination (Kafka, each webhook): counts, last error",
+        "description": "Served by the processes that emit events (docs/events.md).",
+        "responses": {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["emitted", "subscriber_failures", "destinations"],
+                    "properties": {
+                        "emitted": {
+                            "type": "object",
+                            "description": "Events emitted by CloudEvents type",
+                            "additionalProperties": {"type": "integer"},
+                        },
+                        "subscriber_failures": {"type": "integer"},
+                        "destinations": {"type": "array", "items": _EVENT_DESTINATION},
+                    },
+                },
+                "Deliveries",
+            )
+        },
+    }
+}
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/healthz": {
@@ -292,6 +347,7 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Lineage"), "Lineage"), "404": _NOT_FOUND},
             }
         },
+        "/v1/events/deliveries": _EVENT_DELIVERIES,
         "/": {
             "get": {
                 "summary": "The scorecard page (HTML)",

@@ -761,6 +761,181 @@ class OpsLog(_Strict):
         return self
 
 
+EventType = Literal[
+    "io.shadowroute.verdict.changed",
+    "io.shadowroute.drift.exceeded",
+    "io.shadowroute.drift.recovered",
+    "io.shadowroute.production.degraded",
+    "io.shadowroute.production.recovered",
+    "io.shadowroute.labels.stale",
+    "io.shadowroute.labels.resumed",
+    "io.shadowroute.circuit.opened",
+    "io.shadowroute.circuit.closed",
+]
+"""The CloudEvents types shadowroute emits (``shadowroute.events.cloudevents.EVENT_TYPES``)."""
+
+
+def _check_webhook_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("has no host: write it as https://HOST[:PORT]/PATH")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    if parts.username or parts.password or parts.fragment:
+        raise ValueError("must not carry credentials or a fragment (use secret_headers)")
+    return url
+
+
+class Webhook(_Strict):
+    """One HTTP endpoint events are POSTed to, signed per Standard Webhooks (docs/events.md)."""
+
+    name: Name | None = None
+    """Names the endpoint in metrics and `GET /v1/events/deliveries` (default: `webhook-<i>`)."""
+    url: str
+    """Where events are POSTed (`http://` or `https://`)."""
+    secret: str
+    """The signing secret, `env:VARIABLE` or `file:PATH`, whose value is `whsec_` followed by
+    the base64 of 24 to 64 random bytes (Standard Webhooks); read at start."""
+    types: list[EventType] = []
+    """Event types sent to this endpoint (empty: every type)."""
+    template: Any = None
+    """A JSON body to send instead of the CloudEvent, with `{{ data.route }}`-style
+    placeholders filled from the event (docs/events.md "Body templates"), e.g. a GitHub
+    `repository_dispatch` body. None: the CloudEvent itself (`application/cloudevents+json`)."""
+    headers: dict[str, str] = {}
+    """Extra headers sent with each delivery."""
+    secret_headers: dict[str, str] = {}
+    """Extra headers whose values are secrets (`env:VARIABLE` or `file:PATH`, read at start),
+    e.g. `Authorization` for GitHub (the value: `Bearer <token>`)."""
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    """Time allowed for one attempt."""
+    max_attempts: int = Field(8, ge=1, le=100)
+    """Attempts per event before it is given up (counted as failed)."""
+    backoff_s: float = Field(1.0, gt=0, le=3600)
+    """Pause before the first retry; doubled each retry, jittered (half to all of it)."""
+    max_backoff_s: float = Field(60.0, gt=0, le=3600)
+    """Longest pause between two attempts."""
+    give_up_after_s: float = Field(900.0, gt=0, le=86400)
+    """An event not delivered this long after it was queued is given up (counted as failed)."""
+    _key: bytes = PrivateAttr(default=b"")
+    _secret_values: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _check_webhook_url(url)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_ref(cls, ref: str) -> str:
+        if not ref.startswith(("env:", "file:")) or len(ref.partition(":")[2]) == 0:
+            raise ValueError("must be env:VARIABLE or file:PATH (never the secret itself)")
+        return ref
+
+    @field_validator("headers", "secret_headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        bad = [h for h in headers if h.lower() in HOP_BY_HOP or not h.isascii()]
+        bad += [h for h in headers if h.lower().startswith("webhook-")]
+        if bad:
+            raise ValueError(f"cannot set hop-by-hop, webhook-* or non-ASCII header(s) {bad}")
+        return headers
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_refs(cls, headers: dict[str, str]) -> dict[str, str]:
+        if any(not r.startswith(("env:", "file:")) for r in headers.values()):
+            raise ValueError("each value must be env:VARIABLE or file:PATH")
+        return headers
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, template: Any) -> Any:
+        problems = _template_problems(template)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return template
+
+    @property
+    def key(self) -> bytes:
+        """The signing key, resolved at start (``parse_config``)."""
+        return self._key
+
+    def secret_header_values(self) -> dict[str, str]:
+        return {k: v.get_secret_value() for k, v in self._secret_values.items()}
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_TEMPLATE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+
+
+def _template_problems(template: Any, depth: int = 0) -> list[str]:
+    """Placeholders that are not dotted paths (the same rule as
+    ``shadowroute.events.template.check_template``)."""
+    if depth > 32:
+        return ["nested deeper than 32 levels"]
+    if isinstance(template, str):
+        out = [
+            f"placeholder {m.group(0)!r} is not a dotted path like data.route"
+            for m in _PLACEHOLDER.finditer(template)
+            if not _TEMPLATE_PATH.match(m.group(1))
+        ]
+        if "{{" in _PLACEHOLDER.sub("", template):
+            out.append(f"unclosed or nested placeholder in {template!r}")
+        return out
+    if isinstance(template, dict):
+        return [p for v in template.values() for p in _template_problems(v, depth + 1)]
+    if isinstance(template, list):
+        return [p for v in template for p in _template_problems(v, depth + 1)]
+    if template is None or isinstance(template, bool | int | float):
+        return []
+    return [f"not a JSON value: {type(template).__name__}"]
+
+
+class Events(_Strict):
+    """
+    CloudEvents on changes of state (docs/events.md): to `<prefix>.events` with Kafka, and to
+    signed HTTP webhooks in every mode. Never on the proxy's path: a bounded queue per
+    destination; a full queue drops the event and counts it.
+    """
+
+    enabled: bool = True
+    """Watch for changes of state and emit events."""
+    interval_s: float = Field(5.0, ge=0.1, le=3600)
+    """How often the read side (verdicts, production, circuits) is looked at."""
+    instance: Name | None = None
+    """The events' `source` is `/shadowroute/<instance>` (default: the host name)."""
+    labels_stale_after_s: float | None = Field(3600.0, gt=0)
+    """`labels.stale` when no label joined on a route for this long while predictions kept
+    coming (none: never)."""
+    kafka: bool = True
+    """With `transport.kind: kafka`, produce every event to `<prefix>.events` (key: subject)."""
+    queue_size: int = Field(1000, ge=1, le=1_000_000)
+    """Events waiting per destination; beyond it new ones are dropped and counted."""
+    shutdown_grace_s: float = Field(5.0, ge=0, le=600)
+    """At shutdown, how long pending deliveries may still take."""
+    webhooks: list[Webhook] = []
+    """HTTP endpoints events are POSTed to."""
+
+    def webhook_names(self) -> list[str]:
+        """Each webhook's name (``webhook-<i>`` when it has none)."""
+        return [w.name or f"webhook-{i}" for i, w in enumerate(self.webhooks)]
+
+    @model_validator(mode="after")
+    def _names(self) -> Events:
+        names = self.webhook_names()
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes or "kafka" in names:
+            raise ValueError(f"webhook names must be unique and not 'kafka': {dupes or ['kafka']}")
+        return self
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     """Client traffic."""
@@ -780,6 +955,8 @@ class Config(_Strict):
     """Rules for ground-truth labels: time bounds, value size, waiting backlog."""
     ops_log: OpsLog = OpsLog()
     """What the router logs of itself: start-up summary, breakers, failing candidates, drops."""
+    events: Events = Events()
+    """CloudEvents on changes of state, to Kafka and to signed webhooks (docs/events.md)."""
     routes: list[Route] = Field(min_length=1)
     """At least one route."""
     registry: Registry | None = None
@@ -921,6 +1098,7 @@ def config_problems(
         problems += _resolve_secrets(config, env, read_secret)
         problems += [f"{_loc(loc)}: {message}" for loc, message in registry_problems(config)]
         problems += _resolve_registry_token(config, env, read_secret)
+        problems += _resolve_webhook_secrets(config, env, read_secret)
     problems = list(dict.fromkeys(problems))
     return (None if problems else config), problems
 
@@ -1105,20 +1283,74 @@ def registry_problems(config: Config) -> list[tuple[tuple[int | str, ...], str]]
 def _resolve_registry_token(
     config: Config, environ: Mapping[str, str], read_secret: SecretReader
 ) -> list[str]:
+    """Read the registry's bearer token once, at start; the problems."""
     reg = config.registry
     if reg is None or reg.token is None:
         return []
-    kind, _, name = reg.token.partition(":")
+    value, problem = _secret_value(reg.token, "registry.token", environ, read_secret)
+    if problem is not None:
+        return [problem]
+    if not value:
+        return ["registry.token: the value must be one line of ASCII"]
+    reg._token = SecretStr(value)
+    return []
+
+
+def _secret_value(
+    ref: str, path: str, environ: Mapping[str, str], read_secret: SecretReader
+) -> tuple[str | None, str | None]:
+    """(value, None) of an ``env:``/``file:`` reference, or (None, the problem)."""
+    kind, _, name = ref.partition(":")
     if kind == "env":
         value = environ.get(name)
         if value is None:
-            return [f"registry.token: environment variable {name} is not set"]
+            return None, f"{path}: environment variable {name} is not set"
     else:
         try:
             value = read_secret(name).rstrip("\r\n")
         except OSError as exc:
-            return [f"registry.token: cannot read {name}: {exc.strerror or exc}"]
-    if not value or not value.isascii() or "\n" in value or "\r" in value:
-        return ["registry.token: the value must be one line of ASCII"]
-    reg._token = SecretStr(value)
-    return []
+            return None, f"{path}: cannot read {name}: {exc.strerror or exc}"
+    if not value.isascii() or "\n" in value or "\r" in value:
+        return None, f"{path}: the value must be one line of ASCII"
+    return value, None
+
+
+def webhook_key(secret: str) -> bytes:
+    """The key of a Standard Webhooks secret ``whsec_<base64 of 24-64 bytes>``."""
+    import base64
+    import binascii
+
+    if not secret.startswith("whsec_"):
+        raise ValueError("the secret must start with whsec_ followed by base64 (Standard Webhooks)")
+    try:
+        key = base64.b64decode(secret[6:], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part of the secret after whsec_ is not valid base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"the secret's key is {len(key)} bytes; it must be 24 to 64 bytes")
+    return key
+
+
+def _resolve_webhook_secrets(
+    config: Config, environ: Mapping[str, str], read_secret: SecretReader
+) -> list[str]:
+    """Read every webhook's signing secret and secret headers once, at start; the problems."""
+    problems: list[str] = []
+    for i, hook in enumerate(config.events.webhooks):
+        where = f"events.webhooks[{i}]"
+        value, problem = _secret_value(hook.secret, f"{where}.secret", environ, read_secret)
+        if problem is not None:
+            problems.append(problem)
+        elif value is not None:
+            try:
+                hook._key = webhook_key(value)
+            except ValueError as exc:
+                problems.append(f"{where}.secret: {exc}")
+        for header, ref in hook.secret_headers.items():
+            path = f"{where}.secret_headers.{header}"
+            value, problem = _secret_value(ref, path, environ, read_secret)
+            if problem is not None:
+                problems.append(problem)
+            elif value is not None:
+                hook._secret_values[header] = SecretStr(value)
+    return problems

@@ -19,6 +19,7 @@ from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config
 from shadowroute.runtime.admin import admin_server, control_plane
 from shadowroute.runtime.backend import kafka_labels
+from shadowroute.runtime.events import event_service
 from shadowroute.runtime.lifecycle import wait_for_signal
 
 BATCH_GRACE_S = 30.0
@@ -65,7 +66,10 @@ async def run_compare(
                     reader,
                     SinkLabelWriter(labels_sink),
                 )
-                async with admin_server(ctx, config.admin.host, config.admin.port):
+                async with (
+                    event_service(config, ctx, reader, None),
+                    admin_server(ctx, config.admin.host, config.admin.port),
+                ):
                     tasks = [
                         asyncio.create_task(comparator.run()),
                         asyncio.create_task(follower.run()),

@@ -14,9 +14,11 @@ from shadowroute import build_info
 from shadowroute.comparator.embedded import Comparator
 from shadowroute.core.config import Config
 from shadowroute.dataplane.server import DataPlane, listen_socket
+from shadowroute.events.bus import EventBus
 from shadowroute.oplog import Sample
 from shadowroute.runtime.admin import admin_port, admin_server, control_plane, dataplane_context
 from shadowroute.runtime.backend import records_backend
+from shadowroute.runtime.events import event_service
 from shadowroute.runtime.lifecycle import freeze_startup_heap, wait_for_signal
 from shadowroute.runtime.observe import (
     dataplane_circuits,
@@ -39,6 +41,8 @@ class Stack:
     admin_runner: web.AppRunner
     sample: Callable[[], Sample]
     """The counters the operator's log watches."""
+    events: EventBus | None = None
+    """The process's events (None: ``events.enabled`` is false)."""
 
     @property
     def proxy_port(self) -> int:
@@ -73,14 +77,18 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
                 backend.labels,
                 backend.kafka,
             )
-            async with admin_server(ctx, config.admin.host, config.admin.port) as runner:
+            circuits = lambda: dataplane_circuits(dp)  # noqa: E731
+            async with (
+                event_service(config, ctx, backend.scores, circuits) as events,
+                admin_server(ctx, config.admin.host, config.admin.port) as runner,
+            ):
                 sample = ops_sample(
                     lambda: dp.stats,
                     lambda: spool_losses(dataplane_flow(dp), backend.pair_kafka),
-                    lambda: dataplane_circuits(dp),
+                    circuits,
                 )
                 try:
-                    yield Stack(config, dp, backend.comparator, runner, sample)
+                    yield Stack(config, dp, backend.comparator, runner, sample, events)
                 finally:
                     await dp.stop()
         finally:

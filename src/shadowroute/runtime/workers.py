@@ -42,6 +42,7 @@ from shadowroute.dataplane.server import DataPlane, check_port_free, listen_sock
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.runtime.admin import admin_port, admin_server, control_plane
 from shadowroute.runtime.backend import RecordsBackend, records_backend, verify_kafka_topics
+from shadowroute.runtime.events import event_service
 from shadowroute.runtime.lifecycle import freeze_startup_heap, stop_on_sigterm, wait_for_signal
 from shadowroute.runtime.observe import (
     dataplane_circuits,
@@ -379,7 +380,10 @@ async def _serve(
         set_revision=workers.set_revision,
     )
     ctx = control_plane(config, ctx, backend.scores, backend.labels, backend.kafka)
-    async with admin_server(ctx, config.admin.host, config.admin.port) as runner:
+    async with (
+        event_service(config, ctx, backend.scores, workers.circuits),
+        admin_server(ctx, config.admin.host, config.admin.port) as runner,
+    ):
         failed = await workers.wait_started(pumps, START_TIMEOUT_S)
         if failed is not None:
             log.error("%s; stopping (see the worker's error above)", failed)

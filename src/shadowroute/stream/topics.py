@@ -19,11 +19,11 @@ from aiokafka.errors import KafkaError
 from shadowroute.core.config import KafkaSecurity, Transport
 from shadowroute.stream.kafka_client import security_kwargs
 
-TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter")
+TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter", "events")
 
 
 def topic_name(prefix: str, kind: str) -> str:
-    """``<prefix>.<kind>`` for kind in pairs, labels, scores, deadletter."""
+    """``<prefix>.<kind>`` for kind in pairs, labels, scores, deadletter, events."""
     if kind not in TOPIC_KINDS:
         raise ValueError(f"unknown topic kind {kind!r}")
     return f"{prefix}.{kind}"
@@ -88,7 +88,8 @@ class TopicSettingsError(ValueError):
 
 
 async def create_topics(transport: Transport) -> list[str]:
-    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted) and ``.deadletter``
+    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted), ``.deadletter`` and
+    ``.events`` (docs/events.md)
     with the configured partitions, replication and ``min.insync.replicas``; topics that
     already exist are left as they are. Returns the names created now. Raises
     ``TopicSettingsError`` when the replication exceeds the cluster's brokers."""
@@ -102,6 +103,7 @@ async def create_topics(transport: Transport) -> list[str]:
         "labels": {"retention.ms": retention, **isr},
         "scores": {"cleanup.policy": "compact", **isr},
         "deadletter": {"retention.ms": retention, **isr},
+        "events": {"retention.ms": retention, **isr},
     }
     wanted = {topic_name(transport.topic_prefix, kind): cfg for kind, cfg in configs.items()}
     admin = _admin(transport.bootstrap, transport.security)
