@@ -26,6 +26,7 @@ from shadowroute.registry.collector import RegistryCollector
 from shadowroute.registry.lineage import RegistryLineage
 from shadowroute.registry.mlflow import MAX_RESPONSE_BYTES, MlflowClient, RegistryError
 from shadowroute.registry.verdicts import (
+    TAG_KEYS,
     VERDICT_CHANGED,
     EventError,
     VerdictWriter,
@@ -576,9 +577,9 @@ async def test_a_real_decision_becomes_a_tag_whose_evidence_link_answers(
     mlflow_url: str, model: Registered, tmp_path: Any
 ) -> None:
     """The embedded stack with real model servers: a candidate that answers 404 to every
-    mirror is rejected; the verdict.changed event carrying that decision document unchanged
-    is written on the candidate's version; the evidence link on it answers the same verdict;
-    lineage shows the tag after its next read."""
+    mirror is rejected; the stack's own event bus hands that verdict change to the registry
+    writer, which writes it on the candidate's version, once; the evidence link on it answers
+    the same verdict; lineage shows the tag after its next read."""
     from proxyutil import free_port, settle
     from shadowroute.runtime import embedded_stack
 
@@ -597,6 +598,7 @@ async def test_a_real_decision_becomes_a_tag_whose_evidence_link_answers(
         "admin": {"port": admin_port},
         "comparator": {"state_path": str(tmp_path / "state.sqlite")},
         "mirror": {"breaker": {"failures": 10_000}},
+        "events": {"interval_s": 0.1},
         "routes": [
             {
                 "name": "fraud",
@@ -623,8 +625,7 @@ async def test_a_real_decision_becomes_a_tag_whose_evidence_link_answers(
     }
     cfg = parse_config(raw, environ={})
     try:
-        async with embedded_stack(cfg) as stack, registry_writer(cfg) as writer:
-            assert writer is not None
+        async with embedded_stack(cfg) as stack:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.proxy_port}") as c:
                 for k in range(30):
                     r = await c.post("/v1/models/m:predict", json={"instances": [[k]]})
@@ -637,19 +638,18 @@ async def test_a_real_decision_becomes_a_tag_whose_evidence_link_answers(
                         break
                     await asyncio.sleep(0.05)
                 assert decision["verdict"] == "reject", decision["reasons"]
-                # the candidate revision the evidence is about (`revision` in the contract)
-                revision = decision["revision"]["candidate"]["revision"]
-                ev = event("reject", "hold", revision=revision)
-                ev["data"]["decision"] = decision
-                await writer.on_event(orjson.loads(orjson.dumps(ev)))
-                assert writer.stats.events["applied"] == 1, writer.stats
-                tags = model_version(mlflow_url, model.name, model.versions[1])["tags"]
+                for _ in range(200):  # the bus looks every 0.1 s, the writer follows
+                    tags = model_version(mlflow_url, model.name, model.versions[1])["tags"]
+                    if set(TAG_KEYS) <= set(tags):  # one set-tag call per tag
+                        break
+                    await asyncio.sleep(0.05)
+                rid = decision["revision"]["id"]
                 assert tags["shadowroute.verdict"] == "reject"
-                assert tags["shadowroute.revision"] == "sha256:v2"
+                assert tags["shadowroute.revision"] == rid
                 assert tags["shadowroute.interval"].startswith("accuracy ")
                 link = tags["shadowroute.evidence"]
                 assert link == (
-                    f"{admin_url}/v1/routes/fraud/candidates/v2/decision?revision=sha256%3Av2"
+                    f"{admin_url}/v1/routes/fraud/candidates/v2/decision?revision={rid}"
                 )
                 linked = (await admin.get(link)).json()
                 assert linked["verdict"] == "reject" and "asked_revision" not in linked
@@ -662,6 +662,11 @@ async def test_a_real_decision_becomes_a_tag_whose_evidence_link_answers(
                     await asyncio.sleep(0.1)
                 assert reg["tags"]["shadowroute.verdict"] == "reject"
                 assert (reg["version"], reg["run_id"]) == (model.versions[1], model.runs[1])
+                metrics = (await admin.get("/metrics")).text
+                assert 'shadowroute_registry_events_total{outcome="applied"} 1.0' in metrics
+                assert 'shadowroute_events_total{type="io.shadowroute.verdict.changed"} 1.0' in (
+                    metrics
+                )
     finally:
         await prod.stop()
         await missing.stop()
