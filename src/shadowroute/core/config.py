@@ -761,6 +761,20 @@ class OpsLog(_Strict):
         return self
 
 
+class Control(_Strict):
+    state_path: str | None = None
+    """JSON file keeping what the API set live (the mirroring switch, each candidate's
+    on/off and fraction) and its change log, so they outlast a restart; none: next to
+    `comparator.state_path` (`<its name without extension>-control.json`)."""
+
+    def path(self, comparator_state: str) -> str:
+        if self.state_path is not None:
+            return self.state_path
+        base, dot, ext = comparator_state.rpartition(".")
+        stem = base if dot and "/" not in ext else comparator_state
+        return f"{stem}-control.json"
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     """Client traffic."""
@@ -780,6 +794,8 @@ class Config(_Strict):
     """Rules for ground-truth labels: time bounds, value size, waiting backlog."""
     ops_log: OpsLog = OpsLog()
     """What the router logs of itself: start-up summary, breakers, failing candidates, drops."""
+    control: Control = Control()
+    """Live control through the API, kept across restarts."""
     routes: list[Route] = Field(min_length=1)
     """At least one route."""
 
