@@ -150,7 +150,7 @@ async def _worker(
             elif kind == b"C":
                 new_config, fractions = pickle.loads(payload)  # our own child: see the docstring
                 dp.reload(new_config, fractions)
-                log.info("worker %d: config reloaded", index)
+                log.info("worker %d serves the reloaded config", index)
         stop.set()  # supervisor gone
 
     def snapshot(ready: bool) -> bytes:
