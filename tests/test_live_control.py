@@ -282,4 +282,20 @@ async def test_a_state_file_that_cannot_be_written_refuses_the_change(
             assert r.status_code == 503 and "nothing changed" in r.json()["error"]
             doc = (await admin.get("/v1/routes/r/candidates/c/mirror")).json()
             assert doc["fraction"] == 1.0 and doc["changes"] == []
+            text = (await admin.get("/metrics")).text
+            assert "shadowroute_control_state_write_failures_total 1.0" in text
+            assert 'shadowroute_mirror_fraction{candidate="c",route="r"} 1.0' in text
         assert await _share(stack.proxy_port, cand, 20) == 20
+
+
+def test_openapi_describes_the_control_routes() -> None:
+    from shadowroute.api.openapi import document
+    from shadowroute.runtime.control import LiveControl
+
+    paths = document()["paths"]
+    cfg = _config(Path("/nonexistent"), "http://p:1", {"c": 0.2})
+    control = LiveControl(cfg, MirrorSettings(cfg), lambda r, c, f: None, lambda e: None)
+    from shadowroute.api.control import control_routes
+
+    for route in control_routes(control):
+        assert route.method.lower() in paths[route.path], route  # type: ignore[attr-defined]

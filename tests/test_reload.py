@@ -179,9 +179,57 @@ async def test_sighup_reloads_routes_without_dropping_connections(
         assert await _mirrored(port, models, 10) == {"a": 0, "b": 10}
         assert await conn.post("/q/x") == 200
         assert await conn.post("/p") == 200
+        async with httpx.AsyncClient() as api:
+            text = (await api.get(f"http://127.0.0.1:{admin}/metrics")).text
+        assert 'shadowroute_config_reloads_total{outcome="applied"} 1.0' in text
+        assert 'shadowroute_config_reloads_total{outcome="refused"} 2.0' in text
+        assert 'shadowroute_mirror_fraction{candidate="b",route="r"} 1.0' in text
+        assert 'shadowroute_mirror_fraction{candidate="a"' not in text
     finally:
         if conn is not None:
             conn.writer.close()
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 30)
     assert proc.returncode == 0
+
+
+async def test_requests_in_flight_finish_on_the_plan_they_were_made_with(
+    models: dict[str, ModelServer], tmp_path: Path
+) -> None:
+    """In process: a request whose answer production still owes when the routes change is
+    answered, and mirrored to the candidate it was planned with; the next one uses the new
+    routes; the replaced route's pools close after the drain time."""
+    from proxyutil import running_proxy
+    from shadowroute.core.config import parse_config
+    from upstreams import Reply, kserve_reply
+
+    def slow(seen: Any) -> Any:
+        async def later() -> Reply:
+            await asyncio.sleep(0.6)
+            return kserve_reply(seen)
+
+        return later() if b"slow" in seen.url else kserve_reply(seen)
+
+    models["prod"].behave = slow
+
+    def config(version: int) -> Any:
+        doc = _config(0, 0, tmp_path, models, version)
+        doc["proxy"] = {"shutdown_timeout_s": 1.5, "mirror_drain_s": 0.5}
+        return parse_config(doc, environ={})
+
+    async with running_proxy(config(1)) as (dp, _sink):
+        assert dp.proxy is not None
+        base = f"http://127.0.0.1:{dp.port}"
+        async with httpx.AsyncClient(base_url=base) as c:
+            in_flight = asyncio.create_task(c.post("/p/slow", content=BODY))
+            await asyncio.sleep(0.2)
+            old_route = dp.proxy.routes[0]
+            dp.reload(config(2), {("r", "b"): 1.0})
+            assert (await c.post("/p", content=BODY)).status_code == 200
+            assert (await in_flight).status_code == 200
+            await asyncio.sleep(0.3)
+            assert [s.url for s in models["a"].seen] == [b"/p/slow"]  # the old plan's mirror
+            assert [s.url for s in models["b"].seen] == [b"/p"]
+            assert old_route in dp.proxy.retired
+            await asyncio.sleep(1.5)  # shutdown_timeout_s + mirror_drain_s after the reload
+            assert dp.proxy.retired == [] and old_route.prod_pool.closed

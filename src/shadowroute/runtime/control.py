@@ -17,10 +17,12 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from shadowroute.api.app import ControlContext
 from shadowroute.api.control import control_routes
@@ -33,6 +35,7 @@ from shadowroute.core.mirror_control import (
     parse_state,
 )
 from shadowroute.runtime.lifecycle import StartError
+from shadowroute.runtime.reload import Reloads
 
 log = logging.getLogger("shadowroute.control")
 
@@ -107,6 +110,8 @@ class LiveControl:
         self.save_failures = 0
         """State file writes that failed (the change was refused, or for the global switch,
         applied but not kept)."""
+        self.reloads = Reloads()
+        """Config reloads applied and refused (``runtime.reload.Reloader`` counts them)."""
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -172,3 +177,37 @@ def attach(ctx: ControlContext, control: LiveControl) -> None:
     ctx.get_mirroring = lambda: control.settings.mirroring
     ctx.set_mirroring = control.set_mirroring
     ctx.extra_routes = [*ctx.extra_routes, *control_routes(control)]
+    ctx.registry.register(ControlCollector(control))
+
+
+class ControlCollector(Collector):
+    """``shadowroute_mirror_fraction{route,candidate}``, ``shadowroute_config_reloads_total
+    {outcome}``, ``shadowroute_control_state_write_failures_total``."""
+
+    def __init__(self, control: LiveControl) -> None:
+        self._control = control
+
+    def collect(self) -> Iterator[Metric]:
+        control = self._control
+        fraction = GaugeMetricFamily(
+            "shadowroute_mirror_fraction",
+            "Each candidate's live mirror fraction (0 while it is off), as the config and the "
+            "API set it.",
+            labels=["route", "candidate"],
+        )
+        for (route, cand), f in sorted(control.settings.effective().items()):
+            fraction.add_metric([route, cand], f)
+        yield fraction
+        reloads = CounterMetricFamily(
+            "shadowroute_config_reloads",
+            "Config reloads (SIGHUP): applied, or refused (the running config stayed).",
+            labels=["outcome"],
+        )
+        reloads.add_metric(["applied"], control.reloads.applied)
+        reloads.add_metric(["refused"], control.reloads.refused)
+        yield reloads
+        yield CounterMetricFamily(
+            "shadowroute_control_state_write_failures",
+            "Writes of the control state file (control.state_path) that failed.",
+            value=control.save_failures,
+        )

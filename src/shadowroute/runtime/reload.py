@@ -21,7 +21,7 @@ from shadowroute.core.reload import refusals, route_changes
 
 log = logging.getLogger("shadowroute.reload")
 
-__all__ = ["Loader", "Reloader", "file_loader"]
+__all__ = ["Loader", "Reloader", "Reloads", "file_loader"]
 
 Loader = Callable[[], tuple[Config | None, list[str]]]
 """Reads the config file again: (the config, or None; every problem, one line each)."""
@@ -55,12 +55,16 @@ class Reloader:
     """Runs ``load`` → check → ``apply`` on each ``request()`` (the SIGHUP handler)."""
 
     def __init__(
-        self, load: Loader, current: Callable[[], Config], apply: Callable[[Config], None]
+        self,
+        load: Loader,
+        current: Callable[[], Config],
+        apply: Callable[[Config], None],
+        counts: Reloads | None = None,
     ) -> None:
         self.load = load
         self.current = current
         self.apply = apply
-        self.counts = Reloads()
+        self.counts = counts or Reloads()
         self._task: asyncio.Task[None] | None = None
         self._again = False
 

@@ -107,7 +107,9 @@ async def serve(config: Config, reload_from: Loader | None = None) -> None:
     config from ``reload_from`` (``runtime.reload``)."""
     async with embedded_stack(config) as stack:
         if reload_from is not None:
-            reloader = Reloader(reload_from, lambda: stack.config, stack.reload)
+            assert stack.control is not None
+            counts = stack.control.reloads
+            reloader = Reloader(reload_from, lambda: stack.config, stack.reload, counts)
             on_sighup(reloader.request)
         freeze_startup_heap()
         log.info(

@@ -437,7 +437,7 @@ async def _serve(
             return 1
         freeze_startup_heap()
         if reload_from is not None:
-            on_sighup(Reloader(reload_from, lambda: ctx.config, reload).request)
+            on_sighup(Reloader(reload_from, lambda: ctx.config, reload, control.reloads).request)
         log.info(
             "%d workers serving on %s:%d (%s)",
             workers.n, config.listen.host, config.listen.port, build_info.describe(),
