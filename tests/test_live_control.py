@@ -299,3 +299,19 @@ def test_openapi_describes_the_control_routes() -> None:
 
     for route in control_routes(control):
         assert route.method.lower() in paths[route.path], route  # type: ignore[attr-defined]
+
+
+def test_the_control_collector_exports_its_declared_families(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from shadowroute.api.metrics import new_registry
+    from shadowroute.runtime.control import CONTROL_METRICS, ControlCollector, LiveControl
+
+    cfg = _config(tmp_path, "http://p:1", {"c": 0.2})
+    control = LiveControl(cfg, MirrorSettings(cfg), lambda r, c, f: None, lambda e: None)
+    registry = new_registry()
+    registry.register(ControlCollector(control))
+    text = generate_latest(registry).decode()
+    for name in CONTROL_METRICS:
+        assert f"\n{name}" in text, name
+    assert 'shadowroute_mirror_fraction{candidate="c",route="r"} 0.2' in text

@@ -358,7 +358,8 @@ def _path_ok(value: str) -> bool:
 
 class Candidate(Model):
     fraction: float = Field(1.0, ge=0.0, le=1.0)
-    """Share of the route's requests mirrored to this candidate, sampled from the request id."""
+    """Share of the route's requests mirrored to this candidate, sampled from the request id
+    (`PUT /v1/routes/{route}/candidates/{candidate}/mirror` changes it live)."""
     max_in_flight: int = Field(128, ge=1, le=100_000)
     """Mirrors awaiting an answer at most; beyond it mirrors are dropped and counted."""
     noise: bool = False
@@ -606,7 +607,8 @@ class Breaker(_Strict):
 
 class Mirror(_Strict):
     enabled: bool = True
-    """Global mirroring switch at start; `PUT /v1/mirroring` changes it without a restart."""
+    """Global mirroring switch at start; `PUT /v1/mirroring` changes it without a restart (kept
+    across restarts in `control.state_path`)."""
     control_header: str = "x-shadow-mirror"
     """A request header: ``force`` mirrors regardless of sampling, ``skip`` never mirrors."""
     marker_header: str = "x-shadow-request"

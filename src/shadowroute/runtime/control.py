@@ -39,7 +39,23 @@ from shadowroute.runtime.reload import Reloads
 
 log = logging.getLogger("shadowroute.control")
 
-__all__ = ["LiveControl", "attach", "open_settings", "read_state", "state_path", "write_state"]
+CONTROL_METRICS = (
+    "shadowroute_mirror_fraction",
+    "shadowroute_config_reloads_total",
+    "shadowroute_control_state_write_failures_total",
+)
+"""The families ``ControlCollector`` exports."""
+
+__all__ = [
+    "CONTROL_METRICS",
+    "ControlCollector",
+    "LiveControl",
+    "attach",
+    "open_settings",
+    "read_state",
+    "state_path",
+    "write_state",
+]
 
 
 def state_path(config: Config) -> str:
