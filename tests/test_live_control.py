@@ -315,3 +315,11 @@ def test_the_control_collector_exports_its_declared_families(tmp_path: Path) -> 
     for name in CONTROL_METRICS:
         assert f"\n{name}" in text, name
     assert 'shadowroute_mirror_fraction{candidate="c",route="r"} 0.2' in text
+
+
+def test_effective_under_another_config_changes_nothing(tmp_path: Path) -> None:
+    s = MirrorSettings(_config(tmp_path, "http://p:1", {"a": 0.2, "b": 0.3}))
+    s.set("r", "a", CandidateMirror(True, 0.9), at_ms=1)
+    new = _config(tmp_path, "http://p:1", {"a": 0.5, "c": 0.4})
+    assert s.effective(new) == {("r", "a"): 0.9, ("r", "c"): 0.4}
+    assert s.effective() == {("r", "a"): 0.9, ("r", "b"): 0.3} and len(s.changes) == 1

@@ -224,9 +224,11 @@ class MirrorSettings:
         """The global switch."""
         return self._config_mirroring if self._mirroring is None else self._mirroring
 
-    def effective(self) -> dict[Key, float]:
-        """Every configured candidate's effective fraction."""
-        return {k: (self._overrides.get(k) or v).effective for k, v in self._config.items()}
+    def effective(self, config: Config | None = None) -> dict[Key, float]:
+        """Every configured candidate's effective fraction; with ``config``, those that
+        ``rebase(config)`` would give (nothing changes)."""
+        configured = self._config if config is None else _configured(config)
+        return {k: (self._overrides.get(k) or v).effective for k, v in configured.items()}
 
     def history(self, route: str, candidate: str) -> list[Change]:
         return [c for c in self.changes if c.route == route and c.candidate == candidate]

@@ -164,11 +164,12 @@ class DataPlane:
         of the candidates it has); open connections stay, requests in flight finish as they
         were planned. Only the routes may differ from the running config
         (``core.reload.refusals``)."""
+        if self.proxy is not None:  # first: when it raises, nothing has changed
+            self.proxy.reload(config, fractions)
         self.config = config
         self.fractions = dict(fractions)
         self.revisions.reconfigure(config)
         if self.proxy is not None:
-            self.proxy.reload(config, self.fractions)
             self.proxy.recorder.stamps = self.revisions.stamps()
 
     def set_revision(self, route: str, model: str, revision: str | None) -> None:

@@ -50,8 +50,9 @@ class Stack:
     def reload(self, config: Config) -> None:
         """Serve a reloaded config's routes (checked by ``runtime.reload``)."""
         assert self.control is not None and self.ctx is not None
+        # The data plane first: when it cannot, nothing has changed.
+        self.dataplane.reload(config, self.control.settings.effective(config))
         self.control.rebase(config)
-        self.dataplane.reload(config, self.control.settings.effective())
         self.ctx.config = config
         self.config = config
 

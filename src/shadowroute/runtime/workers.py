@@ -149,8 +149,12 @@ async def _worker(
                 dp.set_fraction(route, cand, float(fraction))
             elif kind == b"C":
                 new_config, fractions = pickle.loads(payload)  # our own child: see the docstring
-                dp.reload(new_config, fractions)
-                log.info("worker %d serves the reloaded config", index)
+                try:
+                    dp.reload(new_config, fractions)
+                except Exception:  # the old routes keep serving; the channel stays read
+                    log.exception("worker %d could not apply the reloaded config", index)
+                else:
+                    log.info("worker %d serves the reloaded config", index)
         stop.set()  # supervisor gone
 
     def snapshot(ready: bool) -> bytes:
@@ -426,8 +430,8 @@ async def _serve(
     ctx = control_plane(config, ctx, backend.scores, backend.labels, backend.kafka)
 
     def reload(new: Config) -> None:
+        workers.reload(new, control.settings.effective(new))
         control.rebase(new)
-        workers.reload(new, control.settings.effective())
         ctx.config = new
 
     async with admin_server(ctx, config.admin.host, config.admin.port) as runner:
