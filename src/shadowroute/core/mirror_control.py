@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -44,7 +44,6 @@ __all__ = [
     "ControlError",
     "MirrorSettings",
     "StoredState",
-    "changes_json",
     "parse_state",
 ]
 
@@ -306,7 +305,3 @@ class MirrorSettings:
             ],
             "changes": [c.to_json() for c in self.changes],
         }
-
-
-def changes_json(changes: Iterable[Change]) -> list[dict[str, Any]]:
-    return [c.to_json() for c in changes]
