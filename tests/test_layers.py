@@ -67,7 +67,7 @@ def test_only_runtime_starts_servers_and_installs_signal_handlers() -> None:
         text = path.read_text(encoding="utf-8")
         found += [(rel, what) for what in PROCESS_WIRING if what in text]
     assert set(found) <= OUTSIDE_RUNTIME, sorted(set(found) - OUTSIDE_RUNTIME)
-    assert (pkg / "runtime" / "lifecycle.py").read_text().count("add_signal_handler") == 3
+    assert (pkg / "runtime" / "lifecycle.py").read_text().count("add_signal_handler") == 5
 
 
 FILE_IO = {"read_text", "read_bytes", "write_text", "write_bytes", "getenv", "environ"}

@@ -165,10 +165,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if cfg.transport.kind == "embedded" and not _state_ok(cfg):
         return EXIT_ERROR
+    from shadowroute.runtime.reload import file_loader
+
+    reload_from = file_loader(args.config, lambda c: _with_state_mode(c, args.state_mode))
     try:
         if args.workers >= 1:
-            return serve_workers(cfg, args.workers)
-        _run(runtime.serve(cfg))
+            return serve_workers(cfg, args.workers, reload_from)
+        _run(runtime.serve(cfg, reload_from))
         return EXIT_OK
     except (CopartitionError, runtime.StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -367,6 +367,7 @@ def document() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_control_paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -415,5 +416,102 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+        },
+    }
+
+
+# --- live mirroring control (api/control.py) ---------------------------------------------------
+
+_MIRROR_SETTINGS = {
+    "type": "object",
+    "required": ["enabled", "fraction"],
+    "properties": {"enabled": {"type": "boolean"}, "fraction": {"type": "number"}},
+}
+_MIRROR_CHANGE = {
+    "type": "object",
+    "required": ["at_ms", "route", "candidate", "before", "after", "source"],
+    "properties": {
+        "at_ms": {"type": "integer", "description": "Unix time of the change, ms"},
+        "route": {"type": ["string", "null"], "description": "null: the global switch"},
+        "candidate": {"type": ["string", "null"]},
+        "before": {"type": ["object", "null"], "description": "null: not configured before"},
+        "after": {"type": ["object", "null"], "description": "null: left the config"},
+        "source": {"type": "string", "enum": ["api", "reload"]},
+    },
+}
+_MIRROR = {
+    "type": "object",
+    "required": ["route", "candidate", "enabled", "fraction", "effective_fraction", "source"],
+    "properties": {
+        "route": {"type": "string"},
+        "candidate": {"type": "string"},
+        "enabled": {"type": "boolean"},
+        "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+        "effective_fraction": {
+            "type": "number",
+            "description": "What the data plane samples with: fraction, or 0 while off",
+        },
+        "source": {"type": "string", "enum": ["api", "config"]},
+        "config": _MIRROR_SETTINGS,
+        "mirroring": {"type": "boolean", "description": "The global switch"},
+        "changes": {"type": "array", "items": _MIRROR_CHANGE},
+    },
+}
+
+
+def _control_paths() -> dict[str, Any]:
+    written = {
+        "200": _json(_MIRROR, "The settings now"),
+        "400": _json(_ERROR, "Bad body"),
+        "401": _json(_ERROR, "Missing or wrong bearer token"),
+        "404": _NOT_FOUND,
+        "503": _json(_ERROR, "The state file could not be written; nothing changed"),
+    }
+    return {
+        "/v1/routes/{route}/candidates/{candidate}/mirror": {
+            "get": {
+                "summary": "A candidate's live mirroring: on/off, fraction, and their changes",
+                "parameters": _ROUTE_CAND,
+                "responses": {"200": _json(_MIRROR, "Settings"), "404": _NOT_FOUND},
+            },
+            "put": {
+                "summary": "Set a candidate's on/off and fraction (what is left out stays): "
+                "every worker within a second, kept across restarts",
+                "security": _BEARER,
+                "parameters": _ROUTE_CAND,
+                "requestBody": _json(
+                    {
+                        "type": "object",
+                        "minProperties": 1,
+                        "additionalProperties": False,
+                        "properties": {
+                            "enabled": {"type": "boolean"},
+                            "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+                        },
+                    },
+                    "The new settings",
+                ),
+                "responses": written,
+            },
+            "delete": {
+                "summary": "Back to the config's settings for the candidate",
+                "security": _BEARER,
+                "parameters": _ROUTE_CAND,
+                "responses": {k: v for k, v in written.items() if k != "400"},
+            },
+        },
+        "/v1/mirroring/changes": {
+            "get": {
+                "summary": "The change log of mirroring settings (API and reloads), oldest first",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"changes": {"type": "array", "items": _MIRROR_CHANGE}},
+                        },
+                        "Changes",
+                    )
+                },
+            }
         },
     }

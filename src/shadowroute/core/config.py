@@ -358,7 +358,8 @@ def _path_ok(value: str) -> bool:
 
 class Candidate(Model):
     fraction: float = Field(1.0, ge=0.0, le=1.0)
-    """Share of the route's requests mirrored to this candidate, sampled from the request id."""
+    """Share of the route's requests mirrored to this candidate, sampled from the request id
+    (`PUT /v1/routes/{route}/candidates/{candidate}/mirror` changes it live)."""
     max_in_flight: int = Field(128, ge=1, le=100_000)
     """Mirrors awaiting an answer at most; beyond it mirrors are dropped and counted."""
     noise: bool = False
@@ -606,7 +607,8 @@ class Breaker(_Strict):
 
 class Mirror(_Strict):
     enabled: bool = True
-    """Global mirroring switch at start; `PUT /v1/mirroring` changes it without a restart."""
+    """Global mirroring switch at start; `PUT /v1/mirroring` changes it without a restart (kept
+    across restarts in `control.state_path`)."""
     control_header: str = "x-shadow-mirror"
     """A request header: ``force`` mirrors regardless of sampling, ``skip`` never mirrors."""
     marker_header: str = "x-shadow-request"
@@ -936,6 +938,20 @@ class Events(_Strict):
         return self
 
 
+class Control(_Strict):
+    state_path: str | None = None
+    """JSON file keeping what the API set live (the mirroring switch, each candidate's
+    on/off and fraction) and its change log, so they outlast a restart; none: next to
+    `comparator.state_path` (`<its name without extension>-control.json`)."""
+
+    def path(self, comparator_state: str) -> str:
+        if self.state_path is not None:
+            return self.state_path
+        base, dot, ext = comparator_state.rpartition(".")
+        stem = base if dot and "/" not in ext else comparator_state
+        return f"{stem}-control.json"
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     """Client traffic."""
@@ -957,6 +973,9 @@ class Config(_Strict):
     """What the router logs of itself: start-up summary, breakers, failing candidates, drops."""
     events: Events = Events()
     """CloudEvents on changes of state, to Kafka and to signed webhooks (docs/events.md)."""
+
+    control: Control = Control()
+    """Live control through the API, kept across restarts."""
     routes: list[Route] = Field(min_length=1)
     """At least one route."""
     registry: Registry | None = None

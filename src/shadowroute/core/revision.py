@@ -125,6 +125,14 @@ class LiveRevisions:
         }
         self._set: dict[tuple[str, str], str] = {}
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config's models; revisions set at run time are kept for the models it
+        still has."""
+        self._models = {
+            (r.name, m.name): m for r in config.routes for m in (r.production, *r.candidates)
+        }
+        self._set = {k: v for k, v in self._set.items() if k in self._models}
+
     def known(self, route: str, model: str) -> bool:
         return (route, model) in self._models
 

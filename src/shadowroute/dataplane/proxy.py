@@ -170,12 +170,62 @@ class Proxy:
         """What is done with each request, decided from its head (``planner``): no I/O."""
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.retired: list[RouteRuntime] = []
+        """Routes a reload replaced, until their pools close (in-flight requests and mirrors
+        finish on them)."""
 
     def targets(self) -> list[MirrorTarget]:
-        return [c.target for r in self.routes for c in r.runtimes]
+        return [c.target for r in (*self.routes, *self.retired) for c in r.runtimes]
+
+    def set_fraction(self, route: str, candidate: str, fraction: float) -> None:
+        """A candidate's fraction from the next request on (0: off). The planner reads the
+        attribute per request; nothing else changes."""
+        for r in self.routes:
+            if r.name == route:
+                for c in r.runtimes:
+                    if c.name == candidate:
+                        c.fraction = fraction
+                        c.target.fraction = fraction
+
+    def reload(self, config: Config, fractions: dict[tuple[str, str], float]) -> None:
+        """New routes from the next request on: a route whose config is unchanged is kept (its
+        pools, breakers), one changed or added is built anew; requests in flight finish on
+        the routes they were planned with, whose pools close after the drain time."""
+        old = {r.name: r for r in self.routes}
+        routes: list[RouteRuntime] = []
+        retired: list[RouteRuntime] = []
+        for cfg in config.routes:
+            kept = old.pop(cfg.name, None)
+            if kept is not None and kept.cfg == cfg:
+                routes.append(kept)
+                continue
+            if kept is not None:
+                retired.append(kept)
+            routes.append(RouteRuntime(cfg, self))
+        retired.extend(old.values())
+        self.config = config
+        self.routes = routes
+        for r in routes:
+            for c in r.runtimes:
+                f = fractions.get((r.name, c.name))
+                if f is not None:
+                    c.fraction = f
+                    c.target.fraction = f
+        self.planner = Planner(config, routes, self.new_id)
+        if retired:
+            self.retired.extend(retired)
+            grace = config.proxy.shutdown_timeout_s + config.proxy.mirror_drain_s
+            self.loop.call_later(grace, self._close_retired, retired)
+
+    def _close_retired(self, retired: list[RouteRuntime]) -> None:
+        for r in retired:
+            for p in r.pools():
+                p.close()
+            if r in self.retired:
+                self.retired.remove(r)
 
     def close_pools(self) -> None:
-        for r in self.routes:
+        for r in (*self.routes, *self.retired):
             for p in r.pools():
                 p.close()
         self.deadlines.close()

@@ -94,6 +94,12 @@ class DataPlane:
         self.proxy: Proxy | None = None
         self.revisions = LiveRevisions(config)
         """Each model's revision; ``set_revision`` changes it, records carry it."""
+        self.fractions: dict[tuple[str, str], float] = {}
+        """Candidates' fractions set live (0: off), over the config's: ``set_fraction``;
+        what is set before ``start`` applies from the first request."""
+        self.mirroring = config.mirror.enabled
+        """The global switch (``set_mirroring``); set before ``start``, it applies from the
+        first request."""
         self.ready = False
         self._stopped = False
 
@@ -116,6 +122,9 @@ class DataPlane:
         )
         recorder.stamps = self.revisions.stamps()
         self.proxy = proxy = Proxy(self.config, loop, recorder)
+        proxy.mirroring = self.mirroring
+        for (route, cand), fraction in self.fractions.items():
+            proxy.set_fraction(route, cand, fraction)
         await self.sink.start()
         self._pump = loop.create_task(self.queue.pump(self.sink), name="record-pump")
         sock = self._sock or listen_socket(
@@ -155,8 +164,28 @@ class DataPlane:
                     await asyncio.sleep(0)  # the other clients' reads and writes first
 
     def set_mirroring(self, enabled: bool) -> None:
+        self.mirroring = enabled
         if self.proxy is not None:
             self.proxy.mirroring = enabled
+
+    def set_fraction(self, route: str, candidate: str, fraction: float) -> None:
+        """A candidate's fraction from the next request on (0: no mirrors)."""
+        self.fractions[(route, candidate)] = fraction
+        if self.proxy is not None:
+            self.proxy.set_fraction(route, candidate, fraction)
+
+    def reload(self, config: Config, fractions: dict[tuple[str, str], float]) -> None:
+        """Serve ``config``'s routes from the next request on, with these fractions (those
+        of the candidates it has); open connections stay, requests in flight finish as they
+        were planned. Only the routes may differ from the running config
+        (``core.reload.refusals``)."""
+        if self.proxy is not None:  # first: when it raises, nothing has changed
+            self.proxy.reload(config, fractions)
+        self.config = config
+        self.fractions = dict(fractions)
+        self.revisions.reconfigure(config)
+        if self.proxy is not None:
+            self.proxy.recorder.stamps = self.revisions.stamps()
 
     def set_revision(self, route: str, model: str, revision: str | None) -> None:
         """A model's revision from now on (None: the config's); records built from now on

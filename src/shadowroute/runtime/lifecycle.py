@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from collections.abc import Callable
 
 
 class StartError(RuntimeError):
@@ -40,7 +41,21 @@ async def wait_for_signal() -> None:
 
 def stop_on_sigterm(stop: asyncio.Event) -> None:
     """A worker process: SIGTERM sets ``stop``; SIGINT (a terminal's Ctrl-C reaches the
-    whole process group) is ignored, because the supervisor decides when workers stop."""
+    whole process group) and SIGHUP (a reload signal sent to the group) are ignored, because
+    the supervisor decides when workers stop and what config they serve."""
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+
+
+def on_sighup(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` on the running loop at each SIGHUP (a config reload); returns the
+    function that removes the handler again."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, callback)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove

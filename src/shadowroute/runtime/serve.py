@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from shadowroute import build_info
+from shadowroute.api.app import ControlContext
 from shadowroute.comparator.embedded import Comparator
 from shadowroute.core.config import Config
 from shadowroute.dataplane.server import DataPlane, listen_socket
@@ -18,8 +19,9 @@ from shadowroute.events.bus import EventBus
 from shadowroute.oplog import Sample
 from shadowroute.runtime.admin import admin_port, admin_server, control_plane, dataplane_context
 from shadowroute.runtime.backend import records_backend
+from shadowroute.runtime.control import LiveControl, attach, open_settings
 from shadowroute.runtime.events import event_service
-from shadowroute.runtime.lifecycle import freeze_startup_heap, wait_for_signal
+from shadowroute.runtime.lifecycle import freeze_startup_heap, on_sighup, wait_for_signal
 from shadowroute.runtime.observe import (
     dataplane_circuits,
     dataplane_flow,
@@ -27,6 +29,7 @@ from shadowroute.runtime.observe import (
     ops_sample,
     spool_losses,
 )
+from shadowroute.runtime.reload import Loader, Reloader
 
 log = logging.getLogger("shadowroute")
 
@@ -43,6 +46,19 @@ class Stack:
     """The counters the operator's log watches."""
     events: EventBus | None = None
     """The process's events (None: ``events.enabled`` is false)."""
+    control: LiveControl | None = None
+    """Live mirroring settings (the API's)."""
+    ctx: ControlContext | None = None
+    """The admin plane's context."""
+
+    def reload(self, config: Config) -> None:
+        """Serve a reloaded config's routes (checked by ``runtime.reload``)."""
+        assert self.control is not None and self.ctx is not None
+        # The data plane first: when it cannot, nothing has changed.
+        self.dataplane.reload(config, self.control.settings.effective(config))
+        self.control.rebase(config)
+        self.ctx.config = config
+        self.config = config
 
     @property
     def proxy_port(self) -> int:
@@ -62,21 +78,21 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
     drains (in-flight requests, mirrors, the record queue into the backend), the backend
     flushes and closes, the admin plane goes last. Ports 0 in the config pick free ports.
     """
+    settings = open_settings(config)  # a bad state file stops us before anything starts
     async with records_backend(config) as backend:
         dp = DataPlane(
             config,
             backend.pairs,
             sock=listen_socket(config.listen.host, config.listen.port, reuse_port=False),
         )
+        dp.mirroring = settings.mirroring
+        dp.fractions = settings.effective()
         await dp.start()  # starts the pair sink; dp.stop() closes it
         try:
-            ctx = control_plane(
-                config,
-                dataplane_context(config, dp, backend.pair_kafka),
-                backend.scores,
-                backend.labels,
-                backend.kafka,
-            )
+            control = LiveControl(config, settings, dp.set_fraction, dp.set_mirroring)
+            ctx = dataplane_context(config, dp, backend.pair_kafka)
+            attach(ctx, control)
+            ctx = control_plane(config, ctx, backend.scores, backend.labels, backend.kafka)
             circuits = lambda: dataplane_circuits(dp)  # noqa: E731
             async with (
                 event_service(config, ctx, backend.scores, circuits) as events,
@@ -88,16 +104,24 @@ async def embedded_stack(config: Config) -> AsyncIterator[Stack]:
                     circuits,
                 )
                 try:
-                    yield Stack(config, dp, backend.comparator, runner, sample, events)
+                    yield Stack(
+                        config, dp, backend.comparator, runner, sample, events, control, ctx
+                    )
                 finally:
                     await dp.stop()
         finally:
             await dp.stop()
 
 
-async def serve(config: Config) -> None:
-    """Run the stack until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(config: Config, reload_from: Loader | None = None) -> None:
+    """Run the stack until SIGTERM/SIGINT, then shut down gracefully; on SIGHUP reload the
+    config from ``reload_from`` (``runtime.reload``)."""
     async with embedded_stack(config) as stack:
+        if reload_from is not None:
+            assert stack.control is not None
+            counts = stack.control.reloads
+            reloader = Reloader(reload_from, lambda: stack.config, stack.reload, counts)
+            on_sighup(reloader.request)
         freeze_startup_heap()
         log.info(
             "proxy on %s:%d, admin/API on %s:%d (%s)",

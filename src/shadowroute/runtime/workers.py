@@ -9,7 +9,13 @@ Frames: 4-byte big-endian length, 1-byte type, payload. Types: ``R`` a record ba
 (``ready``; ``stats``, the data plane's counters; ``records``, its record queue depth and the
 records it lost by reason; ``circuits``, ``[route, candidate, open]`` per candidate), ``M``
 mirroring on/off (payload ``1``/``0``), ``V`` a model's revision (JSON
-``[route, model, revision or null]``).
+``[route, model, revision or null]``), ``F`` a candidate's fraction set live (JSON
+``[route, candidate, fraction]``, 0 while it is off), ``C`` a reloaded config (a pickle of
+``(Config, {(route, candidate): fraction})``: the very object the supervisor checked, its
+secrets included, which a JSON dump would mask; the channel is a socket pair between this
+process and the children it forked, nobody else's). A worker starts with the supervisor's
+settings at fork time (the state file's, and whatever changed since); workers apply frames
+in the order sent.
 
 The supervisor's /metrics adds the workers' counters up; a circuit is open there when it is
 open in any worker; the records lost are the workers' plus the supervisor's own (a sink write
@@ -24,6 +30,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import socket
 import struct
@@ -42,8 +49,14 @@ from shadowroute.dataplane.server import DataPlane, check_port_free, listen_sock
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.runtime.admin import admin_port, admin_server, control_plane
 from shadowroute.runtime.backend import RecordsBackend, records_backend, verify_kafka_topics
+from shadowroute.runtime.control import LiveControl, attach, open_settings
 from shadowroute.runtime.events import event_service
-from shadowroute.runtime.lifecycle import freeze_startup_heap, stop_on_sigterm, wait_for_signal
+from shadowroute.runtime.lifecycle import (
+    freeze_startup_heap,
+    on_sighup,
+    stop_on_sigterm,
+    wait_for_signal,
+)
 from shadowroute.runtime.observe import (
     dataplane_circuits,
     dataplane_flow,
@@ -51,6 +64,7 @@ from shadowroute.runtime.observe import (
     ops_sample,
     spool_losses,
 )
+from shadowroute.runtime.reload import Loader, Reloader
 from shadowroute.stream.sink import KeyValue, Sink
 
 log = logging.getLogger("shadowroute.workers")
@@ -104,12 +118,19 @@ class PipeSink:
         await self._writer.drain()
 
 
-async def _worker(config: Config, chan: socket.socket, index: int) -> None:
+Fractions = dict[tuple[str, str], float]
+"""Each candidate's effective fraction (0: off)."""
+
+
+async def _worker(
+    config: Config, chan: socket.socket, index: int, start: tuple[bool, Fractions]
+) -> None:
     # Bind first: a worker that cannot has opened nothing else to leave behind.
     sock = listen_socket(config.listen.host, config.listen.port, reuse_port=True)
     reader, writer = await asyncio.open_unix_connection(sock=chan)
     stats = DataPlaneStats()
     dp = DataPlane(config, PipeSink(writer), sock=sock, stats=stats)
+    dp.mirroring, dp.fractions = start[0], dict(start[1])
     await dp.start()
     freeze_startup_heap()
     loop = asyncio.get_running_loop()
@@ -124,6 +145,17 @@ async def _worker(config: Config, chan: socket.socket, index: int) -> None:
             elif kind == b"V":
                 route, model, revision = orjson.loads(payload)
                 dp.set_revision(route, model, revision)
+            elif kind == b"F":
+                route, cand, fraction = orjson.loads(payload)
+                dp.set_fraction(route, cand, float(fraction))
+            elif kind == b"C":
+                new_config, fractions = pickle.loads(payload)  # our own child: see the docstring
+                try:
+                    dp.reload(new_config, fractions)
+                except Exception:  # the old routes keep serving; the channel stays read
+                    log.exception("worker %d could not apply the reloaded config", index)
+                else:
+                    log.info("worker %d serves the reloaded config", index)
         stop.set()  # supervisor gone
 
     def snapshot(ready: bool) -> bytes:
@@ -176,6 +208,7 @@ def _worker_main(
     index: int,
     inherited: list[socket.socket],
     supervisor: int | None = None,
+    control: tuple[bool, Fractions] | None = None,
 ) -> None:
     import uvloop
 
@@ -189,7 +222,9 @@ def _worker_main(
     for other in inherited:
         other.close()
     try:
-        uvloop.run(_worker(config, chan, index))
+        if control is None:
+            control = (config.mirror.enabled, {})
+        uvloop.run(_worker(config, chan, index, control))
     except OSError as exc:
         # An address in use, a file gone: one line and a non-zero exit (the supervisor sees
         # the channel close and stops serve), no traceback.
@@ -252,6 +287,18 @@ class WorkerSet:
         for w in self.writers.values():
             w.write(encode_frame(b"V", orjson.dumps([route, model, revision])))
 
+    def set_fraction(self, route: str, candidate: str, fraction: float) -> None:
+        for w in self.writers.values():
+            w.write(encode_frame(b"F", orjson.dumps([route, candidate, fraction])))
+
+    def reload(self, config: Config, fractions: Fractions) -> None:
+        """Every worker serves ``config``'s routes (checked by ``runtime.reload``)."""
+        if self.revisions is not None:
+            self.revisions.reconfigure(config)
+        frame = encode_frame(b"C", pickle.dumps((config, fractions)))
+        for w in self.writers.values():
+            w.write(frame)
+
     async def wait_started(
         self, pumps: Sequence[asyncio.Future[None]], timeout_s: float, pause_s: float = 0.05
     ) -> str | None:
@@ -297,7 +344,7 @@ START_TIMEOUT_S = 60.0
 """How long the supervisor waits for every worker to serve before it gives up."""
 
 
-async def supervise(config: Config, n: int) -> int:
+async def supervise(config: Config, n: int, reload_from: Loader | None = None) -> int:
     """Run ``n`` workers and the supervisor's side until SIGTERM/SIGINT (0), or until a worker
     cannot serve, at start or later (1: the others are stopped too; ``serve`` never runs on
     with part of its processes gone)."""
@@ -306,10 +353,12 @@ async def supervise(config: Config, n: int) -> int:
     if config.transport.kind == "kafka":
         # A configuration error stops us before any worker exists.
         await verify_kafka_topics(config)
-    workers = WorkerSet(n, mirroring=config.mirror.enabled)
+    settings = open_settings(config)  # a bad state file stops us before any worker exists
+    workers = WorkerSet(n, mirroring=settings.mirroring)
     workers.revisions = LiveRevisions(config)
     # Fork the workers before this process opens SQLite files or Kafka connections.
-    procs, channels = _fork_workers(config, n)
+    procs, channels = _fork_workers(config, n, (settings.mirroring, settings.effective()))
+    control = LiveControl(config, settings, workers.set_fraction, workers.set_mirroring)
     pumps: list[asyncio.Task[None]] = []
     try:
         async with records_backend(config, topics_checked=True) as backend:
@@ -320,7 +369,7 @@ async def supervise(config: Config, n: int) -> int:
                     reader, writer = await asyncio.open_unix_connection(sock=parent)
                     workers.writers[i] = writer
                     pumps.append(asyncio.create_task(workers.pump(i, reader, sink)))
-                return await _serve(config, workers, backend, procs, pumps)
+                return await _serve(config, workers, backend, procs, pumps, control, reload_from)
             finally:
                 workers.stopping = True
                 await _stop_workers(config, procs, pumps)  # a no-op after a stop
@@ -331,7 +380,7 @@ async def supervise(config: Config, n: int) -> int:
 
 
 def _fork_workers(
-    config: Config, n: int
+    config: Config, n: int, control: tuple[bool, Fractions] | None = None
 ) -> tuple[list[multiprocessing.process.BaseProcess], list[socket.socket]]:
     """``n`` worker processes, and the supervisor's end of each one's channel."""
     ctx_mp = multiprocessing.get_context("fork")
@@ -341,7 +390,7 @@ def _fork_workers(
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         proc = ctx_mp.Process(
             target=_worker_main,
-            args=(config, child, i, [parent, *channels], os.getpid()),
+            args=(config, child, i, [parent, *channels], os.getpid(), control),
             name=f"worker-{i}",
             daemon=True,  # never outlive the supervisor, whatever stops it
         )
@@ -358,6 +407,8 @@ async def _serve(
     backend: RecordsBackend,
     procs: Sequence[multiprocessing.process.BaseProcess],
     pumps: Sequence[asyncio.Task[None]],
+    control: LiveControl,
+    reload_from: Loader | None = None,
 ) -> int:
     """The supervisor's admin plane while the workers serve; the exit code."""
     pair_kafka = backend.pair_kafka
@@ -379,7 +430,14 @@ async def _serve(
         revisions=workers.revisions,
         set_revision=workers.set_revision,
     )
+    attach(ctx, control)
     ctx = control_plane(config, ctx, backend.scores, backend.labels, backend.kafka)
+
+    def reload(new: Config) -> None:
+        workers.reload(new, control.settings.effective(new))
+        control.rebase(new)
+        ctx.config = new
+
     async with (
         event_service(config, ctx, backend.scores, workers.circuits),
         admin_server(ctx, config.admin.host, config.admin.port) as runner,
@@ -389,6 +447,8 @@ async def _serve(
             log.error("%s; stopping (see the worker's error above)", failed)
             return 1
         freeze_startup_heap()
+        if reload_from is not None:
+            on_sighup(Reloader(reload_from, lambda: ctx.config, reload, control.reloads).request)
         log.info(
             "%d workers serving on %s:%d (%s)",
             workers.n, config.listen.host, config.listen.port, build_info.describe(),
@@ -448,7 +508,7 @@ async def _stop_workers(
             p.kill()
 
 
-def serve_workers(config: Config, n: int) -> int:
+def serve_workers(config: Config, n: int, reload_from: Loader | None = None) -> int:
     import uvloop
 
-    return uvloop.run(supervise(config, n))
+    return uvloop.run(supervise(config, n, reload_from))

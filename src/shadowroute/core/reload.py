@@ -1,0 +1,64 @@
+"""What a config reload (SIGHUP) may change while serving, and what it changed.
+
+Only ``routes`` is applied live: routes and candidates added, changed or removed. Every other
+section (the ports, the transport, the admin plane and its token, the proxy's limits, the
+record queue, the comparator) is read once at start by objects that live as long as the
+process; a reloaded file that changes any of them is refused whole, saying which, and the
+running config stays.
+
+>>> from shadowroute.core.config import parse_config
+>>> def cfg(port, cands):
+...     route = {"name": "r", "jsonpath": "$.y", "production": {"name": "p", "url": "http://p:1"},
+...              "candidates": [{"name": c, "url": "http://c:1"} for c in cands]}
+...     return parse_config({"listen": {"port": port}, "routes": [route]}, environ={})
+>>> refusals(cfg(8080, ["a"]), cfg(8081, ["a"]))
+['listen.port changed (8080 -> 8081): it cannot change while serving; restart to apply it']
+>>> route_changes(cfg(8080, ["a"]), cfg(8080, ["b"]))
+{'added': [], 'changed': ['r'], 'removed': []}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from shadowroute.core.config import Config
+
+__all__ = ["LIVE_SECTIONS", "refusals", "route_changes"]
+
+LIVE_SECTIONS = frozenset({"routes"})
+"""The config's sections a reload applies."""
+
+
+def _differences(prefix: str, old: Any, new: Any, out: list[str]) -> None:
+    if isinstance(old, BaseModel) and type(old) is type(new):
+        for name in type(old).model_fields:
+            _differences(f"{prefix}.{name}", getattr(old, name), getattr(new, name), out)
+    elif old != new:
+        if isinstance(old, SecretStr) or isinstance(new, SecretStr):
+            shown = ""  # a secret is never written out
+        else:
+            shown = f" ({old!r} -> {new!r})"
+        out.append(f"{prefix} changed{shown}: it cannot change while serving; restart to apply it")
+
+
+def refusals(old: Config, new: Config) -> list[str]:
+    """Why ``new`` cannot replace ``old`` while serving, one line each (empty: it can)."""
+    out: list[str] = []
+    for name in type(old).model_fields:
+        if name not in LIVE_SECTIONS:
+            _differences(name, getattr(old, name), getattr(new, name), out)
+    return out
+
+
+def route_changes(old: Config, new: Config) -> dict[str, list[str]]:
+    """The routes ``new`` adds, changes (anything in the route or its candidates) and
+    removes, by name."""
+    before = {r.name: r for r in old.routes}
+    after = {r.name: r for r in new.routes}
+    return {
+        "added": sorted(set(after) - set(before)),
+        "changed": sorted(n for n in set(before) & set(after) if before[n] != after[n]),
+        "removed": sorted(set(before) - set(after)),
+    }
