@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 
 from eventrecv import Receiver, verify
 from proxyutil import free_port
-from shadowroute.api.events import EVENT_METRICS, EventsCollector
+from shadowroute.api.events import EventsCollector
 from shadowroute.api.metrics import new_registry
 from shadowroute.core.config import Config, EventType, config_problems, parse_config
 from shadowroute.events.bus import EventBus
@@ -406,8 +406,8 @@ async def test_a_refusal_is_not_retried_and_a_dead_receiver_is_given_up(
     registry = new_registry()
     registry.register(EventsCollector(bus))
     text = generate_latest(registry).decode()
-    for name in EVENT_METRICS:
-        assert name in text, name
+    for family in EventsCollector.FAMILIES:
+        assert family.exposed in text, family.name
     assert (
         'shadowroute_event_delivery_failures_total{destination="dead",'
         'reason="attempts_exhausted"} 1.0'

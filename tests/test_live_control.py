@@ -305,15 +305,15 @@ def test_the_control_collector_exports_its_declared_families(tmp_path: Path) -> 
     from prometheus_client import generate_latest
 
     from shadowroute.api.metrics import new_registry
-    from shadowroute.runtime.control import CONTROL_METRICS, ControlCollector, LiveControl
+    from shadowroute.runtime.control import ControlCollector, LiveControl
 
     cfg = _config(tmp_path, "http://p:1", {"c": 0.2})
     control = LiveControl(cfg, MirrorSettings(cfg), lambda r, c, f: None, lambda e: None)
     registry = new_registry()
     registry.register(ControlCollector(control))
     text = generate_latest(registry).decode()
-    for name in CONTROL_METRICS:
-        assert f"\n{name}" in text, name
+    for family in ControlCollector.FAMILIES:
+        assert f"\n{family.exposed}" in text, family.name
     assert 'shadowroute_mirror_fraction{candidate="c",route="r"} 0.2' in text
 
 

@@ -10,22 +10,49 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from shadowroute.api.app import json_response
+from shadowroute.core.families import Family, describe
 from shadowroute.events.bus import EventBus
 from shadowroute.events.delivery import FAILURE_REASONS
 
-__all__ = ["EVENT_METRICS", "EventsCollector", "event_routes"]
+__all__ = ["EventsCollector", "event_routes"]
 
-EVENT_METRICS = (
-    "shadowroute_events_total",
-    "shadowroute_event_deliveries_total",
-    "shadowroute_event_delivery_failures_total",
-    "shadowroute_event_delivery_retries_total",
+_EMITTED = Family(
+    "shadowroute_events", "Events emitted, by CloudEvents type.", "counter", ("type",)
+)
+_DELIVERED = Family(
+    "shadowroute_event_deliveries",
+    "Events delivered, by destination (kafka or a webhook's name).",
+    "counter",
+    ("destination",),
+)
+_FAILED = Family(
+    "shadowroute_event_delivery_failures",
+    "Events given up for a destination, by reason (queue_full, rejected, "
+    "attempts_exhausted, expired, shutdown).",
+    "counter",
+    ("destination", "reason"),
+)
+_RETRIES = Family(
+    "shadowroute_event_delivery_retries",
+    "Failed delivery attempts, by destination and reason (http_5xx, http_429, "
+    "http_4xx, http_3xx, timeout, connect, kafka, error).",
+    "counter",
+    ("destination", "reason"),
+)
+_DEPTH = Family(
     "shadowroute_event_queue_depth",
-    "shadowroute_event_subscriber_failures_total",
+    "Events waiting for delivery, by destination.",
+    "gauge",
+    ("destination",),
+)
+_SUBSCRIBER_FAILURES = Family(
+    "shadowroute_event_subscriber_failures",
+    "In-process event subscriber calls that raised or did not finish at shutdown.",
+    "counter",
 )
 
 
@@ -42,35 +69,20 @@ class EventsCollector(Collector):
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
 
+    FAMILIES = (_EMITTED, _DELIVERED, _FAILED, _RETRIES, _DEPTH, _SUBSCRIBER_FAILURES)
+
+    def describe(self) -> Iterator[Metric]:
+        return describe(self.FAMILIES)
+
     def collect(self) -> Iterator[Metric]:
-        emitted = CounterMetricFamily(
-            "shadowroute_events", "Events emitted, by CloudEvents type.", labels=["type"]
-        )
+        emitted = _EMITTED.counter()
         for kind, n in sorted(self.bus.emitted.items()):
             emitted.add_metric([kind], n)
         yield emitted
-        delivered = CounterMetricFamily(
-            "shadowroute_event_deliveries",
-            "Events delivered, by destination (kafka or a webhook's name).",
-            labels=["destination"],
-        )
-        failed = CounterMetricFamily(
-            "shadowroute_event_delivery_failures",
-            "Events given up for a destination, by reason (queue_full, rejected, "
-            "attempts_exhausted, expired, shutdown).",
-            labels=["destination", "reason"],
-        )
-        retries = CounterMetricFamily(
-            "shadowroute_event_delivery_retries",
-            "Failed delivery attempts, by destination and reason (http_5xx, http_429, "
-            "http_4xx, http_3xx, timeout, connect, kafka, error).",
-            labels=["destination", "reason"],
-        )
-        depth = GaugeMetricFamily(
-            "shadowroute_event_queue_depth",
-            "Events waiting for delivery, by destination.",
-            labels=["destination"],
-        )
+        delivered = _DELIVERED.counter()
+        failed = _FAILED.counter()
+        retries = _RETRIES.counter()
+        depth = _DEPTH.gauge()
         for w in self.bus.workers:
             s = w.stats
             delivered.add_metric([s.name], s.delivered)
@@ -83,9 +95,4 @@ class EventsCollector(Collector):
         yield failed
         yield retries
         yield depth
-        subs = CounterMetricFamily(
-            "shadowroute_event_subscriber_failures",
-            "In-process event subscriber calls that raised or did not finish at shutdown.",
-        )
-        subs.add_metric([], self.bus.subscriber_failures)
-        yield subs
+        yield _SUBSCRIBER_FAILURES.counter(self.bus.subscriber_failures)

@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from shadowroute.api.app import ControlContext
 from shadowroute.api.control import control_routes
 from shadowroute.core.config import Config
+from shadowroute.core.families import Family, describe
 from shadowroute.core.mirror_control import (
     CandidateMirror,
     Change,
@@ -39,15 +40,25 @@ from shadowroute.runtime.reload import Reloads
 
 log = logging.getLogger("shadowroute.control")
 
-CONTROL_METRICS = (
+_FRACTION = Family(
     "shadowroute_mirror_fraction",
-    "shadowroute_config_reloads_total",
-    "shadowroute_control_state_write_failures_total",
+    "Each candidate's live mirror fraction (0 while it is off), as the config and the API set it.",
+    "gauge",
+    ("route", "candidate"),
 )
-"""The families ``ControlCollector`` exports."""
+_RELOADS = Family(
+    "shadowroute_config_reloads",
+    "Config reloads (SIGHUP): applied, or refused (the running config stayed).",
+    "counter",
+    ("outcome",),
+)
+_STATE_WRITE_FAILURES = Family(
+    "shadowroute_control_state_write_failures",
+    "Writes of the control state file (control.state_path) that failed.",
+    "counter",
+)
 
 __all__ = [
-    "CONTROL_METRICS",
     "ControlCollector",
     "LiveControl",
     "attach",
@@ -203,27 +214,19 @@ class ControlCollector(Collector):
     def __init__(self, control: LiveControl) -> None:
         self._control = control
 
+    FAMILIES = (_FRACTION, _RELOADS, _STATE_WRITE_FAILURES)
+
+    def describe(self) -> Iterator[Metric]:
+        return describe(self.FAMILIES)
+
     def collect(self) -> Iterator[Metric]:
         control = self._control
-        fraction = GaugeMetricFamily(
-            "shadowroute_mirror_fraction",
-            "Each candidate's live mirror fraction (0 while it is off), as the config and the "
-            "API set it.",
-            labels=["route", "candidate"],
-        )
+        fraction = _FRACTION.gauge()
         for (route, cand), f in sorted(control.settings.effective().items()):
             fraction.add_metric([route, cand], f)
         yield fraction
-        reloads = CounterMetricFamily(
-            "shadowroute_config_reloads",
-            "Config reloads (SIGHUP): applied, or refused (the running config stayed).",
-            labels=["outcome"],
-        )
+        reloads = _RELOADS.counter()
         reloads.add_metric(["applied"], control.reloads.applied)
         reloads.add_metric(["refused"], control.reloads.refused)
         yield reloads
-        yield CounterMetricFamily(
-            "shadowroute_control_state_write_failures",
-            "Writes of the control state file (control.state_path) that failed.",
-            value=control.save_failures,
-        )
+        yield _STATE_WRITE_FAILURES.counter(control.save_failures)
