@@ -457,3 +457,28 @@ def test_github_actions_step_runs_the_decision_cli() -> None:
     for part in ("decision fraud fraud-v8", "--revision", "--wait", "--timeout", "--api"):
         assert part in run
     assert wf["jobs"]["deploy"]["needs"] == "gate"
+
+
+def test_openapi_describes_every_gate_route() -> None:
+    from aiohttp import web
+
+    from shadowroute.api.gates import GateCounts, gate_routes
+    from shadowroute.api.openapi import document
+
+    app = web.Application()
+    app.router.add_routes(gate_routes(None, GateCounts()))  # type: ignore[arg-type]
+    served = {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+    paths = document()["paths"]
+    assert served == {(m, p) for p in paths if p.startswith("/v1/gates/") for m in paths[p]}
+    for path, item in paths.items():
+        if path.startswith("/v1/gates/"):
+            for op in item.values():
+                codes = set(op["responses"])
+                assert not any(c.startswith("5") or c == "204" for c in codes), path
+                assert {"200", "400", "404"} <= codes
+    flagger = paths["/v1/gates/flagger/{route}/{candidate}/{hook}"]["post"]
+    assert set(flagger["parameters"][2]["schema"]["enum"]) == set(FLAGGER_HOOKS)
