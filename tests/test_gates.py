@@ -482,3 +482,26 @@ def test_openapi_describes_every_gate_route() -> None:
                 assert {"200", "400", "404"} <= codes
     flagger = paths["/v1/gates/flagger/{route}/{candidate}/{hook}"]["post"]
     assert set(flagger["parameters"][2]["schema"]["enum"]) == set(FLAGGER_HOOKS)
+
+
+def test_docs_show_the_shipped_manifests_verbatim() -> None:
+    deploy_md = (ROOT / "docs" / "deploy.md").read_text()
+    shipped = sorted(p.name for p in GATES.iterdir())
+    assert shipped == [
+        "argo-clusteranalysistemplate.yaml",
+        "argo-rollout.yaml",
+        "flagger-canary.yaml",
+        "github-actions-gate.yaml",
+        "spinnaker-stage.json",
+    ]
+    for name in shipped:
+        assert (GATES / name).read_text() in deploy_md, f"docs/deploy.md lacks {name} as shipped"
+    api_md = (ROOT / "docs" / "api.md").read_text()
+    for path in (
+        "/v1/gates/argo/",
+        "/v1/gates/spinnaker/",
+        "/v1/gates/check/",
+        "/v1/gates/flagger/",
+    ):
+        assert path in api_md
+    assert "shadowroute_gate_requests_total" in api_md
