@@ -505,3 +505,72 @@ def test_docs_show_the_shipped_manifests_verbatim() -> None:
     ):
         assert path in api_md
     assert "shadowroute_gate_requests_total" in api_md
+
+
+# --- the chart's ClusterAnalysisTemplate ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def helm_bin() -> str:
+    from test_deploy_helm import helm_path, missing_tool
+
+    path = helm_path()
+    if path is None:
+        missing_tool("helm (scripts/install-helm)")
+    assert path is not None
+    return path
+
+
+def _render_gate(helm_bin: str, scenario: str, *extra: str) -> Any:
+    from test_deploy_helm import CHART, template
+
+    res = template(helm_bin, "-f", str(CHART / "ci" / scenario), "--set", "gates.argo.enabled=true",
+                   *extra)  # fmt: skip
+    return res
+
+
+@pytest.mark.parametrize(
+    ("scenario", "api"),
+    [
+        ("gateway-values.yaml", "http://sr-shadowroute-router.ml.svc:9090"),
+        ("kafka-tls-values.yaml", "http://sr-shadowroute-comparator.ml.svc:9090"),
+    ],
+)
+def test_the_chart_renders_the_shipped_template_for_its_api(
+    helm_bin: str, scenario: str, api: str
+) -> None:
+    res = _render_gate(helm_bin, scenario)
+    assert res.returncode == 0, res.stderr
+    docs = [d for d in yaml.safe_load_all(res.stdout) if d]
+    [tpl] = [d for d in docs if d["kind"] == "ClusterAnalysisTemplate"]
+    [shipped] = load_yaml("argo-clusteranalysistemplate.yaml")
+    assert tpl["metadata"]["name"] == "sr-shadowroute-verdict"
+    assert tpl["spec"]["metrics"] == shipped["spec"]["metrics"]
+    args = {a["name"]: a.get("value") for a in tpl["spec"]["args"]}
+    assert args == {"route": None, "candidate": None, "revision": None, "api": api}
+    # the service the template calls exists in the release, on that port
+    host, port = api.removeprefix("http://").split(".")[0], int(api.rsplit(":", 1)[1])
+    [svc] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == host]
+    assert port in [p["port"] for p in svc["spec"]["ports"]]
+    # off by default (the kafka-tls scenario turns it on, so lint and the checks of every
+    # scenario cover it)
+    from test_deploy_helm import _render
+
+    on = "ClusterAnalysisTemplate" in _render(helm_bin, scenario)
+    assert on == (scenario == "kafka-tls-values.yaml")
+
+
+def test_the_chart_needs_an_api_for_the_template_in_sidecar_mode(helm_bin: str) -> None:
+    res = _render_gate(helm_bin, "sidecar-values.yaml")
+    assert res.returncode != 0 and "set gates.argo.api" in res.stderr
+    sets = ("gates.argo.api=http://x:9090", "gates.argo.count=30", "gates.argo.interval=30s")
+    res = _render_gate(helm_bin, "sidecar-values.yaml", *(a for s in sets for a in ("--set", s)))
+    assert res.returncode == 0, res.stderr
+    [tpl] = [
+        d for d in yaml.safe_load_all(res.stdout) if d and d["kind"] == "ClusterAnalysisTemplate"
+    ]
+    [metric] = tpl["spec"]["metrics"]
+    assert (metric["count"], metric["inconclusiveLimit"], metric["interval"]) == (30, 30, "30s")
+    assert tpl["spec"]["args"][-1] == {"name": "api", "value": "http://x:9090"}
+    res = _render_gate(helm_bin, "gateway-values.yaml", "--set", "gates.argo.count=0")
+    assert res.returncode != 0 and "count" in res.stderr
