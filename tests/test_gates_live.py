@@ -233,9 +233,19 @@ async def test_bad_gate_requests_get_a_clear_4xx(tmp_path: Path) -> None:
             r = await client.post(hook, json=good)
             assert r.status_code == 412 and r.json()["verdict"] == "hold"  # no evidence yet
 
+            async def chunked(parts: list[bytes]) -> Any:  # no Content-Length: read bounded
+                for part in parts:
+                    yield part
+
+            body = json.dumps(good).encode()
+            r = await client.post(hook, content=chunked([body[:10], body[10:]]))
+            assert r.status_code == 412 and r.json()["flagger"]["checksum"] == "a"
+            r = await client.post(hook, content=chunked([b" " * 8192] * 9))
+            await expect(r, 413, "over")
+
             metrics = (await client.get(f"{api}/metrics")).text
             line = 'shadowroute_gate_requests_total{gate="flagger-confirm-promotion",'
-            assert line + 'outcome="bad_request"} 6.0' in metrics
+            assert line + 'outcome="bad_request"} 7.0' in metrics
             assert 'shadowroute_gate_requests_total{gate="argo",outcome="not_found"} 2.0' in metrics
             assert 'shadowroute_gate_requests_total{gate="flagger",outcome="not_found"} 1.0' in (
                 metrics

@@ -69,6 +69,18 @@ class GatesCollector(Collector):
         yield fam
 
 
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def gate_routes(reader: ScoresReader, counts: GateCounts) -> list[web.RouteDef]:
     """The gate endpoints, answered from ``reader``'s decisions."""
 
@@ -113,8 +125,8 @@ def gate_routes(reader: ScoresReader, counts: GateCounts) -> list[web.RouteDef]:
         if request.content_length is not None and request.content_length > MAX_FLAGGER_BODY:
             counts.add(kind, "bad_request")
             return error(413, f"Flagger payload over {MAX_FLAGGER_BODY} bytes")
-        raw = await request.content.read(MAX_FLAGGER_BODY + 1)
-        if len(raw) > MAX_FLAGGER_BODY:
+        raw = await _read_bounded(request, MAX_FLAGGER_BODY)
+        if raw is None:
             counts.add(kind, "bad_request")
             return error(413, f"Flagger payload over {MAX_FLAGGER_BODY} bytes")
         try:
