@@ -94,12 +94,14 @@ def argo_measurement(metric: Doc, status: int, body: bytes) -> str:
     return "Inconclusive"
 
 
-def argo_run(metric: Doc, measure: Callable[[], str]) -> tuple[str, list[str]]:
+def argo_run(metric: Doc, measure: Callable[[], str | None]) -> tuple[str, list[str]]:
     """The metric's phase after measuring until it completes (Argo Rollouts' assessment:
     failures over failureLimit → Failed; inconclusive over inconclusiveLimit → Inconclusive;
     consecutive errors over consecutiveErrorLimit → Error; consecutiveSuccessLimit reached →
-    Successful; count reached with both limits in use and neither met → Inconclusive)."""
-    count = int(metric.get("count", 1))
+    Successful; without ``count`` and ``interval`` one measurement; with ``interval`` and no
+    ``count`` no end but those). ``measure`` returns None when it has no measurement yet: the
+    run is then still ``Running``."""
+    count = metric.get("count", None if "interval" in metric else 1)
     failure_limit = int(metric.get("failureLimit", 0))
     inconclusive_limit = int(metric.get("inconclusiveLimit", 0))
     error_limit = int(metric.get("consecutiveErrorLimit", 4))
@@ -108,6 +110,8 @@ def argo_run(metric: Doc, measure: Callable[[], str]) -> tuple[str, list[str]]:
     failed = inconclusive = errors = successes = 0
     while True:
         m = measure()
+        if m is None:
+            return "Running", seen
         seen.append(m)
         failed += m == "Failed"
         inconclusive += m == "Inconclusive"
@@ -121,7 +125,7 @@ def argo_run(metric: Doc, measure: Callable[[], str]) -> tuple[str, list[str]]:
             return "Error", seen
         if success_limit > 0 and successes >= success_limit:
             return "Successful", seen
-        if len([x for x in seen if x != "Error"]) >= count:
+        if count is not None and len([x for x in seen if x != "Error"]) >= int(count):
             if success_limit > 0 and failure_limit >= 0:
                 return "Inconclusive", seen
             return ("Failed" if success_limit > 0 else "Successful"), seen
@@ -350,7 +354,7 @@ def test_argo_reads_the_template_as_documented(verdict: str, asked: str, phase: 
     got, seen = argo_run(metric, measure)
     assert got == phase
     if phase == "Inconclusive":  # a hold is measured again until count, never Error
-        assert seen == ["Inconclusive"] * int(metric["count"])
+        assert seen == ["Inconclusive"] * (int(metric["inconclusiveLimit"]) + 1)
     else:
         assert len(seen) == 1
 
@@ -361,6 +365,7 @@ def test_argo_counts_a_non_2xx_as_error_not_failed() -> None:
     metric = argo_metric("http://sr", "fraud", "fraud-v8", "sha256:b")
     assert argo_measurement(metric, 412, b'{"verdict": "reject"}') == "Error"
     assert argo_run(metric, lambda: "Error") == ("Error", ["Error"] * 5)
+    assert argo_run(metric, lambda: None) == ("Running", [])  # nothing measured yet
 
 
 @pytest.mark.parametrize(
@@ -408,7 +413,7 @@ def test_argo_manifests_fit_together(kvalidate: Any) -> None:
     assert (tpl["apiVersion"], tpl["kind"]) == ("argoproj.io/v1alpha1", "ClusterAnalysisTemplate")
     [metric] = tpl["spec"]["metrics"]
     assert metric["consecutiveSuccessLimit"] == 1 and metric["failureLimit"] == 0
-    assert metric["inconclusiveLimit"] == metric["count"]
+    assert "count" not in metric and metric["inconclusiveLimit"] >= 1  # ends only on a verdict
     assert metric["provider"]["web"].get("method", "GET") == "GET"
     required = {a["name"] for a in tpl["spec"]["args"] if "value" not in a}
     assert required == {"route", "candidate", "revision"}
@@ -563,14 +568,16 @@ def test_the_chart_renders_the_shipped_template_for_its_api(
 def test_the_chart_needs_an_api_for_the_template_in_sidecar_mode(helm_bin: str) -> None:
     res = _render_gate(helm_bin, "sidecar-values.yaml")
     assert res.returncode != 0 and "set gates.argo.api" in res.stderr
-    sets = ("gates.argo.api=http://x:9090", "gates.argo.count=30", "gates.argo.interval=30s")
+    sets = ("gates.argo.api=http://x:9090", "gates.argo.inconclusiveLimit=30",
+            "gates.argo.interval=30s")  # fmt: skip
     res = _render_gate(helm_bin, "sidecar-values.yaml", *(a for s in sets for a in ("--set", s)))
     assert res.returncode == 0, res.stderr
     [tpl] = [
         d for d in yaml.safe_load_all(res.stdout) if d and d["kind"] == "ClusterAnalysisTemplate"
     ]
     [metric] = tpl["spec"]["metrics"]
-    assert (metric["count"], metric["inconclusiveLimit"], metric["interval"]) == (30, 30, "30s")
+    assert (metric["inconclusiveLimit"], metric["interval"]) == (30, "30s")
+    assert "count" not in metric
     assert tpl["spec"]["args"][-1] == {"name": "api", "value": "http://x:9090"}
-    res = _render_gate(helm_bin, "gateway-values.yaml", "--set", "gates.argo.count=0")
-    assert res.returncode != 0 and "count" in res.stderr
+    res = _render_gate(helm_bin, "gateway-values.yaml", "--set", "gates.argo.inconclusiveLimit=-1")
+    assert res.returncode != 0 and "inconclusiveLimit" in res.stderr

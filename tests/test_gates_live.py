@@ -46,12 +46,12 @@ class Tools:
         """An AnalysisRun of the shipped template: its phase and its measurements."""
         metric = argo_metric(self.api, ROUTE, CAND, revision)
         measurements: list[str] = []
-        for _ in range(int(metric["count"]) + 8):  # bounded: Argo would stop at count
+        for _ in range(int(metric["inconclusiveLimit"]) + 8):  # bounded: the run ends by then
             r = await self.client.get(metric["provider"]["web"]["url"])
             measurements.append(argo_measurement(metric, r.status_code, r.content))
             it = iter(measurements)
-            phase, seen = argo_run(metric, lambda it=it: next(it, "pending"))
-            if "pending" not in seen:
+            phase, _ = argo_run(metric, lambda it=it: next(it, None))
+            if phase != "Running":
                 return phase, measurements
         raise AssertionError(measurements)
 
@@ -136,7 +136,7 @@ async def test_a_canary_through_the_gates_promotes_the_better_revision_and_stops
             assert r.status_code == 200
             # no pair of b yet: the evidence is still a's, so b is held, and a's promote
             # does not pass for b
-            assert await tools.argo("b") == ("Inconclusive", ["Inconclusive"] * 120)
+            assert await tools.argo("b") == ("Inconclusive", ["Inconclusive"] * 121)
             r = await tools.flagger("confirm-promotion", checksum="b")
             assert r.status_code == 412 and r.json()["evidence_revision"] == d["revision"]["id"]
 
