@@ -34,7 +34,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "shadowroute.json"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 KUBE_VERSION = "1.34.0"
 SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterAnalysisTemplate"}
 WRITABLE = ("/var/lib/shadowroute", "/tmp")
 # Commands in the architecture's CLI contract that the chart and compose invoke before the CLI
 # has them; the check turns into a real one as soon as `shadowroute --help` lists them.

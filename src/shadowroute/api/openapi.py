@@ -368,6 +368,7 @@ def document() -> dict[str, Any]:
         },
     }
     paths.update(_control_paths())
+    paths.update(gate_paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -514,4 +515,102 @@ def _control_paths() -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+_GATE_REVISION = {
+    "name": "revision",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    "description": "The candidate revision deployed (an image digest, a checksum, the version "
+    "or the revision id): evidence about another revision never passes",
+}
+
+
+def gate_paths() -> dict[str, Any]:
+    """The deploy gates ``/v1/gates/…`` (docs/deploy.md, "Deploy gates")."""
+    bad = _json(_ERROR, "No revision, or an unusable one")
+
+    def get(tool: str, ok: str, no: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": tool,
+                "parameters": [*_ROUTE_CAND, _GATE_REVISION],
+                "responses": {
+                    "200": _json(_ref("GateAnswer"), ok),
+                    **no,
+                    "400": bad,
+                    "404": _NOT_FOUND,
+                },
+            }
+        }
+
+    every = "Every verdict: the tool reads $.verdict (promote, hold, reject)"
+    flagger = {
+        "post": {
+            "summary": "Flagger webhook gate: pre-rollout and confirm-promotion pass on promote, "
+            "rollout fails only on reject, rollback passes (Flagger rolls back) on reject; the "
+            "revision asked is metadata.revision, else the checksum",
+            "parameters": [
+                *_ROUTE_CAND,
+                {
+                    "name": "hook",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": ["confirm-promotion", "pre-rollout", "rollout", "rollback"]},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["name", "namespace", "phase"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "namespace": {"type": "string"},
+                                "phase": {"type": "string"},
+                                "checksum": {"type": "string"},
+                                "metadata": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("GateAnswer"), "The gate passes"),
+                "412": _json(
+                    _ref("GateAnswer"), "The gate does not pass (hold, or the other verdict)"
+                ),
+                "400": _json(_ERROR, "Malformed payload, or no revision in it"),
+                "404": _json(_ERROR, "Unknown route, candidate or hook"),
+                "413": _json(_ERROR, "Payload over 64 KiB"),
+            },
+        }
+    }
+    return {
+        "/v1/gates/argo/{route}/{candidate}": get(
+            "Argo Rollouts / Kargo web metric gate (200 for every verdict: a non-2xx is an "
+            "Argo Error)",
+            every,
+            {},
+        ),
+        "/v1/gates/spinnaker/{route}/{candidate}": get(
+            "Spinnaker webhook stage gate (200 for every verdict)", every, {}
+        ),
+        "/v1/gates/check/{route}/{candidate}": get(
+            "Status-code gate for CI: 200 on promote, 412 otherwise",
+            "Promote for the asked revision",
+            {
+                "412": _json(
+                    _ref("GateAnswer"), "Hold or reject, or evidence about another revision"
+                )
+            },
+        ),
+        "/v1/gates/flagger/{route}/{candidate}/{hook}": flagger,
     }

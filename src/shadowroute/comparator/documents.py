@@ -30,6 +30,8 @@ __all__ = [
     "DriftAuto",
     "ErrorSummary",
     "EvidenceRevision",
+    "FlaggerCall",
+    "GateAnswer",
     "History",
     "HistoryEntry",
     "Identity",
@@ -622,6 +624,44 @@ class Overview(TypedDict):
     models: list[ModelAge]
 
 
+class FlaggerCall(TypedDict):
+    """What a Flagger webhook call said: its canary and phase."""
+
+    name: str
+    namespace: str
+    phase: str
+    checksum: str | None
+
+
+GateAnswer = TypedDict(  # functional form: "pass" is a Python keyword
+    "GateAnswer",
+    {
+        "gate": Annotated[str, "argo, spinnaker, check or flagger-<hook>"],
+        "route": str,
+        "candidate": str,
+        "outcome": Annotated[
+            Literal["pass", "fail", "hold"],
+            "What the verdict means for this gate (rollback: pass on reject)",
+        ],
+        "pass": Annotated[bool, "Does the gate let the tool go on"],
+        "verdict": Annotated[
+            Literal["promote", "hold", "reject"],
+            "The verdict for the asked revision: hold when the evidence is about another one "
+            "(Argo jsonPath {$.verdict}, Spinnaker statusJsonPath $.verdict)",
+        ],
+        "revision": Annotated[str, "The revision asked about"],
+        "revision_matches": bool,
+        "evidence_revision": Annotated[str | None, "The revision id the evidence is about"],
+        "reasons": list[str],
+        "decision": Decision,
+        "flagger": NotRequired[
+            Annotated[FlaggerCall, "Flagger gates: name, namespace, phase and checksum"]
+        ],
+    },
+)
+"""A deploy gate's answer (docs/api.md, "Deploy gates")."""
+
+
 COMPONENTS: tuple[type, ...] = (
     Decision,
     EvidenceRevision,
@@ -634,6 +674,7 @@ COMPONENTS: tuple[type, ...] = (
     History,
     Lineage,
     RegistryVersion,
+    GateAnswer,
 )
 """The documents served as OpenAPI ``components.schemas`` (by class name); the documents they
 use are inlined."""

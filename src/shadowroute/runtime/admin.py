@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from aiohttp import web
 
 from shadowroute.api.app import ControlContext, create_app
+from shadowroute.api.gates import GateCounts, GatesCollector, gate_routes
 from shadowroute.api.labels import LabelWriter, label_routes
 from shadowroute.api.metrics import DataPlaneCollector, KafkaSinkCollector, new_registry
 from shadowroute.api.scorecard import scorecard_routes
@@ -87,11 +88,14 @@ def control_plane(
     kafka: Sequence[KafkaSink] = (),
 ) -> ControlContext:
     """Add the score API, labels intake, scorecard, comparator and Kafka sink metrics to a
-    context."""
+    context; the deploy gates (``/v1/gates/…``) come with the score API."""
     routes = list(ctx.extra_routes)
     if scores is not None:
         routes += score_routes(scores, registry_lineage(config, ctx))
         ctx.registry.register(ScoresCollector(scores))
+        gate_counts = GateCounts()
+        routes += gate_routes(scores, gate_counts)
+        ctx.registry.register(GatesCollector(gate_counts))
     if labels is not None:
         routes += label_routes(labels, LabelRules.of(config))
     routes += scorecard_routes()
