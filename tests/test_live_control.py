@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+from documented import assert_documented
 from shadowroute.core.config import Config, parse_config
 from shadowroute.core.mirror_control import (
     MAX_CHANGES,
@@ -246,6 +247,9 @@ async def test_api_changes_a_candidates_traffic_at_once_and_keeps_it_across_rest
                 {"enabled": False},
             ]
             assert all(c["source"] == "api" and c["at_ms"] > 0 for c in changes)
+            for c in changes:
+                assert_documented(c, "MirrorChange")
+            assert_documented((await admin.get(url)).json(), "CandidateMirror")
     # A restart: the settings and their history are kept.
     async with embedded_stack(cfg) as stack:
         admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}")

@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 from aiohttp import web
 
+from shadowroute.api import documents as doc
 from shadowroute.api.app import check_token, error, json_response
 from shadowroute.core.mirror_control import CandidateMirror, Change, ControlError, MirrorSettings
 
@@ -29,18 +30,30 @@ class Control(Protocol):
     ) -> Change: ...
 
 
-def mirror_body(settings: MirrorSettings, route: str, candidate: str) -> dict[str, Any]:
+def mirror_change(c: Change) -> doc.MirrorChange:
+    return {
+        "at_ms": c.at_ms,
+        "route": c.route,
+        "candidate": c.candidate,
+        "before": c.before,
+        "after": c.after,
+        "source": "reload" if c.source == "reload" else "api",
+    }
+
+
+def mirror_body(settings: MirrorSettings, route: str, candidate: str) -> doc.CandidateMirror:
     now = settings.get(route, candidate)
+    configured = settings.configured(route, candidate)
     return {
         "route": route,
         "candidate": candidate,
         "enabled": now.enabled,
         "fraction": now.fraction,
         "effective_fraction": now.effective,
-        "source": settings.source(route, candidate),
-        "config": settings.configured(route, candidate).to_json(),
+        "source": "api" if settings.source(route, candidate) == "api" else "config",
+        "config": {"enabled": configured.enabled, "fraction": configured.fraction},
         "mirroring": settings.mirroring,
-        "changes": [c.to_json() for c in settings.history(route, candidate)],
+        "changes": [mirror_change(c) for c in settings.history(route, candidate)],
     }
 
 
@@ -83,7 +96,7 @@ def control_routes(control: Control) -> list[web.RouteDef]:
         return await change(request, reset=True)
 
     async def changes(request: web.Request) -> web.Response:
-        return json_response({"changes": [c.to_json() for c in control.settings.changes]})
+        return json_response({"changes": [mirror_change(c) for c in control.settings.changes]})
 
     path = "/v1/routes/{route}/candidates/{candidate}/mirror"
     return [

@@ -3,7 +3,7 @@
 
 from typing import Annotated, Literal, TypedDict
 
-__all__ = ["ModelRevision"]
+__all__ = ["CandidateMirror", "MirrorChange", "MirrorSettings", "ModelRevision"]
 
 
 class ModelRevision(TypedDict):
@@ -16,3 +16,35 @@ class ModelRevision(TypedDict):
     version: str | None
     revision: str | None
     source: Annotated[Literal["config", "api"], "Where the revision comes from"]
+
+
+class MirrorSettings(TypedDict):
+    enabled: bool
+    fraction: float
+
+
+class MirrorChange(TypedDict):
+    """One change of the mirroring settings (the API's or a reload's)."""
+
+    at_ms: Annotated[int, "Unix time of the change, ms"]
+    route: Annotated[str | None, "null: the global switch"]
+    candidate: str | None
+    before: Annotated[dict[str, object] | None, "null: not configured before"]
+    after: Annotated[dict[str, object] | None, "null: left the config"]
+    source: Literal["api", "reload"]
+
+
+class CandidateMirror(TypedDict):
+    """``GET|PUT|DELETE .../mirror``: a candidate's live mirroring."""
+
+    route: str
+    candidate: str
+    enabled: bool
+    fraction: float
+    effective_fraction: Annotated[
+        float, "What the data plane samples with: fraction, or 0 while off"
+    ]
+    source: Literal["api", "config"]
+    config: MirrorSettings
+    mirroring: Annotated[bool, "The global switch"]
+    changes: list[MirrorChange]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shadowroute import __version__
-from shadowroute.api.documents import ModelRevision
+from shadowroute.api.documents import CandidateMirror, MirrorChange, ModelRevision
 from shadowroute.api.typed_schema import components
 from shadowroute.comparator import documents
 
@@ -386,7 +386,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 **components(documents.COMPONENTS),
-                **components([ModelRevision]),
+                **components([ModelRevision, CandidateMirror, MirrorChange]),
                 "Label": {
                     "type": "object",
                     "required": ["id", "label"],
@@ -423,46 +423,10 @@ def document() -> dict[str, Any]:
 
 # --- live mirroring control (api/control.py) ---------------------------------------------------
 
-_MIRROR_SETTINGS = {
-    "type": "object",
-    "required": ["enabled", "fraction"],
-    "properties": {"enabled": {"type": "boolean"}, "fraction": {"type": "number"}},
-}
-_MIRROR_CHANGE = {
-    "type": "object",
-    "required": ["at_ms", "route", "candidate", "before", "after", "source"],
-    "properties": {
-        "at_ms": {"type": "integer", "description": "Unix time of the change, ms"},
-        "route": {"type": ["string", "null"], "description": "null: the global switch"},
-        "candidate": {"type": ["string", "null"]},
-        "before": {"type": ["object", "null"], "description": "null: not configured before"},
-        "after": {"type": ["object", "null"], "description": "null: left the config"},
-        "source": {"type": "string", "enum": ["api", "reload"]},
-    },
-}
-_MIRROR = {
-    "type": "object",
-    "required": ["route", "candidate", "enabled", "fraction", "effective_fraction", "source"],
-    "properties": {
-        "route": {"type": "string"},
-        "candidate": {"type": "string"},
-        "enabled": {"type": "boolean"},
-        "fraction": {"type": "number", "minimum": 0, "maximum": 1},
-        "effective_fraction": {
-            "type": "number",
-            "description": "What the data plane samples with: fraction, or 0 while off",
-        },
-        "source": {"type": "string", "enum": ["api", "config"]},
-        "config": _MIRROR_SETTINGS,
-        "mirroring": {"type": "boolean", "description": "The global switch"},
-        "changes": {"type": "array", "items": _MIRROR_CHANGE},
-    },
-}
-
 
 def _control_paths() -> dict[str, Any]:
     written = {
-        "200": _json(_MIRROR, "The settings now"),
+        "200": _json(_ref("CandidateMirror"), "The settings now"),
         "400": _json(_ERROR, "Bad body"),
         "401": _json(_ERROR, "Missing or wrong bearer token"),
         "404": _NOT_FOUND,
@@ -473,7 +437,7 @@ def _control_paths() -> dict[str, Any]:
             "get": {
                 "summary": "A candidate's live mirroring: on/off, fraction, and their changes",
                 "parameters": _ROUTE_CAND,
-                "responses": {"200": _json(_MIRROR, "Settings"), "404": _NOT_FOUND},
+                "responses": {"200": _json(_ref("CandidateMirror"), "Settings"), "404": _NOT_FOUND},
             },
             "put": {
                 "summary": "Set a candidate's on/off and fraction (what is left out stays): "
@@ -508,7 +472,9 @@ def _control_paths() -> dict[str, Any]:
                     "200": _json(
                         {
                             "type": "object",
-                            "properties": {"changes": {"type": "array", "items": _MIRROR_CHANGE}},
+                            "properties": {
+                                "changes": {"type": "array", "items": _ref("MirrorChange")}
+                            },
                         },
                         "Changes",
                     )
