@@ -32,29 +32,15 @@ from shadowroute.runtime import Stack, embedded_stack, run_compare
 from shadowroute.stream.kafka import create_topics
 from test_comparator_gen import T0, pair
 from test_comparator_kafka import _produce
-from upstreams import ModelServer, Reply, Seen
+from upstreams import ModelServer, parity_reply, parity_servers
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-JSON = [(b"content-type", b"application/json")]
-
-
-def _predict(seen: Seen) -> Reply:
-    k = int(orjson.loads(seen.body)["instances"][0][0])
-    return Reply(body=orjson.dumps({"predictions": [k % 2]}), headers=JSON)
-
-
-def _not_found(seen: Seen) -> Reply:
-    return Reply(status=404, body=b'{"error": "model not found"}', headers=JSON)
 
 
 @pytest.fixture
 async def servers() -> AsyncIterator[tuple[ModelServer, ModelServer, ModelServer]]:
-    prod, good, missing = ModelServer(_predict), ModelServer(_predict), ModelServer(_not_found)
-    for s in (prod, good, missing):
-        await s.start()
-    yield prod, good, missing
-    for s in (prod, good, missing):
-        await s.stop()
+    async with parity_servers() as started:
+        yield started
 
 
 @pytest.fixture
@@ -119,6 +105,23 @@ async def _until(cond: Any, timeout: float = 15.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+async def _events_on_kafka(bootstrap: str, topic: str) -> list[Any]:
+    """The records on ``topic``: waits (30 s at most) for the first, then a second more."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        async with asyncio.timeout(30):
+            while not got:
+                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                    got += msgs
+        for msgs in (await consumer.getmany(timeout_ms=1000)).values():
+            got += msgs
+    finally:
+        await consumer.stop()
+    return got
 
 
 async def test_a_verdict_change_is_one_signed_event_and_dead_receivers_slow_nothing(
@@ -214,7 +217,7 @@ async def test_kafka_mode_produces_the_event_to_the_events_topic(
     """``serve`` with the Kafka transport: a candidate that cannot be reached opens its
     circuit, and one ``circuit.opened`` event is on ``<prefix>.events``, keyed by its
     subject, read back from the real broker."""
-    prod = await ModelServer(_predict).start()
+    prod = await ModelServer(parity_reply).start()
     prefix = "e" + uuid.uuid4().hex[:8]
     transport = Transport(kind="kafka", bootstrap=kafka_bootstrap, topic_prefix=prefix)
     created = await create_topics(transport)
@@ -241,20 +244,7 @@ async def test_kafka_mode_produces_the_event_to_the_events_topic(
         await prod.stop()
     [kafka] = deliveries["destinations"]
     assert kafka["name"] == "kafka" and kafka["target"] == f"{prefix}.events"
-    consumer = AIOKafkaConsumer(
-        f"{prefix}.events", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    got = []
-    try:
-        async with asyncio.timeout(30):
-            while not got:
-                for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                    got += msgs
-        for msgs in (await consumer.getmany(timeout_ms=1000)).values():
-            got += msgs
-    finally:
-        await consumer.stop()
+    got = await _events_on_kafka(kafka_bootstrap, f"{prefix}.events")
     [m] = got
     e = orjson.loads(m.value or b"")
     assert m.key == b"r/c"
@@ -314,20 +304,7 @@ async def test_compare_emits_one_verdict_change_to_kafka_and_the_webhook(
     e = d.doc
     assert d.headers["webhook-id"] == e["id"] and e["subject"] == "fraud/fraud-v8"
     assert e["data"]["previous"] == "hold" and e["data"]["verdict"] == "reject"
-    consumer = AIOKafkaConsumer(
-        f"{prefix}.events", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    got = []
-    try:
-        async with asyncio.timeout(30):
-            while not got:
-                for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                    got += msgs
-        for msgs in (await consumer.getmany(timeout_ms=1000)).values():
-            got += msgs
-    finally:
-        await consumer.stop()
+    got = await _events_on_kafka(kafka_bootstrap, f"{prefix}.events")
     changes = [orjson.loads(m.value or b"") for m in got]
     changes = [c for c in changes if c["type"] == VERDICT_CHANGED]
     assert [c["id"] for c in changes] == [e["id"]]
@@ -338,7 +315,7 @@ async def test_serve_workers_emit_from_the_supervisor(tmp_path: Path) -> None:
     """``serve --workers 2`` (the real CLI): a candidate that cannot be reached opens its
     circuit in the workers; the supervisor emits one ``circuit.opened`` to the webhook and
     shows the delivery on its API; SIGTERM stops it cleanly."""
-    prod = await ModelServer(_predict).start()
+    prod = await ModelServer(parity_reply).start()
     recv = await Receiver(SECRET).start()
     port, admin = free_port(), free_port()
     cfg = {

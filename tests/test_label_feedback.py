@@ -22,28 +22,13 @@ from proxyutil import settle
 from shadowroute.cli_client import EXIT_REJECT, cmd_decision, cmd_labels_send, cmd_labels_waiting
 from shadowroute.core.config import Config, parse_config
 from shadowroute.runtime import Stack, embedded_stack
-from upstreams import ModelServer, Reply, Seen
-
-JSON = [(b"content-type", b"application/json")]
-
-
-def _predict(seen: Seen) -> Reply:
-    k = int(orjson.loads(seen.body)["instances"][0][0])
-    return Reply(body=orjson.dumps({"predictions": [k % 2]}), headers=JSON)
-
-
-def _not_found(seen: Seen) -> Reply:
-    return Reply(status=404, body=b'{"error": "model not found"}', headers=JSON)
+from upstreams import ModelServer, parity_servers
 
 
 @pytest.fixture
 async def servers() -> AsyncIterator[tuple[ModelServer, ModelServer, ModelServer]]:
-    prod, good, missing = ModelServer(_predict), ModelServer(_predict), ModelServer(_not_found)
-    for s in (prod, good, missing):
-        await s.start()
-    yield prod, good, missing
-    for s in (prod, good, missing):
-        await s.stop()
+    async with parity_servers() as started:
+        yield started
 
 
 def _config(tmp_path: Path, prod: str, good: str, missing: str) -> Config:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from proxyutil import free_port, wait_ready
+from proxyutil import child_pids, free_port, wait_ready
 from upstreams import ModelServer, _Conn
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="needs /proc")
@@ -48,19 +48,6 @@ class PeerServer(ModelServer):
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _PeerConn(self), "127.0.0.1", 0)
         return self
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return sorted(out)
 
 
 def _local_ports(pid: int) -> set[int]:
@@ -119,7 +106,7 @@ class Serve:
 
     def workers(self) -> list[int]:
         assert self.proc is not None
-        pids = _children(self.proc.pid)
+        pids = child_pids(self.proc.pid)
         assert len(pids) == 2, pids
         return pids
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyutil import free_port, wait_ready
+from proxyutil import alive, child_pids, free_port, wait_ready
 from shadowroute.core.config import parse_config
 from upstreams import ModelServer
 
@@ -102,27 +102,6 @@ def test_serve_with_listen_and_admin_on_one_port_exits_1(tmp_path: Path) -> None
     assert "Traceback" not in out.stderr
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 async def test_serve_stops_with_exit_1_when_a_worker_dies(
     prod: ModelServer, tmp_path: Path
 ) -> None:
@@ -140,7 +119,7 @@ async def test_serve_stops_with_exit_1_when_a_worker_dies(
         )
     try:
         await wait_ready(f"http://127.0.0.1:{cfg['admin']['port']}/readyz", timeout=40)
-        kids = _children(proc.pid)
+        kids = child_pids(proc.pid)
         assert len(kids) == 2
         os.kill(kids[0], signal.SIGKILL)
         rc = await asyncio.to_thread(proc.wait, 30)
@@ -153,9 +132,9 @@ async def test_serve_stops_with_exit_1_when_a_worker_dies(
     assert "stopped on its own (exit code -9); stopping serve" in text
     assert "Traceback" not in text
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(k) for k in kids):
+    while time.monotonic() < deadline and any(alive(k) for k in kids):
         await asyncio.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "a worker outlived serve"
+    assert not [k for k in kids if alive(k)], "a worker outlived serve"
 
 
 def test_a_worker_that_cannot_bind_says_so_and_exits_3(

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import yaml
 
-from proxyutil import free_port, wait_ready
+from proxyutil import alive, child_pids, free_port, wait_ready
 from shadowroute.dataplane.stats import DataPlaneStats
 from upstreams import ModelServer
 
@@ -119,27 +119,6 @@ def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
     assert "--workers needs a fixed listen.port" in out.stderr
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
 async def test_workers_exit_when_the_supervisor_dies(prod: ModelServer, tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     cfg = {
@@ -159,14 +138,14 @@ async def test_workers_exit_when_the_supervisor_dies(prod: ModelServer, tmp_path
     )
     try:
         await wait_ready(f"http://127.0.0.1:{admin}/readyz")
-        kids = _children(proc.pid)
+        kids = child_pids(proc.pid)
         assert len(kids) == 2
         proc.kill()
         proc.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(k) for k in kids):
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
             await asyncio.sleep(0.1)
-        assert [k for k in kids if _alive(k)] == [], "workers outlived their supervisor"
+        assert [k for k in kids if alive(k)] == [], "workers outlived their supervisor"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -196,13 +175,13 @@ def test_the_kernel_stops_a_worker_whose_supervisor_died() -> None:
         assert proc.stdout is not None
         child = int(proc.stdout.readline())
         time.sleep(0.5)  # the child has asked for the signal by now
-        assert _alive(child)
+        assert alive(child)
         proc.kill()
         proc.wait(timeout=10)
         deadline = time.monotonic() + 5
-        while _alive(child) and time.monotonic() < deadline:
+        while alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(child), "the child outlived its parent"
+        assert not alive(child), "the child outlived its parent"
     finally:
         if proc.poll() is None:
             proc.kill()

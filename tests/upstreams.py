@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -213,3 +213,32 @@ def split_response(raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
         k, _, v = line.partition(b":")
         headers[k.strip().lower()] = v.strip()
     return lines[0], headers, body
+
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def parity_reply(seen: Seen) -> Reply:
+    """A KServe v1 classifier: instance ``[k]`` is predicted ``k % 2``."""
+    k = int(orjson.loads(seen.body)["instances"][0][0])
+    return Reply(body=orjson.dumps({"predictions": [k % 2]}), headers=JSON_HEADERS)
+
+
+def not_found_reply(seen: Seen) -> Reply:
+    """A model server that does not have the model: 404 to everything."""
+    return Reply(status=404, body=b'{"error": "model not found"}', headers=JSON_HEADERS)
+
+
+@contextlib.asynccontextmanager
+async def parity_servers() -> AsyncIterator[tuple[ModelServer, ModelServer, ModelServer]]:
+    """(production, an identical candidate, a candidate answering 404), started."""
+    prod = ModelServer(parity_reply)
+    good = ModelServer(parity_reply)
+    missing = ModelServer(not_found_reply)
+    for s in (prod, good, missing):
+        await s.start()
+    try:
+        yield prod, good, missing
+    finally:
+        for s in (prod, good, missing):
+            await s.stop()

@@ -14,7 +14,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -236,10 +236,11 @@ class Transport(_Strict):
         return self
 
 
-def _check_url(url: str) -> str:
+def _http_url(url: str, example: str) -> SplitResult:
+    """``url``'s parts when it is an http(s) URL with a host and a valid port."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL, like http://10.0.0.5:8000")
+        raise ValueError(f"must be an http:// or https:// URL, like {example}")
     if not parts.hostname:
         raise ValueError("has no host: write it as http://HOST:PORT")
     try:
@@ -248,6 +249,11 @@ def _check_url(url: str) -> str:
         port = -1
     if port is not None and not 1 <= port <= 65535:
         raise ValueError("the port must be a number from 1 to 65535")
+    return parts
+
+
+def _check_url(url: str) -> str:
+    parts = _http_url(url, "http://10.0.0.5:8000")
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query or fragment: write only scheme, host, port, path")
     return url
@@ -778,17 +784,7 @@ EventType = Literal[
 
 
 def _check_webhook_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL")
-    if not parts.hostname:
-        raise ValueError("has no host: write it as https://HOST[:PORT]/PATH")
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if port is not None and not 1 <= port <= 65535:
-        raise ValueError("the port must be a number from 1 to 65535")
+    parts = _http_url(url, "https://ci.example.com/hooks/shadowroute")
     if parts.username or parts.password or parts.fragment:
         raise ValueError("must not carry credentials or a fragment (use secret_headers)")
     return url
@@ -1147,21 +1143,11 @@ def _resolve_secrets(
         for where, model in models:
             for header, ref in model.secret_headers.items():
                 path = f"routes[{i}].{where}.secret_headers.{header}"
-                kind, _, name = ref.partition(":")
-                if kind == "env":
-                    value = environ.get(name)
-                    if value is None:
-                        problems.append(f"{path}: environment variable {name} is not set")
-                        continue
-                else:
-                    try:
-                        value = read_secret(name).rstrip("\r\n")
-                    except OSError as exc:
-                        problems.append(f"{path}: cannot read {name}: {exc.strerror or exc}")
-                        continue
-                if not value.isascii() or "\n" in value or "\r" in value:
-                    problems.append(f"{path}: the value must be one line of ASCII")
+                value, problem = _secret_value(ref, path, environ, read_secret)
+                if problem is not None:
+                    problems.append(problem)
                     continue
+                assert value is not None
                 model._secrets[header] = SecretStr(value)
     return problems
 
