@@ -13,12 +13,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from proxyutil import free_port, wait_ready
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.kafka_source import ScoresFollower
@@ -478,3 +480,78 @@ def test_compare_takes_every_comparator_option() -> None:
     import shadowroute.comparator.kafka_source as ks
 
     assert not hasattr(ks, "main") and not hasattr(ks, "run_compare")
+
+
+async def test_sighup_reload_scores_an_added_candidate(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    """``compare`` takes a reloaded config on SIGHUP: pairs of a candidate it did not know
+    went to the dead letters (counted); after the reload the candidate's pairs are scored and
+    served. A reload that changes a route's task is refused and the running config stays."""
+    raw = _raw(kafka_bootstrap, prefix, tmp_path / "a.sqlite")
+    admin = free_port()
+    raw["admin"]["port"] = admin
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    log = path.with_suffix(".log")
+
+    def pairs(cand: str, ids: range) -> list[tuple[str, bytes, bytes]]:
+        out = []
+        for i in ids:
+            rid = f"{cand}-{i}"
+            out.append(("pairs", rid.encode(), pair(rid, T0 + i, [1], [i % 2], cand)))
+        return out
+
+    async def scored(api: httpx.AsyncClient, cand: str, want: int) -> int:
+        got = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = await api.get(f"/v1/routes/{ROUTE}/candidates/{cand}/decision")
+            got = r.json()["pairs"] if r.status_code == 200 else -1
+            if got >= want:
+                break
+            await asyncio.sleep(0.3)
+        return int(got)
+
+    async def hup(marker: str) -> str:
+        seen = log.read_text().count(marker)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while log.read_text().count(marker) == seen:
+            assert time.monotonic() < deadline, f"no {marker!r} in the log"
+            await asyncio.sleep(0.1)
+        return [line for line in log.read_text().splitlines() if marker in line][-1]
+
+    proc = _spawn(path)
+    try:
+        await wait_ready(f"http://127.0.0.1:{admin}/readyz", timeout=60)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin}") as api:
+            await _produce(
+                kafka_bootstrap, prefix, pairs(CAND, range(10)) + pairs("fraud-v9", range(3))
+            )
+            assert await scored(api, CAND, 10) == 10
+            raw["routes"][0]["candidates"].append(
+                {"name": "fraud-v9", "url": "http://127.0.0.1:9003"}
+            )
+            path.write_text(yaml.safe_dump(raw))
+            assert "added [], changed ['fraud'], removed []" in await hup("config reloaded:")
+            await _produce(kafka_bootstrap, prefix, pairs("fraud-v9", range(3, 10)))
+            assert await scored(api, "fraud-v9", 7) == 7
+            assert await scored(api, CAND, 10) == 10  # its evidence kept
+            routes = (await api.get("/v1/routes")).json()["routes"]
+            assert [c["name"] for c in routes[0]["candidates"]] == [CAND, "fraud-v9"]
+            assert "effective_fraction" not in routes[0]["candidates"][0]  # no data plane here
+
+            raw["routes"][0]["task"] = "regression"
+            path.write_text(yaml.safe_dump(raw))
+            line = await hup("config reload refused")
+            assert "routes[0].task changed ('classification' -> 'regression')" in line
+            assert (await api.get(f"/v1/routes/{ROUTE}/candidates/fraud-v9/decision")).is_success
+            metrics = (await api.get("/metrics")).text
+            assert 'shadowroute_config_reloads_total{outcome="applied"} 1.0' in metrics
+            assert 'shadowroute_config_reloads_total{outcome="refused"} 1.0' in metrics
+        dead = await _read_all(kafka_bootstrap, topic_name(prefix, "deadletter"))
+        reasons = [dict(m.headers)["reason"] for msgs in dead.values() for m in msgs]
+        assert reasons == [b"unknown_candidate"] * 3  # only those sent before the reload
+    finally:
+        _stop(proc)

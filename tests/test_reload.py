@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from proxyutil import free_port, wait_ready
+from shadowroute.comparator.statefile import check_state_file
+from shadowroute.core.config import parse_config
 from upstreams import ModelServer
 
 BODY = b'{"instances": [[1]]}'
@@ -102,6 +104,19 @@ async def _mirrored(port: int, m: dict[str, ModelServer], n: int) -> dict[str, i
     return {k: len(m[k].seen) - before[k] for k in ("a", "b")}
 
 
+async def _scored(api: httpx.AsyncClient, cand: str, want: int) -> int:
+    """The pairs the comparator scored for ``cand`` on route r, once ``want`` (or 5 s)."""
+    pairs = 0
+    for _ in range(50):
+        got = await api.get(f"/v1/routes/r/candidates/{cand}/decision")
+        assert got.status_code == 200, got.text
+        pairs = got.json()["pairs"]
+        if pairs >= want:
+            break
+        await asyncio.sleep(0.1)
+    return int(pairs)
+
+
 def _lines(log: Path, marker: str) -> list[str]:
     return [line for line in log.read_text().splitlines() if marker in line]
 
@@ -154,8 +169,18 @@ async def test_sighup_reloads_routes_without_dropping_connections(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin}") as api:
             assert (await api.get("/v1/routes/r/candidates/b/mirror")).status_code == 200
             assert (await api.get("/v1/routes/r/candidates/a/mirror")).status_code == 404
-            names = [r["name"] for r in (await api.get("/v1/routes")).json()["routes"]]
-            assert names == ["r", "r2"]
+            routes = (await api.get("/v1/routes")).json()["routes"]
+            assert [r["name"] for r in routes] == ["r", "r2"]
+            assert routes[0]["candidates"] == [
+                {"name": "b", "version": None, "revision": None, "fraction": 1.0,
+                 "effective_fraction": 1.0}
+            ]  # fmt: skip
+            # The comparator scores the added candidate: every one of its pairs (the 20, and the
+            # keep-alive connection's request), none refused.
+            assert await _scored(api, "b", 21) == 21
+            assert (await api.get("/v1/routes/r/candidates/a/decision")).status_code == 404
+            metrics = (await api.get("/metrics")).text
+            assert "unknown_candidate" not in metrics and "unknown_route" not in metrics
             changes = (await api.get("/v1/mirroring/changes")).json()["changes"]
             assert [(c["candidate"], c["source"], c["after"]) for c in changes] == [
                 ("a", "reload", None),
@@ -170,12 +195,14 @@ async def test_sighup_reloads_routes_without_dropping_connections(
         line = await _hup_and_wait(proc, log, "config reload refused")
         assert "fraction" in line and "path_prefix must start with '/'" in line
         assert await _mirrored(port, models, 10) == {"a": 0, "b": 10}
-        # A change that cannot be applied live: refused, saying so.
+        # Changes that cannot be applied live: refused, saying so.
         moved = _config(port, admin, tmp_path, models, 1)
         moved["listen"]["port"] = free_port()
+        moved["routes"][0]["task"] = "classification"
         path.write_text(yaml.safe_dump(moved))
         line = await _hup_and_wait(proc, log, "config reload refused")
         assert "listen.port changed" in line and "restart to apply it" in line
+        assert "routes[0].task changed ('regression' -> 'classification')" in line
         assert await _mirrored(port, models, 10) == {"a": 0, "b": 10}
         assert await conn.post("/q/x") == 200
         assert await conn.post("/p") == 200
@@ -191,6 +218,8 @@ async def test_sighup_reloads_routes_without_dropping_connections(
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 30)
     assert proc.returncode == 0
+    # The state file now belongs to the reloaded config: a restart with it passes the check.
+    check_state_file(parse_config(_config(port, admin, tmp_path, models, 2), environ={}))
 
 
 async def test_requests_in_flight_finish_on_the_plan_they_were_made_with(
@@ -200,7 +229,6 @@ async def test_requests_in_flight_finish_on_the_plan_they_were_made_with(
     answered, and mirrored to the candidate it was planned with; the next one uses the new
     routes; the replaced route's pools close after the drain time."""
     from proxyutil import running_proxy
-    from shadowroute.core.config import parse_config
     from upstreams import Reply, kserve_reply
 
     def slow(seen: Any) -> Any:

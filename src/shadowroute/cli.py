@@ -198,6 +198,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     from shadowroute.runtime import run_compare
+    from shadowroute.runtime.reload import file_loader
 
     cfg = _with_state_mode(cfg, args.state_mode)
     if not _state_ok(cfg):
@@ -207,6 +208,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             cfg,
             group_instance_id=args.instance_id,
             session_timeout_ms=args.session_timeout_ms,
+            reload_from=file_loader(args.config, lambda c: _with_state_mode(c, args.state_mode)),
         )
     )
     return EXIT_OK

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,6 +36,8 @@ class ControlContext:
     """Each model's live revision (a process with a data plane)."""
     set_revision: Callable[[str, str, str | None], None] | None = None
     """Sets a model's revision in ``revisions`` and the data plane(s)."""
+    fractions: Callable[[], Mapping[tuple[str, str], float]] | None = None
+    """Each candidate's live mirror fraction, 0 while off (a process with live control)."""
     extra_routes: list[web.RouteDef] = field(default_factory=list)
     cleanup_ctx: list[Callable[[web.Application], AsyncIterator[None]]] = field(
         default_factory=list
@@ -99,6 +101,19 @@ async def routes(request: web.Request) -> web.Response:
             return model.revision
         return ctx.revisions.get(route, model.name)
 
+    live_fractions = ctx.fractions() if ctx.fractions is not None else None
+
+    def candidate(route: str, c: Model, fraction: float) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": c.name,
+            "version": c.version,
+            "revision": live(route, c),
+            "fraction": fraction,
+        }
+        if live_fractions is not None:
+            out["effective_fraction"] = live_fractions.get((route, c.name), 0.0)
+        return out
+
     out = []
     for r in cfg.routes:
         out.append(
@@ -112,15 +127,7 @@ async def routes(request: web.Request) -> web.Response:
                     "version": r.production.version,
                     "revision": live(r.name, r.production),
                 },
-                "candidates": [
-                    {
-                        "name": c.name,
-                        "version": c.version,
-                        "revision": live(r.name, c),
-                        "fraction": c.fraction,
-                    }
-                    for c in r.candidates
-                ],
+                "candidates": [candidate(r.name, c, c.fraction) for c in r.candidates],
             }
         )
     return json_response({"routes": out})

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from shadowroute.comparator.engine import DeadLetter, Engine
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
-from shadowroute.comparator.statefile import check_state_file
+from shadowroute.comparator.statefile import check_state_file, record_fingerprint
 from shadowroute.comparator.store import Positions, Store
 from shadowroute.core.config import Config
 from shadowroute.core.records import LabelRecord
@@ -142,6 +142,19 @@ class Comparator:
         self.view.update(self.engine.snapshot())
         self.verdicts.refresh()
         return True
+
+    async def reconfigure(self, config: Config) -> None:
+        """Score the routes of a reloaded config (``Engine.reconfigure``): between two
+        batches, so no record is processed under a mix of the two; the verdicts and the
+        score API follow the new routes from the next read."""
+        async with self._flush_lock:
+            await asyncio.to_thread(self._reconfigure, config)
+
+    def _reconfigure(self, config: Config) -> None:
+        self.engine.reconfigure(config)
+        record_fingerprint(self.store, config)
+        self.config = self.verdicts.config = self.reader.config = config
+        self.verdicts.refresh()
 
     # --- input ------------------------------------------------------------------------------
 

@@ -192,26 +192,14 @@ class Engine:
         dead_letters: DeadLetterSink | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.config = config
         self.store = store
-        self.routes: dict[str, Route] = {r.name: r for r in config.routes}
         self.windows = tuple(config.comparator.windows) or ("hour",)
         self.dead_letters = dead_letters
         self.clock = clock
-        self.max_ttl_ms = max(int(r.label_ttl_s * 1000) for r in config.routes)
-        self._refs = {r.name: reference_for(r) for r in config.routes}
-        self._auto = {
-            r.name: (r.drift.max_fields, r.drift.max_depth) if r.drift.auto else (0, 0)
-            for r in config.routes
-        }
-        self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
-        self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
-        self.joiner = Joiner(config, self.windows[0])
+        self._configure(config)
         self._slots: dict[tuple[str, str, Identity | None, Identity], str] = {}
         self._revisions: dict[tuple[str, str], dict[str, Any]] = {}
         """(route, slot) -> the ``revision`` of its ``CandidateState``."""
-        self.rules = LabelRules.of(config)
-        self.max_waiting = config.labels.max_waiting_per_route
         self.label_outcomes: list[str] = []
         """After ``process``: per label given, in order, what became of it: ``accepted``,
         ``duplicate`` (same value as the label kept), ``conflict`` (another value) or
@@ -232,6 +220,40 @@ class Engine:
         self._snapshot: dict[StateKey, dict[str, Any]] = {}
         self.version = 0
         self.load()
+
+    def _configure(self, config: Config) -> None:
+        """What the engine derives from the routes of ``config``."""
+        self.config = config
+        self.routes: dict[str, Route] = {r.name: r for r in config.routes}
+        self.max_ttl_ms = max(int(r.label_ttl_s * 1000) for r in config.routes)
+        self._refs = {r.name: reference_for(r) for r in config.routes}
+        self._auto = {
+            r.name: (r.drift.max_fields, r.drift.max_depth) if r.drift.auto else (0, 0)
+            for r in config.routes
+        }
+        self._cands = {r.name: frozenset(c.name for c in r.candidates) for r in config.routes}
+        self._ttl_ms = {r.name: int(r.label_ttl_s * 1000) for r in config.routes}
+        self.joiner = Joiner(config, self.windows[0])
+        self.rules = LabelRules.of(config)
+        self.max_waiting = config.labels.max_waiting_per_route
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the routes of a reloaded config (``runtime.reload``; only ``routes`` differs
+        from the running config's, and no kept route changes its task or production model:
+        ``core.reload.refusals``). The caller makes sure no batch is being processed.
+
+        New routes and candidates are scored from now on; a changed route's settings apply
+        to what comes next (a candidate's existing evidence keeps the alpha shares it was
+        started with). What the new config drops stays known here, *retired*: pairs already
+        on their way and labels for them still join, pending entries still expire, and the
+        aggregates stay in the state file; the read side (API, verdicts) follows the new
+        config."""
+        kept = {r.name for r in config.routes}
+        retired = [r for name, r in self.routes.items() if name not in kept]
+        known = dict(self._cands)
+        self._configure(config.model_copy(update={"routes": [*config.routes, *retired]}))
+        for name, cands in known.items():
+            self._cands[name] = self._cands.get(name, frozenset()) | cands
 
     # --- state ------------------------------------------------------------------------------
 

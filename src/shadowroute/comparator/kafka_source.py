@@ -36,7 +36,7 @@ from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
 from shadowroute.comparator.reader import StateView, Verdicts
 from shadowroute.comparator.state import StateKey
-from shadowroute.comparator.statefile import check_state_file
+from shadowroute.comparator.statefile import check_state_file, record_fingerprint
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config
 from shadowroute.core.families import Family, describe
@@ -169,6 +169,17 @@ class KafkaComparator:
         )
         self._consumer.subscribe([self.pairs_topic, self.labels_topic], listener=_Listener(self))
         await self._consumer.start()
+
+    async def reconfigure(self, config: Config) -> None:
+        """Score the routes of a reloaded config (``Engine.reconfigure``), between two
+        batches."""
+        async with self.lock:
+            await asyncio.to_thread(self._reconfigure, config)
+
+    def _reconfigure(self, config: Config) -> None:
+        self.engine.reconfigure(config)
+        record_fingerprint(self.store, config)
+        self.config = config
 
     async def assigned(self, assigned: Sequence[TopicPartition]) -> None:
         consumer = self._consumer

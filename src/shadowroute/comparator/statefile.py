@@ -28,7 +28,7 @@ from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config
 from shadowroute.core.revision import differences, fingerprint, split_slot
 
-__all__ = ["StateMismatch", "check_state_file"]
+__all__ = ["StateMismatch", "check_state_file", "record_fingerprint"]
 
 log = logging.getLogger("shadowroute.comparator")
 
@@ -112,3 +112,10 @@ def check_state_file(
         fresh.put_meta(_KEY, encoded)
     finally:
         fresh.close()
+
+
+def record_fingerprint(store: Store, config: Config) -> None:
+    """Make ``config`` the state file's config: after a reload (``runtime.reload``) added or
+    removed routes and candidates, a restart with the reloaded file finds its own fingerprint.
+    Aggregates of what the reload removed stay in the file, ignored by the read side."""
+    store.put_meta(_KEY, orjson.dumps(fingerprint(config), option=orjson.OPT_SORT_KEYS))

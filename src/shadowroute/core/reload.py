@@ -1,10 +1,11 @@
 """What a config reload (SIGHUP) may change while serving, and what it changed.
 
-Only ``routes`` is applied live: routes and candidates added, changed or removed. Every other
-section (the ports, the transport, the admin plane and its token, the proxy's limits, the
-record queue, the comparator) is read once at start by objects that live as long as the
-process; a reloaded file that changes any of them is refused whole, saying which, and the
-running config stays.
+Only ``routes`` is applied live: routes and candidates added, changed or removed, except a
+kept route's task or production model (the comparator's evidence for the route is about
+them). Every other section (the ports, the transport, the admin plane and its token, the
+proxy's limits, the record queue, the comparator) is read once at start by objects that live
+as long as the process; a reloaded file that changes any of them is refused whole, saying
+which, and the running config stays.
 
 >>> from shadowroute.core.config import parse_config
 >>> def cfg(port, cands):
@@ -49,6 +50,21 @@ def refusals(old: Config, new: Config) -> list[str]:
     for name in type(old).model_fields:
         if name not in LIVE_SECTIONS:
             _differences(name, getattr(old, name), getattr(new, name), out)
+    after = {r.name: r for r in new.routes}
+    for i, route in enumerate(old.routes):
+        kept = after.get(route.name)
+        if kept is None:
+            continue
+        for what, was, now in (
+            ("task", route.task, kept.task),
+            ("production.name", route.production.name, kept.production.name),
+        ):
+            if was != now:
+                out.append(
+                    f"routes[{i}].{what} changed ({was!r} -> {now!r}) on route {route.name!r}: "
+                    "its evidence so far is about the old one; restart to apply it "
+                    "(comparator.on_state_mismatch decides what becomes of the state file)"
+                )
     return out
 
 

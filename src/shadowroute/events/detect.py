@@ -61,6 +61,9 @@ class Snapshot:
     """route -> the production document."""
     circuits: dict[tuple[str, str], bool] = field(default_factory=dict)
     """(route, candidate) -> the breaker is open."""
+    psi_alert: dict[str, float] = field(default_factory=dict)
+    """route -> its ``drift.psi_alert`` in the config of the moment (after a reload, the
+    reloaded one's); takes over from the detector's."""
 
 
 @dataclass
@@ -109,6 +112,7 @@ class Detector:
         """The events of what changed since the last snapshot. ``now`` is a monotonic clock
         (seconds), ``wall`` the time since the epoch the events carry."""
         out: list[CloudEvent] = []
+        self.psi_alert.update(snap.psi_alert)
         out += self._verdict_events(snap, wall)
         for route, doc in sorted(snap.production.items()):
             out += self._drift_events(route, doc, wall)

@@ -18,14 +18,16 @@ DecisionReader = ScoresReader
 
 
 def snapshot_source(
-    config: Config,
+    current: Callable[[], Config],
     reader: DecisionReader | None,
     circuits: Callable[[], Iterable[tuple[str, str, bool]]] | None,
 ) -> Callable[[], Snapshot]:
-    """A function taking one ``Snapshot`` of what this process can see."""
+    """A function taking one ``Snapshot`` of what this process can see, over the routes of
+    the config of the moment (``current``: after a reload, the reloaded one)."""
 
     def snapshot() -> Snapshot:
         snap = Snapshot()
+        config = current()
         if reader is not None:
             for r in config.routes:
                 for c in r.candidates:
@@ -34,6 +36,7 @@ def snapshot_source(
                 snap.production[r.name] = reader.production(r.name)
         if circuits is not None:
             snap.circuits = {(r, c): is_open for r, c, is_open in circuits()}
+        snap.psi_alert = {r.name: r.drift.psi_alert for r in config.routes}
         return snap
 
     return snapshot

@@ -17,7 +17,6 @@ from shadowroute.api.scores import ScoresCollector, score_routes
 from shadowroute.comparator.documents import RegistryVersion
 from shadowroute.comparator.reader import ScoresReader
 from shadowroute.core.config import Config
-from shadowroute.core.label_rules import LabelRules
 from shadowroute.dataplane.server import DataPlane
 from shadowroute.registry.lineage import RegistryLineage
 from shadowroute.runtime.lifecycle import StartError
@@ -97,7 +96,7 @@ def control_plane(
         routes += gate_routes(scores, gate_counts)
         ctx.registry.register(GatesCollector(gate_counts))
     if labels is not None:
-        routes += label_routes(labels, LabelRules.of(config))
+        routes += label_routes(labels)  # under the rules of the config of the moment
     routes += scorecard_routes()
     ctx.extra_routes = routes
     if kafka:

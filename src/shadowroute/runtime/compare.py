@@ -20,7 +20,8 @@ from shadowroute.core.config import Config
 from shadowroute.runtime.admin import admin_server, control_plane
 from shadowroute.runtime.backend import kafka_labels
 from shadowroute.runtime.events import event_service
-from shadowroute.runtime.lifecycle import wait_for_signal
+from shadowroute.runtime.lifecycle import on_sighup, wait_for_signal
+from shadowroute.runtime.reload import Loader, Reloader, Reloads, ReloadsCollector
 
 BATCH_GRACE_S = 30.0
 """How long a batch in progress may take to finish once the process is asked to stop."""
@@ -32,6 +33,7 @@ async def run_compare(
     stop: asyncio.Event | None = None,
     group_instance_id: str | None = None,
     session_timeout_ms: int = 10_000,
+    reload_from: Loader | None = None,
 ) -> None:
     """``shadowroute compare``: the comparator group member, the scores follower and the API
     (on ``admin``), until ``stop`` is set (or SIGTERM/SIGINT when not given).
@@ -41,7 +43,11 @@ async def run_compare(
     most) and stop; the labels sink and the history store go last.
 
     ``group_instance_id`` makes the member static: restarted under the same id it gets its
-    partitions back at once, without waiting for its old session to time out."""
+    partitions back at once, without waiting for its old session to time out.
+
+    On SIGHUP the config is read again from ``reload_from`` (``runtime.reload``): the member
+    scores the reloaded routes from its next batch, and the verdicts, the score API and the
+    events follow them."""
 
     comparator = KafkaComparator(
         config, group_instance_id=group_instance_id, session_timeout_ms=session_timeout_ms
@@ -66,10 +72,21 @@ async def run_compare(
                     reader,
                     SinkLabelWriter(labels_sink),
                 )
+
+                async def reload(new: Config) -> None:
+                    await comparator.reconfigure(new)
+                    verdicts.config = reader.config = ctx.config = new
+                    await asyncio.to_thread(verdicts.refresh)
+
+                reloads = Reloads()
+                ctx.registry.register(ReloadsCollector(reloads))
                 async with (
                     event_service(config, ctx, reader, None),
                     admin_server(ctx, config.admin.host, config.admin.port),
                 ):
+                    if reload_from is not None:
+                        reloader = Reloader(reload_from, lambda: ctx.config, reload, reloads)
+                        on_sighup(reloader.request)
                     tasks = [
                         asyncio.create_task(comparator.run()),
                         asyncio.create_task(follower.run()),

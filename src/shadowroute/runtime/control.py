@@ -36,7 +36,7 @@ from shadowroute.core.mirror_control import (
     parse_state,
 )
 from shadowroute.runtime.lifecycle import StartError
-from shadowroute.runtime.reload import Reloads
+from shadowroute.runtime.reload import Reloads, ReloadsCollector
 
 log = logging.getLogger("shadowroute.control")
 
@@ -45,12 +45,6 @@ _FRACTION = Family(
     "Each candidate's live mirror fraction (0 while it is off), as the config and the API set it.",
     "gauge",
     ("route", "candidate"),
-)
-_RELOADS = Family(
-    "shadowroute_config_reloads",
-    "Config reloads (SIGHUP): applied, or refused (the running config stayed).",
-    "counter",
-    ("outcome",),
 )
 _STATE_WRITE_FAILURES = Family(
     "shadowroute_control_state_write_failures",
@@ -203,18 +197,20 @@ def attach(ctx: ControlContext, control: LiveControl) -> None:
     (kept across restarts, in the change log)."""
     ctx.get_mirroring = lambda: control.settings.mirroring
     ctx.set_mirroring = control.set_mirroring
+    ctx.fractions = control.settings.effective
     ctx.extra_routes = [*ctx.extra_routes, *control_routes(control)]
     ctx.registry.register(ControlCollector(control))
+    ctx.registry.register(ReloadsCollector(control.reloads))
 
 
 class ControlCollector(Collector):
-    """``shadowroute_mirror_fraction{route,candidate}``, ``shadowroute_config_reloads_total
-    {outcome}``, ``shadowroute_control_state_write_failures_total``."""
+    """``shadowroute_mirror_fraction{route,candidate}`` and
+    ``shadowroute_control_state_write_failures_total``."""
 
     def __init__(self, control: LiveControl) -> None:
         self._control = control
 
-    FAMILIES = (_FRACTION, _RELOADS, _STATE_WRITE_FAILURES)
+    FAMILIES = (_FRACTION, _STATE_WRITE_FAILURES)
 
     def describe(self) -> Iterator[Metric]:
         return describe(self.FAMILIES)
@@ -225,8 +221,4 @@ class ControlCollector(Collector):
         for (route, cand), f in sorted(control.settings.effective().items()):
             fraction.add_metric([route, cand], f)
         yield fraction
-        reloads = _RELOADS.counter()
-        reloads.add_metric(["applied"], control.reloads.applied)
-        reloads.add_metric(["refused"], control.reloads.refused)
-        yield reloads
         yield _STATE_WRITE_FAILURES.counter(control.save_failures)

@@ -72,7 +72,7 @@ async def event_service(
             labels_stale_after_s=e.labels_stale_after_s,
             psi_alert={r.name: r.drift.psi_alert for r in config.routes},
         )
-        snapshot = snapshot_source(config, scores, circuits)
+        snapshot = snapshot_source(lambda: ctx.config, scores, circuits)
         task: asyncio.Task[None] | None = None
         if scores is not None or circuits is not None:
             task = asyncio.get_running_loop().create_task(

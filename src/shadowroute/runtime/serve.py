@@ -29,7 +29,7 @@ from shadowroute.runtime.observe import (
     ops_sample,
     spool_losses,
 )
-from shadowroute.runtime.reload import Loader, Reloader
+from shadowroute.runtime.reload import Loader, Reloader, reload_in_order
 
 log = logging.getLogger("shadowroute")
 
@@ -51,13 +51,19 @@ class Stack:
     ctx: ControlContext | None = None
     """The admin plane's context."""
 
-    def reload(self, config: Config) -> None:
-        """Serve a reloaded config's routes (checked by ``runtime.reload``)."""
-        assert self.control is not None and self.ctx is not None
-        # The data plane first: when it cannot, nothing has changed.
-        self.dataplane.reload(config, self.control.settings.effective(config))
-        self.control.rebase(config)
-        self.ctx.config = config
+    async def reload(self, config: Config) -> None:
+        """Score and serve a reloaded config's routes (checked by ``runtime.reload``)."""
+        control, ctx = self.control, self.ctx
+        assert control is not None and ctx is not None
+        effective = control.settings.effective
+        await reload_in_order(
+            self.config,
+            config,
+            self.comparator,
+            lambda new: self.dataplane.reload(new, effective(new)),
+        )
+        control.rebase(config)
+        ctx.config = config
         self.config = config
 
     @property

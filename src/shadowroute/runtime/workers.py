@@ -64,7 +64,7 @@ from shadowroute.runtime.observe import (
     ops_sample,
     spool_losses,
 )
-from shadowroute.runtime.reload import Loader, Reloader
+from shadowroute.runtime.reload import Loader, Reloader, reload_in_order
 from shadowroute.stream.sink import KeyValue, Sink
 
 log = logging.getLogger("shadowroute.workers")
@@ -433,8 +433,11 @@ async def _serve(
     attach(ctx, control)
     ctx = control_plane(config, ctx, backend.scores, backend.labels, backend.kafka)
 
-    def reload(new: Config) -> None:
-        workers.reload(new, control.settings.effective(new))
+    async def reload(new: Config) -> None:
+        effective = control.settings.effective
+        await reload_in_order(
+            ctx.config, new, backend.comparator, lambda c: workers.reload(c, effective(c))
+        )
         control.rebase(new)
         ctx.config = new
 
