@@ -20,6 +20,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from documented import assert_documented
 from proxyutil import free_port, wait_ready
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.engine import Engine
@@ -538,7 +539,9 @@ async def test_sighup_reload_scores_an_added_candidate(
             await _produce(kafka_bootstrap, prefix, pairs("fraud-v9", range(3, 10)))
             assert await scored(api, "fraud-v9", 7) == 7
             assert await scored(api, CAND, 10) == 10  # its evidence kept
-            routes = (await api.get("/v1/routes")).json()["routes"]
+            listed = (await api.get("/v1/routes")).json()
+            assert_documented(listed, "ConfiguredRoutes")
+            routes = listed["routes"]
             assert [c["name"] for c in routes[0]["candidates"]] == [CAND, "fraud-v9"]
             assert "effective_fraction" not in routes[0]["candidates"][0]  # no data plane here
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from documented import assert_documented
 from proxyutil import free_port, wait_ready
 from shadowroute.comparator.statefile import check_state_file
 from shadowroute.core.config import parse_config
@@ -169,7 +170,9 @@ async def test_sighup_reloads_routes_without_dropping_connections(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin}") as api:
             assert (await api.get("/v1/routes/r/candidates/b/mirror")).status_code == 200
             assert (await api.get("/v1/routes/r/candidates/a/mirror")).status_code == 404
-            routes = (await api.get("/v1/routes")).json()["routes"]
+            listed = (await api.get("/v1/routes")).json()
+            assert_documented(listed, "ConfiguredRoutes")
+            routes = listed["routes"]
             assert [r["name"] for r in routes] == ["r", "r2"]
             assert routes[0]["candidates"] == [
                 {"name": "b", "version": None, "revision": None, "fraction": 1.0,

@@ -17,8 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from shadowroute.api.admin_guard import AdminGuard, GuardCollector
-from shadowroute.api.documents import ModelRevision
-from shadowroute.core.config import Config, Model
+from shadowroute.api.documents import ConfiguredRoutes, ModelRevision, RouteCandidate
+from shadowroute.core.config import Candidate, Config, Model
 from shadowroute.core.records import MAX_REVISION
 from shadowroute.core.revision import LiveRevisions
 
@@ -94,29 +94,26 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def routes(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    cfg = ctx.config
+    live_fractions = ctx.fractions() if ctx.fractions is not None else None
 
     def live(route: str, model: Model) -> str | None:
         if ctx.revisions is None:
             return model.revision
         return ctx.revisions.get(route, model.name)
 
-    live_fractions = ctx.fractions() if ctx.fractions is not None else None
-
-    def candidate(route: str, c: Model, fraction: float) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def candidate(route: str, c: Candidate) -> RouteCandidate:
+        out: RouteCandidate = {
             "name": c.name,
             "version": c.version,
             "revision": live(route, c),
-            "fraction": fraction,
+            "fraction": c.fraction,
         }
         if live_fractions is not None:
             out["effective_fraction"] = live_fractions.get((route, c.name), 0.0)
         return out
 
-    out = []
-    for r in cfg.routes:
-        out.append(
+    doc: ConfiguredRoutes = {
+        "routes": [
             {
                 "name": r.name,
                 "path_prefix": r.path_prefix,
@@ -127,10 +124,12 @@ async def routes(request: web.Request) -> web.Response:
                     "version": r.production.version,
                     "revision": live(r.name, r.production),
                 },
-                "candidates": [candidate(r.name, c, c.fraction) for c in r.candidates],
+                "candidates": [candidate(r.name, c) for c in r.candidates],
             }
-        )
-    return json_response({"routes": out})
+            for r in ctx.config.routes
+        ]
+    }
+    return json_response(doc)
 
 
 async def get_mirroring(request: web.Request) -> web.Response:

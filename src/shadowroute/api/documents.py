@@ -1,9 +1,18 @@
 """The control plane's own documents, declared once as TypedDicts (the read side's are in
 ``shadowroute.comparator.documents``); ``shadowroute.api.openapi`` generates their schemas."""
 
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Literal, NotRequired, TypedDict
 
-__all__ = ["CandidateMirror", "MirrorChange", "MirrorSettings", "ModelRevision"]
+__all__ = [
+    "CandidateMirror",
+    "ConfiguredRoutes",
+    "MirrorChange",
+    "MirrorSettings",
+    "ModelRevision",
+    "RouteCandidate",
+    "RouteModel",
+    "RouteSummary",
+]
 
 
 class ModelRevision(TypedDict):
@@ -48,3 +57,38 @@ class CandidateMirror(TypedDict):
     config: MirrorSettings
     mirroring: Annotated[bool, "The global switch"]
     changes: list[MirrorChange]
+
+
+class RouteModel(TypedDict):
+    name: str
+    version: str | None
+    revision: Annotated[str | None, "The live revision"]
+
+
+class RouteCandidate(TypedDict):
+    name: str
+    version: str | None
+    revision: Annotated[str | None, "The live revision"]
+    fraction: Annotated[float, "The configured mirror fraction"]
+    effective_fraction: NotRequired[
+        Annotated[
+            float,
+            "Where the process proxies: the live fraction (API, reloads), 0 while the candidate "
+            "is off",
+        ]
+    ]
+
+
+class RouteSummary(TypedDict):
+    name: str
+    path_prefix: str
+    protocol: str
+    task: str
+    production: RouteModel
+    candidates: list[RouteCandidate]
+
+
+class ConfiguredRoutes(TypedDict):
+    """``GET /v1/routes``: the routes of the config of the moment (after a reload, its)."""
+
+    routes: list[RouteSummary]

@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from shadowroute import __version__
-from shadowroute.api.documents import CandidateMirror, MirrorChange, ModelRevision
+from shadowroute.api.documents import (
+    CandidateMirror,
+    ConfiguredRoutes,
+    MirrorChange,
+    ModelRevision,
+)
 from shadowroute.api.typed_schema import components
 from shadowroute.comparator import documents
 
@@ -217,7 +222,7 @@ def document() -> dict[str, Any]:
         "/v1/routes": {
             "get": {
                 "summary": "Routes with their production model and candidates",
-                "responses": {"200": _json(_ref("Routes"), "The configured routes")},
+                "responses": {"200": _json(_ref("ConfiguredRoutes"), "The configured routes")},
             }
         },
         "/v1/mirroring": {
@@ -386,7 +391,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 **components(documents.COMPONENTS),
-                **components([ModelRevision, CandidateMirror, MirrorChange]),
+                **components([ModelRevision, CandidateMirror, MirrorChange, ConfiguredRoutes]),
                 "Label": {
                     "type": "object",
                     "required": ["id", "label"],
@@ -396,24 +401,6 @@ def document() -> dict[str, Any]:
                         "label": {},
                         "ts": {"type": "integer"},
                         "route": {"type": "string"},
-                    },
-                },
-                "Routes": {
-                    "type": "object",
-                    "required": ["routes"],
-                    "properties": {
-                        "routes": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "production", "candidates"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "production": {"type": "object"},
-                                    "candidates": {"type": "array", "items": {"type": "object"}},
-                                },
-                            },
-                        }
                     },
                 },
             },
