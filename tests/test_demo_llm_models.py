@@ -11,7 +11,15 @@ import pytest
 
 from shadowroute.core.config import parse_config
 from shadowroute.core.extraction import extract
-from shadowroute.demo.llm_models import ChatModel, chat_app, question, serve_app, true_answer
+from shadowroute.demo.llm_models import (
+    ChatModel,
+    chat_app,
+    judge_app,
+    judge_reply,
+    question,
+    serve_app,
+    true_answer,
+)
 
 
 def _route() -> object:
@@ -83,3 +91,28 @@ async def test_chat_server_answers_as_an_openai_server_does(stream: bool) -> Non
     if stream:
         assert raw.count(b"data: ") == words + 2  # a chunk per word, the last, [DONE]
         assert b'"usage"' in raw and raw.endswith(b"data: [DONE]\n\n")
+
+
+def test_the_honest_judge_prefers_the_right_answer_whichever_its_position() -> None:
+    q = question(5, "arithmetic")
+    wrong = q.answer.replace(q.answer.split()[-1], "1.")
+
+    def prompt(a: str, b: str) -> str:
+        # the judge's prompt format (core.judging.judge_messages)
+        return f"## Request\nuser: {q.text}\n\n## Answer A\n{a}\n\n## Answer B\n{b}\n\nWhich?"
+
+    assert judge_reply(prompt(q.answer, wrong)) == "A"
+    assert judge_reply(prompt(wrong, q.answer)) == "B"
+    assert judge_reply(prompt(q.answer, q.answer)) == "TIE"
+    assert judge_reply(prompt(wrong, wrong)) == "TIE"
+    assert judge_reply("no sections at all") == "TIE"
+
+
+async def test_judge_server_answers_in_the_openai_chat_format() -> None:
+    q = question(2, "capitals")
+    content = f"## Request\nuser: {q.text}\n\n## Answer A\nno idea\n\n## Answer B\n{q.answer}\n"
+    body = {"model": "judge", "messages": [{"role": "user", "content": content}]}
+    async with serve_app(judge_app()) as port:
+        async with httpx.AsyncClient() as client:
+            got = await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+    assert got.json()["choices"][0]["message"]["content"] == "B"

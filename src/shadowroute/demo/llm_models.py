@@ -10,6 +10,10 @@ capitals ("What is the capital of Peru?"), whose words do not overlap.
 ``POST /v1/chat/completions`` answers the last user message, streamed (server-sent events, one
 word per chunk, ``usage`` in the last chunk when ``stream_options.include_usage``) or not (one
 JSON document with ``usage``).
+
+The judge stand-in (``judge_app``) is an honest judge that knows the answers: it reads the
+request and the two blinded answers from the judge's prompt (``## Request``, ``## Answer A``,
+``## Answer B``) and replies ``A`` or ``B`` when exactly that answer is right, else ``TIE``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ __all__ = [
     "ChatModel",
     "Question",
     "chat_app",
+    "judge_app",
+    "judge_reply",
     "question",
     "serve_app",
     "true_answer",
@@ -212,6 +218,53 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     await resp.write(b"data: " + orjson.dumps(last) + b"\n\ndata: [DONE]\n\n")
     await resp.write_eof()
     return resp
+
+
+_SECTIONS = re.compile(r"(?ms)^## (Request|Answer A|Answer B)\n(.*?)(?=^## |\Z)")
+
+
+def judge_reply(prompt: str) -> str:
+    """What the honest judge replies to one judge prompt: ``A``, ``B`` or ``TIE``."""
+    parts = {name: text.strip() for name, text in _SECTIONS.findall(prompt)}
+    right = true_answer(parts.get("Request", ""))
+    a = parts.get("Answer A", "").split("\n\n")[0].strip()
+    b = parts.get("Answer B", "").split("\n\n")[0].strip()
+    if right is None or (a == right) == (b == right):
+        return "TIE"
+    return "A" if a == right else "B"
+
+
+async def _judge(request: web.Request) -> web.Response:
+    try:
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return web.json_response({"error": {"message": "body is not JSON"}}, status=400)
+    prompt = _last_user_text(doc)
+    if prompt is None:
+        return web.json_response({"error": {"message": "no user message"}}, status=400)
+    reply = judge_reply(prompt)
+    return web.json_response(
+        {
+            "id": "judge",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "judge",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": _tokens(prompt), "completion_tokens": 1},
+        }
+    )
+
+
+def judge_app() -> web.Application:
+    app = web.Application()
+    app.add_routes([web.post("/v1/chat/completions", _judge)])
+    return app
 
 
 def chat_app(model: ChatModel) -> web.Application:
