@@ -30,6 +30,7 @@ from shadowroute.demo.server import serve_model
 from shadowroute.demo.traffic import (
     TrafficPlan,
     TrafficStats,
+    row_bodies,
     send_traffic,
     shifted_row,
 )
@@ -172,9 +173,8 @@ async def test_traffic_is_rate_bounded_and_every_request_gets_a_label(
         stats = TrafficStats()
         t0 = time.monotonic()
         async with aiohttp.ClientSession() as s:
-            await send_traffic(
-                s, plan, data.x_test, data.y_test, lambda i, y: labels.append((i, y)), stats
-            )
+            bodies = row_bodies(data.x_test, data.y_test, None)
+            await send_traffic(s, plan, bodies, lambda i, y: labels.append((i, y)), stats)
         elapsed = time.monotonic() - t0
     seen = [i for i, _ in labels]
     assert stats.sent == stats.ok == 50 and stats.failed == 0

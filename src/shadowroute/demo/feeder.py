@@ -49,9 +49,9 @@ class LabelFeeder:
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         self.stats = FeederStats()
-        self._heap: list[tuple[float, str, int]] = []
+        self._heap: list[tuple[float, str, int | str]] = []
 
-    def schedule(self, request_id: str, label: int, now: float | None = None) -> None:
+    def schedule(self, request_id: str, label: int | str, now: float | None = None) -> None:
         t = time.monotonic() if now is None else now
         due = t + self.rng.uniform(*self.delay_s)
         heapq.heappush(self._heap, (due, request_id, label))
@@ -61,21 +61,21 @@ class LabelFeeder:
     def pending(self) -> int:
         return len(self._heap)
 
-    def due(self, now: float) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
+    def due(self, now: float) -> list[tuple[str, int | str]]:
+        out: list[tuple[str, int | str]] = []
         while self._heap and self._heap[0][0] <= now:
             _, rid, label = heapq.heappop(self._heap)
             out.append((rid, label))
         return out
 
     @staticmethod
-    def encode(batch: list[tuple[str, int]], ts_ms: int) -> bytes:
+    def encode(batch: list[tuple[str, int | str]], ts_ms: int) -> bytes:
         return b"".join(
             orjson.dumps({"v": 1, "id": rid, "label": label, "ts": ts_ms}) + b"\n"
             for rid, label in batch
         )
 
-    async def post(self, batch: list[tuple[str, int]]) -> None:
+    async def post(self, batch: list[tuple[str, int | str]]) -> None:
         if not batch:
             return
         body = self.encode(batch, int(time.time() * 1000))

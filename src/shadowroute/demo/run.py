@@ -37,7 +37,7 @@ from shadowroute.demo.scenarios import (
     scenario,
 )
 from shadowroute.demo.server import serve_model
-from shadowroute.demo.traffic import TrafficPlan, TrafficStats, send_traffic
+from shadowroute.demo.traffic import TrafficPlan, TrafficStats, row_bodies, send_traffic
 from shadowroute.demo.view import Snapshot, TerminalView, decision_line, fmt_interval
 
 SETTLE_S = 6.0
@@ -322,7 +322,8 @@ async def _drive(
             _live(view, snap, api, traffic, feeder, started, stop_view), name="demo-view"
         )
         try:
-            await send_traffic(session, plan, data.x_test, data.y_test, feeder.schedule, traffic)
+            bodies = row_bodies(data.x_test, data.y_test, scn.shift)
+            await send_traffic(session, plan, bodies, feeder.schedule, traffic)
             stop_labels.set()
             await asyncio.wait_for(feeding, timeout=opts.label_delay_s[1] + 10)
             decision = await _settle(api, feeder.stats.accepted)

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -60,7 +61,7 @@ class TrafficPlan:
         return max(1, int(self.rate * self.duration_s))
 
 
-OnLabel = Callable[[str, int], None]
+OnLabel = Callable[[str, Any], None]
 
 
 async def _one(
@@ -87,16 +88,29 @@ async def _one(
         stats.failed += 1
 
 
+Body = Callable[[int, float], tuple[bytes, Any]]
+"""The ``i``-th request's body at ``fraction`` of the run, and its true label."""
+
+
+def row_bodies(x: FloatArray, y: IntArray, shift: Shift | None) -> Body:
+    """Open Inference requests for the rows of ``x``, in turn, shifted from ``shift.at``."""
+
+    def body(i: int, fraction: float) -> tuple[bytes, Any]:
+        row = shifted_row(x[i % len(x)], shift, fraction)
+        return orjson.dumps(infer_request(row)), int(y[i % len(y)])
+
+    return body
+
+
 async def send_traffic(
     session: aiohttp.ClientSession,
     plan: TrafficPlan,
-    x: FloatArray,
-    y: IntArray,
+    body_for: Body,
     on_label: OnLabel,
     stats: TrafficStats,
 ) -> None:
-    """Send ``plan.total`` requests, one every ``1/rate`` s, cycling through the rows, with at
-    most ``max_in_flight`` outstanding; returns when all have completed."""
+    """Send ``plan.total`` requests (``body_for``), one every ``1/rate`` s, with at most
+    ``max_in_flight`` outstanding; returns when all have completed."""
     stats.planned = plan.total
     slots = asyncio.Semaphore(plan.max_in_flight)
     tasks: set[asyncio.Task[None]] = set()
@@ -114,14 +128,13 @@ async def send_traffic(
             await asyncio.sleep(delay)
         await slots.acquire()
         fraction = i / plan.total
-        row = shifted_row(x[i % len(x)], plan.shift, fraction)
         stats.shifted = is_shifted(plan.shift, fraction)
         rid = f"{plan.run_tag}-{i:06d}"
-        body = orjson.dumps(infer_request(row))
+        body, label = body_for(i, fraction)
         task = asyncio.create_task(fire(body, rid), name=f"demo-request-{i}")
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         stats.sent += 1
-        on_label(rid, int(y[i % len(y)]))
+        on_label(rid, label)
     if tasks:
         await asyncio.wait(tasks, timeout=plan.timeout_s + 1)
