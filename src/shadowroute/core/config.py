@@ -727,7 +727,7 @@ class Records(_Strict):
     max_stream_pieces: int = Field(4096, ge=16)
     """`openai` routes: body pieces of one answer whose arrival time is kept for the
     time-to-first-token and inter-token latency; past it the rest are not timed (counted in
-    `shadowroute_proxy_limits_total{limit="stream_pieces"}`) and the ITL covers the pieces
+    `shadowroute_limits_hit{limit="stream_pieces"}`) and the ITL covers the pieces
     kept."""
     max_json_values: int = Field(100_000, ge=100)
     """JSON values (numbers, strings, arrays, objects) a captured request body or a model's
