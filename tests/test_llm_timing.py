@@ -98,7 +98,7 @@ def test_a_whole_answer_ttft_is_its_latency() -> None:
 
 def test_capped_times_leave_the_untimed_events_out_of_the_itl() -> None:
     body, times = stream([(content(str(i)), 10.0 * (i + 1)) for i in range(6)])
-    capped = times[:6] + [-1.0]  # three pieces timed, then the cap
+    capped = [*times[:6], -1.0]  # three pieces timed, then the cap
     f = llm_facts(body, SSE, None, capped, 100.0, None)
     assert f is not None
     # the third piece's end is unknown: only the first two events are placed
@@ -137,8 +137,8 @@ def test_sse_events_offsets_and_line_endings() -> None:
 
 
 def test_prompt_chars() -> None:
-    chat = {"messages": [{"role": "system", "content": "ab"}, {"role": "user", "content": [
-        {"type": "text", "text": "cde"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}  # fmt: skip
+    parts = [{"type": "text", "text": "cde"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    chat = {"messages": [{"role": "system", "content": "ab"}, {"role": "user", "content": parts}]}
     assert prompt_chars(orjson.dumps(chat)) == 5
     assert prompt_chars(b'{"prompt": "hello"}') == 5
     assert prompt_chars(b"{bad") is None
