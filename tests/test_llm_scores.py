@@ -52,7 +52,8 @@ def test_llm_sums_and_sketches() -> None:
     s = state()
     s.add_pairs(rows(10, 100.0, 300.0))
     # a pair whose candidate failed, and one from a non-LLM record: neither side's sums move
-    s.add_pairs([PairRow(T0, None, "timeout", 1.0, None, ["a"], None, facts(90.0, None, None, 8, True), None)])  # fmt: skip
+    failed = facts(90.0, None, None, 8, True)
+    s.add_pairs([PairRow(T0, None, "timeout", 1.0, None, ["a"], None, failed, None)])
     s.add_pairs([PairRow(T0, None, None, 1.0, 1.0, ["a"], ["a"])])
     m = s.llm_scores((Price(input_per_million=1.0, output_per_million=2.0), None))
     assert m["production"]["answers"] == 11 and m["candidate"]["answers"] == 10
@@ -191,8 +192,13 @@ async def test_embedded_stack_shows_ttft_cost_and_rejects_a_slow_first_token(
             environ={},
         )
         async with embedded_stack(cfg) as stack:
-            body = orjson.dumps({"messages": [{"role": "user", "content": "one two three"}],
-                                 "stream": True, "stream_options": {"include_usage": True}})  # fmt: skip
+            body = orjson.dumps(
+                {
+                    "messages": [{"role": "user", "content": "one two three"}],
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+            )
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.proxy_port}") as c:
                 for _ in range(12):
                     r = await c.post("/v1/chat/completions", content=body)
@@ -220,9 +226,14 @@ async def test_embedded_stack_shows_ttft_cost_and_rejects_a_slow_first_token(
     assert llm["ttft_ms"]["candidate"]["p50"] > llm["ttft_ms"]["production"]["p50"]
     assert llm["cost"]["ratio"] == pytest.approx(3.0)
     assert 'shadowroute_llm_ratio{candidate="slow",ratio="cost",route="chat"} 3.0' in metrics
-    assert 'shadowroute_llm_ttft_ms{candidate="slow",quantile="p99",route="chat",side="production"}' in metrics  # fmt: skip
+    assert (
+        'shadowroute_llm_ttft_ms{candidate="slow",quantile="p99",route="chat",side="production"}'
+    ) in metrics
     assert (
         'shadowroute_llm_tokens_total{candidate="slow",direction="out",route="chat",'
         'side="candidate"} 36.0'
     ) in metrics
-    assert 'shadowroute_candidate_metric_estimate{candidate="slow",metric="cost_ratio",route="chat"} 3.0' in metrics  # fmt: skip
+    assert (
+        'shadowroute_candidate_metric_estimate{candidate="slow",metric="cost_ratio",route="chat"}'
+        " 3.0"
+    ) in metrics

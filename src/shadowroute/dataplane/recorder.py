@@ -136,7 +136,9 @@ class Pairing:
     def production_side(self) -> dict[str, Any]:
         if self._side is None:
             assert self.production is not None
-            self._side = self.recorder.side(self.route, self.production, self.prompt_len())
+            prod = self.production
+            prompt = self.prompt_len() if prod.times is not None else None
+            self._side = self.recorder.side(self.route, prod, prompt)
         return self._side
 
     def prompt_len(self) -> int | None:
@@ -225,7 +227,11 @@ class Recorder:
     def _emit(self, pairing: Pairing, cand: Outcome | None) -> None:
         route = pairing.route
         prod = pairing.production_side()
-        cand_side = None if cand is None else self.side(route, cand, pairing.prompt_len())
+        if cand is None:
+            cand_side = None
+        else:
+            prompt = pairing.prompt_len() if cand.times is not None else None
+            cand_side = self.side(route, cand, prompt)
         inp = self._input(route, pairing.input)
         if inp is _TOO_MANY:  # the request's instances are over the cap: nothing of it kept
             inp, prod = None, {**prod, "output": None, "error": "too_large"}
