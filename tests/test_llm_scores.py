@@ -90,6 +90,36 @@ def test_merge_and_stored_form() -> None:
     assert CandidateState.from_dict(old).ttft_prod.count == 0
 
 
+def _ms(x: float) -> str:
+    return f"{x:.2f} ms" if x < 10 else f"{x:.1f} ms"
+
+
+async def _scorecard(admin: str) -> dict[str, Any]:
+    """What the scorecard page shows of the candidate's LLM figures (headless Chromium)."""
+    pw_api = pytest.importorskip("playwright.async_api")
+    from test_scorecard import CHROMIUM, CHROMIUM_ARGS
+
+    seen: dict[str, Any] = {"errors": []}
+    async with pw_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 2000})
+            page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
+            await page.goto(f"{admin}/")
+            table = '[data-candidate="slow"] table.llm-table'
+            await page.wait_for_selector(table, timeout=15_000)
+            for key, sel in {
+                "cand_ttft_p99": 'tr[data-side="candidate"] td.ttft-p99',
+                "prod_ttft_p50": 'tr[data-side="production"] td.ttft-p50',
+                "cost_ratio": 'tr[data-side="ratio"] td.cost',
+                "cand_tokens_out": 'tr[data-side="candidate"] td.tokens-out',
+            }.items():
+                seen[key] = await page.inner_text(f"{table} {sel}")
+        finally:
+            await browser.close()
+    return seen
+
+
 def _policy(**guards: Any) -> Any:
     cfg = make_config("http://127.0.0.1:9", [{"name": "c", "url": "http://127.0.0.1:9"}],
                       protocol="openai", task="text",
@@ -213,8 +243,15 @@ async def test_embedded_stack_shows_ttft_cost_and_rejects_a_slow_first_token(
                     await asyncio.sleep(0.05)
                 scores = (await a.get(f"{base}/scores")).json()
                 metrics = (await a.get("/metrics")).text
+            card = await _scorecard(f"http://127.0.0.1:{stack.admin_port}")
     assert_documented(scores, "Scores")
     assert_documented(d, "Decision")
+    # the scorecard shows the same figures
+    assert card["errors"] == []
+    assert card["cand_ttft_p99"] == _ms(scores["llm"]["ttft_ms"]["candidate"]["p99"])
+    assert card["prod_ttft_p50"] == _ms(scores["llm"]["ttft_ms"]["production"]["p50"])
+    assert card["cost_ratio"] == f"{scores['llm']['cost']['ratio']:.3f}" == "3.000"
+    assert card["cand_tokens_out"] == "3.0"
     assert d["verdict"] == "reject", d["reasons"]
     assert d["metrics"][TTFT]["status"] == "fail"
     # same tokens, three times the price: a cost ratio of 3
