@@ -194,6 +194,35 @@ def test_price_config() -> None:
             raise AssertionError(f"accepted {bad}")
 
 
+def test_llm_settings_only_on_openai_routes() -> None:
+    price = {"input_per_million": 1, "output_per_million": 2}
+
+    def problem(
+        protocol: str, *, guards: dict[str, Any] | None = None, priced: bool = False
+    ) -> str:
+        route: dict[str, Any] = {
+            "name": "r",
+            "protocol": protocol,
+            "task": "text" if protocol == "openai" else "regression",
+            "production": {"name": "p", "url": "http://127.0.0.1:9"},
+            "candidates": [{"name": "c", "url": "http://127.0.0.1:9"}],
+            "policy": {"guardrails": guards or {}},
+        }
+        if priced:
+            route["production"]["price"] = price
+        try:
+            parse_config({"routes": [route]}, environ={})
+        except ValueError as exc:
+            return str(exc)
+        return ""
+
+    assert "need protocol 'openai'" in problem("kserve-v1", guards={"ttft_p99_ratio": 1.5})
+    assert "price (models ['p']) needs protocol 'openai'" in problem("kserve-v1", priced=True)
+    assert "cost_ratio needs a price on every model" in problem("openai", guards={"cost_ratio": 1})
+    assert "none on ['c']" in problem("openai", guards={"cost_ratio": 1}, priced=True)
+    assert problem("openai", guards={"ttft_p99_ratio": 1.5}, priced=True) == ""
+
+
 async def test_embedded_stack_shows_ttft_cost_and_rejects_a_slow_first_token(
     tmp_path: Path,
 ) -> None:

@@ -617,14 +617,41 @@ class Route(_Strict):
             self.candidates.append(
                 Candidate(
                     name=self.noise.name, url=p.url, timeout_s=p.timeout_s, version=p.version,
-                    headers=p.headers, fraction=self.noise.fraction, noise=True,
+                    headers=p.headers, fraction=self.noise.fraction, noise=True, price=p.price,
                 )
             )  # fmt: skip
         names = [self.production.name, *(c.name for c in self.candidates)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique within a route, repeated: {dupes}")
+        self._llm_settings()
         return self
+
+    def _llm_settings(self) -> None:
+        """Prices and the TTFT and cost guardrails are for ``openai`` routes, where tokens and
+        the first token are measured; a cost guardrail needs every model's price."""
+        g = self.policy.guardrails
+        models = [self.production, *self.candidates]
+        if self.protocol != "openai":
+            guards = [k for k in ("ttft_p99_ratio", "cost_ratio") if getattr(g, k) is not None]
+            if guards:
+                raise ValueError(
+                    f"policy.guardrails {guards} need protocol 'openai' (time to first token "
+                    f"and tokens are measured on openai routes only), not {self.protocol!r}"
+                )
+            priced = [m.name for m in models if m.price is not None]
+            if priced:
+                raise ValueError(
+                    f"price (models {priced}) needs protocol 'openai' (tokens are measured on "
+                    f"openai routes only), not {self.protocol!r}"
+                )
+        if g.cost_ratio is not None:
+            unpriced = [m.name for m in models if m.price is None]
+            if unpriced:
+                raise ValueError(
+                    f"policy.guardrails.cost_ratio needs a price on every model of the route; "
+                    f"none on {unpriced}"
+                )
 
     @property
     def sensitive_headers(self) -> frozenset[str]:
