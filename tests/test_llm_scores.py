@@ -84,7 +84,8 @@ def test_merge_and_stored_form() -> None:
     assert merged.llm_scores() == whole.llm_scores()
     again = CandidateState.from_dict(orjson.loads(orjson.dumps(merged.to_dict())))
     assert again.llm_scores() == whole.llm_scores()
-    # state stored before LLM routes: no TTFT sketches in it
+    # a state without TTFTs (other routes, or stored before them) has no TTFT sketches in it
+    assert "ttft_prod" not in state().to_dict()
     old = merged.to_dict()
     del old["ttft_prod"], old["ttft_cand"]
     assert CandidateState.from_dict(old).ttft_prod.count == 0
@@ -121,8 +122,11 @@ async def _scorecard(admin: str) -> dict[str, Any]:
 
 
 def _policy(**guards: Any) -> Any:
-    cfg = make_config("http://127.0.0.1:9", [{"name": "c", "url": "http://127.0.0.1:9"}],
+    price = {"input_per_million": 1, "output_per_million": 1}  # (the evidence takes its own)
+    url = "http://127.0.0.1:9"
+    cfg = make_config(url, [{"name": "c", "url": url, "price": price}],
                       protocol="openai", task="text",
+                      production={"name": "p", "url": url, "price": price},
                       policy={"min_pairs": 20, "primary_metric": "agreement",
                               "guardrails": {"latency_p95_ratio": None, **guards}})  # fmt: skip
     return cfg.routes[0].policy

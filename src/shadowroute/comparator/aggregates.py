@@ -396,6 +396,14 @@ class CandidateState:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._to_dict()
+        if self.ttft_prod.count or self.ttft_cand.count:
+            # ``openai`` routes only: other routes' states keep their stored form, byte for byte
+            out["ttft_prod"] = self.ttft_prod.to_dict()
+            out["ttft_cand"] = self.ttft_cand.to_dict()
+        return out
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "route": self.route,
             "candidate": self.candidate,
@@ -416,8 +424,6 @@ class CandidateState:
             },
             "revision": self.revision,
             "classes": None if self.class_counts is None else self.class_counts.to_dict(),
-            "ttft_prod": self.ttft_prod.to_dict(),
-            "ttft_cand": self.ttft_cand.to_dict(),
         }
 
     @classmethod
@@ -425,7 +431,7 @@ class CandidateState:
         error_rate = PairedMetric.from_dict(data["error_rate"])
         avail = data.get("availability")  # absent in states stored before it was kept
         per_class = data.get("classes")  # absent in states stored before per-class views
-        ttft_p, ttft_c = data.get("ttft_prod"), data.get("ttft_cand")  # absent before LLM routes
+        ttft_p, ttft_c = data.get("ttft_prod"), data.get("ttft_cand")  # openai routes only
         return cls(
             route=str(data["route"]),
             candidate=str(data["candidate"]),
