@@ -189,3 +189,27 @@ async def test_the_client_stream_is_not_delayed() -> None:
     assert rec["production"]["llm"]["ttft_ms"] < 350.0
     assert rec["production"]["llm"]["itl_ms"] >= 300.0
     assert rec["candidate"]["llm"]["ttft_ms"] >= 950.0
+
+
+async def test_a_prompt_too_large_to_count_is_left_uncounted_and_counted() -> None:
+    """Without usage, the tokens in are counted from the prompt; a prompt over
+    records.max_json_values is not parsed for it (the limit ``prompt_too_large``)."""
+    many = [{"role": "user", "content": "w"} for _ in range(60)]  # 1 + 60 * 3 values > 100
+    body = orjson.dumps({"messages": many})
+    async with started(OpenAIStandIn("prod", usage=False), OpenAIStandIn("c", usage=False)) as (
+        prod,
+        cand,
+    ):
+        cfg = llm_config(prod.url, [("c", cand.url)], records={"max_json_values": 100})
+        async with running_proxy(cfg) as (dp, sink):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dp.port}") as client:
+                assert (await client.post("/v1/chat/completions", content=body)).status_code == 200
+                small = await client.post("/v1/chat/completions", content=chat(False))
+                assert small.status_code == 200
+            await settle(dp, timeout=5.0)
+            big, ok = sink.decoded()
+            assert dp.stats.limits["prompt_too_large"] == 1  # once per request, not per side
+    for side in ("production", "candidate"):
+        assert big[side]["llm"]["tokens_in"] is None
+        assert big[side]["llm"]["tokens_counted"] is True  # tokens out: counted
+        assert ok[side]["llm"]["tokens_in"] == -(-len(PROMPT) // 4)

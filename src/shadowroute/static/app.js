@@ -354,7 +354,8 @@ function neededTitle(m) {
 
 function primaryMetric(decision) {
   const names = Object.keys((decision && decision.metrics) || {});
-  const guard = new Set(["error_rate", "timeout_rate", "agreement", "availability", "latency_p95_ratio", "latency_p99_ratio"]);
+  const guard = new Set(["error_rate", "timeout_rate", "agreement", "availability", "latency_p95_ratio", "latency_p99_ratio",
+    "ttft_p99_ratio", "cost_ratio"]);
   return names.find((n) => !guard.has(n)) || names[0];
 }
 
