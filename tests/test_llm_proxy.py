@@ -213,3 +213,28 @@ async def test_a_prompt_too_large_to_count_is_left_uncounted_and_counted() -> No
         assert big[side]["llm"]["tokens_in"] is None
         assert big[side]["llm"]["tokens_counted"] is True  # tokens out: counted
         assert ok[side]["llm"]["tokens_in"] == -(-len(PROMPT) // 4)
+
+
+async def test_completions_streamed_and_whole() -> None:
+    async with started(
+        OpenAIStandIn("prod", token_gap_s=0.01), OpenAIStandIn("cand", token_gap_s=0.01)
+    ) as (prod, cand):
+        cfg = llm_config(prod.url, [("cand", cand.url)])
+        async with running_proxy(cfg) as (dp, sink):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dp.port}") as client:
+                for stream in (True, False):
+                    doc: dict[str, Any] = {"model": "m", "prompt": PROMPT, "stream": stream}
+                    if stream:
+                        doc["stream_options"] = {"include_usage": True}
+                    r = await client.post("/v1/completions", content=orjson.dumps(doc))
+                    assert r.status_code == 200
+            await settle(dp, timeout=5.0)
+            streamed, whole = sink.decoded()
+    words = len(PROMPT.split())
+    for rec, is_stream in ((streamed, True), (whole, False)):
+        assert rec["production"]["output"] == [PROMPT]
+        for side in ("production", "candidate"):
+            llm = rec[side]["llm"]
+            assert llm["streamed"] is is_stream
+            assert (llm["tokens_in"], llm["tokens_out"]) == (words, words)
+            assert (llm["itl_ms"] is not None) is is_stream

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shadowroute.core.llm_timing import llm_facts, prompt_chars, sse_events
 
@@ -144,3 +146,35 @@ def test_prompt_chars() -> None:
     assert prompt_chars(b"{bad") is None
     assert prompt_chars(b'{"input": 1}') is None
     assert prompt_chars(None) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    cuts=st.lists(st.integers(1, 400), max_size=12),
+    gaps=st.lists(st.floats(0.0, 50.0), min_size=30, max_size=30),
+)
+def test_any_split_into_pieces_keeps_the_counts_and_orders_the_times(
+    n: int, cuts: list[int], gaps: list[float]
+) -> None:
+    """However the stream is cut into pieces, the tokens are the same, TTFT is the time of
+    the piece that completes the first content event, and the ITL spans the events timed."""
+    role = event({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    body = role + b"".join(content(f" w{i}") for i in range(n)) + b"data: [DONE]\n\n"
+    at = sorted({c for c in cuts if 0 < c < len(body)})
+    bounds = [0, *at, len(body)]
+    times, t = [], 0.0
+    for i in range(len(bounds) - 1):
+        t += gaps[i]
+        times += [float(bounds[i]), t]
+    f = llm_facts(body, SSE, None, times, t + 1.0, None)
+    assert f is not None
+    assert f["tokens_out"] == n and f["tokens_counted"] is True
+    first_end = len(role) + len(content(" w0")) - 2  # the first content event's last byte + 1
+    piece = max(i for i in range(len(bounds) - 1) if bounds[i] <= first_end - 1)
+    assert f["ttft_ms"] == pytest.approx(times[2 * piece + 1], abs=1e-3)
+    if n >= 2:
+        assert f["itl_ms"] is not None
+        assert 0.0 <= f["itl_ms"] * (n - 1) <= t - f["ttft_ms"] + n * 1e-3  # (rounded to µs)
+    else:
+        assert f["itl_ms"] is None
