@@ -591,3 +591,91 @@ def test_request_id_check_is_exactly_printable_ascii_without_space() -> None:
     cases += [chr(c) for c in range(0, 0x250)] + [f"id{chr(c)}x" for c in range(0, 0x250)]
     for value in cases:
         assert is_valid_id(value) == (pattern.fullmatch(value) is not None), repr(value)
+
+
+# --- the optional ``llm`` object of an openai route's side ------------------------------------
+
+LLM = {
+    "ttft_ms": 120.5,
+    "itl_ms": 20.0,
+    "tokens_in": 12,
+    "tokens_out": 40,
+    "tokens_counted": False,
+    "streamed": True,
+}
+
+
+def llm_pair_dict() -> dict[str, Any]:
+    side = Side("m", "1", 200, 2.5, ["hello"], None, llm=dict(LLM))
+    result: dict[str, Any] = orjson.loads(encode("req-1", "r", NOW, side, side, None))
+    return result
+
+
+def test_llm_round_trips_and_is_optional() -> None:
+    rec = decode_pair(orjson.dumps(llm_pair_dict()))
+    assert rec.production.llm == LLM
+    assert rec.candidate is not None and rec.candidate.llm == LLM
+    assert decode_pair(orjson.dumps(pair_dict())).production.llm is None
+    plain = pair_dict()
+    plain["production"]["llm"] = None
+    assert decode_pair(orjson.dumps(plain)).production.llm is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("ttft_ms", -1.0, "bad_value:production.llm.ttft_ms"),
+        ("itl_ms", "5", "bad_type:production.llm.itl_ms"),
+        ("tokens_in", 1.5, "bad_type:production.llm.tokens_in"),
+        ("tokens_out", -3, "bad_value:production.llm.tokens_out"),
+        ("tokens_out", 2**63, "bad_value:production.llm.tokens_out"),
+        ("tokens_counted", 1, "bad_type:production.llm.tokens_counted"),
+        ("streamed", ..., "missing_field:production.llm.streamed"),
+    ],
+)
+def test_llm_bad_values_are_named(key: str, value: Any, reason: str) -> None:
+    obj = orjson.loads(with_change(("production", "llm", key), value, base=llm_pair_dict()))
+    with pytest.raises(RecordError) as exc:
+        decode_pair(orjson.dumps(obj))
+    assert exc.value.reason == reason
+    assert not valid(obj, PAIR_SCHEMA, PAIR_SCHEMA)
+
+
+def test_llm_not_an_object() -> None:
+    obj = orjson.loads(with_change(("candidate", "llm"), [1], base=llm_pair_dict()))
+    with pytest.raises(RecordError) as exc:
+        decode_pair(orjson.dumps(obj))
+    assert exc.value.reason == "bad_type:candidate.llm"
+
+
+LLM_PATHS = [(s, "llm", k) for s in ("production", "candidate") for k in LLM] + [
+    ("production", "llm"),
+    ("candidate", "llm"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.lists(
+        st.tuples(st.sampled_from(LLM_PATHS), st.just(...) | mutant_values),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_llm_schema_accepts_exactly_what_the_decoder_accepts(
+    changes: list[tuple[tuple[str, ...], Any]],
+) -> None:
+    obj: Any = llm_pair_dict()
+    for path, value in changes:
+        node = obj
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        obj = orjson.loads(with_change(path, value, base=obj))
+    try:
+        decode_pair(orjson.dumps(obj))
+        accepted = True
+    except RecordError:
+        accepted = False
+    assert accepted == valid(obj, PAIR_SCHEMA, PAIR_SCHEMA), obj

@@ -86,7 +86,10 @@ _DP = (
         "read slower; response_too_large, candidate_too_large, extract_too_large, "
         "predictions_too_large, "
         "instances_too_large: an answer or a request too large for its record; "
-        "input_unencodable: a captured input nested too deep to encode; linger_timeout, "
+        "input_unencodable: a captured input nested too deep to encode; stream_pieces: an "
+        "openai route's answer with more body pieces than records.max_stream_pieces (the "
+        "rest not timed); prompt_too_large: an openai route's prompt too large to count its "
+        "tokens; linger_timeout, "
         "linger_bytes: a client still sending after a refusal, cut off).",
         "counter",
         ("limit",),

@@ -157,6 +157,37 @@ _MODEL_AGE = Family(
     "gauge",
     ("route", "model"),
 )
+_LLM_TTFT = Family(
+    "shadowroute_llm_ttft_ms",
+    "openai routes: time to first token per side (ms), p50 and p99.",
+    "gauge",
+    (*_RC, "side", "quantile"),
+)
+_LLM_ITL = Family(
+    "shadowroute_llm_itl_ms",
+    "openai routes: mean inter-token latency per side (ms).",
+    "gauge",
+    (*_RC, "side"),
+)
+_LLM_TOKENS = Family(
+    "shadowroute_llm_tokens",
+    "openai routes: tokens per side and direction (in: prompt, out: completion), from the "
+    "answers' usage or counted.",
+    "counter",
+    (*_RC, "side", "direction"),
+)
+_LLM_COST = Family(
+    "shadowroute_llm_cost_per_request",
+    "openai routes: mean cost per request per side, in the configured price's units.",
+    "gauge",
+    (*_RC, "side"),
+)
+_LLM_RATIO = Family(
+    "shadowroute_llm_ratio",
+    "openai routes: candidate over production (ttft_p50, ttft_p99, cost).",
+    "gauge",
+    (*_RC, "ratio"),
+)
 DRIFT_STATES = ("stable", "minor", "major", "insufficient", "collecting_reference")
 
 
@@ -242,6 +273,11 @@ class ScoresCollector(Collector):
         _COVERAGE,
         _DRIFT_UNTRACKED,
         _MODEL_AGE,
+        _LLM_TTFT,
+        _LLM_ITL,
+        _LLM_TOKENS,
+        _LLM_COST,
+        _LLM_RATIO,
     )
 
     def describe(self) -> Iterator[Metric]:
@@ -250,6 +286,7 @@ class ScoresCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         data = self._reader.overview()
         yield from self._candidates(data["candidates"])
+        yield from self._llm(data["candidates"])
         yield from self._partition(data["partition"])
         yield from self._production(data["production"])
         yield from self._models(data.get("models", []))
@@ -286,6 +323,39 @@ class ScoresCollector(Collector):
         yield verdict
         yield from fams.values()
         yield from (pairs, labelled, orphans, untracked)
+
+    def _llm(self, cands: list[OverviewCandidate]) -> Iterator[Metric]:
+        ttft, itl, tokens = _LLM_TTFT.gauge(), _LLM_ITL.gauge(), _LLM_TOKENS.counter()
+        cost, ratio = _LLM_COST.gauge(), _LLM_RATIO.gauge()
+        for c in cands:
+            m = c.get("llm")
+            if m is None:
+                continue
+            lab = [c["route"], c["candidate"]]
+            for side in ("production", "candidate"):
+                t = m["ttft_ms"][side]
+                for q in ("p50", "p99"):
+                    x = _num(t[q])
+                    if x is not None:
+                        ttft.add_metric([*lab, side, q], x)
+                s = m[side]
+                x = _num(s["itl_ms"])
+                if x is not None:
+                    itl.add_metric([*lab, side], x)
+                tokens.add_metric([*lab, side, "in"], s["tokens_in"])
+                tokens.add_metric([*lab, side, "out"], s["tokens_out"])
+                x = _num(m["cost"][side])
+                if x is not None:
+                    cost.add_metric([*lab, side], x)
+            for name, v in (
+                ("ttft_p50", m["ttft_ms"]["ratio"]["p50"]),
+                ("ttft_p99", m["ttft_ms"]["ratio"]["p99"]),
+                ("cost", m["cost"]["ratio"]),
+            ):
+                x = _num(v)
+                if x is not None:
+                    ratio.add_metric([*lab, name], x)
+        yield from (ttft, itl, tokens, cost, ratio)
 
     def _partition(self, counts: dict[str, int]) -> Iterator[Metric]:
         for f in PARTITION_COUNTERS:

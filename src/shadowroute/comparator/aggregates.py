@@ -26,6 +26,9 @@ from shadowroute.comparator.documents import (
     CandidateScores,
     LatencyMs,
     LatencySide,
+    LlmCost,
+    LlmScores,
+    LlmSide,
     Mcnemar,
     MetricSummary,
     Outcomes,
@@ -36,7 +39,7 @@ from shadowroute.comparator.documents import (
     Window,
     WindowQuality,
 )
-from shadowroute.core.config import Route
+from shadowroute.core.config import Price, Route
 from shadowroute.core.monitor import DAY_MS, HOUR_MS
 from shadowroute.core.stats.audit import mcnemar_exact, mcnemar_midp, t_sf
 from shadowroute.core.stats.paired import MetricSpec, PairedMetric, metric_spec
@@ -75,6 +78,10 @@ class PairFacts(Protocol):
     def prod_output(self) -> list[Any] | None: ...
     @property
     def cand_output(self) -> list[Any] | None: ...
+    @property
+    def prod_llm(self) -> dict[str, Any] | None: ...
+    @property
+    def cand_llm(self) -> dict[str, Any] | None: ...
 
 
 @dataclass(slots=True)
@@ -88,6 +95,8 @@ class PairRow:
     cand_latency: float | None
     prod_output: list[Any] | None
     cand_output: list[Any] | None
+    prod_llm: dict[str, Any] | None = None
+    cand_llm: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +127,8 @@ def _flags(n: int, at: list[int]) -> npt.NDArray[np.float64]:
 
 
 Column: TypeAlias = Sequence[float] | npt.NDArray[np.float64]
+Prices: TypeAlias = tuple[Price | None, Price | None]
+"""Production's and the candidate's token prices (``Model.price``)."""
 
 
 @dataclass
@@ -150,6 +161,9 @@ class CandidateState:
     written before revisions."""
     class_counts: ClassCounts | None = None
     """Classification: per-class counts of both models on the labelled pairs (``classes``)."""
+    ttft_prod: Sketch = field(default_factory=Sketch)
+    """``openai`` routes: time to first token (ms) of production's answers (``Side.llm``)."""
+    ttft_cand: Sketch = field(default_factory=Sketch)
 
     # --- updates ----------------------------------------------------------------------------
 
@@ -186,6 +200,8 @@ class CandidateState:
         cand_to: list[int] = []
         lp: list[float] = []
         lc: list[float] = []
+        tp: list[float] = []  # TTFTs (``openai`` routes)
+        tc: list[float] = []
         errors: dict[str, int] = {}
         avail_p: list[float] = []
         avail_c: list[float] = []
@@ -214,6 +230,9 @@ class CandidateState:
                 lp.append(r.prod_latency)
             if r.cand_latency is not None:
                 lc.append(r.cand_latency)
+            pl, cl = r.prod_llm, r.cand_llm
+            if pl is not None or cl is not None:
+                _add_llm(c, pl, cl, tp, tc)
             po, co = r.prod_output, r.cand_output
             n = len(po) if po else (len(co) if co else 1)
             ap = 0.0 if r.prod_error is not None else _available(po, n)
@@ -260,6 +279,10 @@ class CandidateState:
         self.availability.update(avail_p, avail_c)
         self.latency_prod.add_many(lp)
         self.latency_cand.add_many(lc)
+        if tp:
+            self.ttft_prod.add_many(tp)
+        if tc:
+            self.ttft_cand.add_many(tc)
         self.last_ts = max(self.last_ts, max(ts))
         _add(c, "pairs", len(rows))
         for k, n in errors.items():
@@ -368,9 +391,19 @@ class CandidateState:
             last_ts=max(self.last_ts, other.last_ts),
             revision=self.revision if self.revision is not None else other.revision,
             class_counts=_merge_classes(self.class_counts, other.class_counts),
+            ttft_prod=self.ttft_prod.merge(other.ttft_prod),
+            ttft_cand=self.ttft_cand.merge(other.ttft_cand),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._to_dict()
+        if self.ttft_prod.count or self.ttft_cand.count:
+            # ``openai`` routes only: other routes' states keep their stored form, byte for byte
+            out["ttft_prod"] = self.ttft_prod.to_dict()
+            out["ttft_cand"] = self.ttft_cand.to_dict()
+        return out
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "route": self.route,
             "candidate": self.candidate,
@@ -398,6 +431,7 @@ class CandidateState:
         error_rate = PairedMetric.from_dict(data["error_rate"])
         avail = data.get("availability")  # absent in states stored before it was kept
         per_class = data.get("classes")  # absent in states stored before per-class views
+        ttft_p, ttft_c = data.get("ttft_prod"), data.get("ttft_cand")  # openai routes only
         return cls(
             route=str(data["route"]),
             candidate=str(data["candidate"]),
@@ -422,6 +456,8 @@ class CandidateState:
             last_ts=int(data.get("last_ts", 0)),
             revision=data.get("revision"),
             class_counts=None if per_class is None else ClassCounts.from_dict(per_class),
+            ttft_prod=Sketch() if ttft_p is None else Sketch.from_dict(ttft_p),
+            ttft_cand=Sketch() if ttft_c is None else Sketch.from_dict(ttft_c),
         )
 
     # --- reading ----------------------------------------------------------------------------
@@ -447,8 +483,9 @@ class CandidateState:
             **self.quality,
         }
 
-    def scores(self) -> CandidateScores:
-        """All scores, JSON-ready: cumulative and per window."""
+    def scores(self, prices: Prices | None = None) -> CandidateScores:
+        """All scores, JSON-ready: cumulative and per window; ``prices`` (production's,
+        the candidate's) give an ``openai`` route's cost per request."""
         c = self.counts
         pairs = max(self.pairs, 1)
         out: CandidateScores = {
@@ -478,6 +515,8 @@ class CandidateState:
             }
         if self.class_counts is not None:
             out["classes"] = self.class_counts.view()
+        if self.count("llm:n:production") or self.count("llm:n:candidate"):
+            out["llm"] = self.llm_scores(prices)
         if self.task == "text":
             n = c.get("similarity_n", 0.0)
             out["similarity"] = {
@@ -485,6 +524,63 @@ class CandidateState:
                 "mean": _finite(c.get("similarity_sum", 0.0) / n) if n else None,
             }
         return out
+
+    def mean_costs(self, prices: Prices | None) -> tuple[float, float, int] | None:
+        """Mean cost per request of production and the candidate, over the pairs where both
+        sides report their tokens, and those pairs; None without both prices or pairs."""
+        n = self.count("llm:cost_pairs")
+        if prices is None or prices[0] is None or prices[1] is None or n == 0:
+            return None
+        c = self.counts
+        prod = prices[0].cost(c["llm:cost_in:production"], c["llm:cost_out:production"]) / n
+        cand = prices[1].cost(c["llm:cost_in:candidate"], c["llm:cost_out:candidate"]) / n
+        return prod, cand, n
+
+    def llm_scores(self, prices: Prices | None = None) -> LlmScores:
+        """``openai`` routes: TTFT, ITL, tokens and cost per side (``Side.llm``)."""
+        c = self.counts
+
+        def side(name: str) -> LlmSide:
+            itl_n = c.get(f"llm:itl_n:{name}", 0.0)
+            n_in = c.get(f"llm:tokens_in_n:{name}", 0.0)
+            n_out = c.get(f"llm:tokens_out_n:{name}", 0.0)
+            return {
+                "answers": self.count(f"llm:n:{name}"),
+                "itl_ms": _finite(c.get(f"llm:itl_sum:{name}", 0.0) / itl_n) if itl_n else None,
+                "itl_n": int(itl_n),
+                "tokens_in": int(c.get(f"llm:tokens_in:{name}", 0.0)),
+                "tokens_out": int(c.get(f"llm:tokens_out:{name}", 0.0)),
+                "mean_tokens_in": _finite(c.get(f"llm:tokens_in:{name}", 0.0) / n_in)
+                if n_in
+                else None,
+                "mean_tokens_out": _finite(c.get(f"llm:tokens_out:{name}", 0.0) / n_out)
+                if n_out
+                else None,
+                "tokens_counted": self.count(f"llm:tokens_counted:{name}"),
+            }
+
+        prod, cand = _latency_side(self.ttft_prod), _latency_side(self.ttft_cand)
+        costs = self.mean_costs(prices)
+        cost: LlmCost = {
+            "pairs": self.count("llm:cost_pairs"),
+            "production": None if costs is None else _finite(costs[0]),
+            "candidate": None if costs is None else _finite(costs[1]),
+            "ratio": None if costs is None or not costs[0] else _finite(costs[1] / costs[0]),
+        }
+        return {
+            "ttft_ms": {
+                "production": prod,
+                "candidate": cand,
+                "ratio": {
+                    "p50": _ratio(prod["p50"], cand["p50"]),
+                    "p90": _ratio(prod["p90"], cand["p90"]),
+                    "p99": _ratio(prod["p99"], cand["p99"]),
+                },
+            },
+            "production": side("production"),
+            "candidate": side("candidate"),
+            "cost": cost,
+        }
 
     def _outcomes(self) -> Outcomes:
         """Per side: pairs with a prediction, and the reason of each without one."""
@@ -591,6 +687,49 @@ class CandidateState:
                 series.append(item)
             out[wname] = series
         return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """``b / a``: a candidate's figure over production's."""
+    return _finite(b / a) if a and b is not None else None
+
+
+def _add_llm(
+    c: dict[str, float],
+    prod: dict[str, Any] | None,
+    cand: dict[str, Any] | None,
+    tp: list[float],
+    tc: list[float],
+) -> None:
+    """One pair's ``llm`` facts (``Side.llm``) into the sums, and its TTFTs into ``tp``/``tc``."""
+    for name, facts, ttfts in (("production", prod, tp), ("candidate", cand, tc)):
+        if facts is None:
+            continue
+        _add(c, f"llm:n:{name}", 1)
+        t = facts.get("ttft_ms")
+        if t is not None:
+            ttfts.append(t)
+        itl = facts.get("itl_ms")
+        if itl is not None:
+            _add(c, f"llm:itl_n:{name}", 1)
+            _add(c, f"llm:itl_sum:{name}", itl)
+        for key in ("tokens_in", "tokens_out"):
+            v = facts.get(key)
+            if v is not None:
+                _add(c, f"llm:{key}_n:{name}", 1)
+                _add(c, f"llm:{key}:{name}", v)
+        if facts.get("tokens_counted"):
+            _add(c, f"llm:tokens_counted:{name}", 1)
+    if prod is None or cand is None:
+        return
+    pin, pout = prod.get("tokens_in"), prod.get("tokens_out")
+    cin, cout = cand.get("tokens_in"), cand.get("tokens_out")
+    if pin is not None and pout is not None and cin is not None and cout is not None:
+        _add(c, "llm:cost_pairs", 1)
+        _add(c, "llm:cost_in:production", pin)
+        _add(c, "llm:cost_out:production", pout)
+        _add(c, "llm:cost_in:candidate", cin)
+        _add(c, "llm:cost_out:candidate", cout)
 
 
 def _available(out: list[Any] | None, n: int) -> float:

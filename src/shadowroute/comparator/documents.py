@@ -41,6 +41,9 @@ __all__ = [
     "LatencyMs",
     "LatencySide",
     "Lineage",
+    "LlmCost",
+    "LlmScores",
+    "LlmSide",
     "MetricEvidence",
     "MetricSummary",
     "ModelAge",
@@ -277,6 +280,33 @@ class LatencyMs(TypedDict):
     ratio: Annotated[LatencyRatio, "Candidate over production"]
 
 
+class LlmSide(TypedDict):
+    answers: Annotated[int, "Answers with streaming facts (a prediction on an openai route)"]
+    itl_ms: Annotated[Num, "Mean inter-token latency over the answers that have one"]
+    itl_n: int
+    tokens_in: Annotated[int, "Sum of input (prompt) tokens"]
+    tokens_out: Annotated[int, "Sum of output (completion) tokens"]
+    mean_tokens_in: Num
+    mean_tokens_out: Num
+    tokens_counted: Annotated[
+        int, "Answers whose tokens were counted (no usage from the server), not reported"
+    ]
+
+
+class LlmCost(TypedDict):
+    pairs: Annotated[int, "Pairs where both sides report their tokens in and out"]
+    production: Annotated[Num, "Production's mean cost per request (its price's units)"]
+    candidate: Annotated[Num, "The candidate's mean cost per request"]
+    ratio: Annotated[Num, "Candidate over production"]
+
+
+class LlmScores(TypedDict):
+    ttft_ms: Annotated[LatencyMs, "Time to first token per side, and their ratios"]
+    production: LlmSide
+    candidate: LlmSide
+    cost: Annotated[LlmCost, "From the models' price (null without a price on both)"]
+
+
 class Mcnemar(TypedDict):
     metric: str
     b_candidate_only_right: int
@@ -431,6 +461,12 @@ class CandidateScores(TypedDict):
             "Text routes: mean difflib similarity of the two answers (1 = identical)",
         ]
     ]
+    llm: NotRequired[
+        Annotated[
+            LlmScores,
+            "openai routes: time to first token, inter-token latency, tokens and cost",
+        ]
+    ]
 
 
 class Scores(TypedDict):
@@ -463,6 +499,12 @@ class Scores(TypedDict):
         Annotated[
             Similarity,
             "Text routes: mean difflib similarity of the two answers (1 = identical)",
+        ]
+    ]
+    llm: NotRequired[
+        Annotated[
+            LlmScores,
+            "openai routes: time to first token, inter-token latency, tokens and cost",
         ]
     ]
     noise: NotRequired[bool]
@@ -606,6 +648,7 @@ class OverviewCandidate(TypedDict):
     decision: Decision
     orphan_pairs: int
     classes_untracked: int
+    llm: NotRequired[LlmScores]
 
 
 class ModelAge(TypedDict):

@@ -22,7 +22,7 @@ from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.production import ProductionState, json_safe
 from shadowroute.comparator.state import StateKey, state_from_dict
 from shadowroute.comparator.store import Store
-from shadowroute.core.config import Config, Route
+from shadowroute.core.config import Config, Price, Route
 from shadowroute.core.revision import matches, split_slot
 from shadowroute.core.stats.policy import Decision, decide
 
@@ -277,6 +277,8 @@ class Verdicts:
                 state.pairs,
                 state.labelled,
                 _candidate_errors(state),
+                ttft=(state.ttft_prod, state.ttft_cand),
+                costs=state.mean_costs(_prices(route, cand)),
             )
             pairs, labelled = state.pairs, state.labelled
         out: doc.Decision = {
@@ -417,7 +419,7 @@ class Reader:
                 "labelled": 0,
             }
         # the same document with NaN and infinities as null
-        cleaned = cast(doc.CandidateScores, json_safe(state.scores()))
+        cleaned = cast(doc.CandidateScores, json_safe(state.scores(_prices(r, candidate))))
         out: doc.Scores = {
             "route": route,
             "candidate": candidate,
@@ -544,19 +546,24 @@ class Reader:
         for r in self.config.routes:
             for c in r.candidates:
                 state = self.view.candidate(r.name, c.name)
-                cands.append(
-                    {
-                        "route": r.name,
-                        "candidate": c.name,
-                        "decision": self.verdicts.current(r.name, c.name),
-                        "orphan_pairs": 0 if state is None else state.count("orphan_pairs"),
-                        "classes_untracked": (
-                            0
-                            if state is None or state.class_counts is None
-                            else state.class_counts.untracked
-                        ),
-                    }
-                )
+                one: doc.OverviewCandidate = {
+                    "route": r.name,
+                    "candidate": c.name,
+                    "decision": self.verdicts.current(r.name, c.name),
+                    "orphan_pairs": 0 if state is None else state.count("orphan_pairs"),
+                    "classes_untracked": (
+                        0
+                        if state is None or state.class_counts is None
+                        else state.class_counts.untracked
+                    ),
+                }
+                if state is not None and (
+                    state.count("llm:n:production") or state.count("llm:n:candidate")
+                ):
+                    one["llm"] = cast(
+                        doc.LlmScores, json_safe(state.llm_scores(_prices(r, c.name)))
+                    )
+                cands.append(one)
         prods = {r.name: self.production(r.name) for r in self.config.routes}
         return {
             "candidates": cands,
@@ -577,6 +584,12 @@ class Reader:
                     role: Role = "production" if m is r.production else "candidate"
                     out.append({"route": r.name, "model": m.name, "role": role, "age_days": age})
         return out
+
+
+def _prices(route: Route, cand: str) -> tuple[Price | None, Price | None]:
+    """Production's and the candidate's token prices (``Model.price``)."""
+    model = next((c for c in route.candidates if c.name == cand), None)
+    return route.production.price, None if model is None else model.price
 
 
 NOISE_REASON = (

@@ -49,6 +49,7 @@ class Pair:
     __slots__ = (
         "cand_error",
         "cand_latency",
+        "cand_llm",
         "cand_output",
         "cand_revision",
         "cand_url",
@@ -59,6 +60,7 @@ class Pair:
         "keys",
         "prod_error",
         "prod_latency",
+        "prod_llm",
         "prod_output",
         "prod_revision",
         "prod_url",
@@ -91,6 +93,8 @@ class Pair:
         self.cand_url: str | None = None
         self.cand_version: str | None = None
         self.cand_revision: str | None = None
+        self.prod_llm: dict[str, Any] | None = None  # ``Side.llm`` (``openai`` routes)
+        self.cand_llm: dict[str, Any] | None = None
 
     @property
     def prod_ident(self) -> Identity:
@@ -113,7 +117,9 @@ class Pair:
             out = cls(rec.id, rec.route, rec.ts, p.error, p.latency_ms, p.output,
                       c.model, c.error, c.latency_ms, c.output, rec.input)  # fmt: skip
             out.cand_url, out.cand_version, out.cand_revision = c.url, c.version, c.revision
+            out.cand_llm = c.llm
         out.prod_url, out.prod_version, out.prod_revision = p.url, p.version, p.revision
+        out.prod_llm = p.llm
         return out
 
 

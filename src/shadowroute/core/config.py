@@ -270,6 +270,20 @@ class Lineage(_Strict):
     """Anything else worth knowing about this version."""
 
 
+class Price(_Strict):
+    """What a language model's tokens cost, in any currency (both sides of a comparison
+    should use the same one): per million input (prompt) and output (completion) tokens."""
+
+    input_per_million: float = Field(ge=0, allow_inf_nan=False)
+    """Price of one million input (prompt) tokens."""
+    output_per_million: float = Field(ge=0, allow_inf_nan=False)
+    """Price of one million output (completion) tokens."""
+
+    def cost(self, tokens_in: float, tokens_out: float) -> float:
+        """The cost of ``tokens_in`` input and ``tokens_out`` output tokens."""
+        return (tokens_in * self.input_per_million + tokens_out * self.output_per_million) / 1e6
+
+
 class Model(_Strict):
     name: Name
     """Model name, unique within the route; it labels records, scores and metrics."""
@@ -297,6 +311,9 @@ class Model(_Strict):
     removed), read at start."""
     lineage: Lineage | None = None
     """What this version was trained on (for `/v1/models/{model}/lineage`)."""
+    price: Price | None = None
+    """`openai` routes: what this model's tokens cost, for the cost per request and the
+    `cost_ratio` guardrail (docs/llm.md). None: no cost is shown for it."""
     _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
     @field_validator("url")
@@ -466,6 +483,17 @@ class Guardrails(_Strict):
     still pass: a few milliseconds over a very fast production is noise, not a regression."""
     latency_p99_ratio: float | None = Field(None, gt=0)
     """Largest tolerated candidate/production p99 latency ratio (none: off)."""
+    ttft_p99_ratio: float | None = Field(None, gt=0)
+    """`openai` routes: largest tolerated candidate/production p99 time-to-first-token ratio,
+    beyond `ttft_p99_slack_ms` (none: off). A point estimate from the TTFT sketches, judged
+    once both sides have `min_pairs` TTFTs, like the latency ratios (docs/llm.md)."""
+    ttft_p99_slack_ms: float = Field(25.0, ge=0)
+    """Milliseconds a candidate's TTFT p99 may exceed `ttft_p99_ratio` × production's and
+    still pass."""
+    cost_ratio: float | None = Field(None, gt=0)
+    """`openai` routes: largest tolerated candidate/production mean cost per request, from
+    both models' `price` and the tokens of the pairs where both sides report them (none:
+    off; needs a `price` on production and the candidate)."""
     agreement_floor: float | None = Field(None, ge=0, le=1)
     """Lowest tolerated agreement with production (none: off; agreement is reported either way)."""
     availability_delta: float | None = Field(0.01, ge=0, le=1)
@@ -589,14 +617,41 @@ class Route(_Strict):
             self.candidates.append(
                 Candidate(
                     name=self.noise.name, url=p.url, timeout_s=p.timeout_s, version=p.version,
-                    headers=p.headers, fraction=self.noise.fraction, noise=True,
+                    headers=p.headers, fraction=self.noise.fraction, noise=True, price=p.price,
                 )
             )  # fmt: skip
         names = [self.production.name, *(c.name for c in self.candidates)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique within a route, repeated: {dupes}")
+        self._llm_settings()
         return self
+
+    def _llm_settings(self) -> None:
+        """Prices and the TTFT and cost guardrails are for ``openai`` routes, where tokens and
+        the first token are measured; a cost guardrail needs every model's price."""
+        g = self.policy.guardrails
+        models = [self.production, *self.candidates]
+        if self.protocol != "openai":
+            guards = [k for k in ("ttft_p99_ratio", "cost_ratio") if getattr(g, k) is not None]
+            if guards:
+                raise ValueError(
+                    f"policy.guardrails {guards} need protocol 'openai' (time to first token "
+                    f"and tokens are measured on openai routes only), not {self.protocol!r}"
+                )
+            priced = [m.name for m in models if m.price is not None]
+            if priced:
+                raise ValueError(
+                    f"price (models {priced}) needs protocol 'openai' (tokens are measured on "
+                    f"openai routes only), not {self.protocol!r}"
+                )
+        if g.cost_ratio is not None:
+            unpriced = [m.name for m in models if m.price is None]
+            if unpriced:
+                raise ValueError(
+                    f"policy.guardrails.cost_ratio needs a price on every model of the route; "
+                    f"none on {unpriced}"
+                )
 
     @property
     def sensitive_headers(self) -> frozenset[str]:
@@ -696,6 +751,11 @@ class Records(_Strict):
     max_instances: int = Field(10_000, ge=1)
     """Instances (rows of `instances` / `inputs`, or of a top-level list) a captured request
     body may hold; beyond it the record carries no input and both sides say `too_large`."""
+    max_stream_pieces: int = Field(4096, ge=16)
+    """`openai` routes: body pieces of one answer whose arrival time is kept for the
+    time-to-first-token and inter-token latency; past it the rest are not timed (counted in
+    `shadowroute_limits_hit{limit="stream_pieces"}`) and the ITL covers the pieces
+    kept."""
     max_json_values: int = Field(100_000, ge=100)
     """JSON values (numbers, strings, arrays, objects) a captured request body or a model's
     answer may hold to be parsed on the data plane's event loop, counted from the bytes

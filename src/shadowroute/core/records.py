@@ -34,6 +34,7 @@ import orjson
 
 __all__ = [
     "ERRORS",
+    "LLM_KEYS",
     "MAX_REVISION",
     "MAX_URL",
     "SCHEMA_VERSION",
@@ -119,6 +120,14 @@ class Side:
     error: str | None
     url: str | None = None
     revision: str | None = None
+    llm: dict[str, Any] | None = None
+    """``openai`` routes: the answer's streaming facts (``LLM_KEYS``; ``docs/records.md``),
+    optional in the record."""
+
+
+LLM_KEYS: Final = ("ttft_ms", "itl_ms", "tokens_in", "tokens_out", "tokens_counted", "streamed")
+"""The fields of a side's ``llm`` object, all required: two non-negative numbers or null, two
+non-negative integers or null, two booleans."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +188,11 @@ def side_fields(
     error: str | None,
     url: str | None = None,
     revision: str | None = None,
+    llm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One side of a pair record as its JSON object (what ``Side`` holds); ``url`` and
-    ``revision`` are written when set."""
-    side = {
+    """One side of a pair record as its JSON object (what ``Side`` holds); ``url``,
+    ``revision`` and ``llm`` are written when set."""
+    side: dict[str, Any] = {
         "model": model,
         "version": version,
         "status": status,
@@ -194,6 +204,8 @@ def side_fields(
         side["url"] = url
     if revision is not None:
         side["revision"] = revision
+    if llm is not None:
+        side["llm"] = llm
     return side
 
 
@@ -236,6 +248,7 @@ def _side_dict(side: Side) -> dict[str, Any]:
         side.error,
         side.url,
         side.revision,
+        side.llm,
     )
 
 
@@ -342,6 +355,8 @@ def fast_side_fields(obj: Any) -> SideFields | None:
         revision is not None and (type(revision) is not str or len(revision) > MAX_REVISION)
     ):
         return None
+    if obj.get("llm") is not None:
+        return None  # an ``openai`` route's side: the full validator checks its ``llm``
     return model, version, status, latency, output, error, url, revision
 
 
@@ -378,6 +393,9 @@ def _side(obj: Any, where: str) -> Side:
     error = _nullable(obj, "error", where, lambda v: isinstance(v, str))
     url = _optional(obj, "url", where, MAX_URL)
     revision = _optional(obj, "revision", where, MAX_REVISION)
+    llm = obj.get("llm")
+    if llm is not None:
+        llm = _llm(llm, f"{where}.llm")
     if status is not None and not 100 <= status <= 599:
         raise RecordError(f"bad_value:{where}.status")
     if latency is not None and latency < 0:
@@ -393,7 +411,31 @@ def _side(obj: Any, where: str) -> Side:
         error=error,
         url=url,
         revision=revision,
+        llm=llm,
     )
+
+
+def _llm(obj: Any, where: str) -> dict[str, Any]:
+    """A side's ``llm`` object, checked (``LLM_KEYS``); unknown keys are left out."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"bad_type:{where}")
+    out: dict[str, Any] = {}
+    for key in ("ttft_ms", "itl_ms"):
+        v = _nullable(obj, key, where, _is_number)
+        if v is not None and not (0 <= v < math.inf):
+            raise RecordError(f"bad_value:{where}.{key}")
+        out[key] = None if v is None else float(v)
+    for key in ("tokens_in", "tokens_out"):
+        v = _nullable(obj, key, where, _is_integral)
+        if v is not None and not 0 <= v < 1 << 63:
+            raise RecordError(f"bad_value:{where}.{key}")
+        out[key] = None if v is None else int(v)
+    for key in ("tokens_counted", "streamed"):
+        v = _required(obj, key, where)
+        if not isinstance(v, bool):
+            raise RecordError(f"bad_type:{where}.{key}")
+        out[key] = v
+    return out
 
 
 def _optional(obj: dict[str, Any], key: str, where: str, limit: int) -> str | None:

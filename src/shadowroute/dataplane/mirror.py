@@ -84,6 +84,9 @@ class MirrorTarget:
         breaker: Breaker,
         stats: DataPlaneStats,
         keep_bytes: int = 1 << 20,
+        *,
+        timed: bool = False,
+        max_pieces: int = 4096,
     ) -> None:
         self.route = route
         self.cfg = cfg
@@ -102,6 +105,9 @@ class MirrorTarget:
         """Answer bytes read for the record (``records.max_response_bytes``): beyond them the
         rest of the answer is not read (its connection is closed), and the mirror and the
         record say ``too_large``."""
+        self.timed = timed
+        """``openai`` routes: the answer's body pieces are timed (``Outcome.times``)."""
+        self.max_times = 2 * max_pieces
         self.latency = stats.latency_of(route, cfg.name, "candidate")
         self._key = (route, cfg.name)
         self._sent = (route, cfg.name, "sent")
@@ -182,6 +188,7 @@ class MirrorExchange(Exchange):
         "_size",
         "_status",
         "_t0",
+        "_times",
         "_wait",
         "_written",
         "request",
@@ -199,6 +206,7 @@ class MirrorExchange(Exchange):
         self._ce: bytes | None = None
         self._ct: bytes | None = None
         self._t0 = 0.0
+        self._times: list[float] | None = [] if target.timed else None
         self._wait = 0.0  # from start to a connection in hand
         self._written = False
 
@@ -258,6 +266,14 @@ class MirrorExchange(Exchange):
             self._finish(self._status, "too_large")
             return
         self._body.append(piece)
+        times = self._times
+        if times is not None:  # an ``openai`` route: when each piece came
+            if len(times) < self.target.max_times:
+                times.append(float(size - len(piece)))
+                times.append((_perf_counter() - self._t0) * 1000.0)
+            elif len(times) == self.target.max_times:
+                times.append(-1.0)  # capped: the rest is not timed
+                self.target.stats.limits["stream_pieces"] += 1
 
     def on_complete(self) -> None:
         status = self._status
@@ -288,6 +304,7 @@ class MirrorExchange(Exchange):
             self._ce,
             self._ct,
             error,
+            self._times,
         )
         target.active.discard(self)
         target.finished(result)

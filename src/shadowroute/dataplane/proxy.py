@@ -99,7 +99,14 @@ class RouteRuntime(RoutePlan):
         for c in cfg.candidates:
             p = pool(c.url, c.name, "candidate")
             target = MirrorTarget(
-                cfg.name, c, p, proxy.config.mirror.breaker, proxy.stats, proxy.max_response
+                cfg.name,
+                c,
+                p,
+                proxy.config.mirror.breaker,
+                proxy.stats,
+                proxy.max_response,
+                timed=cfg.protocol == "openai",
+                max_pieces=proxy.config.records.max_stream_pieces,
             )
             headers = {**c.headers, **c.secret_header_values()}
             static = static_headers(p.host_header, headers) + marker
@@ -127,6 +134,9 @@ class RouteRuntime(RoutePlan):
         self.prod_latency: LatencyHistogram = proxy.stats.latency_of(
             cfg.name, cfg.production.name, "production"
         )
+        self.timed = cfg.protocol == "openai"
+        """Production's and the candidates' body pieces are timed (``Outcome.times``)."""
+        self.max_times = 2 * proxy.config.records.max_stream_pieces
 
     def status_key(self, status: int) -> tuple[str, str]:
         """The request counter's key for a response with ``status``."""
@@ -264,6 +274,7 @@ class Request(Exchange):
     prod_body: list[bytes] | None = None
     prod_size = 0
     prod_too_large = False
+    prod_times: list[float] | None = None  # ``openai`` routes: ``Outcome.times``
     t0 = 0.0
 
     def __init__(self, conn: ClientConnection, plan: Plan) -> None:
@@ -389,6 +400,8 @@ class Request(Exchange):
                 monitor=self.monitored,
             )
             self.pairing = pairing
+            if self.route.timed:
+                pairing.prompt = body  # for the tokens in (read by the recorder)
             if self.mirror_to and body is not None:
                 self._send_mirrors(body, pairing)
             if self.unmirrored:
@@ -451,6 +464,8 @@ class Request(Exchange):
                 self.ce = http1.header_value(head, low, http1.CONTENT_ENCODING)
             self.ct = http1.header_value(head, low, http1.CONTENT_TYPE)
             self.prod_body = []
+            if self.route.timed:
+                self.prod_times = []
         bodiless = self.head_only or status in (204, 304)
         self.dechunk = chunked and self.http10 and not bodiless
         self.close_after = (
@@ -494,6 +509,14 @@ class Request(Exchange):
                 self.conn.proxy.stats.limits["response_too_large"] += 1
             else:
                 body.append(piece)
+                times = self.prod_times
+                if times is not None:  # an ``openai`` route: when each piece came
+                    if len(times) < self.route.max_times:
+                        times.append(float(self.prod_size - len(piece)))
+                        times.append((_perf_counter() - self.t0) * 1000.0)
+                    elif len(times) == self.route.max_times:
+                        times.append(-1.0)  # capped: the rest is not timed
+                        self.conn.proxy.stats.limits["stream_pieces"] += 1
 
     def pause_source(self) -> None:
         """Production's write buffer is full: stop reading the client's body."""
@@ -553,6 +576,7 @@ class Request(Exchange):
                     self.ce,
                     self.ct,
                     error,
+                    self.prod_times,
                 )
             )
 

@@ -22,6 +22,7 @@ import orjson
 
 from shadowroute.core.config import Route
 from shadowroute.core.extraction import ExtractError, extract, over_json_values
+from shadowroute.core.llm_timing import llm_facts, prompt_chars
 from shadowroute.core.records import encode_pair_fields, redact_input, side_fields
 from shadowroute.dataplane.stats import DataPlaneStats
 from shadowroute.dataplane.upstream import Outcome
@@ -77,11 +78,13 @@ def instance_count(obj: object, cap: int) -> int:
 
 class Pairing:
     __slots__ = (
+        "_prompt_len",
         "_side",
         "expected",
         "input",
         "monitor",
         "production",
+        "prompt",
         "recorder",
         "request_id",
         "route",
@@ -109,6 +112,10 @@ class Pairing:
         self.production: Outcome | None = None
         self.waiting: list[Outcome] = []
         self._side: dict[str, Any] | None = None
+        self.prompt: bytes | None = None
+        self._prompt_len: int | None = None
+        """``openai`` routes: the request body, for the tokens in when an answer has no
+        ``usage`` (read off the client's path, by the recorder)."""
 
     def production_done(self, outcome: Outcome) -> None:
         self.production = outcome
@@ -129,8 +136,22 @@ class Pairing:
     def production_side(self) -> dict[str, Any]:
         if self._side is None:
             assert self.production is not None
-            self._side = self.recorder.side(self.route, self.production)
+            prod = self.production
+            prompt = self.prompt_len() if prod.times is not None else None
+            self._side = self.recorder.side(self.route, prod, prompt)
         return self._side
+
+    def prompt_len(self) -> int | None:
+        """Characters of the prompt (``llm_timing.prompt_chars``), read once per request."""
+        prompt = self.prompt
+        if prompt is not None:
+            self.prompt = None
+            rec = self.recorder
+            if len(prompt) > rec.max_body or over_json_values(prompt, rec.max_values):
+                rec.stats.limits["prompt_too_large"] += 1  # not parsed: it would hold the loop up
+            else:
+                self._prompt_len = prompt_chars(prompt)
+        return self._prompt_len
 
 
 class Recorder:
@@ -206,7 +227,11 @@ class Recorder:
     def _emit(self, pairing: Pairing, cand: Outcome | None) -> None:
         route = pairing.route
         prod = pairing.production_side()
-        cand_side = None if cand is None else self.side(route, cand)
+        if cand is None:
+            cand_side = None
+        else:
+            prompt = pairing.prompt_len() if cand.times is not None else None
+            cand_side = self.side(route, cand, prompt)
         inp = self._input(route, pairing.input)
         if inp is _TOO_MANY:  # the request's instances are over the cap: nothing of it kept
             inp, prod = None, {**prod, "output": None, "error": "too_large"}
@@ -225,8 +250,9 @@ class Recorder:
         self.stats.records_built += 1
         self.queue.put(pairing.request_id, record)
 
-    def side(self, route: Route, o: Outcome) -> dict[str, Any]:
-        """One side of the pair record (``records.side_fields``), its prediction extracted."""
+    def side(self, route: Route, o: Outcome, prompt_len: int | None = None) -> dict[str, Any]:
+        """One side of the pair record (``records.side_fields``), its prediction extracted;
+        on ``openai`` routes with a prediction, its streaming facts (``llm_timing``)."""
         output = None
         error = o.error
         if error is None and o.body is not None and len(o.body) > self.max_body:
@@ -266,16 +292,18 @@ class Recorder:
             url = revision = None
         else:
             url, revision = stamp
-        return side_fields(
-            o.model,
-            o.version,
-            o.status,
-            None if o.latency_ms is None else _ms3(o.latency_ms),
-            output,
-            error,
-            url,
-            revision,
-        )
+        latency = None if o.latency_ms is None else _ms3(o.latency_ms)
+        llm = None
+        if o.times is not None and error is None and output is not None and o.body is not None:
+            llm = llm_facts(
+                o.body,
+                o.content_type.decode("latin-1") if o.content_type else None,
+                o.content_encoding.decode("latin-1") if o.content_encoding else None,
+                o.times,
+                latency,
+                prompt_len,
+            )
+        return side_fields(o.model, o.version, o.status, latency, output, error, url, revision, llm)
 
     def _input(self, route: Route, body: bytes | None) -> Any:
         """The record's ``input``: the request body, redacted. The proxy passes the body only

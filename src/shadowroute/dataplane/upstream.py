@@ -95,6 +95,7 @@ class Outcome:
         "latency_ms",
         "model",
         "status",
+        "times",
         "version",
     )
 
@@ -108,6 +109,7 @@ class Outcome:
         content_encoding: bytes | None,
         content_type: bytes | None,
         error: str | None,
+        times: list[float] | None = None,
     ) -> None:
         # A plain class: a dataclass's generated __init__ would run interpreted, on every
         # request, even in the compiled build.
@@ -119,6 +121,10 @@ class Outcome:
         self.content_encoding = content_encoding
         self.content_type = content_type
         self.error = error
+        self.times = times
+        """``openai`` routes: when each body piece arrived, flat as ``[offset, ms, offset, ms,
+        ...]`` (the piece's first byte's offset in ``body``, milliseconds since the request
+        was started); None on other routes."""
 
 
 class UpstreamConnection:

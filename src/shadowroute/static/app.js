@@ -354,7 +354,8 @@ function neededTitle(m) {
 
 function primaryMetric(decision) {
   const names = Object.keys((decision && decision.metrics) || {});
-  const guard = new Set(["error_rate", "timeout_rate", "agreement", "availability", "latency_p95_ratio", "latency_p99_ratio"]);
+  const guard = new Set(["error_rate", "timeout_rate", "agreement", "availability", "latency_p95_ratio", "latency_p99_ratio",
+    "ttft_p99_ratio", "cost_ratio"]);
   return names.find((n) => !guard.has(n)) || names[0];
 }
 
@@ -455,6 +456,7 @@ function candidateCard(routeName, prodName, cand) {
     h("h4", {}, "agreement and errors"),
     ratesBlock(cand.scores),
     similarityBlock(cand.scores),
+    llmBlock(cand.scores, prodName, cand.name),
     classViews(cand.scores, prodName, cand.name),
     h("h4", {}, "decision history"),
     historyTable(cand.history));
@@ -472,6 +474,39 @@ function similarityBlock(scores) {
     h("span", { "data-field": "similarity-n" }, "answers compared ",
       h("b", { class: "num" }, String(sim.n ?? 0))),
     h("span", {}, "(difflib ratio: 1 = identical text)"));
+}
+
+// ---- openai routes: time to first token, inter-token latency, tokens, cost ---------------------
+
+function llmBlock(scores, prodName, candName) {
+  const llm = scores && scores.llm;
+  if (!llm) return "";
+  const t = llm.ttft_ms || {};
+  const cost = llm.cost || {};
+  const cell = (cls, text) => h("td", { class: `num ${cls}` }, text);
+  const row = (side, name) => {
+    const s = llm[side] || {};
+    const q = t[side] || {};
+    return h("tr", { "data-side": side },
+      h("td", {}, name),
+      cell("ttft-p50", ms(q.p50)), cell("ttft-p99", ms(q.p99)), cell("itl", ms(s.itl_ms)),
+      cell("tokens-in", fixed(s.mean_tokens_in, 1)), cell("tokens-out", fixed(s.mean_tokens_out, 1)),
+      cell("cost", cost[side] === null || cost[side] === undefined ? "n/a" : cost[side].toPrecision(3)),
+      cell("counted", String(s.tokens_counted ?? 0)));
+  };
+  const r = t.ratio || {};
+  return h("div", { class: "llm" },
+    h("h4", {}, "time to first token, tokens and cost"),
+    h("table", { class: "llm-table" },
+      h("tr", {}, ...["", "TTFT p50", "TTFT p99", "ITL", "tokens in", "tokens out",
+        "cost / request", "tokens counted"].map((c) => h("th", {}, c))),
+      row("production", prodName), row("candidate", candName),
+      h("tr", { "data-side": "ratio" },
+        h("td", {}, "candidate / production"),
+        cell("ttft-p50", fixed(r.p50)), cell("ttft-p99", fixed(r.p99)), h("td", {}, ""),
+        h("td", {}, ""), h("td", {}, ""), cell("cost", fixed(cost.ratio)), h("td", {}, ""))),
+    h("div", { class: "kv" }, "tokens in/out: mean per answer, from the servers' usage or counted ",
+      "(tokens counted: answers without usage); cost from the models' configured prices"));
 }
 
 // ---- classification routes: per-class views -----------------------------------------------------

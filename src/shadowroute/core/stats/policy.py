@@ -35,6 +35,8 @@ DEFAULT_PRIMARY: dict[str, str] = {
 }
 LATENCY = "latency_p99_ratio"
 LATENCY_P95 = "latency_p95_ratio"
+TTFT = "ttft_p99_ratio"
+COST = "cost_ratio"
 
 
 @dataclass(frozen=True)
@@ -216,15 +218,16 @@ def _latency_evidence(
     slack_ms: float,
     latency: tuple[Sketch, Sketch] | None,
     min_pairs: int,
+    what: str = "latency",
 ) -> tuple[dict[str, Any], str]:
-    """The ``q`` quantile of the candidate's latency over production's, from the sketches (in
-    ms): a point estimate, no interval. It fails when the candidate's quantile is over
-    ``ratio_max`` × production's + ``slack_ms``."""
+    """The ``q`` quantile of the candidate's latency (or TTFT) over production's, from the
+    sketches (in ms): a point estimate, no interval. It fails when the candidate's quantile
+    is over ``ratio_max`` × production's + ``slack_ms``."""
     ev: dict[str, Any] = {"estimate": None, "lower": None, "upper": None, "n": 0}
     ev["threshold"] = ratio_max
     if latency is None or min(latency[0].count, latency[1].count) == 0:
         ev["status"] = "inconclusive"
-        return ev, f"{name}: no latency observations yet"
+        return ev, f"{name}: no {what} observations yet"
     prod, cand = latency
     n = min(prod.count, cand.count)
     q_prod, q_cand = prod.quantile(q), cand.quantile(q)
@@ -242,6 +245,33 @@ def _latency_evidence(
     return ev, text
 
 
+def _cost_evidence(
+    ratio_max: float, costs: tuple[float, float, int] | None, min_pairs: int
+) -> tuple[dict[str, Any], str]:
+    """The candidate's mean cost per request over production's (``costs``: both means and
+    the pairs they are over): a point estimate, no interval. It fails when the ratio is over
+    ``ratio_max``."""
+    ev: dict[str, Any] = {"estimate": None, "lower": None, "upper": None, "n": 0}
+    ev["threshold"] = ratio_max
+    if costs is None:
+        ev["status"] = "inconclusive"
+        return ev, (
+            f"{COST}: no cost yet (needs a price on both models and pairs whose answers "
+            "carry tokens)"
+        )
+    prod, cand, n = costs
+    ratio = cand / prod if prod > 0 else (math.inf if cand > 0 else 1.0)
+    status: Status = "pass" if cand <= ratio_max * prod else "fail"
+    if n < min_pairs:
+        status = "inconclusive"
+    ev |= {"estimate": _finite(ratio), "n": n, "status": status}
+    text = (
+        f"{COST}: mean cost per request candidate/production = {ratio:.3g} ({cand:.4g} vs "
+        f"{prod:.4g}; limit {ratio_max:.3g}, n={n})"
+    )
+    return ev, text
+
+
 def decide(
     policy: Policy,
     task: str,
@@ -250,10 +280,15 @@ def decide(
     pairs: int,
     labelled: int,
     errors: Mapping[str, int] | None = None,
+    *,
+    ttft: tuple[Sketch, Sketch] | None = None,
+    costs: tuple[float, float, int] | None = None,
 ) -> Decision:
     """The verdict now, from the evidence now. ``latency`` is ``(production, candidate)``;
     ``errors`` the candidate's error counts by reason, to name the dominant one of an
-    error-rate guardrail that does not pass.
+    error-rate guardrail that does not pass. ``openai`` routes: ``ttft`` the time-to-first-
+    token sketches ``(production, candidate)``, ``costs`` the mean costs per request
+    ``(production, candidate, pairs)`` (``CandidateState.mean_costs``).
 
     Nothing is carried over from earlier reads: each read's intervals cover the traffic seen
     so far, so a verdict can move from promote back to hold or reject when later traffic shows
@@ -291,6 +326,18 @@ def decide(
         evidence[LATENCY], notes[LATENCY] = _latency_evidence(
             LATENCY, 0.99, g.latency_p99_ratio, 0.0, latency, policy.min_pairs
         )
+    if g.ttft_p99_ratio is not None:
+        evidence[TTFT], notes[TTFT] = _latency_evidence(
+            TTFT,
+            0.99,
+            g.ttft_p99_ratio,
+            g.ttft_p99_slack_ms,
+            ttft,
+            policy.min_pairs,
+            "time-to-first-token",
+        )
+    if g.cost_ratio is not None:
+        evidence[COST], notes[COST] = _cost_evidence(g.cost_ratio, costs, policy.min_pairs)
     failed = [n for n, ev in evidence.items() if ev["status"] == "fail"]
     if failed:
         return Decision("reject", [f"shown worse: {notes[n]}" for n in failed], evidence)
