@@ -1,0 +1,209 @@
+"""Embedding drift wired in: an ``openai`` route's prompts and answers through the comparator
+engine, shown on the production document (API schema), Prometheus metrics and drift events;
+partitions merge, a restart keeps the sums, outsider-controlled values are bounded and
+counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shadowroute.api.openapi import document
+from shadowroute.api.scores import ScoresCollector
+from shadowroute.comparator.engine import Engine
+from shadowroute.comparator.production import ProductionState
+from shadowroute.comparator.reader import Reader, StateView, Verdicts
+from shadowroute.comparator.store import Store
+from shadowroute.core.config import Config, ConfigError, parse_config
+from shadowroute.core.records import Side, encode_pair
+from shadowroute.dataplane.planner import RoutePlan
+from shadowroute.events.cloudevents import DRIFT_EXCEEDED
+from shadowroute.events.detect import Detector, Snapshot
+from test_comparator_gen import T0
+from test_embedding_drift import texts
+
+HOUR = 3_600_000
+PROMPT = "embedding:$.messages[-1].content"
+ANSWER = "embedding:output"
+
+
+def _config(state: Path, embedding: dict[str, Any] | None) -> Config:
+    drift: dict[str, Any] = {} if embedding is None else {"embedding": embedding}
+    raw: dict[str, Any] = {
+        "comparator": {"state_path": str(state), "windows": ["hour"]},
+        "routes": [
+            {
+                "name": "chat",
+                "protocol": "openai",
+                "task": "text",
+                "production": {"name": "llm-a", "url": "http://127.0.0.1:9001"},
+                "candidates": [{"name": "llm-b", "url": "http://127.0.0.1:9002"}],
+                "drift": drift,
+            }
+        ],
+    }
+    return parse_config(raw, environ={})
+
+
+EMB = {
+    "fields": ["$.messages[-1].content"],
+    "outputs": True,
+    "reference_size": 300,
+    "min_count": 100,
+}
+
+
+def _pair(i: int, ts: int, prompt: Any, answer: str) -> tuple[bytes, bytes]:
+    rid = f"r{i}"
+    p = Side("llm-a", "1", 200, 40.0, [answer], None)
+    c = Side("llm-b", "1", 200, 30.0, [answer.upper()], None)
+    body = {"model": "m", "messages": [{"role": "system", "content": "be brief"},
+                                       {"role": "user", "content": prompt}]}  # fmt: skip
+    rec = encode_pair(request_id=rid, route="chat", ts_ms=ts, production=p, candidate=c, input=body)
+    return rid.encode(), rec
+
+
+def _traffic(rng: np.random.Generator, start: int, n: int, ts: int, topic: int) -> list[Any]:
+    prompts = texts(rng, n, topic)
+    answers = texts(rng, n, topic)
+    return [_pair(start + i, ts + i, prompts[i], answers[i]) for i in range(n)]
+
+
+def _reader(cfg: Config, engine: Engine) -> Reader:
+    view = StateView()
+    view.update(engine.snapshot())
+    return Reader(cfg, view, Verdicts(cfg, view, engine.store), engine.store)
+
+
+def test_a_topic_shift_is_flagged_on_the_api_metrics_and_events(tmp_path: Path) -> None:
+    cfg = _config(tmp_path / "s.sqlite", EMB)
+    engine = Engine(cfg, Store(tmp_path / "s.sqlite"))
+    rng = np.random.default_rng(5)
+    # hour 0: the reference (300) then 200 more of the same topic; hour 1: 100 of another
+    engine.process(0, _traffic(rng, 0, 500, T0, topic=0), [])
+    reader = _reader(cfg, engine)
+    doc = reader.production("chat")
+    components = document()["components"]
+    jsonschema.validate(doc, {"$ref": "#/components/schemas/Production", "components": components})
+    before = doc["drift"][PROMPT]
+    assert before["kind"] == "embedding" and before["state"] == "stable", before
+    assert before["reference_n"] == 300 and before["n"] == 200
+    assert doc["drift"][ANSWER]["state"] == "stable"
+    detector = Detector(instance="t")
+    assert detector.observe(Snapshot(production={"chat": doc}), 0, 0) == []
+
+    engine.process(0, _traffic(rng, 1000, 100, T0 + HOUR, topic=1), [])
+    reader = _reader(cfg, engine)
+    doc = reader.production("chat")
+    jsonschema.validate(doc, {"$ref": "#/components/schemas/Production", "components": components})
+    after = doc["drift"][PROMPT]
+    assert after["state"] == "major" and after["n"] == 100, after
+    assert after["p_value"] < 0.001 and after["mmd2"] > after["threshold_major"]
+    assert after["centroid_shift"] > before["centroid_shift"]
+    assert after["counts"] == {"items": 600}
+    assert doc["drift"][ANSWER]["state"] == "major"
+    events = detector.observe(Snapshot(production={"chat": doc}), 1, 1)
+    by_field = {e["data"]["field"]: e for e in events}
+    assert set(by_field) == {PROMPT, ANSWER}
+    assert all(e["type"] == DRIFT_EXCEEDED for e in events)
+    assert by_field[PROMPT]["data"]["threshold"] == after["threshold_major"]
+
+    registry = CollectorRegistry()
+    registry.register(ScoresCollector(reader))
+    text = generate_latest(registry).decode()
+    lab = f'field="{PROMPT}",route="chat"'
+    assert f'shadowroute_drift_state{{{lab},state="major"}} 1.0' in text
+    assert f"shadowroute_embedding_drift_p_value{{{lab}}}" in text
+    assert f"shadowroute_embedding_drift_mmd2{{{lab}}}" in text
+    assert f"shadowroute_embedding_drift_centroid_shift{{{lab}}}" in text
+    items = f'field="{PROMPT}",outcome="items",route="chat"'
+    assert f"shadowroute_embedding_drift_values_total{{{items}}} 600.0" in text
+
+
+def test_partitions_merge_and_a_restart_keeps_the_sums(tmp_path: Path) -> None:
+    cfg = _config(tmp_path / "s.sqlite", EMB | {"outputs": False})
+    engine = Engine(cfg, Store(tmp_path / "s.sqlite"))
+    rng = np.random.default_rng(6)
+    engine.process(0, _traffic(rng, 0, 250, T0, topic=0), [])
+    engine.process(1, _traffic(rng, 1000, 250, T0, topic=0), [])
+    before = engine.snapshot()
+    view = StateView()
+    view.update(before)
+    merged = view.production("chat")
+    assert merged is not None
+    field = merged.embedding[PROMPT]
+    # each partition keeps its own reference until it has reference_size items
+    assert field.reference.n == 500 and not field.windows
+    assert set(merged.embedding) == {PROMPT}
+    engine.store.close()
+    again = Engine(cfg, Store(tmp_path / "s.sqlite"))
+    for p in (0, 1):
+        state = again.production("chat", p)
+        assert isinstance(state, ProductionState)
+        assert state.to_dict() == before[("prod", "chat", "", p)]
+    again.process(0, _traffic(rng, 2000, 150, T0 + 1, topic=0), [])
+    state = again.production("chat", 0)
+    assert isinstance(state, ProductionState)
+    part = state.embedding[PROMPT]
+    assert part.reference.n == 300 and sum(s.n for s in part.windows.values()) == 100
+
+
+def test_outsider_values_are_bounded_and_counted(tmp_path: Path) -> None:
+    cfg = _config(
+        tmp_path / "s.sqlite",
+        {"fields": ["$.messages[*].content", "$.vec"], "dims": 4, "max_chars": 100,
+         "max_items": 2, "reference_size": 50, "min_count": 10},
+    )  # fmt: skip
+    engine = Engine(cfg, Store(tmp_path / "s.sqlite"))
+    recs = []
+    for i in range(5):
+        rid, rec = _pair(i, T0 + i, "word " * 100, "fine")
+        recs.append((rid, rec))
+    # a body with a vector of the wrong length, one right, one object, one empty text
+    p = Side("llm-a", "1", 200, 40.0, ["x"], None)
+    odd = {"messages": [{"content": {"a": 1}}, {"content": "!!"}], "vec": [1, 2, 3]}
+    recs.append((b"o", encode_pair(request_id="o", route="chat", ts_ms=T0 + 9, production=p,
+                                   candidate=None, input=odd)))  # fmt: skip
+    good = {"messages": [], "vec": [0, 0, 3, 4]}
+    recs.append((b"g", encode_pair(request_id="g", route="chat", ts_ms=T0 + 9, production=p,
+                                   candidate=None, input=good)))  # fmt: skip
+    engine.process(0, recs, [])
+    state = engine.production("chat", 0)
+    assert isinstance(state, ProductionState)
+    msgs = state.embedding["embedding:$.messages[*].content"].counts
+    # five bodies: system prompt + a 500-char prompt cut to 100, each; then an object, "!!"
+    assert msgs == {"items": 10, "truncated": 5, "unusable": 1, "empty": 1}
+    assert state.embedding["embedding:$.vec"].counts == {"items": 1, "bad_vector": 1}
+    assert state.embedding["embedding:$.vec"].reference.n == 1
+
+
+@pytest.mark.parametrize(
+    ("embedding", "message"),
+    [
+        ({}, "give fields"),
+        ({"outputs": True, "warn_alpha": 0.001, "alert_alpha": 0.01}, "alert_alpha"),
+        ({"fields": ["$.a[?"]}, "cannot parse path"),
+        ({"outputs": True, "reference_size": 10}, "reference_size"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(
+    tmp_path: Path, embedding: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _config(tmp_path / "s.sqlite", embedding)
+
+
+@pytest.mark.parametrize(
+    ("embedding", "needs"),
+    [(None, False), ({"outputs": True}, False), ({"fields": ["$.prompt"]}, True)],
+)
+def test_the_data_plane_captures_the_body_for_embedded_input_fields(
+    tmp_path: Path, embedding: dict[str, Any] | None, needs: bool
+) -> None:
+    route = _config(tmp_path / "s.sqlite", embedding).routes[0]
+    assert RoutePlan(route, b"", b"", []).needs_input is needs
