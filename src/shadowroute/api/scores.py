@@ -357,9 +357,11 @@ class ScoresCollector(Collector):
                         x = _num(f.get(key))
                         if x is not None:
                             fam.add_metric([route, field], x)
-                    counts = f.get("counts") or {}
-                    for outcome in ITEM_OUTCOMES:
-                        emb_values.add_metric([route, field, outcome], counts.get(outcome, 0))
+                    counts = f.get("counts")
+                    if isinstance(counts, dict):
+                        for outcome in ITEM_OUTCOMES:
+                            n = counts.get(outcome, 0)
+                            emb_values.add_metric([route, field, outcome], n)
             d = p.get("label_delay_ms") or {}
             for q in ("p50", "p90", "p99"):
                 x = _num(d.get(q))
