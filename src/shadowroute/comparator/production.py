@@ -547,8 +547,14 @@ class ProductionState:
             "auto_max": self.auto_max,
             "auto_fields": list(self.auto_fields),
             "untracked_examples": list(self.untracked_examples),
-            "embedding": {k: f.to_dict() for k, f in sorted(self.embedding.items())},
-        }
+        } | self._embedding_dict()
+
+    def _embedding_dict(self) -> dict[str, Any]:
+        """Embedding drift's sums; left out when there is none (states written before it
+        load to the same bytes)."""
+        if not self.embedding:
+            return {}
+        return {"embedding": {k: f.to_dict() for k, f in sorted(self.embedding.items())}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProductionState:

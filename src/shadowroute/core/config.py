@@ -411,8 +411,7 @@ DriftPath = Annotated[str, AfterValidator(_drift_path)]
 
 
 class EmbeddingDrift(_Strict):
-    """Drift of text (or vector) inputs and of production's text outputs, measured on
-    embeddings (see docs/llm-drift.md)."""
+    """Drift of text or vector inputs and text outputs, on embeddings (docs/llm-drift.md)."""
 
     fields: list[DriftPath] = []
     """JSON paths into the request body of texts (e.g. ``$.messages[-1].content``) or of
