@@ -1,18 +1,23 @@
 """Embedding drift wired in: an ``openai`` route's prompts and answers through the comparator
 engine, shown on the production document (API schema), Prometheus metrics and drift events;
 partitions merge, a restart keeps the sums, outsider-controlled values are bounded and
-counted."""
+counted; and end to end through the proxy to a real chat model server."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import numpy as np
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from proxyutil import settle
 from shadowroute.api.openapi import document
 from shadowroute.api.scores import ScoresCollector
 from shadowroute.comparator.engine import Engine
@@ -24,8 +29,10 @@ from shadowroute.core.records import Side, encode_pair
 from shadowroute.dataplane.planner import RoutePlan
 from shadowroute.events.cloudevents import DRIFT_EXCEEDED
 from shadowroute.events.detect import Detector, Snapshot
+from shadowroute.runtime import Stack, embedded_stack
 from test_comparator_gen import T0
 from test_embedding_drift import texts
+from upstreams import JSON_HEADERS, ModelServer, Reply, Seen
 
 HOUR = 3_600_000
 PROMPT = "embedding:$.messages[-1].content"
@@ -207,3 +214,91 @@ def test_the_data_plane_captures_the_body_for_embedded_input_fields(
 ) -> None:
     route = _config(tmp_path / "s.sqlite", embedding).routes[0]
     assert RoutePlan(route, b"", b"", []).needs_input is needs
+
+
+# --- end to end: the embedded stack, a real OpenAI-compatible model server on loopback -------
+
+
+def _chat_reply(seen: Seen) -> Reply:
+    """A chat model that answers with the words of the last message, reversed."""
+    prompt = orjson.loads(seen.body)["messages"][-1]["content"]
+    answer = " ".join(reversed(prompt.split()))
+    doc = {
+        "id": "c1",
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": answer},
+             "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+    }  # fmt: skip
+    return Reply(body=orjson.dumps(doc), headers=JSON_HEADERS)
+
+
+async def test_a_topic_shift_through_the_proxy_is_flagged_within_100_requests(
+    tmp_path: Path,
+) -> None:
+    """Prompts through the proxy to a real chat server: the first 100 fill the reference, 60
+    more of the same topic are ``stable``; 100 prompts on another topic make the prompt field
+    and production's answers ``major`` on the API and the metrics."""
+    prod = await ModelServer(_chat_reply).start()
+    cand = await ModelServer(_chat_reply).start()
+    emb = {"fields": ["$.messages[-1].content"], "outputs": True, "reference_size": 100,
+           "min_count": 50}  # fmt: skip
+    cfg = parse_config(
+        {
+            "listen": {"port": 0},
+            "admin": {"port": 0},
+            "comparator": {"state_path": str(tmp_path / "state.sqlite")},
+            "routes": [
+                {
+                    "name": "chat",
+                    "protocol": "openai",
+                    "task": "text",
+                    "production": {"name": "llm-a", "url": prod.url, "timeout_s": 2},
+                    "candidates": [{"name": "llm-b", "url": cand.url, "fraction": 1.0}],
+                    "drift": {"embedding": emb},
+                }
+            ],
+        },
+        environ={},
+    )
+    rng = np.random.default_rng(9)
+
+    async def send(stack: Stack, prompts: list[str]) -> None:
+        port = stack.proxy_port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for p in prompts:
+                body = {"model": "m", "messages": [{"role": "user", "content": p}]}
+                r = await client.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200
+        await settle(stack.dataplane)
+
+    async def drift(admin: httpx.AsyncClient, field: str, n: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 15
+        while True:
+            doc = (await admin.get("/v1/routes/chat/production")).json()["drift"]
+            if doc.get(field, {}).get("n") == n or time.monotonic() > deadline:
+                out: dict[str, Any] = doc[field]
+                return out
+            await asyncio.sleep(0.05)
+
+    try:
+        async with embedded_stack(cfg) as stack:
+            api = f"http://127.0.0.1:{stack.admin_port}"
+            async with httpx.AsyncClient(base_url=api) as admin:
+                await send(stack, texts(rng, 160, topic=0))
+                same = await drift(admin, PROMPT, 60)
+                assert same["state"] == "stable" and same["reference_n"] == 100, same
+                await send(stack, texts(rng, 100, topic=1))
+                moved = await drift(admin, PROMPT, 160)
+                answers = await drift(admin, ANSWER, 160)
+                metrics = (await admin.get("/metrics")).text
+    finally:
+        await prod.stop()
+        await cand.stop()
+    assert moved["state"] == "major" and moved["p_value"] < 0.001, moved
+    assert answers["state"] == "major", answers
+    assert moved["counts"] == {"items": 260}
+    lab = f'field="{PROMPT}",route="chat"'
+    assert f'shadowroute_drift_state{{{lab},state="major"}} 1.0' in metrics
