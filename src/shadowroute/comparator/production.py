@@ -166,7 +166,9 @@ class EmbeddingField:
     reference: EmbeddingSums
     windows: dict[int, EmbeddingSums] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
-    _null: tuple[int, NullDistribution] | None = field(default=None, repr=False, compare=False)
+    _cached_null: tuple[int, NullDistribution] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def add(self, window: int, x: Any, model: EmbeddingModel, reference_size: int) -> None:
         """Rows ``x`` (unit vectors) of one window, in arrival order."""
@@ -205,9 +207,9 @@ class EmbeddingField:
 
     def null(self) -> NullDistribution:
         """The reference's null distribution, drawn once per reference size."""
-        if self._null is None or self._null[0] != self.reference.n:
-            self._null = (self.reference.n, NullDistribution.from_reference(self.reference))
-        return self._null[1]
+        if self._cached_null is None or self._cached_null[0] != self.reference.n:
+            self._cached_null = (self.reference.n, NullDistribution.from_reference(self.reference))
+        return self._cached_null[1]
 
     def summary(self, cfg: EmbeddingDrift) -> JsonObject:
         latest = max(self.windows) if self.windows else None
