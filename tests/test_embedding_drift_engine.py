@@ -294,6 +294,7 @@ async def test_a_topic_shift_through_the_proxy_is_flagged_within_100_requests(
                 moved = await drift(admin, PROMPT, 160)
                 answers = await drift(admin, ANSWER, 160)
                 metrics = (await admin.get("/metrics")).text
+            shown = await _scorecard_row(api, PROMPT)
     finally:
         await prod.stop()
         await cand.stop()
@@ -302,3 +303,38 @@ async def test_a_topic_shift_through_the_proxy_is_flagged_within_100_requests(
     assert moved["counts"] == {"items": 260}
     lab = f'field="{PROMPT}",route="chat"'
     assert f'shadowroute_drift_state{{{lab},state="major"}} 1.0' in metrics
+    if shown is not None:  # the scorecard's drift table, in headless Chromium
+        state, note = shown
+        assert state.lower() == "major"
+        mmd2, p, shift = note.split(" · ")
+        assert float(mmd2.removeprefix("MMD² ")) == pytest.approx(moved["mmd2"], rel=0.05)
+        assert float(p.removeprefix("p ")) == pytest.approx(moved["p_value"], rel=0.05)
+        assert float(shift.removeprefix("centroid shift ")) == pytest.approx(
+            moved["centroid_shift"], abs=1e-3
+        )
+
+
+async def _scorecard_row(admin: str, field: str) -> tuple[str, str] | None:
+    """The state badge and the embedding note of ``field``'s drift row on the scorecard page
+    (None when Playwright is not installed)."""
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        return None
+    from test_scorecard import CHROMIUM, CHROMIUM_ARGS
+
+    row = f'tr[data-drift-field="{field}"]'
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{admin}/")
+            await page.wait_for_selector(f'{row} [data-field="embedding"]', timeout=15_000)
+            state = await page.inner_text(f"{row} .badge")
+            note = await page.inner_text(f'{row} [data-field="embedding"]')
+        finally:
+            await browser.close()
+    assert errors == []
+    return state, note
