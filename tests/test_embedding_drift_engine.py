@@ -338,3 +338,30 @@ async def _scorecard_row(admin: str, field: str) -> tuple[str, str] | None:
             await browser.close()
     assert errors == []
     return state, note
+
+
+def test_a_new_embedding_model_starts_the_field_again(tmp_path: Path) -> None:
+    """Sums of another embedder or other features do not add: after a change of ``dims`` the
+    restored field starts again (counted), and a merged view keeps one model's sums."""
+    cfg = _config(tmp_path / "s.sqlite", EMB | {"outputs": False})
+    engine = Engine(cfg, Store(tmp_path / "s.sqlite"))
+    rng = np.random.default_rng(8)
+    engine.process(0, _traffic(rng, 0, 50, T0, topic=0), [])
+    engine.process(1, _traffic(rng, 100, 80, T0, topic=0), [])
+    engine.store.close()
+    other = _config(tmp_path / "s.sqlite", EMB | {"outputs": False, "dims": 32})
+    again = Engine(other, Store(tmp_path / "s.sqlite"))
+    again.process(0, _traffic(rng, 200, 20, T0 + 1, topic=0), [])
+    state = again.production("chat", 0)
+    assert isinstance(state, ProductionState)
+    field = state.embedding[PROMPT]
+    assert field.reference.n == 20 and field.reference.sum_x.size == 32
+    assert field.model == "hashing-lexical/32/128/1/0"
+    assert state.counts["embedding_drift_restarts"] == 1
+    view = StateView()
+    view.update(again.snapshot())
+    merged = view.production("chat")
+    assert merged is not None
+    kept = merged.embedding[PROMPT]
+    # partition 1 still has the old model's 80 items (no record since the change)
+    assert kept.reference.n == 80 and kept.counts["partitions_with_other_model"] == 1

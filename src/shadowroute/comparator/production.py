@@ -166,6 +166,9 @@ class EmbeddingField:
     reference: EmbeddingSums
     windows: dict[int, EmbeddingSums] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    model: str = ""
+    """The embedder and features the sums were made with (``EmbeddingModel.signature``):
+    sums of another model do not add."""
     _cached_null: tuple[int, NullDistribution] | None = field(
         default=None, repr=False, compare=False
     )
@@ -191,19 +194,27 @@ class EmbeddingField:
             self.counts[k] = self.counts.get(k, 0) + v
 
     def merge(self, other: EmbeddingField) -> EmbeddingField:
-        if other.reference.sum_phi.shape != self.reference.sum_phi.shape:
-            raise ValueError("cannot merge embedding drift of different dims or features")
+        if other.model != self.model:
+            # a partition not yet moved to a new configuration: keep the larger reference
+            keep = self if self.reference.n >= other.reference.n else other
+            out = keep.copy()
+            out.counts["partitions_with_other_model"] = (
+                self.counts.get("partitions_with_other_model", 0)
+                + other.counts.get("partitions_with_other_model", 0)
+                + 1
+            )
+            return out
         wins = {w: s.copy() for w, s in self.windows.items()}
         for w, s in other.windows.items():
             wins[w] = wins[w] + s if w in wins else s.copy()
         counts = dict(self.counts)
         for k, v in other.counts.items():
             counts[k] = counts.get(k, 0) + v
-        return EmbeddingField(self.reference + other.reference, wins, counts)
+        return EmbeddingField(self.reference + other.reference, wins, counts, self.model)
 
     def copy(self) -> EmbeddingField:
         wins = {w: s.copy() for w, s in self.windows.items()}
-        return EmbeddingField(self.reference.copy(), wins, dict(self.counts))
+        return EmbeddingField(self.reference.copy(), wins, dict(self.counts), self.model)
 
     def null(self) -> NullDistribution:
         """The reference's null distribution, drawn once per reference size."""
@@ -234,6 +245,7 @@ class EmbeddingField:
             "reference": self.reference.to_dict(),
             "windows": [[w, s.to_dict()] for w, s in sorted(self.windows.items())],
             "counts": dict(sorted(self.counts.items())),
+            "model": self.model,
         }
 
     @classmethod
@@ -242,6 +254,7 @@ class EmbeddingField:
             EmbeddingSums.from_dict(data["reference"]),
             {int(w): EmbeddingSums.from_dict(d) for w, d in data["windows"]},
             {str(k): int(v) for k, v in data.get("counts", {}).items()},
+            str(data.get("model", "")),
         )
 
 
@@ -260,7 +273,7 @@ class EmbeddingPlan:
             self.names.append(EMBEDDING_PREFIX + OUTPUT_FIELD)
 
     def new_field(self) -> EmbeddingField:
-        return EmbeddingField(self.model.sums(second=True))
+        return EmbeddingField(self.model.sums(second=True), model=self.model.signature)
 
 
 def _floats(values: list[Any]) -> list[float]:
@@ -388,7 +401,9 @@ class ProductionState:
         """Unit vectors ``x`` of one embedding drift field at ``window``, and what happened to
         the values (see ``core.embedding.ITEM_OUTCOMES``)."""
         f = self.embedding.get(name)
-        if f is None:
+        if f is None or f.model != plan.model.signature:
+            if f is not None:  # dims, features, bandwidth or seed changed: start again
+                self._count("embedding_drift_restarts")
             f = self.embedding[name] = plan.new_field()
         f.count(counts)
         f.add(window, x, plan.model, plan.cfg.reference_size)

@@ -349,6 +349,12 @@ class EmbeddingModel:
         self.embedder = HashingEmbedder(self.dims, self.seed)
         self.rff = RandomFourierFeatures(self.dims, self.features, self.bandwidth, self.seed)
 
+    @property
+    def signature(self) -> str:
+        """What sums made with this model depend on: equal signatures, sums that add."""
+        parts = (self.embedder.name, self.dims, self.features, f"{self.bandwidth:g}", self.seed)
+        return "/".join(str(p) for p in parts)
+
     def sums(self, second: bool = False) -> EmbeddingSums:
         return EmbeddingSums.empty(self.dims, self.features, second)
 
