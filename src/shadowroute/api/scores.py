@@ -24,6 +24,7 @@ from shadowroute.comparator.documents import (
     RegistryVersion,
 )
 from shadowroute.comparator.reader import NotFound, ScoresReader
+from shadowroute.core.embedding import ITEM_OUTCOMES
 from shadowroute.core.families import Family, describe
 
 __all__ = ["ScoresCollector", "score_routes"]
@@ -151,6 +152,31 @@ _DRIFT_UNTRACKED = Family(
     "counter",
     ("route",),
 )
+_EMB_MMD2 = Family(
+    "shadowroute_embedding_drift_mmd2",
+    "Embedding drift: MMD² (random Fourier features) of the latest window vs the reference.",
+    "gauge",
+    ("route", "field"),
+)
+_EMB_P = Family(
+    "shadowroute_embedding_drift_p_value",
+    "Embedding drift: p-value of the latest window against the reference (no drift).",
+    "gauge",
+    ("route", "field"),
+)
+_EMB_CENTROID = Family(
+    "shadowroute_embedding_drift_centroid_shift",
+    "Embedding drift: distance between the latest window's and the reference's centroids.",
+    "gauge",
+    ("route", "field"),
+)
+_EMB_VALUES = Family(
+    "shadowroute_embedding_drift_values",
+    "Embedding drift: values selected, by outcome (items embedded; truncated among them; "
+    "empty, unusable, bad_vector, too_many left out).",
+    "counter",
+    ("route", "field", "outcome"),
+)
 _MODEL_AGE = Family(
     "shadowroute_model_age_days",
     "Days since the model's declared lineage.trained_through.",
@@ -272,6 +298,10 @@ class ScoresCollector(Collector):
         _LABEL_DELAY,
         _COVERAGE,
         _DRIFT_UNTRACKED,
+        _EMB_MMD2,
+        _EMB_P,
+        _EMB_CENTROID,
+        _EMB_VALUES,
         _MODEL_AGE,
         _LLM_TTFT,
         _LLM_ITL,
@@ -372,6 +402,9 @@ class ScoresCollector(Collector):
         delay = _LABEL_DELAY.gauge()
         coverage = _COVERAGE.gauge()
         untracked = _DRIFT_UNTRACKED.counter()
+        emb = {"mmd2": _EMB_MMD2.gauge(), "p_value": _EMB_P.gauge()}
+        emb["centroid_shift"] = _EMB_CENTROID.gauge()
+        emb_values = _EMB_VALUES.counter()
         for route, p in prods.items():
             series = [s for s in p.get("quality", []) if s.get("n")]
             if series:
@@ -389,6 +422,16 @@ class ScoresCollector(Collector):
                     psi.add_metric([route, field], x)
                 for s in DRIFT_STATES:
                     state.add_metric([route, field, s], 1.0 if f.get("state") == s else 0.0)
+                if f.get("kind") == "embedding":
+                    for key, fam in emb.items():
+                        x = _num(f.get(key))
+                        if x is not None:
+                            fam.add_metric([route, field], x)
+                    counts = f.get("counts")
+                    if isinstance(counts, dict):
+                        for outcome in ITEM_OUTCOMES:
+                            n = counts.get(outcome, 0)
+                            emb_values.add_metric([route, field, outcome], n)
             d = p.get("label_delay_ms") or {}
             for q in ("p50", "p90", "p99"):
                 x = _num(d.get(q))
@@ -403,6 +446,7 @@ class ScoresCollector(Collector):
             if auto is not None and auto["enabled"]:
                 untracked.add_metric([route], auto["untracked_values"])
         yield from (quality, degraded, deg_est, psi, state, delay, coverage, untracked)
+        yield from (*emb.values(), emb_values)
 
 
 def _by_prefix(

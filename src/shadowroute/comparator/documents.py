@@ -562,7 +562,11 @@ class ProductionSummary(TypedDict):
     degradation: Annotated[JsonObject, "Production against its reference windows"]
     label_delay_ms: JsonObject
     label_coverage: list[CoveragePoint]
-    drift: Annotated[dict[str, JsonObject], "Per field: its distances and drift state"]
+    drift: Annotated[
+        dict[str, JsonObject],
+        "Per field: its distances and drift state (embedding drift: fields embedding:<path>, "
+        "embedding:output; docs/llm-drift.md)",
+    ]
     drift_auto: DriftAuto
 
 
@@ -584,7 +588,11 @@ class Production(TypedDict):
     degradation: NotRequired[Annotated[JsonObject, "Production against its reference windows"]]
     label_delay_ms: NotRequired[JsonObject]
     label_coverage: NotRequired[list[CoveragePoint]]
-    drift: Annotated[dict[str, JsonObject], "Per field: its distances and drift state"]
+    drift: Annotated[
+        dict[str, JsonObject],
+        "Per field: its distances and drift state (embedding drift: fields embedding:<path>, "
+        "embedding:output; docs/llm-drift.md)",
+    ]
     drift_auto: NotRequired[DriftAuto]
 
 

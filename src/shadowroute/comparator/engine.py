@@ -51,6 +51,7 @@ from shadowroute.comparator.aggregates import (
 from shadowroute.comparator.gcpause import gc_paused
 from shadowroute.comparator.production import (
     DriftBatch,
+    EmbeddingPlan,
     ProductionState,
     drift_paths,
     new_production_state,
@@ -369,6 +370,7 @@ class Engine:
                 route.drift.categorical,
                 bins,
                 hists,
+                self.joiner.embedding.get(route.name),
             )
         assert isinstance(state, ProductionState)
         state.auto_max = self._auto[route.name][0]
@@ -770,6 +772,12 @@ class Joiner:
             for r in config.routes
         }
         self._depth = {r.name: r.drift.max_depth if r.drift.auto else 0 for r in config.routes}
+        self.embedding: dict[str, EmbeddingPlan] = {
+            r.name: EmbeddingPlan(r.drift.embedding)
+            for r in config.routes
+            if r.drift.embedding is not None
+        }
+        """Embedding drift per route that has it (the engine's states use the same plans)."""
 
     def first_labels(self, labels: list[Label], b: Batch) -> list[tuple[int, Label]]:
         """The first label of each id in ``b.fresh`` (and its position in ``b.firsts``);
@@ -1099,8 +1107,11 @@ class Joiner:
         b.touched.add(StateKey.prod(name, partition))
         fields = self._fields[name]
         depth = self._depth[name]
+        embed = self.embedding.get(name)
         drift = b.drift[name] = (
-            DriftBatch(self._paths[name], fields, depth) if fields else DriftBatch(None, (), depth)
+            DriftBatch(self._paths[name], fields, depth, embed)
+            if fields
+            else DriftBatch(None, (), depth, embed)
         )
         return drift
 

@@ -20,15 +20,26 @@ from typing import Any, Final
 
 from shadowroute.comparator.aggregates import WINDOW_MS
 from shadowroute.comparator.documents import DriftAuto, JsonObject, ProductionSummary
-from shadowroute.core.config import Monitor
+from shadowroute.core.config import EmbeddingDrift, Monitor
 from shadowroute.core.drift import FrozenBins, Histogram, drift_summary
-from shadowroute.core.drift_fields import PathSet, flatten_scalars
+from shadowroute.core.drift_fields import FieldPath, PathSet, compile_path, flatten_scalars
+from shadowroute.core.embedding import (
+    EmbeddingModel,
+    EmbeddingSums,
+    NullDistribution,
+    embed_items,
+    embedding_drift_summary,
+    split_items,
+)
 from shadowroute.core.monitor import LabelCoverage, LabelDelay, WindowedQuality
 
 __all__ = [
+    "EMBEDDING_PREFIX",
     "OUTPUT_FIELD",
     "DriftBatch",
     "DriftField",
+    "EmbeddingField",
+    "EmbeddingPlan",
     "ProductionState",
     "new_production_state",
 ]
@@ -39,6 +50,8 @@ MAX_FIELD_NAME: Final = 200
 MAX_UNTRACKED_EXAMPLES: Final = 10
 OUTPUT_FIELD: Final = "output"
 """The drift field name of production's own (numeric) output."""
+EMBEDDING_PREFIX: Final = "embedding:"
+"""Embedding drift fields are named ``embedding:<path>`` and ``embedding:output``."""
 
 
 @dataclass
@@ -145,6 +158,124 @@ class DriftField:
         return out
 
 
+@dataclass
+class EmbeddingField:
+    """One field's embedding drift: the reference sums (the first ``reference_size`` items,
+    with second moments) and per-window sums of the later items, plus what was left out."""
+
+    reference: EmbeddingSums
+    windows: dict[int, EmbeddingSums] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    model: str = ""
+    """The embedder and features the sums were made with (``EmbeddingModel.signature``):
+    sums of another model do not add."""
+    _cached_null: tuple[int, NullDistribution] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def add(self, window: int, x: Any, model: EmbeddingModel, reference_size: int) -> None:
+        """Rows ``x`` (unit vectors) of one window, in arrival order."""
+        if x.shape[0] == 0:
+            return
+        room = max(reference_size - self.reference.n, 0)
+        if room:
+            head = x[:room]
+            self.reference.add(head, model.rff(head))
+            x = x[room:]
+            if x.shape[0] == 0:
+                return
+        sums = self.windows.get(window)
+        if sums is None:
+            sums = self.windows[window] = model.sums()
+        sums.add(x, model.rff(x))
+
+    def count(self, counts: Mapping[str, int]) -> None:
+        for k, v in counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+
+    def merge(self, other: EmbeddingField) -> EmbeddingField:
+        if other.model != self.model:
+            # a partition not yet moved to a new configuration: keep the larger reference
+            keep = self if self.reference.n >= other.reference.n else other
+            out = keep.copy()
+            out.counts["partitions_with_other_model"] = (
+                self.counts.get("partitions_with_other_model", 0)
+                + other.counts.get("partitions_with_other_model", 0)
+                + 1
+            )
+            return out
+        wins = {w: s.copy() for w, s in self.windows.items()}
+        for w, s in other.windows.items():
+            wins[w] = wins[w] + s if w in wins else s.copy()
+        counts = dict(self.counts)
+        for k, v in other.counts.items():
+            counts[k] = counts.get(k, 0) + v
+        return EmbeddingField(self.reference + other.reference, wins, counts, self.model)
+
+    def copy(self) -> EmbeddingField:
+        wins = {w: s.copy() for w, s in self.windows.items()}
+        return EmbeddingField(self.reference.copy(), wins, dict(self.counts), self.model)
+
+    def null(self) -> NullDistribution:
+        """The reference's null distribution, drawn once per reference size."""
+        if self._cached_null is None or self._cached_null[0] != self.reference.n:
+            self._cached_null = (self.reference.n, NullDistribution.from_reference(self.reference))
+        return self._cached_null[1]
+
+    def summary(self, cfg: EmbeddingDrift) -> JsonObject:
+        latest = max(self.windows) if self.windows else None
+        ready = self.reference.n >= cfg.reference_size and latest is not None
+        cur = self.windows[latest] if latest is not None else None
+        enough = ready and cur is not None and cur.n >= max(cfg.min_count, 2)
+        out: JsonObject = {"window": latest}
+        out |= embedding_drift_summary(
+            self.reference,
+            cur,
+            self.null() if enough else None,
+            reference_size=cfg.reference_size,
+            min_count=cfg.min_count,
+            warn_alpha=cfg.warn_alpha,
+            alert_alpha=cfg.alert_alpha,
+        )
+        out["counts"] = dict(sorted(self.counts.items()))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference.to_dict(),
+            "windows": [[w, s.to_dict()] for w, s in sorted(self.windows.items())],
+            "counts": dict(sorted(self.counts.items())),
+            "model": self.model,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EmbeddingField:
+        return cls(
+            EmbeddingSums.from_dict(data["reference"]),
+            {int(w): EmbeddingSums.from_dict(d) for w, d in data["windows"]},
+            {str(k): int(v) for k, v in data.get("counts", {}).items()},
+            str(data.get("model", "")),
+        )
+
+
+class EmbeddingPlan:
+    """A route's embedding drift, built once from ``routes[].drift.embedding``: the model
+    (embedder and random features) and the compiled paths of the watched input fields."""
+
+    __slots__ = ("cfg", "model", "names", "paths")
+
+    def __init__(self, cfg: EmbeddingDrift) -> None:
+        self.cfg = cfg
+        self.model = EmbeddingModel(cfg.dims, cfg.features, cfg.bandwidth, cfg.seed)
+        self.paths: list[FieldPath] = [compile_path(p) for p in dict.fromkeys(cfg.fields)]
+        self.names = [EMBEDDING_PREFIX + p.text for p in self.paths]
+        if cfg.outputs:
+            self.names.append(EMBEDDING_PREFIX + OUTPUT_FIELD)
+
+    def new_field(self) -> EmbeddingField:
+        return EmbeddingField(self.model.sums(second=True), model=self.model.signature)
+
+
 def _floats(values: list[Any]) -> list[float]:
     out = []
     for v in values:
@@ -180,6 +311,9 @@ class ProductionState:
     """Input fields found and tracked by automatic drift, in the order first seen."""
     untracked_examples: list[str] = field(default_factory=list)
     """The first few field paths automatic drift counted without tracking them."""
+    embedding: dict[str, EmbeddingField] = field(default_factory=dict)
+    """Embedding drift (``drift.embedding``) per field: ``embedding:<path>``,
+    ``embedding:output``."""
 
     def note_revisions(self, seen: Mapping[str, tuple[Any, int, int]]) -> bool:
         """Production revisions seen in a batch: id -> (identity, first ts, last ts). The one
@@ -261,6 +395,19 @@ class ProductionState:
             if f is not None:
                 f.add(w, values)
 
+    def add_embedding(
+        self, name: str, window: int, x: Any, plan: EmbeddingPlan, counts: Mapping[str, int]
+    ) -> None:
+        """Unit vectors ``x`` of one embedding drift field at ``window``, and what happened to
+        the values (see ``core.embedding.ITEM_OUTCOMES``)."""
+        f = self.embedding.get(name)
+        if f is None or f.model != plan.model.signature:
+            if f is not None:  # dims, features, bandwidth or seed changed: start again
+                self._count("embedding_drift_restarts")
+            f = self.embedding[name] = plan.new_field()
+        f.count(counts)
+        f.add(window, x, plan.model, plan.cfg.reference_size)
+
     def add_auto(self, window: int, name: str, values: list[Any]) -> None:
         """Values of an input field found by automatic drift: tracked while there is room
         (``auto_max`` fields), else counted in ``drift_untracked_values``."""
@@ -313,6 +460,12 @@ class ProductionState:
             if k not in drift and k in kept:
                 drift[k] = f.copy()
         examples = list(dict.fromkeys([*self.untracked_examples, *other.untracked_examples]))
+        embedding: dict[str, EmbeddingField] = {}
+        for k, e in self.embedding.items():
+            embedding[k] = e.merge(other.embedding[k]) if k in other.embedding else e.copy()
+        for k, e in other.embedding.items():
+            if k not in embedding:
+                embedding[k] = e.copy()
         return ProductionState(
             route=self.route,
             metric=self.metric,
@@ -326,6 +479,7 @@ class ProductionState:
             auto_max=cap,
             auto_fields=[k for k in auto if k in kept],
             untracked_examples=examples[:MAX_UNTRACKED_EXAMPLES],
+            embedding=embedding,
         )
 
     def degradation(self, alpha: float, monitor: Monitor | None = None) -> JsonObject:
@@ -351,8 +505,19 @@ class ProductionState:
         return out
 
     def summary(
-        self, alpha: float, warn: float, alert: float, monitor: Monitor | None = None
+        self,
+        alpha: float,
+        warn: float,
+        alert: float,
+        monitor: Monitor | None = None,
+        embedding: EmbeddingDrift | None = None,
     ) -> ProductionSummary:
+        """``embedding``: the route's ``drift.embedding`` (its fields' summaries join
+        ``drift``, named ``embedding:<path>``; none: left out)."""
+        drift = {k: json_safe(f.summary(warn, alert)) for k, f in self.drift.items()}
+        if embedding is not None:
+            for k, e in self.embedding.items():
+                drift[k] = json_safe(e.summary(embedding))
         return {
             "route": self.route,
             "metric": self.metric,
@@ -367,7 +532,7 @@ class ProductionState:
             "degradation": json_safe(self.degradation(alpha, monitor)),
             "label_delay_ms": json_safe(self.delay.summary()),
             "label_coverage": json_safe(self.coverage.series()),
-            "drift": {k: json_safe(f.summary(warn, alert)) for k, f in sorted(self.drift.items())},
+            "drift": dict(sorted(drift.items())),
             "drift_auto": self._auto_summary(),
         }
 
@@ -399,7 +564,14 @@ class ProductionState:
             "auto_max": self.auto_max,
             "auto_fields": list(self.auto_fields),
             "untracked_examples": list(self.untracked_examples),
-        }
+        } | self._embedding_dict()
+
+    def _embedding_dict(self) -> dict[str, Any]:
+        """Embedding drift's sums; left out when there is none (states written before it
+        load to the same bytes)."""
+        if not self.embedding:
+            return {}
+        return {"embedding": {k: f.to_dict() for k, f in sorted(self.embedding.items())}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProductionState:
@@ -418,6 +590,9 @@ class ProductionState:
             auto_max=int(data.get("auto_max", 0)),
             auto_fields=[str(k) for k in data.get("auto_fields", [])],
             untracked_examples=[str(k) for k in data.get("untracked_examples", [])],
+            embedding={
+                str(k): EmbeddingField.from_dict(v) for k, v in data.get("embedding", {}).items()
+            },
         )
 
 
@@ -458,8 +633,10 @@ def new_production_state(
     categorical: Sequence[str],
     reference: Mapping[str, FrozenBins] | None,
     reference_rows: Mapping[str, Histogram] | None = None,
+    embedding: EmbeddingPlan | None = None,
 ) -> ProductionState:
-    """An empty state; ``reference`` holds bins frozen from a reference file (if any)."""
+    """An empty state; ``reference`` holds bins frozen from a reference file (if any);
+    ``embedding`` the route's embedding drift (if any)."""
     state = ProductionState(
         route=route,
         metric=metric,
@@ -478,6 +655,9 @@ def new_production_state(
                 else Histogram(f.bins)
             )
         state.drift[name] = f
+    if embedding is not None:
+        for name in embedding.names:
+            state.embedding[name] = embedding.new_field()
     return state
 
 
@@ -491,13 +671,20 @@ class DriftBatch:
     ``ProductionState.add_drift_items`` would add for the same (window, value) items in the
     same order."""
 
-    __slots__ = ("_auto", "_auto_depth", "_deep", "_explicit", "_names", "_out", "_paths", "_runs",
-                 "_values")  # fmt: skip
+    __slots__ = ("_auto", "_auto_depth", "_deep", "_emb", "_embed", "_explicit", "_names", "_out",
+                 "_paths", "_runs", "_values")  # fmt: skip
 
     def __init__(
-        self, paths: PathSet | None, names: Sequence[str] = (), auto_depth: int = 0
+        self,
+        paths: PathSet | None,
+        names: Sequence[str] = (),
+        auto_depth: int = 0,
+        embed: EmbeddingPlan | None = None,
     ) -> None:
         self._paths = paths
+        self._embed = embed
+        """Embedding drift: per request, each field's selected values (kept whole)."""
+        self._emb: list[tuple[int, int, list[Any]]] = []
         self._auto_depth = auto_depth
         """Automatic drift: every scalar input field down to this depth (0: off)."""
         self._auto: list[tuple[int, dict[str, list[Any]]]] = []
@@ -525,6 +712,18 @@ class DriftBatch:
             self._deep += flatten_scalars(doc, self._auto_depth, auto[-1][1])
         if output:
             _numeric_outputs(output, self._out)
+        embed = self._embed
+        if embed is not None:
+            emb = self._emb
+            if doc is not None:
+                for i, path in enumerate(embed.paths):
+                    found = path.nodes(doc)
+                    if found:
+                        emb.append((window, i, found))
+            if output and embed.cfg.outputs:
+                texts = [v for v in output if isinstance(v, str)]
+                if texts:
+                    emb.append((window, len(embed.paths), texts))
 
     def apply(self, state: ProductionState) -> None:
         bounds = [starts for _, starts in self._runs[1:]]
@@ -557,6 +756,32 @@ class DriftBatch:
             state.counts["drift_too_deep_values"] = (
                 state.counts.get("drift_too_deep_values", 0) + self._deep
             )
+        if self._embed is not None and self._emb:
+            _apply_embedding(self._embed, self._emb, state)
+
+
+def _apply_embedding(
+    plan: EmbeddingPlan, items: list[tuple[int, int, list[Any]]], state: ProductionState
+) -> None:
+    """Embed each field's values per run of one window (in arrival order) and add them."""
+    cfg = plan.cfg
+    for i, name in enumerate(plan.names):
+        window: int | None = None
+        texts: list[str] = []
+        vectors: list[list[float]] = []
+        counts: dict[str, int] = {}
+        for w, field_index, values in items:
+            if field_index != i:
+                continue
+            if w != window and window is not None:
+                x = embed_items(plan.model, texts, vectors, counts)
+                state.add_embedding(name, window, x, plan, counts)
+                texts, vectors, counts = [], [], {}
+            window = w
+            split_items(values, cfg.dims, cfg.max_chars, cfg.max_items, texts, vectors, counts)
+        if window is not None:
+            x = embed_items(plan.model, texts, vectors, counts)
+            state.add_embedding(name, window, x, plan, counts)
 
 
 def _numeric_outputs(out: list[Any], dst: list[Any]) -> None:

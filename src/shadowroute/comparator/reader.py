@@ -485,7 +485,9 @@ class Reader:
                 "quality": [],
                 "drift": {},
             }
-        summary = state.summary(r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor)
+        summary = state.summary(
+            r.policy.alpha, r.drift.psi_warn, r.drift.psi_alert, r.monitor, r.drift.embedding
+        )
         out: doc.Production = {
             "route": route,
             "model": model,

@@ -427,6 +427,48 @@ def _drift_path(path: str) -> str:
 DriftPath = Annotated[str, AfterValidator(_drift_path)]
 
 
+class EmbeddingDrift(_Strict):
+    """Drift of text or vector inputs and text outputs, on embeddings (docs/llm-drift.md)."""
+
+    fields: list[DriftPath] = []
+    """JSON paths into the request body of texts (e.g. ``$.messages[-1].content``) or of
+    vectors already embedded (an array of `dims` numbers); each selected text or vector is one
+    item."""
+    outputs: bool = False
+    """Also watch production's text outputs (the answer of an `openai` or text route)."""
+    dims: int = Field(64, ge=2, le=4096)
+    """Dimensions of the built-in lexical embedder (feature hashing of word unigrams and
+    bigrams, then a fixed random projection); vectors in the request must have this length."""
+    features: int = Field(128, ge=8, le=512)
+    """Random Fourier features of the MMD estimate (the reference keeps features² sums)."""
+    bandwidth: float = Field(1.0, gt=0)
+    """Gaussian kernel bandwidth σ on the unit-length embeddings."""
+    seed: int = Field(0, ge=0)
+    """Seed of the embedder's projection and of the random features: the same in every
+    process, so sums from partitions and windows merge."""
+    reference_size: int = Field(500, ge=50, le=100_000)
+    """The first N items of each field (per partition) form the reference."""
+    min_count: int = Field(100, ge=10)
+    """Items the latest window needs before a state other than `insufficient`."""
+    warn_alpha: float = Field(0.01, gt=0, lt=1)
+    """p-value below which a field's drift state becomes `minor`."""
+    alert_alpha: float = Field(0.001, gt=0, lt=1)
+    """p-value below which a field's drift state becomes `major`."""
+    max_chars: int = Field(20_000, ge=1)
+    """A longer text is cut to this many characters before embedding (counted as
+    `truncated`)."""
+    max_items: int = Field(16, ge=1, le=1024)
+    """Items taken at most per request and field; further ones are counted as `too_many`."""
+
+    @model_validator(mode="after")
+    def _alphas(self) -> EmbeddingDrift:
+        if self.alert_alpha > self.warn_alpha:
+            raise ValueError("alert_alpha must not exceed warn_alpha")
+        if not self.fields and not self.outputs:
+            raise ValueError("give fields (JSON paths of texts or vectors) or outputs: true")
+        return self
+
+
 class Drift(_Strict):
     fields: list[DriftPath] = []
     """JSON paths into the request body (e.g. ``$.instances[*].amount``) to monitor for drift."""
@@ -452,6 +494,8 @@ class Drift(_Strict):
     max_depth: int = Field(4, ge=1, le=16)
     """With `auto`: how deep into nested objects and arrays fields are looked for; deeper values
     are counted, not tracked."""
+    embedding: EmbeddingDrift | None = None
+    """Embedding drift of text or vector input fields and of text outputs (none: off)."""
 
 
 class Monitor(_Strict):

@@ -66,6 +66,16 @@ class FieldPath:
                 out.append(node)
         return out
 
+    def nodes(self, doc: Any) -> list[Any]:
+        """Every value the path selects in ``doc``, in document order, arrays kept whole (an
+        embedding vector stays one value)."""
+        nodes: list[Any] = [doc]
+        for step in self.steps:
+            nodes = _apply(step, nodes)
+            if not nodes:
+                break
+        return nodes
+
 
 class _Node:
     __slots__ = ("children", "leaves", "outputs")

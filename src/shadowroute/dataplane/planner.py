@@ -121,7 +121,10 @@ class RoutePlan:
         self.methods = frozenset(m.upper().encode() for m in cfg.mirror_methods)
         self.monitor_fraction = cfg.monitor_fraction
         self.needs_input = cfg.capture.input or bool(
-            cfg.drift.fields or cfg.drift.categorical or cfg.drift.auto
+            cfg.drift.fields
+            or cfg.drift.categorical
+            or cfg.drift.auto
+            or (cfg.drift.embedding is not None and cfg.drift.embedding.fields)
         )
         self.prod_base = prod_base
         self.prod_static = prod_static

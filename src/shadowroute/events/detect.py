@@ -10,7 +10,8 @@ changes:
 - a candidate's verdict differs from the last one seen: ``verdict.changed``. The verdicts of
   the first snapshot (and of a candidate seen for the first time) are the baseline: no event,
   so a restart does not repeat every verdict;
-- a drift field's PSI state becomes ``major`` (above ``drift.psi_alert``):
+- a drift field's PSI state becomes ``major`` (above ``drift.psi_alert``; for an embedding
+  drift field, its p-value below ``drift.embedding.alert_alpha``):
   ``drift.exceeded``; back to ``stable`` or ``minor``: ``drift.recovered``;
 - production's degradation state becomes ``degraded``: ``production.degraded``; ``ok``
   again: ``production.recovered``;
@@ -175,7 +176,11 @@ class Detector:
                 "field": name,
                 "state": state,
                 "psi": summary.get("psi"),
-                "threshold": self.psi_alert.get(route),
+                "threshold": (
+                    summary.get("threshold_major")
+                    if summary.get("kind") == "embedding"
+                    else self.psi_alert.get(route)
+                ),
                 "window": summary.get("window"),
                 "drift": dict(summary),
             }

@@ -573,7 +573,16 @@ function driftRows(drift) {
     h("td", { class: "num js" }, fixed(f.js)),
     h("td", { class: "num" }, isNum(f.n) ? String(f.n) : ""),
     h("td", { class: "num" }, isNum(f.reference_n) ? String(f.reference_n) : ""),
-    h("td", {}, psiBar(f.psi))));
+    h("td", {}, f.kind === "embedding" ? embeddingNote(f) : psiBar(f.psi))));
+}
+
+// An embedding drift field (drift.embedding): no PSI; its MMD², p-value and centroid shift.
+function embeddingNote(f) {
+  const parts = [];
+  if (isNum(f.mmd2)) parts.push(`MMD² ${f.mmd2.toPrecision(2)}`);
+  if (isNum(f.p_value)) parts.push(`p ${f.p_value.toPrecision(2)}`);
+  if (isNum(f.centroid_shift)) parts.push(`centroid shift ${fixed(f.centroid_shift)}`);
+  return h("span", { class: "legend embedding", "data-field": "embedding" }, parts.join(" · "));
 }
 
 function psiBar(psi) {
