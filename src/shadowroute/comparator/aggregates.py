@@ -24,6 +24,8 @@ from shadowroute.comparator.classes import ClassCounts
 from shadowroute.comparator.documents import (
     Audit,
     CandidateScores,
+    EmbeddingSimilarity,
+    JudgeFigures,
     LatencyMs,
     LatencySide,
     Mcnemar,
@@ -45,6 +47,7 @@ from shadowroute.core.stats.sketch import Sketch
 
 __all__ = [
     "WINDOW_MS",
+    "AssessmentFacts",
     "CandidateState",
     "LabelledRow",
     "PairFacts",
@@ -75,6 +78,35 @@ class PairFacts(Protocol):
     def prod_output(self) -> list[Any] | None: ...
     @property
     def cand_output(self) -> list[Any] | None: ...
+
+
+class AssessmentFacts(Protocol):
+    """What ``CandidateState.add_assessments`` reads of an assessment record
+    (``core.assessments.AssessmentRecord``)."""
+
+    @property
+    def judge(self) -> str | None: ...
+    @property
+    def inconsistent(self) -> bool: ...
+    @property
+    def judge_error(self) -> str | None: ...
+    @property
+    def similarity(self) -> float | None: ...
+    @property
+    def similarity_error(self) -> str | None: ...
+    @property
+    def judge_calls(self) -> int: ...
+    @property
+    def similarity_calls(self) -> int: ...
+
+
+_JUDGED: Final[dict[str, tuple[float, float]]] = {
+    "win": (0.0, 1.0),
+    "tie": (0.0, 0.0),
+    "loss": (1.0, 0.0),
+}
+"""(production's value, candidate's value) of a judge result in the paired metric ``judge``:
+d = win − loss (``core.judging.JUDGE_VALUES``)."""
 
 
 @dataclass(slots=True)
@@ -150,6 +182,10 @@ class CandidateState:
     written before revisions."""
     class_counts: ClassCounts | None = None
     """Classification: per-class counts of both models on the labelled pairs (``classes``)."""
+    judge: PairedMetric | None = None
+    """Routes with a judge: the paired metric ``judge`` (d = win − loss per judged pair);
+    its counts are ``judge:<result>``, ``judge_inconsistent``, ``judge_error:<reason>``,
+    ``judge_calls``, and ``embed_sim_{n,sum}``, ``embed_error:<reason>``, ``embed_calls``."""
 
     # --- updates ----------------------------------------------------------------------------
 
@@ -332,6 +368,34 @@ class CandidateState:
             self.quality[name].update(p[:, i], q[:, i])
         self._add_windows(ts, cols)
 
+    def add_assessments(self, rows: Sequence[AssessmentFacts]) -> None:
+        """Judge results and embedding similarities of assessed pairs (in any order: sums)."""
+        c = self.counts
+        prod: list[float] = []
+        cand: list[float] = []
+        for r in rows:
+            if r.judge is not None:
+                _add(c, f"judge:{r.judge}", 1)
+                vals = _JUDGED.get(r.judge)
+                if vals is not None:
+                    prod.append(vals[0])
+                    cand.append(vals[1])
+                if r.inconsistent:
+                    _add(c, "judge_inconsistent", 1)
+                if r.judge_error is not None:
+                    _add(c, f"judge_error:{r.judge_error}", 1)
+            if r.judge_calls:
+                _add(c, "judge_calls", r.judge_calls)
+            if r.similarity is not None:
+                _add(c, "embed_sim_n", 1)
+                _add(c, "embed_sim_sum", r.similarity)
+            if r.similarity_error is not None:
+                _add(c, f"embed_error:{r.similarity_error}", 1)
+            if r.similarity_calls:
+                _add(c, "embed_calls", r.similarity_calls)
+        if prod and self.judge is not None:
+            self.judge.update(prod, cand)
+
     def add_orphans(self, n: int) -> None:
         _add(self.counts, "orphan_pairs", n)
 
@@ -368,6 +432,7 @@ class CandidateState:
             last_ts=max(self.last_ts, other.last_ts),
             revision=self.revision if self.revision is not None else other.revision,
             class_counts=_merge_classes(self.class_counts, other.class_counts),
+            judge=_merge_judge(self.judge, other.judge),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -391,6 +456,8 @@ class CandidateState:
             },
             "revision": self.revision,
             "classes": None if self.class_counts is None else self.class_counts.to_dict(),
+            # only with a judge: states without one keep their serialised form
+            **({"judge": self.judge.to_dict()} if self.judge is not None else {}),
         }
 
     @classmethod
@@ -398,6 +465,7 @@ class CandidateState:
         error_rate = PairedMetric.from_dict(data["error_rate"])
         avail = data.get("availability")  # absent in states stored before it was kept
         per_class = data.get("classes")  # absent in states stored before per-class views
+        judge = data.get("judge")  # absent in states stored before the judge
         return cls(
             route=str(data["route"]),
             candidate=str(data["candidate"]),
@@ -422,6 +490,7 @@ class CandidateState:
             last_ts=int(data.get("last_ts", 0)),
             revision=data.get("revision"),
             class_counts=None if per_class is None else ClassCounts.from_dict(per_class),
+            judge=None if judge is None else PairedMetric.from_dict(judge),
         )
 
     # --- reading ----------------------------------------------------------------------------
@@ -445,6 +514,7 @@ class CandidateState:
             "timeout_rate": self.timeout_rate,
             "availability": self.availability,
             **self.quality,
+            **({"judge": self.judge} if self.judge is not None else {}),
         }
 
     def scores(self) -> CandidateScores:
@@ -484,7 +554,38 @@ class CandidateState:
                 "n": int(n),
                 "mean": _finite(c.get("similarity_sum", 0.0) / n) if n else None,
             }
+        if self.judge is not None:
+            out["judge"] = self._judge_figures()
+        if any(k.startswith(("embed_sim_n", "embed_error:", "embed_calls")) for k in c):
+            out["embedding_similarity"] = self._embedding_similarity()
         return out
+
+    def _judge_figures(self) -> JudgeFigures:
+        assert self.judge is not None
+        failures = _by_reason(self.counts, "judge_error:")
+        return {
+            "metric": _summary(self.judge),
+            "wins": self.count("judge:win"),
+            "ties": self.count("judge:tie"),
+            "losses": self.count("judge:loss"),
+            "unparseable": self.count("judge:unparseable"),
+            "inconsistent": self.count("judge_inconsistent"),
+            "failed": self.count("judge:failed"),
+            "failures": failures,
+            "calls": self.count("judge_calls"),
+        }
+
+    def _embedding_similarity(self) -> EmbeddingSimilarity:
+        c = self.counts
+        n = c.get("embed_sim_n", 0.0)
+        failures = _by_reason(c, "embed_error:")
+        return {
+            "n": int(n),
+            "mean": _finite(c.get("embed_sim_sum", 0.0) / n) if n else None,
+            "failed": sum(failures.values()),
+            "failures": failures,
+            "calls": self.count("embed_calls"),
+        }
 
     def _outcomes(self) -> Outcomes:
         """Per side: pairs with a prediction, and the reason of each without one."""
@@ -623,6 +724,16 @@ def _count_classes(
         counts.add(y, p, q, p == y, q == y, n)
 
 
+def _by_reason(counts: Mapping[str, float], head: str) -> dict[str, int]:
+    return {k[len(head) :]: int(v) for k, v in sorted(counts.items()) if k.startswith(head)}
+
+
+def _merge_judge(a: PairedMetric | None, b: PairedMetric | None) -> PairedMetric | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a.merge(b)
+
+
 def _merge_classes(a: ClassCounts | None, b: ClassCounts | None) -> ClassCounts | None:
     if a is None or b is None:
         return a if b is None else b
@@ -694,4 +805,5 @@ def new_candidate_state(route: Route, candidate: str, windows: Sequence[str]) ->
             if route.task == "classification"
             else None
         ),
+        judge=make("judge") if route.judge is not None else None,
     )

@@ -28,6 +28,7 @@ __all__ = [
     "CoveragePoint",
     "Decision",
     "DriftAuto",
+    "EmbeddingSimilarity",
     "ErrorSummary",
     "EvidenceRevision",
     "FlaggerCall",
@@ -37,6 +38,7 @@ __all__ = [
     "Identity",
     "Integrity",
     "JsonObject",
+    "JudgeFigures",
     "LabelsWaiting",
     "LatencyMs",
     "LatencySide",
@@ -335,6 +337,32 @@ class Similarity(TypedDict):
     mean: Num
 
 
+class JudgeFigures(TypedDict):
+    """Routes with a judge: the pairwise judge's results (docs/llm-judge.md)"""
+
+    metric: Annotated[
+        MetricSummary, "The paired metric judge: d = win − loss per judged pair (ties 0)"
+    ]
+    wins: int
+    ties: Annotated[int, "Including the position-inconsistent ones"]
+    losses: int
+    unparseable: Annotated[int, "Pairs with a reply that could not be parsed (left out)"]
+    inconsistent: Annotated[int, "Pairs whose two orders disagreed (counted as ties)"]
+    failed: Annotated[int, "Pairs with a failed call (left out)"]
+    failures: Annotated[dict[str, int], "Failed pairs by reason"]
+    calls: Annotated[int, "Judge calls recorded (two per judged pair)"]
+
+
+class EmbeddingSimilarity(TypedDict):
+    """Routes with similarity: cosine similarity of the answers' embeddings"""
+
+    n: int
+    mean: Num
+    failed: int
+    failures: dict[str, int]
+    calls: int
+
+
 class ClassFigures(TypedDict):
     true_positives: int
     predicted: Annotated[int, "Instances the model gave this class"]
@@ -431,6 +459,8 @@ class CandidateScores(TypedDict):
             "Text routes: mean difflib similarity of the two answers (1 = identical)",
         ]
     ]
+    judge: NotRequired[JudgeFigures]
+    embedding_similarity: NotRequired[EmbeddingSimilarity]
 
 
 class Scores(TypedDict):
@@ -465,6 +495,8 @@ class Scores(TypedDict):
             "Text routes: mean difflib similarity of the two answers (1 = identical)",
         ]
     ]
+    judge: NotRequired[JudgeFigures]
+    embedding_similarity: NotRequired[EmbeddingSimilarity]
     noise: NotRequired[bool]
     noise_floor: NotRequired[NoiseFloor | None]
 

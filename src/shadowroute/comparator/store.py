@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS decisions(
   model TEXT NOT NULL, verdict TEXT NOT NULL, as_of INTEGER, at_ms INTEGER NOT NULL,
   evidence BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS assessment_positions(
+  partition INTEGER PRIMARY KEY, next INTEGER NOT NULL);
 """
 
 
@@ -81,6 +83,9 @@ class Positions:
     labels: int = 0
     pairs_wm: int = 0
     labels_wm: int = 0
+    assessments: int = 0
+    """Next offset on the assessments topic (Kafka), or assessment records committed
+    (embedded); kept in its own table (``assessment_positions``)."""
 
 
 @dataclass(slots=True)
@@ -146,7 +151,10 @@ class Store:
         rows = self.conn.execute(
             "SELECT partition, pairs, labels, pairs_wm, labels_wm FROM positions"
         )
-        return {int(r[0]): Positions(int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+        out = {int(r[0]): Positions(int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+        for part, nxt in self.conn.execute("SELECT partition, next FROM assessment_positions"):
+            out.setdefault(int(part), Positions()).assessments = int(nxt)
+        return out
 
     def states(self, partitions: Iterable[int] | None = None) -> dict[StateKey, bytes]:
         """The serialised states (of the given partitions, or all) by key."""
@@ -320,6 +328,11 @@ class Store:
             "INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?, ?)",
             (partition, p.pairs, p.labels, p.pairs_wm, p.labels_wm),
         )
+        if p.assessments:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO assessment_positions VALUES (?, ?)",
+                (partition, p.assessments),
+            )
 
     def add_decision(
         self, route: str, candidate: str, model: str, verdict: str, as_of: int | None,
