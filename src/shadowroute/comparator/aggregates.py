@@ -554,11 +554,22 @@ class CandidateState:
                 "n": int(n),
                 "mean": _finite(c.get("similarity_sum", 0.0) / n) if n else None,
             }
-        if self.judge is not None:
-            out["judge"] = self._judge_figures()
-        if any(k.startswith(("embed_sim_n", "embed_error:", "embed_calls")) for k in c):
-            out["embedding_similarity"] = self._embedding_similarity()
+        judge, embedding = self.judge_figures(), self.embedding_figures()
+        if judge is not None:
+            out["judge"] = judge
+        if embedding is not None:
+            out["embedding_similarity"] = embedding
         return out
+
+    def judge_figures(self) -> JudgeFigures | None:
+        """The judge's figures (routes with a judge)."""
+        return None if self.judge is None else self._judge_figures()
+
+    def embedding_figures(self) -> EmbeddingSimilarity | None:
+        """The embedding similarity's figures, once measured."""
+        if any(k.startswith(("embed_sim_n", "embed_error:", "embed_calls")) for k in self.counts):
+            return self._embedding_similarity()
+        return None
 
     def _judge_figures(self) -> JudgeFigures:
         assert self.judge is not None

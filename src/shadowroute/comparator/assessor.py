@@ -21,17 +21,20 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
 import orjson
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from shadowroute.comparator.reading import Pair, read_pair
 from shadowroute.comparator.state import CAND, StateKey
 from shadowroute.core.assessments import AssessmentRecord, encode_assessment
 from shadowroute.core.config import Config, Judge, Route, Similarity
+from shadowroute.core.families import Family, describe
 from shadowroute.core.judging import (
     Breaker,
     Budget,
@@ -50,7 +53,7 @@ from shadowroute.core.judging import (
 from shadowroute.core.records import RecordError
 from shadowroute.core.revision import revision_id
 
-__all__ = ["KINDS", "Assessor", "CallFailed", "KindStats", "calls_recorded"]
+__all__ = ["KINDS", "Assessor", "AssessorCollector", "CallFailed", "KindStats", "calls_recorded"]
 
 log = logging.getLogger("shadowroute.assessor")
 
@@ -431,6 +434,99 @@ class Assessor:
                 "breaker_opened": lim.breaker.opened,
             }
         return out
+
+
+_RK: Final = ("route", "kind")
+
+
+class AssessorCollector(Collector):
+    """The assessor's counters (process-local: since this process started; the budget
+    counts the calls recorded before it) as Prometheus metric families."""
+
+    FAMILIES = (
+        Family(
+            "shadowroute_assess_sampled",
+            "Candidate pairs in the judge's or the similarity's sample.",
+            "counter",
+            _RK,
+        ),
+        Family("shadowroute_assess_calls", "Judge or embeddings calls made.", "counter", _RK),
+        Family(
+            "shadowroute_assess_skipped",
+            "Sampled pairs not assessed, by reason (rate_limited, budget_exhausted, "
+            "circuit_open, no_text, no_input).",
+            "counter",
+            (*_RK, "reason"),
+        ),
+        Family(
+            "shadowroute_assess_failures",
+            "Failed judge or embeddings calls, by reason.",
+            "counter",
+            (*_RK, "reason"),
+        ),
+        Family(
+            "shadowroute_assess_unparseable",
+            "Judge replies that could not be parsed.",
+            "counter",
+            _RK,
+        ),
+        Family(
+            "shadowroute_assess_truncated",
+            "Texts cut to max_chars before they were sent.",
+            "counter",
+            _RK,
+        ),
+        Family(
+            "shadowroute_assess_budget_left",
+            "Calls left in the budget (max_calls; absent without a limit).",
+            "gauge",
+            _RK,
+        ),
+        Family(
+            "shadowroute_assess_circuit_open",
+            "1 while the judge's or the similarity's breaker is open.",
+            "gauge",
+            _RK,
+        ),
+        Family(
+            "shadowroute_assess_queue_full",
+            "Sampled pair records skipped because the assessor's queue was full.",
+            "counter",
+        ),
+    )
+
+    def __init__(self, assessor: Assessor) -> None:
+        self._assessor = assessor
+
+    def describe(self) -> Iterator[Metric]:
+        return describe(self.FAMILIES)
+
+    def collect(self) -> Iterator[Metric]:
+        f = self.FAMILIES
+        sampled, calls, skipped, failures = (
+            f[0].counter(),
+            f[1].counter(),
+            f[2].counter(),
+            f[3].counter(),
+        )
+        unparseable, truncated = f[4].counter(), f[5].counter()
+        budget, circuit = f[6].gauge(), f[7].gauge()
+        for route, kinds in self._assessor.stats().items():
+            for kind, st in kinds.items():
+                lab = [route, kind]
+                sampled.add_metric(lab, st["sampled"])
+                calls.add_metric(lab, st["calls"])
+                unparseable.add_metric(lab, st["unparseable"])
+                truncated.add_metric(lab, st["truncated"])
+                for reason, n in st["skipped"].items():
+                    skipped.add_metric([*lab, reason], n)
+                for reason, n in st["failures"].items():
+                    failures.add_metric([*lab, reason], n)
+                if st["budget_left"] is not None:
+                    budget.add_metric(lab, st["budget_left"])
+                circuit.add_metric(lab, 0.0 if st["breaker"] == "closed" else 1.0)
+        yield from (sampled, calls, skipped, failures, unparseable, truncated, budget, circuit)
+        yield f[8].counter(self._assessor.queue_full)
 
 
 def _texts(pair: Pair) -> tuple[str, str] | None:

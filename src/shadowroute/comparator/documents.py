@@ -638,6 +638,8 @@ class OverviewCandidate(TypedDict):
     decision: Decision
     orphan_pairs: int
     classes_untracked: int
+    judge: NotRequired[JudgeFigures]
+    embedding_similarity: NotRequired[EmbeddingSimilarity]
 
 
 class ModelAge(TypedDict):

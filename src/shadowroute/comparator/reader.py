@@ -544,19 +544,24 @@ class Reader:
         for r in self.config.routes:
             for c in r.candidates:
                 state = self.view.candidate(r.name, c.name)
-                cands.append(
-                    {
-                        "route": r.name,
-                        "candidate": c.name,
-                        "decision": self.verdicts.current(r.name, c.name),
-                        "orphan_pairs": 0 if state is None else state.count("orphan_pairs"),
-                        "classes_untracked": (
-                            0
-                            if state is None or state.class_counts is None
-                            else state.class_counts.untracked
-                        ),
-                    }
-                )
+                one: doc.OverviewCandidate = {
+                    "route": r.name,
+                    "candidate": c.name,
+                    "decision": self.verdicts.current(r.name, c.name),
+                    "orphan_pairs": 0 if state is None else state.count("orphan_pairs"),
+                    "classes_untracked": (
+                        0
+                        if state is None or state.class_counts is None
+                        else state.class_counts.untracked
+                    ),
+                }
+                if state is not None:
+                    judge, embedding = state.judge_figures(), state.embedding_figures()
+                    if judge is not None:
+                        one["judge"] = judge
+                    if embedding is not None:
+                        one["embedding_similarity"] = embedding
+                cands.append(one)
         prods = {r.name: self.production(r.name) for r in self.config.routes}
         return {
             "candidates": cands,
