@@ -139,7 +139,9 @@ def decode_assessment(value: bytes) -> AssessmentRecord:
         if not (math.isfinite(sim) and -1.0 <= sim <= 1.0):
             raise RecordError("bad_value:similarity")
         sim = float(sim)
-    calls = obj.get("calls") or {}
+    calls = obj.get("calls")
+    if calls is None:
+        calls = {}
     if not isinstance(calls, dict):
         raise RecordError("bad_type:calls")
     counts = []
