@@ -86,8 +86,10 @@ def test_the_judge_prompt_is_blinded() -> None:
 
 
 def test_prompt_text() -> None:
-    chat = {"messages": [{"role": "system", "content": "Be brief"},
-                         {"role": "user", "content": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
+    parts = [{"type": "text", "text": "hi"}]
+    chat = {
+        "messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": parts}]
+    }
     assert prompt_text(chat, 100) == ("system: Be brief\nuser: hi", False)
     assert prompt_text({"prompt": "complete me"}, 100) == ("complete me", False)
     assert prompt_text({"x": 1}, 100) == ('{"x":1}', False)
