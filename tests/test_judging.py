@@ -30,6 +30,7 @@ from shadowroute.core.judging import (
 from shadowroute.core.records import RecordError, Side, encode_pair
 from shadowroute.core.revision import revision_id
 from shadowroute.dataplane.planner import route_plans
+from test_records import load_schema, valid
 
 ROUTE, PROD, CAND = "chat", "big", "small"
 
@@ -187,19 +188,15 @@ def test_bad_assessment_records_name_the_reason(patch: dict[str, Any], reason: s
 
 
 def test_assessment_schema_accepts_what_is_encoded_and_refuses_the_bad() -> None:
-    from importlib import resources
-
-    import jsonschema
-
-    schema = orjson.loads(
-        resources.files("shadowroute").joinpath("schemas", "assessment.v1.json").read_bytes()
-    )
-    check = jsonschema.Draft202012Validator(schema)
+    schema = load_schema("assessment")
     for rec in (_rec(), _rec(judge=None, orders=None, similarity=-0.25, similarity_calls=1)):
-        check.validate(orjson.loads(encode_assessment(rec)))
-    for patch in ({"judge": "maybe"}, {"similarity": 2}, {"revision": "x"}, {"v": 2}):
+        assert valid(orjson.loads(encode_assessment(rec)), schema, schema)
+    for patch in ({"judge": "maybe"}, {"similarity": 2}, {"revision": "x"}, {"v": 2},
+                  {"orders": ["win", "great"]}, {"judge_error": "exploded"}):  # fmt: skip
         bad = orjson.loads(encode_assessment(_rec())) | patch
-        assert not check.is_valid(bad), patch
+        assert not valid(bad, schema, schema), patch
+        with pytest.raises(RecordError):
+            decode_assessment(orjson.dumps(bad))
 
 
 # --- config ------------------------------------------------------------------------------------
