@@ -125,6 +125,9 @@ async def test_faster_but_worse_candidate_is_rejected_on_the_judge(tmp_path: Pat
         sim = scores["embedding_similarity"]
         assert sim["n"] == 60 and 0 < sim["mean"] < 1 and sim["calls"] == 60
         assert scores["latency_ms"]["ratio"]["p50"] < 1  # faster
+        assessor = scores["assessor"]
+        assert assessor["judge"]["calls"] == 120 and assessor["judge"]["budget_left"] == 9880
+        assert assessor["similarity"]["calls"] == 60 and assessor["judge"]["breaker"] == "closed"
 
         registry = CollectorRegistry()
         registry.register(ScoresCollector(comp.reader))

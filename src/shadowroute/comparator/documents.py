@@ -19,6 +19,7 @@ from typing import Annotated, Literal, NotRequired, TypedDict
 
 __all__ = [
     "COMPONENTS",
+    "AssessorFigures",
     "Audit",
     "CandidateScores",
     "ClassFigures",
@@ -353,6 +354,29 @@ class JudgeFigures(TypedDict):
     calls: Annotated[int, "Judge calls recorded (two per judged pair)"]
 
 
+class AssessorFigures(TypedDict):
+    """What this process's assessor did for the route's judge or similarity since it started
+    (the budget counts the calls recorded before)"""
+
+    sampled: Annotated[int, "Candidate pairs in its sample"]
+    assessed: Annotated[int, "Pairs it asked about"]
+    calls: int
+    unparseable: Annotated[int, "Judge replies that could not be parsed"]
+    inconsistent: Annotated[int, "Judged pairs whose two orders disagreed"]
+    truncated: Annotated[int, "Texts cut to max_chars"]
+    skipped: Annotated[
+        dict[str, int],
+        "Sampled pairs not assessed, by reason: rate_limited, budget_exhausted, circuit_open, "
+        "no_text, no_input",
+    ]
+    failures: Annotated[dict[str, int], "Failed calls by reason"]
+    budget: Annotated[int | None, "max_calls (null: no limit)"]
+    budget_spent: int
+    budget_left: Annotated[int | None, "null: no limit"]
+    breaker: Literal["closed", "open", "half_open"]
+    breaker_opened: Annotated[int, "Times the breaker opened"]
+
+
 class EmbeddingSimilarity(TypedDict):
     """Routes with similarity: cosine similarity of the answers' embeddings"""
 
@@ -497,6 +521,13 @@ class Scores(TypedDict):
     ]
     judge: NotRequired[JudgeFigures]
     embedding_similarity: NotRequired[EmbeddingSimilarity]
+    assessor: NotRequired[
+        Annotated[
+            dict[str, AssessorFigures],
+            "Routes with a judge or similarity: this process's assessor, by kind (judge, "
+            "similarity)",
+        ]
+    ]
     noise: NotRequired[bool]
     noise_floor: NotRequired[NoiseFloor | None]
 

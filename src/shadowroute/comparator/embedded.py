@@ -100,6 +100,7 @@ class Comparator:
             self.assessor = Assessor(
                 config, self.consume_assessments, spent=calls_recorded(self.engine.snapshot())
             )
+            self.reader.assessor = self.assessor
         self._waiters: list[tuple[int, int, asyncio.Future[list[str]]]] = []
         """(start, end, future) of label batches whose sender waits for the commit."""
         self._flush_lock = asyncio.Lock()
