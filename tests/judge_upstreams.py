@@ -9,10 +9,12 @@ The judge reads the two answers out of the prompt the assessor sends (``## Answe
 - ``chatty``: reasons, then ``VERDICT: <x>`` on the last line (as ``good`` decides);
 - ``unparseable``: a reply that names no verdict in the format;
 - ``failing``: HTTP 503; ``malformed``: a 200 whose body is not JSON; ``wrong_shape``: JSON
-  without ``choices``; ``slow``: answers as ``good`` after ``delay`` seconds.
+  without ``choices``; ``huge``: a reply over 1 MiB; ``slow``: answers as ``good`` after
+  ``delay`` seconds.
 
 The embeddings server gives a bag-of-letters vector per input (``good``), or fails
-(``failing``: 500), or answers ``malformed`` (one vector for two inputs).
+(``failing``: 500), or answers ``malformed`` (one vector for two inputs) or
+``too_many_dims`` (70,000 dimensions).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class JudgeServer:
             return web.Response(body=b"<html>oops</html>", content_type="text/html")
         if mode == "wrong_shape":
             return web.json_response({"result": "A"})
+        if mode == "huge":  # a reply over the assessor's 1 MiB limit
+            return web.json_response({"choices": [{"message": {"content": "A" * (2 << 20)}}]})
         user = body["messages"][-1]["content"]
         m = _ANSWERS.search(user)
         assert m is not None, user
@@ -149,6 +153,8 @@ class EmbeddingServer:
         ]
         if self.mode == "malformed":
             data = data[:1]
+        if self.mode == "too_many_dims":
+            data = [{"index": i, "embedding": [1.0] * 70_000} for i in range(len(inputs))]
         return web.Response(
             body=orjson.dumps({"object": "list", "data": data, "model": body["model"]}),
             content_type="application/json",

@@ -127,7 +127,7 @@ async def test_unparseable_replies_are_recorded_never_guessed(judge_server: Judg
 @pytest.mark.parametrize(
     ("judge_server", "reason"),
     [(("failing", 0.0), "http_5xx"), (("malformed", 0.0), "bad_response"),
-     (("wrong_shape", 0.0), "bad_response")],
+     (("wrong_shape", 0.0), "bad_response"), (("huge", 0.0), "bad_response")],
     indirect=["judge_server"],
 )  # fmt: skip
 async def test_failing_judge_is_counted_and_opens_its_breaker(
@@ -224,7 +224,12 @@ async def test_long_texts_are_cut_and_counted(judge_server: JudgeServer) -> None
 
 @pytest.mark.parametrize(
     ("mode", "similarity", "error"),
-    [("good", 1.0, None), ("failing", None, "http_5xx"), ("malformed", None, "bad_response")],
+    [
+        ("good", 1.0, None),
+        ("failing", None, "http_5xx"),
+        ("malformed", None, "bad_response"),
+        ("too_many_dims", None, "bad_response"),
+    ],
 )
 async def test_embedding_similarity(mode: str, similarity: float | None, error: str | None) -> None:
     server = await EmbeddingServer(mode).start()
