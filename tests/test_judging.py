@@ -314,6 +314,26 @@ def test_assessments_count_the_same_before_or_after_their_pairs(tmp_path: Path) 
     assert again.position(0).assessments == 12
 
 
+def test_an_assessment_of_a_pair_already_assessed_counts_once(tmp_path: Path) -> None:
+    """A pair judged twice (a re-delivered or replayed pair record): the second assessment is
+    counted as a duplicate, in the same batch or a later one, and after a restart."""
+    path = tmp_path / "s.sqlite"
+    engine = Engine(_cfg(str(path)), Store(path), clock=None)
+    engine.process(0, [_pair(0), _pair(1)], [], assessments=[_assessment(0), _assessment(0)])
+    engine.process(0, [], [], assessments=[_assessment(0, "win"), _assessment(1)])
+    again = Engine(_cfg(str(path)), Store(path), clock=None)
+    again.process(0, [], [], assessments=[_assessment(1, "win")])
+    state = _judge_state(again)
+    assert state["n"] == 2 and state["sum"] == -2
+    assert again.counters(0).get("duplicate_assessments", 0) == 3
+    # another time under the same id is another pair: counted
+    later = encode_assessment(
+        dataclasses.replace(decode_assessment(_assessment(0, "win")), ts=9_999)
+    )
+    again.process(0, [], [], assessments=[later])
+    assert _judge_state(again)["n"] == 3
+
+
 def test_bad_assessments_are_dead_letters(tmp_path: Path) -> None:
     engine = Engine(_cfg(str(tmp_path / "s.sqlite")), Store(tmp_path / "s.sqlite"), clock=None)
     other = dataclasses.replace(decode_assessment(_assessment(0)), candidate="nope")

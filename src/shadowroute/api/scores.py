@@ -92,6 +92,11 @@ PARTITION_COUNTERS = tuple(
             "Labels for an already-labelled request key with another value (the first stays): "
             "a label source that contradicts itself.",
         ),
+        (
+            "duplicate_assessments",
+            "Assessments (judge, embedding similarity) of a pair already assessed within the "
+            "TTL: kept out of the evidence, never counted twice.",
+        ),
     )
 )
 """The partition counters exported as they are: ``shadowroute_<count name>``."""

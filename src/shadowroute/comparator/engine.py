@@ -533,8 +533,11 @@ class Engine:
     ) -> None:
         """Add assessment records to their candidates' evidence (by route, candidate and
         revision id: the state slot of the pair they assess). Sums, so the order of pairs,
-        labels and assessments never changes the result."""
+        labels and assessments never changes the result. An assessment of a pair already
+        counted (same id, time and slot, within the route's label TTL: a pair record judged
+        again) is counted as ``duplicate_assessments`` and kept out."""
         by_slot: dict[tuple[str, str], list[AssessmentRecord]] = defaultdict(list)
+        decoded: list[tuple[bytes, AssessmentRecord, str]] = []
         for value in values:
             try:
                 rec = decode_assessment(value)
@@ -546,7 +549,27 @@ class Engine:
                 reason = "unknown_route" if names is None else "unknown_candidate"
                 dead.append((rec.id.encode(), value, f"assessment:{reason}"))
                 continue
-            by_slot[(rec.route, slot_name(rec.candidate, rec.revision))].append(rec)
+            decoded.append((value, rec, slot_name(rec.candidate, rec.revision)))
+        if not decoded:
+            return
+        seen = self.store.assessed(sorted({f"{r.id}/{r.ts}" for _, r, _ in decoded}))
+        fresh: list[tuple[str, str, int, int]] = []
+        duplicates = 0
+        newest = 0
+        for _, rec, slot in decoded:
+            key = f"{rec.id}/{rec.ts}"
+            if (key, slot) in seen:
+                duplicates += 1
+                continue
+            seen.add((key, slot))
+            fresh.append((key, slot, partition, rec.ts + self._ttl_ms[rec.route]))
+            newest = max(newest, rec.ts)
+            by_slot[(rec.route, slot)].append(rec)
+        if duplicates:
+            self._count(partition, "duplicate_assessments", duplicates)
+        self.store.add_assessed(fresh)
+        # remembered for the route's label TTL past the newest pair or assessment seen
+        self.store.expire_assessed(partition, max(self.position(partition).pairs_wm, newest))
         for (name, slot), rows in by_slot.items():
             route = self.routes[name]
             state = self._cand(route, slot, partition)

@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS decisions(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS assessment_positions(
   partition INTEGER PRIMARY KEY, next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS assessed(
+  key TEXT NOT NULL, slot TEXT NOT NULL, partition INTEGER NOT NULL, expires INTEGER NOT NULL,
+  PRIMARY KEY(key, slot)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS assessed_expiry ON assessed(partition, expires);
 """
 
 
@@ -224,6 +228,24 @@ class Store:
             )
             out.extend(self.conn.execute(q, chunk))
         return out
+
+    def assessed(self, keys: Sequence[str]) -> set[tuple[str, str]]:
+        """(key, slot) of the assessments already counted under these keys (``id/ts``)."""
+        out: set[tuple[str, str]] = set()
+        for chunk in _chunks(keys):
+            q = f"SELECT key, slot FROM assessed WHERE key IN ({','.join('?' * len(chunk))})"
+            out.update((str(k), str(s)) for k, s in self.conn.execute(q, chunk))
+        return out
+
+    def add_assessed(self, rows: Sequence[tuple[str, str, int, int]]) -> None:
+        """Remember counted assessments: (key, slot, partition, expires)."""
+        self.conn.executemany("INSERT OR IGNORE INTO assessed VALUES (?, ?, ?, ?)", rows)
+
+    def expire_assessed(self, partition: int, before: int) -> None:
+        """Forget the assessments of a partition whose memory ended before ``before`` (ms)."""
+        self.conn.execute(
+            "DELETE FROM assessed WHERE partition = ? AND expires < ?", (partition, before)
+        )
 
     def pending_kinds(self, keys: Sequence[str]) -> set[tuple[str, str]]:
         """(key, kind) of every pending entry under these keys (both of a combined row)."""
