@@ -205,3 +205,41 @@ async def test_judge_failures_never_block_other_metrics(tmp_path: Path) -> None:
         await prod.stop()
         await cand.stop()
         await judge.stop()
+
+
+async def test_a_judge_that_is_down_never_holds_up_a_guardrail(tmp_path: Path) -> None:
+    """The judge down and not the primary metric: a candidate much slower than production is
+    rejected on its latency as it would be without a judge; the judge's failures are
+    counted."""
+    prod = await chat_server("GOOD answer", delay=0.0).start()
+    cand = await chat_server("GOOD answer", delay=0.06).start()
+    judge = await JudgeServer("failing").start()
+    cfg = make_config(
+        tmp_path / "s.sqlite", prod.url, cand.url, judge.url, "http://127.0.0.1:9",
+        min_pairs=20, primary_metric=None,
+    )  # fmt: skip
+    comp = Comparator(cfg, flush_interval_s=0.05)
+    await comp.start()
+    try:
+        async with running_dataplane(cfg, ChannelSink(comp)) as dp:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dp.port}") as client:
+                for i in range(30):
+                    body = {"messages": [{"role": "user", "content": f"q{i}"}]}
+                    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+                    await asyncio.sleep(0.07)  # one mirror at a time: no candidate queueing
+            await settle(dp)
+        assert comp.assessor is not None
+        await comp.flush()
+        await comp.assessor.drain()
+        await comp.flush()
+        d = comp.reader.decision(ROUTE, CAND)
+        assert d["verdict"] == "reject", d["reasons"]
+        assert d["metrics"]["latency_p95_ratio"]["status"] == "fail"
+        assert "judge" not in d["metrics"]  # not a verdict metric on this route
+        st = comp.assessor.stats()[ROUTE]["judge"]
+        assert st["failures"].get("http_5xx", 0) >= 10 and st["breaker"] == "open"
+    finally:
+        await comp.close()
+        await prod.stop()
+        await cand.stop()
+        await judge.stop()
