@@ -86,7 +86,7 @@ async def test_create_topics_idempotent_and_copartitioned(
     p = transport.topic_prefix
     created = await create_topics(transport)
     assert sorted(created) == sorted(
-        f"{p}.{k}" for k in ("pairs", "labels", "scores", "deadletter", "events")
+        f"{p}.{k}" for k in ("pairs", "labels", "scores", "deadletter", "events", "assessments")
     )
     assert await create_topics(transport) == []  # again: nothing to do, no error
     counts = await topic_partitions(kafka_bootstrap, KafkaSecurity(), created)

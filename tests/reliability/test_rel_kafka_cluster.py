@@ -56,7 +56,7 @@ async def test_topics_are_made_for_failover_and_described(
     prefix = "f" + uuid.uuid4().hex[:8]
     transport = _transport(cluster, prefix)
     created = await create_topics(transport)
-    assert len(created) == 5  # pairs, labels, scores, deadletter, events
+    assert len(created) == 6  # pairs, labels, scores, deadletter, events, assessments
     doc = await describe_topics(transport)
     assert doc["brokers"] == [1, 2, 3]
     for name, t in doc["topics"].items():

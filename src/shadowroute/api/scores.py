@@ -93,6 +93,11 @@ PARTITION_COUNTERS = tuple(
             "Labels for an already-labelled request key with another value (the first stays): "
             "a label source that contradicts itself.",
         ),
+        (
+            "duplicate_assessments",
+            "Assessments (judge, embedding similarity) of a pair already assessed within the "
+            "TTL: kept out of the evidence, never counted twice.",
+        ),
     )
 )
 """The partition counters exported as they are: ``shadowroute_<count name>``."""
@@ -176,6 +181,34 @@ _EMB_VALUES = Family(
     "empty, unusable, bad_vector, too_many left out).",
     "counter",
     ("route", "field", "outcome"),
+)
+_JUDGE_RESULTS = Family(
+    "shadowroute_judge_results",
+    "Pairs judged by the route's judge, by result (win, tie, loss: the candidate's; "
+    "unparseable, failed, inconsistent).",
+    "counter",
+    (*_RC, "result"),
+)
+_JUDGE_CALLS = Family(
+    "shadowroute_judge_calls", "Judge calls recorded (two per judged pair).", "counter", _RC
+)
+_EMBED_SIM = Family(
+    "shadowroute_embedding_similarity_mean",
+    "Mean cosine similarity of the two answers' embeddings.",
+    "gauge",
+    _RC,
+)
+_EMBED_PAIRS = Family(
+    "shadowroute_embedding_similarity_pairs",
+    "Pairs whose embedding similarity was measured.",
+    "counter",
+    _RC,
+)
+_EMBED_FAILED = Family(
+    "shadowroute_embedding_similarity_failures",
+    "Embedding calls that failed, by reason.",
+    "counter",
+    (*_RC, "reason"),
 )
 _MODEL_AGE = Family(
     "shadowroute_model_age_days",
@@ -308,6 +341,11 @@ class ScoresCollector(Collector):
         _LLM_TOKENS,
         _LLM_COST,
         _LLM_RATIO,
+        _JUDGE_RESULTS,
+        _JUDGE_CALLS,
+        _EMBED_SIM,
+        _EMBED_PAIRS,
+        _EMBED_FAILED,
     )
 
     def describe(self) -> Iterator[Metric]:
@@ -353,6 +391,33 @@ class ScoresCollector(Collector):
         yield verdict
         yield from fams.values()
         yield from (pairs, labelled, orphans, untracked)
+        yield from self._assessed(cands)
+
+    def _assessed(self, cands: list[OverviewCandidate]) -> Iterator[Metric]:
+        """The judge's results and the embedding similarity (routes that have them)."""
+        results = _JUDGE_RESULTS.counter()
+        calls = _JUDGE_CALLS.counter()
+        sim, sim_n, sim_failed = _EMBED_SIM.gauge(), _EMBED_PAIRS.counter(), _EMBED_FAILED.counter()
+        for c in cands:
+            lab = [c["route"], c["candidate"]]
+            j = c.get("judge")
+            if j is not None:
+                for name, n in (
+                    ("win", j["wins"]), ("tie", j["ties"]), ("loss", j["losses"]),
+                    ("unparseable", j["unparseable"]), ("failed", j["failed"]),
+                    ("inconsistent", j["inconsistent"]),
+                ):  # fmt: skip
+                    results.add_metric([*lab, name], n)
+                calls.add_metric(lab, j["calls"])
+            e = c.get("embedding_similarity")
+            if e is not None:
+                mean = _num(e["mean"])
+                if mean is not None:
+                    sim.add_metric(lab, mean)
+                sim_n.add_metric(lab, e["n"])
+                for reason, n in e["failures"].items():
+                    sim_failed.add_metric([*lab, reason], n)
+        yield from (results, calls, sim, sim_n, sim_failed)
 
     def _llm(self, cands: list[OverviewCandidate]) -> Iterator[Metric]:
         ttft, itl, tokens = _LLM_TTFT.gauge(), _LLM_ITL.gauge(), _LLM_TOKENS.counter()

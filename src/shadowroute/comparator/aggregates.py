@@ -24,6 +24,8 @@ from shadowroute.comparator.classes import ClassCounts
 from shadowroute.comparator.documents import (
     Audit,
     CandidateScores,
+    EmbeddingSimilarity,
+    JudgeFigures,
     LatencyMs,
     LatencySide,
     LlmCost,
@@ -48,6 +50,7 @@ from shadowroute.core.stats.sketch import Sketch
 
 __all__ = [
     "WINDOW_MS",
+    "AssessmentFacts",
     "CandidateState",
     "LabelledRow",
     "PairFacts",
@@ -82,6 +85,35 @@ class PairFacts(Protocol):
     def prod_llm(self) -> dict[str, Any] | None: ...
     @property
     def cand_llm(self) -> dict[str, Any] | None: ...
+
+
+class AssessmentFacts(Protocol):
+    """What ``CandidateState.add_assessments`` reads of an assessment record
+    (``core.assessments.AssessmentRecord``)."""
+
+    @property
+    def judge(self) -> str | None: ...
+    @property
+    def inconsistent(self) -> bool: ...
+    @property
+    def judge_error(self) -> str | None: ...
+    @property
+    def similarity(self) -> float | None: ...
+    @property
+    def similarity_error(self) -> str | None: ...
+    @property
+    def judge_calls(self) -> int: ...
+    @property
+    def similarity_calls(self) -> int: ...
+
+
+_JUDGED: Final[dict[str, tuple[float, float]]] = {
+    "win": (0.0, 1.0),
+    "tie": (0.0, 0.0),
+    "loss": (1.0, 0.0),
+}
+"""(production's value, candidate's value) of a judge result in the paired metric ``judge``:
+d = win − loss (``core.judging.JUDGE_VALUES``)."""
 
 
 @dataclass(slots=True)
@@ -164,6 +196,10 @@ class CandidateState:
     ttft_prod: Sketch = field(default_factory=Sketch)
     """``openai`` routes: time to first token (ms) of production's answers (``Side.llm``)."""
     ttft_cand: Sketch = field(default_factory=Sketch)
+    judge: PairedMetric | None = None
+    """Routes with a judge: the paired metric ``judge`` (d = win − loss per judged pair);
+    its counts are ``judge:<result>``, ``judge_inconsistent``, ``judge_error:<reason>``,
+    ``judge_calls``, and ``embed_sim_{n,sum}``, ``embed_error:<reason>``, ``embed_calls``."""
 
     # --- updates ----------------------------------------------------------------------------
 
@@ -355,6 +391,34 @@ class CandidateState:
             self.quality[name].update(p[:, i], q[:, i])
         self._add_windows(ts, cols)
 
+    def add_assessments(self, rows: Sequence[AssessmentFacts]) -> None:
+        """Judge results and embedding similarities of assessed pairs (in any order: sums)."""
+        c = self.counts
+        prod: list[float] = []
+        cand: list[float] = []
+        for r in rows:
+            if r.judge is not None:
+                _add(c, f"judge:{r.judge}", 1)
+                vals = _JUDGED.get(r.judge)
+                if vals is not None:
+                    prod.append(vals[0])
+                    cand.append(vals[1])
+                if r.inconsistent:
+                    _add(c, "judge_inconsistent", 1)
+                if r.judge_error is not None:
+                    _add(c, f"judge_error:{r.judge_error}", 1)
+            if r.judge_calls:
+                _add(c, "judge_calls", r.judge_calls)
+            if r.similarity is not None:
+                _add(c, "embed_sim_n", 1)
+                _add(c, "embed_sim_sum", r.similarity)
+            if r.similarity_error is not None:
+                _add(c, f"embed_error:{r.similarity_error}", 1)
+            if r.similarity_calls:
+                _add(c, "embed_calls", r.similarity_calls)
+        if prod and self.judge is not None:
+            self.judge.update(prod, cand)
+
     def add_orphans(self, n: int) -> None:
         _add(self.counts, "orphan_pairs", n)
 
@@ -393,6 +457,7 @@ class CandidateState:
             class_counts=_merge_classes(self.class_counts, other.class_counts),
             ttft_prod=self.ttft_prod.merge(other.ttft_prod),
             ttft_cand=self.ttft_cand.merge(other.ttft_cand),
+            judge=_merge_judge(self.judge, other.judge),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -424,6 +489,8 @@ class CandidateState:
             },
             "revision": self.revision,
             "classes": None if self.class_counts is None else self.class_counts.to_dict(),
+            # only with a judge: states without one keep their serialised form
+            **({"judge": self.judge.to_dict()} if self.judge is not None else {}),
         }
 
     @classmethod
@@ -432,6 +499,7 @@ class CandidateState:
         avail = data.get("availability")  # absent in states stored before it was kept
         per_class = data.get("classes")  # absent in states stored before per-class views
         ttft_p, ttft_c = data.get("ttft_prod"), data.get("ttft_cand")  # openai routes only
+        judge = data.get("judge")  # absent in states stored before the judge
         return cls(
             route=str(data["route"]),
             candidate=str(data["candidate"]),
@@ -458,6 +526,7 @@ class CandidateState:
             class_counts=None if per_class is None else ClassCounts.from_dict(per_class),
             ttft_prod=Sketch() if ttft_p is None else Sketch.from_dict(ttft_p),
             ttft_cand=Sketch() if ttft_c is None else Sketch.from_dict(ttft_c),
+            judge=None if judge is None else PairedMetric.from_dict(judge),
         )
 
     # --- reading ----------------------------------------------------------------------------
@@ -481,6 +550,7 @@ class CandidateState:
             "timeout_rate": self.timeout_rate,
             "availability": self.availability,
             **self.quality,
+            **({"judge": self.judge} if self.judge is not None else {}),
         }
 
     def scores(self, prices: Prices | None = None) -> CandidateScores:
@@ -523,6 +593,11 @@ class CandidateState:
                 "n": int(n),
                 "mean": _finite(c.get("similarity_sum", 0.0) / n) if n else None,
             }
+        judge, embedding = self.judge_figures(), self.embedding_figures()
+        if judge is not None:
+            out["judge"] = judge
+        if embedding is not None:
+            out["embedding_similarity"] = embedding
         return out
 
     def mean_costs(self, prices: Prices | None) -> tuple[float, float, int] | None:
@@ -580,6 +655,43 @@ class CandidateState:
             "production": side("production"),
             "candidate": side("candidate"),
             "cost": cost,
+        }
+
+    def judge_figures(self) -> JudgeFigures | None:
+        """The judge's figures (routes with a judge)."""
+        return None if self.judge is None else self._judge_figures()
+
+    def embedding_figures(self) -> EmbeddingSimilarity | None:
+        """The embedding similarity's figures, once measured."""
+        if any(k.startswith(("embed_sim_n", "embed_error:", "embed_calls")) for k in self.counts):
+            return self._embedding_similarity()
+        return None
+
+    def _judge_figures(self) -> JudgeFigures:
+        assert self.judge is not None
+        failures = _by_reason(self.counts, "judge_error:")
+        return {
+            "metric": _summary(self.judge),
+            "wins": self.count("judge:win"),
+            "ties": self.count("judge:tie"),
+            "losses": self.count("judge:loss"),
+            "unparseable": self.count("judge:unparseable"),
+            "inconsistent": self.count("judge_inconsistent"),
+            "failed": self.count("judge:failed"),
+            "failures": failures,
+            "calls": self.count("judge_calls"),
+        }
+
+    def _embedding_similarity(self) -> EmbeddingSimilarity:
+        c = self.counts
+        n = c.get("embed_sim_n", 0.0)
+        failures = _by_reason(c, "embed_error:")
+        return {
+            "n": int(n),
+            "mean": _finite(c.get("embed_sim_sum", 0.0) / n) if n else None,
+            "failed": sum(failures.values()),
+            "failures": failures,
+            "calls": self.count("embed_calls"),
         }
 
     def _outcomes(self) -> Outcomes:
@@ -762,6 +874,16 @@ def _count_classes(
         counts.add(y, p, q, p == y, q == y, n)
 
 
+def _by_reason(counts: Mapping[str, float], head: str) -> dict[str, int]:
+    return {k[len(head) :]: int(v) for k, v in sorted(counts.items()) if k.startswith(head)}
+
+
+def _merge_judge(a: PairedMetric | None, b: PairedMetric | None) -> PairedMetric | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a.merge(b)
+
+
 def _merge_classes(a: ClassCounts | None, b: ClassCounts | None) -> ClassCounts | None:
     if a is None or b is None:
         return a if b is None else b
@@ -833,4 +955,5 @@ def new_candidate_state(route: Route, candidate: str, windows: Sequence[str]) ->
             if route.task == "classification"
             else None
         ),
+        judge=make("judge") if route.judge is not None else None,
     )

@@ -19,6 +19,7 @@ from typing import Annotated, Literal, NotRequired, TypedDict
 
 __all__ = [
     "COMPONENTS",
+    "AssessorFigures",
     "Audit",
     "CandidateScores",
     "ClassFigures",
@@ -28,6 +29,7 @@ __all__ = [
     "CoveragePoint",
     "Decision",
     "DriftAuto",
+    "EmbeddingSimilarity",
     "ErrorSummary",
     "EvidenceRevision",
     "FlaggerCall",
@@ -37,6 +39,7 @@ __all__ = [
     "Identity",
     "Integrity",
     "JsonObject",
+    "JudgeFigures",
     "LabelsWaiting",
     "LatencyMs",
     "LatencySide",
@@ -365,6 +368,55 @@ class Similarity(TypedDict):
     mean: Num
 
 
+class JudgeFigures(TypedDict):
+    """Routes with a judge: the pairwise judge's results (docs/llm-judge.md)"""
+
+    metric: Annotated[
+        MetricSummary, "The paired metric judge: d = win − loss per judged pair (ties 0)"
+    ]
+    wins: int
+    ties: Annotated[int, "Including the position-inconsistent ones"]
+    losses: int
+    unparseable: Annotated[int, "Pairs with a reply that could not be parsed (left out)"]
+    inconsistent: Annotated[int, "Pairs whose two orders disagreed (counted as ties)"]
+    failed: Annotated[int, "Pairs with a failed call (left out)"]
+    failures: Annotated[dict[str, int], "Failed pairs by reason"]
+    calls: Annotated[int, "Judge calls recorded (two per judged pair)"]
+
+
+class AssessorFigures(TypedDict):
+    """What this process's assessor did for the route's judge or similarity since it started
+    (the budget counts the calls recorded before)"""
+
+    sampled: Annotated[int, "Candidate pairs in its sample"]
+    assessed: Annotated[int, "Pairs it asked about"]
+    calls: int
+    unparseable: Annotated[int, "Judge replies that could not be parsed"]
+    inconsistent: Annotated[int, "Judged pairs whose two orders disagreed"]
+    truncated: Annotated[int, "Texts cut to max_chars"]
+    skipped: Annotated[
+        dict[str, int],
+        "Sampled pairs not assessed, by reason: rate_limited, budget_exhausted, circuit_open, "
+        "no_text, no_input",
+    ]
+    failures: Annotated[dict[str, int], "Failed calls by reason"]
+    budget: Annotated[int | None, "max_calls (null: no limit)"]
+    budget_spent: int
+    budget_left: Annotated[int | None, "null: no limit"]
+    breaker: Literal["closed", "open", "half_open"]
+    breaker_opened: Annotated[int, "Times the breaker opened"]
+
+
+class EmbeddingSimilarity(TypedDict):
+    """Routes with similarity: cosine similarity of the answers' embeddings"""
+
+    n: int
+    mean: Num
+    failed: int
+    failures: dict[str, int]
+    calls: int
+
+
 class ClassFigures(TypedDict):
     true_positives: int
     predicted: Annotated[int, "Instances the model gave this class"]
@@ -467,6 +519,8 @@ class CandidateScores(TypedDict):
             "openai routes: time to first token, inter-token latency, tokens and cost",
         ]
     ]
+    judge: NotRequired[JudgeFigures]
+    embedding_similarity: NotRequired[EmbeddingSimilarity]
 
 
 class Scores(TypedDict):
@@ -505,6 +559,15 @@ class Scores(TypedDict):
         Annotated[
             LlmScores,
             "openai routes: time to first token, inter-token latency, tokens and cost",
+        ]
+    ]
+    judge: NotRequired[JudgeFigures]
+    embedding_similarity: NotRequired[EmbeddingSimilarity]
+    assessor: NotRequired[
+        Annotated[
+            dict[str, AssessorFigures],
+            "Routes with a judge or similarity: this process's assessor, by kind (judge, "
+            "similarity)",
         ]
     ]
     noise: NotRequired[bool]
@@ -657,6 +720,8 @@ class OverviewCandidate(TypedDict):
     orphan_pairs: int
     classes_untracked: int
     llm: NotRequired[LlmScores]
+    judge: NotRequired[JudgeFigures]
+    embedding_similarity: NotRequired[EmbeddingSimilarity]
 
 
 class ModelAge(TypedDict):

@@ -23,6 +23,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from shadowroute.comparator.assessor import Assessor, calls_recorded
 from shadowroute.comparator.engine import DeadLetter, Engine
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
 from shadowroute.comparator.statefile import check_state_file, record_fingerprint
@@ -91,6 +92,15 @@ class Comparator:
         self.max_buffer = max_buffer
         self._pairs: list[tuple[bytes, bytes]] = []
         self._labels: list[LabelRecord] = []
+        self._assessments: list[bytes] = []
+        self.assessor: Assessor | None = None
+        """Judge and embedding calls for routes that have them (``comparator.assessor``):
+        it sees the pair records as they come and hands back assessment records."""
+        if any(r.judge is not None or r.similarity is not None for r in config.routes):
+            self.assessor = Assessor(
+                config, self.consume_assessments, spent=calls_recorded(self.engine.snapshot())
+            )
+            self.reader.assessor = self.assessor
         self._waiters: list[tuple[int, int, asyncio.Future[list[str]]]] = []
         """(start, end, future) of label batches whose sender waits for the commit."""
         self._flush_lock = asyncio.Lock()
@@ -104,12 +114,16 @@ class Comparator:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="comparator-flush")
+            if self.assessor is not None:
+                await self.assessor.start()
 
     async def close(self) -> None:
         """Flush what is buffered, then release the store."""
         if self._closed:
             return
         self._closed = True
+        if self.assessor is not None:
+            await self.assessor.close()  # its last assessments go with the final flush
         if self._task is not None:
             self._wake.set()
             await self._task
@@ -161,6 +175,13 @@ class Comparator:
     async def consume(self, batch: Sequence[tuple[bytes, bytes]]) -> None:
         """Pair records (key, value) from the channel."""
         self._pairs.extend(batch)
+        if self.assessor is not None:
+            self.assessor.offer(batch)
+        await self._maybe_flush()
+
+    async def consume_assessments(self, records: Sequence[bytes]) -> None:
+        """Assessment records from the assessor (committed with the next flush)."""
+        self._assessments.extend(records)
         await self._maybe_flush()
 
     async def consume_labels(self, labels: Sequence[LabelRecord]) -> None:
@@ -182,17 +203,19 @@ class Comparator:
         return await asyncio.shield(done)
 
     async def _maybe_flush(self) -> None:
-        if len(self._pairs) + len(self._labels) >= self.max_buffer:
+        if len(self._pairs) + len(self._labels) + len(self._assessments) >= self.max_buffer:
             await self.flush()  # back-pressure: the producer waits for the commit
 
     async def flush(self) -> None:
         """Process and commit everything buffered so far."""
         async with self._flush_lock:
             pairs, labels, waiters = self._pairs, self._labels, self._waiters
-            if not pairs and not labels:
+            assessed = self._assessments
+            if not pairs and not labels and not assessed:
                 return
             self._pairs, self._labels, self._waiters = [], [], []
-            work = asyncio.ensure_future(asyncio.to_thread(self._commit, pairs, labels))
+            self._assessments = []
+            work = asyncio.ensure_future(asyncio.to_thread(self._commit, pairs, labels, assessed))
             try:
                 # The worker thread cannot be interrupted: even when the caller is cancelled,
                 # the store stays locked until the commit (or rollback) has finished.
@@ -214,14 +237,20 @@ class Comparator:
                             fut.set_exception(RuntimeError(f"labels not committed: {exc!r}"))
                 self._pairs[:0] = pairs
                 self._labels[:0] = kept
+                self._assessments[:0] = assessed
                 for n, (a, b, fut) in enumerate(self._waiters):
                     self._waiters[n] = (a + len(kept), b + len(kept), fut)
                 raise
             _answer(waiters, outcomes)
 
-    def _commit(self, pairs: list[tuple[bytes, bytes]], labels: list[LabelRecord]) -> list[str]:
+    def _commit(
+        self,
+        pairs: list[tuple[bytes, bytes]],
+        labels: list[LabelRecord],
+        assessments: Sequence[bytes] = (),
+    ) -> list[str]:
         self._expired_at = time.monotonic()  # the batch expires what is due
-        self.engine.process(0, pairs, labels)
+        self.engine.process(0, pairs, labels, assessments=assessments)
         outcomes = list(self.engine.label_outcomes)
         for i in self.engine.labels_kept_waiting:
             if outcomes[i] == "accepted":
@@ -238,7 +267,7 @@ class Comparator:
     def positions(self) -> Positions:
         """Records committed so far (pairs, labels) and the watermarks."""
         p = self.engine.position(0)
-        return Positions(p.pairs, p.labels, p.pairs_wm, p.labels_wm)
+        return Positions(p.pairs, p.labels, p.pairs_wm, p.labels_wm, p.assessments)
 
     def pending(self) -> int:
         """Pair instances waiting for a label (on disk)."""

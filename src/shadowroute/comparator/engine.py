@@ -65,6 +65,7 @@ from shadowroute.comparator.state import (
     state_from_dict,
 )
 from shadowroute.comparator.store import PROD, LabelRow, PendingRow, Positions, Store
+from shadowroute.core.assessments import AssessmentRecord, decode_assessment
 from shadowroute.core.config import Config, Route
 from shadowroute.core.label_rules import LabelRules, same_label
 from shadowroute.core.records import (
@@ -73,6 +74,8 @@ from shadowroute.core.records import (
     label_partition_key,
 )
 from shadowroute.core.revision import Identity, describe, revision_id, slot_name, split_slot
+from shadowroute.core.stats.paired import PairedMetric, metric_spec
+from shadowroute.core.stats.policy import metric_alpha
 
 log = logging.getLogger("shadowroute.comparator")
 
@@ -396,12 +399,17 @@ class Engine:
         labels: Sequence[LabelInput],
         next_pairs: int | None = None,
         next_labels: int | None = None,
+        assessments: Sequence[bytes] = (),
+        next_assessments: int | None = None,
     ) -> list[DeadLetter]:
         """Process one batch of a partition and commit it with the new positions (default:
         advanced by the number of records). Returns the dead letters (also given to the
-        sink)."""
+        sink). ``assessments``: assessment records (``core.assessments``), added to their
+        pair's candidate evidence whether its pair came before or not."""
         with gc_paused():
-            dead = self._process(partition, pairs, labels, next_pairs, next_labels)
+            dead = self._process(
+                partition, pairs, labels, next_pairs, next_labels, assessments, next_assessments
+            )
         if dead and self.dead_letters is not None:
             self.dead_letters(dead)
         return dead
@@ -413,6 +421,8 @@ class Engine:
         labels: Sequence[LabelInput],
         next_pairs: int | None,
         next_labels: int | None,
+        assessments: Sequence[bytes] = (),
+        next_assessments: int | None = None,
     ) -> list[DeadLetter]:
         pos = self.position(partition)
         dead: list[DeadLetter] = []
@@ -431,11 +441,19 @@ class Engine:
             self._write(partition, batch, dead)
             self._apply(partition, batch)
             self._expire(partition, pos, batch)
+            if assessments:
+                self._assess(partition, assessments, batch, dead)
             gone = self._evict(partition, batch) if batch.new_slots else []
             pos.pairs = next_pairs if next_pairs is not None else pos.pairs + len(pairs)
             pos.labels = next_labels if next_labels is not None else pos.labels + len(labels)
+            if next_assessments is not None:
+                pos.assessments = next_assessments
+            else:
+                pos.assessments += len(assessments)
             self._count(partition, "pairs_read", len(pairs))
             self._count(partition, "labels_read", len(labels))
+            if assessments:
+                self._count(partition, "assessments_read", len(assessments))
             for _, _, reason in dead:
                 self._count(partition, f"deadletter:{reason}")
             self.store.put_positions(partition, pos)
@@ -533,6 +551,58 @@ class Engine:
             self.store.delete_states(gone)
             self._count(partition, "revisions_evicted", len(gone))
         return gone
+
+    def _assess(
+        self, partition: int, values: Sequence[bytes], b: Batch, dead: list[DeadLetter]
+    ) -> None:
+        """Add assessment records to their candidates' evidence (by route, candidate and
+        revision id: the state slot of the pair they assess). Sums, so the order of pairs,
+        labels and assessments never changes the result. An assessment of a pair already
+        counted (same id, time and slot, within the route's label TTL: a pair record judged
+        again) is counted as ``duplicate_assessments`` and kept out."""
+        by_slot: dict[tuple[str, str], list[AssessmentRecord]] = defaultdict(list)
+        decoded: list[tuple[bytes, AssessmentRecord, str]] = []
+        for value in values:
+            try:
+                rec = decode_assessment(value)
+            except RecordError as exc:
+                dead.append((b"", value, f"assessment:{exc.reason}"))
+                continue
+            names = self._cands.get(rec.route)
+            if names is None or rec.candidate not in names:
+                reason = "unknown_route" if names is None else "unknown_candidate"
+                dead.append((rec.id.encode(), value, f"assessment:{reason}"))
+                continue
+            decoded.append((value, rec, slot_name(rec.candidate, rec.revision)))
+        if not decoded:
+            return
+        seen = self.store.assessed(sorted({f"{r.id}/{r.ts}" for _, r, _ in decoded}))
+        fresh: list[tuple[str, str, int, int]] = []
+        duplicates = 0
+        newest = 0
+        for _, rec, slot in decoded:
+            key = f"{rec.id}/{rec.ts}"
+            if (key, slot) in seen:
+                duplicates += 1
+                continue
+            seen.add((key, slot))
+            fresh.append((key, slot, partition, rec.ts + self._ttl_ms[rec.route]))
+            newest = max(newest, rec.ts)
+            by_slot[(rec.route, slot)].append(rec)
+        if duplicates:
+            self._count(partition, "duplicate_assessments", duplicates)
+        self.store.add_assessed(fresh)
+        # remembered for the route's label TTL past the newest pair or assessment seen
+        self.store.expire_assessed(partition, max(self.position(partition).pairs_wm, newest))
+        for (name, slot), rows in by_slot.items():
+            route = self.routes[name]
+            state = self._cand(route, slot, partition)
+            if state.judge is None and route.judge is not None:
+                # evidence from before the route had a judge
+                alpha = metric_alpha(route.policy, route.task).get("judge", route.policy.alpha)
+                state.judge = PairedMetric(spec=metric_spec("judge"), alpha=alpha)
+            state.add_assessments(rows)
+            b.touched.add(StateKey.cand(name, slot, partition))
 
     def _reload_partition(self, partition: int) -> None:
         for key in [k for k in self.states if k.partition == partition]:

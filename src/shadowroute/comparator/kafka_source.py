@@ -32,12 +32,13 @@ from aiokafka.errors import KafkaError
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from shadowroute.comparator.assessor import Assessor, calls_recorded
 from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
 from shadowroute.comparator.reader import StateView, Verdicts
 from shadowroute.comparator.state import StateKey
 from shadowroute.comparator.statefile import check_state_file, record_fingerprint
-from shadowroute.comparator.store import Store
+from shadowroute.comparator.store import Positions, Store
 from shadowroute.core.config import Config
 from shadowroute.core.families import Family, describe
 from shadowroute.core.records import LabelRecord
@@ -104,6 +105,10 @@ class KafkaComparator:
         self.labels_topic = topic_name(t.topic_prefix, "labels")
         self.scores_topic = topic_name(t.topic_prefix, "scores")
         self.dead_topic = topic_name(t.topic_prefix, "deadletter")
+        self.assessments_topic = topic_name(t.topic_prefix, "assessments")
+        self.judged = any(r.judge is not None or r.similarity is not None for r in config.routes)
+        """Some route has a judge or a similarity: the member also consumes the assessments
+        topic, and its assessor writes to it."""
         self.group_id = group_id or t.consumer_group
         self.max_records = max_records
         self.group_instance_id = group_instance_id
@@ -111,6 +116,14 @@ class KafkaComparator:
         check_state_file(config, state_path)
         self.store = Store(state_path or config.comparator.state_path)
         self.engine = Engine(config, self.store, clock=None)
+        self.assessor: Assessor | None = None
+        """Judge and embedding calls for the pairs this member reads (docs/llm-judge.md);
+        its budget starts from the calls recorded in this state file."""
+        if self.judged:
+            spent = calls_recorded(self.engine.snapshot())
+            self.assessor = Assessor(config, self._emit_assessments, spent=spent)
+        self.assessments_lost = 0
+        """Assessments the cluster did not take (not retried: a sample is lost, not skewed)."""
         self.engine.drop_partitions(sorted(self.engine.positions))  # until assigned
         self.lock = asyncio.Lock()
         self.batches = 0
@@ -167,8 +180,38 @@ class KafkaComparator:
             fetch_max_bytes=64 << 20,
             **kw,
         )
-        self._consumer.subscribe([self.pairs_topic, self.labels_topic], listener=_Listener(self))
+        topics = [self.pairs_topic, self.labels_topic]
+        if self.judged:
+            counts = await topic_partitions(
+                self.bootstrap,
+                self.config.transport.security,
+                [self.pairs_topic, self.assessments_topic],
+            )
+            if counts.get(self.assessments_topic) != counts.get(self.pairs_topic):
+                raise RuntimeError(
+                    f"{self.assessments_topic} must exist with as many partitions as "
+                    f"{self.pairs_topic} (run `shadowroute topics create`)"
+                )
+            topics.append(self.assessments_topic)
+        self._consumer.subscribe(topics, listener=_Listener(self))
         await self._consumer.start()
+        if self.assessor is not None:
+            await self.assessor.start()
+
+    async def _emit_assessments(self, values: Sequence[bytes]) -> None:
+        """The assessor's records to the assessments topic, keyed by request id (their
+        pair's partition)."""
+        producer = self._producer
+        if producer is None:
+            self.assessments_lost += len(values)
+            return
+        for value in values:
+            key = orjson.loads(value)["id"].encode()
+            try:
+                await (await producer.send(self.assessments_topic, value, key=key))
+            except KafkaError as exc:
+                self.assessments_lost += 1
+                log.warning("an assessment was not written to %s: %r", self.assessments_topic, exc)
 
     async def reconfigure(self, config: Config) -> None:
         """Score the routes of a reloaded config (``Engine.reconfigure``), between two
@@ -192,9 +235,7 @@ class KafkaComparator:
         from_start: list[TopicPartition] = []
         for tp in assigned:
             pos = self.engine.positions.get(tp.partition)
-            offset = (
-                0 if pos is None else (pos.pairs if tp.topic == self.pairs_topic else pos.labels)
-            )
+            offset = 0 if pos is None else self._stored_offset(tp.topic, pos)
             if offset > 0:
                 consumer.seek(tp, offset)
             else:
@@ -202,6 +243,11 @@ class KafkaComparator:
             log.info("assigned %s[%d] from offset %d", tp.topic, tp.partition, offset)
         if from_start:  # one request for all of them
             await consumer.seek_to_beginning(*from_start)
+
+    def _stored_offset(self, topic: str, pos: Positions) -> int:
+        if topic == self.pairs_topic:
+            return pos.pairs
+        return pos.assessments if topic == self.assessments_topic else pos.labels
 
     async def run(self) -> None:
         """Consume until ``stop()``.
@@ -243,31 +289,41 @@ class KafkaComparator:
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         owned = set(self.engine.positions)
-        by_part: dict[int, dict[str, list[Any]]] = defaultdict(lambda: {"pairs": [], "labels": []})
+        by_part: dict[int, dict[str, list[Any]]] = defaultdict(
+            lambda: {"pairs": [], "labels": [], "assessments": []}
+        )
+        kinds = {self.pairs_topic: "pairs", self.assessments_topic: "assessments"}
         for tp, msgs in batch.items():
             if tp.partition not in owned or not msgs:
                 continue  # revoked meanwhile
-            kind = "pairs" if tp.topic == self.pairs_topic else "labels"
-            by_part[tp.partition][kind].extend(msgs)
+            by_part[tp.partition][kinds.get(tp.topic, "labels")].extend(msgs)
         for partition, got in sorted(by_part.items()):
             pos = self.engine.positions[partition]
             # Records before the stored position are already in the state (a fetch that raced
             # a seek): skipping them keeps every record counted exactly once.
             pair_msgs = _from_offset(got["pairs"], pos.pairs)
             label_msgs = _from_offset(got["labels"], pos.labels)
+            assess_msgs = _from_offset(got["assessments"], pos.assessments)
             self.skipped += (
-                len(got["pairs"]) + len(got["labels"]) - len(pair_msgs) - len(label_msgs)
+                (len(got["pairs"]) + len(got["labels"]) - len(pair_msgs) - len(label_msgs))
+                + len(got["assessments"])
+                - len(assess_msgs)
             )
-            if not pair_msgs and not label_msgs:
+            if not pair_msgs and not label_msgs and not assess_msgs:
                 continue
             self._last_record[partition] = time.monotonic()
             pairs = [(m.key or b"", m.value or b"") for m in pair_msgs]
             labels: list[bytes | LabelRecord] = [m.value or b"" for m in label_msgs]
             next_pairs = pair_msgs[-1].offset + 1 if pair_msgs else pos.pairs
             next_labels = label_msgs[-1].offset + 1 if label_msgs else pos.labels
+            assessed = [m.value or b"" for m in assess_msgs]
+            next_assessed = assess_msgs[-1].offset + 1 if assess_msgs else pos.assessments
             dead = await asyncio.to_thread(
-                self.engine.process, partition, pairs, labels, next_pairs, next_labels
-            )
+                self.engine.process, partition, pairs, labels, next_pairs, next_labels,
+                assessed, next_assessed,
+            )  # fmt: skip
+            if self.assessor is not None and pairs:
+                self.assessor.offer(pairs)  # committed: each pair is offered once
             # sent now, delivery awaited once for the whole batch: the next partition's
             # records are processed meanwhile
             label_keys = {m.value: m.key for m in label_msgs} if dead else {}
@@ -277,7 +333,7 @@ class KafkaComparator:
                     key or label_keys.get(value) or None,
                     [
                         ("reason", reason.encode()),
-                        ("source", b"labels" if reason.startswith("label:") else b"pairs"),
+                        ("source", _dead_source(reason)),
                     ],
                 )
                 for key, value, reason in dead
@@ -317,7 +373,10 @@ class KafkaComparator:
         pos = self.engine.positions.get(partition)
         if consumer is None or pos is None:
             return False
-        for topic, at in ((self.pairs_topic, pos.pairs), (self.labels_topic, pos.labels)):
+        topics = [(self.pairs_topic, pos.pairs), (self.labels_topic, pos.labels)]
+        if self.judged:
+            topics.append((self.assessments_topic, pos.assessments))
+        for topic, at in topics:
             high = consumer.highwater(TopicPartition(topic, partition))
             if high is None or at < high:
                 return False
@@ -419,7 +478,10 @@ class KafkaComparator:
                     "route": skey.route,
                     "candidate": skey.candidate,
                     "partition": partition,
-                    "positions": [pos.pairs, pos.labels],
+                    # the assessments topic's too when some route is judged
+                    "positions": [pos.pairs, pos.labels, pos.assessments]
+                    if self.judged
+                    else [pos.pairs, pos.labels],
                     "state": state,
                 }
             )
@@ -440,12 +502,14 @@ class KafkaComparator:
             pos = positions.get(tp.partition)
             if high is None or pos is None:
                 continue
-            at = pos.pairs if tp.topic == self.pairs_topic else pos.labels
+            at = self._stored_offset(tp.topic, pos)
             out[(tp.topic, tp.partition)] = max(0, int(high) - at)
         return out
 
     async def stop(self) -> None:
         self.stopping.set()
+        if self.assessor is not None:
+            await self.assessor.close()  # before the producer its records go through
         if self._consumer is not None:
             await self._consumer.stop()  # leaves the group: the revoke waits for the batch
         if self._producer is not None:
@@ -493,7 +557,7 @@ class ScoresFollower:
         self.view = view
         self.verdicts = verdicts
         self.topic = topic_name(t.topic_prefix, "scores")
-        self._positions: dict[StateKey, tuple[int, int]] = {}
+        self._positions: dict[StateKey, tuple[int, int, int]] = {}
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=t.bootstrap,
             client_id="shadowroute-scores",
@@ -536,9 +600,10 @@ class ScoresFollower:
                 value = item
             msg = orjson.loads(value)
             key = StateKey(msg["kind"], msg["route"], msg["candidate"], int(msg["partition"]))
-            at = (int(msg["positions"][0]), int(msg["positions"][1]))
+            got = msg["positions"]
+            at = (int(got[0]), int(got[1]), int(got[2]) if len(got) > 2 else 0)
             old = self._positions.get(key)
-            if old is not None and (at[0] < old[0] or at[1] < old[1]):
+            if old is not None and (at[0] < old[0] or at[1] < old[1] or at[2] < old[2]):
                 continue
             self._positions[key] = at
             fresh[key] = msg["state"]
@@ -562,6 +627,12 @@ class ScoresFollower:
     async def stop(self) -> None:
         self.stopping.set()
         await self._consumer.stop()
+
+
+def _dead_source(reason: str) -> bytes:
+    if reason.startswith("label:"):
+        return b"labels"
+    return b"assessments" if reason.startswith("assessment:") else b"pairs"
 
 
 def _from_offset(msgs: list[Any], offset: int) -> list[Any]:

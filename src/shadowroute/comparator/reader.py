@@ -19,6 +19,7 @@ import orjson
 
 from shadowroute.comparator import documents as doc
 from shadowroute.comparator.aggregates import CandidateState
+from shadowroute.comparator.assessor import Assessor
 from shadowroute.comparator.production import ProductionState, json_safe
 from shadowroute.comparator.state import StateKey, state_from_dict
 from shadowroute.comparator.store import Store
@@ -344,6 +345,9 @@ class Reader:
         self.verdicts = verdicts
         self._history = history
         self._hlock = threading.Lock()
+        self.assessor: Assessor | None = None
+        """The judge's and the similarity's calls in this process (set by who runs one):
+        their counters go into the scores documents."""
 
     def _route(self, name: str) -> Route:
         route = self.config.route(name)
@@ -409,7 +413,7 @@ class Reader:
         state = self.view.candidate(route, candidate)
         name = r.production.name
         if state is None:
-            return {
+            empty: doc.Scores = {
                 "route": route,
                 "candidate": candidate,
                 "task": r.task,
@@ -418,6 +422,8 @@ class Reader:
                 "pairs": 0,
                 "labelled": 0,
             }
+            self._add_assessor(empty)
+            return empty
         # the same document with NaN and infinities as null
         cleaned = cast(doc.CandidateScores, json_safe(state.scores(_prices(r, candidate))))
         out: doc.Scores = {
@@ -431,11 +437,16 @@ class Reader:
         }
         # every field of CandidateScores is one of Scores (NotRequired there: none before a pair)
         out.update(cast(doc.Scores, cleaned))
+        self._add_assessor(out)
         if _is_noise(r, candidate):
             out["noise"] = True
         elif any(c.noise for c in r.candidates):
             out["noise_floor"] = noise_floor(self.view, r, None)
         return out
+
+    def _add_assessor(self, out: doc.Scores) -> None:
+        if self.assessor is not None and out["route"] in (stats := self.assessor.stats()):
+            out["assessor"] = cast(dict[str, doc.AssessorFigures], stats[out["route"]])
 
     def history(self, route: str, candidate: str) -> doc.History:
         self._check(route, candidate)
@@ -565,6 +576,12 @@ class Reader:
                     one["llm"] = cast(
                         doc.LlmScores, json_safe(state.llm_scores(_prices(r, c.name)))
                     )
+                if state is not None:
+                    judge, embedding = state.judge_figures(), state.embedding_figures()
+                    if judge is not None:
+                        one["judge"] = judge
+                    if embedding is not None:
+                        one["embedding_similarity"] = embedding
                 cands.append(one)
         prods = {r.name: self.production(r.name) for r in self.config.routes}
         return {

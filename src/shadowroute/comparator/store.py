@@ -70,6 +70,12 @@ CREATE TABLE IF NOT EXISTS decisions(
   model TEXT NOT NULL, verdict TEXT NOT NULL, as_of INTEGER, at_ms INTEGER NOT NULL,
   evidence BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS assessment_positions(
+  partition INTEGER PRIMARY KEY, next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS assessed(
+  key TEXT NOT NULL, slot TEXT NOT NULL, partition INTEGER NOT NULL, expires INTEGER NOT NULL,
+  PRIMARY KEY(key, slot)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS assessed_expiry ON assessed(partition, expires);
 """
 
 
@@ -81,6 +87,9 @@ class Positions:
     labels: int = 0
     pairs_wm: int = 0
     labels_wm: int = 0
+    assessments: int = 0
+    """Next offset on the assessments topic (Kafka), or assessment records committed
+    (embedded); kept in its own table (``assessment_positions``)."""
 
 
 @dataclass(slots=True)
@@ -146,7 +155,10 @@ class Store:
         rows = self.conn.execute(
             "SELECT partition, pairs, labels, pairs_wm, labels_wm FROM positions"
         )
-        return {int(r[0]): Positions(int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+        out = {int(r[0]): Positions(int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+        for part, nxt in self.conn.execute("SELECT partition, next FROM assessment_positions"):
+            out.setdefault(int(part), Positions()).assessments = int(nxt)
+        return out
 
     def states(self, partitions: Iterable[int] | None = None) -> dict[StateKey, bytes]:
         """The serialised states (of the given partitions, or all) by key."""
@@ -216,6 +228,24 @@ class Store:
             )
             out.extend(self.conn.execute(q, chunk))
         return out
+
+    def assessed(self, keys: Sequence[str]) -> set[tuple[str, str]]:
+        """(key, slot) of the assessments already counted under these keys (``id/ts``)."""
+        out: set[tuple[str, str]] = set()
+        for chunk in _chunks(keys):
+            q = f"SELECT key, slot FROM assessed WHERE key IN ({','.join('?' * len(chunk))})"
+            out.update((str(k), str(s)) for k, s in self.conn.execute(q, chunk))
+        return out
+
+    def add_assessed(self, rows: Sequence[tuple[str, str, int, int]]) -> None:
+        """Remember counted assessments: (key, slot, partition, expires)."""
+        self.conn.executemany("INSERT OR IGNORE INTO assessed VALUES (?, ?, ?, ?)", rows)
+
+    def expire_assessed(self, partition: int, before: int) -> None:
+        """Forget the assessments of a partition whose memory ended before ``before`` (ms)."""
+        self.conn.execute(
+            "DELETE FROM assessed WHERE partition = ? AND expires < ?", (partition, before)
+        )
 
     def pending_kinds(self, keys: Sequence[str]) -> set[tuple[str, str]]:
         """(key, kind) of every pending entry under these keys (both of a combined row)."""
@@ -320,6 +350,11 @@ class Store:
             "INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?, ?)",
             (partition, p.pairs, p.labels, p.pairs_wm, p.labels_wm),
         )
+        if p.assessments:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO assessment_positions VALUES (?, ?)",
+                (partition, p.assessments),
+            )
 
     def add_decision(
         self, route: str, candidate: str, model: str, verdict: str, as_of: int | None,

@@ -625,6 +625,12 @@ class Route(_Strict):
     """How production's own quality over time is judged."""
     label_ttl_s: float = Field(3 * 86400, gt=0)
     """How long a pair waits for its label (and a label for its pair) before it is an orphan."""
+    judge: Judge | None = None
+    """A pairwise judge of the two answers (text routes): its preference is the paired
+    metric `judge`, usable as `policy.primary_metric` (docs/llm-judge.md). Its calls run in
+    the comparator, off the proxy's path."""
+    similarity: Similarity | None = None
+    """Embedding similarity of the two answers (text routes), reported as a mean."""
 
     @field_validator("jsonpath")
     @classmethod
@@ -664,6 +670,13 @@ class Route(_Strict):
                     headers=p.headers, fraction=self.noise.fraction, noise=True, price=p.price,
                 )
             )  # fmt: skip
+        if (self.judge or self.similarity) and self.task != "text":
+            raise ValueError(
+                f"judge and similarity compare texts: they need task 'text' (this route's is "
+                f"{self.task!r})"
+            )
+        if self.policy.primary_metric == "judge" and self.judge is None:
+            raise ValueError("policy.primary_metric 'judge' needs a judge on the route")
         names = [self.production.name, *(c.name for c in self.candidates)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -710,6 +723,83 @@ class Breaker(_Strict):
     """Seconds before a half-open probe is let through."""
 
 
+class _Assess(_Strict):
+    """What the judge and the embedding similarity share: an OpenAI-compatible endpoint,
+    their own sampling, rate limit, budget, timeout and breaker (docs/llm-judge.md)."""
+
+    url: str
+    """Base URL of the OpenAI-compatible server (`http://` or `https://`); the API path
+    (`/v1/chat/completions` or `/v1/embeddings`) is appended."""
+    model: str = Field(min_length=1, max_length=256)
+    """The model name sent in each call's body (`model`)."""
+    sample_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """Share of the route's pairs assessed, fixed by request id (independent of the mirror
+    sampling)."""
+    rate_per_s: float = Field(2.0, gt=0)
+    """Most calls a second (a token bucket of one second's calls); a pair that finds no tokens
+    is skipped and counted (`rate_limited`), never queued."""
+    max_calls: int | None = Field(10_000, ge=1)
+    """Budget: calls made at most, over the life of the comparator's state (calls recorded
+    before a restart count); beyond it pairs are skipped (`budget_exhausted`). None: no
+    limit."""
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    """Time allowed for one call's complete answer."""
+    breaker: Breaker = Field(default_factory=lambda: Breaker())
+    """Consecutive failed calls that stop calls for `open_s` (then one probe)."""
+    max_chars: int = Field(8000, ge=64, le=1_000_000)
+    """The request and each answer are cut to this many characters before they are sent
+    (counted, `truncated`)."""
+    headers: dict[str, str] = {}
+    """Extra headers sent with each call."""
+    secret_headers: dict[str, str] = {}
+    """Extra headers whose values are secrets (e.g. `Authorization: env:JUDGE_KEY`), each
+    `env:VARIABLE` or `file:PATH`, read at start."""
+    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _check_url(url)
+
+    @field_validator("headers", "secret_headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        bad = [h for h in headers if h.lower() in HOP_BY_HOP or not h.isascii()]
+        if bad:
+            raise ValueError(f"cannot set hop-by-hop or non-ASCII header(s) {bad}")
+        return headers
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_refs(cls, headers: dict[str, str]) -> dict[str, str]:
+        if any(not r.startswith(("env:", "file:")) for r in headers.values()):
+            raise ValueError("each value must be env:VARIABLE or file:PATH")
+        return headers
+
+    def secret_header_values(self) -> dict[str, str]:
+        return {k: v.get_secret_value() for k, v in self._secrets.items()}
+
+
+class Judge(_Assess):
+    """A pairwise judge (OpenAI-compatible chat): which answer is better by `rubric`."""
+
+    rubric: str = Field(min_length=1, max_length=20_000)
+    """What makes one answer better than the other, in the judge's words."""
+    concurrency: int = Field(4, ge=1, le=256)
+    """Pairs judged at once."""
+
+
+class Similarity(_Assess):
+    """Embedding similarity of the answers (OpenAI-compatible `/v1/embeddings`)."""
+
+    sample_fraction: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of the route's pairs measured, fixed by request id."""
+    rate_per_s: float = Field(20.0, gt=0)
+    """Most calls a second (one call per pair: both answers in one request)."""
+    timeout_s: float = Field(10.0, gt=0, le=600)
+    """Time allowed for one call's complete answer."""
+
+
 class Mirror(_Strict):
     enabled: bool = True
     """Global mirroring switch at start; `PUT /v1/mirroring` changes it without a restart (kept
@@ -739,6 +829,9 @@ class Mirror(_Strict):
             except ValueError:
                 raise ValueError(f"control_from: not an address or network: {net!r}") from None
         return self
+
+
+Route.model_rebuild()
 
 
 class ProxySettings(_Strict):
@@ -1253,6 +1346,18 @@ def _resolve_secrets(
                     continue
                 assert value is not None
                 model._secrets[header] = SecretStr(value)
+        assessors = [("judge", route.judge), ("similarity", route.similarity)]
+        for where, part in assessors:
+            if part is None:
+                continue
+            for header, ref in part.secret_headers.items():
+                path = f"routes[{i}].{where}.secret_headers.{header}"
+                value, problem = _secret_value(ref, path, environ, read_secret)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                assert value is not None
+                part._secrets[header] = SecretStr(value)
     return problems
 
 

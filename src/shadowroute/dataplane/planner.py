@@ -120,11 +120,13 @@ class RoutePlan:
         self.host = cfg.host.lower().encode() if cfg.host else None
         self.methods = frozenset(m.upper().encode() for m in cfg.mirror_methods)
         self.monitor_fraction = cfg.monitor_fraction
+        # A judged route's records carry the request: the judge reads the prompt.
         self.needs_input = cfg.capture.input or bool(
             cfg.drift.fields
             or cfg.drift.categorical
             or cfg.drift.auto
             or (cfg.drift.embedding is not None and cfg.drift.embedding.fields)
+            or cfg.judge
         )
         self.prod_base = prod_base
         self.prod_static = prod_static

@@ -14,6 +14,7 @@ from shadowroute.api.labels import LabelWriter, label_routes
 from shadowroute.api.metrics import DataPlaneCollector, KafkaSinkCollector, new_registry
 from shadowroute.api.scorecard import scorecard_routes
 from shadowroute.api.scores import ScoresCollector, score_routes
+from shadowroute.comparator.assessor import Assessor, AssessorCollector
 from shadowroute.comparator.documents import RegistryVersion
 from shadowroute.comparator.reader import ScoresReader
 from shadowroute.core.config import Config
@@ -92,6 +93,9 @@ def control_plane(
     if scores is not None:
         routes += score_routes(scores, registry_lineage(config, ctx))
         ctx.registry.register(ScoresCollector(scores))
+        assessor = getattr(scores, "assessor", None)  # a Reader whose process judges pairs
+        if isinstance(assessor, Assessor):
+            ctx.registry.register(AssessorCollector(assessor))
         gate_counts = GateCounts()
         routes += gate_routes(scores, gate_counts)
         ctx.registry.register(GatesCollector(gate_counts))

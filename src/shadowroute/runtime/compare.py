@@ -57,6 +57,7 @@ async def run_compare(
     verdicts = Verdicts(config, view, history)
     follower = ScoresFollower(config, view, verdicts)
     reader = Reader(config, view, verdicts, history)
+    reader.assessor = comparator.assessor  # the judge's calls made by this member
     registry = new_registry()
     registry.register(ConsumerLagCollector(comparator))
     try:

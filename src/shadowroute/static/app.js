@@ -457,6 +457,7 @@ function candidateCard(routeName, prodName, cand) {
     ratesBlock(cand.scores),
     similarityBlock(cand.scores),
     llmBlock(cand.scores, prodName, cand.name),
+    judgeBlock(cand.scores),
     classViews(cand.scores, prodName, cand.name),
     h("h4", {}, "decision history"),
     historyTable(cand.history));
@@ -507,6 +508,42 @@ function llmBlock(scores, prodName, candName) {
         h("td", {}, ""), h("td", {}, ""), cell("cost", fixed(cost.ratio)), h("td", {}, ""))),
     h("div", { class: "kv" }, "tokens in/out: mean per answer, from the servers' usage or counted ",
       "(tokens counted: answers without usage); cost from the models' configured prices"));
+}
+
+// ---- routes with a judge or an embedding similarity (docs/llm-judge.md) --------------------------
+
+function judgeBlock(scores) {
+  const j = scores && scores.judge;
+  const e = scores && scores.embedding_similarity;
+  const a = (scores && scores.assessor) || {};
+  if (!j && !e) return "";
+  const kv = (field, label, value) => h("span", { "data-field": field }, label + " ",
+    h("b", { class: "num" }, value));
+  const parts = [];
+  if (j) {
+    const m = j.metric || {};
+    parts.push(h("div", { class: "kv judge" },
+      kv("judge-estimate", "judge: wins − losses", signed(m.estimate)),
+      kv("judge-interval", "interval", `[${signed(m.lower)}, ${signed(m.upper)}]`),
+      kv("judge-wins", "wins", String(j.wins)),
+      kv("judge-ties", "ties", String(j.ties)),
+      kv("judge-losses", "losses", String(j.losses)),
+      kv("judge-unparseable", "unparseable", String(j.unparseable)),
+      kv("judge-inconsistent", "position-inconsistent", String(j.inconsistent)),
+      kv("judge-failed", "failed", String(j.failed)),
+      kv("judge-calls", "calls", String(j.calls)),
+      a.judge ? kv("judge-budget", "budget left",
+        a.judge.budget_left === null ? "no limit" : String(a.judge.budget_left)) : "",
+      a.judge ? kv("judge-breaker", "breaker", a.judge.breaker) : ""));
+  }
+  if (e) {
+    parts.push(h("div", { class: "kv embedding" },
+      kv("embedding-mean", "mean embedding similarity", fixed(e.mean)),
+      kv("embedding-n", "answers compared", String(e.n ?? 0)),
+      kv("embedding-failed", "failed", String(e.failed ?? 0)),
+      h("span", {}, "(cosine of the answers' embeddings)")));
+  }
+  return h("div", { class: "assessed" }, h("h4", {}, "judge and embedding similarity"), ...parts);
 }
 
 // ---- classification routes: per-class views -----------------------------------------------------

@@ -19,11 +19,12 @@ from aiokafka.errors import KafkaError
 from shadowroute.core.config import KafkaSecurity, Transport
 from shadowroute.stream.kafka_client import security_kwargs
 
-TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter", "events")
+TOPIC_KINDS = ("pairs", "labels", "scores", "deadletter", "events", "assessments")
 
 
 def topic_name(prefix: str, kind: str) -> str:
-    """``<prefix>.<kind>`` for kind in pairs, labels, scores, deadletter, events."""
+    """``<prefix>.<kind>`` for kind in pairs, labels, scores, deadletter, events,
+    assessments."""
     if kind not in TOPIC_KINDS:
         raise ValueError(f"unknown topic kind {kind!r}")
     return f"{prefix}.{kind}"
@@ -88,8 +89,9 @@ class TopicSettingsError(ValueError):
 
 
 async def create_topics(transport: Transport) -> list[str]:
-    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted), ``.deadletter`` and
-    ``.events`` (docs/events.md)
+    """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted), ``.deadletter``,
+    ``.events`` (docs/events.md) and ``.assessments`` (the judge's, docs/llm-judge.md; as many
+    partitions as the pairs: an assessment lands in its pair's partition)
     with the configured partitions, replication and ``min.insync.replicas``; topics that
     already exist are left as they are. Returns the names created now. Raises
     ``TopicSettingsError`` when the replication exceeds the cluster's brokers."""
@@ -104,6 +106,7 @@ async def create_topics(transport: Transport) -> list[str]:
         "scores": {"cleanup.policy": "compact", **isr},
         "deadletter": {"retention.ms": retention, **isr},
         "events": {"retention.ms": retention, **isr},
+        "assessments": {"retention.ms": retention, **isr},
     }
     wanted = {topic_name(transport.topic_prefix, kind): cfg for kind, cfg in configs.items()}
     admin = _admin(transport.bootstrap, transport.security)
