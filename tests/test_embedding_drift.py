@@ -1,6 +1,6 @@
 """Embedding drift's pure core: the lexical embedder, random Fourier features, mergeable sums,
 agreement with a direct quadratic MMD estimate, and the detector validated by simulation
-(false-alarm rate under no shift, detection delay under a topic shift; docs/llm-drift.md)."""
+(false-alarm rate under no shift, detection delay under a topic shift; docs/llm.md)."""
 
 from __future__ import annotations
 
@@ -263,7 +263,7 @@ def test_false_alarm_rate_under_no_shift(pool: tuple[Floats, Floats, Floats]) ->
         any_major += seen_major
     assert final_minor <= 12
     assert final_major <= 3
-    assert any_major <= 6  # five reads of one window: measured 0.3% (docs/llm-drift.md)
+    assert any_major <= 6  # five reads of one window: measured 0.3% (docs/llm.md)
 
 
 @pytest.mark.parametrize(("share", "within"), [(1.0, 100), (0.5, 100), (0.3, 600)])

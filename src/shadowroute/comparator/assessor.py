@@ -1,5 +1,5 @@
 """The assessor: judge and embedding calls for the pairs of routes that have them, in the
-comparator's process, off the proxy's path (docs/llm-judge.md).
+comparator's process, off the proxy's path (docs/llm.md).
 
 ``offer`` sees every pair record the comparator gets (embedded: from the in-process channel;
 ``shadowroute compare``: from the pairs topic) and keeps, without parsing it, a record whose

@@ -369,7 +369,7 @@ class Similarity(TypedDict):
 
 
 class JudgeFigures(TypedDict):
-    """Routes with a judge: the pairwise judge's results (docs/llm-judge.md)"""
+    """Routes with a judge: the pairwise judge's results (docs/llm.md)"""
 
     metric: Annotated[
         MetricSummary, "The paired metric judge: d = win − loss per judged pair (ties 0)"
@@ -628,7 +628,7 @@ class ProductionSummary(TypedDict):
     drift: Annotated[
         dict[str, JsonObject],
         "Per field: its distances and drift state (embedding drift: fields embedding:<path>, "
-        "embedding:output; docs/llm-drift.md)",
+        "embedding:output; docs/llm.md)",
     ]
     drift_auto: DriftAuto
 
@@ -654,7 +654,7 @@ class Production(TypedDict):
     drift: Annotated[
         dict[str, JsonObject],
         "Per field: its distances and drift state (embedding drift: fields embedding:<path>, "
-        "embedding:output; docs/llm-drift.md)",
+        "embedding:output; docs/llm.md)",
     ]
     drift_auto: NotRequired[DriftAuto]
 

@@ -117,7 +117,7 @@ class KafkaComparator:
         self.store = Store(state_path or config.comparator.state_path)
         self.engine = Engine(config, self.store, clock=None)
         self.assessor: Assessor | None = None
-        """Judge and embedding calls for the pairs this member reads (docs/llm-judge.md);
+        """Judge and embedding calls for the pairs this member reads (docs/llm.md);
         its budget starts from the calls recorded in this state file."""
         if self.judged:
             spent = calls_recorded(self.engine.snapshot())

@@ -428,7 +428,7 @@ DriftPath = Annotated[str, AfterValidator(_drift_path)]
 
 
 class EmbeddingDrift(_Strict):
-    """Drift of text or vector inputs and text outputs, on embeddings (docs/llm-drift.md)."""
+    """Drift of text or vector inputs and text outputs, on embeddings (docs/llm.md)."""
 
     fields: list[DriftPath] = []
     """JSON paths into the request body of texts (e.g. ``$.messages[-1].content``) or of
@@ -627,7 +627,7 @@ class Route(_Strict):
     """How long a pair waits for its label (and a label for its pair) before it is an orphan."""
     judge: Judge | None = None
     """A pairwise judge of the two answers (text routes): its preference is the paired
-    metric `judge`, usable as `policy.primary_metric` (docs/llm-judge.md). Its calls run in
+    metric `judge`, usable as `policy.primary_metric` (docs/llm.md). Its calls run in
     the comparator, off the proxy's path."""
     similarity: Similarity | None = None
     """Embedding similarity of the two answers (text routes), reported as a mean."""
@@ -725,7 +725,7 @@ class Breaker(_Strict):
 
 class _Assess(_Strict):
     """What the judge and the embedding similarity share: an OpenAI-compatible endpoint,
-    their own sampling, rate limit, budget, timeout and breaker (docs/llm-judge.md)."""
+    their own sampling, rate limit, budget, timeout and breaker (docs/llm.md)."""
 
     url: str
     """Base URL of the OpenAI-compatible server (`http://` or `https://`); the API path

@@ -18,7 +18,7 @@ From the sums:
   per reference by Monte Carlo with a fixed seed, so a p-value is deterministic.
 
 The formulas, the false-alarm rates and the detection delays measured by simulation are in
-``docs/llm-drift.md``.
+``docs/llm.md``.
 
 >>> model = EmbeddingModel(dims=32, features=64)
 >>> ref, cur = model.sums(second=True), model.sums()

@@ -510,7 +510,7 @@ function llmBlock(scores, prodName, candName) {
       "(tokens counted: answers without usage); cost from the models' configured prices"));
 }
 
-// ---- routes with a judge or an embedding similarity (docs/llm-judge.md) --------------------------
+// ---- routes with a judge or an embedding similarity (docs/llm.md) --------------------------
 
 function judgeBlock(scores) {
   const j = scores && scores.judge;

@@ -90,7 +90,7 @@ class TopicSettingsError(ValueError):
 
 async def create_topics(transport: Transport) -> list[str]:
     """Create ``<prefix>.pairs``, ``.labels``, ``.scores`` (compacted), ``.deadletter``,
-    ``.events`` (docs/events.md) and ``.assessments`` (the judge's, docs/llm-judge.md; as many
+    ``.events`` (docs/events.md) and ``.assessments`` (the judge's, docs/llm.md; as many
     partitions as the pairs: an assessment lands in its pair's partition)
     with the configured partitions, replication and ``min.insync.replicas``; topics that
     already exist are left as they are. Returns the names created now. Raises

@@ -103,7 +103,7 @@ METRICS: dict[str, MetricSpec] = {
     "availability": MetricSpec(
         "availability", higher_is_better=True, bounded=True, needs_label=False, v_opt=RARE_V_OPT
     ),
-    # The pairwise judge's preference (docs/llm-judge.md): production's value is 1 for a loss,
+    # The pairwise judge's preference (docs/llm.md): production's value is 1 for a loss,
     # the candidate's 1 for a win, so d = win − loss ∈ {−1, 0, +1}; no label needed.
     "judge": MetricSpec("judge", higher_is_better=True, bounded=True, needs_label=False),
 }
