@@ -25,7 +25,7 @@ from shadowroute.demo.expectation import check
 from shadowroute.demo.feeder import LabelFeeder
 from shadowroute.demo.models import Dataset, TrainedModel, load_dataset, train
 from shadowroute.demo.oip import BadRequest, infer_request, parse_inputs
-from shadowroute.demo.scenarios import SCENARIOS, SERVED_NAME, scenario
+from shadowroute.demo.scenarios import SERVED_NAME, TRAINED, scenario
 from shadowroute.demo.server import serve_model
 from shadowroute.demo.traffic import (
     TrafficPlan,
@@ -44,7 +44,7 @@ def data() -> Dataset:
 
 @pytest.fixture(scope="module")
 def trained(data: Dataset) -> dict[str, TrainedModel]:
-    specs = {scenario(n).production for n in SCENARIOS} | {scenario(n).candidate for n in SCENARIOS}
+    specs = {scenario(n).production for n in TRAINED} | {scenario(n).candidate for n in TRAINED}
     return {s.name: train(s, data) for s in specs}
 
 
@@ -327,3 +327,51 @@ async def test_short_runs_reach_each_scenarios_verdict() -> None:
     assert drift["$.inputs[0].data[1]"]["state"] == "stable"  # mean texture, untouched
     quiet = (by["better"].production or {}).get("drift", {})
     assert all(f.get("state") == "stable" for k, f in quiet.items() if k != "output")
+
+
+def test_render_shows_embedding_drift() -> None:
+    snap = Snapshot("llm", 30, 60, primary="judge")
+    field = {"kind": "embedding", "state": "major", "p_value": 0.0001, "psi": None}
+    snap.production = {"drift": {"embedding:$.messages[-1].content": field}}
+    text = "\n".join(render(snap))
+    assert "embedding drift major (p 0.0001 on embedding:$.messages[-1].content)" in text
+
+
+def test_llm_expectation() -> None:
+    from shadowroute.demo.expectation import PROMPT_FIELD, check_llm
+
+    reject = {"verdict": "reject", "reasons": ["shown worse: judge: estimate -0.3, interval [..]"]}
+    scores = {"llm": {"ttft_ms": {"ratio": {"p99": 0.46}}, "cost": {"ratio": 0.17}}}
+    drifting = {"drift": {PROMPT_FIELD: {"state": "major"}}}
+    assert check_llm(reject, drifting, scores).ok
+    assert check_llm(reject | {"verdict": "hold"}, drifting, scores).ok
+    assert not check_llm(reject | {"verdict": "promote"}, drifting, scores).ok
+    assert not check_llm(reject | {"reasons": ["shown worse: error_rate"]}, drifting, scores).ok
+    assert not check_llm(reject, {"drift": {PROMPT_FIELD: {"state": "stable"}}}, scores).ok
+    missing = check_llm(reject, drifting, {"llm": {}})
+    assert not missing.ok and "no TTFT or cost ratio" in missing.summary
+
+
+async def test_llm_scenario_rejects_the_faster_worse_candidate_and_flags_the_topic_shift() -> None:
+    """``demo --scenario llm``, 20 s: real stand-in chat servers (streamed and whole answers),
+    the honest judge, the embeddings server, the proxy and the embedded comparator."""
+    from shadowroute.demo.run import DemoOptions, run_demo
+
+    out = io.StringIO()
+    r = await run_demo(DemoOptions(scenario="llm", duration_s=20, port=0), out=out)
+    log = out.getvalue()
+    assert r.exit_code == 0, f"{r.outcome.summary}\n{log}"
+    assert r.traffic.sent == 800 and r.traffic.failed == 0, log
+    d = r.decision or {}
+    assert d["verdict"] == "reject", log
+    assert d["metrics"]["judge"]["upper"] < 0
+    assert d["metrics"]["ttft_p99_ratio"]["status"] == "pass"
+    assert d["metrics"]["cost_ratio"]["status"] == "pass"
+    llm = (r.scores or {})["llm"]
+    assert llm["ttft_ms"]["ratio"]["p99"] < 1 and llm["cost"]["ratio"] < 1
+    judge = (r.scores or {})["judge"]
+    assert judge["losses"] > judge["wins"] and judge["unparseable"] == 0
+    assert (r.scores or {})["embedding_similarity"]["n"] > 0
+    drift = (r.production or {})["drift"]
+    assert drift["embedding:$.messages[-1].content"]["state"] == "major"
+    assert "time to first token p99: production" in log and "OK: verdict reject" in log

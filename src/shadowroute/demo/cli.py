@@ -37,8 +37,9 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=(
             "Start two Open Inference Protocol model servers (trained now on scikit-learn's "
             "breast-cancer data), the proxy, the embedded comparator and the API with the "
-            "scorecard; send traffic and delayed ground truth; print the verdict. Exits 0 when "
-            "the verdict matches the scenario, 1 otherwise."
+            "scorecard; send traffic and delayed ground truth; print the verdict (--scenario "
+            "llm: OpenAI-compatible stand-in chat models, a judge and an embeddings server "
+            "instead). Exits 0 when the verdict matches the scenario, 1 otherwise."
         ),
     )
     p.add_argument(
@@ -46,7 +47,8 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=SCENARIOS,
         default="better",
         help="better: promote; worse: reject; same: A/A, never promote; "
-        "drift: production's inputs shift half-way (default: better)",
+        "drift: production's inputs shift half-way; llm: a language-model route, a faster, "
+        "cheaper candidate worse by a blinded judge, and a topic shift (default: better)",
     )
     p.add_argument(
         "--duration", type=_positive, default=60.0, help="seconds of traffic (default: 60)"

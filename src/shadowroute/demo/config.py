@@ -92,6 +92,16 @@ def demo_config(
         "policy": POLICY,
         "label_ttl_s": 600,
     }
+    return one_route_config(
+        route, admin_port=admin_port, listen_port=listen_port, state_dir=state_dir
+    )
+
+
+def one_route_config(
+    route: dict[str, Any], *, admin_port: int, listen_port: int, state_dir: Path
+) -> Config:
+    """A demo's config: ``route`` on loopback, the embedded comparator's state in
+    ``state_dir``."""
     raw: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": listen_port},
         "admin": {"host": "127.0.0.1", "port": admin_port},

@@ -58,3 +58,39 @@ def check(
         what += ["production quality degraded"] if degraded else []
         return Outcome(True, "; ".join(what))
     return Outcome(False, "no drift and no degradation detected, expected at least one")
+
+
+PROMPT_FIELD = "embedding:$.messages[-1].content"
+"""The LLM demo's embedding drift field (the user's last message)."""
+
+
+def check_llm(
+    decision: dict[str, Any] | None,
+    production: dict[str, Any] | None,
+    scores: dict[str, Any] | None,
+) -> Outcome:
+    """The LLM demo: a candidate faster and cheaper but worse by the judge holds or rejects
+    with the judge's interval among the reasons; its TTFT and cost ratios are shown; the topic
+    shift is flagged by the prompt's embedding drift."""
+    d = decision or {}
+    verdict = d.get("verdict", "none")
+    judged = any("judge" in str(r) for r in d.get("reasons") or [])
+    llm = (scores or {}).get("llm") or {}
+    ttft = ((llm.get("ttft_ms") or {}).get("ratio") or {}).get("p99")
+    cost = (llm.get("cost") or {}).get("ratio")
+    drift = ((production or {}).get("drift") or {}).get(PROMPT_FIELD) or {}
+    state = drift.get("state")
+    problems = []
+    if verdict not in ("hold", "reject") or not judged:
+        problems.append(f"verdict {verdict}, expected reject or hold on the judge")
+    if not isinstance(ttft, int | float) or not isinstance(cost, int | float):
+        problems.append("no TTFT or cost ratio")
+    if state not in DRIFTING:
+        problems.append(f"prompt embedding drift {state or 'absent'}, expected minor or major")
+    if problems:
+        return Outcome(False, "; ".join(problems))
+    return Outcome(
+        True,
+        f"verdict {verdict} on the judge; candidate/production TTFT p99 ×{ttft:.2f}, "
+        f"cost ×{cost:.2f}; prompt embedding drift {state}",
+    )

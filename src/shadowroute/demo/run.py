@@ -34,10 +34,11 @@ from shadowroute.demo.scenarios import (
     SERVED_NAME,
     Scenario,
     ScenarioName,
+    Shift,
     scenario,
 )
 from shadowroute.demo.server import serve_model
-from shadowroute.demo.traffic import TrafficPlan, TrafficStats, row_bodies, send_traffic
+from shadowroute.demo.traffic import Body, TrafficPlan, TrafficStats, row_bodies, send_traffic
 from shadowroute.demo.view import Snapshot, TerminalView, decision_line, fmt_interval
 
 SETTLE_S = 6.0
@@ -71,6 +72,7 @@ class DemoResult:
     admin_url: str
     proxy_url: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -82,6 +84,24 @@ class Stack(Protocol):
     def proxy_port(self) -> int: ...
     @property
     def admin_port(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Drive:
+    """What one run sends and how its outcome is judged and told."""
+
+    scenario: ScenarioName
+    route: str
+    candidate: str
+    path: str
+    """The proxy path requests go to."""
+    bodies: Body
+    shift: Shift | None
+    judge: Callable[[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None], Outcome]
+    """(decision, production, scores) -> the outcome."""
+    tell: Callable[[TextIO, DemoResult], None]
+    """Prints the final verdict and figures."""
+    primary: str = "accuracy"
 
 
 OnStart = Callable[[str], None]
@@ -126,9 +146,10 @@ class _Api:
     session: aiohttp.ClientSession
     base: str
     candidate: str
+    route: str = ROUTE
 
     def _cand(self, what: str) -> str:
-        return f"{self.base}/v1/routes/{ROUTE}/candidates/{self.candidate}/{what}"
+        return f"{self.base}/v1/routes/{self.route}/candidates/{self.candidate}/{what}"
 
     async def decision(self) -> dict[str, Any] | None:
         return await _get(self.session, self._cand("decision"))
@@ -139,7 +160,10 @@ class _Api:
         return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
     async def production(self) -> dict[str, Any] | None:
-        return await _get(self.session, f"{self.base}/v1/routes/{ROUTE}/production")
+        return await _get(self.session, f"{self.base}/v1/routes/{self.route}/production")
+
+    async def scores(self) -> dict[str, Any] | None:
+        return await _get(self.session, self._cand("scores"))
 
 
 def _header(
@@ -261,6 +285,10 @@ async def run_demo(
     from shadowroute.runtime import embedded_stack
 
     out = out or sys.stdout
+    if opts.scenario == "llm":
+        from shadowroute.demo.llm_run import run_llm_demo
+
+        return await run_llm_demo(opts, out, on_start, on_verdict)
     scn = scenario(opts.scenario)
     data = await asyncio.to_thread(load_dataset, opts.seed)
     models = await _train(scn, data, opts.seed)
@@ -279,19 +307,30 @@ async def run_demo(
                 state_dir=state_dir,
                 reference_file=reference,
             )
+            drive = Drive(
+                scenario=scn.name,
+                route=ROUTE,
+                candidate=scn.candidate.name,
+                path=f"/v2/models/{SERVED_NAME}/infer",
+                bodies=row_bodies(data.x_test, data.y_test, scn.shift),
+                shift=scn.shift,
+                judge=lambda d, p, _s: check(scn.name, d, p),
+                tell=lambda o, r: _final(o, r, scn.candidate.name),
+            )
             async with embedded_stack(cfg) as stack:
-                return await _drive(opts, out, (on_start, on_verdict), scn, data, stack)
+                return await drive_demo(opts, out, (on_start, on_verdict), drive, stack)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _drive(
+async def drive_demo(
     opts: DemoOptions,
     out: TextIO,
     hooks: tuple[OnStart | None, OnVerdict | None],
-    scn: Scenario,
-    data: Dataset,
+    drive: Drive,
     stack: Stack,
 ) -> DemoResult:
+    """Send the run's traffic and labels through ``stack`` while the live view runs, then
+    settle, judge and tell the outcome."""
     admin_url = f"http://127.0.0.1:{stack.admin_port}"
     proxy_url = f"http://127.0.0.1:{stack.proxy_port}"
     out.write(f"scorecard: {admin_url}/   proxy: {proxy_url}   (Ctrl-C stops)\n")
@@ -304,26 +343,25 @@ async def _drive(
     rng_seed = opts.seed * 1_000_003 + secrets.randbelow(1 << 30)
     connector = aiohttp.TCPConnector(limit=128)
     async with aiohttp.ClientSession(connector=connector) as session:
-        api = _Api(session, admin_url, scn.candidate.name)
+        api = _Api(session, admin_url, drive.candidate, drive.route)
         feeder = LabelFeeder(session, admin_url, random.Random(rng_seed), opts.label_delay_s)
         plan = TrafficPlan(
-            url=f"{proxy_url}/v2/models/{SERVED_NAME}/infer",
+            url=f"{proxy_url}{drive.path}",
             rate=opts.rate,
             duration_s=opts.duration_s,
             run_tag=f"demo-{secrets.token_hex(4)}",
-            shift=scn.shift,
+            shift=drive.shift,
         )
         traffic = TrafficStats()
         stop_labels, stop_view = asyncio.Event(), asyncio.Event()
-        snap = Snapshot(scn.name, 0.0, opts.duration_s)
+        snap = Snapshot(drive.scenario, 0.0, opts.duration_s, primary=drive.primary)
         started = time.monotonic()
         feeding = asyncio.create_task(feeder.run(stop_labels), name="demo-labels")
         viewing = asyncio.create_task(
             _live(view, snap, api, traffic, feeder, started, stop_view), name="demo-view"
         )
         try:
-            bodies = row_bodies(data.x_test, data.y_test, scn.shift)
-            await send_traffic(session, plan, bodies, feeder.schedule, traffic)
+            await send_traffic(session, plan, drive.bodies, feeder.schedule, traffic)
             stop_labels.set()
             await asyncio.wait_for(feeding, timeout=opts.label_delay_s[1] + 10)
             decision = await _settle(api, feeder.stats.accepted)
@@ -334,11 +372,13 @@ async def _drive(
                 if not task.done():
                     task.cancel()
             await asyncio.gather(feeding, viewing, return_exceptions=True)
-        production, history = await asyncio.gather(api.production(), api.history())
+        production, history, scores = await asyncio.gather(
+            api.production(), api.history(), api.scores()
+        )
         view.release()
         result = DemoResult(
-            scenario=scn.name,
-            outcome=check(scn.name, decision, production),
+            scenario=drive.scenario,
+            outcome=drive.judge(decision, production, scores),
             decision=decision,
             production=production,
             traffic=traffic,
@@ -346,8 +386,9 @@ async def _drive(
             admin_url=admin_url,
             proxy_url=proxy_url,
             history=history,
+            scores=scores,
         )
-        _final(out, result, scn.candidate.name)
+        drive.tell(out, result)
     out.flush()
     if on_verdict is not None:
         await on_verdict(result)

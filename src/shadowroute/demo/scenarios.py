@@ -10,8 +10,11 @@ from typing import Literal
 
 from shadowroute.demo.models import ModelSpec
 
-ScenarioName = Literal["better", "worse", "same", "drift"]
-SCENARIOS: tuple[ScenarioName, ...] = ("better", "worse", "same", "drift")
+ScenarioName = Literal["better", "worse", "same", "drift", "llm"]
+TRAINED: tuple[ScenarioName, ...] = ("better", "worse", "same", "drift")
+"""The scenarios of the trained classifiers below."""
+SCENARIOS: tuple[ScenarioName, ...] = (*TRAINED, "llm")
+"""``llm`` is a language-model route with stand-in chat models (``demo/llm_run.py``)."""
 
 SERVED_NAME = "cancer"
 """The model name every demo server serves (``/v2/models/cancer/infer``)."""
@@ -52,6 +55,8 @@ class Scenario:
 
 
 def scenario(name: ScenarioName) -> Scenario:
+    if name == "llm":
+        raise ValueError("the llm scenario has no trained models: see demo/llm_run.py")
     if name == "better":
         return Scenario(name, SMALL, BOOSTED, "the candidate is better: promote")
     if name == "worse":

@@ -72,6 +72,7 @@ def production_line(doc: dict[str, Any] | None) -> str | None:
     if worst is not None:
         name, psi, state = worst
         parts.append(f"drift {state} (PSI {psi:.2f} on {name})")
+    parts += embedding_drift(doc)
     return "production         " + " · ".join(parts) if parts else None
 
 
@@ -87,6 +88,21 @@ def worst_drift(doc: dict[str, Any]) -> tuple[str, float, str] | None:
             if isinstance(psi, int | float) and (best is None or psi > best[1]):
                 best = (str(name), float(psi), str(f.get("state", "?")))
     return best
+
+
+def embedding_drift(doc: dict[str, Any]) -> list[str]:
+    """Embedding drift fields (``embedding:<path>``) past ``stable``, with their p-value."""
+    drift = doc.get("drift")
+    out: list[str] = []
+    if isinstance(drift, dict):
+        for name, f in sorted(drift.items()):
+            if not isinstance(f, dict) or f.get("kind") != "embedding":
+                continue
+            state, p = f.get("state"), f.get("p_value")
+            if state in ("minor", "major"):
+                shown = f"p {p:.2g} " if isinstance(p, int | float) else ""
+                out.append(f"embedding drift {state} ({shown}on {name})")
+    return out
 
 
 def render(s: Snapshot) -> list[str]:
