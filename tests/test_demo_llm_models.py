@@ -17,9 +17,9 @@ from shadowroute.demo.llm_models import (
     judge_app,
     judge_reply,
     question,
-    serve_app,
     true_answer,
 )
+from shadowroute.demo.server import serve_app
 
 
 def _route() -> object:

@@ -151,3 +151,22 @@ def test_events_follow_the_routes_of_the_config_of_the_moment(tmp_path: Path) ->
     assert snap.psi_alert == {ROUTE: 0.25, "other": 0.4}
     detector.observe(snap, 1.0, 1.0)
     assert detector.psi_alert["other"] == 0.4
+
+
+def test_a_judge_added_or_changed_by_a_reload_is_refused(tmp_path: Path) -> None:
+    raw = _raw(tmp_path / "s.sqlite", ["fraud-v8"])
+    raw["routes"][0]["task"] = "text"
+    raw["routes"][0]["protocol"] = "openai"
+    old = parse_config(raw, environ={})
+    judge = {"url": "http://127.0.0.1:9200", "model": "j", "rubric": "the right one"}
+    raw["routes"][0]["judge"] = judge
+    added = refusals(old, parse_config(raw, environ={}))
+    assert added == [
+        "routes[0].judge added on route 'fraud': the comparator's assessor reads it at start; "
+        "restart to apply it"
+    ]
+    judged = parse_config(raw, environ={})
+    raw["routes"][0]["judge"] = judge | {"rubric": "the shorter one"}
+    assert "routes[0].judge changed" in refusals(judged, parse_config(raw, environ={}))[0]
+    del raw["routes"][0]["judge"]
+    assert refusals(judged, parse_config(raw, environ={})) == []  # removing one is live

@@ -2,10 +2,11 @@
 
 Only ``routes`` is applied live: routes and candidates added, changed or removed, except a
 kept route's task or production model (the comparator's evidence for the route is about
-them). Every other section (the ports, the transport, the admin plane and its token, the
-proxy's limits, the record queue, the comparator) is read once at start by objects that live
-as long as the process; a reloaded file that changes any of them is refused whole, saying
-which, and the running config stays.
+them) and a route's ``judge`` or ``similarity`` added or changed (the comparator's assessor
+reads them at start). Every other section (the ports, the transport, the admin plane and its
+token, the proxy's limits, the record queue, the comparator) is read once at start by objects
+that live as long as the process; a reloaded file that changes any of them is refused whole,
+saying which, and the running config stays.
 
 >>> from shadowroute.core.config import parse_config
 >>> def cfg(port, cands):
@@ -51,6 +52,17 @@ def refusals(old: Config, new: Config) -> list[str]:
         if name not in LIVE_SECTIONS:
             _differences(name, getattr(old, name), getattr(new, name), out)
     after = {r.name: r for r in new.routes}
+    before = {r.name: r for r in old.routes}
+    for i, route in enumerate(new.routes):
+        prev = before.get(route.name)
+        for part in ("judge", "similarity"):
+            now, then = getattr(route, part), getattr(prev, part) if prev is not None else None
+            if now is not None and now != then:
+                out.append(
+                    f"routes[{i}].{part} {'added' if then is None else 'changed'} on route "
+                    f"{route.name!r}: the comparator's assessor reads it at start; restart to "
+                    "apply it"
+                )
     for i, route in enumerate(old.routes):
         kept = after.get(route.name)
         if kept is None:

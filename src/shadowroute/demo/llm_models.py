@@ -19,11 +19,9 @@ request and the two blinded answers from the judge's prompt (``## Request``, ``#
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,7 +36,6 @@ __all__ = [
     "judge_app",
     "judge_reply",
     "question",
-    "serve_app",
     "true_answer",
 ]
 
@@ -272,16 +269,3 @@ def chat_app(model: ChatModel) -> web.Application:
     app[MODEL] = model
     app.add_routes([web.post("/v1/chat/completions", _chat)])
     return app
-
-
-@contextlib.asynccontextmanager
-async def serve_app(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[int]:
-    """Run ``app`` on a free port; yields the port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()

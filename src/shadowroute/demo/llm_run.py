@@ -25,7 +25,7 @@ from shadowroute.core.config import Config
 from shadowroute.core.embedding import HashingEmbedder
 from shadowroute.demo.config import one_route_config
 from shadowroute.demo.expectation import PROMPT_FIELD, check_llm
-from shadowroute.demo.llm_models import ChatModel, chat_app, judge_app, question, serve_app
+from shadowroute.demo.llm_models import ChatModel, chat_app, judge_app, question
 from shadowroute.demo.run import (
     DemoOptions,
     DemoResult,
@@ -36,6 +36,7 @@ from shadowroute.demo.run import (
     free_port_after,
 )
 from shadowroute.demo.scenarios import Shift
+from shadowroute.demo.server import serve_app
 from shadowroute.demo.traffic import Body
 from shadowroute.demo.view import fmt_interval
 

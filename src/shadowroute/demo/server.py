@@ -100,7 +100,14 @@ async def serve_model(
     model: TrainedModel, served_name: str, n_features: int, host: str = "127.0.0.1"
 ) -> AsyncIterator[int]:
     """Run a model server on a free port; yields the port."""
-    runner = web.AppRunner(model_app(model, served_name, n_features), access_log=None)
+    async with serve_app(model_app(model, served_name, n_features), host) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """Run a demo stand-in ``app`` on a free port; yields the port."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
