@@ -284,10 +284,44 @@ class Price(_Strict):
         return (tokens_in * self.input_per_million + tokens_out * self.output_per_million) / 1e6
 
 
-class Model(_Strict):
+def _header_names(headers: dict[str, str]) -> dict[str, str]:
+    bad = [h for h in headers if h.lower() in HOP_BY_HOP or not h.isascii()]
+    if bad:
+        raise ValueError(f"cannot set hop-by-hop or non-ASCII header(s) {bad}")
+    return headers
+
+
+def _secret_refs(headers: dict[str, str]) -> dict[str, str]:
+    if any(not r.startswith(("env:", "file:")) for r in headers.values()):
+        raise ValueError("each value must be env:VARIABLE or file:PATH")
+    return headers
+
+
+UpstreamUrl = Annotated[str, AfterValidator(_check_url)]
+"""An http(s) URL of a server shadowroute calls (``_check_url``)."""
+ExtraHeaders = Annotated[dict[str, str], AfterValidator(_header_names)]
+"""Headers added to a server's calls: no hop-by-hop or non-ASCII names."""
+SecretHeaderRefs = Annotated[
+    dict[str, str], AfterValidator(_header_names), AfterValidator(_secret_refs)
+]
+"""Headers whose values are secrets, each ``env:VARIABLE`` or ``file:PATH``."""
+
+
+class _CallsOut(_Strict):
+    """A section that calls a server with extra headers, some of them secrets
+    (``secret_headers``, resolved by ``parse_config``)."""
+
+    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    def secret_header_values(self) -> dict[str, str]:
+        """The secret headers, resolved at start (``parse_config``)."""
+        return {k: v.get_secret_value() for k, v in self._secrets.items()}
+
+
+class Model(_CallsOut):
     name: Name
     """Model name, unique within the route; it labels records, scores and metrics."""
-    url: str
+    url: UpstreamUrl
     """Base URL of the model server (`http://` or `https://`); the request path is appended."""
     timeout_s: float = Field(2.0, gt=0, le=600)
     """
@@ -303,9 +337,9 @@ class Model(_Strict):
     can also be set at run time (`PUT .../revision`). Evidence belongs to one revision: a
     change of `url`, `version` or `revision` starts fresh evidence (docs/comparator.md).
     """
-    headers: dict[str, str] = {}
+    headers: ExtraHeaders = {}
     """Extra headers sent to this upstream (e.g. an API key for the model server)."""
-    secret_headers: dict[str, str] = {}
+    secret_headers: SecretHeaderRefs = {}
     """Extra headers whose values are secrets, each `env:VARIABLE` (an environment variable)
     or `file:PATH` (a file's content, e.g. a mounted Kubernetes secret; trailing newline
     removed), read at start."""
@@ -314,31 +348,6 @@ class Model(_Strict):
     price: Price | None = None
     """`openai` routes: what this model's tokens cost, for the cost per request and the
     `cost_ratio` guardrail (docs/llm.md). None: no cost is shown for it."""
-    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        return _check_url(url)
-
-    @field_validator("headers", "secret_headers")
-    @classmethod
-    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
-        bad = [h for h in headers if h.lower() in HOP_BY_HOP or not h.isascii()]
-        if bad:
-            raise ValueError(f"cannot set hop-by-hop or non-ASCII header(s) {bad}")
-        return headers
-
-    @field_validator("secret_headers")
-    @classmethod
-    def _secret_refs(cls, headers: dict[str, str]) -> dict[str, str]:
-        if any(not r.startswith(("env:", "file:")) for r in headers.values()):
-            raise ValueError("each value must be env:VARIABLE or file:PATH")
-        return headers
-
-    def secret_header_values(self) -> dict[str, str]:
-        """The secret headers, resolved at start (``parse_config``)."""
-        return {k: v.get_secret_value() for k, v in self._secrets.items()}
 
 
 class Rewrite(_Strict):
@@ -723,11 +732,11 @@ class Breaker(_Strict):
     """Seconds before a half-open probe is let through."""
 
 
-class _Assess(_Strict):
+class _Assess(_CallsOut):
     """What the judge and the embedding similarity share: an OpenAI-compatible endpoint,
     their own sampling, rate limit, budget, timeout and breaker (docs/llm.md)."""
 
-    url: str
+    url: UpstreamUrl
     """Base URL of the OpenAI-compatible server (`http://` or `https://`); the API path
     (`/v1/chat/completions` or `/v1/embeddings`) is appended."""
     model: str = Field(min_length=1, max_length=256)
@@ -749,35 +758,11 @@ class _Assess(_Strict):
     max_chars: int = Field(8000, ge=64, le=1_000_000)
     """The request and each answer are cut to this many characters before they are sent
     (counted, `truncated`)."""
-    headers: dict[str, str] = {}
+    headers: ExtraHeaders = {}
     """Extra headers sent with each call."""
-    secret_headers: dict[str, str] = {}
+    secret_headers: SecretHeaderRefs = {}
     """Extra headers whose values are secrets (e.g. `Authorization: env:JUDGE_KEY`), each
     `env:VARIABLE` or `file:PATH`, read at start."""
-    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        return _check_url(url)
-
-    @field_validator("headers", "secret_headers")
-    @classmethod
-    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
-        bad = [h for h in headers if h.lower() in HOP_BY_HOP or not h.isascii()]
-        if bad:
-            raise ValueError(f"cannot set hop-by-hop or non-ASCII header(s) {bad}")
-        return headers
-
-    @field_validator("secret_headers")
-    @classmethod
-    def _secret_refs(cls, headers: dict[str, str]) -> dict[str, str]:
-        if any(not r.startswith(("env:", "file:")) for r in headers.values()):
-            raise ValueError("each value must be env:VARIABLE or file:PATH")
-        return headers
-
-    def secret_header_values(self) -> dict[str, str]:
-        return {k: v.get_secret_value() for k, v in self._secrets.items()}
 
 
 class Judge(_Assess):
