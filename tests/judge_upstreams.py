@@ -26,6 +26,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from standin import StandIn
+
 _ANSWERS = re.compile(r"## Answer A\n(.*)\n\n## Answer B\n(.*)\n\nWhich answer", re.S)
 
 
@@ -36,7 +38,7 @@ def good_verdict(a: str, b: str) -> str:
     return "A" if ga else "B"
 
 
-class JudgeServer:
+class JudgeServer(StandIn):
     """An OpenAI-compatible chat endpoint that judges as its ``mode`` says; every request
     body is kept in ``seen``."""
 
@@ -44,29 +46,9 @@ class JudgeServer:
         self.mode = mode
         self.delay = delay
         self.seen: list[dict[str, Any]] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> JudgeServer:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/chat/completions", self._chat)]
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -111,35 +93,15 @@ def letters(text: str) -> list[float]:
     return v
 
 
-class EmbeddingServer:
+class EmbeddingServer(StandIn):
     """An OpenAI-compatible ``/v1/embeddings`` endpoint; requests kept in ``seen``."""
 
     def __init__(self, mode: str = "good") -> None:
         self.mode = mode
         self.seen: list[dict[str, Any]] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> EmbeddingServer:
-        app = web.Application()
-        app.router.add_post("/v1/embeddings", self._embed)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/embeddings", self._embed)]
 
     async def _embed(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

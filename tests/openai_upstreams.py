@@ -27,6 +27,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from standin import StandIn
+
 
 def prompt_text(doc: dict[str, Any]) -> str:
     messages = doc.get("messages")
@@ -49,7 +51,7 @@ def answer_words(prompt: str, *, reverse: bool = False, n: int | None = None) ->
     return words if n is None else words[:n]
 
 
-class OpenAIStandIn:
+class OpenAIStandIn(StandIn):
     def __init__(
         self,
         name: str = "llm",
@@ -71,32 +73,12 @@ class OpenAIStandIn:
         self.seen: list[dict[str, Any]] = []
         self.started: list[float] = []
         self.finished: list[float] = []
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
-
-    async def start(self) -> OpenAIStandIn:
-        app = web.Application()
-        app.add_routes(
-            [
-                web.post("/v1/chat/completions", self._chat),
-                web.post("/v1/completions", self._completions),
-            ]
-        )
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/chat/completions", self._chat),
+            web.post("/v1/completions", self._completions),
+        ]
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, chat=True)
