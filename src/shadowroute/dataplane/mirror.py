@@ -21,7 +21,13 @@ from typing import Final
 from shadowroute.core.config import Breaker, Candidate
 from shadowroute.dataplane import http1
 from shadowroute.dataplane.stats import DataPlaneStats
-from shadowroute.dataplane.upstream import Exchange, Outcome, UpstreamConnection, UpstreamPool
+from shadowroute.dataplane.upstream import (
+    Exchange,
+    Outcome,
+    UpstreamConnection,
+    UpstreamPool,
+    time_piece,
+)
 
 MAX_MIRROR_RESPONSE: Final = 16 << 20
 # The clocks, bound once: a module attribute looked up on every call costs more than the call.
@@ -268,12 +274,9 @@ class MirrorExchange(Exchange):
         self._body.append(piece)
         times = self._times
         if times is not None:  # an ``openai`` route: when each piece came
-            if len(times) < self.target.max_times:
-                times.append(float(size - len(piece)))
-                times.append((_perf_counter() - self._t0) * 1000.0)
-            elif len(times) == self.target.max_times:
-                times.append(-1.0)  # capped: the rest is not timed
-                self.target.stats.limits["stream_pieces"] += 1
+            target = self.target
+            ms = (_perf_counter() - self._t0) * 1000.0
+            time_piece(times, size - len(piece), ms, target.max_times, target.stats.limits)
 
     def on_complete(self) -> None:
         status = self._status

@@ -35,7 +35,13 @@ from shadowroute.dataplane.planner import (
 from shadowroute.dataplane.recorder import Pairing, Recorder
 from shadowroute.dataplane.rewrite import Rewriter
 from shadowroute.dataplane.stats import LatencyHistogram
-from shadowroute.dataplane.upstream import Exchange, Outcome, UpstreamConnection, UpstreamPool
+from shadowroute.dataplane.upstream import (
+    Exchange,
+    Outcome,
+    UpstreamConnection,
+    UpstreamPool,
+    time_piece,
+)
 
 log = logging.getLogger("shadowroute.proxy")
 
@@ -511,12 +517,9 @@ class Request(Exchange):
                 body.append(piece)
                 times = self.prod_times
                 if times is not None:  # an ``openai`` route: when each piece came
-                    if len(times) < self.route.max_times:
-                        times.append(float(self.prod_size - len(piece)))
-                        times.append((_perf_counter() - self.t0) * 1000.0)
-                    elif len(times) == self.route.max_times:
-                        times.append(-1.0)  # capped: the rest is not timed
-                        self.conn.proxy.stats.limits["stream_pieces"] += 1
+                    ms = (_perf_counter() - self.t0) * 1000.0
+                    limits = self.conn.proxy.stats.limits
+                    time_piece(times, self.prod_size - len(piece), ms, self.route.max_times, limits)
 
     def pause_source(self) -> None:
         """Production's write buffer is full: stop reading the client's body."""

@@ -127,6 +127,20 @@ class Outcome:
         was started); None on other routes."""
 
 
+def time_piece(
+    times: list[float], offset: int, ms: float, max_times: int, limits: Counter[str]
+) -> None:
+    """Note that an ``openai`` answer's body piece starting at ``offset`` arrived ``ms`` after
+    the request was started (``Outcome.times``); past ``max_times`` entries one ``-1`` marks
+    the rest as not timed, counted as ``limits_hit{limit="stream_pieces"}``."""
+    if len(times) < max_times:
+        times.append(float(offset))
+        times.append(ms)
+    elif len(times) == max_times:
+        times.append(-1.0)
+        limits["stream_pieces"] += 1
+
+
 class UpstreamConnection:
     """One pooled connection (an asyncio protocol: the loop calls it by name)."""
 
