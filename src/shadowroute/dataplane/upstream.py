@@ -223,20 +223,28 @@ class UpstreamConnection:
         self._closed = True
         pool = self.pool
         pool.discard(self)
-        if self.tunnel is not None:
-            self.tunnel.on_fail("reset")
-            return
-        ex = self.exchange
-        if ex is None:
-            if not by_us:  # an idle connection the server closed: seen at once, never reused
-                pool.count("idle_closed_by_server")
-            return
-        if self._in_body and self._until_close:
-            self._finish()
-            return
-        if not self.answered and self.reused and self._resend(ex):
-            return
-        self._fail("reset")
+        try:
+            if self.tunnel is not None:
+                self.tunnel.on_fail("reset")
+                return
+            ex = self.exchange
+            if ex is None:
+                if not by_us:  # an idle connection the server closed: seen at once
+                    pool.count("idle_closed_by_server")
+                return
+            if self._in_body and self._until_close:
+                self._finish()
+                return
+            if not self.answered and self.reused and self._resend(ex):
+                return
+            self._fail("reset")
+        finally:
+            # The parser's callbacks are bound to this connection and the transport refers
+            # back to it: dropped, reference counting frees it now instead of the cyclic
+            # collector some time later.
+            self._parser = httptools.HttpResponseParser(None)
+            self.transport = None
+            self.tunnel = None
 
     def eof_received(self) -> bool | None:
         """The server closed its side: the connection is never used again (the transport
