@@ -1,0 +1,285 @@
+"""Embedding drift through a configured ``/v1/embeddings`` endpoint
+(``routes[].drift.embedding.endpoint``): the engine's part without an event loop (selection
+once per request, vectors added at the request's window), the embedding record's strict
+decoder, the config and reload rules, the assessor against a real HTTP stand-in, and the
+whole path through the proxy (embedded mode) and through Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from judge_upstreams import EmbeddingServer
+from proxyutil import settle
+from shadowroute.comparator.assessor import Assessor, calls_recorded
+from shadowroute.comparator.engine import Engine
+from shadowroute.comparator.production import ProductionState
+from shadowroute.comparator.store import Store
+from shadowroute.core.assessments import (
+    EmbeddingRecord,
+    EmbedJob,
+    decode_any,
+    decode_embedding,
+    encode_embedding,
+)
+from shadowroute.core.config import Config, ConfigError, parse_config
+from shadowroute.core.embedding import HashingEmbedder
+from shadowroute.core.records import RecordError, Side, encode_pair
+from shadowroute.core.reload import refusals
+from shadowroute.runtime import Stack, embedded_stack
+from test_comparator_gen import T0
+from test_embedding_drift import texts
+from test_embedding_drift_engine import _chat_reply
+from upstreams import ModelServer
+
+HOUR = 3_600_000
+ROUTE = "chat"
+PROMPT = "embedding:$.messages[-1].content"
+VEC = "embedding:$.vec"
+ANSWER = "embedding:output"
+EP = "http://127.0.0.1:9300"
+EMB: dict[str, Any] = {
+    "fields": ["$.messages[-1].content"],
+    "outputs": True,
+    "reference_size": 100,
+    "min_count": 50,
+    "dims": 64,
+}
+
+
+def _raw(state: Path, embedding: dict[str, Any] | None, endpoint: str | None = EP) -> Any:
+    drift: dict[str, Any] = {"fields": ["$.temperature"]}
+    if embedding is not None:
+        emb = dict(embedding)
+        if endpoint is not None:
+            emb["endpoint"] = {"url": endpoint, "model": "hash-64", "rate_per_s": 1000,
+                               **emb.pop("ep", {})}  # fmt: skip
+        drift["embedding"] = emb
+    return {
+        "comparator": {"state_path": str(state), "windows": ["hour"]},
+        "routes": [
+            {
+                "name": ROUTE,
+                "protocol": "openai",
+                "task": "text",
+                "production": {"name": "llm-a", "url": "http://127.0.0.1:9001"},
+                "candidates": [{"name": "llm-b", "url": "http://127.0.0.1:9002"}],
+                "drift": drift,
+            }
+        ],
+    }
+
+
+def _config(state: Path, embedding: dict[str, Any] | None = EMB, **kw: Any) -> Config:
+    return parse_config(_raw(state, embedding, **kw), environ={})
+
+
+def _pair(i: int, ts: int, prompt: str, answer: str, **body: Any) -> tuple[bytes, bytes]:
+    rid = f"r{i}"
+    p = Side("llm-a", "1", 200, 40.0, [answer], None)
+    c = Side("llm-b", "1", 200, 30.0, [answer.upper()], None)
+    doc = {"model": "m", "temperature": 0.5, "messages": [{"role": "user", "content": prompt}]}
+    rec = encode_pair(
+        request_id=rid, route=ROUTE, ts_ms=ts, production=p, candidate=c, input=doc | body
+    )
+    return rid.encode(), rec
+
+
+def _traffic(rng: np.random.Generator, start: int, n: int, ts: int, topic: int) -> list[Any]:
+    prompts, answers = texts(rng, n, topic), texts(rng, n, topic)
+    return [_pair(start + i, ts + i, prompts[i], answers[i]) for i in range(n)]
+
+
+def _answer(jobs: Sequence[EmbedJob], dims: int = 64) -> list[bytes]:
+    """What a deterministic endpoint (the built-in lexical embedder as its model) gives."""
+    emb = HashingEmbedder(dims)
+    out = []
+    for job in jobs:
+        flat = [t for _, ts in job.fields for t in ts]
+        vectors = emb.embed(flat)[0].tolist()
+        out.append(encode_embedding(EmbeddingRecord.of(job, vectors, calls=1)))
+    return out
+
+
+def _prod(engine: Engine, partition: int = 0) -> ProductionState:
+    state = engine.production(ROUTE, partition)
+    assert isinstance(state, ProductionState)
+    return state
+
+
+# --- the engine's part, without an event loop ------------------------------------------------
+
+
+def test_texts_are_handed_on_once_per_request_and_come_back_at_their_window(
+    tmp_path: Path,
+) -> None:
+    """The engine embeds nothing itself: each request's texts (prompt and answer, one job) are
+    taken once after the commit; the vectors that come back later land in the window of the
+    request's time, not of their arrival, and a topic shift is ``major``."""
+    engine = Engine(_config(tmp_path / "s.sqlite"), Store(tmp_path / "s.sqlite"))
+    rng = np.random.default_rng(3)
+    batch = _traffic(rng, 0, 160, T0, topic=0)
+    engine.process(0, batch, [])
+    # the same records again (a re-delivery): no second job
+    engine.process(0, batch[:10], [])
+    jobs = engine.take_embed_jobs()
+    assert engine.take_embed_jobs() == []
+    assert len(jobs) == 160 and len({j.id for j in jobs}) == 160
+    first = jobs[0]
+    assert first.id == "r0" and first.ts == T0 and first.route == ROUTE
+    assert [name for name, _ in first.fields] == [PROMPT, ANSWER]
+    state = _prod(engine)
+    assert state.embedding[PROMPT].reference.n == 0  # nothing embedded in the engine
+    assert state.drift["$.temperature"].pending  # PSI fields as always
+    shifted = _traffic(rng, 1000, 60, T0 + HOUR, topic=1)
+    engine.process(0, shifted, [])
+    later = engine.take_embed_jobs()
+    # vectors come late and out of order (hour 1's before the last of hour 0's): each goes
+    # to the window of its request's time
+    engine.process(0, [], [], assessments=_answer(jobs[:130]))
+    engine.process(0, [], [], assessments=_answer(later) + _answer(jobs[130:]))
+    state = _prod(engine)
+    field = state.embedding[PROMPT]
+    assert field.model == f"endpoint:{EP}#hash-64/64/128/1/0"
+    assert field.reference.n == 100
+    assert {w: s.n for w, s in field.windows.items()} == {T0: 60, T0 + HOUR: 60}
+    summary = field.summary(engine.routes[ROUTE].drift.embedding)  # type: ignore[arg-type]
+    assert summary["state"] == "major" and summary["window"] == T0 + HOUR, summary
+    assert summary["counts"] == {"items": 220}
+    assert state.counts["embedding_drift_calls"] == 220
+    assert calls_recorded(engine.snapshot()) == {(ROUTE, "embedding_drift"): 220}
+    # the same record again (a Kafka re-delivery) is counted, not added
+    engine.process(0, [], [], assessments=_answer(later[:5]))
+    assert _prod(engine).embedding[PROMPT].windows[T0 + HOUR].n == 60
+    assert engine.counters(0)["duplicate_assessments"] == 5
+
+
+def test_vectors_in_the_request_are_used_directly_and_bad_answers_are_counted(
+    tmp_path: Path,
+) -> None:
+    """A vector field needs no call; a failed call's texts are ``not_embedded``, vectors of
+    another length ``bad_vector``, fields the route does not watch are left out (counted),
+    and the other fields' drift is untouched."""
+    emb = EMB | {"fields": ["$.messages[-1].content", "$.vec"], "outputs": False, "dims": 4}
+    engine = Engine(_config(tmp_path / "s.sqlite", emb), Store(tmp_path / "s.sqlite"))
+    pairs = [_pair(i, T0 + i, f"hello number {i}", "ok", vec=[1, 0, 0, i]) for i in range(6)]
+    pairs.append(_pair(6, T0 + 6, "   ", "ok", vec=[1, 2]))  # blank text, vector too short
+    engine.process(0, pairs, [])
+    jobs = engine.take_embed_jobs()
+    assert [j.fields for j in jobs[:1]] == [((PROMPT, ("hello number 0",)),)]
+    assert len(jobs) == 6
+    state = _prod(engine)
+    assert state.embedding[VEC].reference.n == 6
+    assert state.embedding[VEC].counts == {"bad_vector": 1, "items": 6}
+    assert state.embedding[PROMPT].counts == {"empty": 1}
+    failed = EmbeddingRecord.of(jobs[0], None, "http_5xx", calls=1)
+    skipped = EmbeddingRecord.of(jobs[1], None, "rate_limited")
+    wrong = EmbeddingRecord.of(jobs[2], [[1.0, 0.0, 0.0]])
+    good = EmbeddingRecord.of(jobs[3], [[0.0, 1.0, 0.0, 0.0]], calls=1)
+    stray = EmbeddingRecord(jobs[4].id, ROUTE, jobs[4].ts, (("embedding:$.gone", 1, ((1.0,),)),))
+    values = [encode_embedding(r) for r in (failed, skipped, wrong, good, stray)]
+    dead = engine.process(0, [], [], assessments=values)
+    assert dead == []
+    counts = _prod(engine).embedding[PROMPT].counts
+    assert counts == {"empty": 1, "not_embedded": 2, "bad_vector": 1, "items": 1}
+    assert engine.counters(0)["embedding_unknown_fields"] == 1
+    assert _prod(engine).embedding[VEC].counts == {"bad_vector": 1, "items": 6}
+    assert _prod(engine).counts["embedding_drift_calls"] == 2
+
+
+def test_sample_fraction_is_by_request_id(tmp_path: Path) -> None:
+    emb = EMB | {"outputs": False, "ep": {"sample_fraction": 0.5}}
+    engine = Engine(_config(tmp_path / "s.sqlite", emb), Store(tmp_path / "s.sqlite"))
+    engine.process(0, [_pair(i, T0 + i, f"question {i}", "a") for i in range(200)], [])
+    jobs = engine.take_embed_jobs()
+    unsampled = _prod(engine).embedding[PROMPT].counts["unsampled"]
+    assert unsampled + len(jobs) == 200 and 70 < len(jobs) < 130
+
+
+def test_bad_embedding_records_are_dead_letters_and_nothing_good_is_dropped(
+    tmp_path: Path,
+) -> None:
+    engine = Engine(_config(tmp_path / "s.sqlite"), Store(tmp_path / "s.sqlite"))
+    engine.process(0, [_pair(i, T0 + i, f"question {i}", "answer") for i in range(3)], [])
+    jobs = engine.take_embed_jobs()
+    good = _answer(jobs)
+    base = orjson.loads(good[0])
+    vec = base["fields"][PROMPT]["vectors"][0]
+
+    def bad(**kw: Any) -> bytes:
+        return orjson.dumps(base | kw)
+
+    cases = {
+        b"not json": "assessment:unparseable",
+        bad(v=2): "assessment:schema_version",
+        bad(kind="vectors"): "assessment:bad_value:kind",
+        bad(ts=-1): "assessment:bad_value:ts",
+        bad(fields=[]): "assessment:bad_type:fields",
+        bad(error="nope"): "assessment:bad_value:error",
+        bad(fields={PROMPT: {"texts": 1, "vectors": [[1.0, "x"]]}}): "assessment:bad_value:"
+        "fields.vectors",
+        bad(fields={PROMPT: {"texts": 1, "vectors": [vec, vec]}}): "assessment:bad_value:"
+        "fields.vectors",
+        bad(fields={PROMPT: {"texts": 2000, "vectors": []}}): "assessment:bad_value:fields.texts",
+        bad(fields={PROMPT: {"texts": 1, "vectors": [[0.1] * 5000]}}): "assessment:bad_value:"
+        "fields.vectors",
+        bad(fields={f"f{i}": {"texts": 0} for i in range(65)}): "assessment:bad_value:fields",
+        bad(fields={PROMPT: {"texts": 17, "vectors": [[0.1] * 4096] * 17}}): "assessment:"
+        "bad_value:fields.vectors",
+        bad(error="timeout", calls=1): "assessment:bad_value:fields.vectors",
+        bad(route="other"): "assessment:unknown_route",
+    }
+    values = [good[0], *cases, *good[1:]]
+    dead = engine.process(0, [], [], assessments=values)
+    assert [(reason, value) for _, value, reason in dead] == list(
+        zip(cases.values(), cases, strict=True)
+    )
+    assert _prod(engine).embedding[PROMPT].counts == {"items": 3}
+    with pytest.raises(RecordError, match="bad_value:kind"):
+        decode_embedding(orjson.dumps(base | {"kind": "assessment"}))
+    assert decode_any(good[1]) == decode_embedding(good[1])
+
+
+# --- configuration and reload ---------------------------------------------------------------
+
+
+def test_endpoint_configuration(tmp_path: Path) -> None:
+    cfg = _config(tmp_path / "s.sqlite", EMB)
+    emb = cfg.routes[0].drift.embedding
+    assert emb is not None and emb.endpoint is not None
+    assert emb.endpoint.sample_fraction == 1.0 and emb.endpoint.timeout_s == 10.0
+    raw = _raw(tmp_path / "s.sqlite", EMB | {"ep": {"secret_headers": {"Authorization":
+               "env:EMB_KEY"}}})  # fmt: skip
+    resolved = parse_config(raw, environ={"EMB_KEY": "Bearer k"})
+    ep = resolved.routes[0].drift.embedding.endpoint  # type: ignore[union-attr]
+    assert ep is not None and ep.secret_header_values() == {"Authorization": "Bearer k"}
+    with pytest.raises(ConfigError, match="EMB_KEY"):
+        parse_config(raw, environ={})
+    with pytest.raises(ConfigError, match="give fields"):
+        _config(tmp_path / "s.sqlite", {"endpoint": {"url": EP, "model": "m"}}, endpoint=None)
+    with pytest.raises(ConfigError, match="url"):
+        _config(tmp_path / "s.sqlite", EMB | {"ep": {"url": "ftp://x"}})
+
+
+def test_a_reload_that_adds_changes_or_removes_an_endpoint_is_refused(tmp_path: Path) -> None:
+    builtin = _config(tmp_path / "s.sqlite", EMB, endpoint=None)
+    with_ep = _config(tmp_path / "s.sqlite", EMB)
+    other = _config(tmp_path / "s.sqlite", EMB | {"ep": {"model": "bge-small"}})
+    line = "routes[0].drift.embedding.endpoint {} on route 'chat': the comparator's assessor "
+    assert refusals(builtin, with_ep) == [
+        line.format("added") + "reads it at start (and the field's sums restart); restart to "
+        "apply it"
+    ]
+    assert refusals(with_ep, other)[0].startswith(line.format("changed"))
+    assert refusals(with_ep, builtin)[0].startswith(line.format("removed"))
+    assert refusals(with_ep, _config(tmp_path / "s.sqlite", EMB | {"min_count": 60})) == []
