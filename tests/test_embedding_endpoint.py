@@ -6,21 +6,16 @@ whole path through the proxy (embedded mode) and through Kafka."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 import pytest
 
 from judge_upstreams import EmbeddingServer
-from proxyutil import settle
 from shadowroute.comparator.assessor import Assessor, calls_recorded
 from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.production import ProductionState
@@ -36,11 +31,8 @@ from shadowroute.core.config import Config, ConfigError, parse_config
 from shadowroute.core.embedding import HashingEmbedder
 from shadowroute.core.records import RecordError, Side, encode_pair
 from shadowroute.core.reload import refusals
-from shadowroute.runtime import Stack, embedded_stack
 from test_comparator_gen import T0
 from test_embedding_drift import texts
-from test_embedding_drift_engine import _chat_reply
-from upstreams import ModelServer
 
 HOUR = 3_600_000
 ROUTE = "chat"
@@ -283,3 +275,123 @@ def test_a_reload_that_adds_changes_or_removes_an_endpoint_is_refused(tmp_path: 
     assert refusals(with_ep, other)[0].startswith(line.format("changed"))
     assert refusals(with_ep, builtin)[0].startswith(line.format("removed"))
     assert refusals(with_ep, _config(tmp_path / "s.sqlite", EMB | {"min_count": 60})) == []
+
+
+# --- the assessor against a real /v1/embeddings stand-in -------------------------------------
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.records: list[EmbeddingRecord] = []
+
+    async def __call__(self, batch: Sequence[bytes]) -> None:
+        self.records.extend(decode_embedding(v) for v in batch)
+
+
+def _jobs(n: int, per: int = 2) -> list[EmbedJob]:
+    return [
+        EmbedJob(f"q{i}", ROUTE, T0 + i, ((PROMPT, tuple(f"refund order {i} {k}"
+                 for k in range(per))), (ANSWER, (f"your refund {i}",))))
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def _assess(
+    server: EmbeddingServer, jobs: list[EmbedJob], tmp_path: Path, serial: bool = False,
+    **ep: Any,
+) -> tuple[Assessor, Collected]:  # fmt: skip
+    """``serial``: each job once the one before is done (else all at once, to the workers)."""
+    cfg = _config(tmp_path / "s.sqlite", EMB | {"ep": ep}, endpoint=server.url)
+    out = Collected()
+    assessor = Assessor(cfg, out)
+    await assessor.start()
+    try:
+        for batch in [[j] for j in jobs] if serial else [jobs]:
+            assessor.offer_embedding(batch)
+            await assessor.drain()
+    finally:
+        await assessor.close()
+    return assessor, out
+
+
+async def test_one_call_per_request_with_all_its_texts(tmp_path: Path) -> None:
+    server = await EmbeddingServer("hashing", dims=64).start()
+    try:
+        assessor, out = await _assess(server, _jobs(3), tmp_path)
+    finally:
+        await server.stop()
+    inputs = {tuple(s["input"]) for s in server.seen}
+    assert ("refund order 0 0", "refund order 0 1", "your refund 0") in inputs
+    assert all(s["model"] == "hash-64" for s in server.seen) and len(server.seen) == 3
+    rec = next(r for r in out.records if r.id == "q0")
+    assert rec.error is None and rec.calls == 1 and rec.ts == T0
+    (p_name, p_n, p_vecs), (a_name, a_n, a_vecs) = rec.fields
+    assert (p_name, p_n, len(p_vecs), a_name, a_n, len(a_vecs)) == (PROMPT, 2, 2, ANSWER, 1, 1)
+    want = HashingEmbedder(64).embed(["refund order 0 0"])[0][0]
+    assert np.allclose(p_vecs[0], want, atol=1e-6)
+    st = assessor.stats()[ROUTE]["embedding_drift"]
+    assert st["calls"] == 3 and st["sampled"] == 3 and st["failures"] == {}
+    assert st["budget_spent"] == 3 and st["breaker"] == "closed"
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("failing", "http_5xx"),
+        ("malformed", "bad_response"),
+        ("not_json", "bad_response"),
+        ("too_many_dims", "bad_response"),
+        ("wrong_dims", "bad_response"),
+        ("slow", "timeout"),
+    ],
+)
+async def test_failed_calls_are_counted_by_reason_and_recorded(
+    mode: str, reason: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await EmbeddingServer(mode, dims=64, delay=1.0).start()
+    try:
+        with caplog.at_level(logging.ERROR, "shadowroute.assessor"):
+            assessor, out = await _assess(server, _jobs(3), tmp_path, timeout_s=0.2)
+    finally:
+        await server.stop()
+    st = assessor.stats()[ROUTE]["embedding_drift"]
+    assert st["failures"] == {reason: 3} and st["calls"] == 3
+    assert sorted(r.error or "" for r in out.records) == [reason] * 3
+    assert all(r.fields[0][1:] == (2, ()) for r in out.records)
+    told = [r for r in caplog.records if "dimensional vectors" in r.getMessage()]
+    assert len(told) == (1 if mode == "wrong_dims" else 0)
+    if told:
+        assert "65-dimensional" in told[0].getMessage() and "dims is 64" in told[0].getMessage()
+
+
+async def test_rate_limit_budget_breaker_and_size_skip_and_count(tmp_path: Path) -> None:
+    server = await EmbeddingServer("hashing", dims=64).start()
+    try:
+        limited, out = await _assess(server, _jobs(6), tmp_path, rate_per_s=1, max_calls=1)
+        assert limited.stats()[ROUTE]["embedding_drift"]["skipped"] == {
+            "budget_exhausted": 1, "rate_limited": 4
+        }  # fmt: skip
+        assert sorted(r.error or "ok" for r in out.records) == [
+            "budget_exhausted", "ok", *["rate_limited"] * 4
+        ]  # fmt: skip
+        big = [EmbedJob("big", ROUTE, T0, ((PROMPT, ("x",) * 600), (ANSWER, ("y",) * 600)))]
+        sized, out = await _assess(server, big, tmp_path)
+        assert sized.stats()[ROUTE]["embedding_drift"]["skipped"] == {"too_large": 1}
+        assert out.records[0].error == "too_large"
+    finally:
+        await server.stop()
+    failing = await EmbeddingServer("failing").start()
+    try:
+        broken, _ = await _assess(failing, _jobs(6), tmp_path, True, breaker={"failures": 2})
+    finally:
+        await failing.stop()
+    st = broken.stats()[ROUTE]["embedding_drift"]
+    assert st["failures"] == {"http_5xx": 2} and st["skipped"] == {"circuit_open": 4}
+    assert st["breaker"] == "open" and len(failing.seen) == 2
+
+
+async def test_the_queue_is_bounded(tmp_path: Path) -> None:
+    cfg = _config(tmp_path / "s.sqlite", EMB)
+    assessor = Assessor(cfg, Collected(), max_queue=4)  # not started: nothing drains it
+    assessor.offer_embedding(_jobs(10))
+    assert assessor.queue_full == 6
