@@ -6,18 +6,25 @@ whole path through the proxy (embedded mode) and through Kafka."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from judge_upstreams import EmbeddingServer
+from proxyutil import settle
 from shadowroute.comparator.assessor import Assessor, calls_recorded
 from shadowroute.comparator.engine import Engine
+from shadowroute.comparator.kafka_source import KafkaComparator
 from shadowroute.comparator.production import ProductionState
 from shadowroute.comparator.store import Store
 from shadowroute.core.assessments import (
@@ -31,8 +38,12 @@ from shadowroute.core.config import Config, ConfigError, parse_config
 from shadowroute.core.embedding import HashingEmbedder
 from shadowroute.core.records import RecordError, Side, encode_pair
 from shadowroute.core.reload import refusals
+from shadowroute.runtime import Stack, embedded_stack
+from shadowroute.stream.kafka import create_topics, topic_name
 from test_comparator_gen import T0
 from test_embedding_drift import texts
+from test_embedding_drift_engine import _chat_reply
+from upstreams import ModelServer
 
 HOUR = 3_600_000
 ROUTE = "chat"
@@ -395,3 +406,226 @@ async def test_the_queue_is_bounded(tmp_path: Path) -> None:
     assessor = Assessor(cfg, Collected(), max_queue=4)  # not started: nothing drains it
     assessor.offer_embedding(_jobs(10))
     assert assessor.queue_full == 6
+
+
+# --- end to end: the embedded stack, real chat and embeddings servers on loopback ------------
+
+
+def _stack_config(tmp_path: Path, prod: str, cand: str, embed: str) -> Config:
+    emb = EMB | {"endpoint": {"url": embed, "model": "hash-64", "rate_per_s": 1000,
+                              "timeout_s": 2, "breaker": {"failures": 1000}}}  # fmt: skip
+    return parse_config(
+        {
+            "listen": {"port": 0},
+            "admin": {"port": 0},
+            "comparator": {"state_path": str(tmp_path / "state.sqlite")},
+            "routes": [
+                {
+                    "name": ROUTE,
+                    "protocol": "openai",
+                    "task": "text",
+                    "production": {"name": "llm-a", "url": prod, "timeout_s": 2},
+                    "candidates": [{"name": "llm-b", "url": cand, "fraction": 1.0}],
+                    "drift": {"fields": ["$.temperature"], "embedding": emb},
+                }
+            ],
+        },
+        environ={},
+    )
+
+
+async def _send(stack: Stack, prompts: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.proxy_port}") as client:
+        for p in prompts:
+            body = {"model": "m", "temperature": 0.5, "messages": [{"role": "user",
+                    "content": p}]}  # fmt: skip
+            r = await client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200
+    await settle(stack.dataplane)
+
+
+async def _production(admin: httpx.AsyncClient, done: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        doc: dict[str, Any] = (await admin.get(f"/v1/routes/{ROUTE}/production")).json()
+        if done(doc) or time.monotonic() > deadline:
+            return doc
+        await asyncio.sleep(0.05)
+
+
+def _embedded_n(field: str, n: int) -> Any:
+    return lambda doc: doc.get("drift", {}).get(field, {}).get("n") == n
+
+
+async def test_a_topic_shift_through_the_proxy_is_flagged_with_the_endpoint_embedder(
+    tmp_path: Path,
+) -> None:
+    """Prompts through the proxy; the comparator's assessor embeds them with the endpoint
+    (the stand-in's model: the lexical embedder): 100 fill the reference, 60 more of the same
+    topic are ``stable``, 100 on another topic are ``major``; the calls show in the metrics."""
+    prod = await ModelServer(_chat_reply).start()
+    cand = await ModelServer(_chat_reply).start()
+    embed = await EmbeddingServer("hashing", dims=64).start()
+    rng = np.random.default_rng(9)
+    try:
+        async with embedded_stack(_stack_config(tmp_path, prod.url, cand.url, embed.url)) as st:
+            api = f"http://127.0.0.1:{st.admin_port}"
+            async with httpx.AsyncClient(base_url=api) as admin:
+                await _send(st, texts(rng, 160, topic=0))
+                same = (await _production(admin, _embedded_n(PROMPT, 60)))["drift"][PROMPT]
+                await _send(st, texts(rng, 100, topic=1))
+                doc = await _production(
+                    admin, lambda d: _embedded_n(PROMPT, 160)(d) and _embedded_n(ANSWER, 160)(d)
+                )
+                metrics = (await admin.get("/metrics")).text
+    finally:
+        for server in (prod, cand, embed):
+            await server.stop()
+    assert same["state"] == "stable" and same["reference_n"] == 100, same
+    moved, answers = doc["drift"][PROMPT], doc["drift"][ANSWER]
+    assert moved["state"] == "major" and moved["p_value"] < 0.001, moved
+    assert answers["state"] == "major", answers
+    assert moved["counts"] == {"items": 260}
+    assert len(embed.seen) == 260 and all(len(s["input"]) == 2 for s in embed.seen)
+    lab = f'field="{PROMPT}",route="{ROUTE}"'
+    assert f'shadowroute_drift_state{{{lab},state="major"}} 1.0' in metrics
+    assert f'shadowroute_assess_calls_total{{kind="embedding_drift",route="{ROUTE}"}} 260.0' in (
+        metrics
+    )
+
+
+async def test_a_failing_endpoint_is_counted_and_blocks_nothing_else(tmp_path: Path) -> None:
+    """An endpoint answering 500: every text is ``not_embedded`` and each failure counted;
+    the PSI field, the candidate's scores and its verdict go on as without it."""
+    prod = await ModelServer(_chat_reply).start()
+    cand = await ModelServer(_chat_reply).start()
+    embed = await EmbeddingServer("failing").start()
+    rng = np.random.default_rng(4)
+    try:
+        async with embedded_stack(_stack_config(tmp_path, prod.url, cand.url, embed.url)) as st:
+            api = f"http://127.0.0.1:{st.admin_port}"
+            async with httpx.AsyncClient(base_url=api) as admin:
+                await _send(st, texts(rng, 40, topic=0))
+                doc = await _production(
+                    admin,
+                    lambda d: all(
+                        d.get("drift", {}).get(f, {}).get("counts", {}).get("not_embedded") == 40
+                        for f in (PROMPT, ANSWER)
+                    ),
+                )
+                scores = (await admin.get(f"/v1/routes/{ROUTE}/candidates/llm-b/scores")).json()
+                decision = (await admin.get(f"/v1/routes/{ROUTE}/candidates/llm-b/decision")).json()
+                metrics = (await admin.get("/metrics")).text
+    finally:
+        for server in (prod, cand, embed):
+            await server.stop()
+    assert doc["drift"][PROMPT]["counts"] == {"not_embedded": 40}
+    assert doc["drift"][PROMPT]["state"] == "collecting_reference"
+    assert doc["drift"]["$.temperature"]["reference_n"] == 40  # PSI: as always
+    assert doc["counts"]["requests"] == 40
+    assert scores["pairs"] == 40, scores
+    assert scores["assessor"]["embedding_drift"]["failures"] == {"http_5xx": 40}
+    assert decision["verdict"] in ("hold", "promote", "reject"), decision
+    assert (
+        f'shadowroute_assess_failures_total{{kind="embedding_drift",reason="http_5xx",'
+        f'route="{ROUTE}"}} 40.0'
+    ) in metrics
+    assert (
+        f'shadowroute_embedding_drift_values_total{{field="{PROMPT}",outcome="not_embedded",'
+        f'route="{ROUTE}"}} 40.0'
+    ) in metrics
+
+
+# --- Kafka: the vectors come back through the assessments topic ------------------------------
+
+
+@pytest.mark.kafka
+async def test_kafka_vectors_come_back_through_the_assessments_topic(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A comparator group member over the real broker: the texts of the requests it reads
+    are embedded, the embedding records go to ``<prefix>.assessments`` keyed by request id
+    (each in its request's partition), come back, and are added to that partition's state;
+    a restart embeds nothing again."""
+    parts, n = 2, 30
+    prefix = "e" + uuid.uuid4().hex[:10]
+    embed = await EmbeddingServer("hashing", dims=64).start()
+    raw = _raw(tmp_path / "k.sqlite", EMB | {"outputs": False}, endpoint=embed.url)
+    raw["transport"] = {"kind": "kafka", "bootstrap": kafka_bootstrap, "topic_prefix": prefix,
+                        "topics": {"partitions": parts}}  # fmt: skip
+    cfg = parse_config(raw, environ={})
+    await create_topics(cfg.transport)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i in range(n):
+            key, value = _pair(i, T0 + i, f"refund for order {i}", "done")
+            await producer.send_and_wait(topic_name(prefix, "pairs"), value, key=key)
+    finally:
+        await producer.stop()
+
+    def items(comp: KafkaComparator) -> dict[int, int]:
+        out = {}
+        for p in comp.engine.positions:
+            state = comp.engine.production(ROUTE, p)
+            if state is not None and PROMPT in state.embedding:
+                out[p] = state.embedding[PROMPT].reference.n
+        return out
+
+    async def until(cond: Any, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.1)
+
+    comp = KafkaComparator(cfg, group_id=f"g-{prefix}")
+    await comp.start()
+    task = asyncio.create_task(comp.run())
+    try:
+        await until(lambda: sum(items(comp).values()) == n)
+        assert comp.assessor is not None
+        assert comp.assessor.stats()[ROUTE]["embedding_drift"]["calls"] == n
+        assert comp.assessments_lost == 0
+        got = items(comp)
+    finally:
+        comp.stopping.set()
+        await task
+        await comp.stop()
+
+    consumer = AIOKafkaConsumer(
+        topic_name(prefix, "assessments"), topic_name(prefix, "pairs"),
+        bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    where: dict[str, dict[bytes, int]] = {"pairs": {}, "assessments": {}}
+    try:
+        while sum(map(len, where.values())) < 2 * n:
+            for tp, msgs in (await consumer.getmany(timeout_ms=1000)).items():
+                for m in msgs:
+                    where[tp.topic.rsplit(".", 1)[1]][m.key] = tp.partition
+                    if tp.topic.endswith("assessments"):
+                        rec = decode_embedding(m.value or b"")
+                        assert rec.id.encode() == m.key and rec.error is None
+    finally:
+        await consumer.stop()
+    assert where["assessments"] == where["pairs"]
+    per_partition = {p: list(where["pairs"].values()).count(p) for p in range(parts)}
+    assert got == {p: k for p, k in per_partition.items() if k}
+
+    again = KafkaComparator(cfg, group_id=f"g-{prefix}")
+    await again.start()
+    task = asyncio.create_task(again.run())
+    try:
+        await until(lambda: len(again.engine.positions) == parts and items(again) == got)
+        await asyncio.sleep(1.0)
+        assert items(again) == got
+        assert again.assessor is not None
+        st = again.assessor.stats()[ROUTE]["embedding_drift"]
+        assert st["calls"] == 0 and st["budget_spent"] == n
+    finally:
+        again.stopping.set()
+        await task
+        await again.stop()
+        await embed.stop()
+    assert len(embed.seen) == n
