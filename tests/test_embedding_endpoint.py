@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import numpy as np
 import orjson
 import pytest
@@ -43,6 +44,7 @@ from shadowroute.stream.kafka import create_topics, topic_name
 from test_comparator_gen import T0
 from test_embedding_drift import texts
 from test_embedding_drift_engine import _chat_reply
+from test_records import load_schema
 from upstreams import ModelServer
 
 HOUR = 3_600_000
@@ -629,3 +631,24 @@ async def test_kafka_vectors_come_back_through_the_assessments_topic(
         await again.stop()
         await embed.stop()
     assert len(embed.seen) == n
+
+
+def test_the_embedding_schema_accepts_what_is_encoded_and_refuses_the_bad() -> None:
+    schema = load_schema("embedding")
+    job = _jobs(1)[0]
+    records = (
+        EmbeddingRecord.of(job, [[0.5, -0.25]] * 3, calls=1),
+        EmbeddingRecord.of(job, None, "rate_limited"),
+    )
+    for rec in records:
+        jsonschema.validate(orjson.loads(encode_embedding(rec)), schema)
+        assert decode_embedding(encode_embedding(rec)) == rec
+    good = orjson.loads(encode_embedding(records[0]))
+    for patch in ({"kind": "assessment"}, {"v": 2}, {"ts": -1}, {"error": "nope"},
+                  {"fields": {PROMPT: {"texts": 1, "vectors": [["x"]]}}},
+                  {"fields": {PROMPT: {"texts": 5000}}}, {"calls": 99}):  # fmt: skip
+        bad = good | patch
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+        with pytest.raises(RecordError):
+            decode_any(orjson.dumps(bad))
