@@ -12,9 +12,12 @@ The judge reads the two answers out of the prompt the assessor sends (``## Answe
   without ``choices``; ``huge``: a reply over 1 MiB; ``slow``: answers as ``good`` after
   ``delay`` seconds.
 
-The embeddings server gives a bag-of-letters vector per input (``good``), or fails
-(``failing``: 500), or answers ``malformed`` (one vector for two inputs) or
-``too_many_dims`` (70,000 dimensions).
+The embeddings server gives a bag-of-letters vector per input (``good``), or the built-in
+lexical embedder's vector (``hashing``: ``HashingEmbedder(dims)``, a deterministic model for
+embedding drift), or fails (``failing``: 500), or answers ``malformed`` (one vector fewer than
+inputs), ``not_json`` (a 200 that is not JSON), ``too_many_dims`` (70,000 dimensions),
+``wrong_dims`` (hashing vectors of ``dims + 1`` dimensions) or ``slow`` (as ``hashing`` after
+``delay`` seconds).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shadowroute.core.embedding import HashingEmbedder
 from standin import StandIn
 
 _ANSWERS = re.compile(r"## Answer A\n(.*)\n\n## Answer B\n(.*)\n\nWhich answer", re.S)
@@ -96,9 +100,11 @@ def letters(text: str) -> list[float]:
 class EmbeddingServer(StandIn):
     """An OpenAI-compatible ``/v1/embeddings`` endpoint; requests kept in ``seen``."""
 
-    def __init__(self, mode: str = "good") -> None:
+    def __init__(self, mode: str = "good", dims: int = 64, delay: float = 0.0) -> None:
         self.mode = mode
+        self.delay = delay
         self.seen: list[dict[str, Any]] = []
+        self._hashing = HashingEmbedder(dims + 1 if mode == "wrong_dims" else dims)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/embeddings", self._embed)]
@@ -106,15 +112,20 @@ class EmbeddingServer(StandIn):
     async def _embed(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.seen.append(body)
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay)
         if self.mode == "failing":
             return web.json_response({"error": "down"}, status=500)
+        if self.mode == "not_json":
+            return web.Response(body=b"<html>oops</html>", content_type="text/html")
         inputs = body["input"]
-        data = [
-            {"object": "embedding", "index": i, "embedding": letters(t)}
-            for i, t in enumerate(inputs)
-        ]
+        if self.mode in ("hashing", "wrong_dims", "slow"):
+            vecs = self._hashing.embed(inputs)[0].tolist()
+        else:
+            vecs = [letters(t) for t in inputs]
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs)]
         if self.mode == "malformed":
-            data = data[:1]
+            data = data[:-1]
         if self.mode == "too_many_dims":
             data = [{"index": i, "embedding": [1.0] * 70_000} for i in range(len(inputs))]
         return web.Response(

@@ -178,7 +178,8 @@ _EMB_CENTROID = Family(
 _EMB_VALUES = Family(
     "shadowroute_embedding_drift_values",
     "Embedding drift: values selected, by outcome (items embedded; truncated among them; "
-    "empty, unusable, bad_vector, too_many left out).",
+    "empty, unusable, bad_vector, too_many left out; with an endpoint, unsampled and "
+    "not_embedded).",
     "counter",
     ("route", "field", "outcome"),
 )

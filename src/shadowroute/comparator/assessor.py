@@ -11,6 +11,12 @@ each one's rate limit, budget, timeout and breaker, and hands the ``AssessmentRe
 recorded as such and counted; nothing waits for it, and no other metric's verdict depends
 on it.
 
+Embedding drift with an endpoint (kind ``embedding_drift``): the engine selects, once per
+request, the texts to embed and hands them on as ``EmbedJob``s once their batch is committed
+(``offer_embedding``); a worker sends each request's texts in one ``/v1/embeddings`` call and
+emits an ``EmbeddingRecord`` with the vectors (or the reason there are none) through the same
+path as the assessments.
+
 Counters per (route, kind) are ``stats()`` (served by the API and as Prometheus metrics).
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -31,9 +38,16 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from shadowroute.comparator.reading import Pair, read_pair
-from shadowroute.comparator.state import CAND, StateKey
-from shadowroute.core.assessments import AssessmentRecord, encode_assessment
-from shadowroute.core.config import Config, Judge, Route, Similarity
+from shadowroute.comparator.state import CAND, PROD_STATE, StateKey
+from shadowroute.core.assessments import (
+    MAX_EMBED_VALUES,
+    AssessmentRecord,
+    EmbeddingRecord,
+    EmbedJob,
+    encode_assessment,
+    encode_embedding,
+)
+from shadowroute.core.config import Config, EmbeddingEndpoint, Judge, Route, Similarity
 from shadowroute.core.families import Family, describe
 from shadowroute.core.judging import (
     Breaker,
@@ -53,11 +67,22 @@ from shadowroute.core.judging import (
 from shadowroute.core.records import RecordError
 from shadowroute.core.revision import revision_id
 
-__all__ = ["KINDS", "Assessor", "AssessorCollector", "CallFailed", "KindStats", "calls_recorded"]
+__all__ = [
+    "KINDS",
+    "Assessor",
+    "AssessorCollector",
+    "CallFailed",
+    "KindStats",
+    "calls_recorded",
+    "needs_assessor",
+]
 
 log = logging.getLogger("shadowroute.assessor")
 
-KINDS: Final = ("judge", "similarity")
+KINDS: Final = ("judge", "similarity", "embedding_drift")
+_PAIR_KINDS: Final = ("judge", "similarity")
+"""The kinds that assess pair records (``offer``); ``embedding_drift`` takes the engine's
+jobs (``offer_embedding``)."""
 MAX_REPLY_BYTES: Final = 1 << 20
 """Largest answer read from the judge or the embeddings endpoint (beyond: ``bad_response``)."""
 MAX_DIMS: Final = 65_536
@@ -121,10 +146,29 @@ class _Limits:
         self.breaker.probing = False
 
 
+def needs_assessor(config: Config) -> bool:
+    """Whether some route has a judge, a similarity or an embedding drift endpoint."""
+    return any(
+        r.judge is not None or r.similarity is not None or _endpoint(r) is not None
+        for r in config.routes
+    )
+
+
+def _endpoint(route: Route) -> EmbeddingEndpoint | None:
+    emb = route.drift.embedding
+    return emb.endpoint if emb is not None else None
+
+
 def calls_recorded(snapshot: Mapping[StateKey, Mapping[str, Any]]) -> dict[tuple[str, str], int]:
     """Calls recorded in the committed state, by (route, kind): what the budgets start from."""
     out: dict[tuple[str, str], int] = {}
     for key, state in snapshot.items():
+        if key.kind == PROD_STATE:
+            n = int((state.get("counts") or {}).get("embedding_drift_calls", 0))
+            if n:
+                k = (key.route, "embedding_drift")
+                out[k] = out.get(k, 0) + n
+            continue
         if key.kind != CAND:
             continue
         counts = state.get("counts") or {}
@@ -154,12 +198,19 @@ class Assessor:
         self.emit = emit
         self.clock = clock
         self.routes: dict[str, Route] = {
-            r.name: r for r in config.routes if r.judge is not None or r.similarity is not None
+            r.name: r
+            for r in config.routes
+            if r.judge is not None or r.similarity is not None or _endpoint(r) is not None
         }
         spent = spent or {}
         self.limits: dict[tuple[str, str], _Limits] = {}
+        self._dims_told: set[str] = set()
+        """Routes whose endpoint answered vectors of another length than ``dims`` (told
+        once in the log)."""
         for r in self.routes.values():
-            for kind, part in (("judge", r.judge), ("similarity", r.similarity)):
+            parts = (("judge", r.judge), ("similarity", r.similarity), ("embedding_drift",
+                     _endpoint(r)))  # fmt: skip
+            for kind, part in parts:
                 if part is None:
                     continue
                 self.limits[(r.name, kind)] = _Limits(
@@ -176,7 +227,7 @@ class Assessor:
                 ),
                 default=0.0,
             )
-            for kind in KINDS
+            for kind in _PAIR_KINDS
         }
         judges = [r.judge.concurrency for r in self.routes.values() if r.judge is not None]
         self.workers = max(judges, default=4)
@@ -185,7 +236,7 @@ class Assessor:
         """Sampled records skipped because the queue was full."""
         self.emit_failed = 0
         """Assessments that could not be handed on (logged)."""
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_queue)
+        self._queue: asyncio.Queue[tuple[str, bytes] | EmbedJob] = asyncio.Queue(max_queue)
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -236,16 +287,32 @@ class Assessor:
             except asyncio.QueueFull:
                 self.queue_full += 1
 
+    def offer_embedding(self, jobs: Sequence[EmbedJob]) -> None:
+        """Texts the engine selected for embedding drift's endpoints (committed batches):
+        queued, or skipped and counted when the queue is full."""
+        for job in jobs:
+            try:
+                self._queue.put_nowait(job)
+            except asyncio.QueueFull:
+                self.queue_full += 1
+
     # --- work -------------------------------------------------------------------------------
 
     async def _work(self) -> None:
         while True:
-            rid, value = await self._queue.get()
+            item = await self._queue.get()
+            rid = item.id if isinstance(item, EmbedJob) else item[0]
             try:
-                rec = await self.assess(rid, value)
-                if rec is not None:
+                out: bytes | None = None
+                if isinstance(item, EmbedJob):
+                    emb = await self.embed(item)
+                    out = None if emb is None else encode_embedding(emb)
+                else:
+                    rec = await self.assess(rid, item[1])
+                    out = None if rec is None else encode_assessment(rec)
+                if out is not None:
                     try:
-                        await self.emit([encode_assessment(rec)])
+                        await self.emit([out])
                     except Exception:
                         self.emit_failed += 1
                         log.exception("could not hand on an assessment of %s", rid)
@@ -253,6 +320,58 @@ class Assessor:
                 log.exception("assessing %s failed", rid)
             finally:
                 self._queue.task_done()
+
+    async def embed(self, job: EmbedJob) -> EmbeddingRecord | None:
+        """One request's texts through its route's embeddings endpoint: the record with the
+        vectors, or with the reason there are none (a failed or skipped call)."""
+        route = self.routes.get(job.route)
+        ep = _endpoint(route) if route is not None else None
+        if route is None or ep is None or route.drift.embedding is None:
+            return None  # a route reloaded away meanwhile
+        dims = route.drift.embedding.dims
+        lim = self.limits[(route.name, "embedding_drift")]
+        st = lim.stats
+        st.sampled += 1
+        texts = [t for _, ts in job.fields for t in ts]
+        why = "too_large" if len(texts) * dims > MAX_EMBED_VALUES else None
+        why = why or lim.admit(1, self.clock())
+        if why is not None:
+            st.skipped[why] += 1
+            return EmbeddingRecord.of(job, None, why)
+        st.assessed += 1
+        st.calls += 1
+        sent = []
+        for t in texts:
+            c, cut = clip(t, ep.max_chars)
+            st.truncated += cut
+            sent.append(c)
+        try:
+            doc = await self._post(ep, "/v1/embeddings", {"model": ep.model, "input": sent})
+            vectors = _vectors(doc, len(sent))
+            if vectors is None:
+                raise CallFailed("bad_response")
+            if any(len(v) != dims for v in vectors):
+                self._tell_dims(route.name, dims, len(vectors[0]))
+                raise CallFailed("bad_response")
+        except CallFailed as exc:
+            lim.breaker.failure(self.clock())
+            st.failures[exc.reason] += 1
+            return EmbeddingRecord.of(job, None, exc.reason, calls=1)
+        lim.breaker.success()
+        return EmbeddingRecord.of(job, vectors, calls=1)
+
+    def _tell_dims(self, route: str, dims: int, got: int) -> None:
+        if route in self._dims_told:
+            return
+        self._dims_told.add(route)
+        log.error(
+            "route %r: the embeddings endpoint answered %d-dimensional vectors but "
+            "routes[].drift.embedding.dims is %d: set dims to the model's dimension; until "
+            "then its answers are counted as bad_response and not added",
+            route,
+            got,
+            dims,
+        )
 
     async def assess(self, rid: str, value: bytes) -> AssessmentRecord | None:
         """One pair record's assessment, or None when nothing was asked about it."""
@@ -384,7 +503,9 @@ class Assessor:
         lim.breaker.success()
         return {"similarity": sim}
 
-    async def _post(self, part: Judge | Similarity, path: str, body: dict[str, Any]) -> Any:
+    async def _post(
+        self, part: Judge | Similarity | EmbeddingEndpoint, path: str, body: dict[str, Any]
+    ) -> Any:
         """POST ``body`` to the endpoint; its JSON answer, or ``CallFailed``."""
         assert self._session is not None, "start() first"
         url = part.url.rstrip("/") + path
@@ -446,15 +567,16 @@ class AssessorCollector(Collector):
     FAMILIES = (
         Family(
             "shadowroute_assess_sampled",
-            "Candidate pairs in the judge's or the similarity's sample.",
+            "Candidate pairs in the judge's or the similarity's sample (embedding_drift: "
+            "requests with texts to embed).",
             "counter",
             _RK,
         ),
         Family("shadowroute_assess_calls", "Judge or embeddings calls made.", "counter", _RK),
         Family(
             "shadowroute_assess_skipped",
-            "Sampled pairs not assessed, by reason (rate_limited, budget_exhausted, "
-            "circuit_open, no_text, no_input).",
+            "Sampled pairs (or requests) not assessed, by reason (rate_limited, "
+            "budget_exhausted, circuit_open, no_text, no_input, too_large).",
             "counter",
             (*_RK, "reason"),
         ),
@@ -577,6 +699,34 @@ def _embeddings(doc: Any) -> tuple[list[float], list[float]] | None:
             return None
         vecs.append([float(x) for x in v])
     return vecs[0], vecs[1]
+
+
+def _vectors(doc: Any, n: int) -> list[list[float]] | None:
+    """The ``n`` vectors of an embeddings answer (``data[].embedding``, ordered by ``index``,
+    which must be 0..n-1), all of one length, finite numbers; None for anything else."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        return None
+    data = doc["data"]
+    if len(data) != n or not all(isinstance(d, dict) for d in data):
+        return None
+    if [d.get("index", i) for i, d in enumerate(data)] != list(range(n)):
+        items = sorted(data, key=lambda d: d.get("index") if type(d.get("index")) is int else -1)
+        if [d.get("index") for d in items] != list(range(n)):
+            return None
+        data = items
+    out: list[list[float]] = []
+    for d in data:
+        v = d.get("embedding")
+        if not isinstance(v, list) or not 0 < len(v) <= MAX_DIMS:
+            return None
+        if out and len(v) != len(out[0]):
+            return None
+        if not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v
+        ):
+            return None
+        out.append([float(x) for x in v])
+    return out
 
 
 def _with(rec: AssessmentRecord, fields: Mapping[str, Any]) -> AssessmentRecord:

@@ -385,19 +385,19 @@ class JudgeFigures(TypedDict):
 
 
 class AssessorFigures(TypedDict):
-    """What this process's assessor did for the route's judge or similarity since it started
-    (the budget counts the calls recorded before)"""
+    """What this process's assessor did for the route's judge, similarity or embedding drift
+    endpoint since it started (the budget counts the calls recorded before)"""
 
-    sampled: Annotated[int, "Candidate pairs in its sample"]
-    assessed: Annotated[int, "Pairs it asked about"]
+    sampled: Annotated[int, "Candidate pairs in its sample (embedding_drift: requests)"]
+    assessed: Annotated[int, "Pairs (requests) it asked about"]
     calls: int
     unparseable: Annotated[int, "Judge replies that could not be parsed"]
     inconsistent: Annotated[int, "Judged pairs whose two orders disagreed"]
     truncated: Annotated[int, "Texts cut to max_chars"]
     skipped: Annotated[
         dict[str, int],
-        "Sampled pairs not assessed, by reason: rate_limited, budget_exhausted, circuit_open, "
-        "no_text, no_input",
+        "Sampled pairs (requests) not assessed, by reason: rate_limited, budget_exhausted, "
+        "circuit_open, no_text, no_input, too_large",
     ]
     failures: Annotated[dict[str, int], "Failed calls by reason"]
     budget: Annotated[int | None, "max_calls (null: no limit)"]
@@ -566,8 +566,8 @@ class Scores(TypedDict):
     assessor: NotRequired[
         Annotated[
             dict[str, AssessorFigures],
-            "Routes with a judge or similarity: this process's assessor, by kind (judge, "
-            "similarity)",
+            "Routes with a judge, similarity or embedding drift endpoint: this process's "
+            "assessor, by kind (judge, similarity, embedding_drift)",
         ]
     ]
     noise: NotRequired[bool]

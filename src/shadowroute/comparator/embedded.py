@@ -23,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shadowroute.comparator.assessor import Assessor, calls_recorded
+from shadowroute.comparator.assessor import Assessor, calls_recorded, needs_assessor
 from shadowroute.comparator.engine import DeadLetter, Engine
 from shadowroute.comparator.reader import Reader, StateView, Verdicts
 from shadowroute.comparator.statefile import check_state_file, record_fingerprint
@@ -96,7 +96,7 @@ class Comparator:
         self.assessor: Assessor | None = None
         """Judge and embedding calls for routes that have them (``comparator.assessor``):
         it sees the pair records as they come and hands back assessment records."""
-        if any(r.judge is not None or r.similarity is not None for r in config.routes):
+        if needs_assessor(config):
             self.assessor = Assessor(
                 config, self.consume_assessments, spent=calls_recorded(self.engine.snapshot())
             )
@@ -241,7 +241,16 @@ class Comparator:
                 for n, (a, b, fut) in enumerate(self._waiters):
                     self._waiters[n] = (a + len(kept), b + len(kept), fut)
                 raise
+            finally:
+                self._offer_embedding()
             _answer(waiters, outcomes)
+
+    def _offer_embedding(self) -> None:
+        """Texts the committed batches selected for embedding drift's endpoints, to the
+        assessor."""
+        jobs = self.engine.take_embed_jobs()
+        if jobs and self.assessor is not None:
+            self.assessor.offer_embedding(jobs)
 
     def _commit(
         self,

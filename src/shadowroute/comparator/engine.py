@@ -53,6 +53,7 @@ from shadowroute.comparator.production import (
     DriftBatch,
     EmbeddingPlan,
     ProductionState,
+    add_endpoint_vectors,
     drift_paths,
     new_production_state,
 )
@@ -65,7 +66,12 @@ from shadowroute.comparator.state import (
     state_from_dict,
 )
 from shadowroute.comparator.store import PROD, LabelRow, PendingRow, Positions, Store
-from shadowroute.core.assessments import AssessmentRecord, decode_assessment
+from shadowroute.core.assessments import (
+    AssessmentRecord,
+    EmbeddingRecord,
+    EmbedJob,
+    decode_any,
+)
 from shadowroute.core.config import Config, Route
 from shadowroute.core.label_rules import LabelRules, same_label
 from shadowroute.core.records import (
@@ -103,6 +109,9 @@ PendingAt = Callable[[str, str, int], bool]
 
 _MONITOR: Final = "__production__"
 _MAX_SLOT_CACHE: Final = 4096
+EMBEDDING_SLOT: Final = "~embedding"
+"""The slot under which embedding records are remembered against re-delivery (no candidate
+is named so: ``~`` is not allowed in a name)."""
 MAX_REVISIONS: Final = 16
 """Candidate revisions whose state is kept per (route, candidate, partition). Beyond it the
 revision with the oldest newest pair is dropped from the state (counted in the partition's
@@ -183,6 +192,8 @@ class Batch:
     """The position (among the labels joined) of each label id's first record."""
     prod_pending: set[str] = field(default_factory=set)
     """Keys of fresh labels with a pending production entry in the store."""
+    embed_jobs: list[EmbedJob] = field(default_factory=list)
+    """Texts for embedding drift's endpoints (handed on once the batch is committed)."""
 
 
 class Engine:
@@ -219,6 +230,9 @@ class Engine:
         """States dropped (``MAX_REVISIONS``) and committed, not yet taken by the reader side
         (``take_evicted``)."""
         self._batch: Batch | None = None
+        self._embed_jobs: list[EmbedJob] = []
+        """Committed batches' texts for embedding drift's endpoints, until taken
+        (``take_embed_jobs``)."""
         self.positions: dict[int, Positions] = {}
         self._lock = threading.Lock()
         self._snapshot: dict[StateKey, dict[str, Any]] = {}
@@ -480,6 +494,9 @@ class Engine:
             raise
         finally:
             self._batch = None
+        if batch.embed_jobs:
+            with self._lock:
+                self._embed_jobs.extend(batch.embed_jobs)
         self._publish(serialised, gone)
 
     def _put_states(self, touched: set[StateKey]) -> dict[StateKey, dict[str, Any]]:
@@ -523,6 +540,13 @@ class Engine:
             self._transaction(partition, step)
         return True
 
+    def take_embed_jobs(self) -> list[EmbedJob]:
+        """The texts that committed batches selected for embedding drift's endpoints, once
+        each (for the assessor; a rolled-back batch selects none)."""
+        with self._lock:
+            out, self._embed_jobs = self._embed_jobs, []
+        return out
+
     def take_evicted(self) -> list[StateKey]:
         """The state keys dropped since the last call (for views of the snapshot)."""
         with self._lock:
@@ -561,12 +585,18 @@ class Engine:
         counted (same id, time and slot, within the route's label TTL: a pair record judged
         again) is counted as ``duplicate_assessments`` and kept out."""
         by_slot: dict[tuple[str, str], list[AssessmentRecord]] = defaultdict(list)
-        decoded: list[tuple[bytes, AssessmentRecord, str]] = []
+        decoded: list[tuple[bytes, AssessmentRecord | EmbeddingRecord, str]] = []
         for value in values:
             try:
-                rec = decode_assessment(value)
+                rec = decode_any(value)
             except RecordError as exc:
                 dead.append((b"", value, f"assessment:{exc.reason}"))
+                continue
+            if isinstance(rec, EmbeddingRecord):
+                if self.joiner.embedding.get(rec.route) is None:
+                    dead.append((rec.id.encode(), value, "assessment:unknown_route"))
+                else:
+                    decoded.append((value, rec, EMBEDDING_SLOT))
                 continue
             names = self._cands.get(rec.route)
             if names is None or rec.candidate not in names:
@@ -580,6 +610,7 @@ class Engine:
         fresh: list[tuple[str, str, int, int]] = []
         duplicates = 0
         newest = 0
+        embedded: list[EmbeddingRecord] = []
         for _, rec, slot in decoded:
             key = f"{rec.id}/{rec.ts}"
             if (key, slot) in seen:
@@ -588,7 +619,10 @@ class Engine:
             seen.add((key, slot))
             fresh.append((key, slot, partition, rec.ts + self._ttl_ms[rec.route]))
             newest = max(newest, rec.ts)
-            by_slot[(rec.route, slot)].append(rec)
+            if isinstance(rec, EmbeddingRecord):
+                embedded.append(rec)
+            else:
+                by_slot[(rec.route, slot)].append(rec)
         if duplicates:
             self._count(partition, "duplicate_assessments", duplicates)
         self.store.add_assessed(fresh)
@@ -603,6 +637,19 @@ class Engine:
                 state.judge = PairedMetric(spec=metric_spec("judge"), alpha=alpha)
             state.add_assessments(rows)
             b.touched.add(StateKey.cand(name, slot, partition))
+        for emb in embedded:
+            self._embedded(partition, emb, b)
+
+    def _embedded(self, partition: int, rec: EmbeddingRecord, b: Batch) -> None:
+        """An endpoint's vectors, added to production's state of their request's partition
+        at the window of the request's time."""
+        route = self.routes[rec.route]
+        plan = self.joiner.embedding[rec.route]
+        prod = self._prod(route, partition)
+        unknown = add_endpoint_vectors(prod, plan, rec)
+        if unknown:
+            self._count(partition, "embedding_unknown_fields", len(unknown))
+        b.touched.add(StateKey.prod(rec.route, partition))
 
     def _reload_partition(self, partition: int) -> None:
         for key in [k for k in self.states if k.partition == partition]:
@@ -774,7 +821,10 @@ class Engine:
         for route, reqs in b.requests.items():
             prod = self._prod(self.routes[route], partition)
             prod.add_requests(reqs)
-            b.drift[route].apply(prod)
+            drift = b.drift[route]
+            drift.apply(prod)
+            if drift.jobs:
+                b.embed_jobs.extend(drift.jobs)
         for (route, cand), rows in b.rows.items():
             self._cand(self.routes[route], cand, partition).add_pairs(rows)
         for (route, cand), lrows in b.labelled.items():
@@ -1055,7 +1105,7 @@ class Joiner:
                     out = rec.prod_output
                     failed = rec.prod_error is not None and rec.prod_error != "abandoned"
                     requests[name].append((ts, failed, len(keys)))
-                    drift.add(ts - ts % window_ms, rec.input, out)
+                    drift.add(ts - ts % window_ms, rec.input, out, rec.id, ts)
                     n = len(out) if out else 0
                     for i, key in enumerate(keys):
                         p = out[i] if i < n else None  # type: ignore[index]

@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from shadowroute.comparator.assessor import Assessor, calls_recorded
+from shadowroute.comparator.assessor import Assessor, calls_recorded, needs_assessor
 from shadowroute.comparator.engine import Engine
 from shadowroute.comparator.gcpause import PeriodicCollection, gc_paused
 from shadowroute.comparator.reader import StateView, Verdicts
@@ -106,9 +106,9 @@ class KafkaComparator:
         self.scores_topic = topic_name(t.topic_prefix, "scores")
         self.dead_topic = topic_name(t.topic_prefix, "deadletter")
         self.assessments_topic = topic_name(t.topic_prefix, "assessments")
-        self.judged = any(r.judge is not None or r.similarity is not None for r in config.routes)
-        """Some route has a judge or a similarity: the member also consumes the assessments
-        topic, and its assessor writes to it."""
+        self.judged = needs_assessor(config)
+        """Some route has a judge, a similarity or an embedding drift endpoint: the member
+        also consumes the assessments topic, and its assessor writes to it."""
         self.group_id = group_id or t.consumer_group
         self.max_records = max_records
         self.group_instance_id = group_instance_id
@@ -322,8 +322,10 @@ class KafkaComparator:
                 self.engine.process, partition, pairs, labels, next_pairs, next_labels,
                 assessed, next_assessed,
             )  # fmt: skip
-            if self.assessor is not None and pairs:
-                self.assessor.offer(pairs)  # committed: each pair is offered once
+            if self.assessor is not None:
+                if pairs:
+                    self.assessor.offer(pairs)  # committed: each pair is offered once
+                self.assessor.offer_embedding(self.engine.take_embed_jobs())
             # sent now, delivery awaited once for the whole batch: the next partition's
             # records are processed meanwhile
             label_keys = {m.value: m.key for m in label_msgs} if dead else {}

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from shadowroute.comparator.aggregates import WINDOW_MS
 from shadowroute.comparator.documents import DriftAuto, JsonObject, ProductionSummary
+from shadowroute.core.assessments import EmbeddingRecord, EmbedJob
 from shadowroute.core.config import EmbeddingDrift, Monitor
 from shadowroute.core.drift import FrozenBins, Histogram, drift_summary
 from shadowroute.core.drift_fields import FieldPath, PathSet, compile_path, flatten_scalars
@@ -31,6 +32,7 @@ from shadowroute.core.embedding import (
     embedding_drift_summary,
     split_items,
 )
+from shadowroute.core.judging import assess_sampled
 from shadowroute.core.monitor import LabelCoverage, LabelDelay, WindowedQuality
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "EmbeddingField",
     "EmbeddingPlan",
     "ProductionState",
+    "add_endpoint_vectors",
     "new_production_state",
 ]
 
@@ -260,13 +263,18 @@ class EmbeddingField:
 
 class EmbeddingPlan:
     """A route's embedding drift, built once from ``routes[].drift.embedding``: the model
-    (embedder and random features) and the compiled paths of the watched input fields."""
+    (embedder and random features) and the compiled paths of the watched input fields.
 
-    __slots__ = ("cfg", "model", "names", "paths")
+    With an ``endpoint``, texts are not embedded here: each request's texts become an
+    ``EmbedJob`` for the assessor, whose vectors come back as an ``EmbeddingRecord``."""
+
+    __slots__ = ("cfg", "endpoint", "model", "names", "paths")
 
     def __init__(self, cfg: EmbeddingDrift) -> None:
         self.cfg = cfg
-        self.model = EmbeddingModel(cfg.dims, cfg.features, cfg.bandwidth, cfg.seed)
+        self.endpoint = cfg.endpoint
+        source = None if cfg.endpoint is None else f"{cfg.endpoint.url}#{cfg.endpoint.model}"
+        self.model = EmbeddingModel(cfg.dims, cfg.features, cfg.bandwidth, cfg.seed, source)
         self.paths: list[FieldPath] = [compile_path(p) for p in dict.fromkeys(cfg.fields)]
         self.names = [EMBEDDING_PREFIX + p.text for p in self.paths]
         if cfg.outputs:
@@ -672,7 +680,7 @@ class DriftBatch:
     same order."""
 
     __slots__ = ("_auto", "_auto_depth", "_deep", "_emb", "_embed", "_explicit", "_names", "_out",
-                 "_paths", "_runs", "_values")  # fmt: skip
+                 "_paths", "_runs", "_values", "jobs")  # fmt: skip
 
     def __init__(
         self,
@@ -683,8 +691,11 @@ class DriftBatch:
     ) -> None:
         self._paths = paths
         self._embed = embed
-        """Embedding drift: per request, each field's selected values (kept whole)."""
-        self._emb: list[tuple[int, int, list[Any]]] = []
+        """Embedding drift: per request, each field's selected values (kept whole), with the
+        request's id and time (for an endpoint's jobs)."""
+        self._emb: list[tuple[int, int, list[Any], str, int]] = []
+        self.jobs: list[EmbedJob] = []
+        """With an endpoint: the texts to embed, per request (filled by ``apply``)."""
         self._auto_depth = auto_depth
         """Automatic drift: every scalar input field down to this depth (0: off)."""
         self._auto: list[tuple[int, dict[str, list[Any]]]] = []
@@ -698,8 +709,11 @@ class DriftBatch:
         self._out = self._values[n]
         self._runs: list[tuple[int, list[int]]] = []
 
-    def add(self, window: int, doc: Any, output: list[Any] | None) -> None:
-        """One request: its input body (``doc``) and production's output, at ``window``."""
+    def add(
+        self, window: int, doc: Any, output: list[Any] | None, rid: str = "", ts: int = 0
+    ) -> None:
+        """One request: its input body (``doc``) and production's output, at ``window``
+        (``rid`` and ``ts``: its id and time, for embedding drift's endpoint)."""
         runs = self._runs
         if not runs or runs[-1][0] != window:
             runs.append((window, [len(v) for v in self._values]))
@@ -719,11 +733,11 @@ class DriftBatch:
                 for i, path in enumerate(embed.paths):
                     found = path.nodes(doc)
                     if found:
-                        emb.append((window, i, found))
+                        emb.append((window, i, found, rid, ts))
             if output and embed.cfg.outputs:
                 texts = [v for v in output if isinstance(v, str)]
                 if texts:
-                    emb.append((window, len(embed.paths), texts))
+                    emb.append((window, len(embed.paths), texts, rid, ts))
 
     def apply(self, state: ProductionState) -> None:
         bounds = [starts for _, starts in self._runs[1:]]
@@ -757,11 +771,14 @@ class DriftBatch:
                 state.counts.get("drift_too_deep_values", 0) + self._deep
             )
         if self._embed is not None and self._emb:
-            _apply_embedding(self._embed, self._emb, state)
+            if self._embed.endpoint is not None:
+                self.jobs = _endpoint_embedding(self._embed, self._emb, state)
+            else:
+                _apply_embedding(self._embed, self._emb, state)
 
 
 def _apply_embedding(
-    plan: EmbeddingPlan, items: list[tuple[int, int, list[Any]]], state: ProductionState
+    plan: EmbeddingPlan, items: list[tuple[int, int, list[Any], str, int]], state: ProductionState
 ) -> None:
     """Embed each field's values per run of one window (in arrival order) and add them."""
     cfg = plan.cfg
@@ -770,7 +787,7 @@ def _apply_embedding(
         texts: list[str] = []
         vectors: list[list[float]] = []
         counts: dict[str, int] = {}
-        for w, field_index, values in items:
+        for w, field_index, values, _, _ in items:
             if field_index != i:
                 continue
             if w != window and window is not None:
@@ -782,6 +799,83 @@ def _apply_embedding(
         if window is not None:
             x = embed_items(plan.model, texts, vectors, counts)
             state.add_embedding(name, window, x, plan, counts)
+
+
+def _endpoint_embedding(
+    plan: EmbeddingPlan, items: list[tuple[int, int, list[Any], str, int]], state: ProductionState
+) -> list[EmbedJob]:
+    """With an endpoint: vectors already in the request are added here (per field and run of
+    one window, in arrival order), texts become one ``EmbedJob`` per sampled request (all its
+    fields' texts); what was left out is counted now, the vectors come back later."""
+    cfg = plan.cfg
+    assert plan.endpoint is not None
+    fraction = plan.endpoint.sample_fraction
+    jobs: dict[str, tuple[int, dict[str, list[str]]]] = {}
+    for i, name in enumerate(plan.names):
+        window: int | None = None
+        vectors: list[list[float]] = []
+        counts: dict[str, int] = {}
+        for w, field_index, values, rid, ts in items:
+            if field_index != i:
+                continue
+            if w != window and window is not None:
+                state.add_embedding(name, window, embed_items(plan.model, [], vectors, counts),
+                                    plan, counts)  # fmt: skip
+                vectors, counts = [], {}
+            window = w
+            texts: list[str] = []
+            split_items(values, cfg.dims, cfg.max_chars, cfg.max_items, texts, vectors, counts)
+            kept = [t for t in texts if t.strip()]
+            if len(kept) < len(texts):
+                counts["empty"] = counts.get("empty", 0) + len(texts) - len(kept)
+            if not kept:
+                continue
+            if not assess_sampled(rid, fraction, "embedding_drift"):
+                counts["unsampled"] = counts.get("unsampled", 0) + len(kept)
+                continue
+            job = jobs.get(rid)
+            if job is None:
+                job = jobs[rid] = (ts, {})
+            job[1].setdefault(name, []).extend(kept)
+        if window is not None:
+            x = embed_items(plan.model, [], vectors, counts)
+            state.add_embedding(name, window, x, plan, counts)
+    route = state.route
+    return [
+        EmbedJob(rid, route, ts, tuple((n, tuple(t)) for n, t in fields.items()))
+        for rid, (ts, fields) in jobs.items()
+    ]
+
+
+def add_endpoint_vectors(
+    state: ProductionState, plan: EmbeddingPlan, rec: EmbeddingRecord
+) -> list[str]:
+    """The vectors an embedding record brings, added to their fields at the window of the
+    request's time (``rec.ts``); vectors of another length than ``dims``, zero or not finite
+    are ``bad_vector``; texts without a vector (a failed or skipped call, or fewer vectors
+    than texts) ``not_embedded``. Returns the names of fields the plan does not watch (left
+    out)."""
+    window = rec.ts - rec.ts % state.window_ms
+    dims = plan.cfg.dims
+    unknown: list[str] = []
+    known = set(plan.names)
+    for name, n, vectors in rec.fields:
+        if name not in known:
+            unknown.append(name)
+            continue
+        counts: dict[str, int] = {}
+        rows = [list(v) for v in vectors if len(v) == dims]
+        if len(rows) < len(vectors):
+            counts["bad_vector"] = len(vectors) - len(rows)
+        if n > len(vectors):
+            counts["not_embedded"] = n - len(vectors)
+        x = embed_items(plan.model, [], rows, counts)
+        state.add_embedding(name, window, x, plan, counts)
+    if rec.calls:
+        state.counts["embedding_drift_calls"] = (
+            state.counts.get("embedding_drift_calls", 0) + rec.calls
+        )
+    return unknown
 
 
 def _numeric_outputs(out: list[Any], dst: list[Any]) -> None:

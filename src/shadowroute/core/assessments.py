@@ -26,10 +26,18 @@ from shadowroute.core.records import SCHEMA_VERSION, RecordError, is_valid_id, p
 
 __all__ = [
     "ASSESS_ERRORS",
+    "EMBED_SKIPS",
+    "MAX_EMBED_FIELDS",
+    "MAX_EMBED_VALUES",
     "ORDER_RESULTS",
     "AssessmentRecord",
+    "EmbedJob",
+    "EmbeddingRecord",
+    "decode_any",
     "decode_assessment",
+    "decode_embedding",
     "encode_assessment",
+    "encode_embedding",
 ]
 
 ORDER_RESULTS: Final = ("win", "tie", "loss", "unparseable", "failed")
@@ -43,6 +51,18 @@ ASSESS_ERRORS: Final = (
 )
 """Why a judge or embeddings call failed (the closed set of ``judge_error`` and
 ``similarity_error``)."""
+EMBED_SKIPS: Final = ("rate_limited", "budget_exhausted", "circuit_open", "too_large")
+"""Why an embedding drift call was not made (``error`` of an embedding record, besides
+``ASSESS_ERRORS``)."""
+MAX_EMBED_FIELDS: Final = 64
+"""Fields at most in one embedding record."""
+MAX_EMBED_TEXTS: Final = 1024
+"""Texts (and vectors) at most per field of one embedding record (``max_items``' bound)."""
+MAX_EMBED_DIMS: Final = 4096
+"""Dimensions at most of a vector in an embedding record (``dims``' bound)."""
+MAX_EMBED_VALUES: Final = 65_536
+"""Numbers at most in one embedding record (about 650 kB of JSON: under Kafka's default
+1 MB message); a request whose texts would need more is not sent (``too_large``)."""
 _REVISION: Final = re.compile(r"^[0-9a-f]{12}$")
 _MAX_CALLS: Final = 16
 
@@ -92,18 +112,13 @@ def encode_assessment(rec: AssessmentRecord) -> bytes:
 
 def decode_assessment(value: bytes) -> AssessmentRecord:
     """Parse and validate an assessment record; raises ``RecordError`` with the reason."""
-    obj = parse_record(value)
-    if not isinstance(obj, dict):
-        raise RecordError("bad_type:record")
-    if "v" not in obj:
-        raise RecordError("missing_field:v")
-    v = obj["v"]
-    if type(v) is not int:
-        raise RecordError("bad_type:v")
-    if v != SCHEMA_VERSION:
-        raise RecordError("schema_version")
+    obj = _versioned(value)
     if obj.get("kind", "assessment") != "assessment":
         raise RecordError("bad_value:kind")
+    return _assessment(obj)
+
+
+def _assessment(obj: dict[str, Any]) -> AssessmentRecord:
     rid = _req(obj, "id")
     if not is_valid_id(rid):
         raise RecordError("bad_type:id" if not isinstance(rid, str) else "bad_value:id")
@@ -193,3 +208,168 @@ def _choice(obj: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str | No
     if value not in allowed:
         raise RecordError(f"bad_value:{key}")
     return value
+
+
+# --- embedding records: the vectors of embedding drift's endpoint (docs/records.md) ----------
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedJob:
+    """The texts of one request that embedding drift sends to its route's endpoint: per
+    field (``embedding:<path>``, ``embedding:output``), in order. ``ts`` is the request's
+    record time: its vectors go to the window of that time."""
+
+    id: str
+    route: str
+    ts: int
+    fields: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @property
+    def texts(self) -> int:
+        return sum(len(t) for _, t in self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRecord:
+    """What the endpoint gave for one request's texts: per field, the texts sent and their
+    vectors (in order; none when the call failed or was skipped: ``error`` says why)."""
+
+    id: str
+    route: str
+    ts: int
+    fields: tuple[tuple[str, int, tuple[tuple[float, ...], ...]], ...]
+    """(field name, texts sent, vectors)."""
+    error: str | None = None
+    calls: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        job: EmbedJob,
+        vectors: list[list[float]] | None,
+        error: str | None = None,
+        calls: int = 0,
+    ) -> EmbeddingRecord:
+        """The record of ``job``: ``vectors`` one per text of the job, in order (None: failed
+        or skipped, ``error`` says why)."""
+        out: list[tuple[str, int, tuple[tuple[float, ...], ...]]] = []
+        at = 0
+        for name, texts in job.fields:
+            got: tuple[tuple[float, ...], ...] = ()
+            if vectors is not None:
+                got = tuple(tuple(v) for v in vectors[at : at + len(texts)])
+            at += len(texts)
+            out.append((name, len(texts), got))
+        return cls(job.id, job.route, job.ts, tuple(out), error, calls)
+
+
+def encode_embedding(rec: EmbeddingRecord) -> bytes:
+    """Numbers rounded to 6 decimals (the engine uses unit vectors: an error below 1e-6 per
+    component), which keeps a record of 16 texts × 1,024 dimensions under 200 kB."""
+    return orjson.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "kind": "embedding",
+            "id": rec.id,
+            "route": rec.route,
+            "ts": rec.ts,
+            "fields": {
+                name: {"texts": n, "vectors": [[round(x, 6) for x in v] for v in vectors]}
+                for name, n, vectors in rec.fields
+            },
+            "error": rec.error,
+            "calls": rec.calls,
+        }
+    )
+
+
+def decode_any(value: bytes) -> AssessmentRecord | EmbeddingRecord:
+    """A record of the assessments topic: an assessment or an embedding record (by
+    ``kind``); raises ``RecordError`` with the reason."""
+    obj = _versioned(value)
+    kind = obj.get("kind", "assessment")
+    if kind == "embedding":
+        return _embedding(obj)
+    if kind != "assessment":
+        raise RecordError("bad_value:kind")
+    return _assessment(obj)
+
+
+def decode_embedding(value: bytes) -> EmbeddingRecord:
+    """Parse and validate an embedding record; raises ``RecordError`` with the reason."""
+    obj = _versioned(value)
+    if obj.get("kind") != "embedding":
+        raise RecordError("bad_value:kind")
+    return _embedding(obj)
+
+
+def _embedding(obj: dict[str, Any]) -> EmbeddingRecord:
+    rid = _req(obj, "id")
+    if not is_valid_id(rid):
+        raise RecordError("bad_type:id" if not isinstance(rid, str) else "bad_value:id")
+    route = _text(obj, "route")
+    ts = _req(obj, "ts")
+    if type(ts) is not int:
+        raise RecordError("bad_type:ts")
+    if not 0 <= ts < 1 << 63:
+        raise RecordError("bad_value:ts")
+    error = _choice(obj, "error", (*ASSESS_ERRORS, *EMBED_SKIPS))
+    calls = obj.get("calls", 0)
+    if type(calls) is not int:
+        raise RecordError("bad_type:calls")
+    if not 0 <= calls <= _MAX_CALLS:
+        raise RecordError("bad_value:calls")
+    fields_v = _req(obj, "fields")
+    if not isinstance(fields_v, dict):
+        raise RecordError("bad_type:fields")
+    if len(fields_v) > MAX_EMBED_FIELDS:
+        raise RecordError("bad_value:fields")
+    values = 0
+    fields: list[tuple[str, int, tuple[tuple[float, ...], ...]]] = []
+    for name, f in fields_v.items():
+        if not name or len(name) > 256:
+            raise RecordError("bad_value:fields")
+        if not isinstance(f, dict):
+            raise RecordError("bad_type:fields.field")
+        n = f.get("texts")
+        if type(n) is not int:
+            raise RecordError("bad_type:fields.texts")
+        if not 0 <= n <= MAX_EMBED_TEXTS:
+            raise RecordError("bad_value:fields.texts")
+        vecs = f.get("vectors", [])
+        if not isinstance(vecs, list):
+            raise RecordError("bad_type:fields.vectors")
+        if len(vecs) > n or (error is not None and vecs):
+            raise RecordError("bad_value:fields.vectors")
+        rows: list[tuple[float, ...]] = []
+        for v in vecs:
+            if not isinstance(v, list) or not v:
+                raise RecordError("bad_type:fields.vectors")
+            if len(v) > MAX_EMBED_DIMS:
+                raise RecordError("bad_value:fields.vectors")
+            values += len(v)
+            if values > MAX_EMBED_VALUES:
+                raise RecordError("bad_value:fields.vectors")
+            if not all(_finite(x) for x in v):
+                raise RecordError("bad_value:fields.vectors")
+            rows.append(tuple(float(x) for x in v))
+        fields.append((name, n, tuple(rows)))
+    return EmbeddingRecord(rid, route, ts, tuple(fields), error, calls)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _versioned(value: bytes) -> dict[str, Any]:
+    obj = parse_record(value)
+    if not isinstance(obj, dict):
+        raise RecordError("bad_type:record")
+    if "v" not in obj:
+        raise RecordError("missing_field:v")
+    v = obj["v"]
+    if type(v) is not int:
+        raise RecordError("bad_type:v")
+    if v != SCHEMA_VERSION:
+        raise RecordError("schema_version")
+    return obj

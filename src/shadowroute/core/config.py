@@ -446,8 +446,10 @@ class EmbeddingDrift(_Strict):
     outputs: bool = False
     """Also watch production's text outputs (the answer of an `openai` or text route)."""
     dims: int = Field(64, ge=2, le=4096)
-    """Dimensions of the built-in lexical embedder (feature hashing of word unigrams and
-    bigrams, then a fixed random projection); vectors in the request must have this length."""
+    """Dimensions of the embeddings: of the built-in lexical embedder (feature hashing of word
+    unigrams and bigrams, then a fixed random projection), or with `endpoint` the endpoint
+    model's own dimension (its vectors of another length are counted, never added); vectors in
+    the request must have this length."""
     features: int = Field(128, ge=8, le=512)
     """Random Fourier features of the MMD estimate (the reference keeps features² sums)."""
     bandwidth: float = Field(1.0, gt=0)
@@ -468,6 +470,10 @@ class EmbeddingDrift(_Strict):
     `truncated`)."""
     max_items: int = Field(16, ge=1, le=1024)
     """Items taken at most per request and field; further ones are counted as `too_many`."""
+    endpoint: EmbeddingEndpoint | None = None
+    """Embed the texts with an OpenAI-compatible `/v1/embeddings` endpoint (TEI, vLLM, Ollama)
+    instead of the built-in lexical embedder (none: built-in); its calls run in the
+    comparator's assessor, off the proxy's path (docs/llm.md)."""
 
     @model_validator(mode="after")
     def _alphas(self) -> EmbeddingDrift:
@@ -626,7 +632,7 @@ class Route(_Strict):
     """HTTP methods that are mirrored (a candidate that writes can do harm)."""
     capture: Capture = Capture()
     """What of the request is captured into records."""
-    drift: Drift = Drift()
+    drift: Drift = Field(default_factory=lambda: Drift())
     """Input fields monitored for drift."""
     policy: Policy = Policy()
     """How the verdict is reached."""
@@ -785,6 +791,22 @@ class Similarity(_Assess):
     """Time allowed for one call's complete answer."""
 
 
+class EmbeddingEndpoint(_Assess):
+    """An OpenAI-compatible `/v1/embeddings` endpoint for embedding drift: one call per request."""
+
+    sample_fraction: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of the requests whose texts are embedded, fixed by request id (the others are
+    counted as `unsampled`); vectors already in the request are always used."""
+    rate_per_s: float = Field(20.0, gt=0)
+    """Most calls a second (one call per request); a request that finds no tokens is skipped
+    and counted (`rate_limited`)."""
+    timeout_s: float = Field(10.0, gt=0, le=600)
+    """Time allowed for one call's complete answer."""
+    max_chars: int = Field(8000, ge=64, le=1_000_000)
+    """Each text is cut to this many characters before it is sent (counted in the assessor's
+    `truncated`), after the drift's own `max_chars`."""
+
+
 class Mirror(_Strict):
     enabled: bool = True
     """Global mirroring switch at start; `PUT /v1/mirroring` changes it without a restart (kept
@@ -816,6 +838,8 @@ class Mirror(_Strict):
         return self
 
 
+EmbeddingDrift.model_rebuild()  # `endpoint` names `EmbeddingEndpoint`, defined after it
+Drift.model_rebuild()
 Route.model_rebuild()
 
 
@@ -1331,7 +1355,12 @@ def _resolve_secrets(
                     continue
                 assert value is not None
                 model._secrets[header] = SecretStr(value)
-        assessors = [("judge", route.judge), ("similarity", route.similarity)]
+        emb = route.drift.embedding
+        assessors = [
+            ("judge", route.judge),
+            ("similarity", route.similarity),
+            ("drift.embedding.endpoint", emb.endpoint if emb is not None else None),
+        ]
         for where, part in assessors:
             if part is None:
                 continue

@@ -87,8 +87,9 @@ class Embedder(Protocol):
 
 
 class AsyncEmbedder(Protocol):
-    """An embedder that needs I/O (e.g. an OpenAI-compatible ``/v1/embeddings`` endpoint): the
-    same contract as ``Embedder``, awaited off the proxy's path. None ships yet."""
+    """An embedder that needs I/O: the same contract as ``Embedder``, awaited off the proxy's
+    path. (The configured ``/v1/embeddings`` endpoint is called by the comparator's assessor,
+    which hands the vectors back as records: ``core.assessments.EmbeddingRecord``.)"""
 
     @property
     def name(self) -> str: ...
@@ -342,6 +343,9 @@ class EmbeddingModel:
     features: int = 128
     bandwidth: float = 1.0
     seed: int = 0
+    source: str | None = None
+    """Where texts are embedded when not by the built-in embedder (an endpoint's
+    ``url#model``): part of the signature, so sums of two embedders never add."""
     embedder: Embedder = field(init=False)
     rff: RandomFourierFeatures = field(init=False)
 
@@ -352,7 +356,8 @@ class EmbeddingModel:
     @property
     def signature(self) -> str:
         """What sums made with this model depend on: equal signatures, sums that add."""
-        parts = (self.embedder.name, self.dims, self.features, f"{self.bandwidth:g}", self.seed)
+        name = self.embedder.name if self.source is None else f"endpoint:{self.source}"
+        parts = (name, self.dims, self.features, f"{self.bandwidth:g}", self.seed)
         return "/".join(str(p) for p in parts)
 
     def sums(self, second: bool = False) -> EmbeddingSums:
@@ -441,11 +446,22 @@ def embedding_drift_summary(
     return out
 
 
-ITEM_OUTCOMES: Final = ("items", "truncated", "empty", "unusable", "bad_vector", "too_many")
+ITEM_OUTCOMES: Final = (
+    "items",
+    "truncated",
+    "empty",
+    "unusable",
+    "bad_vector",
+    "too_many",
+    "unsampled",
+    "not_embedded",
+)
 """What happened to the values a field selected: embedded (``items``; ``truncated`` ones
 among them), or left out: a text without a word (``empty``), a value neither text nor vector
 (``unusable``), a vector of the wrong length or not finite (``bad_vector``), beyond
-``max_items`` per request (``too_many``)."""
+``max_items`` per request (``too_many``); with an endpoint, texts of requests outside its
+``sample_fraction`` (``unsampled``) and texts whose call failed or was skipped
+(``not_embedded``: the reason is in the assessor's counters)."""
 
 
 def split_items(

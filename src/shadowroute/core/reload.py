@@ -2,8 +2,9 @@
 
 Only ``routes`` is applied live: routes and candidates added, changed or removed, except a
 kept route's task or production model (the comparator's evidence for the route is about
-them) and a route's ``judge`` or ``similarity`` added or changed (the comparator's assessor
-reads them at start). Every other section (the ports, the transport, the admin plane and its
+them), a route's ``judge`` or ``similarity`` added or changed and its
+``drift.embedding.endpoint`` added, changed or removed (the comparator's assessor reads them
+at start). Every other section (the ports, the transport, the admin plane and its
 token, the proxy's limits, the record queue, the comparator) is read once at start by objects
 that live as long as the process; a reloaded file that changes any of them is refused whole,
 saying which, and the running config stays.
@@ -25,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from shadowroute.core.config import Config
+from shadowroute.core.config import Config, EmbeddingEndpoint, Route
 
 __all__ = ["LIVE_SECTIONS", "refusals", "route_changes"]
 
@@ -63,6 +64,15 @@ def refusals(old: Config, new: Config) -> list[str]:
                     f"{route.name!r}: the comparator's assessor reads it at start; restart to "
                     "apply it"
                 )
+        then_ep = _embedding_endpoint(prev) if prev is not None else None
+        now_ep = _embedding_endpoint(route)
+        if now_ep != then_ep:
+            what = "added" if then_ep is None else "removed" if now_ep is None else "changed"
+            out.append(
+                f"routes[{i}].drift.embedding.endpoint {what} on route {route.name!r}: the "
+                "comparator's assessor reads it at start (and the field's sums restart); "
+                "restart to apply it"
+            )
     for i, route in enumerate(old.routes):
         kept = after.get(route.name)
         if kept is None:
@@ -78,6 +88,11 @@ def refusals(old: Config, new: Config) -> list[str]:
                     "(comparator.on_state_mismatch decides what becomes of the state file)"
                 )
     return out
+
+
+def _embedding_endpoint(route: Route) -> EmbeddingEndpoint | None:
+    emb = route.drift.embedding
+    return emb.endpoint if emb is not None else None
 
 
 def route_changes(old: Config, new: Config) -> dict[str, list[str]]:
