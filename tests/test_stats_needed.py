@@ -8,7 +8,7 @@ import pytest
 
 from shadowroute.core.config import Policy
 from shadowroute.core.stats.confseq import AsymState, eb_path
-from shadowroute.core.stats.needed import observations_needed
+from shadowroute.core.stats.needed import NeededMemo, observations_needed
 from shadowroute.core.stats.paired import PairedMetric
 from shadowroute.core.stats.policy import decide, dominant_error, metric_alpha
 
@@ -206,3 +206,45 @@ def test_dominant_error_ties_and_empties() -> None:
         "of": 2,
         "hint": None,
     }
+
+
+def test_the_memo_answers_as_the_computation_and_only_for_the_same_question() -> None:
+    """Verdicts are decided again after every batch: ``NeededMemo`` reuses an estimate only
+    for the same sums, spec, level, threshold, alpha and burn-in, and answers exactly what the
+    computation answers."""
+    rng = np.random.default_rng(5)
+    memo = NeededMemo(size=8)
+    for name in ("accuracy", "error_rate", "mse", "mae"):
+        m = PairedMetric.create(name, ALPHA)
+        for _ in range(4):
+            p = (rng.random(60) < 0.8).astype(float)
+            c = (rng.random(60) < 0.75).astype(float)
+            m.update(p, c)  # the sums move: a new question
+            for threshold, min_n in ((0.0, 0), (-0.01, 0), (0.0, 300)):
+                want = observations_needed(m, threshold, ALPHA, min_n=min_n)
+                hits = memo.hits
+                assert memo(m, threshold, ALPHA, min_n=min_n) == want
+                assert memo.hits == hits  # first time: computed
+                assert memo(m, threshold, ALPHA, min_n=min_n) == want
+                assert memo.hits == hits + 1  # again, nothing moved: remembered
+                assert memo(m, threshold, ALPHA / 2, min_n=min_n) == observations_needed(
+                    m, threshold, ALPHA / 2, min_n=min_n
+                )
+    assert len(memo._answers) <= 8  # bounded: dropped when full
+    assert memo(None, 0.0, ALPHA) == observations_needed(None, 0.0, ALPHA)
+
+
+def test_a_verdict_with_the_memo_is_the_verdict_without() -> None:
+    rng = np.random.default_rng(9)
+    policy = Policy(min_labelled=50)
+    memo = NeededMemo()
+    acc = PairedMetric.create("accuracy", metric_alpha(policy, "classification")["accuracy"])
+    for _ in range(5):
+        acc.update((rng.random(40) < 0.8).astype(float), (rng.random(40) < 0.78).astype(float))
+        plain = decide(policy, "classification", {"accuracy": acc}, None, acc.n, acc.n)
+        for _ in range(2):
+            again = decide(
+                policy, "classification", {"accuracy": acc}, None, acc.n, acc.n, needed=memo
+            )
+            assert again == plain
+    assert memo.hits >= 5

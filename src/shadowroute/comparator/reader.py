@@ -25,6 +25,7 @@ from shadowroute.comparator.state import StateKey, state_from_dict
 from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, Price, Route
 from shadowroute.core.revision import matches, split_slot
+from shadowroute.core.stats.needed import NeededMemo
 from shadowroute.core.stats.policy import Decision, decide
 
 ops_log = logging.getLogger("shadowroute.ops")
@@ -216,6 +217,8 @@ class Verdicts:
         self.store = store
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._lock = threading.Lock()
+        self._needed = NeededMemo()
+        """Every candidate is decided again after each batch, most on unchanged sums."""
         self._current: dict[tuple[str, str], tuple[Decision, doc.Decision]] = {}
         self._last: dict[tuple[str, str], tuple[str, str | None, bool]] = {}
         """(verdict, revision id, had pairs) of the newest history entry per (route,
@@ -280,6 +283,7 @@ class Verdicts:
                 _candidate_errors(state),
                 ttft=(state.ttft_prod, state.ttft_cand),
                 costs=state.mean_costs(_prices(route, cand)),
+                needed=self._needed,
             )
             pairs, labelled = state.pairs, state.labelled
         out: doc.Decision = {

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shadowroute.core.config import Policy
-from shadowroute.core.stats.needed import observations_needed
+from shadowroute.core.stats.needed import NeededMemo, observations_needed
 from shadowroute.core.stats.paired import METRICS, PairedMetric, metric_spec
 from shadowroute.core.stats.sketch import Sketch
 
@@ -114,13 +114,19 @@ def _count_text(n: int) -> str:
 
 
 def _needed(
-    name: str, metric: PairedMetric | None, threshold: float, min_n: int, alpha: float
+    name: str,
+    metric: PairedMetric | None,
+    threshold: float,
+    min_n: int,
+    alpha: float,
+    memo: NeededMemo | None,
 ) -> tuple[dict[str, Any], str]:
     """The ``needed`` field of an inconclusive metric and its clause for the reason: the
-    estimated further observations (``core.stats.needed``)."""
+    estimated further observations (``core.stats.needed``; through ``memo`` if given)."""
     unit = "labelled pairs" if metric_spec(name).needs_label else "pairs"
     burn_in = 0 if metric_spec(name).bounded else min_n
-    est = observations_needed(metric, threshold, alpha, min_n=burn_in)
+    estimate = observations_needed if memo is None else memo
+    est = estimate(metric, threshold, alpha, min_n=burn_in)
     field = est.to_dict(unit)
     if est.more is None:
         return field, f"; further {unit} needed: cannot be estimated ({est.why})"
@@ -136,6 +142,7 @@ def _cs_evidence(
     threshold: float,
     min_n: int,
     alpha: float,
+    memo: NeededMemo | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Evidence for one CS-backed metric, read at its share of the policy's alpha (whatever
     the split was when its state was made), and a one-line explanation of its status. An
@@ -144,7 +151,7 @@ def _cs_evidence(
     if metric is None or metric.n == 0:
         ev: dict[str, Any] = {"estimate": None, "lower": None, "upper": None, "n": 0}
         ev |= {"threshold": threshold, "status": "inconclusive"}
-        ev["needed"], _ = _needed(name, metric, threshold, min_n, alpha)
+        ev["needed"], _ = _needed(name, metric, threshold, min_n, alpha, memo)
         return ev, f"{name}: no observations yet"
     lower, upper = metric.interval(alpha)
     estimate = metric.diff_sum / metric.n
@@ -169,7 +176,7 @@ def _cs_evidence(
     }
     text = f"{name}: estimate {_fmt(_finite(estimate))}, {why} (n={metric.n})"
     if status == "inconclusive":
-        ev["needed"], clause = _needed(name, metric, threshold, min_n, alpha)
+        ev["needed"], clause = _needed(name, metric, threshold, min_n, alpha, memo)
         text += clause
     return ev, text
 
@@ -283,12 +290,15 @@ def decide(
     *,
     ttft: tuple[Sketch, Sketch] | None = None,
     costs: tuple[float, float, int] | None = None,
+    needed: NeededMemo | None = None,
 ) -> Decision:
     """The verdict now, from the evidence now. ``latency`` is ``(production, candidate)``;
     ``errors`` the candidate's error counts by reason, to name the dominant one of an
     error-rate guardrail that does not pass. ``openai`` routes: ``ttft`` the time-to-first-
     token sketches ``(production, candidate)``, ``costs`` the mean costs per request
-    ``(production, candidate, pairs)`` (``CandidateState.mean_costs``).
+    ``(production, candidate, pairs)`` (``CandidateState.mean_costs``). ``needed``: a memo
+    of the observations-needed estimates (``core.stats.needed.NeededMemo``), for a caller that
+    decides again and again on sums that mostly did not move.
 
     Nothing is carried over from earlier reads: each read's intervals cover the traffic seen
     so far, so a verdict can move from promote back to hold or reject when later traffic shows
@@ -302,7 +312,7 @@ def decide(
     for name, threshold in thresholds.items():
         min_n = policy.min_labelled if metric_spec(name).needs_label else policy.min_pairs
         evidence[name], notes[name] = _cs_evidence(
-            name, metrics.get(name), threshold, min_n, alphas[name]
+            name, metrics.get(name), threshold, min_n, alphas[name], needed
         )
     rate = evidence.get("error_rate")
     if rate is not None and rate["status"] != "pass":
