@@ -8,17 +8,19 @@ The proxy runs as users run it: ``python -m shadowroute serve --workers 1`` (a s
 the API and the embedded comparator, beside one data-plane worker), records to the in-process
 channel (``transport: embedded``, no Kafka). The model servers are small uvloop + httptools
 servers in processes of their own (``--upstream``, started from this file): production and a
-healthy candidate in one; in another (``nice``d, so that copying big bodies does not delay the
-normal answers) a second production that serves the big answers and takes the uploads, and a
-candidate whose every answer is ``--big-candidate-mib`` MiB.
+healthy candidate in one; in another (in the background, ``--attackers-sched``: copying big
+bodies must not delay the normal answers) a second production that serves the big answers
+and takes the uploads, and a candidate whose every answer is ``--big-candidate-mib`` MiB.
 
 Routes: ``/`` (100% mirrored to the healthy candidate: the normal load), ``/bigcand/`` (100%
 mirrored to the big candidate), ``/capture/`` (100% mirrored, ``capture.input: true``) and
 ``/heavy/`` (the second production, 100% mirrored to the healthy candidate).
 
 Each round has two phases of ``--seconds`` each: **clean** (normal load only) then **hostile**
-(the same normal load, plus the attackers in a process of their own, ``nice``d so that their
-CPU does not delay the normal clients' load generator). The normal load is its own process too:
+(the same normal load, plus the attackers in a process of their own, in the background:
+``--attackers-sched idle``, the default, runs them under SCHED_IDLE so that their CPU does not
+delay the normal clients' load generator, as attackers on other machines would not; ``nice``
+runs them at nice 10). The normal load is its own process too:
 ``--conns`` keep-alive connections POSTing a ~300-byte KServe-v1 body at a fixed total
 ``--rate`` (each connection on its own schedule), every request timed from write to its whole
 answer; bounded by the phase's length.
@@ -638,6 +640,16 @@ def read_metrics(admin: int) -> dict[str, float]:
     return out
 
 
+def background_prefix(sched: str) -> list[str]:
+    """The command prefix of the processes only the attacks use (the attackers, the model
+    servers of the big bodies), which share the load generator's core: ``idle`` runs them
+    under SCHED_IDLE, so a waking load generator, production or supervisor always preempts
+    them (their traffic is the same; on a real network it comes from other machines);
+    ``nice`` under nice 10, which still let them delay the load generator's own loop (its
+    lateness p99 doubled in hostile phases)."""
+    return ["chrt", "--idle", "0"] if sched == "idle" else ["nice", "-n", "10"]
+
+
 def worker_pids(root: int) -> list[int]:
     pids = []
     for pid in tree_pids(root)[1:]:
@@ -698,10 +710,12 @@ class Soak:
         print(text, flush=True)
         self.out.append(text)
 
-    def child(self, mode: str, spec: dict[str, Any], cpus: str | None, nice: int = 0) -> Any:
+    def child(
+        self, mode: str, spec: dict[str, Any], cpus: str | None, background: bool = False
+    ) -> Any:
         argv = [sys.executable, str(Path(__file__).resolve()), f"--{mode}", json.dumps(spec)]
-        if nice:
-            argv = ["nice", "-n", str(nice), *argv]
+        if background:
+            argv = [*background_prefix(self.a.attackers_sched), *argv]
         if cpus and not self.a.no_pin:
             argv = ["taskset", "-c", cpus, *argv]
         return subprocess.Popen(
@@ -736,7 +750,7 @@ class Soak:
                 "upload_mib": a.upload_mib, "hold": a.hold, "stop_readers": a.stop_readers,
                 "big_candidates": a.big_candidates,
             }  # fmt: skip
-            hostile = self.child("hostile", spec, LOAD_CPU, nice=10)
+            hostile = self.child("hostile", spec, LOAD_CPU, background=True)
         load = self.child("loadgen", load_spec, LOAD_CPU)
         met0 = read_metrics(admin)
         while time.time() < start_at:
@@ -998,6 +1012,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--settle", type=float, default=1.5, help="pause after each phase, s")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument(
+        "--attackers-sched",
+        choices=("idle", "nice"),
+        default="idle",
+        help="how the attackers and the model servers only they use share the load core: "
+        "SCHED_IDLE (they run when nothing else wants the core, as on machines of their own) "
+        "or nice 10",
+    )
     p.add_argument("--out", action="store_true", help="write benchmarks/results/hostile-soak-*")
     p.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     p.add_argument("--upstream", metavar="PORTS", help=argparse.SUPPRESS)
@@ -1033,11 +1055,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ups: dict[str, int] = {}
         # The normal load's model servers in one process; the ones that serve big bodies (the
-        # 8 MiB production answers, the uploads, the big candidate) in another, niced like the
-        # attackers, so that their copying does not delay the normal answers.
+        # 8 MiB production answers, the uploads, the big candidate) in another, in the
+        # background like the attackers, so that their copying does not delay the normal
+        # answers.
         for name, roles, nice in (
             ("upstreams", ("prod", "cand"), []),
-            ("heavy-upstreams", ("heavyprod", "bigcand"), ["nice", "-n", "10"]),
+            ("heavy-upstreams", ("heavyprod", "bigcand"), background_prefix(a.attackers_sched)),
         ):
             mine = {role: free_port() for role in roles}
             up = procs.start(
@@ -1087,6 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
             + f"; normal load {a.rate:g} req/s over {a.conns} keep-alive connections, 100% "
             f"mirrored; {a.rounds} rounds x (clean {a.seconds:g} s, hostile {a.seconds:g} s); "
             f"head_timeout_s {a.head_timeout:g}, max_connections {a.max_connections}; "
+            f"attackers and their model servers {a.attackers_sched} (--attackers-sched); "
             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
         )  # fmt: skip
         warm = {"port": port, "rate": a.rate, "conns": a.conns, "seconds": min(2.0, a.seconds),
