@@ -632,7 +632,7 @@ class Route(_Strict):
     """HTTP methods that are mirrored (a candidate that writes can do harm)."""
     capture: Capture = Capture()
     """What of the request is captured into records."""
-    drift: Drift = Field(default_factory=lambda: Drift())
+    drift: Drift = Field(default_factory=Drift)
     """Input fields monitored for drift."""
     policy: Policy = Policy()
     """How the verdict is reached."""

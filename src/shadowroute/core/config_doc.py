@@ -38,6 +38,9 @@ def _default(field: Any) -> str:
         return "**required**"
     value = field.default
     if value is PydanticUndefined:
+        factory = field.default_factory
+        if isinstance(factory, type) and issubclass(factory, BaseModel):
+            return "(section)"  # a section built fresh for each use
         return ""
     if isinstance(value, BaseModel):
         return "(section)"
