@@ -3,11 +3,12 @@ deterministic stand-ins (``llm_models.py``).
 
 Production answers right more often and slowly; the candidate answers faster, cheaper and
 wrong more often. An honest judge that knows the answers compares them (blinded, both orders),
-an embeddings server gives the answers' similarity, the built-in lexical embedder watches the
-prompts for drift, and the traffic moves from arithmetic to capitals half-way. Labels (the right
-answers) arrive late, as in the other scenarios, so production's own exact-match quality is
-monitored too. Expected: the candidate is held or rejected on the judge's interval, with its
-TTFT and cost ratios shown, and the topic shift is flagged by the prompts' embedding drift.
+an embeddings server gives the answers' similarity and embeds the prompts and answers watched
+for drift (``drift.embedding.endpoint``), and the traffic moves from arithmetic to capitals
+half-way. Labels (the right answers) arrive late, as in the other scenarios, so production's
+own exact-match quality is monitored too. Expected: the candidate is held or rejected on the
+judge's interval, with its TTFT and cost ratios shown, and the topic shift is flagged by the
+prompts' embedding drift.
 """
 
 from __future__ import annotations
@@ -157,6 +158,15 @@ def llm_config(
                 "outputs": True,
                 "dims": EMBED_DIMS,
                 "reference_size": 200,
+                # the texts are embedded by the embeddings server, as a real TEI, vLLM or
+                # Ollama would (here with the built-in lexical model)
+                "endpoint": {
+                    "url": url("embeddings"),
+                    "model": "hashing-lexical",
+                    "rate_per_s": 1000,
+                    "max_calls": 1_000_000,
+                    "timeout_s": 5,
+                },
             }
         },
         "policy": {
