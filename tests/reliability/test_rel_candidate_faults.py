@@ -111,6 +111,10 @@ async def test_candidate_fault_is_invisible_to_the_client(fault: str) -> None:
                 await run_load(
                     dp.port, lambda i: request, total=WARMUP, concurrency=CONCURRENCY, rate=RATE
                 )
+            # Up to 5 measurements: a real regression fails every one; on a shared 2-core
+            # machine the ``huge`` case (the proxy reads up to 1 MiB of each answer, on the
+            # clients' core, while the candidate's process pushes them) was over the bound
+            # three times in a row once in ~12 runs, and within it on the next.
             cmp = await compare_p99(
                 good_dp.port,
                 bad_dp.port,
@@ -118,6 +122,7 @@ async def test_candidate_fault_is_invisible_to_the_client(fault: str) -> None:
                 per_side=PER_SIDE,
                 rate=RATE,
                 concurrency=CONCURRENCY,
+                attempts=5,
             )
             await settle(bad_dp, timeout=timeout_s + 3)
             mirrors = {k[2]: v for k, v in bad_dp.stats.mirrors.items() if k[1] == "cand"}
