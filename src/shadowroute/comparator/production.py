@@ -777,26 +777,36 @@ class DriftBatch:
                 _apply_embedding(self._embed, self._emb, state)
 
 
+Run = list[tuple[list[Any], str, int]]
+"""One field's values of one window, in arrival order, with their request id and time."""
+
+
+def _window_runs(
+    items: list[tuple[int, int, list[Any], str, int]], field_index: int
+) -> list[tuple[int, Run]]:
+    """The values of one field, in arrival order, cut into runs of one window."""
+    runs: list[tuple[int, Run]] = []
+    for w, f, values, rid, ts in items:
+        if f != field_index:
+            continue
+        if not runs or runs[-1][0] != w:
+            runs.append((w, []))
+        runs[-1][1].append((values, rid, ts))
+    return runs
+
+
 def _apply_embedding(
     plan: EmbeddingPlan, items: list[tuple[int, int, list[Any], str, int]], state: ProductionState
 ) -> None:
     """Embed each field's values per run of one window (in arrival order) and add them."""
     cfg = plan.cfg
     for i, name in enumerate(plan.names):
-        window: int | None = None
-        texts: list[str] = []
-        vectors: list[list[float]] = []
-        counts: dict[str, int] = {}
-        for w, field_index, values, _, _ in items:
-            if field_index != i:
-                continue
-            if w != window and window is not None:
-                x = embed_items(plan.model, texts, vectors, counts)
-                state.add_embedding(name, window, x, plan, counts)
-                texts, vectors, counts = [], [], {}
-            window = w
-            split_items(values, cfg.dims, cfg.max_chars, cfg.max_items, texts, vectors, counts)
-        if window is not None:
+        for window, run in _window_runs(items, i):
+            texts: list[str] = []
+            vectors: list[list[float]] = []
+            counts: dict[str, int] = {}
+            for values, _, _ in run:
+                split_items(values, cfg.dims, cfg.max_chars, cfg.max_items, texts, vectors, counts)
             x = embed_items(plan.model, texts, vectors, counts)
             state.add_embedding(name, window, x, plan, counts)
 
@@ -812,32 +822,24 @@ def _endpoint_embedding(
     fraction = plan.endpoint.sample_fraction
     jobs: dict[str, tuple[int, dict[str, list[str]]]] = {}
     for i, name in enumerate(plan.names):
-        window: int | None = None
-        vectors: list[list[float]] = []
-        counts: dict[str, int] = {}
-        for w, field_index, values, rid, ts in items:
-            if field_index != i:
-                continue
-            if w != window and window is not None:
-                state.add_embedding(name, window, embed_items(plan.model, [], vectors, counts),
-                                    plan, counts)  # fmt: skip
-                vectors, counts = [], {}
-            window = w
-            texts: list[str] = []
-            split_items(values, cfg.dims, cfg.max_chars, cfg.max_items, texts, vectors, counts)
-            kept = [t for t in texts if t.strip()]
-            if len(kept) < len(texts):
-                counts["empty"] = counts.get("empty", 0) + len(texts) - len(kept)
-            if not kept:
-                continue
-            if not assess_sampled(rid, fraction, "embedding_drift"):
-                counts["unsampled"] = counts.get("unsampled", 0) + len(kept)
-                continue
-            job = jobs.get(rid)
-            if job is None:
-                job = jobs[rid] = (ts, {})
-            job[1].setdefault(name, []).extend(kept)
-        if window is not None:
+        for window, run in _window_runs(items, i):
+            vectors: list[list[float]] = []
+            counts: dict[str, int] = {}
+            for values, rid, ts in run:
+                texts: list[str] = []
+                split_items(values, cfg.dims, cfg.max_chars, cfg.max_items, texts, vectors, counts)
+                kept = [t for t in texts if t.strip()]
+                if len(kept) < len(texts):
+                    counts["empty"] = counts.get("empty", 0) + len(texts) - len(kept)
+                if not kept:
+                    continue
+                if not assess_sampled(rid, fraction, "embedding_drift"):
+                    counts["unsampled"] = counts.get("unsampled", 0) + len(kept)
+                    continue
+                job = jobs.get(rid)
+                if job is None:
+                    job = jobs[rid] = (ts, {})
+                job[1].setdefault(name, []).extend(kept)
             x = embed_items(plan.model, [], vectors, counts)
             state.add_embedding(name, window, x, plan, counts)
     route = state.route

@@ -118,10 +118,15 @@ def decode_assessment(value: bytes) -> AssessmentRecord:
     return _assessment(obj)
 
 
-def _assessment(obj: dict[str, Any]) -> AssessmentRecord:
+def _rid(obj: dict[str, Any]) -> str:
     rid = _req(obj, "id")
     if not is_valid_id(rid):
         raise RecordError("bad_type:id" if not isinstance(rid, str) else "bad_value:id")
+    return str(rid)
+
+
+def _assessment(obj: dict[str, Any]) -> AssessmentRecord:
+    rid = _rid(obj)
     route, cand = _text(obj, "route"), _text(obj, "candidate")
     revision = _req(obj, "revision")
     if not isinstance(revision, str):
@@ -304,9 +309,7 @@ def decode_embedding(value: bytes) -> EmbeddingRecord:
 
 
 def _embedding(obj: dict[str, Any]) -> EmbeddingRecord:
-    rid = _req(obj, "id")
-    if not is_valid_id(rid):
-        raise RecordError("bad_type:id" if not isinstance(rid, str) else "bad_value:id")
+    rid = _rid(obj)
     route = _text(obj, "route")
     ts = _req(obj, "ts")
     if type(ts) is not int:
