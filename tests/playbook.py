@@ -1,8 +1,9 @@
 """Playbooks for the data plane, without sockets: the real protocol objects (a client's
 ``ClientConnection``, production's pooled ``UpstreamConnection``) on transports that only
 record. A test feeds raw client bytes and raw production bytes in, and reads what each side
-was sent, and whether it was closed or paused. The event loop is never run: no timer fires,
-no socket is opened; production connections are handed to the pool ready-made.
+was sent, and whether it was closed or paused. The event loop runs only when a test asks for
+a turn (``turn``): no timer fires, no socket is opened; production connections are handed to
+the pool ready-made.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Playbook:
     """One client connection through the data plane to production, played by hand."""
 
     def __init__(self, config: Config) -> None:
-        self.loop = asyncio.new_event_loop()  # never run
+        self.loop = asyncio.new_event_loop()  # run a turn at a time, on request
         self.stats = DataPlaneStats()
         self.queue = RecordQueue(config.records.queue_size)
         self.recorder = Recorder(self.loop, self.queue, self.stats)
@@ -120,6 +121,12 @@ class Playbook:
     def production_sends(self, data: bytes, index: int = -1) -> None:
         conn, _ = self.upstreams[index]
         conn.data_received(data)
+        self._settle()
+
+    def turn(self) -> None:
+        """One turn of the event loop: what the data plane scheduled with ``call_soon`` runs
+        (no timer fires)."""
+        self.loop.run_until_complete(asyncio.sleep(0))
         self._settle()
 
     def upstream(self, index: int = -1) -> Recording:

@@ -36,6 +36,7 @@ from shadowroute.dataplane.recorder import Pairing, Recorder
 from shadowroute.dataplane.rewrite import Rewriter
 from shadowroute.dataplane.stats import LatencyHistogram
 from shadowroute.dataplane.upstream import (
+    BULK_READ,
     Exchange,
     Outcome,
     UpstreamConnection,
@@ -734,6 +735,8 @@ class ClientConnection:
         self._reject = None
 
     def data_received(self, data: bytes) -> None:
+        if len(data) >= BULK_READ:
+            self._take_turns()
         if self.tunnel is not None:
             up = self.tunnel.prod
             if up is not None:
@@ -890,6 +893,19 @@ class ClientConnection:
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+
+    def _take_turns(self) -> None:
+        """After a long read (an upload), let the loop serve the other connections before
+        this one reads again (``upstream.BULK_READ``)."""
+        t = self.transport
+        if t is not None and not self.paused:
+            t.pause_reading()
+            self.proxy.loop.call_soon(self._turn_again)
+
+    def _turn_again(self) -> None:
+        t = self.transport
+        if t is not None and not self.paused:
+            t.resume_reading()
 
     def pause_reading(self) -> None:
         if not self.paused and self.transport is not None:

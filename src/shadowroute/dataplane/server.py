@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import socket
+from collections.abc import Iterator
 from typing import cast
 
 from shadowroute.core.config import Config
@@ -26,6 +27,7 @@ from shadowroute.stream.sink import Sink
 log = logging.getLogger("shadowroute.dataplane")
 
 SWEEP_BATCH = 32
+SWEEP_SLICE = 128
 """Connections the idle sweep refuses or closes per turn of the event loop at most."""
 
 
@@ -138,30 +140,44 @@ class DataPlane:
         log.info("proxy listening on %s:%d", self.config.listen.host, self.port)
 
     sweep_batch = SWEEP_BATCH
+    sweep_slice = SWEEP_SLICE
 
     async def _sweep_idle(self) -> None:
-        """Close idle keep-alive connections, and refuse (408) heads that take too long.
-
-        At most ``sweep_batch`` connections are refused or closed per turn of the event
-        loop: a flood of idle connections opened together times out together, and refusing
-        800 of them in one turn (an answer, a write and a shutdown each) held every other
-        client up for several milliseconds."""
-        assert self.proxy is not None
+        """Close idle keep-alive connections, and refuse (408) heads that take too long, a
+        turn of the event loop at a time (``sweep_turns``)."""
         idle_s = self.config.proxy.idle_timeout_s
         head_s = self.config.proxy.head_timeout_s
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(1.0, idle_s / 2, head_s / 2))
-            now = asyncio.get_running_loop().time()
-            acted = 0
-            for conn in list(self.proxy.connections):
-                if conn.linger_expired(now) or conn.head_timeout(now):
-                    acted += 1
-                elif conn.idle and now - conn.last_active > idle_s:
-                    conn.close()
-                    acted += 1
-                if acted >= self.sweep_batch:
-                    acted = 0
-                    await asyncio.sleep(0)  # the other clients' reads and writes first
+            for _ in self.sweep_turns(loop.time()):
+                await asyncio.sleep(0)  # the other clients' reads and writes first
+
+    def sweep_turns(self, now: float) -> Iterator[int]:
+        """One sweep of the open connections, cut into turns of the event loop: yields after
+        each turn the number of connections it looked at. A turn looks at no more than
+        ``sweep_slice`` connections and refuses or closes no more than ``sweep_batch``: a
+        flood of idle connections opened together times out together, and refusing 800 of
+        them in one turn (an answer, a write and a shutdown each) held every other client up
+        for several milliseconds; merely looking at 850 open ones each second, for 1-2 ms."""
+        assert self.proxy is not None
+        idle_s = self.config.proxy.idle_timeout_s
+        conns = list(self.proxy.connections)
+        looked = acted = 0
+        for conn in conns:
+            looked += 1
+            if conn.transport is None:
+                pass  # closed during an earlier turn of this sweep
+            elif conn.linger_expired(now) or conn.head_timeout(now):
+                acted += 1
+            elif conn.idle and now - conn.last_active > idle_s:
+                conn.close()
+                acted += 1
+            if acted >= self.sweep_batch or looked >= self.sweep_slice:
+                yield looked
+                looked = acted = 0
+        if looked:
+            yield looked
 
     def set_mirroring(self, enabled: bool) -> None:
         self.mirroring = enabled

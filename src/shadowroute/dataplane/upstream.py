@@ -23,6 +23,11 @@ from shadowroute.dataplane.deadlines import Deadlines
 from shadowroute.dataplane.planner import UpstreamTarget
 
 MAX_RESPONSE_HEAD: Final = 64 << 10
+# A read at least this long means more may be waiting. Given the chance, the loop (libuv) goes
+# on reading the same socket, up to 32 reads of 256 kB in one wakeup: one upload or one big
+# answer then holds every other connection of the worker for milliseconds. After such a read
+# the connection stops reading until the loop has served the others (``_take_turns``).
+BULK_READ: Final = 64 << 10
 KEEP_ALIVE: Final = b"\r\nkeep-alive:"
 # Bound once: a module attribute looked up on every use costs more than the use.
 _monotonic: Final = time.monotonic
@@ -266,6 +271,8 @@ class UpstreamConnection:
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
+        if len(data) >= BULK_READ:
+            self._take_turns()
         if self.tunnel is not None:
             self.tunnel.on_tunnel(data)
             return
@@ -512,6 +519,18 @@ class UpstreamConnection:
             self.sent = n
             if n <= keepalive.REPLAY_MAX:
                 self.replay.append(data)
+
+    def _take_turns(self) -> None:
+        """Let the loop serve other connections before this one reads again."""
+        t = self.transport
+        if t is not None and not self.read_paused:
+            t.pause_reading()
+            self.pool.loop.call_soon(self._turn_again)
+
+    def _turn_again(self) -> None:
+        t = self.transport
+        if t is not None and not self.read_paused and not self._closed:
+            t.resume_reading()
 
     def pause_reading(self) -> None:
         """Stop reading the answer (the client is slow to read it)."""

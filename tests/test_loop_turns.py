@@ -1,0 +1,90 @@
+"""One connection's bulk bytes take turns with the others (playbooks, without sockets).
+
+Given a readable socket, the event loop (libuv) reads it again and again in one wakeup, up to
+32 reads of 256 kB: one upload, or one big answer from production or a candidate, then holds
+every other connection of the worker for milliseconds. After a read of ``BULK_READ`` bytes or
+more the data plane stops reading that connection until the loop has had a turn, and reads
+it again then, unless it was paused meanwhile for a reason of its own (backpressure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from playbook import Playbook, split_request
+from proxyutil import make_config
+from shadowroute.dataplane.upstream import BULK_READ
+
+CONFIG = make_config("http://127.0.0.1:9000")
+
+
+@pytest.fixture
+def pb() -> Iterator[Playbook]:
+    p = Playbook(CONFIG)
+    yield p
+    p.close()
+
+
+def upload_head(length: int) -> bytes:
+    return b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % length
+
+
+def test_a_long_client_read_gives_the_loop_a_turn_then_reads_on(pb: Playbook) -> None:
+    body = b"u" * (3 * BULK_READ)
+    pb.client_sends(upload_head(len(body)) + body[:BULK_READ])
+    assert pb.client_t.paused  # until the loop served the others
+    pb.turn()
+    assert not pb.client_t.paused
+    pb.client_sends(body[BULK_READ:])
+    pb.turn()
+    pb.production_sends(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    _, _, sent = split_request(bytes(pb.upstream().sent))
+    assert sent == body  # every byte forwarded, in order
+    assert pb.client_t.sent.startswith(b"HTTP/1.1 200 OK") and not pb.client_t.paused
+
+
+def test_short_reads_never_pause(pb: Playbook) -> None:
+    body = b"u" * (BULK_READ - 1)
+    pb.client_sends(upload_head(len(body)))
+    pb.client_sends(body)
+    assert not pb.client_t.paused
+    pb.production_sends(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    assert not pb.upstream().paused
+
+
+def test_a_client_paused_for_backpressure_stays_paused_after_its_turn(pb: Playbook) -> None:
+    """The turn ends; the proxy's own reason to pause (pipelined requests over the bound)
+    does not: only that reason's end resumes it."""
+    get = b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n"
+    pipelined = get * 34
+    pb.client_sends(pipelined + b"x-pad: " + b"p" * BULK_READ)
+    assert pb.client_t.paused
+    pb.turn()
+    assert pb.client_t.paused and pb.client.paused
+
+
+def test_a_long_answer_from_production_takes_turns(pb: Playbook) -> None:
+    pb.client_sends(b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n")
+    answer = b"a" * (2 * BULK_READ)
+    pb.production_sends(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(answer))
+    pb.production_sends(answer[:BULK_READ])
+    assert pb.upstream().paused
+    pb.turn()
+    assert not pb.upstream().paused
+    pb.production_sends(answer[BULK_READ:])
+    pb.turn()
+    assert pb.client_t.sent.endswith(answer)
+    assert not pb.upstream().paused and not pb.upstream().closed  # pooled, reading
+
+
+def test_production_paused_for_a_slow_client_stays_paused_after_its_turn(pb: Playbook) -> None:
+    pb.client_sends(b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n")
+    pb.production_sends(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (4 * BULK_READ))
+    pb.production_sends(b"a" * BULK_READ)
+    pb.client.pause_writing()  # the client's socket is full: stop reading production
+    pb.turn()
+    assert pb.upstream().paused
+    pb.client.resume_writing()
+    assert not pb.upstream().paused
