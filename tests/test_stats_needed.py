@@ -8,8 +8,8 @@ import pytest
 
 from shadowroute.core.config import Policy
 from shadowroute.core.stats.confseq import AsymState, eb_path
-from shadowroute.core.stats.needed import NeededMemo, observations_needed
-from shadowroute.core.stats.paired import PairedMetric
+from shadowroute.core.stats.needed import NeededMemo, _end, _scaled, observations_needed
+from shadowroute.core.stats.paired import METRICS, PairedMetric
 from shadowroute.core.stats.policy import decide, dominant_error, metric_alpha
 
 ALPHA = 0.05 / 4  # a guardrail's share under the default policy
@@ -248,3 +248,27 @@ def test_a_verdict_with_the_memo_is_the_verdict_without() -> None:
             )
             assert again == plain
     assert memo.hits >= 5
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in METRICS.items() if s.bounded))
+def test_one_end_is_the_intervals_end_bit_for_bit(name: str) -> None:
+    """The estimate computes only the end it reads (half the root solves); that end must be
+    the interval's own, exactly, at every scale and level the estimate reads it."""
+    rng = np.random.default_rng(17)
+    lo, hi, _ = METRICS[name].range
+    k = METRICS[name].scale
+    for trial in range(40):
+        m = PairedMetric.create(name, ALPHA)
+        n = int(rng.integers(1, 3000))
+        if name in ("error_rate", "timeout_rate", "availability"):
+            m.update(rng.random(n) < 0.1, rng.random(n) < rng.uniform(0.0, 0.3))
+        else:
+            a = rng.uniform(lo / k if lo >= 0 else 0.0, 1.0, n)
+            d = np.clip(rng.normal(0.02 * (trial % 5 - 2), 0.3, n), lo / k, hi / k)
+            m.update(np.clip(a, 0, 1), np.clip(a - d, 0, 1))
+        for at in (m.n, m.n * 3, m.n * 1000 + 7):
+            scaled = _scaled(m, at)
+            for alpha in (ALPHA, 0.05, 0.001):
+                lower, upper = scaled.interval(alpha)
+                assert _end(scaled, alpha, True) == lower
+                assert _end(scaled, alpha, False) == upper
