@@ -1098,10 +1098,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ups: dict[str, int] = {}
         # The normal load's model servers in one process; the ones that serve big bodies (the
-        # 8 MiB production answers, the uploads, the big candidate) in another, in the
-        # background like the attackers, so that their copying does not delay the normal
-        # answers.
-        for name, roles, nice in (
+        # 8 MiB production answers, the uploads, the big candidate, the capturing route) in
+        # another, in the background like the attackers, so that their copying does not delay
+        # the normal answers.
+        for name, roles, prefix in (
             ("upstreams", ("prod", "cand"), []),
             (
                 "heavy-upstreams",
@@ -1113,7 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
             up = procs.start(
                 name,
                 [
-                    *nice,
+                    *prefix,
                     sys.executable,
                     str(Path(__file__).resolve()),
                     "--upstream",

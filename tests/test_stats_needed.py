@@ -8,7 +8,7 @@ import pytest
 
 from shadowroute.core.config import Policy
 from shadowroute.core.stats.confseq import AsymState, eb_path
-from shadowroute.core.stats.needed import NeededMemo, _end, _scaled, observations_needed
+from shadowroute.core.stats.needed import NeededMemo, _scaled, observations_needed
 from shadowroute.core.stats.paired import METRICS, PairedMetric
 from shadowroute.core.stats.policy import decide, dominant_error, metric_alpha
 
@@ -270,5 +270,5 @@ def test_one_end_is_the_intervals_end_bit_for_bit(name: str) -> None:
             scaled = _scaled(m, at)
             for alpha in (ALPHA, 0.05, 0.001):
                 lower, upper = scaled.interval(alpha)
-                assert _end(scaled, alpha, True) == lower
-                assert _end(scaled, alpha, False) == upper
+                assert scaled.end(alpha, lower=True) == lower
+                assert scaled.end(alpha, lower=False) == upper

@@ -27,8 +27,9 @@ from shadowroute.stream.sink import Sink
 log = logging.getLogger("shadowroute.dataplane")
 
 SWEEP_BATCH = 32
-SWEEP_SLICE = 128
 """Connections the idle sweep refuses or closes per turn of the event loop at most."""
+SWEEP_SLICE = 128
+"""Connections the idle sweep looks at per turn of the event loop at most."""
 
 
 class PortInUse(OSError):
@@ -159,7 +160,7 @@ class DataPlane:
         ``sweep_slice`` connections and refuses or closes no more than ``sweep_batch``: a
         flood of idle connections opened together times out together, and refusing 800 of
         them in one turn (an answer, a write and a shutdown each) held every other client up
-        for several milliseconds; merely looking at 850 open ones each second, for 1-2 ms."""
+        for several milliseconds; merely looking at 850 open ones takes ~0.4 ms."""
         assert self.proxy is not None
         idle_s = self.config.proxy.idle_timeout_s
         conns = list(self.proxy.connections)

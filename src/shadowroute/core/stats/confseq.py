@@ -178,19 +178,39 @@ def eb_interval(
 
     Always contains the estimate ``total/n``; ``(lo, hi)`` before any observation.
     """
+    lower = eb_end(n, total, total_sq, alpha, lower=True, lo=lo, hi=hi, centre=centre, v_opt=v_opt)
+    upper = eb_end(n, total, total_sq, alpha, lower=False, lo=lo, hi=hi, centre=centre, v_opt=v_opt)
+    return lower, upper
+
+
+def eb_end(
+    n: int,
+    total: float,
+    total_sq: float,
+    alpha: float,
+    *,
+    lower: bool,
+    lo: float = -1.0,
+    hi: float = 1.0,
+    centre: float = 0.0,
+    v_opt: float = DEFAULT_V_OPT,
+) -> float:
+    """One end of ``eb_interval`` (the lower one when ``lower``): each end is a root solve of
+    its own, and a reader that needs one end (the observations-needed estimate) pays for one.
+    """
     _check_range(lo, hi, centre)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if n <= 0:
-        return lo, hi
+        return lo if lower else hi
     v = max(total_sq - 2.0 * centre * total + n * centre * centre, 0.0)
     side = alpha / 2.0
-    down = mixture_bound(v, side, bet_mixture(centre - lo, side, v_opt))
-    up = mixture_bound(v, side, bet_mixture(hi - centre, side, v_opt))
     mean = total / n
-    lower = max(lo, min(mean, mean - down / n))
-    upper = min(hi, max(mean, mean + up / n))
-    return lower, upper
+    if lower:
+        down = mixture_bound(v, side, bet_mixture(centre - lo, side, v_opt))
+        return max(lo, min(mean, mean - down / n))
+    up = mixture_bound(v, side, bet_mixture(hi - centre, side, v_opt))
+    return min(hi, max(mean, mean + up / n))
 
 
 def eb_path(

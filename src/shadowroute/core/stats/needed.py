@@ -14,7 +14,7 @@ the real sequence until it decides and check the estimate within a factor). When
 sits on the threshold no ``N`` ever decides: there is no estimate, and the answer says so.
 Computed when a verdict is read, never per pair; ``NeededMemo`` keeps the answers for sums
 that did not move, since verdicts are read again after every batch; and each step computes only
-the end of the interval it reads (``_end``: half the root solves, the same figures).
+the end of the interval it reads (``PairedMetric.end``: half the root solves).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from shadowroute.core.stats.confseq import AsymState, bet_mixture, mixture_bound
+from shadowroute.core.stats.confseq import AsymState
 from shadowroute.core.stats.paired import PairedMetric
 
 __all__ = ["MAX_NEEDED", "Needed", "NeededMemo", "observations_needed"]
@@ -64,29 +64,6 @@ def _scaled(metric: PairedMetric, n: int) -> PairedMetric:
     )
 
 
-def _end(metric: PairedMetric, alpha: float, lower: bool) -> float:
-    """One end of ``metric.interval(alpha)``, equal to it bit for bit, with only that end
-    computed: a bounded metric's two ends are two root solves (``confseq.mixture_bound``,
-    ~80 µs each) and the estimate reads one, a dozen times per estimate. The arithmetic is
-    ``PairedMetric.interval``'s and ``confseq.eb_interval``'s, step for step (the tests
-    compare the two on every bounded metric)."""
-    if not metric.spec.bounded or metric.n <= 0:
-        ends = metric.interval(alpha)
-        return ends[0] if lower else ends[1]
-    k = metric.spec.scale
-    lo, hi, centre = metric.spec.range
-    n = metric.n
-    total = metric.diff_sum * k
-    side = 2.0 * alpha / 2.0  # eb_interval's alpha/2 of interval's 2·alpha
-    v = max(metric.diff_sq * k * k - 2.0 * centre * total + n * centre * centre, 0.0)
-    mean = total / n
-    if lower:
-        down = mixture_bound(v, side, bet_mixture(centre - lo, side, metric.v_opt))
-        return max(lo, min(mean, mean - down / n)) / k
-    up = mixture_bound(v, side, bet_mixture(hi - centre, side, metric.v_opt))
-    return min(hi, max(mean, mean + up / n)) / k
-
-
 def observations_needed(
     metric: PairedMetric | None, threshold: float, alpha: float, *, min_n: int = 0
 ) -> Needed:
@@ -106,12 +83,8 @@ def observations_needed(
     above = estimate > threshold
 
     def decided(at: int) -> bool:
-        scaled = _scaled(metric, at)
-        return (
-            _end(scaled, alpha, True) > threshold
-            if above
-            else _end(scaled, alpha, False) < threshold
-        )
+        end = _scaled(metric, at).end(alpha, lower=above)  # the end that must pass
+        return end > threshold if above else end < threshold
 
     lo, hi = n, n
     if not decided(n):

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from shadowroute.core.stats.confseq import DEFAULT_V_OPT, AsymState, eb_interval
+from shadowroute.core.stats.confseq import DEFAULT_V_OPT, AsymState, eb_end
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 MetricKind = Literal["paired", "rate"]
@@ -301,23 +301,32 @@ class PairedMetric:
         ``(1 − 2·alpha)`` CS. Unbounded metrics: the two-sided ``(1 − alpha)`` asymptotic CS,
         whose ends are therefore each at least as strict.
         """
-        level = self.alpha if alpha is None else alpha
         if self.spec.bounded:
-            k = self.spec.scale
-            lo, hi, centre = self.spec.range
-            lower, upper = eb_interval(
-                self.n,
-                self.diff_sum * k,
-                self.diff_sq * k * k,
-                2.0 * level,
-                lo=lo,
-                hi=hi,
-                centre=centre,
-                v_opt=self.v_opt,
-            )
-            return lower / k, upper / k
+            return self.end(alpha, lower=True), self.end(alpha, lower=False)
         assert self.asym is not None
-        return self.asym.interval(level, self.t_opt)
+        return self.asym.interval(self.alpha if alpha is None else alpha, self.t_opt)
+
+    def end(self, alpha: float | None = None, *, lower: bool) -> float:
+        """One end of ``interval`` (the lower one when ``lower``), equal to it: a bounded
+        metric's ends are a root solve each, and a reader of one end pays for one."""
+        level = self.alpha if alpha is None else alpha
+        if not self.spec.bounded:
+            ends = self.interval(level)
+            return ends[0] if lower else ends[1]
+        k = self.spec.scale
+        lo, hi, centre = self.spec.range
+        at = eb_end(
+            self.n,
+            self.diff_sum * k,
+            self.diff_sq * k * k,
+            2.0 * level,
+            lower=lower,
+            lo=lo,
+            hi=hi,
+            centre=centre,
+            v_opt=self.v_opt,
+        )
+        return at / k
 
     def summary(self) -> dict[str, float | int | None]:
         """``estimate, lower, upper, n, prod_mean, cand_mean`` (means NaN when empty)."""
