@@ -19,15 +19,20 @@ import ctypes
 import platform
 from typing import Final
 
+M_TRIM_THRESHOLD: Final = -1
 M_MMAP_THRESHOLD: Final = -3
 MMAP_THRESHOLD: Final = 1 << 20
 """Blocks of at least this many bytes are mmap'd (and returned when freed). Above the 256 KiB
 socket reads, so streaming a body does not map and unmap a block per read."""
 
 
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes for this process; False (nothing
-    done) on another C library or when glibc refuses."""
+TRIM_THRESHOLD: Final = 4 << 20
+"""Free memory at the top of the heap is given back to the system once it exceeds this."""
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD, trim: int = TRIM_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes and its trim threshold at ``trim``
+    bytes for this process; False (nothing done) on another C library or when glibc refuses."""
     if platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -37,4 +42,4 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim))
