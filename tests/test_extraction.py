@@ -18,10 +18,13 @@ from shadowroute.core.config import Route
 from shadowroute.core.extraction import (
     MAX_DECODED_BYTES,
     REASONS,
+    SCAN_CHUNK,
     ExtractError,
     compile_path,
     decode_body,
     extract,
+    json_values_bound,
+    over_json_values,
 )
 
 
@@ -685,3 +688,29 @@ def test_tolerant_parse_big_numbers() -> None:
     assert reason_of(make_route("tfserving", "regression"), huge) == "bad_value"
     big_class = b'{"predictions": [NaN, 99999999999999999999999]}'
     assert reason_of(make_route("tfserving", "classification"), big_class) == "bad_value"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    head=st.binary(max_size=300),
+    fill=st.sampled_from([b"", b"1,", b"[", b"{", b" ", b'"a",']),
+    repeat=st.integers(0, 3 * SCAN_CHUNK // 2),
+    tail=st.binary(max_size=300),
+    limit=st.integers(0, 3 * SCAN_CHUNK),
+)
+def test_the_chunked_scan_answers_as_the_whole_bound_would(
+    head: bytes, fill: bytes, repeat: int, tail: bytes, limit: int
+) -> None:
+    """The scan stops early, chunk by chunk; its answer is the whole body's bound against the
+    limit, whatever the chunks' edges cut."""
+    body = head + fill * repeat + tail
+    expected = 0 < limit < len(body) and json_values_bound(body) > limit
+    assert over_json_values(body, limit) is expected
+
+
+def test_a_body_of_many_tiny_values_is_refused_from_its_first_chunks() -> None:
+    body = b'{"instances": [' + b",".join(b"[1]" for _ in range(250_000)) + b"]}"
+    assert over_json_values(body, 100_000)
+    # The same bound crossed in the first chunk, then megabytes of one value: refused too.
+    assert over_json_values(b"[" + b"1," * SCAN_CHUNK + b"1" + b" " * (8 << 20) + b"]", 1000)
+    assert not over_json_values(b"[" + b"1," * 998 + b"1" + b" " * (8 << 20) + b"]", 1000)
