@@ -10,16 +10,16 @@ import sys
 
 import pytest
 
-from shadowroute.dataplane.malloc import fix_mmap_threshold
+from shadowroute.dataplane.malloc import fix_malloc_thresholds
 
 # Allocates an 8 MiB body once (mmap'd under the default threshold, which then rises to
 # 8 MiB), then again with a small block allocated after it (so the heap's top stays in use),
 # frees it and prints how much the resident set kept, in KiB.
 SCRIPT = """
 import sys
-from shadowroute.dataplane.malloc import fix_mmap_threshold
+from shadowroute.dataplane.malloc import fix_malloc_thresholds
 if sys.argv[1] == "fixed":
-    assert fix_mmap_threshold()
+    assert fix_malloc_thresholds()
 def rss_kib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4
@@ -56,7 +56,7 @@ def test_a_freed_big_body_is_given_back_with_the_fixed_threshold() -> None:
 @glibc
 def test_fixing_the_threshold_reports_success() -> None:
     # A subprocess would do as well; setting it here is harmless (blocks of >= 1 MiB mmap'd).
-    assert fix_mmap_threshold()
+    assert fix_malloc_thresholds()
 
 
 # Streams 40 bodies of 1 MiB through the heap in 256 KiB blocks (a socket read each) with a
@@ -64,9 +64,9 @@ def test_fixing_the_threshold_reports_success() -> None:
 # and prints the page faults that took, from the second body on.
 STREAM = """
 import resource, sys
-from shadowroute.dataplane.malloc import fix_mmap_threshold
+from shadowroute.dataplane.malloc import fix_malloc_thresholds
 if sys.argv[1] == "fixed":
-    assert fix_mmap_threshold()
+    assert fix_malloc_thresholds()
 pins = []
 def burst():
     reads = [bytes(256 << 10) for _ in range(4)]

@@ -30,7 +30,7 @@ TRIM_THRESHOLD: Final = 4 << 20
 """Free memory at the top of the heap is given back to the system once it exceeds this."""
 
 
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD, trim: int = TRIM_THRESHOLD) -> bool:
+def fix_malloc_thresholds(threshold: int = MMAP_THRESHOLD, trim: int = TRIM_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold at ``threshold`` bytes and its trim threshold at ``trim``
     bytes for this process; False (nothing done) on another C library or when glibc refuses."""
     if platform.libc_ver()[0] != "glibc":

@@ -212,9 +212,9 @@ def _worker_main(
 ) -> None:
     import uvloop
 
-    from shadowroute.dataplane.malloc import fix_mmap_threshold
+    from shadowroute.dataplane.malloc import fix_malloc_thresholds
 
-    fix_mmap_threshold()  # multi-MiB bodies go back to the system when freed
+    fix_malloc_thresholds()  # multi-MiB bodies go back when freed; a streamed heap top stays
     if supervisor is not None:
         _die_with(supervisor)
     # Close the supervisor's ends of the other workers' channels that the fork copied here,
