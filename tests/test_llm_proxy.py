@@ -204,6 +204,7 @@ async def test_a_prompt_too_large_to_count_is_left_uncounted_and_counted() -> No
         async with running_proxy(cfg) as (dp, sink):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dp.port}") as client:
                 assert (await client.post("/v1/chat/completions", content=body)).status_code == 200
+                await settle(dp, timeout=5.0)  # records in request order
                 small = await client.post("/v1/chat/completions", content=chat(False))
                 assert small.status_code == 200
             await settle(dp, timeout=5.0)
@@ -228,7 +229,9 @@ async def test_completions_streamed_and_whole() -> None:
                         doc["stream_options"] = {"include_usage": True}
                     r = await client.post("/v1/completions", content=orjson.dumps(doc))
                     assert r.status_code == 200
-            await settle(dp, timeout=5.0)
+                    # the streamed candidate may still be streaming when the client has
+                    # production's whole answer: settle so the records come in request order
+                    await settle(dp, timeout=5.0)
             streamed, whole = sink.decoded()
     words = len(PROMPT.split())
     for rec, is_stream in ((streamed, True), (whole, False)):
