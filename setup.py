@@ -20,6 +20,7 @@ from setuptools import setup
 HOT_PATH = [
     "src/shadowroute/dataplane/http1.py",
     "src/shadowroute/dataplane/deadlines.py",
+    "src/shadowroute/dataplane/turns.py",
     "src/shadowroute/dataplane/keepalive.py",
     "src/shadowroute/dataplane/upstream.py",
     "src/shadowroute/dataplane/mirror.py",

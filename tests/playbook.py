@@ -129,6 +129,13 @@ class Playbook:
         self.loop.run_until_complete(asyncio.sleep(0))
         self._settle()
 
+    def iteration(self) -> None:
+        """Exactly one iteration of the event loop: the callbacks ready now run, and what they
+        schedule waits for the next."""
+        self.loop.call_soon(self.loop.stop)
+        self.loop.run_forever()
+        self._settle()
+
     def upstream(self, index: int = -1) -> Recording:
         return self.upstreams[index][1]
 

@@ -9,12 +9,15 @@ it again then, unless it was paused meanwhile for a reason of its own (backpress
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
-from playbook import Playbook, split_request
+from playbook import Playbook, Recording, split_request
 from proxyutil import make_config
+from shadowroute.dataplane.proxy import ClientConnection
+from shadowroute.dataplane.turns import BulkTurns
 from shadowroute.dataplane.upstream import BULK_READ
 
 CONFIG = make_config("http://127.0.0.1:9000")
@@ -88,3 +91,62 @@ def test_production_paused_for_a_slow_client_stays_paused_after_its_turn(pb: Pla
     assert pb.upstream().paused
     pb.client.resume_writing()
     assert not pb.upstream().paused
+
+
+def test_long_readers_read_again_one_per_turn(pb: Playbook) -> None:
+    """Three uploads at once: after their long reads, one of them reads again per turn of the
+    loop, oldest first, so a turn copies one chunk of theirs, not three."""
+    clients = [(pb.client, pb.client_t)]
+    for _ in range(2):
+        pb.ready_upstream()
+        conn = ClientConnection(pb.proxy)
+        t = Recording()
+        conn.connection_made(t)
+        clients.append((conn, t))
+    body = b"u" * (4 * BULK_READ)
+    for conn, _ in clients:
+        conn.data_received(upload_head(len(body)) + body[:BULK_READ])
+    assert [t.paused for _, t in clients] == [True, True, True]
+    assert len(pb.proxy.turns) == 3
+    for i in range(3):
+        pb.iteration()
+        assert [t.paused for _, t in clients] == [j > i for j in range(3)]
+    assert len(pb.proxy.turns) == 0
+    # each reads its next chunk; they queue again, in the order they read
+    for conn, _ in reversed(clients):
+        conn.data_received(body[BULK_READ : 2 * BULK_READ])
+    pb.iteration()
+    assert [t.paused for _, t in clients] == [True, True, False]
+
+
+def test_a_long_reader_closed_while_waiting_gives_its_turn_away(pb: Playbook) -> None:
+    pb.ready_upstream()
+    other = ClientConnection(pb.proxy)
+    other_t = Recording()
+    other.connection_made(other_t)
+    body = b"u" * (2 * BULK_READ)
+    pb.client_sends(upload_head(len(body)) + body[:BULK_READ])
+    other.data_received(upload_head(len(body)) + body[:BULK_READ])
+    pb.client.connection_lost(None)  # the first uploader went away while waiting
+    pb.iteration()  # its turn: nothing to resume
+    pb.iteration()
+    assert not other_t.paused
+
+
+def test_bulk_turns_run_one_waiter_per_turn_oldest_first() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        turns = BulkTurns(loop)
+        ran: list[str] = []
+        for name in "abc":
+            turns.wait(lambda name=name: ran.append(name))
+        for expected in ("a", "ab", "abc", "abc"):
+            loop.call_soon(loop.stop)  # one iteration of the loop
+            loop.run_forever()
+            assert "".join(ran) == expected
+        turns.wait(lambda: ran.append("d"))  # idle again: the next turn runs it
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert "".join(ran) == "abcd" and len(turns) == 0
+    finally:
+        loop.close()

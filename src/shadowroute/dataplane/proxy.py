@@ -35,6 +35,7 @@ from shadowroute.dataplane.planner import (
 from shadowroute.dataplane.recorder import Pairing, Recorder
 from shadowroute.dataplane.rewrite import Rewriter
 from shadowroute.dataplane.stats import LatencyHistogram
+from shadowroute.dataplane.turns import BulkTurns
 from shadowroute.dataplane.upstream import (
     BULK_READ,
     Exchange,
@@ -97,6 +98,7 @@ class RouteRuntime(RoutePlan):
                 write_high=pcfg.max_body_buffer_bytes,
                 events=proxy.stats.upstream,
                 labels=(cfg.name, model, role),
+                turns=proxy.turns,
             )
 
         self.prod_pool = prod_pool = pool(cfg.production.url, cfg.production.name, "production")
@@ -181,6 +183,7 @@ class Proxy:
         self.max_response = config.records.max_response_bytes
         self.mirroring = config.mirror.enabled
         self.deadlines = Deadlines(loop)  # every exchange's timeout, for all the pools
+        self.turns = BulkTurns(loop)  # long readers read again one per turn (``turns``)
         self.routes = [RouteRuntime(r, self) for r in config.routes]
         self.new_id = rid.IdGenerator()
         self.planner = Planner(config, self.routes, self.new_id)
@@ -896,11 +899,12 @@ class ClientConnection:
 
     def _take_turns(self) -> None:
         """After a long read (an upload), let the loop serve the other connections before
-        this one reads again (``upstream.BULK_READ``)."""
+        this one reads again (``upstream.BULK_READ``), after the other long readers
+        (``turns.BulkTurns``)."""
         t = self.transport
         if t is not None and not self.paused:
             t.pause_reading()
-            self.proxy.loop.call_soon(self._turn_again)
+            self.proxy.turns.wait(self._turn_again)
 
     def _turn_again(self) -> None:
         t = self.transport

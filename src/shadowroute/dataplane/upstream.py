@@ -21,12 +21,14 @@ import httptools
 from shadowroute.dataplane import http1, keepalive
 from shadowroute.dataplane.deadlines import Deadlines
 from shadowroute.dataplane.planner import UpstreamTarget
+from shadowroute.dataplane.turns import BulkTurns
 
 MAX_RESPONSE_HEAD: Final = 64 << 10
 # A read at least this long means more may be waiting. Given the chance, the loop (libuv) goes
 # on reading the same socket, up to 32 reads of 256 kB in one wakeup: one upload or one big
 # answer then holds every other connection of the worker for milliseconds. After such a read
-# the connection stops reading until the loop has served the others (``_take_turns``).
+# the connection stops reading until the loop has served the others, and the long readers
+# read again one per turn (``turns.BulkTurns``).
 BULK_READ: Final = 64 << 10
 KEEP_ALIVE: Final = b"\r\nkeep-alive:"
 # Bound once: a module attribute looked up on every use costs more than the use.
@@ -521,11 +523,12 @@ class UpstreamConnection:
                 self.replay.append(data)
 
     def _take_turns(self) -> None:
-        """Let the loop serve other connections before this one reads again."""
+        """Let the loop serve other connections before this one reads again: its turn comes
+        after the other long readers' (``turns``)."""
         t = self.transport
         if t is not None and not self.read_paused:
             t.pause_reading()
-            self.pool.loop.call_soon(self._turn_again)
+            self.pool.turns.wait(self._turn_again)
 
     def _turn_again(self) -> None:
         t = self.transport
@@ -603,6 +606,7 @@ class UpstreamPool:
         write_high: int = 0,
         events: Counter[tuple[str, str, str, str]] | None = None,
         labels: tuple[str, str, str] = ("", "", ""),
+        turns: BulkTurns | None = None,
     ) -> None:
         target = UpstreamTarget(url)
         # The data plane's counter of connection events (shared by its pools), and this
@@ -619,6 +623,9 @@ class UpstreamPool:
         self.write_high = write_high
         self.loop = loop
         self.deadlines = deadlines  # the exchanges' timeouts (owned by the data plane's Proxy)
+        # Where a connection waits to read again after a long read (the data plane's, shared
+        # by its pools and its client connections).
+        self.turns = turns if turns is not None else BulkTurns(loop)
         self.scheme = target.scheme
         self.host = target.host
         self.port = target.port
