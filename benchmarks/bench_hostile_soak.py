@@ -59,7 +59,9 @@ load generator's, not the proxy's); per attack the outcome classes; the proxy's 
 framing, mirror outcomes, records built and dropped). Criteria, printed at the end:
 
   - hostile p99 <= 1.10 x clean p99 (normal clients, all rounds pooled; each round's ratio
-    is shown too, from 8,000 requests a phase: its p99 is the 80th slowest, a rough figure);
+    is shown too, from 8,000 requests a phase: its p99 is the 80th slowest, a rough figure;
+    and a 90% bootstrap interval of the pooled ratio, rounds drawn with replacement: how far
+    the figure moves with the draw of rounds, ``ratio_interval``);
   - zero errors for normal clients in every phase;
   - every attack attempt ended in its expected outcome class; production saw no smuggled request;
   - RSS flat: the worker's highest RSS in any later hostile phase within 10% of its highest
@@ -873,6 +875,48 @@ class Soak:
         return doc
 
 
+BOOTSTRAP = 2000
+"""Resamples of the rounds behind the p99 ratio's interval."""
+
+
+def ratio_interval(phases: list[dict[str, Any]], level: float = 0.90) -> tuple[float, float]:
+    """A bootstrap interval of the pooled p99 ratio (hostile over clean) over rounds: as many
+    rounds as were run, drawn with replacement, each with both its phases, and the ratio
+    pooled as in the criterion. A phase's p99 alone moves by a quarter from one phase to the
+    next on a quiet machine; the interval says how far the pooled ratio moves with the draw
+    of rounds, so that a run's ratio can be told from its noise."""
+    rounds = sorted({p["round"] for p in phases})
+    by_round = {r: {p["kind"]: p["lat_us"] for p in phases if p["round"] == r} for r in rounds}
+    if len(rounds) < 2 or any(set(d) != {"clean", "hostile"} for d in by_round.values()):
+        return math.nan, math.nan
+    # The pooled p99 is among the top 1 % + 1 of the pool, so among the top that many of each
+    # phase: keep only those (sorted, highest first), and a resample merges a few thousand.
+    most = max(len(lat) for d in by_round.values() for lat in d.values())
+    keep = math.ceil(len(rounds) * most / 100) + 2
+    tops = {
+        r: {kind: (len(lat), sorted(lat[-keep:], reverse=True)) for kind, lat in d.items()}
+        for r, d in by_round.items()
+    }
+
+    def pooled_p99(draw: list[int], kind: str) -> int:
+        n = sum(tops[r][kind][0] for r in draw)
+        top = sorted((x for r in draw for x in tops[r][kind][1]), reverse=True)
+        return top[n - max(0, min(n - 1, math.ceil(0.99 * n) - 1)) - 1]
+
+    rng = random.Random(0)  # the same run, the same interval
+    got = []
+    for _ in range(BOOTSTRAP):
+        draw = [rng.choice(rounds) for _ in rounds]
+        clean = pooled_p99(draw, "clean")
+        if clean:
+            got.append(pooled_p99(draw, "hostile") / clean)
+    got.sort()
+    if not got:
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    return got[int(tail * (len(got) - 1))], got[int((1 - tail) * (len(got) - 1))]
+
+
 def summarise(
     phases: list[dict[str, Any]], prod_stats: dict[str, int], idle: tuple[float, int]
 ) -> tuple[str, dict[str, Any]]:
@@ -909,6 +953,7 @@ def summarise(
         pooled[kind] = {"n": len(lat), "p50_ms": pct(lat, 50) / 1000, "p99_ms": pct(lat, 99) / 1000}
     c, h = pooled["clean"], pooled["hostile"]
     p99_ratio = h["p99_ms"] / c["p99_ms"] if c["p99_ms"] else float("nan")
+    p99_lo, p99_hi = ratio_interval(phases)
     p50_ratio = h["p50_ms"] / c["p50_ms"] if c["p50_ms"] else float("nan")
     errors = sum(sum(p["errors"].values()) for p in phases)
     hostile = [p for p in phases if p["kind"] == "hostile"]
@@ -962,6 +1007,7 @@ def summarise(
         "p99_ratio": p99_ratio,
         "p50_ratio": p50_ratio,
         "p99_ratio_per_round": ratios,
+        "p99_ratio_interval": [p99_lo, p99_hi],
         "p99_met": p99_ratio <= 1.10,
         "errors": errors,
         "errors_met": errors == 0,
@@ -990,6 +1036,11 @@ def summarise(
         f"{h['p99_ms']:.2f} ms ({h['n']:,}): p99 × {p99_ratio:.2f}, p50 × {p50_ratio:.2f} "
         f"(target p99 within 10%): {met[verdict['p99_met']]}; per round p99 × "
         + ", ".join(f"{r:.2f}" for r in ratios)
+        + (
+            f"; the ratio with rounds drawn again (bootstrap, 90%): × {p99_lo:.2f} to {p99_hi:.2f}"
+            if not math.isnan(p99_lo)
+            else ""
+        )
     )
     lines.append(f"- normal clients' errors: {errors} (target 0): {met[errors == 0]}")
     lines.append(

@@ -7,6 +7,8 @@ show the bounds that were hit. No latency is asserted: speed is the benchmark's 
 from __future__ import annotations
 
 import json
+import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +62,33 @@ def test_a_short_hostile_soak_runs_and_every_attack_is_refused_or_served(tmp_pat
         assert hostile.get(key, 0) > 0, (key, hostile)
     assert not any(k.startswith("records_dropped") and v for k, v in hostile.items()), hostile
     assert doc["log_errors"] == []
+
+
+def test_the_ratio_interval_pools_resampled_rounds_as_the_criterion_does() -> None:
+    """The bootstrap interval holds the pooled ratio of the rounds as run, is the same for the
+    same run, and its pooled p99s (found from each phase's top tail only) are those of the
+    whole pool: with rounds alike, every draw gives the exact ratio."""
+    from bench_hostile_soak import pct, ratio_interval
+
+    rng = random.Random(7)
+    phases = []
+    for rnd in range(1, 5):
+        for kind, scale in (("clean", 1.0), ("hostile", 1.3)):
+            lat = sorted(int(rng.lognormvariate(5.0, 0.6) * scale) for _ in range(3000))
+            phases.append({"round": rnd, "kind": kind, "lat_us": lat})
+    lo, hi = ratio_interval(phases)
+    pooled = {
+        kind: sorted(x for p in phases if p["kind"] == kind for x in p["lat_us"])
+        for kind in ("clean", "hostile")
+    }
+    ratio = pct(pooled["hostile"], 99) / pct(pooled["clean"], 99)
+    assert lo <= ratio <= hi
+    assert lo > 1.0 and hi < 1.7  # a 1.3 scale, drawn again
+    assert ratio_interval(phases) == (lo, hi)
+    # Rounds alike: every draw pools to the same p99s, found from the phases' tails alone.
+    alike = [{**p, "round": rnd} for rnd in (1, 2, 3) for p in phases if p["round"] == 1]
+    first = {p["kind"]: p["lat_us"] for p in phases if p["round"] == 1}
+    exact = pct(first["hostile"], 99) / pct(first["clean"], 99)
+    assert ratio_interval(alike) == (exact, exact)
+    one_round = [p for p in phases if p["round"] == 1]
+    assert all(math.isnan(x) for x in ratio_interval(one_round))
