@@ -23,6 +23,7 @@ PURE_ENV = "SHADOWROUTE_PURE"
 HOT_PATH = (
     "shadowroute.dataplane.http1",
     "shadowroute.dataplane.deadlines",
+    "shadowroute.dataplane.turns",
     "shadowroute.dataplane.keepalive",
     "shadowroute.dataplane.upstream",
     "shadowroute.dataplane.mirror",
