@@ -593,12 +593,14 @@ def run_child(mode: str, spec_json: str) -> None:
 # --- measuring the proxy ---------------------------------------------------------------------
 
 
+def rank(n: int, p: float) -> int:
+    """The index of the p-th percentile (nearest rank) among ``n`` sorted values."""
+    return max(0, min(n - 1, math.ceil(p / 100 * n) - 1))
+
+
 def pct(values: list[int], p: float) -> int:
     """``values`` sorted; the p-th percentile (nearest rank)."""
-    if not values:
-        return 0
-    k = max(0, min(len(values) - 1, math.ceil(p / 100 * len(values)) - 1))
-    return values[k]
+    return values[rank(len(values), p)] if values else 0
 
 
 def slow_by_second(slow: list[list[float]], seconds: float) -> list[int]:
@@ -883,8 +885,8 @@ def ratio_interval(phases: list[dict[str, Any]], level: float = 0.90) -> tuple[f
     """A bootstrap interval of the pooled p99 ratio (hostile over clean) over rounds: as many
     rounds as were run, drawn with replacement, each with both its phases, and the ratio
     pooled as in the criterion. A phase's p99 alone moves by a quarter from one phase to the
-    next on a quiet machine; the interval says how far the pooled ratio moves with the draw
-    of rounds, so that a run's ratio can be told from its noise."""
+    next on an otherwise idle machine; the interval says how far the pooled ratio moves with
+    the draw of rounds, so that a run's ratio can be told from its noise."""
     rounds = sorted({p["round"] for p in phases})
     by_round = {r: {p["kind"]: p["lat_us"] for p in phases if p["round"] == r} for r in rounds}
     if len(rounds) < 2 or any(set(d) != {"clean", "hostile"} for d in by_round.values()):
@@ -901,7 +903,7 @@ def ratio_interval(phases: list[dict[str, Any]], level: float = 0.90) -> tuple[f
     def pooled_p99(draw: list[int], kind: str) -> int:
         n = sum(tops[r][kind][0] for r in draw)
         top = sorted((x for r in draw for x in tops[r][kind][1]), reverse=True)
-        return top[n - max(0, min(n - 1, math.ceil(0.99 * n) - 1)) - 1]
+        return top[n - 1 - rank(n, 99)]
 
     rng = random.Random(0)  # the same run, the same interval
     got = []

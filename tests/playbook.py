@@ -85,6 +85,13 @@ class Recording(asyncio.Transport):
         return 0
 
 
+def one_iteration(loop: asyncio.AbstractEventLoop) -> None:
+    """Exactly one iteration of ``loop``: the callbacks ready now run, and what they schedule
+    waits for the next."""
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
 class Playbook:
     """One client connection through the data plane to production, played by hand."""
 
@@ -130,11 +137,18 @@ class Playbook:
         self._settle()
 
     def iteration(self) -> None:
-        """Exactly one iteration of the event loop: the callbacks ready now run, and what they
-        schedule waits for the next."""
-        self.loop.call_soon(self.loop.stop)
-        self.loop.run_forever()
+        """Exactly one iteration of the event loop (``one_iteration``)."""
+        one_iteration(self.loop)
         self._settle()
+
+    def another_client(self) -> tuple[ClientConnection, Recording]:
+        """A second client connection to the same data plane, with a production connection of
+        its own ready in the pool."""
+        self.ready_upstream()
+        conn = ClientConnection(self.proxy)
+        t = Recording()
+        conn.connection_made(t)
+        return conn, t
 
     def upstream(self, index: int = -1) -> Recording:
         return self.upstreams[index][1]

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from playbook import Playbook, Recording, split_request
+from playbook import Playbook, one_iteration, split_request
 from proxyutil import make_config
-from shadowroute.dataplane.proxy import ClientConnection
 from shadowroute.dataplane.turns import BulkTurns
 from shadowroute.dataplane.upstream import BULK_READ
 
@@ -96,13 +95,7 @@ def test_production_paused_for_a_slow_client_stays_paused_after_its_turn(pb: Pla
 def test_long_readers_read_again_one_per_turn(pb: Playbook) -> None:
     """Three uploads at once: after their long reads, one of them reads again per turn of the
     loop, oldest first, so a turn copies one chunk of theirs, not three."""
-    clients = [(pb.client, pb.client_t)]
-    for _ in range(2):
-        pb.ready_upstream()
-        conn = ClientConnection(pb.proxy)
-        t = Recording()
-        conn.connection_made(t)
-        clients.append((conn, t))
+    clients = [(pb.client, pb.client_t), pb.another_client(), pb.another_client()]
     body = b"u" * (4 * BULK_READ)
     for conn, _ in clients:
         conn.data_received(upload_head(len(body)) + body[:BULK_READ])
@@ -120,10 +113,7 @@ def test_long_readers_read_again_one_per_turn(pb: Playbook) -> None:
 
 
 def test_a_long_reader_closed_while_waiting_gives_its_turn_away(pb: Playbook) -> None:
-    pb.ready_upstream()
-    other = ClientConnection(pb.proxy)
-    other_t = Recording()
-    other.connection_made(other_t)
+    other, other_t = pb.another_client()
     body = b"u" * (2 * BULK_READ)
     pb.client_sends(upload_head(len(body)) + body[:BULK_READ])
     other.data_received(upload_head(len(body)) + body[:BULK_READ])
@@ -141,12 +131,10 @@ def test_bulk_turns_run_one_waiter_per_turn_oldest_first() -> None:
         for name in "abc":
             turns.wait(lambda name=name: ran.append(name))
         for expected in ("a", "ab", "abc", "abc"):
-            loop.call_soon(loop.stop)  # one iteration of the loop
-            loop.run_forever()
+            one_iteration(loop)
             assert "".join(ran) == expected
         turns.wait(lambda: ran.append("d"))  # idle again: the next turn runs it
-        loop.call_soon(loop.stop)
-        loop.run_forever()
+        one_iteration(loop)
         assert "".join(ran) == "abcd" and len(turns) == 0
     finally:
         loop.close()
