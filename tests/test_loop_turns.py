@@ -1,10 +1,13 @@
-"""One connection's bulk bytes take turns with the others (playbooks, without sockets).
+"""Work many connections want at once takes turns (playbooks, without sockets): bulk reads,
+and closing the connections clients ended.
 
 Given a readable socket, the event loop (libuv) reads it again and again in one wakeup, up to
 32 reads of 256 kB: one upload, or one big answer from production or a candidate, then holds
 every other connection of the worker for milliseconds. After a read of ``BULK_READ`` bytes or
 more the data plane stops reading that connection until the loop has had a turn, and reads
-it again then, unless it was paused meanwhile for a reason of its own (backpressure).
+it again then, unless it was paused meanwhile for a reason of its own (backpressure). And
+connections whose clients ended them with nothing pending are closed ``CLOSES_PER_TURN`` per
+turn, not all in the turn their ends were read.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from playbook import Playbook, one_iteration, split_request
+from playbook import Playbook, Recording, one_iteration, split_request
 from proxyutil import make_config
-from shadowroute.dataplane.turns import BulkTurns
+from shadowroute.dataplane.proxy import ClientConnection
+from shadowroute.dataplane.turns import CLOSES_PER_TURN, Turns
 from shadowroute.dataplane.upstream import BULK_READ
 
 CONFIG = make_config("http://127.0.0.1:9000")
@@ -126,7 +130,7 @@ def test_a_long_reader_closed_while_waiting_gives_its_turn_away(pb: Playbook) ->
 def test_bulk_turns_run_one_waiter_per_turn_oldest_first() -> None:
     loop = asyncio.new_event_loop()
     try:
-        turns = BulkTurns(loop)
+        turns = Turns(loop)
         ran: list[str] = []
         for name in "abc":
             turns.wait(lambda name=name: ran.append(name))
@@ -138,3 +142,76 @@ def test_bulk_turns_run_one_waiter_per_turn_oldest_first() -> None:
         assert "".join(ran) == "abcd" and len(turns) == 0
     finally:
         loop.close()
+
+
+def test_turns_run_up_to_per_turn_callbacks_a_turn() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        turns = Turns(loop, per_turn=3)
+        ran: list[int] = []
+        for i in range(7):
+            turns.wait(lambda i=i: ran.append(i))
+        for expected in (3, 6, 7, 7):
+            one_iteration(loop)
+            assert ran == list(range(expected))
+        assert len(turns) == 0
+        with pytest.raises(ValueError, match="at least 1"):
+            Turns(loop, per_turn=0)
+    finally:
+        loop.close()
+
+
+def test_clients_ended_together_are_closed_a_few_per_turn(pb: Playbook) -> None:
+    n = 2 * CLOSES_PER_TURN + 3
+    clients = []
+    for _ in range(n):
+        conn, t = ClientConnection(pb.proxy), Recording()
+        conn.connection_made(t)
+        clients.append((conn, t))
+    for conn, _ in clients:
+        assert conn.eof_received() is True  # kept open for now: closed at its turn
+    assert not any(t.closed for _, t in clients)
+    for expected in (CLOSES_PER_TURN, 2 * CLOSES_PER_TURN, n, n):
+        pb.iteration()
+        assert sum(t.closed for _, t in clients) == expected
+    assert [t.closed for _, t in clients] == [True] * n  # oldest first, none left behind
+
+
+def test_a_half_closed_client_with_a_request_pending_is_answered_first(pb: Playbook) -> None:
+    pb.client_sends(b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert pb.client.eof_received() is True
+    pb.iteration()
+    assert not pb.client_t.closed and len(pb.proxy.closes) == 0  # not queued: it waits
+    pb.production_sends(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    assert pb.client_t.sent.startswith(b"HTTP/1.1 200 OK") and pb.client_t.ended
+
+
+def test_a_connection_closed_while_waiting_for_its_turn_is_left_alone(pb: Playbook) -> None:
+    assert pb.client.eof_received() is True
+    pb.client_t.close()  # e.g. the sweep closed it first
+    pb.client.connection_lost(None)
+    pb.iteration()  # its turn: nothing to close
+    assert len(pb.proxy.closes) == 0
+
+
+def test_idle_pooled_connections_the_server_ended_are_closed_a_few_per_turn(pb: Playbook) -> None:
+    """A model server restarting ends every pooled connection at once: each leaves the pool
+    (never handed out again) and is counted at once, and is closed at its turn."""
+    for _ in range(CLOSES_PER_TURN + 2):
+        pb.ready_upstream()
+    ups = list(pb.upstreams)
+    for conn, _ in ups:
+        assert conn.eof_received() is True
+        assert not conn.usable
+    assert pb.pool.events[(*pb.pool.labels, "idle_closed_by_server")] == len(ups)
+    assert not any(t.closed for _, t in ups)
+    pb.iteration()
+    assert sum(t.closed for _, t in ups) == CLOSES_PER_TURN
+    pb.iteration()
+    assert all(t.closed for _, t in ups)
+    assert pb.pool.events[(*pb.pool.labels, "idle_closed_by_server")] == len(ups)  # once each
+    # the next request goes to a live connection, none of those
+    pb.ready_upstream()
+    pb.client_sends(b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert all(t.sent == b"" for _, t in ups)
+    assert pb.upstream().sent.startswith(b"GET /p HTTP/1.1")

@@ -24,6 +24,7 @@ from playbook import Playbook
 from proxyutil import free_port, make_config, running_proxy, settle
 from shadowroute.dataplane.mirror import MirrorExchange
 from shadowroute.dataplane.server import DataPlane, listen_socket
+from shadowroute.dataplane.turns import CLOSES_PER_TURN
 from upstreams import ModelServer, Reply
 
 BIG_BODY_MIB = 48
@@ -408,6 +409,50 @@ async def test_the_sweep_looks_at_a_slice_of_the_open_connections_per_turn() -> 
             finally:
                 for _, w in conns:
                     w.close()
+    finally:
+        await prod.stop()
+
+
+async def test_connections_their_clients_ended_together_are_closed_a_few_per_turn() -> None:
+    """A client that ends hundreds of connections at once (a flood going away): the data plane
+    closes at most ``CLOSES_PER_TURN`` of them per turn of the loop (closing 900 in the turn
+    it read their ends held every other client up for ~14 ms), closes every one, and serves
+    a request meanwhile."""
+    prod = await ModelServer().start()
+    try:
+        async with running_proxy(_config(prod.url)) as (dp, _):
+            assert dp.proxy is not None
+            stats = dp.proxy.stats
+            n = 5 * CLOSES_PER_TURN + 3
+            conns = [await asyncio.open_connection("127.0.0.1", dp.port) for _ in range(n)]
+            await until_open(dp, n)
+            probe_r, probe_w = await asyncio.open_connection("127.0.0.1", dp.port)
+            loop = asyncio.get_running_loop()
+            seen: list[int] = []  # open connections, at each turn of the loop
+            stop = False
+
+            def turn() -> None:
+                seen.append(stats.open_connections)
+                if not stop:
+                    loop.call_soon(turn)
+
+            for _, w in conns:
+                w.close()
+            loop.call_soon(turn)
+            try:
+                probe_w.write(post_head(2) + b"{}")
+                head, _ = await read_response(probe_r, timeout=10)
+                await until_open(dp, 1)  # only the probe is left
+            finally:
+                stop = True
+                probe_w.close()
+                for _, w in conns:
+                    await w.wait_closed()
+            closed = [a - b for a, b in itertools.pairwise(seen)]
+            report("bounds: 43 connections ended at once", most_closed_in_one_turn=max(closed))
+            assert head.startswith(b"http/1.1 200")
+            assert max(closed) <= CLOSES_PER_TURN, closed
+            assert dp.proxy.closes.__len__() == 0
     finally:
         await prod.stop()
 

@@ -35,7 +35,7 @@ from shadowroute.dataplane.planner import (
 from shadowroute.dataplane.recorder import Pairing, Recorder
 from shadowroute.dataplane.rewrite import Rewriter
 from shadowroute.dataplane.stats import LatencyHistogram
-from shadowroute.dataplane.turns import BulkTurns
+from shadowroute.dataplane.turns import CLOSES_PER_TURN, Turns
 from shadowroute.dataplane.upstream import (
     BULK_READ,
     Exchange,
@@ -99,6 +99,7 @@ class RouteRuntime(RoutePlan):
                 events=proxy.stats.upstream,
                 labels=(cfg.name, model, role),
                 turns=proxy.turns,
+                closes=proxy.closes,
             )
 
         self.prod_pool = prod_pool = pool(cfg.production.url, cfg.production.name, "production")
@@ -183,7 +184,8 @@ class Proxy:
         self.max_response = config.records.max_response_bytes
         self.mirroring = config.mirror.enabled
         self.deadlines = Deadlines(loop)  # every exchange's timeout, for all the pools
-        self.turns = BulkTurns(loop)  # long readers read again one per turn (``turns``)
+        self.turns = Turns(loop)  # long readers read again one per turn (``turns``)
+        self.closes = Turns(loop, CLOSES_PER_TURN)  # connections their peers ended (``turns``)
         self.routes = [RouteRuntime(r, self) for r in config.routes]
         self.new_id = rid.IdGenerator()
         self.planner = Planner(config, self.routes, self.new_id)
@@ -789,11 +791,21 @@ class ClientConnection:
             active.flush_upstream()
 
     def eof_received(self) -> bool | None:
-        """The client half-closed: answer what it already sent, then close."""
-        if self.linger_until or self.idle or self.tunnel is not None:
-            return None  # nothing pending (or a tunnel): let the transport close
+        """The client half-closed: answer what it already sent, then close. With nothing
+        pending, the connection is closed a few per turn of the loop (``turns``)."""
+        if self.tunnel is not None:
+            return None  # let the transport close
+        if self.linger_until or self.idle:
+            self.closing = True
+            self.proxy.closes.wait(self._close_turn)
+            return True
         self.half_closed = True
         return True
+
+    def _close_turn(self) -> None:
+        t = self.transport
+        if t is not None:
+            t.close()
 
     def pause_writing(self) -> None:
         up = self.active.prod if self.active is not None else None
@@ -900,7 +912,7 @@ class ClientConnection:
     def _take_turns(self) -> None:
         """After a long read (an upload), let the loop serve the other connections before
         this one reads again (``upstream.BULK_READ``), after the other long readers
-        (``turns.BulkTurns``)."""
+        (``turns.Turns``)."""
         t = self.transport
         if t is not None and not self.paused:
             t.pause_reading()

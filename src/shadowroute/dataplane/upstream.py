@@ -21,14 +21,14 @@ import httptools
 from shadowroute.dataplane import http1, keepalive
 from shadowroute.dataplane.deadlines import Deadlines
 from shadowroute.dataplane.planner import UpstreamTarget
-from shadowroute.dataplane.turns import BulkTurns
+from shadowroute.dataplane.turns import CLOSES_PER_TURN, Turns
 
 MAX_RESPONSE_HEAD: Final = 64 << 10
 # A read at least this long means more may be waiting. Given the chance, the loop (libuv) goes
 # on reading the same socket, up to 32 reads of 256 kB in one wakeup: one upload or one big
 # answer then holds every other connection of the worker for milliseconds. After such a read
 # the connection stops reading until the loop has served the others, and the long readers
-# read again one per turn (``turns.BulkTurns``).
+# read again one per turn (``turns.Turns``).
 BULK_READ: Final = 64 << 10
 KEEP_ALIVE: Final = b"\r\nkeep-alive:"
 # Bound once: a module attribute looked up on every use costs more than the use.
@@ -254,10 +254,23 @@ class UpstreamConnection:
             self.tunnel = None
 
     def eof_received(self) -> bool | None:
-        """The server closed its side: the connection is never used again (the transport
-        closes it, and ``connection_lost`` follows)."""
-        self.pool.discard(self)
+        """The server closed its side: the connection is never used again. An idle one is
+        closed at its turn of the loop (``turns``: a server restarting ends every pooled
+        connection at once); otherwise the transport closes it now, and ``connection_lost``
+        follows."""
+        pool = self.pool
+        pool.discard(self)
+        if self.exchange is None and self.tunnel is None and not self._closed:
+            pool.count("idle_closed_by_server")
+            self._closed = True  # not usable; connection_lost does not count it again
+            pool.closes.wait(self._close_turn)
+            return True
         return None
+
+    def _close_turn(self) -> None:
+        t = self.transport
+        if t is not None:
+            t.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -606,7 +619,8 @@ class UpstreamPool:
         write_high: int = 0,
         events: Counter[tuple[str, str, str, str]] | None = None,
         labels: tuple[str, str, str] = ("", "", ""),
-        turns: BulkTurns | None = None,
+        turns: Turns | None = None,
+        closes: Turns | None = None,
     ) -> None:
         target = UpstreamTarget(url)
         # The data plane's counter of connection events (shared by its pools), and this
@@ -625,7 +639,9 @@ class UpstreamPool:
         self.deadlines = deadlines  # the exchanges' timeouts (owned by the data plane's Proxy)
         # Where a connection waits to read again after a long read (the data plane's, shared
         # by its pools and its client connections).
-        self.turns = turns if turns is not None else BulkTurns(loop)
+        self.turns = turns if turns is not None else Turns(loop)
+        # Where an idle connection the server ended waits to be closed (the data plane's).
+        self.closes = closes if closes is not None else Turns(loop, CLOSES_PER_TURN)
         self.scheme = target.scheme
         self.host = target.host
         self.port = target.port
