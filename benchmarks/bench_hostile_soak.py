@@ -1118,6 +1118,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", action="store_true", help="write benchmarks/results/hostile-soak-*")
     p.add_argument("--json", metavar="PATH", help="write every figure as JSON")
+    p.add_argument(
+        "--json-latencies",
+        action="store_true",
+        help="with --json: also every normal request's latency (µs), per phase",
+    )
     p.add_argument("--upstream", metavar="PORTS", help=argparse.SUPPRESS)
     p.add_argument("--loadgen", metavar="SPEC", help=argparse.SUPPRESS)
     p.add_argument("--hostile", metavar="SPEC", help=argparse.SUPPRESS)
@@ -1257,7 +1262,8 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text("\n".join(soak.out) + "\n")
         print(f"written: {path.relative_to(REPO)}")
     if a.json:
-        phases = [{k: v for k, v in ph.items() if k != "lat_us"} for ph in soak.phases]
+        keep = {"lat_us"} if a.json_latencies else set()
+        phases = [{k: v for k, v in ph.items() if k != "lat_us" or k in keep} for ph in soak.phases]
         doc = {"verdict": verdict, "phases": phases, "production": prod_stats,
                "log_errors": errors_logged}  # fmt: skip
         Path(a.json).write_text(json.dumps(doc, indent=1, default=str))

@@ -347,14 +347,13 @@ class SlowServer(asyncio.Protocol):
         self.transport = None
 
 
-def run_slow_server(port: int, delay: float) -> None:
+def serve_until_signal(factory: Callable[[], asyncio.Protocol], port: int) -> None:
+    """Serve ``factory``'s protocol on 127.0.0.1:``port`` (uvloop) until SIGTERM or SIGINT."""
     import uvloop
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: SlowServer(delay, RESPONSE_BODY.encode()), "127.0.0.1", port, backlog=4096
-        )
+        server = await loop.create_server(factory, "127.0.0.1", port, backlog=4096)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -362,6 +361,10 @@ def run_slow_server(port: int, delay: float) -> None:
         server.close()
 
     uvloop.run(main())
+
+
+def run_slow_server(port: int, delay: float) -> None:
+    serve_until_signal(lambda: SlowServer(delay, RESPONSE_BODY.encode()), port)
 
 
 # --- shadowroute -----------------------------------------------------------------------------
