@@ -64,6 +64,9 @@ async def test_two_workers_share_the_port_and_stop_gracefully(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             for i in range(n):
                 if i == n // 2:  # deploy tooling sets the candidate's revision: every worker
+                    # A pair is stamped when it is built, once the candidate answered: the
+                    # first half's are all built before the revision changes.
+                    await until_built(admin, n // 2)
                     r = await c.put(
                         f"http://127.0.0.1:{admin}/v1/routes/r/candidates/c/revision",
                         json={"revision": "sha256:b"},
@@ -96,6 +99,22 @@ async def test_two_workers_share_the_port_and_stop_gracefully(
     assert len(cand.seen) == n
     workers = {pid for pid in _worker_pids(out.decode())}
     assert len(workers) <= 2
+
+
+async def until_built(admin: int, n: int) -> None:
+    """Until the workers have reported ``n`` pair records built (their counters reach the
+    supervisor's /metrics twice a second)."""
+    async with httpx.AsyncClient() as c, asyncio.timeout(10):
+        while True:
+            text = (await c.get(f"http://127.0.0.1:{admin}/metrics")).text
+            built = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("shadowroute_records_built_total")
+            )
+            if built >= n:
+                return
+            await asyncio.sleep(0.05)
 
 
 def _worker_pids(log: str) -> list[str]:
