@@ -1262,8 +1262,8 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text("\n".join(soak.out) + "\n")
         print(f"written: {path.relative_to(REPO)}")
     if a.json:
-        keep = {"lat_us"} if a.json_latencies else set()
-        phases = [{k: v for k, v in ph.items() if k != "lat_us" or k in keep} for ph in soak.phases]
+        drop = set() if a.json_latencies else {"lat_us"}
+        phases = [{k: v for k, v in ph.items() if k not in drop} for ph in soak.phases]
         doc = {"verdict": verdict, "phases": phases, "production": prod_stats,
                "log_errors": errors_logged}  # fmt: skip
         Path(a.json).write_text(json.dumps(doc, indent=1, default=str))

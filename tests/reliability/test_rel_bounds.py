@@ -416,7 +416,7 @@ async def test_the_sweep_looks_at_a_slice_of_the_open_connections_per_turn() -> 
 async def test_connections_their_clients_ended_together_are_closed_a_few_per_turn() -> None:
     """A client that ends hundreds of connections at once (a flood going away): the data plane
     closes at most ``CLOSES_PER_TURN`` of them per turn of the loop (closing 900 in the turn
-    it read their ends held every other client up for ~14 ms), closes every one, and serves
+    it read their ends held every other client up for ~13 ms), closes every one, and serves
     a request meanwhile."""
     prod = await ModelServer().start()
     try:

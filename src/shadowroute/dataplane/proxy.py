@@ -795,17 +795,13 @@ class ClientConnection:
         pending, the connection is closed a few per turn of the loop (``turns``)."""
         if self.tunnel is not None:
             return None  # let the transport close
-        if self.linger_until or self.idle:
+        t = self.transport
+        if (self.linger_until or self.idle) and t is not None:
             self.closing = True
-            self.proxy.closes.wait(self._close_turn)
+            self.proxy.closes.wait(t.close)  # a no-op if it was closed meanwhile
             return True
         self.half_closed = True
         return True
-
-    def _close_turn(self) -> None:
-        t = self.transport
-        if t is not None:
-            t.close()
 
     def pause_writing(self) -> None:
         up = self.active.prod if self.active is not None else None

@@ -16,7 +16,7 @@ Two queues of one data-plane process use it:
   ended. Closing a TCP connection the peer ended sends its FIN and tears the socket down,
   ~15 µs of kernel work in the close itself; a client that ends 900 connections at once (a
   flood going away, a balancer restarting) made the loop close all 900 in the turn it read
-  their ends: ~14 ms during which no other request was served, and a model server restarting
+  their ends: ~13 ms during which no other request was served, and a model server restarting
   ends up to ``max_idle`` (256) pooled connections of each pool at once. The connections now
   wait here and are closed a few per turn.
 """
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Final
 
 CLOSES_PER_TURN: Final = 8
-"""Connections closed per turn of the loop after their clients ended them (~0.15 ms)."""
+"""Connections closed per turn of the loop after their peers ended them (~0.15 ms)."""
 
 
 class Turns:

@@ -260,17 +260,13 @@ class UpstreamConnection:
         follows."""
         pool = self.pool
         pool.discard(self)
-        if self.exchange is None and self.tunnel is None and not self._closed:
+        t = self.transport
+        if self.exchange is None and self.tunnel is None and not self._closed and t is not None:
             pool.count("idle_closed_by_server")
             self._closed = True  # not usable; connection_lost does not count it again
-            pool.closes.wait(self._close_turn)
+            pool.closes.wait(t.close)  # a no-op if it was closed meanwhile
             return True
         return None
-
-    def _close_turn(self) -> None:
-        t = self.transport
-        if t is not None:
-            t.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
