@@ -661,9 +661,9 @@ def shadowroute_proxy(
             # `serve` = a supervisor (comparator, API) and one data-plane worker: the worker
             # gets the proxy's core to itself, the supervisor shares the load generator's.
             for pid in tree_pids(proc.pid)[1:]:
-                subprocess.run(["taskset", "-p", "-c", PROXY_CPU, str(pid)], check=True,
+                subprocess.run(["taskset", "-a", "-p", "-c", PROXY_CPU, str(pid)], check=True,
                                capture_output=True)  # fmt: skip
-            subprocess.run(["taskset", "-p", "-c", LOAD_CPU, str(proc.pid)], check=True,
+            subprocess.run(["taskset", "-a", "-p", "-c", LOAD_CPU, str(proc.pid)], check=True,
                            capture_output=True)  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # --workers: ready once every worker reported
@@ -886,7 +886,7 @@ def kafka_broker() -> Iterator[str]:
     broker.start()
     try:
         for pid in tree_pids(broker.pid):
-            subprocess.run(["taskset", "-p", "-c", LOAD_CPU, str(pid)], capture_output=True)
+            subprocess.run(["taskset", "-a", "-p", "-c", LOAD_CPU, str(pid)], capture_output=True)
         transport = Transport(kind="kafka", bootstrap=broker.bootstrap, topic_prefix=KAFKA_PREFIX)
         asyncio.run(create_topics(transport))
         yield broker.bootstrap
