@@ -6,7 +6,11 @@
 
 The proxy runs as users run it: ``python -m shadowroute serve --workers 1`` (a supervisor with
 the API and the embedded comparator, beside one data-plane worker), records to the in-process
-channel (``transport: embedded``, no Kafka). The model servers are small uvloop + httptools
+channel (``transport: embedded``, no Kafka). Pinned (2 CPUs; ``--no-pin``: not): the worker
+alone on CPU 1, every other process on CPU 0, this soak's own included (its sampler of the
+worker's RSS and fds runs under SCHED_IDLE); ``--supervisor-cpu proxy`` puts the supervisor on
+the worker's core instead, as in a pod of one CPU. Every thread is pinned (``taskset -a``).
+The model servers are small uvloop + httptools
 servers in processes of their own (``--upstream``, started from this file): production and a
 healthy candidate in one; in another (in the background, ``--attackers-sched``: copying big
 bodies must not delay the normal answers) a second production that serves the big answers
@@ -112,6 +116,7 @@ from bench_proxy import (  # noqa: E402
     Procs,
     core_busy,
     free_port,
+    free_result_path,
     tree_pids,
     wait_port,
 )
@@ -947,7 +952,10 @@ def ratio_interval(phases: list[dict[str, Any]], level: float = 0.90) -> tuple[f
 
 
 def summarise(
-    phases: list[dict[str, Any]], prod_stats: dict[str, int], idle: tuple[float, int]
+    phases: list[dict[str, Any]],
+    prod_stats: dict[str, int],
+    idle: tuple[float, int],
+    supervisor_on_load: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     lines = []
     rounds = sorted({p["round"] for p in phases})
@@ -1091,13 +1099,18 @@ def summarise(
         f"(before any attack: {fds_clean})"
     )
     load_busy = max((p["cpu_busy"]["0"] for p in clean), default=0.0)
+    sup = 1.0 if supervisor_on_load else 0.0
     ours = max(
-        (p["loadgen_cpu"] + p["supervisor_cpu"] + sum(p["other_cpu"].values()) for p in phases),
+        (
+            p["loadgen_cpu"] + sup * p["supervisor_cpu"] + sum(p["other_cpu"].values())
+            for p in phases
+        ),
         default=0.0,
     )
     lag = max((p["loadgen_late_p99_ms"] for p in phases), default=0.0)
     lines.append(
-        f"- headroom: CPU0 (load generator, upstreams, supervisor, attackers) busy at most "
+        f"- headroom: CPU0 (load generator, upstreams, "
+        f"{'supervisor, ' if supervisor_on_load else ''}attackers) busy at most "
         f"{load_busy:.0%} in a clean phase (this benchmark's own processes there: at most "
         f"{ours:.0%} of a core in any phase, the rest is other load); the load generator's own "
         f"event loop late (p99, worst phase) {lag:.1f} ms"
@@ -1135,6 +1148,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--settle", type=float, default=1.5, help="pause after each phase, s")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument(
+        "--supervisor-cpu",
+        choices=("load", "proxy"),
+        default="load",
+        help="the core of serve's supervisor (API, embedded comparator): the load generator's "
+        "(default) or the worker's, as in a pod of one CPU",
+    )
     p.add_argument(
         "--attackers-sched",
         choices=("idle", "nice"),
@@ -1231,17 +1251,20 @@ def main(argv: list[str] | None = None) -> int:
         workers = worker_pids(sr.pid)
         if len(workers) != 1:
             raise RuntimeError(f"expected one worker process under {sr.pid}, found {workers}")
-        if pin:  # the worker alone on the proxy's core, the rest on the load core; ``-a``:
-            # every thread (the supervisor's threads started before this would keep both cores)
+        sup_cpu = PROXY_CPU if a.supervisor_cpu == "proxy" else LOAD_CPU
+        if pin:  # the worker on the proxy's core, the rest on the load core (the supervisor
+            # where --supervisor-cpu says); ``-a``: every thread (the supervisor's threads
+            # started before this would otherwise keep both cores)
             subprocess.run(["taskset", "-a", "-p", "-c", PROXY_CPU, str(workers[0])],
                            check=True, capture_output=True)  # fmt: skip
-            subprocess.run(["taskset", "-a", "-p", "-c", LOAD_CPU, str(sr.pid)], check=True,
+            subprocess.run(["taskset", "-a", "-p", "-c", sup_cpu, str(sr.pid)], check=True,
                            capture_output=True)  # fmt: skip
         soak.say(f"# hostile soak {started:%Y-%m-%d %H:%M}Z: {cmd}")
+        where = "supervisor, " if sup_cpu == LOAD_CPU else ""
         soak.say(
             f"# serve --workers 1 (worker pid {workers[0]}"
-            + (f" on CPU {PROXY_CPU}; load, attackers, upstreams, supervisor, this soak on CPU "
-               f"{LOAD_CPU})"
+            + (f" on CPU {PROXY_CPU}{' with the supervisor' if not where else ''}; load, "
+               f"attackers, upstreams, {where}this soak on CPU {LOAD_CPU})"
                if pin else ", not pinned)")
             + f"; normal load {a.rate:g} req/s over {a.conns} keep-alive connections, 100% "
             f"mirrored; {a.rounds} rounds x (clean {a.seconds:g} s, hostile {a.seconds:g} s); "
@@ -1278,7 +1301,9 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         procs.stop_all()
-    table, verdict = summarise(soak.phases, prod_stats, soak.idle)
+    table, verdict = summarise(
+        soak.phases, prod_stats, soak.idle, a.supervisor_cpu == "load" or not pin
+    )
     soak.say("\n" + table)
     errors_logged = [
         line for line in (workdir / "shadowroute.log").read_text(errors="replace").splitlines()
@@ -1288,8 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in errors_logged[:10]:
         soak.say("  " + line)
     if a.out:
-        path = HERE / "results" / f"hostile-soak-{started:%Y-%m-%d}.txt"
-        path.parent.mkdir(exist_ok=True)
+        path = free_result_path("hostile-soak", started)
         path.write_text("\n".join(soak.out) + "\n")
         print(f"written: {path.relative_to(REPO)}")
     if a.json:

@@ -1099,18 +1099,29 @@ same load generator, and reports ratios against nginx-with-mirror measured in th
   disturbed the point is (for `direct` it is whatever else ran on CPU 1).
 - Templates: `benchmarks/nginx/upstream.conf`, `benchmarks/nginx/proxy_mirror.conf`.
   Raw output, including shadowroute's mirror-outcome counters per run and the cProfile
-  listing (`--profile`), goes to `benchmarks/results/proxy-<date>.txt`.
+  listing (`--profile`), goes to `benchmarks/results/proxy-<date>.txt` (`<date>b`, `c`, ...
+  for a later run the same day).
 
 """
 BEGIN, END = "<!-- bench_proxy:begin -->", "<!-- bench_proxy:end -->"
 
 
+def free_result_path(name: str, day: dt.datetime) -> Path:
+    """``benchmarks/results/<name>-<date>.txt``, or with ``b``, ``c``, ... after the date when a
+    run of the same day is already there: a later run never overwrites a written result."""
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    for suffix in ("", *"bcdefghijklmnopqrstuvwxyz"):
+        path = results / f"{name}-{day:%Y-%m-%d}{suffix}.txt"
+        if not path.exists():
+            return path
+    raise RuntimeError(f"26 results of {name} on {day:%Y-%m-%d} already: move some away")
+
+
 def write_outputs(
     bench: Bench, cmd: str, started: dt.datetime, table: str, checks: list[str], notes: str
 ) -> None:
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    raw_path = results / f"proxy-{started:%Y-%m-%d}.txt"
+    raw_path = free_result_path("proxy", started)
     raw_path.write_text("\n".join(bench.raw) + "\n")
     print(f"raw output: {raw_path.relative_to(REPO)}")
     readme = HERE / "README.md"
