@@ -26,11 +26,12 @@ from shadowroute.stream.sink import Sink
 
 log = logging.getLogger("shadowroute.dataplane")
 
-SWEEP_BATCH = 8
+SWEEP_BATCH = 2
 """Connections the idle sweep refuses or closes per turn of the event loop at most. A refusal
 (the answer written, the write side shut, the lingering read set up) is ~10 µs of the loop's
 time, and its client's reconnection and close follow on the same loop: with 32 a turn, each
-flood's deadline gave the hostile soak's worker ~15-25 turns a second over 0.5 ms."""
+flood's deadline gave the hostile soak's worker ~15-25 turns a second over 0.5 ms; from 8 to
+2, an idle flood's turns over 0.1 ms fell by about half (``benchmarks/README.md``)."""
 SWEEP_SLICE = 128
 """Connections the idle sweep looks at per turn of the event loop at most."""
 
