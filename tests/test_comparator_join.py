@@ -189,6 +189,39 @@ def test_a_second_request_under_a_pending_id_is_a_duplicate(joiner: Joiner) -> N
     assert CAND not in b.pending.get("a", {}) and not b.labelled
 
 
+def test_a_request_under_an_id_whose_label_the_candidate_joined_is_a_duplicate(
+    joiner: Joiner,
+) -> None:
+    stored = {"a": LabelRow("a", T0 + 50, ROUTE, 1, True, True, frozenset({f"{CAND}/{T0}"}))}
+    b = _pairs(joiner, [_rec("a", T0 + 7, [1], [1])], stored=stored)
+    assert b.counts["duplicate_ids"] == 1
+    assert not b.labelled and not b.prod_labelled and not b.pending
+    assert not b.marks and not b.slot_marks
+    assert len(b.rows[(ROUTE, CAND)]) == 1  # its unlabelled figures still count
+    # the same record again (the time the label remembers) is a re-delivery, not a duplicate
+    b = _pairs(joiner, [_rec("a", T0, [1], [1])], stored=stored)
+    assert b.counts == {"duplicate_pairs": 1} and not b.rows
+
+
+def test_a_label_another_candidate_joined_still_joins_this_one(joiner: Joiner) -> None:
+    other = "fraud-v9"
+    stored = {"a": LabelRow("a", T0 + 50, ROUTE, 1, True, True, frozenset({f"{other}/{T0}"}))}
+    b = _pairs(joiner, [_rec("a", T0, [1], [0])], stored=stored)
+    assert "duplicate_ids" not in b.counts
+    assert b.labelled[(ROUTE, CAND)] == [LabelledRow(T0, 1, 0, 1)]
+    assert b.slot_marks == {"a": [f"{CAND}/{T0}"]}
+
+
+def test_each_instance_of_a_replayed_request_is_a_duplicate(joiner: Joiner) -> None:
+    stored = {
+        k: LabelRow(k, T0 + 50, ROUTE, 1, True, True, frozenset({f"{CAND}/{T0}"}))
+        for k in ("m#0", "m#1")
+    }
+    b = _pairs(joiner, [_rec("m", T0 + 7, [1, 0], [1, 0])], stored=stored)
+    assert b.counts["duplicate_ids"] == 2
+    assert not b.labelled and not b.pending and not b.slot_marks
+
+
 def test_the_same_pair_record_again_is_skipped_whole(joiner: Joiner) -> None:
     rec = pair("a", T0, [1], [0])
     b = _pairs(

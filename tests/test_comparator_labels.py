@@ -223,3 +223,31 @@ def test_a_second_pair_under_a_pending_id_is_counted_and_kept_out(tmp_path: Path
     assert part["duplicate_pairs"] == 1  # the same record again is not another request
     assert cand.labelled == 1 and cand.quality["accuracy"].n == 1
     assert cand.pairs == 3  # its unlabelled figures still count: a real request each
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["label_between", "label_first", "label_with_second", "label_first_then_both"],
+)
+def test_an_id_replayed_after_its_label_joined_is_a_duplicate(tmp_path: Path, order: str) -> None:
+    """A second request under an id stays out of the evidence however the label and the two
+    requests fall into batches: while the first waits for its label, and once the label has
+    joined it (the label remembers which candidate joined it). The first one stays."""
+    engine = _engine(tmp_path / "s.sqlite")
+    first = (b"a", pair("a", T0, [1], [1]))  # the candidate is right on the first request
+    second = (b"a", pair("a", T0 + 5, [1], [0]))  # and wrong on the replay
+    label = LabelRecord("a", 1, T0 + 10)
+    batches: dict[str, list[tuple[list[tuple[bytes, bytes]], list[LabelRecord]]]] = {
+        "label_between": [([first], []), ([], [label]), ([second], [])],
+        "label_first": [([], [label]), ([first], []), ([second], [])],
+        "label_with_second": [([first], []), ([second], [label])],
+        "label_first_then_both": [([], [label]), ([first, second], [])],
+    }
+    for pairs, labels in batches[order]:
+        engine.process(0, pairs, labels)
+    cand, prod, part = _states(engine)
+    assert part["duplicate_ids"] == 1
+    assert "duplicate_pairs" not in part
+    assert cand.labelled == 1 and cand.quality["accuracy"].cand_sum == 1.0
+    assert cand.pairs == 2  # the replay's unlabelled figures still count
+    assert prod.counts["labelled"] == 1  # production is watched once per request

@@ -160,11 +160,8 @@ async def test_a_client_id_already_pending_is_counted_not_merged(tmp_path: Path)
         admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}", timeout=10)
         async with admin:
             ids = [f"order-{i}" for i in range(30)]
-            for rid in ids:
-                await predict(client, HONEST_X, rid)
-            await asyncio.sleep(0.5)  # the first ones are committed, pending their label
-            for rid in ids:
-                await predict(client, FORGED_X, rid)
+            await send_under(client, admin, ids, HONEST_X, len(ids))  # pending their label
+            await send_under(client, admin, ids, FORGED_X, 2 * len(ids))
             r = await post_labels(admin, [{"id": i, "label": TRUE_LABEL} for i in ids])
             assert r.status_code == 202, r.text
             d = await decision(admin, len(ids))
@@ -176,6 +173,49 @@ async def test_a_client_id_already_pending_is_counted_not_merged(tmp_path: Path)
     assert d["integrity"]["duplicate_ids"] == len(ids)
     assert f"shadowroute_duplicate_ids_total {float(len(ids))}" in metrics
     assert d["verdict"] == "reject"
+
+
+async def test_an_id_replayed_after_its_label_joined_adds_no_evidence(tmp_path: Path) -> None:
+    """Client-supplied ids: once a request's label has joined it, requests replayed under
+    the same id (with an input on which the bad candidate is right) join nothing: counted as
+    duplicate ids, the verdict stays. Before, each replay joined the stored label again."""
+    async with forgery_stack(tmp_path) as (stack, client):
+        admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}", timeout=10)
+        async with admin:
+            ids = [f"order-{i}" for i in range(30)]
+            await send_under(client, admin, ids, HONEST_X, len(ids))
+            r = await post_labels(admin, [{"id": i, "label": TRUE_LABEL} for i in ids])
+            assert r.status_code == 202, r.text
+            before = await decision(admin, len(ids))
+            assert before["labelled"] == len(ids)
+            for k in range(2, 5):  # each id replayed three times, after its label joined
+                await send_under(client, admin, ids, FORGED_X, k * len(ids))
+            d = await decision(admin, len(ids))
+            metrics = (await admin.get("/metrics")).text
+    report("forgery: ids replayed after their label", integrity=d.get("integrity"),
+           verdict=d["verdict"], before=before["verdict"])  # fmt: skip
+    assert d["labelled"] == len(ids)
+    assert d["integrity"]["duplicate_ids"] == 3 * len(ids)
+    assert f"shadowroute_duplicate_ids_total {float(3 * len(ids))}" in metrics
+    assert d["verdict"] == before["verdict"] == "reject"
+
+
+async def send_under(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient, ids: list[str], x: float, pairs: int
+) -> None:
+    """One request under each client-supplied id; returns once the candidate's decision
+    counts ``pairs`` pairs in all (committed, with their pending entries), and fails if it
+    does not within 10 s."""
+    for rid in ids:
+        await predict(client, x, rid)
+    deadline = time.monotonic() + 10.0
+    while True:
+        d = (await admin.get("/v1/routes/fraud/candidates/cand/decision")).json()
+        if d["pairs"] >= pairs:
+            assert d["pairs"] == pairs, d
+            return
+        assert time.monotonic() < deadline, d
+        await asyncio.sleep(0.05)
 
 
 async def honest_traffic(client: httpx.AsyncClient, admin: httpx.AsyncClient, n: int) -> list[str]:

@@ -23,8 +23,9 @@ Within a batch, pairs first join the batch's own labels in memory; only the othe
 looked up in the store, and each new label is stored once, with its join flags. A label whose
 key already has one (stored, or earlier in the batch) is never joined: counted as a
 duplicate (``duplicate_labels``, same value) or a conflict (``conflicting_labels``). A pair
-whose (key, candidate) is already pending, or joined in this batch, is a duplicate request id
-(``duplicate_ids``): kept out of the evidence. Labels that join nothing wait, at most
+whose (key, candidate) is already pending, or joined in this batch, or whose stored label
+that candidate already joined, is a duplicate request id (``duplicate_ids``): kept out of the
+evidence. Labels that join nothing wait, at most
 ``labels.max_waiting_per_route`` per route (``waiting:<route>`` counters); beyond it they go
 to the dead letters (``label:backlog_full``). ``label_outcomes`` says, after a batch, what
 became of each label.
@@ -1177,6 +1178,11 @@ class Joiner:
                     else:
                         new = fresh.get(key)
                         old = stored.get(key) if new is None else None
+                    # ... or whose stored label this candidate already joined (another
+                    # request, another time: the same one again was skipped above)
+                    if old is not None and old.slots and _joined_by(old.slots, cand):
+                        duplicates += 1
+                        continue
                     if self._join_new(route, cand, key, ts, pout[i], c, new, old, b):
                         if repeats:
                             seen[kc] = True
@@ -1325,6 +1331,12 @@ def _same_revisions(a: Pair, b: Pair) -> bool:
 def _joined_at(slots: Collection[str], cand: str, ts: int) -> bool:
     """Whether ``slots`` (a label's ``<candidate slot>/<ts>`` joins) holds this entry."""
     return f"{cand}/{ts}" in slots
+
+
+def _joined_by(slots: Collection[str], cand: str) -> bool:
+    """Whether ``slots`` (a label's ``<candidate slot>/<ts>`` joins) holds an entry of this
+    candidate slot, at any time."""
+    return any(s.rpartition("/")[0] == cand for s in slots)
 
 
 def _joinable(label_route: str | None, label_ts: int, route: Route, pair_ts: int) -> bool:
