@@ -1251,7 +1251,9 @@ def main(argv: list[str] | None = None) -> int:
         workers = worker_pids(sr.pid)
         if len(workers) != 1:
             raise RuntimeError(f"expected one worker process under {sr.pid}, found {workers}")
-        sup_cpu = PROXY_CPU if a.supervisor_cpu == "proxy" else LOAD_CPU
+        # where the supervisor's threads run (unpinned: anywhere, the load core included)
+        sup_on_load = a.supervisor_cpu == "load" or not pin
+        sup_cpu = LOAD_CPU if sup_on_load else PROXY_CPU
         if pin:  # the worker on the proxy's core, the rest on the load core (the supervisor
             # where --supervisor-cpu says); ``-a``: every thread (the supervisor's threads
             # started before this would otherwise keep both cores)
@@ -1260,10 +1262,10 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["taskset", "-a", "-p", "-c", sup_cpu, str(sr.pid)], check=True,
                            capture_output=True)  # fmt: skip
         soak.say(f"# hostile soak {started:%Y-%m-%d %H:%M}Z: {cmd}")
-        where = "supervisor, " if sup_cpu == LOAD_CPU else ""
+        where = "supervisor, " if sup_on_load else ""
         soak.say(
             f"# serve --workers 1 (worker pid {workers[0]}"
-            + (f" on CPU {PROXY_CPU}{' with the supervisor' if not where else ''}; load, "
+            + (f" on CPU {PROXY_CPU}{'' if sup_on_load else ' with the supervisor'}; load, "
                f"attackers, upstreams, {where}this soak on CPU {LOAD_CPU})"
                if pin else ", not pinned)")
             + f"; normal load {a.rate:g} req/s over {a.conns} keep-alive connections, 100% "
@@ -1301,9 +1303,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         procs.stop_all()
-    table, verdict = summarise(
-        soak.phases, prod_stats, soak.idle, a.supervisor_cpu == "load" or not pin
-    )
+    table, verdict = summarise(soak.phases, prod_stats, soak.idle, sup_on_load)
     soak.say("\n" + table)
     errors_logged = [
         line for line in (workdir / "shadowroute.log").read_text(errors="replace").splitlines()
