@@ -142,8 +142,9 @@ def test_first_record_of_a_request_writes_one_row_for_both_entries(tmp_path: Pat
     engine.process(0, [(b"a", pair("a", T0, [1], [0]))], [])
     assert _rows(engine) == [("a", "", SLOT)]
     assert engine.store.pending_count() == 2
-    # a second candidate of the same request: its own row; production is not watched twice
-    engine.process(0, [(b"a", pair("a", T0 + 5, [1], [1], candidate=CAND2))], [])
+    # a second candidate of the same request (the same time): its own row; production is
+    # not watched twice
+    engine.process(0, [(b"a", pair("a", T0, [1], [1], candidate=CAND2))], [])
     assert _rows(engine) == [("a", "", SLOT), ("a", SLOT2, None)]
     engine.process(0, [], [LabelRecord("a", 1, T0 + 100)])
     assert engine.store.pending_count() == 0
@@ -186,20 +187,23 @@ def test_a_resent_pair_is_counted_and_joined_once(tmp_path: Path) -> None:
     assert engine.counters(0)["duplicate_pairs"] == 3
 
 
-def test_of_two_entries_in_a_batch_the_earlier_stays(tmp_path: Path) -> None:
-    """Two records of one (request, candidate) in a batch: the entry that sorts first (the
-    earlier timestamp) is the one kept, whatever the order they came in."""
+@pytest.mark.parametrize("late_first", [True, False])
+def test_of_two_requests_under_one_id_in_a_batch_the_earlier_stays(
+    tmp_path: Path, late_first: bool
+) -> None:
+    """Two requests under one id in a batch: the earlier one (its row sorts first) holds the
+    id, for production's entry and the candidate's, whatever the order they came in."""
     engine = _engine(tmp_path / "s.sqlite", ttl_s=60.0)
-    late, early = pair("a", T0 + 50_000, [1], [1]), pair("a", T0, [1], [1])
-    engine.process(0, [(b"a", late), (b"a", early)], [])
-    # production's entry comes from the first record, the candidate's from the earlier one
-    assert _rows(engine) == [("a", "", None), ("a", SLOT, None)]
+    late, early = (b"a", pair("a", T0 + 50_000, [1], [1])), (b"a", pair("a", T0, [1], [1]))
+    engine.process(0, [late, early] if late_first else [early, late], [])
+    assert _rows(engine) == [("a", "", SLOT)]  # one row for both: the early request's
+    assert engine.counters(0)["duplicate_ids"] == 1
+    assert _prod(engine).counts["requests"] == 1  # production watched once: the early one
     engine.process(0, [], [LabelRecord("a", 1, T0 + 100_000)])
-    # 50 s from production's entry: joined; 100 s from the candidate's: beyond the TTL, and
-    # the label's time ends it
-    assert _cand(engine).labelled == 0
-    assert _cand(engine).count("orphan_pairs") == 1
-    assert _prod(engine).counts["labelled"] == 1
+    # 100 s from the early request: beyond the TTL, and the label's time ends both entries
+    # (the late request, 50 s from it, is not the id's)
+    assert _cand(engine).labelled == 0 and _cand(engine).count("orphan_pairs") == 1
+    assert _prod(engine).counts.get("labelled", 0) == 0
     assert _rows(engine) == []
 
 

@@ -39,7 +39,7 @@ def _labels(
 
 def _pairs(
     joiner: Joiner, records: list[Pair], b: Batch | None = None,
-    stored: dict[str, LabelRow] | None = None, in_store: set[tuple[str, str]] | None = None,
+    stored: dict[str, LabelRow] | None = None, in_store: dict[tuple[str, str], int] | None = None,
     pending_at: dict[tuple[str, str], int] | None = None,
 ) -> Batch:  # fmt: skip
     b = b or Batch()
@@ -47,7 +47,7 @@ def _pairs(
     stored = {k: v for k, v in (stored or {}).items() if k in wanted}
     at = pending_at or {}
     joiner.pairs(
-        0, records, repeats, stored, in_store or set(),
+        0, records, repeats, stored, in_store or {},
         lambda key, slot, ts: at.get((key, slot)) == ts, b,
     )  # fmt: skip
     return b
@@ -85,7 +85,7 @@ def test_a_label_joins_candidate_and_production_rows_apart(joiner: Joiner) -> No
     assert b.labelled[(ROUTE, CAND)] == [LabelledRow(T0, 1, 0, 0)]
     assert b.prod_labelled[ROUTE] == [(T0, T0 + 10, 0.0)]
     assert b.joined == [("a", PROD), ("a", CAND)]
-    assert label.slots == [f"{CAND}/{T0}"]
+    assert label.slots == [f"/{T0}", f"{CAND}/{T0}"]  # production's entry as ``/<ts>``
 
 
 def test_a_label_beyond_the_ttl_or_of_another_route_joins_nothing(joiner: Joiner) -> None:
@@ -160,14 +160,15 @@ def test_pairs_join_the_batch_labels_in_memory(joiner: Joiner) -> None:
     assert b.labelled[(ROUTE, CAND)] == [LabelledRow(T0, 1, 0, 1)]
     assert b.prod_labelled[ROUTE] == [(T0, T0 + 50, 1.0)]
     assert not b.pending and not b.marks
-    assert label.joined and label.prod_done and label.slots == [f"{CAND}/{T0}"]
+    # production's entry as ``/<ts>``: the request that holds the id
+    assert label.joined and label.prod_done and label.slots == [f"/{T0}", f"{CAND}/{T0}"]
 
 
 def test_pairs_join_a_stored_label_and_mark_it(joiner: Joiner) -> None:
     stored = {"a": LabelRow("a", T0 + 50, ROUTE, 1, False, False)}
     b = _pairs(joiner, [_rec("a", T0, [1], [0])], stored=stored)
     assert b.labelled[(ROUTE, CAND)] == [LabelledRow(T0, 1, 0, 1)]
-    assert b.marks == {"a": 1} and b.slot_marks == {"a": [f"{CAND}/{T0}"]}
+    assert b.marks == {"a": 1} and b.slot_marks == {"a": [f"/{T0}", f"{CAND}/{T0}"]}
     assert b.unwaited == {"waiting:fraud": 1}  # it no longer waits for its pair
     assert not b.pending
 
@@ -182,7 +183,7 @@ def test_a_second_request_under_a_pending_id_is_a_duplicate(joiner: Joiner) -> N
     b = _pairs(
         joiner,
         [_rec("a", T0 + 7, [1], [0])],
-        in_store={("a", PROD), ("a", CAND)},
+        in_store={("a", PROD): T0, ("a", CAND): T0},
         pending_at={("a", CAND): T0},  # the pending one came at another time
     )
     assert b.counts["duplicate_ids"] == 1
@@ -203,13 +204,53 @@ def test_a_request_under_an_id_whose_label_the_candidate_joined_is_a_duplicate(
     assert b.counts == {"duplicate_pairs": 1} and not b.rows
 
 
-def test_a_label_another_candidate_joined_still_joins_this_one(joiner: Joiner) -> None:
+def test_a_label_another_candidate_joined_joins_the_same_request_only(joiner: Joiner) -> None:
     other = "fraud-v9"
     stored = {"a": LabelRow("a", T0 + 50, ROUTE, 1, True, True, frozenset({f"{other}/{T0}"}))}
+    # the same request's record for this candidate (the same time): joins
     b = _pairs(joiner, [_rec("a", T0, [1], [0])], stored=stored)
     assert "duplicate_ids" not in b.counts
     assert b.labelled[(ROUTE, CAND)] == [LabelledRow(T0, 1, 0, 1)]
     assert b.slot_marks == {"a": [f"{CAND}/{T0}"]}
+    # another request under the id, to a candidate the first one never reached: kept out
+    b = _pairs(joiner, [_rec("a", T0 + 7, [1], [1])], stored=stored)
+    assert b.counts["duplicate_ids"] == 1
+    assert not b.labelled and not b.pending and not b.slot_marks
+
+
+def test_a_label_production_alone_joined_holds_the_id_for_its_request(joiner: Joiner) -> None:
+    """A production-only record joined the label (no candidate was mirrored); a candidate's
+    record of another request under the id (a fraction raised since) joins nothing."""
+    stored = {"a": LabelRow("a", T0 + 50, ROUTE, 1, True, True, frozenset({f"/{T0}"}))}
+    b = _pairs(joiner, [_rec("a", T0 + 7, [1], [1])], stored=stored)
+    assert b.counts["duplicate_ids"] == 1 and not b.labelled and not b.pending
+    b = _pairs(joiner, [_rec("a", T0, [1], [1])], stored=stored)  # its own request: joins
+    assert "duplicate_ids" not in b.counts
+    assert b.labelled[(ROUTE, CAND)] == [LabelledRow(T0, 1, 1, 1)]
+
+
+def test_an_id_pending_for_another_candidate_holds_it_for_its_request(joiner: Joiner) -> None:
+    other = "fraud-v9"
+    in_store = {("a", PROD): T0, ("a", other): T0}  # a combined row: production and fraud-v9
+    b = _pairs(joiner, [_rec("a", T0 + 7, [1], [1])], in_store=in_store)
+    assert b.counts["duplicate_ids"] == 1 and not b.pending
+    assert len(b.rows[(ROUTE, CAND)]) == 1  # its unlabelled figures still count
+    b = _pairs(joiner, [_rec("a", T0, [1], [1])], in_store=in_store)  # the same request
+    assert "duplicate_ids" not in b.counts
+    assert set(b.pending["a"]) == {CAND} and b.pending["a"][CAND].ts == T0
+
+
+def test_in_one_batch_the_earliest_request_holds_the_id_for_every_candidate(
+    joiner: Joiner,
+) -> None:
+    later = read_pair(pair("a", T0 + 7, [0], [1], candidate="fraud-v9"))
+    first = _rec("a", T0, [1], [1])
+    for records in ([later, first], [first, later]):  # whatever the order in the batch
+        b = _pairs(joiner, records)
+        assert b.counts["duplicate_ids"] == 1
+        assert set(b.pending["a"]) == {PROD, CAND}
+        assert b.pending["a"][PROD].ts == b.pending["a"][CAND].ts == T0
+        assert b.requests[ROUTE] == [(T0, False, 1)]  # production watched once: the first
 
 
 def test_each_instance_of_a_replayed_request_is_a_duplicate(joiner: Joiner) -> None:
@@ -227,7 +268,7 @@ def test_the_same_pair_record_again_is_skipped_whole(joiner: Joiner) -> None:
     b = _pairs(
         joiner,
         [read_pair(rec)],
-        in_store={("a", PROD), ("a", CAND)},
+        in_store={("a", PROD): T0, ("a", CAND): T0},
         pending_at={("a", CAND): T0},  # a re-delivery: the same time as the pending entry
     )
     assert b.counts["duplicate_pairs"] == 1 and "duplicate_ids" not in b.counts

@@ -251,3 +251,37 @@ def test_an_id_replayed_after_its_label_joined_is_a_duplicate(tmp_path: Path, or
     assert cand.labelled == 1 and cand.quality["accuracy"].cand_sum == 1.0
     assert cand.pairs == 2  # the replay's unlabelled figures still count
     assert prod.counts["labelled"] == 1  # production is watched once per request
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["label_between", "label_first", "label_with_replay", "all_in_one", "replay_first_in_batch"],
+)
+def test_a_replay_to_a_candidate_the_first_request_missed_is_a_duplicate(
+    tmp_path: Path, order: str
+) -> None:
+    """The first request under an id reached fraud-v8 only (fraud-v9's mirror was not sent,
+    or came later); a replay under the id reaches fraud-v9. The id is the first request's:
+    the replay joins nothing, for any candidate, however the records fall into batches."""
+    engine = _engine(tmp_path / "s.sqlite")
+    first = (b"a", pair("a", T0, [1], [1]))
+    replay = (b"a", pair("a", T0 + 5, [0], [1], candidate="fraud-v9"))
+    label = LabelRecord("a", 1, T0 + 10)
+    batches: dict[str, list[tuple[list[tuple[bytes, bytes]], list[LabelRecord]]]] = {
+        "label_between": [([first], []), ([], [label]), ([replay], [])],
+        "label_first": [([], [label]), ([first], []), ([replay], [])],
+        "label_with_replay": [([first], []), ([replay], [label])],
+        "all_in_one": [([first, replay], [label])],
+        "replay_first_in_batch": [([replay, first], []), ([], [label])],
+    }
+    for pairs, labels in batches[order]:
+        engine.process(0, pairs, labels)
+    cand, prod, part = _states(engine)
+    other = cand_state(engine, ROUTE, "fraud-v9", 0)
+    assert isinstance(other, CandidateState)
+    assert part["duplicate_ids"] == 1
+    assert cand.labelled == 1 and other.labelled == 0
+    assert other.pairs == 1  # the replay's unlabelled figures still count
+    assert prod.counts["labelled"] == 1
+    labelled = prod.quality.sums(prod.quality.windows())
+    assert (labelled.n, labelled.s1) == (1, 1.0)  # the first request's answer: right

@@ -40,3 +40,33 @@ def test_drop_pending_and_mark_labels_touch_exactly_their_keys(
     store.commit()
     assert store.conn.execute("SELECT prod_done FROM labels WHERE key = 'k0'").fetchone() == (1,)
     store.close()
+
+
+@pytest.mark.parametrize("params", [None, 4])
+def test_pending_kinds_names_each_entry_with_its_request_time(
+    tmp_path: Path, params: int | None
+) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    if params is not None:  # a few keys per statement: several statements
+        store._params = params
+    store.begin()
+    store.add_pending(
+        [
+            ("a", PROD, 0, "r", 100, "[1796000000123,1,0]", "c1"),  # combined: both entries
+            ("b", "c2", 0, "r", 100, '[1796000000456,{"x":[1,2]},null]', None),
+            *[(f"k{i}", PROD, 0, "r", 100, f"[{i},1,null]", None) for i in range(9)],
+        ]
+    )
+    store.commit()
+    # a row written as bytes by an earlier version reads alike
+    store.conn.execute("INSERT INTO pending VALUES ('c', 'c1', 0, 'r', 100, ?, NULL)",
+                       (b"[7,1,1]",))  # fmt: skip
+    got = store.pending_kinds(["a", "b", "c", "nobody", *[f"k{i}" for i in range(9)]])
+    assert got == {
+        ("a", PROD): 1796000000123,
+        ("a", "c1"): 1796000000123,
+        ("b", "c2"): 1796000000456,
+        ("c", "c1"): 7,
+        **{(f"k{i}", PROD): i for i in range(9)},
+    }
+    store.close()

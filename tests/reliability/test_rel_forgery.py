@@ -182,12 +182,7 @@ async def test_an_id_replayed_after_its_label_joined_adds_no_evidence(tmp_path: 
     async with forgery_stack(tmp_path) as (stack, client):
         admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}", timeout=10)
         async with admin:
-            ids = [f"order-{i}" for i in range(30)]
-            await send_under(client, admin, ids, HONEST_X, len(ids))
-            r = await post_labels(admin, [{"id": i, "label": TRUE_LABEL} for i in ids])
-            assert r.status_code == 202, r.text
-            before = await decision(admin, len(ids))
-            assert before["labelled"] == len(ids)
+            ids, before = await labelled_client_ids(client, admin, 30)
             for k in range(2, 5):  # each id replayed three times, after its label joined
                 await send_under(client, admin, ids, FORGED_X, k * len(ids))
             d = await decision(admin, len(ids))
@@ -198,6 +193,45 @@ async def test_an_id_replayed_after_its_label_joined_adds_no_evidence(tmp_path: 
     assert d["integrity"]["duplicate_ids"] == 3 * len(ids)
     assert f"shadowroute_duplicate_ids_total {float(3 * len(ids))}" in metrics
     assert d["verdict"] == before["verdict"] == "reject"
+
+
+async def test_ids_replayed_to_a_new_candidate_revision_add_no_evidence(tmp_path: Path) -> None:
+    """A new revision of the candidate starts fresh evidence. A client then replays, under
+    ids whose labels it knows, requests on which the new revision is right. Each replay was
+    the new revision's first entry under its id, and joined the stored label; now the id is
+    the first request's, and a replay joins nothing, for any candidate revision."""
+    async with forgery_stack(tmp_path) as (stack, client):
+        admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.admin_port}", timeout=10)
+        async with admin:
+            ids, _ = await labelled_client_ids(client, admin, 30)
+            base = "/v1/routes/fraud/candidates/cand"
+            r = await admin.put(f"{base}/revision", json={"revision": "b"})
+            assert r.status_code == 200, r.text
+            await send_under(client, admin, ids, FORGED_X, len(ids))  # revision b's pairs
+            await asyncio.sleep(0.3)
+            d = (await admin.get(f"{base}/decision")).json()
+            metrics = (await admin.get("/metrics")).text
+    report("forgery: ids replayed to a new revision", revision=d["revision"],
+           labelled=d["labelled"], integrity=d.get("integrity"), verdict=d["verdict"])  # fmt: skip
+    assert d["revision"]["candidate"]["revision"] == "b" and d["pairs"] == len(ids)
+    assert d["labelled"] == 0
+    assert d["integrity"]["duplicate_ids"] == len(ids)
+    assert f"shadowroute_duplicate_ids_total {float(len(ids))}" in metrics
+    assert d["verdict"] == "hold"
+
+
+async def labelled_client_ids(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient, n: int
+) -> tuple[list[str], dict[str, Any]]:
+    """``n`` honest requests under client-supplied ids, their labels posted and joined: the
+    ids and the decision then."""
+    ids = [f"order-{i}" for i in range(n)]
+    await send_under(client, admin, ids, HONEST_X, n)
+    r = await post_labels(admin, [{"id": i, "label": TRUE_LABEL} for i in ids])
+    assert r.status_code == 202, r.text
+    d = await decision(admin, n)
+    assert d["labelled"] == n, d
+    return ids, d
 
 
 async def send_under(

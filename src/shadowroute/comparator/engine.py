@@ -23,12 +23,12 @@ Within a batch, pairs first join the batch's own labels in memory; only the othe
 looked up in the store, and each new label is stored once, with its join flags. A label whose
 key already has one (stored, or earlier in the batch) is never joined: counted as a
 duplicate (``duplicate_labels``, same value) or a conflict (``conflicting_labels``). A pair
-whose (key, candidate) is already pending, or joined in this batch, or whose stored label
-that candidate already joined, is a duplicate request id (``duplicate_ids``): kept out of the
-evidence. Labels that join nothing wait, at most
-``labels.max_waiting_per_route`` per route (``waiting:<route>`` counters); beyond it they go
-to the dead letters (``label:backlog_full``). ``label_outcomes`` says, after a batch, what
-became of each label.
+under a key that another request holds (another time: pending in the store, joined to the
+key's label, or earlier in the batch's time order), or whose (key, candidate) is already
+pending or joined, is a duplicate request id (``duplicate_ids``): kept out of the evidence.
+Labels that join nothing wait, at most ``labels.max_waiting_per_route`` per route
+(``waiting:<route>`` counters); beyond it they go to the dead letters
+(``label:backlog_full``). ``label_outcomes`` says, after a batch, what became of each label.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ class Batch:
     marks: dict[str, int] = field(default_factory=dict)
     """Stored labels joined in this batch: key -> 1 if production's entry joined it."""
     slot_marks: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    """Stored labels joined in this batch: key -> the candidate slots that joined it."""
+    """Stored labels joined in this batch: key -> the entries that joined it (``<slot>/<ts>``,
+    production's as ``/<ts>``)."""
     unwaited: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Stored labels that joined for the first time in this batch, by waiting counter."""
     touched: set[StateKey] = field(default_factory=set)
@@ -745,7 +746,7 @@ class Engine:
         joiner = self.joiner
         wanted, repeats = joiner.pair_keys(records, b.fresh)
         stored = self.store.labels_for(wanted) if wanted else {}
-        in_store = self.store.pending_kinds(wanted) if wanted else set()
+        in_store = self.store.pending_kinds(wanted) if wanted else {}
         joiner.pairs(partition, records, repeats, stored, in_store, self._pending_at, b)
 
     def _pending_at(self, key: str, slot: str, ts: int) -> bool:
@@ -976,7 +977,7 @@ class Joiner:
             if cand is not None:
                 existing.add((key, cand))
                 new.slots.append(f"{cand}/{ts}")
-            elif kind != PROD:
+            else:  # production's entry alone: ``/<ts>`` (the request that holds the id)
                 new.slots.append(f"{kind}/{ts}")
             new.joined = True
             if kind == PROD:
@@ -1034,17 +1035,40 @@ class Joiner:
 
     def pairs(
         self, partition: int, records: list[Pair], repeats: bool,
-        stored: Mapping[str, LabelRow], in_store: set[tuple[str, str]], pending_at: PendingAt,
-        b: Batch,
+        stored: Mapping[str, LabelRow], in_store: Mapping[tuple[str, str], int],
+        pending_at: PendingAt, b: Batch,
     ) -> None:  # fmt: skip
         """Score unlabelled facts; join pair instances (keys from ``pair_keys``) with this
         batch's labels (``b.fresh``) or the stored ones under the keys looked up
         (``stored``), or leave them pending. ``in_store``: the (key, kind) pending in the
-        store under those keys; ``pending_at`` asks the store about one of them (rare: a pair
-        record that may be a re-delivery)."""
+        store under those keys, with the time of the request each came from; ``pending_at``
+        asks the store about one of them (rare: a pair record that may be a re-delivery).
+
+        An id names one request. A pair instance under a key that another request already
+        holds (another time: pending in the store, joined to the key's label, or earlier in
+        this batch's time order) is a duplicate request id, whatever its candidate."""
         fresh = b.fresh
-        b.existing |= in_store
+        b.existing.update(in_store)
         prod_seen = {k for k, kind in in_store if kind == PROD}
+        owners: dict[str, set[int]] = {}
+        """Key -> the times of the requests pending under it in the store (one, but for
+        entries stored before this rule)."""
+        for (k, _), t in in_store.items():
+            got_owner = owners.get(k)
+            if got_owner is None:
+                owners[k] = {t}
+            else:
+                got_owner.add(t)
+        # A key twice in the batch: the request with the earliest time holds it here (as
+        # the row that sorts first is the one kept pending).
+        batch_owner: dict[str, int] = {}
+        if repeats:
+            for rec in records:
+                t = rec.ts
+                for key in rec.keys:
+                    o = batch_owner.get(key)
+                    if o is None or t < o:
+                        batch_owner[key] = t
         prod_seen |= b.prod_pending
         has_labels = bool(fresh) or bool(stored)
         routes = self.routes
@@ -1092,7 +1116,7 @@ class Joiner:
                 new0 = fresh.get(first)
                 if new0 is None:
                     old0 = stored.get(first)
-            monitored = first in prod_seen
+            monitored = first in prod_seen or (repeats and batch_owner[first] != ts)
             if not monitored:
                 monitored = (new0 is not None and new0.prod_done) or (
                     old0 is not None and old0.prod_done
@@ -1178,15 +1202,24 @@ class Joiner:
                     else:
                         new = fresh.get(key)
                         old = stored.get(key) if new is None else None
-                    # ... or whose stored label this candidate already joined (another
-                    # request, another time: the same one again was skipped above)
-                    if old is not None and old.slots and _joined_by(old.slots, cand):
+                    # ... or whose label an entry of another request joined (another
+                    # time: the same record again was skipped above)
+                    if (old is not None and old.slots and _other_request(old.slots, ts)) or (
+                        new is not None and new.slots and _other_request(new.slots, ts)
+                    ):
                         duplicates += 1
                         continue
-                    if self._join_new(route, cand, key, ts, pout[i], c, new, old, b):
-                        if repeats:
-                            seen[kc] = True
-                        continue
+                if (owners and key in owners and ts not in owners[key]) or (
+                    repeats and batch_owner[key] != ts
+                ):
+                    # ... or that another request holds: pending in the store, or earlier
+                    # in this batch's time order
+                    duplicates += 1
+                    continue
+                if has_labels and self._join_new(route, cand, key, ts, pout[i], c, new, old, b):
+                    if repeats:
+                        seen[kc] = True
+                    continue
                 if repeats:
                     seen[kc] = False
                 _pend(pending, key, cand, PendingEntry(name, expires, ts, pout[i], c, idx))
@@ -1210,8 +1243,7 @@ class Joiner:
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
-            else:
-                new.slots.append(f"{kind}/{ts}")
+            new.slots.append(f"{kind}/{ts}")
             return True
         if old is None or not _joinable(old.route, old.ts, route, ts):
             return False
@@ -1223,7 +1255,7 @@ class Joiner:
             b.marks[key] = 1
         else:
             b.marks.setdefault(key, 0)
-            b.slot_marks[key].append(f"{kind}/{ts}")
+        b.slot_marks[key].append(f"{kind}/{ts}")
         return True
 
     def _drift(self, route: Route, partition: int, b: Batch) -> DriftBatch:
@@ -1333,10 +1365,11 @@ def _joined_at(slots: Collection[str], cand: str, ts: int) -> bool:
     return f"{cand}/{ts}" in slots
 
 
-def _joined_by(slots: Collection[str], cand: str) -> bool:
-    """Whether ``slots`` (a label's ``<candidate slot>/<ts>`` joins) holds an entry of this
-    candidate slot, at any time."""
-    return any(s.rpartition("/")[0] == cand for s in slots)
+def _other_request(slots: Collection[str], ts: int) -> bool:
+    """Whether the entries that joined a label (``slots``: ``<slot>/<ts>``, production's as
+    ``/<ts>``) came from a request at another time than ``ts``."""
+    at = f"/{ts}"
+    return not any(s.endswith(at) for s in slots)
 
 
 def _joinable(label_route: str | None, label_ts: int, route: Route, pair_ts: int) -> bool:

@@ -160,7 +160,7 @@ class Label:
         self.route = route
         self.joined = False
         self.prod_done = False
-        self.slots: list[str] = []  # ``slot/ts`` of the candidate entries that joined it
+        self.slots: list[str] = []  # ``slot/ts`` of the entries that joined it (``/ts``: prod)
 
     @classmethod
     def of(cls, lab: LabelRecord) -> Label:

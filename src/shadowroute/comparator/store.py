@@ -11,8 +11,9 @@ Tables:
   record's candidate, whose entry it also stands for (``data`` is then the candidate's entry,
   from which production's follows);
 - ``labels`` — labels, kept until their TTL ends (several candidates may join one label);
-  ``slots`` lists the ``slot/ts`` of the candidate entries that joined each (space-separated),
-  so a pair record that comes again after its label joined (a Kafka re-delivery) is known;
+  ``slots`` lists the ``slot/ts`` of the entries that joined each (space-separated;
+  production's alone as ``/ts``), so a pair record that comes again after its label joined
+  (a Kafka re-delivery) is known, and so is another request under the same id (another ts);
 - ``decisions`` — the verdict history;
 - ``meta`` — what the file is about: the config fingerprint (``comparator.statefile``).
 
@@ -127,6 +128,13 @@ def _add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) ->
     except sqlite3.OperationalError as exc:  # another connection added it meanwhile
         if "duplicate column" not in str(exc):
             raise
+
+
+def _entry_ts(data: str | bytes) -> int:
+    """The time in a pending entry's data (``[ts, production, candidate]``), read without
+    parsing the predictions."""
+    text = data if isinstance(data, str) else data.decode()
+    return int(text[1 : text.index(",")])
 
 
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
@@ -247,15 +255,20 @@ class Store:
             "DELETE FROM assessed WHERE partition = ? AND expires < ?", (partition, before)
         )
 
-    def pending_kinds(self, keys: Sequence[str]) -> set[tuple[str, str]]:
-        """(key, kind) of every pending entry under these keys (both of a combined row)."""
-        out: set[tuple[str, str]] = set()
+    def pending_kinds(self, keys: Sequence[str]) -> dict[tuple[str, str], int]:
+        """(key, kind) of every pending entry under these keys (both of a combined row), with
+        the time of the request it came from."""
+        out: dict[tuple[str, str], int] = {}
         for chunk in _chunks(keys):
-            q = f"SELECT key, kind, cand FROM pending WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, kind, cand in self.conn.execute(q, chunk):
-                out.add((key, kind))
+            q = (
+                "SELECT key, kind, cand, data FROM pending WHERE key IN "
+                f"({','.join('?' * len(chunk))})"
+            )
+            for key, kind, cand, data in self.conn.execute(q, chunk):
+                ts = _entry_ts(data)
+                out[(key, kind)] = ts
                 if cand is not None:
-                    out.add((key, cand))
+                    out[(key, cand)] = ts
         return out
 
     def pending_ts(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
@@ -292,7 +305,8 @@ class Store:
         )
 
     def add_label_slots(self, rows: Sequence[tuple[str, str]]) -> None:
-        """(slots, key): these ``slot/ts`` (space-separated) joined the stored label."""
+        """(slots, key): these ``slot/ts`` (space-separated; ``/ts``: production's entry)
+        joined the stored label."""
         self.conn.executemany(
             "UPDATE labels SET slots = CASE WHEN slots = '' THEN ? ELSE slots || ' ' || ? END "
             "WHERE key = ?",
