@@ -160,15 +160,15 @@ def test_pairs_join_the_batch_labels_in_memory(joiner: Joiner) -> None:
     assert b.labelled[(ROUTE, CAND)] == [LabelledRow(T0, 1, 0, 1)]
     assert b.prod_labelled[ROUTE] == [(T0, T0 + 50, 1.0)]
     assert not b.pending and not b.marks
-    # production's entry as ``/<ts>``: the request that holds the id
-    assert label.joined and label.prod_done and label.slots == [f"/{T0}", f"{CAND}/{T0}"]
+    # the candidate's slot carries the request's time (production's is marked only alone)
+    assert label.joined and label.prod_done and label.slots == [f"{CAND}/{T0}"]
 
 
 def test_pairs_join_a_stored_label_and_mark_it(joiner: Joiner) -> None:
     stored = {"a": LabelRow("a", T0 + 50, ROUTE, 1, False, False)}
     b = _pairs(joiner, [_rec("a", T0, [1], [0])], stored=stored)
     assert b.labelled[(ROUTE, CAND)] == [LabelledRow(T0, 1, 0, 1)]
-    assert b.marks == {"a": 1} and b.slot_marks == {"a": [f"/{T0}", f"{CAND}/{T0}"]}
+    assert b.marks == {"a": 1} and b.slot_marks == {"a": [f"{CAND}/{T0}"]}
     assert b.unwaited == {"waiting:fraud": 1}  # it no longer waits for its pair
     assert not b.pending
 
@@ -216,6 +216,16 @@ def test_a_label_another_candidate_joined_joins_the_same_request_only(joiner: Jo
     b = _pairs(joiner, [_rec("a", T0 + 7, [1], [1])], stored=stored)
     assert b.counts["duplicate_ids"] == 1
     assert not b.labelled and not b.pending and not b.slot_marks
+
+
+def test_production_joining_a_label_alone_marks_its_request_time(joiner: Joiner) -> None:
+    label = Label("a", 1, T0 + 50, None)
+    b, _ = _labels(joiner, [label], {}, [])
+    _pairs(joiner, [_rec("a", T0, [1], None)], b)  # a production-only record
+    assert label.prod_done and label.slots == [f"/{T0}"]
+    stored = {"a": LabelRow("a", T0 + 50, ROUTE, 1, False, False)}
+    b = _pairs(joiner, [_rec("a", T0, [1], None)], stored=stored)
+    assert b.marks == {"a": 1} and b.slot_marks == {"a": [f"/{T0}"]}
 
 
 def test_a_label_production_alone_joined_holds_the_id_for_its_request(joiner: Joiner) -> None:

@@ -1132,6 +1132,13 @@ class Joiner:
                     requests[name].append((ts, failed, len(keys)))
                     drift.add(ts - ts % window_ms, rec.input, out, rec.id, ts)
                     n = len(out) if out else 0
+                    # production's entry joins alone (no candidate entry of this record
+                    # follows it, whose slot would carry the request's time): marked ``/ts``
+                    alone = (
+                        rec.candidate is None
+                        or not out
+                        or (not rec.cand_output and rec.cand_error == "not_mirrored")
+                    )
                     for i, key in enumerate(keys):
                         p = out[i] if i < n else None  # type: ignore[index]
                         if has_labels:
@@ -1140,7 +1147,7 @@ class Joiner:
                             else:
                                 new = fresh.get(key)
                                 old = stored.get(key) if new is None else None
-                            if self._join_new(route, PROD, key, ts, p, None, new, old, b):
+                            if self._join_new(route, PROD, key, ts, p, None, new, old, b, alone):
                                 continue
                         if existing and (key, PROD) in existing:
                             continue
@@ -1232,10 +1239,12 @@ class Joiner:
 
     def _join_new(
         self, route: Route, kind: str, key: str, ts: int, p: Any, c: Any, new: Label | None,
-        old: LabelRow | None, b: Batch,
+        old: LabelRow | None, b: Batch, mark: bool = True,
     ) -> bool:  # fmt: skip
         """Join a new pair instance with the label under its key, if there is one it may join
-        (``new``: the batch's label for the key, else ``old``: the stored one)."""
+        (``new``: the batch's label for the key, else ``old``: the stored one). The label
+        remembers the entry (``<kind>/<ts>``) unless ``mark`` is false (production's entry
+        when a candidate entry of the same record follows)."""
         if new is not None:
             if not _joinable(new.route, new.ts, route, ts):
                 return False
@@ -1243,7 +1252,8 @@ class Joiner:
             new.joined = True
             if kind == PROD:
                 new.prod_done = True
-            new.slots.append(f"{kind}/{ts}")
+            if mark:
+                new.slots.append(f"{kind}/{ts}")
             return True
         if old is None or not _joinable(old.route, old.ts, route, ts):
             return False
@@ -1255,7 +1265,8 @@ class Joiner:
             b.marks[key] = 1
         else:
             b.marks.setdefault(key, 0)
-        b.slot_marks[key].append(f"{kind}/{ts}")
+        if mark:
+            b.slot_marks[key].append(f"{kind}/{ts}")
         return True
 
     def _drift(self, route: Route, partition: int, b: Batch) -> DriftBatch:
