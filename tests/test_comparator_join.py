@@ -250,6 +250,20 @@ def test_an_id_pending_for_another_candidate_holds_it_for_its_request(joiner: Jo
     assert set(b.pending["a"]) == {CAND} and b.pending["a"][CAND].ts == T0
 
 
+def test_an_entry_this_batch_s_label_could_not_join_still_holds_its_id(joiner: Joiner) -> None:
+    """The batch's label is out of reach of the request pending under its id (beyond the
+    TTL); a replay within reach of the label is still another request: it joins nothing."""
+    other = "fraud-v9"
+    label = Label("a", 1, T0 + TTL_MS + 50, None)
+    rows: list[PendingRow] = [("a", PROD, ROUTE, f"[{T0},1,0]", CAND)]
+    b, _ = _labels(joiner, [label], {}, rows)
+    assert not label.joined and b.held == {"a": {T0}}
+    replay = read_pair(pair("a", T0 + TTL_MS, [1], [1], candidate=other))
+    b = _pairs(joiner, [replay], b)
+    assert b.counts["duplicate_ids"] == 1
+    assert not b.labelled and not label.joined and not b.pending
+
+
 def test_in_one_batch_the_earliest_request_holds_the_id_for_every_candidate(
     joiner: Joiner,
 ) -> None:

@@ -66,7 +66,14 @@ from shadowroute.comparator.state import (
     StateKey,
     state_from_dict,
 )
-from shadowroute.comparator.store import PROD, LabelRow, PendingRow, Positions, Store
+from shadowroute.comparator.store import (
+    PROD,
+    LabelRow,
+    PendingRow,
+    Positions,
+    Store,
+    entry_ts,
+)
 from shadowroute.core.assessments import (
     AssessmentRecord,
     EmbeddingRecord,
@@ -194,6 +201,9 @@ class Batch:
     """The position (among the labels joined) of each label id's first record."""
     prod_pending: set[str] = field(default_factory=set)
     """Keys of fresh labels with a pending production entry in the store."""
+    held: dict[str, set[int]] = field(default_factory=dict)
+    """Keys of fresh labels with pending entries in the store that did not join them: the
+    times of the requests they came from, which hold those keys for this batch's pairs."""
     embed_jobs: list[EmbedJob] = field(default_factory=list)
     """Texts for embedding drift's endpoints (handed on once the batch is committed)."""
 
@@ -952,6 +962,7 @@ class Joiner:
         # Timestamps are whole ms: |Δ| > ttl_s·1000 exactly when |Δ| > int(ttl_s·1000).
         routes, ttl_ms = self.routes, self.ttl_ms
         labelled, prod_labelled, touched = b.labelled, b.prod_labelled, b.touched
+        held = b.held
         for key, kind, route_name, data, cand in rows:
             new = fresh[key]
             if kind == PROD:
@@ -966,6 +977,9 @@ class Joiner:
                 existing.add((key, kind))
                 if cand is not None:
                     existing.add((key, cand))
+                # not joined: its request still holds the key (a joined one is in the
+                # label's slots)
+                _hold(held, key, entry_ts(data))
                 continue
             ts, p, c = int(entry[0]), entry[1], entry[2]
             self.join_one(route, kind, ts, p, c, new.label, new.ts, b)
@@ -1050,15 +1064,12 @@ class Joiner:
         fresh = b.fresh
         b.existing.update(in_store)
         prod_seen = {k for k, kind in in_store if kind == PROD}
-        owners: dict[str, set[int]] = {}
+        owners = b.held
         """Key -> the times of the requests pending under it in the store (one, but for
-        entries stored before this rule)."""
+        entries stored before this rule): under the keys of this batch's labels (read for
+        them) and under the others (``in_store``)."""
         for (k, _), t in in_store.items():
-            got_owner = owners.get(k)
-            if got_owner is None:
-                owners[k] = {t}
-            else:
-                got_owner.add(t)
+            _hold(owners, k, t)
         # A key twice in the batch: the request with the earliest time holds it here (as
         # the row that sorts first is the one kept pending).
         batch_owner: dict[str, int] = {}
@@ -1374,6 +1385,15 @@ def _same_revisions(a: Pair, b: Pair) -> bool:
 def _joined_at(slots: Collection[str], cand: str, ts: int) -> bool:
     """Whether ``slots`` (a label's ``<candidate slot>/<ts>`` joins) holds this entry."""
     return f"{cand}/{ts}" in slots
+
+
+def _hold(held: dict[str, set[int]], key: str, ts: int) -> None:
+    """Note that the request at ``ts`` holds ``key``."""
+    times = held.get(key)
+    if times is None:
+        held[key] = {ts}
+    else:
+        times.add(ts)
 
 
 def _other_request(slots: Collection[str], ts: int) -> bool:

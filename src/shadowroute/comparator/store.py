@@ -130,7 +130,7 @@ def _add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) ->
             raise
 
 
-def _entry_ts(data: str | bytes) -> int:
+def entry_ts(data: str | bytes) -> int:
     """The time in a pending entry's data (``[ts, production, candidate]``), read without
     parsing the predictions."""
     text = data if isinstance(data, str) else data.decode()
@@ -265,7 +265,7 @@ class Store:
                 f"({','.join('?' * len(chunk))})"
             )
             for key, kind, cand, data in self.conn.execute(q, chunk):
-                ts = _entry_ts(data)
+                ts = entry_ts(data)
                 out[(key, kind)] = ts
                 if cand is not None:
                     out[(key, cand)] = ts
