@@ -202,8 +202,9 @@ class Batch:
     prod_pending: set[str] = field(default_factory=set)
     """Keys of fresh labels with a pending production entry in the store."""
     held: dict[str, set[int]] = field(default_factory=dict)
-    """Keys of fresh labels with pending entries in the store that did not join them: the
-    times of the requests they came from, which hold those keys for this batch's pairs."""
+    """Keys held by requests pending in the store: the times of those requests. Filled for
+    the entries this batch's labels did not join (``Joiner.labels``), then for the other keys
+    looked up (``Joiner.pairs``); the batch's pairs under another time are duplicate ids."""
     embed_jobs: list[EmbedJob] = field(default_factory=list)
     """Texts for embedding drift's endpoints (handed on once the batch is committed)."""
 
@@ -1064,10 +1065,7 @@ class Joiner:
         fresh = b.fresh
         b.existing.update(in_store)
         prod_seen = {k for k, kind in in_store if kind == PROD}
-        owners = b.held
-        """Key -> the times of the requests pending under it in the store (one, but for
-        entries stored before this rule): under the keys of this batch's labels (read for
-        them) and under the others (``in_store``)."""
+        owners = b.held  # one time a key, but for entries stored before this rule
         for (k, _), t in in_store.items():
             _hold(owners, k, t)
         # A key twice in the batch: the request with the earliest time holds it here (as
@@ -1091,8 +1089,6 @@ class Joiner:
         drifts = b.drift
         requests = b.requests
         prod_revs = b.prod_revisions
-        seen: dict[tuple[str, str], bool] = {}
-        """(key, candidate) of this batch's pairs: True once one joined a label."""
         duplicates = 0
         firsts: dict[tuple[str, str], int] = {}
         """(first key, candidate) of this batch's pair records: the time of the first."""
@@ -1200,19 +1196,12 @@ class Joiner:
             nc = len(cout) if cout else 0
             for i, key in enumerate(keys):
                 c = cout[i] if i < nc else None  # type: ignore[index]
-                # A second request under an id whose (key, candidate) is already pending,
-                # or joined, or came earlier in this batch: counted and kept out of the
-                # evidence (docs/comparator.md "Duplicate request ids"). Of two pending in
-                # one batch, the row that sorts first stays, as a replay would keep it.
+                # A second request under an id whose (key, candidate) is already pending or
+                # joined: counted and kept out of the evidence (docs/comparator.md
+                # "Duplicate request ids")...
                 kc = fc if i == 0 or not track else (key, cand)
                 if existing and kc in existing:
                     duplicates += 1
-                    continue
-                done = seen.get(kc) if repeats else None
-                if done is not None:
-                    duplicates += 1
-                    if not done:
-                        _pend(pending, key, cand, PendingEntry(name, expires, ts, pout[i], c, idx))
                     continue
                 if has_labels:
                     if i == 0:
@@ -1227,19 +1216,17 @@ class Joiner:
                     ):
                         duplicates += 1
                         continue
-                if (owners and key in owners and ts not in owners[key]) or (
+                held_by = owners.get(key) if owners else None
+                if (held_by is not None and ts not in held_by) or (
                     repeats and batch_owner[key] != ts
                 ):
                     # ... or that another request holds: pending in the store, or earlier
-                    # in this batch's time order
+                    # in this batch's time order (of two in one batch, the earlier stays, as
+                    # a replay would keep it)
                     duplicates += 1
                     continue
                 if has_labels and self._join_new(route, cand, key, ts, pout[i], c, new, old, b):
-                    if repeats:
-                        seen[kc] = True
                     continue
-                if repeats:
-                    seen[kc] = False
                 _pend(pending, key, cand, PendingEntry(name, expires, ts, pout[i], c, idx))
         if duplicates:
             b.counts["duplicate_ids"] += duplicates

@@ -279,7 +279,7 @@ class Store:
         for key, kind, _, data, cand in self.pending_for(sorted({k for k, _ in want})):
             slot = cand if cand is not None else kind
             if (key, slot) in want:
-                out[(key, slot)] = int(orjson.loads(data)[0])
+                out[(key, slot)] = entry_ts(data)
         return out
 
     def add_pending(self, rows: Sequence[tuple[str, str, int, str, int, str, str | None]]) -> None:
