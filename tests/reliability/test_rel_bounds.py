@@ -25,6 +25,7 @@ from proxyutil import free_port, make_config, running_proxy, settle
 from shadowroute.dataplane.mirror import MirrorExchange
 from shadowroute.dataplane.server import DataPlane, listen_socket
 from shadowroute.dataplane.turns import CLOSES_PER_TURN
+from shadowroute.dataplane.upstream import UpstreamConnection
 from upstreams import ModelServer, Reply
 
 BIG_BODY_MIB = 48
@@ -623,15 +624,27 @@ async def test_an_answer_of_too_many_values_is_not_parsed() -> None:
         await cand.stop()
 
 
-def test_a_big_candidate_answer_is_cut_at_the_record_cap() -> None:
-    """A candidate answer over ``records.max_response_bytes`` is read only up to the first
-    piece past the cap: the exchange ends there (``too_large``, nothing kept) and its
-    connection is closed, so 128 mirrors in flight of 15 MiB each hold no 1.9 GiB, no join
-    runs on the loop, and the rest of a hostile candidate's answer is never read (in the
-    hostile soak, reading 12 MiB answers to their end to reuse the connection made the
-    worker's busiest bursts). Counted as ``candidate_too_large``; the breaker takes it as an
-    answer. (Played on the real mirror exchange, without sockets; the socket test below checks
-    the records.)"""
+# A candidate answer's framing: announced past the cap, announced within it but longer (a
+# lying length is the upstream parser's to refuse; the exchange still stops at the cap), and
+# chunked (no length: read up to the first piece past the cap).
+_BIG_HEADS = {
+    "announced": b"content-length: %d" % (10 << 20),
+    "chunked": b"transfer-encoding: chunked",
+}
+
+
+@pytest.mark.parametrize("framing", list(_BIG_HEADS))
+def test_a_big_candidate_answer_is_cut_at_the_record_cap(framing: str) -> None:
+    """A candidate answer over ``records.max_response_bytes`` is not read past the cap: an
+    answer whose Content-Length is over it ends at its head, one without a length at the first
+    piece past it. The exchange ends there (``too_large``, nothing kept) and its connection is
+    closed, so 128 mirrors in flight of 15 MiB each hold no 1.9 GiB, no join runs on the loop,
+    and the rest of a hostile candidate's answer is never read (in the hostile soak, reading
+    12 MiB answers to their end to reuse the connection made the worker's busiest bursts; reading
+    the first MiB of each before giving up cost the clients' p99 under a candidate pushing
+    17 MiB answers). Counted as ``candidate_too_large``; the breaker takes it as an answer.
+    (Played on the real mirror exchange, without sockets; the socket tests below check the
+    records.)"""
     cfg = _mirrored("http://127.0.0.1:9000", "http://127.0.0.1:9001", max_response_bytes=64 << 10)
     pb = Playbook(cfg)
     try:
@@ -640,9 +653,13 @@ def test_a_big_candidate_answer_is_cut_at_the_record_cap() -> None:
         for status in (200, 503):
             outcomes: list[Any] = []
             ex = MirrorExchange(target, b"", outcomes.append)
+            conn = UpstreamConnection(target.pool)  # the connection's reading of the head:
+            conn.content_length = (10 << 20) if framing == "announced" else -1
+            ex.moved(conn)
             piece = b"x" * (16 << 10)
-            head = b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n" % (status, len(piece) * 640)
+            head = b"HTTP/1.1 %d X\r\n%s\r\n\r\n" % (status, _BIG_HEADS[framing])
             ex.on_head(status, head, head.lower())
+            assert len(outcomes) == (1 if framing == "announced" else 0)
             for i in range(640):  # 10 MiB
                 ex.on_body(piece)
                 if i == 4:  # 80 KiB read: past the cap, the outcome is in
@@ -654,6 +671,34 @@ def test_a_big_candidate_answer_is_cut_at_the_record_cap() -> None:
         assert pb.proxy.stats.limits["candidate_too_large"] == 2
         assert target.breaker.state == "closed"  # an answer, not a failure
         assert pb.proxy.stats.mirrors[(target.route, target.name, "too_large")] == 2
+    finally:
+        pb.close()
+
+
+@pytest.mark.parametrize("status", [200, 204, 304])
+def test_a_length_at_the_cap_or_on_a_bodiless_status_is_not_cut(status: int) -> None:
+    """The cut at the head is for answers that will be past the cap: a Content-Length equal to
+    the cap is read whole, and a 204 or 304 (no body, whatever length it names) is an answer."""
+    cfg = _mirrored("http://127.0.0.1:9000", "http://127.0.0.1:9001", max_response_bytes=64 << 10)
+    pb = Playbook(cfg)
+    try:
+        assert pb.proxy.routes[0].runtimes
+        target = pb.proxy.routes[0].runtimes[0].target
+        outcomes: list[Any] = []
+        ex = MirrorExchange(target, b"", outcomes.append)
+        length = (64 << 10) if status == 200 else (10 << 20)
+        conn = UpstreamConnection(target.pool)
+        conn.content_length = length
+        ex.moved(conn)
+        head = b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n" % (status, length)
+        ex.on_head(status, head, head.lower())
+        if status == 200:
+            ex.on_body(b"x" * length)
+        ex.on_complete()
+        [result] = outcomes
+        assert result.error is None and result.status == status
+        assert result.body == (b"x" * length if status == 200 else b"")
+        assert "candidate_too_large" not in pb.proxy.stats.limits
     finally:
         pb.close()
 
@@ -678,6 +723,30 @@ async def test_a_big_candidate_answer_is_cut_on_a_real_connection() -> None:
             assert all(r["candidate"]["error"] == "too_large" for r in recs)
             assert all(r["production"]["output"] == [0.25] for r in recs)
             assert limits(dp).get("candidate_too_large") == 3
+    finally:
+        await prod.stop()
+        await cand.stop()
+
+
+async def test_an_answer_announced_past_the_cap_ends_at_its_head() -> None:
+    """A candidate whose head announces 2 MiB (cap 64 KiB) and then sends nothing more: the
+    record says ``too_large`` at once, with no byte of the body read. Had the proxy waited for
+    the body, the mirror would have ended in its ``timeout``."""
+    prod = await ModelServer(lambda s: _predictions(1)).start()
+    announced = Reply(raw=b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (2 << 20))
+    cand = await ModelServer(lambda s: announced).start()
+    try:
+        cfg = _mirrored(prod.url, cand.url, max_response_bytes=64 << 10)
+        async with running_proxy(cfg) as (dp, sink):
+            head, got = await _one(dp, b'{"instances": [[1]]}')
+            assert head.startswith(b"http/1.1 200") and got == _predictions(1).body
+            await settle(dp)
+            (rec,) = sink.decoded()
+            assert rec["candidate"]["error"] == "too_large"
+            assert rec["candidate"]["status"] == 200
+            assert limits(dp) == {"candidate_too_large": 1}
+            mirrors = {k[2]: v for k, v in dp.stats.mirrors.items() if k[1] == "cand"}
+            assert mirrors == {"sent": 1, "too_large": 1}
     finally:
         await prod.stop()
         await cand.stop()

@@ -111,6 +111,9 @@ class MirrorTarget:
         """Answer bytes read for the record (``records.max_response_bytes``): beyond them the
         rest of the answer is not read (its connection is closed), and the mirror and the
         record say ``too_large``."""
+        self.cap = min(keep_bytes, MAX_MIRROR_RESPONSE)
+        """The most answer bytes a mirror reads: an answer announced or found longer ends
+        there."""
         self.timed = timed
         """``openai`` routes: the answer's body pieces are timed (``Outcome.times``)."""
         self.max_times = 2 * max_pieces
@@ -253,23 +256,38 @@ class MirrorExchange(Exchange):
 
     def on_head(self, status: int, head: bytes, low: bytes) -> None:
         self._status = status
+        conn = self._conn
+        if (
+            conn is not None
+            and conn.content_length > self.target.cap
+            and status != 204
+            and status != 304
+        ):
+            # The answer says it is past the record's cap: none of it is read (reading the
+            # first ``keep_bytes`` of each before giving up cost a MiB per mirror of a hostile
+            # candidate, on the event loop the clients share).
+            self._too_large()
+            return
         if low.find(http1.CONTENT_ENCODING) >= 0:
             self._ce = http1.header_value(head, low, http1.CONTENT_ENCODING)
         self._ct = http1.header_value(head, low, http1.CONTENT_TYPE)
+
+    def _too_large(self) -> None:
+        # Past the record's cap the record says ``too_large`` whatever follows, so the rest
+        # is not read: the connection is closed. Reading a hostile candidate's many MiB to
+        # their end to reuse one connection cost the event loop far more than a new
+        # connection (the hostile soak's busiest bursts in the worker).
+        self.target.stats.limits["candidate_too_large"] += 1
+        if self._conn is not None:
+            self._conn.abandon()
+        self._finish(self._status, "too_large")
 
     def on_body(self, piece: bytes) -> None:
         if self._done is None:
             return  # already ended (cut at the record's cap): the rest is not wanted
         self._size = size = self._size + len(piece)
-        if size > self.target.keep_bytes or size > MAX_MIRROR_RESPONSE:
-            # Past the record's cap the record says ``too_large`` whatever follows, so the rest
-            # is not read: the connection is closed. Reading a hostile candidate's many MiB to
-            # their end to reuse one connection cost the event loop far more than a new
-            # connection (the hostile soak's busiest bursts in the worker).
-            self.target.stats.limits["candidate_too_large"] += 1
-            if self._conn is not None:
-                self._conn.abandon()
-            self._finish(self._status, "too_large")
+        if size > self.target.cap:
+            self._too_large()
             return
         self._body.append(piece)
         times = self._times

@@ -163,6 +163,7 @@ class UpstreamConnection:
         "_parser",
         "_until_close",
         "answered",
+        "content_length",
         "deadline",
         "exchange",
         "idle_limit",
@@ -200,6 +201,10 @@ class UpstreamConnection:
         # chunked body's scanner.
         self._left = -1
         self._chunks: http1.ChunkedEnd | None = None
+        # The Content-Length of the answer whose head arrived last (-1: none, or not plain
+        # digits), set before ``Exchange.on_head``: a mirror gives up an answer that says it is
+        # past the record's cap without reading any of it.
+        self.content_length = -1
         self._extra = False  # bytes came after the end of the response
         # The request was written whole (its owner says so when it streams a body): only then
         # may the connection carry another one.
@@ -355,8 +360,16 @@ class UpstreamConnection:
         low = head.lower()
         if self._keep_alive and low.find(KEEP_ALIVE) >= 0:
             self._announced(head, low)
+        # llhttp has read the head: it refuses a second Content-Length and one beside a
+        # Transfer-Encoding, so the first Content-Length line is the framing when there is one.
+        # The common case costs one search and one pass over the digits. Read before the
+        # exchange sees the head, which may then give up an answer announced too long.
+        at = low.find(http1.CONTENT_LENGTH)
+        self.content_length = length = (
+            http1.length_at(head, at + len(http1.CONTENT_LENGTH)) if at >= 0 else -1
+        )
         ex.on_head(status, head, low)
-        if self.exchange is not ex:  # the exchange gave up (client gone)
+        if self.exchange is not ex:  # the exchange gave up (client gone, answer too long)
             return
         if ex.head_only or status in (204, 304) or self._complete:
             if ex.head_only:
@@ -365,12 +378,7 @@ class UpstreamConnection:
                 self._extra = True  # never the client's: the connection is closed
             self._finish()
             return
-        # llhttp has read the head: it refuses a second Content-Length and one beside a
-        # Transfer-Encoding, so the first Content-Length line is the framing when there is one.
-        # The common case costs one search and one pass over the digits.
-        at = low.find(http1.CONTENT_LENGTH)
         if at >= 0:
-            length = http1.length_at(head, at + len(http1.CONTENT_LENGTH))
             if length < 0:  # llhttp accepted it, so this does not happen; refuse anyway
                 raise httptools.HttpParserError("invalid content-length")
             self._left = length
