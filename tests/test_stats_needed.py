@@ -3,12 +3,15 @@ sequence run until it decides, and how a verdict reports it."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from shadowroute.core.config import Policy
+from shadowroute.core.stats import needed as needed_module
 from shadowroute.core.stats.confseq import AsymState, eb_path
-from shadowroute.core.stats.needed import NeededMemo, _scaled, observations_needed
+from shadowroute.core.stats.needed import MAX_NEEDED, NeededMemo, _scaled, observations_needed
 from shadowroute.core.stats.paired import METRICS, PairedMetric
 from shadowroute.core.stats.policy import decide, dominant_error, metric_alpha
 
@@ -272,3 +275,99 @@ def test_one_end_is_the_intervals_end_bit_for_bit(name: str) -> None:
                 lower, upper = scaled.interval(alpha)
                 assert scaled.end(alpha, lower=True) == lower
                 assert scaled.end(alpha, lower=False) == upper
+
+
+def _bisected(metric: PairedMetric, threshold: float, alpha: float, reads: list[int]) -> int | None:
+    """The reference: double from n until the end passes, then halve the bracket to 1% (the
+    search the estimate used before it aimed); each read of the end counted in ``reads``."""
+    n = metric.n
+    above = metric.diff_sum / n > threshold
+
+    def passes(at: int) -> bool:
+        reads[0] += 1
+        end = _scaled(metric, at).end(alpha, lower=above)
+        return end > threshold if above else end < threshold
+
+    lo = hi = n
+    if not passes(n):
+        while True:
+            lo, hi = hi, hi * 2
+            if hi > MAX_NEEDED:
+                if not passes(MAX_NEEDED):
+                    return None
+                hi = MAX_NEEDED
+                break
+            if passes(hi):
+                break
+        while hi > lo * 1.01 and hi - lo > 1:
+            mid = (lo + hi) // 2
+            if passes(mid):
+                hi = mid
+            else:
+                lo = mid
+    return hi
+
+
+def test_the_aimed_search_keeps_the_bisections_contract_in_half_the_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Random metrics of every kind, above and below their thresholds, from 20 to 50,000
+    observations: the estimate is a sample size where the end passes the threshold while 1%
+    fewer does not (the bisection's contract), within 1% of the bisection's own answer, and it
+    reads the end (a root solve each) less than half as often on average."""
+    reads = [0]
+    scaled = needed_module._scaled
+
+    def counted(metric: PairedMetric, n: int) -> PairedMetric:
+        reads[0] += 1
+        return scaled(metric, n)
+
+    rng = np.random.default_rng(11)
+    aimed_reads: list[int] = []
+    halved_reads: list[int] = []
+    compared = 0
+    for _ in range(240):
+        name = str(rng.choice(["accuracy", "error_rate", "mae"]))
+        m = PairedMetric.create(name, ALPHA)
+        n = int(rng.integers(20, 50_000))
+        if name == "mae":
+            m.update(np.zeros(n), -rng.normal(rng.normal(0.0, 0.05), 1.0, n))
+        else:
+            p = rng.uniform(0.01, 0.95)
+            c = min(max(p + rng.normal(0.0, 0.02), 0.0), 1.0)
+            m.update((rng.random(n) < p).astype(float), (rng.random(n) < c).astype(float))
+        threshold = float(rng.choice([0.0, -0.01, 0.01]))
+        if abs(m.diff_sum / n - threshold) <= 1e-12:
+            continue
+        above = m.diff_sum / n > threshold
+        counted_halving = [0]
+        want = _bisected(m, threshold, ALPHA, counted_halving)
+        halved = counted_halving[0]
+        with monkeypatch.context() as patch:
+            patch.setattr(needed_module, "_scaled", counted)
+            before = reads[0]
+            got = observations_needed(m, threshold, ALPHA)
+            aimed = reads[0] - before
+        if want is None:
+            assert got.total is None and got.why is not None and "more than" in got.why
+            continue
+        assert got.total is not None and got.more == got.total - n
+        if want == n:
+            assert got.total == n  # decided already
+            continue
+        compared += 1
+        aimed_reads.append(aimed)
+        halved_reads.append(halved)
+        assert abs(got.total / want - 1.0) <= 0.01, (name, n, threshold, got, want)
+
+        def passes(at: int, m: PairedMetric = m, above: bool = above, t: float = threshold) -> bool:
+            end = _scaled(m, at).end(ALPHA, lower=above)
+            return end > t if above else end < t
+
+        assert passes(got.total)
+        assert not passes(max(n, math.floor(got.total / 1.01)))
+    assert compared >= 100
+    assert np.mean(aimed_reads) * 2 <= np.mean(halved_reads), (
+        np.mean(aimed_reads),
+        np.mean(halved_reads),
+    )

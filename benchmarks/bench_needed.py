@@ -1,0 +1,123 @@
+"""The ``needed`` estimate of an inconclusive metric: time per estimate, this build against
+another, side by side.
+
+A comparator re-estimates every inconclusive metric whose sums moved after every batch (five a
+second by default), so this cost is paid continuously whenever a candidate differs from
+production. The benchmark builds a fixed set of metrics (accuracy, error rate, MAE; 300 to
+50,000 observations; estimates on both sides of thresholds 0 and ±0.01, none decided yet),
+then times ``observations_needed`` over all of them, several rounds, alternating builds in
+separate processes (the other build through ``PYTHONPATH``, e.g. a ``pip install --target``
+of an earlier commit). The answers of both builds are compared too: the contract is the same
+1% bracket, so totals may differ by up to about 1%, never more.
+
+    .venv/bin/python benchmarks/bench_needed.py
+    .venv/bin/python benchmarks/bench_needed.py --base-site /tmp/base-site --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def metrics(count: int, seed: int) -> list[tuple[Any, float]]:
+    from shadowroute.core.stats.paired import PairedMetric
+
+    rng = np.random.default_rng(seed)
+    out: list[tuple[Any, float]] = []
+    while len(out) < count:
+        name = str(rng.choice(["accuracy", "error_rate", "mae"]))
+        m = PairedMetric.create(name, 0.05 / 4)
+        n = int(rng.integers(300, 50_000))
+        if name == "mae":
+            m.update(np.zeros(n), -rng.normal(rng.normal(0.0, 0.03), 1.0, n))
+        else:
+            p = rng.uniform(0.01, 0.95)
+            c = min(max(p + rng.normal(0.0, 0.01), 0.0), 1.0)
+            m.update((rng.random(n) < p).astype(float), (rng.random(n) < c).astype(float))
+        threshold = float(rng.choice([0.0, -0.01, 0.01]))
+        lower, upper = m.interval()
+        if lower < threshold < upper and abs(m.diff_sum / n - threshold) > 1e-9:
+            out.append((m, threshold))
+    return out
+
+
+def child(count: int, seed: int, loops: int) -> None:
+    """One build: the estimates' totals and the best time per estimate over ``loops``."""
+    from shadowroute.core.stats.needed import observations_needed
+
+    cases = metrics(count, seed)
+    totals = [observations_needed(m, t, 0.05 / 4).total for m, t in cases]
+    best = float("inf")
+    for _ in range(loops):
+        t0 = time.perf_counter()
+        for m, t in cases:
+            observations_needed(m, t, 0.05 / 4)
+        best = min(best, (time.perf_counter() - t0) / len(cases))
+    print(json.dumps({"us_per_estimate": best * 1e6, "totals": totals}))
+
+
+def run(site: str | None, a: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ)
+    if site:
+        env["PYTHONPATH"] = site
+    else:
+        env.pop("PYTHONPATH", None)
+    argv = [sys.executable, __file__, "--child", str(a.count), str(a.seed), str(a.loops)]
+    out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=600)
+    doc: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return doc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base-site", help="PYTHONPATH of the build to compare with")
+    p.add_argument("--count", type=int, default=200, help="inconclusive metrics in the set")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--loops", type=int, default=5, help="timed passes per round (best kept)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        child(*a.child)
+        return
+    sides = {"this build": None} if not a.base_site else {"base": a.base_site, "this build": None}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    totals: dict[str, list[int | None]] = {}
+    for r in range(a.rounds):
+        for name, site in sides.items():
+            doc = run(site, a)
+            times[name].append(doc["us_per_estimate"])
+            totals[name] = doc["totals"]
+            print(f"round {r + 1} {name}: {doc['us_per_estimate']:.0f} µs per estimate", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k}: median {v:.0f} µs per estimate ({a.count} inconclusive metrics)")
+    if a.base_site:
+        print(f"this build / base: x{med['this build'] / med['base']:.2f}")
+        pairs = [
+            (x, y)
+            for x, y in zip(totals["base"], totals["this build"], strict=True)
+            if x is not None and y is not None
+        ]
+        worst = max(abs(y / x - 1.0) for x, y in pairs)
+        same_none = sum(
+            (x is None) == (y is None)
+            for x, y in zip(totals["base"], totals["this build"], strict=True)
+        )
+        print(
+            f"totals: {len(pairs)} compared, largest difference {worst:.2%}; "
+            f"'cannot estimate' agrees on {same_none}/{a.count}"
+        )
+
+
+if __name__ == "__main__":
+    main()
