@@ -890,7 +890,9 @@ class Records(_Strict):
     max_response_bytes: int = Field(1 << 20, ge=1024)
     """Responses larger than this are not kept or parsed for the record, which says
     `too_large` (production's still reaches the client whole): one answer's prediction
-    extraction runs on the data plane's event loop, and this bounds it."""
+    extraction runs on the data plane's event loop, and this bounds it. A candidate's answer is
+    read no further than this: one whose `Content-Length` is larger is given up at its head,
+    with none of its body read."""
     max_predictions: int = Field(10_000, ge=1)
     """Predictions one response may contribute to a record; beyond it that side says
     `too_large` and carries no output."""
