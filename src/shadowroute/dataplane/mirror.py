@@ -107,13 +107,10 @@ class MirrorTarget:
         self.max_in_flight = cfg.max_in_flight
         self.fraction = cfg.fraction
         self.timeout_s = cfg.timeout_s
-        self.keep_bytes = keep_bytes
-        """Answer bytes read for the record (``records.max_response_bytes``): beyond them the
-        rest of the answer is not read (its connection is closed), and the mirror and the
-        record say ``too_large``."""
         self.cap = min(keep_bytes, MAX_MIRROR_RESPONSE)
-        """The most answer bytes a mirror reads: an answer announced or found longer ends
-        there."""
+        """Answer bytes read for the record (``records.max_response_bytes``, at most
+        ``MAX_MIRROR_RESPONSE``): an answer announced or found longer is not read further (its
+        connection is closed), and the mirror and the record say ``too_large``."""
         self.timed = timed
         """``openai`` routes: the answer's body pieces are timed (``Outcome.times``)."""
         self.max_times = 2 * max_pieces
@@ -264,7 +261,7 @@ class MirrorExchange(Exchange):
             and status != 304
         ):
             # The answer says it is past the record's cap: none of it is read (reading the
-            # first ``keep_bytes`` of each before giving up cost a MiB per mirror of a hostile
+            # first ``cap`` bytes of each before giving up cost a MiB per mirror of a hostile
             # candidate, on the event loop the clients share).
             self._too_large()
             return

@@ -83,29 +83,22 @@ def observations_needed(
     if abs(estimate - threshold) <= 1e-12 * max(1.0, abs(threshold)):
         return Needed(None, None, "the estimate sits on the threshold: no sample size decides")
     above = estimate > threshold
-    gap = abs(estimate - threshold)
 
     def end(at: int) -> float:
         return _scaled(metric, at).end(alpha, lower=above)  # the end that must pass
 
-    hi = _crossing(n, end, estimate, threshold, above, gap)
+    hi = _crossing(n, end, estimate, threshold)
     if hi is None:
         return Needed(None, None, f"more than {MAX_NEEDED} at the current effect")
     total = max(hi, min_n)
     return Needed(total, total - n)
 
 
-def _crossing(
-    n: int,
-    end: Callable[[int], float],
-    estimate: float,
-    threshold: float,
-    above: bool,
-    gap: float,
-) -> int | None:
-    """The least ``N ≥ n`` at which ``end(N)`` passes ``threshold`` (above it when ``above``),
-    to within ``_PRECISION``: ``hi`` is returned once the end passes at ``hi`` and not at some
-    ``lo ≥ hi / 1.01`` (or ``hi − lo ≤ 1``). ``None``: not by ``MAX_NEEDED``.
+def _crossing(n: int, end: Callable[[int], float], estimate: float, threshold: float) -> int | None:
+    """The least ``N ≥ n`` at which ``end(N)`` passes ``threshold`` (above it when the
+    estimate is above it), to within ``_PRECISION``: ``hi`` is returned once the end passes at
+    ``hi`` and not at some ``lo ≥ hi / 1.01`` (or ``hi − lo ≤ 1``). ``None``: not by
+    ``MAX_NEEDED``.
 
     Each ``end`` is a root solve, and a comparator reads the estimate of every inconclusive
     metric after every batch, so the search aims rather than halves: the distance ``w(N)``
@@ -114,8 +107,10 @@ def _crossing(
     line through the last two points (a secant) names ``N*`` where ``w = gap``, and the next
     reads land just either side of it, 0.4% away, closing the bracket in two when the line
     is right. A read that does not shrink the bracket to half its (log) width is followed by
-    a halving, so it ends as a bisection would. About 4 reads where halving took 8 or more.
+    a halving, so it ends as a bisection would. About 4.5 reads where halving took 11.6.
     """
+    above = estimate > threshold
+    gap = abs(estimate - threshold)
 
     def passes(e: float) -> bool:
         return e > threshold if above else e < threshold
