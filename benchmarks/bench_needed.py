@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from abrun import child_json, parse, parser, sides
 
 
 def metrics(count: int, seed: int) -> list[tuple[Any, float]]:
@@ -66,34 +65,22 @@ def child(count: int, seed: int, loops: int) -> None:
 
 
 def run(site: str | None, a: argparse.Namespace) -> dict[str, Any]:
-    env = dict(os.environ)
-    if site:
-        env["PYTHONPATH"] = site
-    else:
-        env.pop("PYTHONPATH", None)
-    argv = [sys.executable, __file__, "--child", str(a.count), str(a.seed), str(a.loops)]
-    out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=600)
-    doc: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    doc: dict[str, Any] = child_json(__file__, [str(a.count), str(a.seed), str(a.loops)], site)
     return doc
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base-site", help="PYTHONPATH of the build to compare with")
+    p = parser(__doc__)
     p.add_argument("--count", type=int, default=200, help="inconclusive metrics in the set")
-    p.add_argument("--seed", type=int, default=7)
     p.add_argument("--loops", type=int, default=5, help="timed passes per round (best kept)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.child:
-        child(*a.child)
+    a = parse(p, child)
+    if a is None:
         return
-    sides = {"this build": None} if not a.base_site else {"base": a.base_site, "this build": None}
-    times: dict[str, list[float]] = {k: [] for k in sides}
+    builds = sides(a.base_site)
+    times: dict[str, list[float]] = {k: [] for k in builds}
     totals: dict[str, list[int | None]] = {}
     for r in range(a.rounds):
-        for name, site in sides.items():
+        for name, site in builds.items():
             doc = run(site, a)
             times[name].append(doc["us_per_estimate"])
             totals[name] = doc["totals"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from shadowroute.comparator.aggregates import CandidateState
 from shadowroute.comparator.state import StateKey
@@ -61,6 +62,46 @@ def config(
             "topics": {"partitions": partitions},
         }
     return parse_config(raw, environ={})
+
+
+def routes_config(
+    state_path: str, names: Sequence[str], *, min_pairs: int = 200, drift: bool = False
+) -> Config:
+    """Classification routes at ``/<name>/``, each with production ``fraud-v7`` and the two
+    candidates of ``config``'s route (``fraud-v8``, ``fraud-v9``)."""
+
+    def route(name: str) -> dict[str, object]:
+        out: dict[str, object] = {
+            "name": name,
+            "protocol": "kserve-v1",
+            "task": "classification",
+            "path_prefix": f"/{name}/",
+            "production": {"name": "fraud-v7", "url": "http://127.0.0.1:9001"},
+            "candidates": [
+                {"name": "fraud-v8", "url": "http://127.0.0.1:9002"},
+                {"name": "fraud-v9", "url": "http://127.0.0.1:9003"},
+            ],
+            "policy": {"min_pairs": min_pairs, "min_labelled": 100},
+        }
+        if drift:
+            out["drift"] = {"fields": ["$.amount"]}
+        return out
+
+    raw = {
+        "comparator": {"state_path": state_path, "windows": ["hour"]},
+        "routes": [route(n) for n in names],
+    }
+    return parse_config(raw, environ={})
+
+
+def on_route(s: Stream, route: str) -> tuple[list[tuple[bytes, bytes]], list[LabelRecord]]:
+    """A stream's pairs moved to ``route`` (their ids stay), and its labels."""
+    pairs = []
+    for key, value in s.pairs:
+        d = orjson.loads(value)
+        d["route"] = route
+        pairs.append((key, orjson.dumps(d)))
+    return pairs, s.labels
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Literal, Protocol, cast
 
@@ -26,7 +26,7 @@ from shadowroute.comparator.store import Store
 from shadowroute.core.config import Config, Price, Route
 from shadowroute.core.revision import matches, split_slot
 from shadowroute.core.stats.needed import NeededMemo
-from shadowroute.core.stats.policy import Decision, decide
+from shadowroute.core.stats.policy import decide
 
 ops_log = logging.getLogger("shadowroute.ops")
 """The operator's log (``shadowroute.oplog``): one line per verdict change."""
@@ -54,44 +54,67 @@ class ScoresReader(Protocol):
 
 
 class StateView:
-    """Latest serialised states by key; merged objects cached until the next update."""
+    """Latest serialised states by key; merged objects cached until their parts change.
+
+    A group is the states of one (kind, route, candidate slot) over partitions. An update
+    that brings a new state object for a group (or removes one) stamps the group, and its
+    route, with the view's version and drops only that group's merged object: readers of
+    groups nothing touched get the same object back, and ``route_stamp`` tells ``Verdicts``
+    that a route's evidence did not move."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[StateKey, dict[str, Any]] = {}
         self._version = 0
         self._cache: dict[tuple[str, str, str], Any] = {}
-        self._cache_version = -1
+        self._stamps: dict[tuple[str, str, str], int] = {}
+        self._route_stamps: dict[str, int] = {}
 
     def update(self, states: Mapping[StateKey, dict[str, Any]], replace: bool = False) -> None:
         with self._lock:
+            self._version += 1
             if replace:
+                changed = set(self._states) | set(states)
                 self._states = dict(states)
             else:
+                changed = {k for k, d in states.items() if self._states.get(k) is not d}
                 self._states.update(states)
-            self._version += 1
+            self._stamp(changed)
 
     def remove(self, keys: list[StateKey]) -> None:
         with self._lock:
+            self._version += 1
             for k in keys:
                 self._states.pop(k, None)
-            self._version += 1
+            self._stamp(keys)
+
+    def _stamp(self, keys: Collection[StateKey]) -> None:
+        """Mark the groups of ``keys`` changed at the current version (under the lock)."""
+        for k in keys:
+            group = (k[0], k[1], k[2])
+            self._cache.pop(group, None)
+            self._stamps[group] = self._version
+            self._route_stamps[k[1]] = self._version
+
+    def route_stamp(self, route: str) -> int:
+        """The view's version when a state of ``route`` last changed (0: never)."""
+        with self._lock:
+            return self._route_stamps.get(route, 0)
 
     def _merged(self, kind: str, route: str, cand: str) -> Any:
+        key = (kind, route, cand)
         with self._lock:
-            if self._cache_version != self._version:
-                self._cache = {}
-                self._cache_version = self._version
-            key = (kind, route, cand)
             if key in self._cache:
                 return self._cache[key]
-            parts = [(k[3], d) for k, d in self._states.items() if k[:3] == (kind, route, cand)]
+            stamp = self._stamps.get(key, 0)
+            parts = [(k[3], d) for k, d in self._states.items() if k[:3] == key]
         merged: Any = None
         for _, d in sorted(parts, key=lambda x: x[0]):
             obj = state_from_dict(kind, d)
             merged = obj if merged is None else merged.merge(obj)
         with self._lock:
-            self._cache[key] = merged
+            if self._stamps.get(key, 0) == stamp:  # not changed while merging
+                self._cache[key] = merged
         return merged
 
     def candidate(self, route: str, cand: str) -> CandidateState | None:
@@ -218,8 +241,14 @@ class Verdicts:
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._lock = threading.Lock()
         self._needed = NeededMemo()
-        """Every candidate is decided again after each batch, most on unchanged sums."""
-        self._current: dict[tuple[str, str], tuple[Decision, doc.Decision]] = {}
+        """The ``needed`` estimates of the metrics whose sums did not move since the last
+        decision of a candidate whose route did."""
+        self._current: dict[tuple[str, str], doc.Decision] = {}
+        self._decided: dict[tuple[str, str], tuple[Route, int, doc.Decision]] = {}
+        """Per (route, candidate): the route's config and ``StateView.route_stamp`` the
+        decision was made on, and the decision before the waiting-labels hint. A candidate
+        is decided again only when either changed: refreshing after every batch costs
+        nothing for the routes the batch did not reach."""
         self._last: dict[tuple[str, str], tuple[str, str | None, bool]] = {}
         """(verdict, revision id, had pairs) of the newest history entry per (route,
         candidate)."""
@@ -241,8 +270,8 @@ class Verdicts:
                 last = self._last.get(key)
                 if last is not None and last[1] != rid and (last[1] is not None or last[2]):
                     out = {**out, "event": "revision_change"}
-                    if before is not None and _revision_id(before[1]) == last[1]:
-                        old = before[1]
+                    if before is not None and _revision_id(before) == last[1]:
+                        old = before
                         out["previous"] = {
                             "revision": old.get("revision"),
                             "verdict": old.get("verdict"),
@@ -266,8 +295,24 @@ class Verdicts:
         return changes
 
     def _decide(self, route: Route, cand: str) -> doc.Decision:
-        state = self.view.candidate(route.name, cand)
         key = (route.name, cand)
+        stamp = self.view.route_stamp(route.name)  # before reading: a later change decides again
+        with self._lock:
+            got = self._decided.get(key)
+        if got is not None and got[0] is route and got[1] == stamp:
+            base = got[2]
+        else:
+            base = self._decide_on(route, cand)
+            with self._lock:
+                self._decided[key] = (route, stamp, base)
+        out: doc.Decision = {**base, "reasons": self._waiting_hint(route, base["reasons"])}
+        with self._lock:
+            self._current[key] = out
+        return out
+
+    def _decide_on(self, route: Route, cand: str) -> doc.Decision:
+        """The decision on the route's evidence as the view has it now (no hint added)."""
+        state = self.view.candidate(route.name, cand)
         rev = None if state is None else state.revision
         if state is None:
             decision = decide(route.policy, route.task, {}, None, 0, 0)
@@ -305,9 +350,6 @@ class Verdicts:
             out["reasons"] = [NOISE_REASON, *_noise_alerts(state), *out["reasons"]]
         elif any(c.noise for c in route.candidates):
             out["noise_floor"] = noise_floor(self.view, route, list(decision.metrics))
-        out["reasons"] = self._waiting_hint(route, out["reasons"])
-        with self._lock:
-            self._current[key] = (decision, out)
         return out
 
     def _waiting_hint(self, route: Route, reasons: list[str]) -> list[str]:
@@ -332,7 +374,7 @@ class Verdicts:
         with self._lock:
             got = self._current.get((route, cand))
         if got is not None:
-            return got[1]
+            return got
         r = self.config.route(route)
         assert r is not None
         return self._decide(r, cand)
