@@ -19,30 +19,28 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from abrun import child_json, parse, parser, sides
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def metrics(count: int, seed: int) -> list[tuple[Any, float]]:
-    from shadowroute.core.stats.paired import PairedMetric
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_comparator_gen import random_paired_metric
 
     rng = np.random.default_rng(seed)
     out: list[tuple[Any, float]] = []
     while len(out) < count:
-        name = str(rng.choice(["accuracy", "error_rate", "mae"]))
-        m = PairedMetric.create(name, 0.05 / 4)
-        n = int(rng.integers(300, 50_000))
-        if name == "mae":
-            m.update(np.zeros(n), -rng.normal(rng.normal(0.0, 0.03), 1.0, n))
-        else:
-            p = rng.uniform(0.01, 0.95)
-            c = min(max(p + rng.normal(0.0, 0.01), 0.0), 1.0)
-            m.update((rng.random(n) < p).astype(float), (rng.random(n) < c).astype(float))
-        threshold = float(rng.choice([0.0, -0.01, 0.01]))
+        _, m, n, threshold = random_paired_metric(
+            rng, 0.05 / 4, n_min=300, effect_sd=0.01, mae_sd=0.03
+        )
         lower, upper = m.interval()
         if lower < threshold < upper and abs(m.diff_sum / n - threshold) > 1e-9:
             out.append((m, threshold))

@@ -1,4 +1,5 @@
-"""Generated pair and label records for the comparator tests and benchmark."""
+"""Generated pair and label records, and paired metrics, for the comparator tests and
+benchmarks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from shadowroute.comparator.state import StateKey
 from shadowroute.core.config import Config, parse_config
 from shadowroute.core.records import LabelRecord, Side, encode_pair
 from shadowroute.core.revision import split_slot
+from shadowroute.core.stats.paired import PairedMetric
 
 if TYPE_CHECKING:
     from shadowroute.comparator.engine import Engine
@@ -212,3 +214,22 @@ def test_generated_records_follow_schema_v1() -> None:
         keys.update(label_keys(rec.id, len(rec.production.output)))
     assert {lab.id for lab in s.labels} == keys
     assert decode_pair(pair("m", T0, [1], None)).candidate is None
+
+
+def random_paired_metric(
+    rng: np.random.Generator, alpha: float, *, n_min: int, effect_sd: float, mae_sd: float
+) -> tuple[str, PairedMetric, int, float]:
+    """A paired accuracy, error rate or MAE of ``n_min`` to 50,000 observations, the
+    candidate's effect drawn around zero (``effect_sd`` for rates, ``mae_sd`` for MAE), and a
+    threshold of 0 or ±0.01: (name, metric, n, threshold)."""
+    name = str(rng.choice(["accuracy", "error_rate", "mae"]))
+    m = PairedMetric.create(name, alpha)
+    n = int(rng.integers(n_min, 50_000))
+    if name == "mae":
+        m.update(np.zeros(n), -rng.normal(rng.normal(0.0, mae_sd), 1.0, n))
+    else:
+        p = rng.uniform(0.01, 0.95)
+        c = min(max(p + rng.normal(0.0, effect_sd), 0.0), 1.0)
+        m.update((rng.random(n) < p).astype(float), (rng.random(n) < c).astype(float))
+    threshold = float(rng.choice([0.0, -0.01, 0.01]))
+    return name, m, n, threshold

@@ -14,6 +14,7 @@ from shadowroute.core.stats.confseq import AsymState, eb_path
 from shadowroute.core.stats.needed import MAX_NEEDED, NeededMemo, _scaled, observations_needed
 from shadowroute.core.stats.paired import METRICS, PairedMetric
 from shadowroute.core.stats.policy import decide, dominant_error, metric_alpha
+from test_comparator_gen import random_paired_metric
 
 ALPHA = 0.05 / 4  # a guardrail's share under the default policy
 
@@ -327,16 +328,9 @@ def test_the_aimed_search_keeps_the_bisections_contract_in_half_the_reads(
     halved_reads: list[int] = []
     compared = 0
     for _ in range(240):
-        name = str(rng.choice(["accuracy", "error_rate", "mae"]))
-        m = PairedMetric.create(name, ALPHA)
-        n = int(rng.integers(20, 50_000))
-        if name == "mae":
-            m.update(np.zeros(n), -rng.normal(rng.normal(0.0, 0.05), 1.0, n))
-        else:
-            p = rng.uniform(0.01, 0.95)
-            c = min(max(p + rng.normal(0.0, 0.02), 0.0), 1.0)
-            m.update((rng.random(n) < p).astype(float), (rng.random(n) < c).astype(float))
-        threshold = float(rng.choice([0.0, -0.01, 0.01]))
+        name, m, n, threshold = random_paired_metric(
+            rng, ALPHA, n_min=20, effect_sd=0.02, mae_sd=0.05
+        )
         if abs(m.diff_sum / n - threshold) <= 1e-12:
             continue
         above = m.diff_sum / n > threshold

@@ -57,17 +57,16 @@ class StateView:
     """Latest serialised states by key; merged objects cached until their parts change.
 
     A group is the states of one (kind, route, candidate slot) over partitions. An update
-    that brings a new state object for a group (or removes one) stamps the group, and its
-    route, with the view's version and drops only that group's merged object: readers of
-    groups nothing touched get the same object back, and ``route_stamp`` tells ``Verdicts``
-    that a route's evidence did not move."""
+    that brings a new state object for a group (or removes one) drops only that group's merged
+    object and stamps its route with the view's version: readers of groups nothing touched
+    get the same object back, and ``route_stamp`` tells ``Verdicts`` that a route's evidence
+    did not move."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[StateKey, dict[str, Any]] = {}
         self._version = 0
         self._cache: dict[tuple[str, str, str], Any] = {}
-        self._stamps: dict[tuple[str, str, str], int] = {}
         self._route_stamps: dict[str, int] = {}
 
     def update(self, states: Mapping[StateKey, dict[str, Any]], replace: bool = False) -> None:
@@ -89,11 +88,10 @@ class StateView:
             self._stamp(keys)
 
     def _stamp(self, keys: Collection[StateKey]) -> None:
-        """Mark the groups of ``keys`` changed at the current version (under the lock)."""
+        """Drop the merged objects of the groups of ``keys`` and stamp their routes with the
+        current version (under the lock)."""
         for k in keys:
-            group = (k[0], k[1], k[2])
-            self._cache.pop(group, None)
-            self._stamps[group] = self._version
+            self._cache.pop((k[0], k[1], k[2]), None)
             self._route_stamps[k[1]] = self._version
 
     def route_stamp(self, route: str) -> int:
@@ -106,14 +104,14 @@ class StateView:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-            stamp = self._stamps.get(key, 0)
+            stamp = self._route_stamps.get(route, 0)
             parts = [(k[3], d) for k, d in self._states.items() if k[:3] == key]
         merged: Any = None
         for _, d in sorted(parts, key=lambda x: x[0]):
             obj = state_from_dict(kind, d)
             merged = obj if merged is None else merged.merge(obj)
         with self._lock:
-            if self._stamps.get(key, 0) == stamp:  # not changed while merging
+            if self._route_stamps.get(route, 0) == stamp:  # not changed while merging
                 self._cache[key] = merged
         return merged
 
